@@ -1,0 +1,65 @@
+// swift-tools-version:6.1
+// Flipout3D: Bayesian 3D convolutions whose priors and posteriors are run-time plugins.
+import PackageDescription
+
+/// Every bundled distribution plugin: (SwiftPM target and module name, folder under Plugins/).
+/// Each becomes `lib<target>.so`; module names are unique because Swift symbols of two plugins
+/// with one module name would collide process-wide (see ../shared/notes/plugins-on-linux.md).
+let bundledPlugins: [(target: String, folder: String)] = [
+    ("FlipoutNormal", "Normal"),
+]
+
+/// Plugins export exactly their entry symbol: everything else stays local to the `.so`.
+let pluginLinkerSettings: [LinkerSetting] = [
+    .unsafeFlags(["-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/PluginABI/exports.map"]),
+]
+
+let fastMath: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+
+var products: [Product] = [
+    .executable(name: "flipout", targets: ["flipout"]),
+    .library(name: "Flipout3D", targets: ["Flipout3D"]),
+]
+var targets: [Target] = [
+    // The C ABI between host and plugins: a header and a module map, nothing else.
+    .systemLibrary(name: "PluginABI", path: "Sources/PluginABI"),
+    // oneDNN's C API (Debian libdnnl-dev).
+    .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
+    // The Swift SDK plugin authors write against; imports only the ABI.
+    .target(name: "PluginSDK", dependencies: ["PluginABI"], swiftSettings: fastMath),
+    // The host library: tensors, Conv3D engine, layers, plugin loader, training, prediction.
+    .target(
+        name: "Flipout3D",
+        dependencies: ["PluginABI", "CDNNL"],
+        path: "Sources/Host/Flipout3D",
+        swiftSettings: fastMath
+    ),
+    // The `flipout` command line.
+    .executableTarget(
+        name: "flipout",
+        dependencies: ["Flipout3D", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+        path: "Sources/Host/CLI"
+    ),
+    .target(name: "TestSupport", dependencies: ["Flipout3D"], path: "Tests/TestSupport"),
+    .testTarget(name: "FlipoutTests", dependencies: ["Flipout3D", "TestSupport"], path: "Tests/FlipoutTests"),
+]
+for plugin in bundledPlugins {
+    products.append(.library(name: plugin.target, type: .dynamic, targets: [plugin.target]))
+    targets.append(.target(
+        name: plugin.target,
+        dependencies: ["PluginABI", "PluginSDK"],
+        path: "Plugins/\(plugin.folder)",
+        swiftSettings: fastMath,
+        linkerSettings: pluginLinkerSettings
+    ))
+}
+
+let package = Package(
+    name: "Flipout3D",
+    products: products,
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: targets,
+    swiftLanguageModes: [.v5]
+)

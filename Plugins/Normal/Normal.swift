@@ -1,0 +1,73 @@
+// The Normal family: posterior (per-weight loc, softplus scale) and prior (broadcast), analytic KL.
+import PluginABI
+import PluginSDK
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Normal: ScalarDistribution {
+    static let family = FamilyInfo(
+        id: "org.flipout3d.normal", name: "Normal", version: "1.0.0",
+        description: "Normal(loc, scale). As a posterior: per-weight loc and scale = softplus(rho), initialised like TFP (loc ~ N(0, 0.1), rho ~ N(-3, 0.1)). As a prior: broadcast loc and scale. Sampled as loc + scale * eps; symmetric, so Flipout is valid.",
+        capabilities: [.sample, .symmetric],
+        parameters: [
+            ParameterSpec("loc", "location (mean)", transform: .identity, default: 0, initJitter: 0.1),
+            ParameterSpec("scale", "standard deviation, > 0", transform: .softplus, default: 0.048_587_35, initJitter: 0.1),
+        ],
+        klFamilies: [KLFamily("org.flipout3d.normal", parameterSlots: 2)])
+
+    init(hyperparameters: [Double]) throws {}
+
+    func validate(_ p: Params) throws {
+        guard p[1] > 0, p[1].isFinite, p[0].isFinite else {
+            throw PluginError.domain("Normal: scale must be finite and > 0, loc finite (got loc \(p[0]), scale \(p[1]))")
+        }
+    }
+
+    func logProb(_ x: Double, _ p: Params) -> Double {
+        let z = (x - p[0]) / p[1]
+        return -0.5 * z * z - log(p[1]) - Special.logSqrt2Pi
+    }
+
+    func logProbGradient(_ x: Double, _ p: Params, _ dp: ParamGradient) -> Double {
+        let s = p[1], z = (x - p[0]) / s
+        dp[0] = z / s
+        dp[1] = (z * z - 1) / s
+        return -z / s
+    }
+
+    func sample(_ p: Params, normals: UnsafePointer<Float>, uniforms: UnsafePointer<Float>) -> Double {
+        p[0] + p[1] * Double(normals[0])
+    }
+
+    func sampleGradient(_ x: Double, _ p: Params, normals: UnsafePointer<Float>, uniforms: UnsafePointer<Float>, _ dp: ParamGradient) {
+        dp[0] = 1
+        dp[1] = Double(normals[0])
+    }
+
+    func center(_ p: Params) -> Double { p[0] }
+    func centerGradient(_ p: Params, _ dp: ParamGradient) { dp[0] = 1 }
+
+    // KL(N(mu, s^2) || N(m, t^2)) = log(t/s) + (s^2 + (mu - m)^2) / (2 t^2) - 1/2
+    func kl(qFamily: String, q: Params, p: Params) throws -> Double {
+        let mu = q[0], s = q[1], m = p[0], t = p[1]
+        guard s > 0 else { throw PluginError.domain("Normal KL: posterior scale must be > 0 (got \(s))") }
+        let d = mu - m
+        return log(t / s) + (s * s + d * d) / (2 * t * t) - 0.5
+    }
+
+    func klGradient(qFamily: String, q: Params, p: Params, dq: ParamGradient, dp: ParamGradient) throws {
+        let mu = q[0], s = q[1], m = p[0], t = p[1]
+        guard s > 0 else { throw PluginError.domain("Normal KL: posterior scale must be > 0 (got \(s))") }
+        let d = mu - m, t2 = t * t
+        dq[0] = d / t2
+        dq[1] = -1 / s + s / t2
+        dp[0] = -d / t2
+        dp[1] = 1 / t - (s * s + d * d) / (t2 * t)
+    }
+}
+
+@_cdecl("flipout_plugin_entry_v1")
+public func flipoutPluginEntry(_ host: UnsafePointer<flipout_host>?) -> UnsafeRawPointer? {
+    PluginExport.library(name: "Flipout3D Normal", host: host, families: [Normal.self])
+}

@@ -1,0 +1,18 @@
+// Tensor storage: alignment, shape checks, copies.
+import Testing
+import Flipout3D
+
+@Test func tensorIsAlignedAndZeroed() {
+    let t = Tensor(shape: [2, 3, 4, 5, 6])
+    #expect(t.count == 720)
+    #expect(Int(bitPattern: t.data) % 64 == 0)
+    #expect(t.array.allSatisfy { $0 == 0 })
+}
+
+@Test func tensorCopyIsIndependent() {
+    let t = Tensor(shape: [3], values: [1, 2, 3])
+    let c = t.copy()
+    c[0] = 9
+    #expect(t[0] == 1 && c[0] == 9)
+    #expect(t.reshaped([1, 3]).shape == [1, 3])
+}
