@@ -68,7 +68,9 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
     }
 
     /// Run `body` for each scalar with its parameters gathered and validated.
-    private func each(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ slots: Int, _ body: (Int, Scratch) throws -> Void) throws {
+    /// Broadcast gradient sums accumulated in the scratch are flushed into `flush` at the end.
+    private func each(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ slots: Int, flush: UnsafePointer<flipout_out_array>? = nil,
+                      _ body: (Int, Scratch) throws -> Void) throws {
         let s = Scratch(slots)
         defer { s.free() }
         for i in 0..<n {
@@ -78,6 +80,7 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
             }
             try body(i, s)
         }
+        s.flush(flush)
     }
 
     override func logProb(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>) throws {
@@ -86,16 +89,13 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
 
     override func logProbVJP(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ x: UnsafePointer<Float>, _ g: UnsafePointer<Float>,
                              _ gx: UnsafeMutablePointer<Float>?, _ gp: UnsafePointer<flipout_out_array>?) throws {
-        var sums: Scratch?
-        try each(n, p, slots) { i, s in
+        try each(n, p, slots, flush: gp) { i, s in
             s.clearPartials()
             let dx = d.logProbGradient(Double(x[i]), s.params, s.gradient)
             let gi = Double(g[i])
             if let gx { gx[i] += try checked(gi * dx, "d log_prob/dx", i, s) }
             s.scatter(gp, i, gi)
-            sums = s
         }
-        sums?.flush(gp)
     }
 
     override func sample(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ z: UnsafePointer<Float>?, _ u: UnsafePointer<Float>?, _ x: UnsafeMutablePointer<Float>) throws {
@@ -113,16 +113,13 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
         let nz = normals, nu = uniforms
         guard nz == 0 || z != nil, nu == 0 || u != nil else { throw PluginError.invalidArgument("sample_vjp needs \(nz) normals and \(nu) uniforms per scalar") }
         let dummy = UnsafeMutablePointer<Float>.allocate(capacity: 1); defer { dummy.deallocate() }
-        var sums: Scratch?
-        try each(n, p, slots) { i, s in
+        try each(n, p, slots, flush: gp) { i, s in
             s.clearPartials()
             d.sampleGradient(Double(x[i]), s.params, normals: z.map { $0 + i * nz } ?? UnsafePointer(dummy),
                              uniforms: u.map { $0 + i * nu } ?? UnsafePointer(dummy), s.gradient)
             for k in 0..<s.count where s.partials[k].isNaN { _ = try checked(.nan, "d sample/d parameter \(k)", i, s) }
             s.scatter(gp, i, Double(g[i]))
-            sums = s
         }
-        sums?.flush(gp)
     }
 
     override func center(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ out: UnsafeMutablePointer<Float>) throws {
@@ -130,14 +127,11 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
     }
 
     override func centerVJP(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ g: UnsafePointer<Float>, _ gp: UnsafePointer<flipout_out_array>?) throws {
-        var sums: Scratch?
-        try each(n, p, slots) { i, s in
+        try each(n, p, slots, flush: gp) { i, s in
             s.clearPartials()
             d.centerGradient(s.params, s.gradient)
             s.scatter(gp, i, Double(g[i]))
-            sums = s
         }
-        sums?.flush(gp)
     }
 
     private func qSlots(_ family: String) throws -> Int {
@@ -158,17 +152,14 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
     override func klVJP(_ n: Int, _ family: String, _ q: UnsafePointer<flipout_in_array>, _ p: UnsafePointer<flipout_in_array>,
                         _ g: UnsafePointer<Float>, _ gq: UnsafePointer<flipout_out_array>?, _ gp: UnsafePointer<flipout_out_array>?) throws {
         let qs = Scratch(try qSlots(family)); defer { qs.free() }
-        var sums: Scratch?
-        try each(n, p, slots) { i, s in
+        try each(n, p, slots, flush: gp) { i, s in
             qs.gather(q, i)
             qs.clearPartials(); s.clearPartials()
             try d.klGradient(qFamily: family, q: qs.params, p: s.params, dq: qs.gradient, dp: s.gradient)
             let gi = Double(g[i])
             qs.scatter(gq, i, gi)
             s.scatter(gp, i, gi)
-            sums = s
         }
         qs.flush(gq)
-        sums?.flush(gp)
     }
 }

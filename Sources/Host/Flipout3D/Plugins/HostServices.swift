@@ -1,0 +1,28 @@
+// The table of host services handed to every plugin's entry point (the logger).
+import PluginABI
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `flipout_host` every plugin receives: one process-wide instance that lives forever.
+enum HostServices {
+    nonisolated(unsafe) static let table: UnsafePointer<flipout_host> = {
+        let t = UnsafeMutablePointer<flipout_host>.allocate(capacity: 1)
+        t.initialize(to: flipout_host(
+            struct_size: UInt32(MemoryLayout<flipout_host>.size),
+            abi_major: UInt32(FLIPOUT_ABI_MAJOR), abi_minor: UInt32(FLIPOUT_ABI_MINOR),
+            host_name: UnsafePointer(strdup("flipout \(Flipout3DVersion.string)")),
+            host_context: nil,
+            log: { _, level, message in
+                guard let message else { return }
+                let tag = ["debug", "info", "warning", "error"][Int(max(0, min(3, level)))]
+                if level == Int32(FLIPOUT_LOG_DEBUG) && getenv("FLIPOUT_DEBUG") == nil { return }
+                fputs("flipout: plugin \(tag): \(String(cString: message))\n", stderr)
+            }))
+        return UnsafePointer(t)
+    }()
+}
+
+public enum Flipout3DVersion {
+    public static let string = "0.1.0"
+}

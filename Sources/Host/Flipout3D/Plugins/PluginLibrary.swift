@@ -1,0 +1,74 @@
+// One loaded plugin file: its entry point called once, its library and descriptors validated.
+import PluginABI
+import Foundation
+
+/// A validated plugin: the file, its library name and the families it provides.
+public final class PluginLibrary: @unchecked Sendable {
+    public let path: String
+    public let name: String
+    public let abiMinor: Int
+    public private(set) var families: [DistributionFamily] = []
+    private var cachedSHA: String?
+
+    /// SHA-256 of the file's bytes (hex), recorded in checkpoints.
+    public var sha256: String {
+        if let cachedSHA { return cachedSHA }
+        let digest = (try? Data(contentsOf: URL(fileURLWithPath: path))).map { SHA256.hex($0) } ?? ""
+        cachedSHA = digest
+        return digest
+    }
+
+    /// Smallest struct sizes this host reads (ABI 1.0). Later minors only append fields.
+    static let minimumLibrarySize = MemoryLayout<flipout_library>.size
+    static let minimumDistributionSize = MemoryLayout<flipout_distribution>.size
+
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var loaded: [String: PluginLibrary] = [:]
+
+    /// Load (once per process) and validate the plugin at `path`.
+    public static func load(_ path: String) throws -> PluginLibrary {
+        let resolved = DynamicLibrary.resolve(path)
+        lock.lock(); defer { lock.unlock() }
+        if let lib = loaded[resolved] { return lib }
+        let lib = try PluginLibrary(resolvedPath: resolved)
+        loaded[resolved] = lib
+        return lib
+    }
+
+    private init(resolvedPath path: String) throws {
+        self.path = path
+        let dl = try DynamicLibrary(resolvedPath: path)
+        guard let entryAddress = dl.symbol(FLIPOUT_ENTRY_SYMBOL) else {
+            for major in 2...9 where dl.symbol("flipout_plugin_entry_v\(major)") != nil {
+                throw PluginLoadError(.wrongMajorVersion, file: path, "is built for plugin ABI major version \(major) (exports flipout_plugin_entry_v\(major)); this host speaks major version \(FLIPOUT_ABI_MAJOR). Use a matching flipout, or rebuild the plugin against this host's header.")
+            }
+            throw PluginLoadError(.missingEntry, file: path, "does not export \(FLIPOUT_ENTRY_SYMBOL), so it is not a Flipout3D plugin. Export it with @_cdecl(\"\(FLIPOUT_ENTRY_SYMBOL)\") (see the README, \"Write your own prior\").")
+        }
+        let entry = unsafeBitCast(entryAddress, to: flipout_entry_fn.self)
+        guard let lib = entry(HostServices.table) else {
+            throw PluginLoadError(.entryFailed, file: path, "its entry point returned NULL (refused to initialise; see its log lines above).")
+        }
+        let l = lib.pointee
+        guard l.struct_size >= UInt32(Self.minimumLibrarySize) else {
+            throw PluginLoadError(.structTooSmall, file: path, "flipout_library is \(l.struct_size) bytes; this host needs at least \(Self.minimumLibrarySize). Rebuild the plugin against this host's header.")
+        }
+        guard l.abi_major == UInt32(FLIPOUT_ABI_MAJOR) else {
+            throw PluginLoadError(.wrongMajorVersion, file: path, "reports plugin ABI major version \(l.abi_major); this host speaks \(FLIPOUT_ABI_MAJOR). Rebuild the plugin against this host's header.")
+        }
+        name = l.name.map { String(cString: $0) } ?? (path as NSString).lastPathComponent
+        abiMinor = Int(l.abi_minor)
+        guard l.distribution_count >= 1, let table = l.distributions else {
+            throw PluginLoadError(.invalidDescriptor, file: path, "provides no distributions (distribution_count is 0 or the table is NULL).")
+        }
+        for i in 0..<Int(l.distribution_count) {
+            guard let d = table[i] else {
+                throw PluginLoadError(.invalidDescriptor, file: path, "distribution \(i) is NULL.")
+            }
+            families.append(try DistributionFamily(descriptor: d, library: self))
+        }
+        let ids = families.map(\.id)
+        if let dup = ids.first(where: { id in ids.filter { $0 == id }.count > 1 }) {
+            throw PluginLoadError(.duplicateID, file: path, "declares the id \(dup) twice.")
+        }
+    }
+}

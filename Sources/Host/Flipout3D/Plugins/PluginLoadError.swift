@@ -1,0 +1,34 @@
+// Every way loading or calling a plugin can fail, each with a message that says what to do.
+
+/// A plugin could not be loaded or registered. Messages name the file and the remedy.
+public struct PluginLoadError: Error, CustomStringConvertible, Equatable {
+    public enum Kind: String, Sendable {
+        case notFound, notAFile, notELF, wrongArchitecture, dlopenFailed, missingEntry, wrongMajorVersion,
+             entryFailed, structTooSmall, missingFunction, invalidDescriptor, duplicateID, unknownID, badHyperparameter
+    }
+    public let kind: Kind
+    public let file: String
+    public let reason: String
+    public init(_ kind: Kind, file: String, _ reason: String) { self.kind = kind; self.file = file; self.reason = reason }
+    public var description: String { file.isEmpty ? reason : "plugin \(file): \(reason)" }
+}
+
+/// A plugin function returned an error status, or produced a non-finite value.
+public struct PluginCallError: Error, CustomStringConvertible {
+    public let family: String
+    public let function: String
+    public let status: Int32
+    public let message: String
+    public var statusName: String {
+        switch status {
+        case 1: return "invalid argument"
+        case 2: return "unsupported"
+        case 3: return "domain error"
+        case 4: return "internal error"
+        case -1: return "non-finite result"
+        default: return "unknown status \(status)"
+        }
+    }
+    public var isUnsupported: Bool { status == 2 }
+    public var description: String { "\(family) \(function) failed (\(statusName)): \(message)" }
+}

@@ -1,0 +1,77 @@
+// Finds and loads plugins: --plugin paths, FLIPOUT_PLUGIN_PATH, and the bundled ones beside the executable.
+import Foundation
+
+/// Where plugins come from. Never implicitly from the working folder.
+public struct PluginSearch: Sendable {
+    /// `--plugin PATH` values, in order.
+    public var explicitPaths: [String]
+    /// Colon-separated files or folders (every `*.so` in a folder), from FLIPOUT_PLUGIN_PATH.
+    public var environmentPath: String?
+    /// The folder holding the bundled `libFlipout*.so` plugins; nil to skip them.
+    public var bundledDirectory: String?
+
+    public init(explicitPaths: [String] = [], environmentPath: String? = ProcessInfo.processInfo.environment["FLIPOUT_PLUGIN_PATH"],
+                bundledDirectory: String? = PluginSearch.executableDirectory) {
+        self.explicitPaths = explicitPaths
+        self.environmentPath = environmentPath
+        self.bundledDirectory = bundledDirectory
+    }
+
+    /// The folder of the running executable (where `swift build` puts the bundled plugins).
+    public static var executableDirectory: String {
+        URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().path
+    }
+
+    /// Candidate files in load order, each with where it came from.
+    func candidates() throws -> [(path: String, origin: String)] {
+        var out: [(String, String)] = []
+        if let dir = bundledDirectory, let names = try? FileManager.default.contentsOfDirectory(atPath: dir) {
+            for n in names.sorted() where n.hasPrefix("libFlipout") && n.hasSuffix(".so") {
+                out.append(((dir as NSString).appendingPathComponent(n), "bundled"))
+            }
+        }
+        for entry in (environmentPath ?? "").split(separator: ":").map(String.init) where !entry.isEmpty {
+            let resolved = DynamicLibrary.resolve(entry)
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: resolved, isDirectory: &isDir), isDir.boolValue {
+                let names = (try? FileManager.default.contentsOfDirectory(atPath: resolved)) ?? []
+                for n in names.sorted() where n.hasSuffix(".so") { out.append(((resolved as NSString).appendingPathComponent(n), "FLIPOUT_PLUGIN_PATH")) }
+            } else {
+                out.append((resolved, "FLIPOUT_PLUGIN_PATH"))
+            }
+        }
+        for p in explicitPaths { out.append((p, "--plugin")) }
+        return out
+    }
+}
+
+/// Every loaded family by id. Two files providing one id is an error naming both.
+public final class PluginRegistry: @unchecked Sendable {
+    public private(set) var libraries: [PluginLibrary] = []
+    public private(set) var families: [DistributionFamily] = []
+
+    public init(_ search: PluginSearch = PluginSearch()) throws {
+        var seen = Set<String>()
+        for c in try search.candidates() {
+            let lib = try PluginLibrary.load(c.path)
+            if !seen.insert(lib.path).inserted { continue }
+            for f in lib.families {
+                if let other = families.first(where: { $0.id == f.id }) {
+                    throw PluginLoadError(.duplicateID, file: lib.path, "provides \(f.id), which \(other.file) already provides. Load only one of them (check --plugin and FLIPOUT_PLUGIN_PATH).")
+                }
+                families.append(f)
+            }
+            libraries.append(lib)
+        }
+    }
+
+    /// The family with this id, or one whose file path or short name matches.
+    public func family(_ idOrPath: String) throws -> DistributionFamily {
+        if let f = families.first(where: { $0.id == idOrPath }) { return f }
+        let lowered = idOrPath.lowercased()
+        let short = families.filter { $0.id.split(separator: ".").last.map(String.init) == lowered || $0.name.lowercased() == lowered }
+        if short.count == 1 { return short[0] }
+        let known = families.map(\.id).joined(separator: ", ")
+        throw PluginLoadError(.unknownID, file: "", "no loaded plugin provides \"\(idOrPath)\". Loaded: \(known.isEmpty ? "none" : known). Load more with --plugin PATH or FLIPOUT_PLUGIN_PATH; `flipout plugins list` shows them.")
+    }
+}
