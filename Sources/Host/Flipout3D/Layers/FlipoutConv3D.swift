@@ -1,0 +1,224 @@
+// The Bayesian Conv3D layer: plugin posterior and prior, flipout / reparam / per-example in ONE convolution.
+
+/// A 3D convolution whose kernel has a plugin posterior q(W) and prior p(W), and a point-estimate bias.
+///
+/// Flipout (TFP's semantics: one sample per call, Rademacher signs per (example, channel)) is
+///     y_n = conv(x_n, Wc) + conv(x_n * s_n, dW) * r_n,   dW = W_sample - Wc,
+/// and because the signs are constant over voxels it equals conv(x_n, W_n) with the per-example
+/// kernel W_n = Wc + dW * (r_n s_n^T): one grouped convolution over the batch, not two.
+/// Backward folds the per-example kernel gradients G_n back: dL/dWc = sum_n G_n and
+/// dL/d dW = sum_n G_n * (r_n s_n^T).
+public final class FlipoutConv3D {
+    public let name: String
+    /// Index of the layer in its model: keys its random sub-streams.
+    public let index: Int
+    public let inChannels: Int
+    public let outChannels: Int
+    public let kernel: [Int]
+    public let stride: [Int]
+    public let padding: Padding
+    public let estimator: Estimator
+    public let weights: VariationalWeights
+    /// (Cout)
+    public let bias: Tensor
+    public let biasGradient: Tensor
+
+    /// What the last forward pass drew, kept for backward (and for tests).
+    public private(set) var lastCenter: Tensor?        // (Cout, Cin, k, k, k)
+    public private(set) var lastSample: Tensor?        // (Cout, Cin, k, k, k), or (N, ...) per-example
+    public private(set) var lastSignsIn: Tensor?       // (N, Cin)
+    public private(set) var lastSignsOut: Tensor?      // (N, Cout)
+    private var lastNoise: [Noise] = []
+    private var lastInput: Tensor?
+    private var lastKernels: Tensor?                   // (N, Cout, Cin, k, k, k) or (Cout, Cin, k, k, k)
+    private var lastMode: WeightMode = .sample
+
+    public var kernelShape: [Int] { [outChannels, inChannels] + kernel }
+    public var weightCount: Int { kernelShape.reduce(1, *) }
+
+    public init(name: String, index: Int, inChannels: Int, outChannels: Int, kernel: Int = 3,
+                stride: Int = 1, padding: Padding = .same, estimator: Estimator = .auto,
+                posterior: Distribution, prior: Distribution, priorValues: [String: Float] = [:],
+                learnPrior: Bool = false, klMode: KLMode = .automatic(samples: 1), seed: UInt64) throws {
+        self.name = name
+        self.index = index
+        self.inChannels = inChannels
+        self.outChannels = outChannels
+        self.kernel = [kernel, kernel, kernel]
+        self.stride = [stride, stride, stride]
+        self.padding = padding
+        self.estimator = try estimator.resolve(for: posterior.family, layer: name)
+        var initStream = RandomStream(seed: seed, layer: index, step: 0, purpose: .initialization)
+        weights = try VariationalWeights(name: name, count: outChannels * inChannels * kernel * kernel * kernel,
+                                         posterior: posterior, prior: prior, priorValues: priorValues,
+                                         learnPrior: learnPrior, klMode: klMode, initStream: &initStream)
+        bias = Tensor(shape: [outChannels])
+        biasGradient = Tensor(shape: [outChannels])
+    }
+
+    func geometry(for x: Tensor) -> Conv3DGeometry {
+        precondition(x.rank == 5 && x.shape[1] == inChannels, "\(name): input shape \(x.shape), expected (N, \(inChannels), D, H, W)")
+        return Conv3DGeometry(batch: x.shape[0], inChannels: inChannels, outChannels: outChannels,
+                              inputSize: Array(x.shape[2...]), kernel: kernel, stride: stride, padding: padding)
+    }
+
+    private func stream(_ ctx: StepContext, _ purpose: RandomPurpose) -> RandomStream {
+        RandomStream(seed: ctx.seed, layer: index, step: ctx.step, purpose: purpose)
+    }
+
+    /// y = the layer applied to x (N, Cin, D, H, W) -> (N, Cout, oD, oH, oW).
+    public func forward(_ x: Tensor, _ ctx: StepContext) throws -> Tensor {
+        let g = geometry(for: x)
+        try g.validate()
+        let n = g.batch, e = weightCount
+        let y = Tensor(shape: g.yShape)
+        lastInput = x
+        lastMode = ctx.mode
+        let center = Tensor(shape: kernelShape)
+        try weights.center(into: center.data)
+        lastCenter = center
+        lastNoise = []
+        var noiseStream = stream(ctx, .kernelNoise)
+
+        let kernels: Tensor
+        switch (ctx.mode, estimator) {
+        case (.center, _):
+            kernels = center
+            try Conv3D.cached(g).forward(x: x, w: kernels, bias: bias, y: y)
+        case (.sample, .reparam):
+            let noise = weights.drawNoise(&noiseStream)
+            let w = Tensor(shape: kernelShape)
+            try weights.sample(noise, into: w.data)
+            lastNoise = [noise]; lastSample = w
+            kernels = w
+            try Conv3D.cached(g).forward(x: x, w: kernels, bias: bias, y: y)
+        case (.sample, .flipout):
+            let noise = weights.drawNoise(&noiseStream)
+            let w = Tensor(shape: kernelShape)
+            try weights.sample(noise, into: w.data)
+            lastNoise = [noise]; lastSample = w
+            var signStream = stream(ctx, .flipoutSigns)
+            let sIn = Tensor(shape: [n, inChannels]), sOut = Tensor(shape: [n, outChannels])
+            signStream.fillSigns(sIn.data, count: sIn.count)
+            signStream.fillSigns(sOut.data, count: sOut.count)
+            lastSignsIn = sIn; lastSignsOut = sOut
+            kernels = Tensor(shape: [n] + kernelShape)
+            flipoutKernels(center: center, sample: w, signsIn: sIn, signsOut: sOut, into: kernels)
+            try groupedForward(x, kernels, g, y)
+        case (.sample, .perExample):
+            let w = Tensor(shape: [n] + kernelShape)
+            for i in 0..<n {
+                let noise = weights.drawNoise(&noiseStream)
+                try weights.sample(noise, into: w.data + i * e)
+                lastNoise.append(noise)
+            }
+            lastSample = w
+            kernels = w
+            try groupedForward(x, kernels, g, y)
+        case (.sample, .auto):
+            preconditionFailure("estimator is resolved at init")
+        }
+        lastKernels = kernels
+        return y
+    }
+
+    /// W_n = Wc + (Ws - Wc) * r_n[o] * s_n[i].  center, sample (Cout, Cin, k^3); kernels (N, Cout, Cin, k^3)
+    func flipoutKernels(center: Tensor, sample: Tensor, signsIn: Tensor, signsOut: Tensor, into kernels: Tensor) {
+        let n = signsIn.shape[0], taps = kernel.reduce(1, *), e = weightCount
+        let c = center.data, s = sample.data, out = kernels.data
+        for b in 0..<n {
+            for o in 0..<outChannels {
+                let r = signsOut[b * outChannels + o]
+                for i in 0..<inChannels {
+                    let sign = r * signsIn[b * inChannels + i]
+                    let base = (o * inChannels + i) * taps
+                    let dst = out + b * e + base
+                    for t in 0..<taps { dst[t] = c[base + t] + (s[base + t] - c[base + t]) * sign }
+                }
+            }
+        }
+    }
+
+    /// One grouped convolution over the batch with per-example kernels (N, Cout, Cin, k^3), plus bias.
+    private func groupedForward(_ x: Tensor, _ kernels: Tensor, _ g: Conv3DGeometry, _ y: Tensor) throws {
+        try Conv3D.cached(g.foldedOverBatch()).forward(x: x, w: kernels, bias: nil, y: y)
+        addBias(y)
+    }
+
+    private func addBias(_ y: Tensor) {
+        let n = y.shape[0], voxels = y.count / (n * outChannels)
+        for b in 0..<n { for o in 0..<outChannels {
+            let v = bias[o], p = y.data + (b * outChannels + o) * voxels
+            for j in 0..<voxels { p[j] += v }
+        } }
+    }
+
+    /// Given dy = dL/dy (N, Cout, oD, oH, oW), ADD the parameter gradients and return dL/dx.
+    public func backward(_ dy: Tensor) throws -> Tensor {
+        guard let x = lastInput, let kernels = lastKernels else {
+            preconditionFailure("\(name): backward before forward")
+        }
+        let g = geometry(for: x)
+        let n = g.batch, e = weightCount
+        dy.checkShape(g.yShape, "\(name).backward dy")
+        let dx = Tensor(shape: x.shape)
+        let grouped = lastMode == .sample && estimator != .reparam
+        if !grouped {
+            let conv = try Conv3D.cached(g)
+            try conv.backwardData(dy: dy, w: kernels, dx: dx)
+            let dw = Tensor(shape: kernelShape), db = Tensor(shape: [outChannels])
+            try conv.backwardWeights(x: x, dy: dy, dw: dw, dbias: db)
+            for o in 0..<outChannels { biasGradient[o] += db[o] }
+            if lastMode == .center {
+                try weights.centerBackward(dw.data)
+            } else {
+                try weights.sampleBackward(lastNoise[0], x: lastSample!.data, g: dw.data)
+            }
+            return dx
+        }
+        let conv = try Conv3D.cached(g.foldedOverBatch())
+        try conv.backwardData(dy: dy, w: kernels, dx: dx)
+        let perExample = Tensor(shape: [n] + kernelShape), db = Tensor(shape: [n, outChannels])
+        try conv.backwardWeights(x: x, dy: dy, dw: perExample, dbias: db)
+        for b in 0..<n { for o in 0..<outChannels { biasGradient[o] += db[b * outChannels + o] } }
+        if estimator == .perExample {
+            for b in 0..<n {
+                try weights.sampleBackward(lastNoise[b], x: lastSample!.data + b * e, g: perExample.data + b * e)
+            }
+            return dx
+        }
+        // Flipout: dWc = sum_n G_n, d(dW) = sum_n G_n * r_n s_n^T; Wc = center, dW = sample - center.
+        let sIn = lastSignsIn!, sOut = lastSignsOut!, taps = kernel.reduce(1, *)
+        let dCenter = Tensor(shape: kernelShape), dDelta = Tensor(shape: kernelShape)
+        let G = perExample.data, dc = dCenter.data, dd = dDelta.data
+        for b in 0..<n {
+            for o in 0..<outChannels {
+                let r = sOut[b * outChannels + o]
+                for i in 0..<inChannels {
+                    let sign = r * sIn[b * inChannels + i]
+                    let base = (o * inChannels + i) * taps
+                    let src = G + b * e + base
+                    for t in 0..<taps { dc[base + t] += src[t]; dd[base + t] += src[t] * sign }
+                }
+            }
+        }
+        for j in 0..<e { dc[j] -= dd[j] }
+        try weights.centerBackward(dCenter.data)
+        try weights.sampleBackward(lastNoise[0], x: lastSample!.data, g: dDelta.data)
+        return dx
+    }
+
+    /// KL(q || p) of the kernel, summed over weights; adds scale * dKL into the gradients.
+    public func kl(gradientScale: Float, _ ctx: StepContext) throws -> Double {
+        var s = stream(ctx, .klNoise)
+        return try weights.kl(gradientScale: gradientScale, stream: &s)
+    }
+
+    /// Move the accumulated constrained-value gradients into the unconstrained parameters' gradients.
+    public func finishBackward() { weights.finishBackward() }
+
+    public func zeroGradients() {
+        weights.zeroGradients()
+        biasGradient.zero()
+    }
+}

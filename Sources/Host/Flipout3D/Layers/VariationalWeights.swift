@@ -1,0 +1,224 @@
+// A posterior over E weights and its prior, both plugins: parameters, sampling, KL and their gradients.
+
+/// How a layer's KL(q || p) is computed.
+public enum KLMode: Equatable, Sendable, CustomStringConvertible {
+    /// The prior's analytic KL for the posterior's family (falls back to Monte Carlo if absent).
+    case automatic(samples: Int)
+    /// Always Monte Carlo: mean over K samples of log q(w) - log p(w).
+    case monteCarlo(samples: Int)
+    public var samples: Int { switch self { case .automatic(let k), .monteCarlo(let k): return k } }
+    public var description: String {
+        switch self {
+        case .automatic(let k): return "analytic if available, else Monte Carlo (K=\(k))"
+        case .monteCarlo(let k): return "Monte Carlo (K=\(k))"
+        }
+    }
+}
+
+/// The variational posterior q(w | theta) over `count` weights, and the prior p(w | phi) with
+/// broadcast parameters. Parameters are stored unconstrained (what Adam updates); the plugins see
+/// constrained values (`ParameterTransform`). Gradients ADD into `gradients` / `priorGradients`.
+public final class VariationalWeights {
+    public let name: String
+    public let count: Int
+    public let posterior: Distribution
+    public let prior: Distribution
+    /// Unconstrained posterior parameters, one tensor of `count` per slot.
+    public let parameters: [Tensor]
+    public let gradients: [Tensor]
+    /// Unconstrained prior parameters, one scalar per prior slot (broadcast to all weights).
+    public let priorParameters: Tensor
+    public let priorGradients: Tensor
+    public var learnPrior: Bool
+    public let klMode: KLMode
+    /// Constrained views, refreshed by `refresh()`.
+    private let constrained: [Tensor]
+    private let priorConstrained: Tensor
+
+    /// - Parameters:
+    ///   - priorValues: constrained prior parameter values by slot name (defaults from the plugin).
+    public init(name: String, count: Int, posterior: Distribution, prior: Distribution,
+                priorValues: [String: Float] = [:], learnPrior: Bool = false,
+                klMode: KLMode = .automatic(samples: 1), initStream: inout RandomStream) throws {
+        guard posterior.family.canSample else {
+            throw LayerError.invalidConfiguration("\(name): \(posterior.family.id) cannot be a posterior: it does not declare the sample capability. Use it as a prior, or choose a posterior such as org.flipout3d.normal.")
+        }
+        self.name = name
+        self.count = count
+        self.posterior = posterior
+        self.prior = prior
+        self.learnPrior = learnPrior
+        self.klMode = klMode
+        parameters = posterior.slots.map { _ in Tensor(shape: [count]) }
+        gradients = posterior.slots.map { _ in Tensor(shape: [count]) }
+        constrained = posterior.slots.map { _ in Tensor(shape: [count]) }
+        priorParameters = Tensor(shape: [prior.slots.count])
+        priorGradients = Tensor(shape: [prior.slots.count])
+        priorConstrained = Tensor(shape: [prior.slots.count])
+        for key in priorValues.keys where !prior.slots.contains(where: { $0.name == key }) {
+            throw LayerError.invalidConfiguration("\(name): the prior \(prior.family.id) has no parameter \"\(key)\"; it has \(prior.slots.map(\.name).joined(separator: ", ")).")
+        }
+        for (k, slot) in prior.slots.enumerated() {
+            let v = priorValues[slot.name] ?? slot.parameter.defaultValue
+            guard slot.parameter.transform.accepts(v) else {
+                throw LayerError.invalidConfiguration("\(name): prior parameter \(slot.name) = \(v) is outside its range (\(slot.parameter.transform) parameter).")
+            }
+            priorParameters[k] = slot.parameter.transform.inverse(v)
+        }
+        // Posterior init: unconstrained default plus N(0, jitter) noise, per slot.
+        for (k, slot) in posterior.slots.enumerated() {
+            let base = slot.parameter.transform.inverse(slot.parameter.defaultValue)
+            let jitter = slot.parameter.initJitter
+            let p = parameters[k]
+            initStream.fillNormal(p.data, count: count)
+            for i in 0..<count { p.data[i] = base + jitter * p.data[i] }
+        }
+        refresh()
+    }
+
+    /// Recompute constrained values after the unconstrained parameters changed.
+    public func refresh() {
+        for (k, slot) in posterior.slots.enumerated() {
+            let t = slot.parameter.transform, u = parameters[k].data, c = constrained[k].data
+            for i in 0..<count { c[i] = t.forward(u[i]) }
+        }
+        for (k, slot) in prior.slots.enumerated() { priorConstrained[k] = slot.parameter.transform.forward(priorParameters[k]) }
+    }
+
+    public func zeroGradients() {
+        for g in gradients { g.zero() }
+        priorGradients.zero()
+    }
+
+    /// Constrained prior values by slot name (for reports).
+    public var priorValues: [(String, Float)] { prior.slots.enumerated().map { ($0.element.name, priorConstrained[$0.offset]) } }
+
+    var qIn: [InArray] { constrained.map { InArray($0.data, stride: 1) } }
+    var pIn: [InArray] { (0..<prior.slots.count).map { InArray(priorConstrained.data + $0, stride: 0) } }
+    /// Gradients with respect to CONSTRAINED values, accumulated here and chained by `finishBackward`.
+    private lazy var constrainedGradients: [Tensor] = posterior.slots.map { _ in Tensor(shape: [count]) }
+    private lazy var priorConstrainedGradients = Tensor(shape: [prior.slots.count])
+    var qGrad: [OutArray] { constrainedGradients.map { OutArray($0.data, stride: 1) } }
+    var pGrad: [OutArray] {
+        (0..<prior.slots.count).map { learnPrior ? OutArray(priorConstrainedGradients.data + $0, stride: 0) : .skip }
+    }
+
+    // MARK: Posterior center and samples
+
+    /// out = center(theta). (count)
+    public func center(into out: UnsafeMutablePointer<Float>) throws {
+        try posterior.center(n: count, params: qIn, out: out)
+    }
+
+    /// Noise per sample of all weights: (normals, uniforms) counts.
+    public var noisePerSample: (normals: Int, uniforms: Int) { (posterior.normalsPerScalar * count, posterior.uniformsPerScalar * count) }
+
+    /// Draws the noise for one sample of all weights.
+    public func drawNoise(_ stream: inout RandomStream) -> Noise {
+        let n = Noise(normals: noisePerSample.normals, uniforms: noisePerSample.uniforms)
+        if n.normals.count > 0 { stream.fillNormal(n.normals.data, count: n.normals.count) }
+        if n.uniforms.count > 0 { stream.fillUniform(n.uniforms.data, count: n.uniforms.count) }
+        return n
+    }
+
+    /// out = T(noise; theta). (count)
+    public func sample(_ noise: Noise, into out: UnsafeMutablePointer<Float>) throws {
+        try posterior.sample(n: count, params: qIn, normals: noise.normalsPointer, uniforms: noise.uniformsPointer, out: out)
+    }
+
+    /// Backward of `center`: g = dL/d center.
+    public func centerBackward(_ g: UnsafePointer<Float>) throws {
+        try posterior.centerVJP(n: count, params: qIn, g: g, gradParams: qGrad)
+    }
+
+    /// Backward of `sample`: x is the sample drawn with `noise`, g = dL/dx.
+    public func sampleBackward(_ noise: Noise, x: UnsafePointer<Float>, g: UnsafePointer<Float>) throws {
+        try posterior.sampleVJP(n: count, params: qIn, normals: noise.normalsPointer, uniforms: noise.uniformsPointer, x: x, g: g, gradParams: qGrad)
+    }
+
+    // MARK: KL(q || p), summed over the weights
+
+    /// Whether KL is analytic for this posterior/prior pair under `klMode`.
+    public var klIsAnalytic: Bool {
+        if case .automatic = klMode { return prior.hasAnalyticKL(from: posterior.family) }
+        return false
+    }
+
+    /// KL(q || p) summed over all weights; with `scale` != 0 also adds scale * dKL into the gradients.
+    /// Monte Carlo draws its K samples from `stream`.
+    @discardableResult
+    public func kl(gradientScale scale: Float, stream: inout RandomStream) throws -> Double {
+        if klIsAnalytic {
+            let out = Tensor(shape: [count])
+            try prior.kl(n: count, posterior: posterior, qParams: qIn, params: pIn, out: out.data)
+            if scale != 0 {
+                let g = Tensor(shape: [count]); g.fill(scale)
+                try prior.klVJP(n: count, posterior: posterior, qParams: qIn, params: pIn, g: g.data, gradQ: qGrad, gradParams: pGrad)
+            }
+            return out.buffer.reduce(0.0) { $0 + Double($1) }
+        }
+        let k = max(1, klMode.samples)
+        var total = 0.0
+        let w = Tensor(shape: [count]), lq = Tensor(shape: [count]), lp = Tensor(shape: [count])
+        let g = Tensor(shape: [count]), gx = Tensor(shape: [count])
+        for _ in 0..<k {
+            let noise = drawNoise(&stream)
+            try sample(noise, into: w.data)
+            try posterior.logProb(n: count, params: qIn, x: w.data, out: lq.data)
+            try prior.logProb(n: count, params: pIn, x: w.data, out: lp.data)
+            for i in 0..<count {
+                let d = Double(lq[i]) - Double(lp[i])
+                guard d.isFinite else {
+                    throw LayerError.nonFinite("\(name): Monte Carlo KL is \(d) at weight \(i): the sample \(w[i]) has log q = \(lq[i]), log p = \(lp[i]) (outside the prior's support?). For positive posteriors use a positive prior such as org.flipout3d.gamma.")
+                }
+                total += d
+            }
+            if scale != 0 {
+                // d/dtheta [log q(w(theta); theta) - log p(w(theta))]
+                g.fill(scale / Float(k)); gx.zero()
+                try posterior.logProbVJP(n: count, params: qIn, x: w.data, g: g.data, gradX: gx.data, gradParams: qGrad)
+                g.fill(-scale / Float(k))
+                try prior.logProbVJP(n: count, params: pIn, x: w.data, g: g.data, gradX: gx.data, gradParams: pGrad)
+                try sampleBackward(noise, x: w.data, g: gx.data)
+            }
+        }
+        return total / Double(k)
+    }
+
+    /// Chain the constrained-value gradients through the transforms into `gradients`.
+    public func finishBackward() {
+        for (k, slot) in posterior.slots.enumerated() {
+            let t = slot.parameter.transform, u = parameters[k].data, gc = constrainedGradients[k].data, gu = gradients[k].data
+            for i in 0..<count { gu[i] += gc[i] * t.derivative(u[i]); gc[i] = 0 }
+        }
+        if learnPrior {
+            for (k, slot) in prior.slots.enumerated() {
+                priorGradients[k] += priorConstrainedGradients[k] * slot.parameter.transform.derivative(priorParameters[k])
+            }
+        }
+        priorConstrainedGradients.zero()
+    }
+}
+
+/// Noise for one sample of a set of weights: standard normals and uniforms, scalar-major.
+public struct Noise {
+    public let normals: Tensor
+    public let uniforms: Tensor
+    public init(normals: Int, uniforms: Int) {
+        self.normals = Tensor(shape: [normals])
+        self.uniforms = Tensor(shape: [uniforms])
+    }
+    var normalsPointer: UnsafePointer<Float>? { normals.count > 0 ? UnsafePointer(normals.data) : nil }
+    var uniformsPointer: UnsafePointer<Float>? { uniforms.count > 0 ? UnsafePointer(uniforms.data) : nil }
+}
+
+/// A layer was configured in a way that cannot work, or produced a non-finite value.
+public enum LayerError: Error, CustomStringConvertible {
+    case invalidConfiguration(String)
+    case nonFinite(String)
+    public var description: String {
+        switch self {
+        case .invalidConfiguration(let m), .nonFinite(let m): return m
+        }
+    }
+}
