@@ -1,0 +1,310 @@
+// Conv3D: forward, backward-data and backward-weights of one 3D convolution geometry on oneDNN.
+import CDNNL
+import Foundation
+
+/// One 3D convolution geometry compiled for oneDNN: three primitives (forward_training,
+/// backward-data, backward-weights with bias) in the layouts oneDNN prefers (format tag `any`,
+/// usually channel-blocked), and the reorders between those layouts and the caller's plain
+/// tensors, built once and reused on every call.
+///
+/// Caller tensors are plain row-major:
+/// - x, dx: (N, Cin, D, H, W)
+/// - w, dw: (Cout, Cin / groups, kD, kH, kW) (PyTorch layout; for groups > 1 the same memory as
+///   (groups, Cout / groups, Cin / groups, kD, kH, kW))
+/// - bias, dbias: (Cout)
+/// - y, dy: (N, Cout, oD, oH, oW)
+/// For a geometry with batch 1 and groups G (the per-example form, see
+/// `Conv3DGeometry.foldedOverBatch()`), x may also be shaped (G, Cin / G, D, H, W), y and dy
+/// (G, Cout / G, ...), w (G, Cout / G, Cin / G, k...) and bias (G, Cout / G): the same memory.
+///
+/// Outputs (y, dx, dw, dbias) are OVERWRITTEN, never accumulated into.
+/// Calls on one object are serialised by a lock (its reorder buffers are shared between calls).
+/// Shape mismatches are programmer errors and trap.
+public final class Conv3D {
+    public let geometry: Conv3DGeometry
+    /// oneDNN's implementation names for (forward, backward-data, backward-weights).
+    public let implementations: (forward: String, backwardData: String, backwardWeights: String)
+
+    private let context: DNNLContext
+    private let forwardOp: Op
+    private let backwardDataOp: Op
+    private let backwardWeightsOp: Op
+    private let lock = NSLock()
+    /// (Cout) zeros for forward without bias.
+    private let zeroBias: Tensor
+    /// (Cout) sink for backward-weights without dbias.
+    private let scratchBias: Tensor
+
+    /// Builds the primitives for `geometry`; throws a `GeometryError` for an invalid geometry and
+    /// an `EngineError` if oneDNN cannot run it.
+    public init(_ geometry: Conv3DGeometry) throws {
+        try geometry.validate()
+        self.geometry = geometry
+        let g = geometry
+        let ctx = try DNNLContext.shared()
+        context = ctx
+        zeroBias = Tensor(shape: g.biasShape)
+        scratchBias = Tensor(shape: g.biasShape)
+
+        // Plain (user) layouts. Weights: OIDHW, or GOIDHW with groups.
+        let xDims = g.xShape, yDims = g.yShape
+        let wDims = g.groups == 1 ? g.weightShape
+            : [g.groups, g.outChannels / g.groups, g.inChannels / g.groups] + g.kernel
+        let wTag = g.groups == 1 ? dnnl_oidhw : dnnl_goidhw
+        let userX = try MemoryDesc(dims: xDims, tag: dnnl_ncdhw)
+        let userY = try MemoryDesc(dims: yDims, tag: dnnl_ncdhw)
+        let userW = try MemoryDesc(dims: wDims, tag: wTag)
+        let userB = try MemoryDesc(dims: g.biasShape, tag: dnnl_x)
+        let anyX = try MemoryDesc(dims: xDims, tag: dnnl_format_tag_any)
+        let anyY = try MemoryDesc(dims: yDims, tag: dnnl_format_tag_any)
+        let anyW = try MemoryDesc(dims: wDims, tag: dnnl_format_tag_any)
+        let strides = g.stride.map { Int64($0) }
+        let padL = g.paddingFront.map { Int64($0) }
+        let padR = g.paddingBack.map { Int64($0) }
+        let name = "\(g)"
+
+        var fd = dnnl_convolution_desc_t()
+        var (x0, w0, b0, y0) = (anyX.raw, anyW.raw, userB.raw, anyY.raw)
+        try dnnlCheck(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct,
+                                                         &x0, &w0, &b0, &y0, strides, padL, padR),
+                      "describe the forward convolution \(name)")
+        let fpd = try DNNLPrimitiveDesc(op: &fd, context: ctx, hint: nil, "create the forward convolution \(name)")
+
+        var bdd = dnnl_convolution_desc_t()
+        var (x1, w1, y1) = (anyX.raw, anyW.raw, anyY.raw)
+        try dnnlCheck(dnnl_convolution_backward_data_desc_init(&bdd, dnnl_convolution_direct,
+                                                               &x1, &w1, &y1, strides, padL, padR),
+                      "describe the backward-data convolution \(name)")
+        let bdpd = try DNNLPrimitiveDesc(op: &bdd, context: ctx, hint: fpd, "create the backward-data convolution \(name)")
+
+        var bwd = dnnl_convolution_desc_t()
+        var (x2, w2, b2, y2) = (anyX.raw, anyW.raw, userB.raw, anyY.raw)
+        try dnnlCheck(dnnl_convolution_backward_weights_desc_init(&bwd, dnnl_convolution_direct,
+                                                                  &x2, &w2, &b2, &y2, strides, padL, padR),
+                      "describe the backward-weights convolution \(name)")
+        let bwpd = try DNNLPrimitiveDesc(op: &bwd, context: ctx, hint: fpd, "create the backward-weights convolution \(name)")
+
+        implementations = (fpd.implementation, bdpd.implementation, bwpd.implementation)
+
+        // Inner (oneDNN-layout) buffers are shared per role across the three primitives when the
+        // layouts agree: no primitive uses one role twice.
+        let pool = BufferPool(context: ctx)
+        forwardOp = try Op(fpd, context: ctx, pool: pool, name: "forward convolution \(name)", slots: [
+            (DNNL_ARG_SRC, dnnl_query_src_md, userX, .x, false),
+            (DNNL_ARG_WEIGHTS, dnnl_query_weights_md, userW, .w, false),
+            (DNNL_ARG_BIAS, dnnl_query_weights_md, userB, .bias, false),
+            (DNNL_ARG_DST, dnnl_query_dst_md, userY, .y, true),
+        ])
+        backwardDataOp = try Op(bdpd, context: ctx, pool: pool, name: "backward-data convolution \(name)", slots: [
+            (DNNL_ARG_DIFF_DST, dnnl_query_diff_dst_md, userY, .y, false),
+            (DNNL_ARG_WEIGHTS, dnnl_query_weights_md, userW, .w, false),
+            (DNNL_ARG_DIFF_SRC, dnnl_query_diff_src_md, userX, .x, true),
+        ])
+        backwardWeightsOp = try Op(bwpd, context: ctx, pool: pool, name: "backward-weights convolution \(name)", slots: [
+            (DNNL_ARG_SRC, dnnl_query_src_md, userX, .x, false),
+            (DNNL_ARG_DIFF_DST, dnnl_query_diff_dst_md, userY, .y, false),
+            (DNNL_ARG_DIFF_WEIGHTS, dnnl_query_diff_weights_md, userW, .w, true),
+            (DNNL_ARG_DIFF_BIAS, dnnl_query_diff_weights_md, userB, .bias, true),
+        ])
+    }
+
+    // MARK: - Engine-level cache
+
+    nonisolated(unsafe) private static var cache: [Conv3DGeometry: Conv3D] = [:]
+    private static let cacheLock = NSLock()
+
+    /// The shared `Conv3D` for `geometry`, built on first use: layers with one geometry reuse
+    /// one set of primitives and buffers.
+    public static func cached(_ geometry: Conv3DGeometry) throws -> Conv3D {
+        cacheLock.lock()
+        defer { cacheLock.unlock() }
+        if let conv = cache[geometry] { return conv }
+        let conv = try Conv3D(geometry)
+        cache[geometry] = conv
+        return conv
+    }
+
+    /// Drops every cached `Conv3D` (objects still referenced elsewhere stay alive).
+    public static func clearCache() {
+        cacheLock.lock()
+        cache.removeAll()
+        cacheLock.unlock()
+    }
+
+    // MARK: - Passes
+
+    /// y = conv(x, w) + bias. x (N, Cin, D, H, W), w (Cout, Cin/groups, kD, kH, kW), bias (Cout)
+    /// or nil for none; y (N, Cout, oD, oH, oW) is overwritten.
+    public func forward(x: Tensor, w: Tensor, bias: Tensor?, y: Tensor) throws {
+        checkX(x, "Conv3D.forward x")
+        checkW(w, "Conv3D.forward w")
+        if let bias { checkBias(bias, "Conv3D.forward bias") }
+        checkY(y, "Conv3D.forward y")
+        try run(forwardOp, [x, w, bias ?? zeroBias, y])
+    }
+
+    /// dx = dL/dx given dy = dL/dy. dy (N, Cout, oD, oH, oW), w (Cout, Cin/groups, k...);
+    /// dx (N, Cin, D, H, W) is overwritten.
+    public func backwardData(dy: Tensor, w: Tensor, dx: Tensor) throws {
+        checkY(dy, "Conv3D.backwardData dy")
+        checkW(w, "Conv3D.backwardData w")
+        checkX(dx, "Conv3D.backwardData dx")
+        try run(backwardDataOp, [dy, w, dx])
+    }
+
+    /// dw = dL/dw and dbias = dL/dbias (sum of dy over batch and voxels) given x and dy.
+    /// x (N, Cin, D, H, W), dy (N, Cout, oD, oH, oW); dw (Cout, Cin/groups, k...) and dbias
+    /// (Cout) are overwritten; pass dbias nil when there is no bias.
+    public func backwardWeights(x: Tensor, dy: Tensor, dw: Tensor, dbias: Tensor?) throws {
+        checkX(x, "Conv3D.backwardWeights x")
+        checkY(dy, "Conv3D.backwardWeights dy")
+        checkW(dw, "Conv3D.backwardWeights dw")
+        if let dbias { checkBias(dbias, "Conv3D.backwardWeights dbias") }
+        try run(backwardWeightsOp, [x, dy, dw, dbias ?? scratchBias])
+    }
+
+    private func run(_ op: Op, _ tensors: [Tensor]) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        try op.run(tensors.map { UnsafeMutableRawPointer($0.data) }, context: context)
+        withExtendedLifetime(tensors) {}
+    }
+
+    // MARK: - Shape checks (programmer errors trap)
+
+    private var folded: Bool { geometry.batch == 1 && geometry.groups > 1 }
+
+    private func check(_ t: Tensor, _ expected: [Int], _ alternative: [Int]?, _ what: String) {
+        if t.shape == expected || (alternative != nil && t.shape == alternative!) { return }
+        let alt = alternative.map { " or \($0)" } ?? ""
+        preconditionFailure("\(what): shape \(t.shape), expected \(expected)\(alt) for \(geometry)")
+    }
+
+    private func checkX(_ t: Tensor, _ what: String) {
+        let g = geometry
+        check(t, g.xShape, folded ? [g.groups, g.inChannels / g.groups] + g.inputSize : nil, what)
+    }
+
+    private func checkY(_ t: Tensor, _ what: String) {
+        let g = geometry
+        check(t, g.yShape, folded ? [g.groups, g.outChannels / g.groups] + g.outputSize : nil, what)
+    }
+
+    private func checkW(_ t: Tensor, _ what: String) {
+        let g = geometry
+        check(t, g.weightShape,
+              g.groups > 1 ? [g.groups, g.outChannels / g.groups, g.inChannels / g.groups] + g.kernel : nil, what)
+    }
+
+    private func checkBias(_ t: Tensor, _ what: String) {
+        let g = geometry
+        check(t, g.biasShape, g.groups > 1 ? [g.groups, g.outChannels / g.groups] : nil, what)
+    }
+
+    /// The layouts oneDNN chose, for logs and the benchmark: "src aBcde16b, weights ..., dst ...".
+    public var layoutSummary: String {
+        func names(_ op: Op) -> String { op.slots.map { "\($0.argName) \($0.primitiveMemory.desc.layoutName)" }.joined(separator: ", ") }
+        return "forward [\(names(forwardOp))]; backward-data [\(names(backwardDataOp))]; backward-weights [\(names(backwardWeightsOp))]"
+    }
+}
+
+/// What a buffer holds, so inner buffers can be shared across primitives (one role per primitive).
+private enum Role: Hashable { case x, w, bias, y }
+
+/// Library-allocated buffers in oneDNN layouts, shared per role when the layouts match.
+private final class BufferPool {
+    let context: DNNLContext
+    var buffers: [Role: [DNNLMemory]] = [:]
+    init(context: DNNLContext) { self.context = context }
+
+    func memory(_ desc: MemoryDesc, role: Role) throws -> DNNLMemory {
+        if let m = buffers[role, default: []].first(where: { $0.desc == desc }) { return m }
+        let m = try DNNLMemory(desc, context: context, allocate: true)
+        buffers[role, default: []].append(m)
+        return m
+    }
+}
+
+/// One argument of one primitive: the caller's plain tensor, and when oneDNN wants another
+/// layout, an inner buffer with the reorder between them (before the primitive for inputs, after
+/// it for outputs).
+private final class Slot {
+    let arg: Int32
+    let isOutput: Bool
+    let user: DNNLMemory
+    let inner: DNNLMemory?
+    let reorder: DNNLPrimitive?
+    let reorderArgs: [dnnl_exec_arg_t]
+    var primitiveMemory: DNNLMemory { inner ?? user }
+    var argName: String {
+        switch arg {
+        case DNNL_ARG_SRC: return "src"
+        case DNNL_ARG_WEIGHTS: return "weights"
+        case DNNL_ARG_BIAS: return "bias"
+        case DNNL_ARG_DST: return "dst"
+        case DNNL_ARG_DIFF_SRC: return "diff_src"
+        case DNNL_ARG_DIFF_DST: return "diff_dst"
+        case DNNL_ARG_DIFF_WEIGHTS: return "diff_weights"
+        case DNNL_ARG_DIFF_BIAS: return "diff_bias"
+        default: return "arg \(arg)"
+        }
+    }
+
+    init(arg: Int32, isOutput: Bool, userDesc: MemoryDesc, innerDesc: MemoryDesc, role: Role,
+         pool: BufferPool, context: DNNLContext) throws {
+        self.arg = arg
+        self.isOutput = isOutput
+        user = try DNNLMemory(userDesc, context: context, allocate: false)
+        if innerDesc == userDesc {
+            inner = nil
+            reorder = nil
+            reorderArgs = []
+        } else {
+            let m = try pool.memory(innerDesc, role: role)
+            let (from, to) = isOutput ? (m, user) : (user, m)
+            let pd = try DNNLPrimitiveDesc(reorderFrom: from.desc, to: to.desc, context: context)
+            inner = m
+            reorder = try DNNLPrimitive(pd, "reorder \(from.desc.layoutName) -> \(to.desc.layoutName)")
+            reorderArgs = [dnnl_exec_arg_t(arg: DNNL_ARG_FROM, memory: from.handle),
+                           dnnl_exec_arg_t(arg: DNNL_ARG_TO, memory: to.handle)]
+        }
+    }
+}
+
+/// A primitive with its slots and prebuilt argument list.
+private final class Op {
+    let primitive: DNNLPrimitive
+    let slots: [Slot]
+    let args: [dnnl_exec_arg_t]
+    let name: String
+
+    init(_ pd: DNNLPrimitiveDesc, context: DNNLContext, pool: BufferPool, name: String,
+         slots specs: [(arg: Int32, query: dnnl_query_t, user: MemoryDesc, role: Role, isOutput: Bool)]) throws {
+        self.name = name
+        primitive = try DNNLPrimitive(pd, name)
+        var slots = [Slot]()
+        for s in specs {
+            // Bias memories are the weights query's index 1.
+            let index: Int32 = s.role == .bias ? 1 : 0
+            slots.append(try Slot(arg: s.arg, isOutput: s.isOutput, userDesc: s.user,
+                                  innerDesc: pd.md(s.query, index: index), role: s.role, pool: pool, context: context))
+        }
+        self.slots = slots
+        args = slots.map { dnnl_exec_arg_t(arg: $0.arg, memory: $0.primitiveMemory.handle) }
+    }
+
+    /// Binds caller storage (one pointer per slot, in slot order), reorders inputs in, runs,
+    /// reorders outputs out, and waits.
+    func run(_ pointers: [UnsafeMutableRawPointer], context: DNNLContext) throws {
+        precondition(pointers.count == slots.count, "Op.run: \(pointers.count) tensors for \(slots.count) slots")
+        for (slot, p) in zip(slots, pointers) { try slot.user.setHandle(p) }
+        for slot in slots where !slot.isOutput {
+            if let r = slot.reorder { try r.execute(slot.reorderArgs, context: context, "reorder into \(name)") }
+        }
+        try primitive.execute(args, context: context, name)
+        for slot in slots where slot.isOutput {
+            if let r = slot.reorder { try r.execute(slot.reorderArgs, context: context, "reorder out of \(name)") }
+        }
+        try context.wait()
+    }
+}

@@ -1,0 +1,129 @@
+// EngineBench: timings of the oneDNN Conv3D engine on the benchmark workloads (medians, ms, GFLOP/s).
+
+/// One geometry's timings: per-primitive medians and the median of whole steps
+/// (forward + backward-data + backward-weights back to back).
+public struct EngineStepTiming: Sendable, CustomStringConvertible {
+    public let geometry: Conv3DGeometry
+    public let forwardMs: Double
+    public let backwardDataMs: Double
+    public let backwardWeightsMs: Double
+    /// Median of whole steps, measured separately (not the sum of the medians).
+    public let stepMs: Double
+    /// oneDNN's implementation names for (forward, backward-data, backward-weights).
+    public let implementations: [String]
+    /// The layouts oneDNN chose for each primitive's arguments.
+    public let layouts: String
+
+    /// Step GFLOP: three convolutions' worth (forward, backward-data, backward-weights).
+    public var stepGFLOP: Double { 3 * geometry.flops / 1e9 }
+    public var stepGFLOPS: Double { stepGFLOP / (stepMs / 1e3) }
+
+    public var description: String {
+        func f(_ v: Double) -> String { String(Int((v * 100).rounded())).leftPadded(3).inserting(".", fromEnd: 2) }
+        let gf = geometry.flops / 1e6  // MFLOP per primitive; per ms is GFLOP/s
+        return """
+            \(geometry)
+              step \(f(stepMs)) ms, \(f(stepGFLOPS)) GFLOP/s (\(f(stepGFLOP)) GFLOP)
+              forward \(f(forwardMs)) ms (\(f(gf / forwardMs)) GFLOP/s) [\(implementations[0])]
+              backward-data \(f(backwardDataMs)) ms (\(f(gf / backwardDataMs)) GFLOP/s) [\(implementations[1])]
+              backward-weights \(f(backwardWeightsMs)) ms (\(f(gf / backwardWeightsMs)) GFLOP/s) [\(implementations[2])]
+              layouts: \(layouts)
+            """
+    }
+}
+
+private extension String {
+    func leftPadded(_ n: Int) -> String { count >= n ? self : String(repeating: "0", count: n - count) + self }
+    func inserting(_ s: String, fromEnd k: Int) -> String {
+        var t = self
+        t.insert(contentsOf: s, at: t.index(t.endIndex, offsetBy: -k))
+        return t
+    }
+}
+
+public enum EngineBench {
+    /// W4: deterministic Conv3D, N=4, 16->16, 32^3, k=3, stride 1, same padding.
+    public static let w4 = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size: 32, k: 3)
+    /// W1's convolution in per-example form: N=4, 16->16 folded over the batch (groups = 4).
+    public static let w1PerExample = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size: 32, k: 3).foldedOverBatch()
+    /// W2's convolution in per-example form: N=8, 1->8 folded over the batch (groups = 8).
+    public static let w2PerExample = Conv3DGeometry(batch: 8, inChannels: 1, outChannels: 8, size: 32, k: 3).foldedOverBatch()
+
+    /// Median milliseconds of forward, backward-data and backward-weights (each timed alone,
+    /// with bias), after `warmup` untimed runs; includes the reorders at the edges.
+    public static func timeRaw(geometry: Conv3DGeometry, repeats: Int = 30, warmup: Int = 5) throws
+        -> (forwardMs: Double, backwardDataMs: Double, backwardWeightsMs: Double) {
+        let t = try Workspace(geometry)
+        let fwd = try median(repeats: repeats, warmup: warmup) { try t.forward() }
+        let bd = try median(repeats: repeats, warmup: warmup) { try t.backwardData() }
+        let bw = try median(repeats: repeats, warmup: warmup) { try t.backwardWeights() }
+        return (fwd, bd, bw)
+    }
+
+    /// Per-primitive medians plus the median of whole steps (forward + backward-data +
+    /// backward-weights), with oneDNN's implementation names.
+    public static func timeStep(geometry: Conv3DGeometry, repeats: Int = 30, warmup: Int = 5) throws -> EngineStepTiming {
+        let raw = try timeRaw(geometry: geometry, repeats: repeats, warmup: warmup)
+        let t = try Workspace(geometry)
+        let step = try median(repeats: repeats, warmup: warmup) {
+            try t.forward(); try t.backwardData(); try t.backwardWeights()
+        }
+        let impl = t.conv.implementations
+        return EngineStepTiming(geometry: geometry, forwardMs: raw.forwardMs, backwardDataMs: raw.backwardDataMs,
+                                backwardWeightsMs: raw.backwardWeightsMs, stepMs: step,
+                                implementations: [impl.forward, impl.backwardData, impl.backwardWeights],
+                                layouts: t.conv.layoutSummary)
+    }
+
+    /// W4 (forward + backward, 5.44 GFLOP per step): median step ms and GFLOP/s.
+    public static func measureW4(repeats: Int = 30, warmup: Int = 5) throws -> EngineStepTiming {
+        try timeStep(geometry: w4, repeats: repeats, warmup: warmup)
+    }
+
+    /// A text report over W4 and the per-example forms of W1 and W2.
+    public static func report(repeats: Int = 30, warmup: Int = 5) throws -> String {
+        var lines = ["Conv3D engine (oneDNN), median of \(repeats) after \(warmup) warm-ups"]
+        for (name, g) in [("W4", w4), ("W1 per-example", w1PerExample), ("W2 per-example", w2PerExample)] {
+            lines.append("\(name): \(try timeStep(geometry: g, repeats: repeats, warmup: warmup))")
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// Deterministic tensors for one geometry.
+    private final class Workspace {
+        let conv: Conv3D
+        let x, w, bias, y, dy, dx, dw, dbias: Tensor
+        init(_ g: Conv3DGeometry) throws {
+            conv = try Conv3D.cached(g)
+            func filled(_ shape: [Int], _ seed: UInt32) -> Tensor {
+                let t = Tensor(shape: shape)
+                var s = seed &* 2654435761 | 1
+                for i in 0..<t.count {
+                    s ^= s << 13; s ^= s >> 17; s ^= s << 5
+                    t.data[i] = Float(s >> 8) / Float(1 << 24) - 0.5
+                }
+                return t
+            }
+            x = filled(g.xShape, 1); w = filled(g.weightShape, 2); bias = filled(g.biasShape, 3)
+            dy = filled(g.yShape, 4)
+            y = Tensor(shape: g.yShape); dx = Tensor(shape: g.xShape)
+            dw = Tensor(shape: g.weightShape); dbias = Tensor(shape: g.biasShape)
+        }
+        func forward() throws { try conv.forward(x: x, w: w, bias: bias, y: y) }
+        func backwardData() throws { try conv.backwardData(dy: dy, w: w, dx: dx) }
+        func backwardWeights() throws { try conv.backwardWeights(x: x, dy: dy, dw: dw, dbias: dbias) }
+    }
+
+    private static func median(repeats: Int, warmup: Int, _ body: () throws -> Void) throws -> Double {
+        for _ in 0..<warmup { try body() }
+        let clock = ContinuousClock()
+        var times = [Double]()
+        for _ in 0..<max(repeats, 1) {
+            let d = try clock.measure(body)
+            times.append(Double(d.components.seconds) * 1e3 + Double(d.components.attoseconds) * 1e-15)
+        }
+        times.sort()
+        let n = times.count
+        return n % 2 == 1 ? times[n / 2] : (times[n / 2 - 1] + times[n / 2]) / 2
+    }
+}

@@ -1,0 +1,144 @@
+// Conv3D engine vs the direct-loop reference: forward, backward-data, backward-weights, bias gradient.
+import Testing
+import Flipout3D
+import TestSupport
+
+/// The sweep: batch 1..3, channels 1..32, odd non-cubic volumes, kernels 1, 3 and 3x1x3, strides 1
+/// and 2, padding same/valid/explicit, groups 2 and the per-example form (groups = N over the
+/// batch folded into channels).
+let engineCases: [Conv3DGeometry] = [
+    .init(batch: 1, inChannels: 1, outChannels: 1, inputSize: [5, 7, 9], kernel: [3, 3, 3]),
+    .init(batch: 2, inChannels: 3, outChannels: 8, inputSize: [7, 5, 6], kernel: [3, 3, 3], padding: .valid),
+    .init(batch: 3, inChannels: 8, outChannels: 16, inputSize: [5, 7, 9], kernel: [1, 1, 1]),
+    .init(batch: 2, inChannels: 16, outChannels: 16, inputSize: [7, 7, 7], kernel: [3, 3, 3], stride: [2, 2, 2]),
+    .init(batch: 1, inChannels: 32, outChannels: 32, inputSize: [5, 5, 5], kernel: [3, 3, 3]),
+    .init(batch: 2, inChannels: 16, outChannels: 8, inputSize: [9, 7, 5], kernel: [3, 1, 3], stride: [1, 2, 1],
+          padding: .explicit(front: [1, 0, 0], back: [1, 0, 2])),
+    .init(batch: 3, inChannels: 1, outChannels: 3, inputSize: [9, 5, 7], kernel: [3, 3, 3], stride: [2, 2, 2]),
+    // even sizes with stride 2 and same: TF pads 0 before and 1 after
+    .init(batch: 2, inChannels: 3, outChannels: 5, inputSize: [8, 6, 10], kernel: [3, 3, 3], stride: [2, 2, 2]),
+    .init(batch: 1, inChannels: 3, outChannels: 3, inputSize: [7, 8, 9], kernel: [3, 3, 3], stride: [2, 2, 2],
+          padding: .explicit(front: [0, 1, 2], back: [2, 1, 0])),
+    // groups = 2
+    .init(batch: 2, inChannels: 8, outChannels: 16, inputSize: [5, 7, 9], kernel: [3, 3, 3], groups: 2),
+    .init(batch: 1, inChannels: 4, outChannels: 6, inputSize: [9, 9, 7], kernel: [3, 3, 3], stride: [2, 2, 2],
+          padding: .valid, groups: 2),
+    // per-example: (N, Cin) -> (N, Cout) as one grouped convolution with groups = N
+    Conv3DGeometry(batch: 3, inChannels: 2, outChannels: 4, inputSize: [7, 5, 9], kernel: [3, 3, 3]).foldedOverBatch(),
+    Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, inputSize: [5, 5, 5], kernel: [3, 3, 3]).foldedOverBatch(),
+    Conv3DGeometry(batch: 8, inChannels: 1, outChannels: 8, inputSize: [7, 7, 7], kernel: [3, 3, 3]).foldedOverBatch(),
+    Conv3DGeometry(batch: 8, inChannels: 8, outChannels: 1, inputSize: [5, 7, 5], kernel: [3, 3, 3]).foldedOverBatch(),
+    Conv3DGeometry(batch: 16, inChannels: 1, outChannels: 2, inputSize: [5, 5, 5], kernel: [3, 3, 3]).foldedOverBatch(),
+    Conv3DGeometry(batch: 2, inChannels: 32, outChannels: 32, inputSize: [5, 5, 5], kernel: [3, 3, 3],
+                   stride: [2, 2, 2]).foldedOverBatch(),
+]
+
+/// Tolerance for sums of `terms` products of values in [-1, 1]: fp32 rounding grows like sqrt(terms).
+private func tolerance(_ terms: Int) -> Float { 2e-6 * Float(terms) .squareRoot() * 8 + 1e-5 }
+
+@Test(arguments: engineCases)
+func conv3DMatchesReference(_ g: Conv3DGeometry) throws {
+    let conv = try Conv3D(g)
+    let ref = ReferenceConv3D(g)
+    let context = "\(g) [impl fwd \(conv.implementations.forward), bwd-data \(conv.implementations.backwardData), bwd-weights \(conv.implementations.backwardWeights)]"
+    let seed = UInt64("\(g)".utf8.reduce(0) { $0 &* 31 &+ Int($1) } & 0xffff)
+    let x = Tensor(shape: g.xShape, values: testValues(g.xShape.reduce(1, *), seed: seed))
+    let w = Tensor(shape: g.weightShape, values: testValues(g.weightShape.reduce(1, *), seed: seed + 1))
+    let bias = Tensor(shape: g.biasShape, values: testValues(g.outChannels, seed: seed + 2))
+    let dy = Tensor(shape: g.yShape, values: testValues(g.yShape.reduce(1, *), seed: seed + 3))
+
+    // Outputs start as garbage: the engine must overwrite, not accumulate.
+    let y = Tensor(shape: g.yShape); y.fill(1e30)
+    try conv.forward(x: x, w: w, bias: bias, y: y)
+    let fwdTerms = (g.inChannels / g.groups) * g.kernelVolume
+    assertClose(y.array, ref.forward(x: x.array, w: w.array, bias: bias.array),
+                rtol: 1e-4, atol: tolerance(fwdTerms), "forward \(context)")
+
+    let yNoBias = Tensor(shape: g.yShape); yNoBias.fill(1e30)
+    try conv.forward(x: x, w: w, bias: nil, y: yNoBias)
+    assertClose(yNoBias.array, ref.forward(x: x.array, w: w.array, bias: nil),
+                rtol: 1e-4, atol: tolerance(fwdTerms), "forward without bias \(context)")
+
+    let dx = Tensor(shape: g.xShape); dx.fill(1e30)
+    try conv.backwardData(dy: dy, w: w, dx: dx)
+    let bdTerms = (g.outChannels / g.groups) * g.kernelVolume
+    assertClose(dx.array, ref.backwardData(dy: dy.array, w: w.array),
+                rtol: 1e-4, atol: tolerance(bdTerms), "backward-data \(context)")
+
+    let dw = Tensor(shape: g.weightShape); dw.fill(1e30)
+    let dbias = Tensor(shape: g.biasShape); dbias.fill(1e30)
+    try conv.backwardWeights(x: x, dy: dy, dw: dw, dbias: dbias)
+    let expected = ref.backwardWeights(x: x.array, dy: dy.array)
+    let bwTerms = g.batch * g.outputVoxels
+    assertClose(dw.array, expected.dw, rtol: 1e-4, atol: tolerance(bwTerms), "backward-weights \(context)")
+    assertClose(dbias.array, expected.dbias, rtol: 1e-4, atol: tolerance(bwTerms), "bias gradient \(context)")
+
+    // Without dbias the weight gradient is unchanged.
+    let dw2 = Tensor(shape: g.weightShape); dw2.fill(1e30)
+    try conv.backwardWeights(x: x, dy: dy, dw: dw2, dbias: nil)
+    assertClose(dw2.array, expected.dw, rtol: 1e-4, atol: tolerance(bwTerms), "backward-weights without dbias \(context)")
+}
+
+@Test func perExampleFormIsOneConvolutionPerExample() throws {
+    // Folded over the batch, example n convolves with its own kernel W_n: compare each example
+    // with an ordinary N=1 convolution. Tensors use the unfolded views (N, C, ...).
+    let base = Conv3DGeometry(batch: 3, inChannels: 4, outChannels: 5, inputSize: [5, 6, 7], kernel: [3, 3, 3])
+    let folded = try Conv3D(base.foldedOverBatch())
+    let single = ReferenceConv3D(Conv3DGeometry(batch: 1, inChannels: 4, outChannels: 5, inputSize: [5, 6, 7], kernel: [3, 3, 3]))
+    let x = Tensor(shape: base.xShape, values: testValues(base.xShape.reduce(1, *), seed: 7))
+    let wCount = base.weightShape.reduce(1, *)
+    let w = Tensor(shape: [3, 5, 4, 3, 3, 3], values: testValues(3 * wCount, seed: 8)) // (N, Cout, Cin, k, k, k)
+    let y = Tensor(shape: base.yShape)
+    try folded.forward(x: x, w: w, bias: nil, y: y)
+    let xa = x.array, wa = w.array, ya = y.array
+    let xPer = xa.count / 3, yPer = ya.count / 3
+    for n in 0..<3 {
+        let expected = single.forward(x: Array(xa[n * xPer..<(n + 1) * xPer]),
+                                      w: Array(wa[n * wCount..<(n + 1) * wCount]), bias: nil)
+        assertClose(Array(ya[n * yPer..<(n + 1) * yPer]), expected, rtol: 1e-4, atol: 1e-4, "per-example forward, example \(n)")
+    }
+}
+
+@Test func cachedEngineIsShared() throws {
+    let g = Conv3DGeometry(batch: 1, inChannels: 2, outChannels: 2, size: 5, k: 3)
+    #expect(try Conv3D.cached(g) === Conv3D.cached(g))
+    #expect(try Conv3D.cached(g) !== Conv3D.cached(Conv3DGeometry(batch: 2, inChannels: 2, outChannels: 2, size: 5, k: 3)))
+}
+
+@Test func assertCloseCatchesWrongValues() {
+    withKnownIssue("a wrong value must be reported") {
+        assertClose([1, 2, 3.01], [1, 2, 3], rtol: 1e-4, atol: 1e-5, "deliberately wrong")
+    }
+    withKnownIssue("NaN must be reported") {
+        assertClose([.nan], [0], rtol: 1e-4, atol: 1e-5, "deliberately NaN")
+    }
+}
+
+@Test func samePaddingFollowsTensorFlow() {
+    // in 7, k 3, s 2: out 4, total pad (4-1)*2+3-7 = 2 -> 1/1; in 8, k 3, s 2: out 4, total 1 -> 0/1.
+    let g = Conv3DGeometry(batch: 1, inChannels: 1, outChannels: 1, inputSize: [7, 8, 32], kernel: [3, 3, 3], stride: [2, 2, 1])
+    #expect(g.outputSize == [4, 4, 32])
+    #expect(g.paddingFront == [1, 0, 1])
+    #expect(g.paddingBack == [1, 1, 1])
+    let v = Conv3DGeometry(batch: 1, inChannels: 1, outChannels: 1, inputSize: [7, 8, 9], kernel: [3, 3, 3], stride: [2, 2, 2], padding: .valid)
+    #expect(v.outputSize == [3, 3, 4])
+    let w4 = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size: 32, k: 3)
+    #expect(w4.flops == 2 * 4 * 16 * 16 * 27 * 32768)
+    #expect(w4.yShape == [4, 16, 32, 32, 32] && w4.weightShape == [16, 16, 3, 3, 3])
+    let folded = w4.foldedOverBatch()
+    #expect(folded.xShape == [1, 64, 32, 32, 32] && folded.weightShape == [64, 16, 3, 3, 3] && folded.flops == w4.flops)
+}
+
+@Test func invalidGeometriesThrowActionableErrors() {
+    func message(_ g: Conv3DGeometry) -> String {
+        do { try g.validate(); return "" } catch { return "\(error)" }
+    }
+    #expect(message(.init(batch: 1, inChannels: 6, outChannels: 4, size: 5, k: 3, groups: 4)).contains("not divisible by groups"))
+    #expect(message(.init(batch: 1, inChannels: 2, outChannels: 2, size: 3, k: 5, padding: .valid)).contains("bigger than the padded input"))
+    #expect(message(.init(batch: 1, inChannels: 2, outChannels: 2, inputSize: [4, 4], kernel: [3, 3, 3])).contains("3 values"))
+    #expect(message(.init(batch: 0, inChannels: 2, outChannels: 2, size: 4, k: 3)).contains("batch"))
+    #expect(message(.init(batch: 1, inChannels: 2, outChannels: 2, size: 4, k: 3,
+                          padding: .explicit(front: [1, 1], back: [1, 1, 1]))).contains("explicit padding"))
+    #expect(message(.init(batch: 1, inChannels: 2, outChannels: 2, size: 4, k: 3)) == "")
+    #expect(throws: GeometryError.self) { try Conv3D(.init(batch: 1, inChannels: 3, outChannels: 4, size: 5, k: 3, groups: 2)) }
+}
