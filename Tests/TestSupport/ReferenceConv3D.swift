@@ -59,6 +59,13 @@ public struct ReferenceConv3D {
         return acc.map { Float($0) }
     }
 
+    /// y = conv(x, w) entirely in Double, for finite-difference references.
+    public func forwardDouble(x: [Double], w: [Double]) -> [Double] {
+        var acc = [Double](repeating: 0, count: g.yShape.reduce(1, *))
+        forEachTap { xi, wi, yi in acc[yi] += x[xi] * w[wi] }
+        return acc
+    }
+
     /// dx[n,c,i] = sum over (o, tap) reaching i of w * dy.
     public func backwardData(dy: [Float], w: [Float]) -> [Float] {
         var acc = [Double](repeating: 0, count: g.xShape.reduce(1, *))

@@ -18,7 +18,9 @@ import Foundation
 /// (G, Cout / G, ...), w (G, Cout / G, Cin / G, k...) and bias (G, Cout / G): the same memory.
 ///
 /// Outputs (y, dx, dw, dbias) are OVERWRITTEN, never accumulated into.
-/// Calls on one object are serialised by a lock (its reorder buffers are shared between calls).
+/// Calls are serialised by one process-wide lock: the reorder buffers are shared between calls, and
+/// oneDNN's stream (one per process) must not execute from two threads at once. oneDNN itself
+/// uses both cores inside each primitive.
 /// Shape mismatches are programmer errors and trap.
 public final class Conv3D {
     public let geometry: Conv3DGeometry
@@ -29,7 +31,7 @@ public final class Conv3D {
     private let forwardOp: Op
     private let backwardDataOp: Op
     private let backwardWeightsOp: Op
-    private let lock = NSLock()
+    private static let executionLock = NSLock()
     /// (Cout) zeros for forward without bias.
     private let zeroBias: Tensor
     /// (Cout) sink for backward-weights without dbias.
@@ -164,8 +166,8 @@ public final class Conv3D {
     }
 
     private func run(_ op: Op, _ tensors: [Tensor]) throws {
-        lock.lock()
-        defer { lock.unlock() }
+        Conv3D.executionLock.lock()
+        defer { Conv3D.executionLock.unlock() }
         try op.run(tensors.map { UnsafeMutableRawPointer($0.data) }, context: context)
         withExtendedLifetime(tensors) {}
     }

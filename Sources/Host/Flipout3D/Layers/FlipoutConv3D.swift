@@ -28,7 +28,8 @@ public final class FlipoutConv3D {
     public private(set) var lastSample: Tensor?        // (Cout, Cin, k, k, k), or (N, ...) per-example
     public private(set) var lastSignsIn: Tensor?       // (N, Cin)
     public private(set) var lastSignsOut: Tensor?      // (N, Cout)
-    private var lastNoise: [Noise] = []
+    /// The noise of the last pass's samples (one per example for per-example).
+    public private(set) var lastNoise: [Noise] = []
     private var lastInput: Tensor?
     private var lastKernels: Tensor?                   // (N, Cout, Cin, k, k, k) or (Cout, Cin, k, k, k)
     private var lastMode: WeightMode = .sample
