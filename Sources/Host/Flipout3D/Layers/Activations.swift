@@ -1,0 +1,60 @@
+// Parameter-free layers: ReLU, nearest-neighbour 2x upsampling, global average pooling.
+
+/// y = max(x, 0); backward passes dy where x > 0.
+public final class ReLU {
+    private var mask: Tensor?
+    public init() {}
+    public func forward(_ x: Tensor) -> Tensor {   // any shape
+        let y = Tensor(shape: x.shape), m = Tensor(shape: x.shape)
+        for i in 0..<x.count { let v = x.data[i]; if v > 0 { y.data[i] = v; m.data[i] = 1 } }
+        mask = m
+        return y
+    }
+    public func backward(_ dy: Tensor) -> Tensor {
+        guard let m = mask else { preconditionFailure("ReLU: backward before forward") }
+        let dx = Tensor(shape: dy.shape)
+        for i in 0..<dy.count { dx.data[i] = dy.data[i] * m.data[i] }
+        return dx
+    }
+}
+
+/// Nearest-neighbour upsampling by 2 on every spatial axis: (N, C, D, H, W) -> (N, C, 2D, 2H, 2W).
+public enum Upsample2x {
+    public static func forward(_ x: Tensor) -> Tensor {
+        let (nc, d, h, w) = (x.shape[0] * x.shape[1], x.shape[2], x.shape[3], x.shape[4])
+        let y = Tensor(shape: [x.shape[0], x.shape[1], 2 * d, 2 * h, 2 * w])
+        for c in 0..<nc { for z in 0..<2 * d { for yy in 0..<2 * h {
+            let src = x.data + ((c * d + z / 2) * h + yy / 2) * w
+            let dst = y.data + ((c * 2 * d + z) * 2 * h + yy) * 2 * w
+            for xx in 0..<2 * w { dst[xx] = src[xx / 2] }
+        } } }
+        return y
+    }
+    /// dx sums the 8 upsampled copies' gradients.
+    public static func backward(_ dy: Tensor) -> Tensor {
+        let (n, c, d, h, w) = (dy.shape[0], dy.shape[1], dy.shape[2] / 2, dy.shape[3] / 2, dy.shape[4] / 2)
+        let dx = Tensor(shape: [n, c, d, h, w])
+        for k in 0..<n * c { for z in 0..<2 * d { for yy in 0..<2 * h {
+            let src = dy.data + ((k * 2 * d + z) * 2 * h + yy) * 2 * w
+            let dst = dx.data + ((k * d + z / 2) * h + yy / 2) * w
+            for xx in 0..<2 * w { dst[xx / 2] += src[xx] }
+        } } }
+        return dx
+    }
+}
+
+/// Mean over voxels: (N, C, D, H, W) -> (N, C, 1, 1, 1).
+public enum GlobalAveragePool {
+    public static func forward(_ x: Tensor) -> Tensor {
+        let nc = x.shape[0] * x.shape[1], v = x.count / max(nc, 1)
+        let y = Tensor(shape: [x.shape[0], x.shape[1], 1, 1, 1])
+        for k in 0..<nc { var s: Float = 0; for j in 0..<v { s += x.data[k * v + j] }; y.data[k] = s / Float(v) }
+        return y
+    }
+    public static func backward(_ dy: Tensor, inputShape: [Int]) -> Tensor {
+        let dx = Tensor(shape: inputShape)
+        let nc = inputShape[0] * inputShape[1], v = dx.count / max(nc, 1)
+        for k in 0..<nc { let g = dy.data[k] / Float(v); for j in 0..<v { dx.data[k * v + j] = g } }
+        return dx
+    }
+}

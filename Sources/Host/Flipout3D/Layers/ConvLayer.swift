@@ -1,0 +1,43 @@
+// What a network needs from a convolution layer, Bayesian or deterministic.
+
+/// A trainable tensor and its gradient, named for checkpoints ("enc0.loc", "enc0.bias").
+public struct NamedParameter {
+    public let name: String
+    public let value: Tensor
+    public let gradient: Tensor
+}
+
+/// A convolution in a network: forward and backward side by side; backward ADDS into gradients.
+public protocol ConvLayer: AnyObject {
+    var name: String { get }
+    /// x (N, Cin, D, H, W) -> y (N, Cout, oD, oH, oW)
+    func forward(_ x: Tensor, _ ctx: StepContext) throws -> Tensor
+    /// dy (N, Cout, oD, oH, oW) -> dx (N, Cin, D, H, W)
+    func backward(_ dy: Tensor) throws -> Tensor
+    /// KL(q || p) of the layer's weights (0 for deterministic layers), adding scale * dKL.
+    func kl(gradientScale: Float, _ ctx: StepContext) throws -> Double
+    func finishBackward()
+    func zeroGradients()
+    /// Everything Adam updates.
+    var trainable: [NamedParameter] { get }
+    /// Multiply-add FLOPs of one forward pass for this input shape.
+    func forwardFLOPs(_ inputShape: [Int]) -> Double
+}
+
+extension FlipoutConv3D: ConvLayer {
+    public var trainable: [NamedParameter] {
+        var out = weights.posterior.slots.enumerated().map {
+            NamedParameter(name: "\(name).\($0.element.name)", value: weights.parameters[$0.offset], gradient: weights.gradients[$0.offset])
+        }
+        out.append(NamedParameter(name: "\(name).bias", value: bias, gradient: biasGradient))
+        if weights.learnPrior {
+            out.append(NamedParameter(name: "\(name).prior", value: weights.priorParameters, gradient: weights.priorGradients))
+        }
+        return out
+    }
+
+    public func forwardFLOPs(_ inputShape: [Int]) -> Double {
+        Conv3DGeometry(batch: inputShape[0], inChannels: inChannels, outChannels: outChannels,
+                       inputSize: Array(inputShape[2...]), kernel: kernel, stride: stride, padding: padding).flops
+    }
+}

@@ -1,0 +1,75 @@
+// An ordinary Conv3D with point-estimate weights: the deterministic baseline network's layer.
+import Foundation
+
+public final class DeterministicConv3D: ConvLayer {
+    public let name: String
+    public let inChannels: Int
+    public let outChannels: Int
+    public let kernel: [Int]
+    public let stride: [Int]
+    public let padding: Padding
+    /// (Cout, Cin, kD, kH, kW)
+    public let weight: Tensor
+    public let weightGradient: Tensor
+    /// (Cout)
+    public let bias: Tensor
+    public let biasGradient: Tensor
+    private var lastInput: Tensor?
+
+    /// He-normal initialisation from the layer's own random sub-stream.
+    public init(name: String, index: Int, inChannels: Int, outChannels: Int, kernel: Int = 3, stride: Int = 1,
+                padding: Padding = .same, seed: UInt64) {
+        self.name = name
+        self.inChannels = inChannels
+        self.outChannels = outChannels
+        self.kernel = [kernel, kernel, kernel]
+        self.stride = [stride, stride, stride]
+        self.padding = padding
+        weight = Tensor(shape: [outChannels, inChannels, kernel, kernel, kernel])
+        weightGradient = Tensor(shape: weight.shape)
+        bias = Tensor(shape: [outChannels])
+        biasGradient = Tensor(shape: [outChannels])
+        var s = RandomStream(seed: seed, layer: index, step: 0, purpose: .initialization)
+        s.fillNormal(weight.data, count: weight.count)
+        let std = Float((2.0 / Double(inChannels * kernel * kernel * kernel)).squareRoot())
+        for i in 0..<weight.count { weight[i] *= std }
+    }
+
+    func geometry(_ x: Tensor) -> Conv3DGeometry {
+        precondition(x.rank == 5 && x.shape[1] == inChannels, "\(name): input shape \(x.shape), expected (N, \(inChannels), D, H, W)")
+        return Conv3DGeometry(batch: x.shape[0], inChannels: inChannels, outChannels: outChannels,
+                              inputSize: Array(x.shape[2...]), kernel: kernel, stride: stride, padding: padding)
+    }
+
+    public func forward(_ x: Tensor, _ ctx: StepContext) throws -> Tensor {
+        let g = geometry(x)
+        try g.validate()
+        let y = Tensor(shape: g.yShape)
+        try Conv3D.cached(g).forward(x: x, w: weight, bias: bias, y: y)
+        lastInput = x
+        return y
+    }
+
+    public func backward(_ dy: Tensor) throws -> Tensor {
+        guard let x = lastInput else { preconditionFailure("\(name): backward before forward") }
+        let g = geometry(x), conv = try Conv3D.cached(g)
+        let dx = Tensor(shape: x.shape), dw = Tensor(shape: weight.shape), db = Tensor(shape: [outChannels])
+        try conv.backwardData(dy: dy, w: weight, dx: dx)
+        try conv.backwardWeights(x: x, dy: dy, dw: dw, dbias: db)
+        for i in 0..<dw.count { weightGradient[i] += dw[i] }
+        for o in 0..<outChannels { biasGradient[o] += db[o] }
+        return dx
+    }
+
+    public func kl(gradientScale: Float, _ ctx: StepContext) throws -> Double { 0 }
+    public func finishBackward() {}
+    public func zeroGradients() { weightGradient.zero(); biasGradient.zero() }
+    public var trainable: [NamedParameter] {
+        [NamedParameter(name: "\(name).weight", value: weight, gradient: weightGradient),
+         NamedParameter(name: "\(name).bias", value: bias, gradient: biasGradient)]
+    }
+    public func forwardFLOPs(_ inputShape: [Int]) -> Double {
+        Conv3DGeometry(batch: inputShape[0], inChannels: inChannels, outChannels: outChannels,
+                       inputSize: Array(inputShape[2...]), kernel: kernel, stride: stride, padding: padding).flops
+    }
+}
