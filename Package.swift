@@ -25,12 +25,15 @@ var targets: [Target] = [
     .systemLibrary(name: "PluginABI", path: "Sources/PluginABI"),
     // oneDNN's C API (Debian libdnnl-dev).
     .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
+    // zlib (Debian zlib1g-dev) for .nii.gz, and libpng 1.6 (libpng-dev) for PNG previews.
+    .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+    .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
     // The Swift SDK plugin authors write against; imports only the ABI.
     .target(name: "PluginSDK", dependencies: ["PluginABI"], swiftSettings: fastMath),
     // The host library: tensors, Conv3D engine, layers, plugin loader, training, prediction.
     .target(
         name: "Flipout3D",
-        dependencies: ["PluginABI", "CDNNL"],
+        dependencies: ["PluginABI", "CDNNL", "CZlib", "CPNG"],
         path: "Sources/Host/Flipout3D",
         swiftSettings: fastMath
     ),
