@@ -73,6 +73,18 @@ func conv3DMatchesReference(_ g: Conv3DGeometry) throws {
     assertClose(dw.array, expected.dw, rtol: 1e-4, atol: tolerance(bwTerms), "backward-weights \(context)")
     assertClose(dbias.array, expected.dbias, rtol: 1e-4, atol: tolerance(bwTerms), "bias gradient \(context)")
 
+    // The combined backward (dy reordered once) gives the same gradients, with and without dx.
+    let dx3 = Tensor(shape: g.xShape); dx3.fill(1e30)
+    let dw3 = Tensor(shape: g.weightShape); dw3.fill(1e30)
+    let db3 = Tensor(shape: g.biasShape); db3.fill(1e30)
+    try conv.backward(x: x, dy: dy, w: w, dx: dx3, dw: dw3, dbias: db3)
+    assertClose(dx3.array, dx.array, rtol: 1e-6, atol: 1e-6, "combined backward dx \(context)")
+    assertClose(dw3.array, expected.dw, rtol: 1e-4, atol: tolerance(bwTerms), "combined backward dw \(context)")
+    assertClose(db3.array, expected.dbias, rtol: 1e-4, atol: tolerance(bwTerms), "combined backward dbias \(context)")
+    dw3.fill(1e30)
+    try conv.backward(x: x, dy: dy, w: w, dx: nil, dw: dw3, dbias: nil)
+    assertClose(dw3.array, expected.dw, rtol: 1e-4, atol: tolerance(bwTerms), "combined backward without dx \(context)")
+
     // Without dbias the weight gradient is unchanged.
     let dw2 = Tensor(shape: g.weightShape); dw2.fill(1e30)
     try conv.backwardWeights(x: x, dy: dy, dw: dw2, dbias: nil)

@@ -165,10 +165,37 @@ public final class Conv3D {
         try run(backwardWeightsOp, [x, dy, dw, dbias ?? scratchBias])
     }
 
+    /// Both backward passes in one call: dw, dbias (backward-weights) and, unless dx is nil (a
+    /// first layer needs no input gradient), dx (backward-data). Same shapes as the two methods;
+    /// outputs are overwritten. Cheaper than calling them in turn: dy is reordered into oneDNN's
+    /// layout once and read by both primitives.
+    public func backward(x: Tensor, dy: Tensor, w: Tensor, dx: Tensor?, dw: Tensor, dbias: Tensor?) throws {
+        checkX(x, "Conv3D.backward x")
+        checkY(dy, "Conv3D.backward dy")
+        checkW(w, "Conv3D.backward w")
+        if let dx { checkX(dx, "Conv3D.backward dx") }
+        checkW(dw, "Conv3D.backward dw")
+        if let dbias { checkBias(dbias, "Conv3D.backward dbias") }
+        Conv3D.executionLock.lock()
+        defer { Conv3D.executionLock.unlock() }
+        // Weights first: backward-data may write dx into the buffer that holds x.
+        try backwardWeightsOp.run(pointers([x, dy, dw, dbias ?? scratchBias]), context: context)
+        if let dx {
+            // dy already sits in the y-role buffer if both primitives want the same layout.
+            let dyInner = backwardWeightsOp.slots[1].inner
+            try backwardDataOp.run(pointers([dy, w, dx]), context: context, alreadyLoaded: dyInner)
+        }
+        withExtendedLifetime((x, dy, w, dx, dw, dbias)) {}
+    }
+
+    private func pointers(_ tensors: [Tensor]) -> [UnsafeMutableRawPointer] {
+        tensors.map { UnsafeMutableRawPointer($0.data) }
+    }
+
     private func run(_ op: Op, _ tensors: [Tensor]) throws {
         Conv3D.executionLock.lock()
         defer { Conv3D.executionLock.unlock() }
-        try op.run(tensors.map { UnsafeMutableRawPointer($0.data) }, context: context)
+        try op.run(pointers(tensors), context: context)
         withExtendedLifetime(tensors) {}
     }
 
@@ -205,7 +232,12 @@ public final class Conv3D {
 
     /// The layouts oneDNN chose, for logs and the benchmark: "src aBcde16b, weights ..., dst ...".
     public var layoutSummary: String {
-        func names(_ op: Op) -> String { op.slots.map { "\($0.argName) \($0.primitiveMemory.desc.layoutName)" }.joined(separator: ", ") }
+        func names(_ op: Op) -> String {
+            op.slots.map { slot in
+                let reorder = slot.reorder.map { " (reorder \($0.desc.implementation))" } ?? ""
+                return "\(slot.argName) \(slot.primitiveMemory.desc.layoutName)\(reorder)"
+            }.joined(separator: ", ")
+        }
         return "forward [\(names(forwardOp))]; backward-data [\(names(backwardDataOp))]; backward-weights [\(names(backwardWeightsOp))]"
     }
 }
@@ -297,10 +329,12 @@ private final class Op {
 
     /// Binds caller storage (one pointer per slot, in slot order), reorders inputs in, runs,
     /// reorders outputs out, and waits.
-    func run(_ pointers: [UnsafeMutableRawPointer], context: DNNLContext) throws {
+    /// `alreadyLoaded`: an inner buffer that already holds its input (its reorder is skipped).
+    func run(_ pointers: [UnsafeMutableRawPointer], context: DNNLContext, alreadyLoaded: DNNLMemory? = nil) throws {
         precondition(pointers.count == slots.count, "Op.run: \(pointers.count) tensors for \(slots.count) slots")
         for (slot, p) in zip(slots, pointers) { try slot.user.setHandle(p) }
         for slot in slots where !slot.isOutput {
+            if alreadyLoaded != nil && slot.inner === alreadyLoaded { continue }
             if let r = slot.reorder { try r.execute(slot.reorderArgs, context: context, "reorder into \(name)") }
         }
         try primitive.execute(args, context: context, name)

@@ -1,13 +1,13 @@
 // EngineBench: timings of the oneDNN Conv3D engine on the benchmark workloads (medians, ms, GFLOP/s).
 
 /// One geometry's timings: per-primitive medians and the median of whole steps
-/// (forward + backward-data + backward-weights back to back).
+/// (forward, then `Conv3D.backward`: backward-weights and backward-data sharing dy's reorder).
 public struct EngineStepTiming: Sendable, CustomStringConvertible {
     public let geometry: Conv3DGeometry
     public let forwardMs: Double
     public let backwardDataMs: Double
     public let backwardWeightsMs: Double
-    /// Median of whole steps, measured separately (not the sum of the medians).
+    /// Median of whole steps (forward + `Conv3D.backward`), measured separately (not the sum of the medians).
     public let stepMs: Double
     /// oneDNN's implementation names for (forward, backward-data, backward-weights).
     public let implementations: [String]
@@ -66,7 +66,7 @@ public enum EngineBench {
         let raw = try timeRaw(geometry: geometry, repeats: repeats, warmup: warmup)
         let t = try Workspace(geometry)
         let step = try median(repeats: repeats, warmup: warmup) {
-            try t.forward(); try t.backwardData(); try t.backwardWeights()
+            try t.forward(); try t.backward()
         }
         let impl = t.conv.implementations
         return EngineStepTiming(geometry: geometry, forwardMs: raw.forwardMs, backwardDataMs: raw.backwardDataMs,
@@ -112,6 +112,7 @@ public enum EngineBench {
         func forward() throws { try conv.forward(x: x, w: w, bias: bias, y: y) }
         func backwardData() throws { try conv.backwardData(dy: dy, w: w, dx: dx) }
         func backwardWeights() throws { try conv.backwardWeights(x: x, dy: dy, dw: dw, dbias: dbias) }
+        func backward() throws { try conv.backward(x: x, dy: dy, w: w, dx: dx, dw: dw, dbias: dbias) }
     }
 
     private static func median(repeats: Int, warmup: Int, _ body: () throws -> Void) throws -> Double {
