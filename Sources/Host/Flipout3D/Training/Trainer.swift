@@ -1,0 +1,129 @@
+// The training loop: seeded shuffles, ELBO steps with Adam, per-epoch metrics and atomic checkpoints.
+import Foundation
+
+public struct EpochRecord: Codable, Sendable {
+    public var epoch: Int
+    public var loss: Double
+    public var nll: Double
+    public var kl: Double
+    public var scaledKL: Double
+    public var beta: Double
+    public var validationDice: Double
+    public var validationNLL: Double
+    public var seconds: Double
+}
+
+public final class Trainer {
+    public let model: SegmentationNet
+    public let optimizer: Adam
+    public let training: TrainingConfig
+    public let dataset: VolumeDataset
+    /// The run folder: checkpoint.safetensors, metrics.csv, metrics.json.
+    public let runDirectory: String
+    public private(set) var epochsDone = 0
+    public private(set) var records: [EpochRecord] = []
+    public var showProgress = true
+    let log: (String) -> Void
+
+    public var checkpointPath: String { (runDirectory as NSString).appendingPathComponent("checkpoint.safetensors") }
+
+    public init(model: SegmentationNet, training: TrainingConfig, dataset: VolumeDataset, runDirectory: String,
+                log: @escaping (String) -> Void = { _ in }) throws {
+        guard training.batchSize >= 1, training.epochs >= 0, training.learningRate > 0 else {
+            throw LayerError.invalidConfiguration("batch size must be >= 1, epochs >= 0 and the learning rate > 0.")
+        }
+        guard dataset.count(.train) >= 1 else { throw LayerError.invalidConfiguration("the dataset has no training volumes.") }
+        try model.checkInput([1, 1] + dataset.volumeSize)
+        self.model = model
+        self.training = training
+        self.dataset = dataset
+        self.runDirectory = runDirectory
+        self.log = log
+        optimizer = Adam(parameters: model.trainable, learningRate: training.learningRate)
+        try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+    }
+
+    /// Continue the run saved at `checkpoint` (bit-exactly: shuffles and noise depend only on seed and step).
+    public static func resume(checkpoint: String, registry: PluginRegistry, runDirectory: String? = nil, allowPluginChange: Bool = false,
+                              log: @escaping (String) -> Void = { _ in }) throws -> Trainer {
+        let loaded = try ModelCheckpoint.load(checkpoint, registry: registry, allowPluginChange: allowPluginChange, log: log)
+        let dir = runDirectory ?? (checkpoint as NSString).deletingLastPathComponent
+        let t = try Trainer(model: loaded.model, training: loaded.training, dataset: try loaded.training.makeDataset(), runDirectory: dir, log: log)
+        try ModelCheckpoint.restoreOptimizer(t.optimizer, from: loaded.checkpoint, path: checkpoint)
+        t.epochsDone = loaded.epoch
+        let metricsPath = (dir as NSString).appendingPathComponent("metrics.json")
+        if let bytes = try? FileIO.read(metricsPath), let r = try? JSONDecoder().decode([EpochRecord].self, from: Data(bytes)) {
+            t.records = Array(r.prefix(loaded.epoch))
+        }
+        return t
+    }
+
+    var stepsPerEpoch: Int { (dataset.count(.train) + training.batchSize - 1) / training.batchSize }
+
+    /// One ELBO step on a batch; returns its terms. `step` keys every random draw.
+    public func step(x: Tensor, y: Tensor, step: Int, beta: Double) throws -> ELBOTerms {
+        let ctx = StepContext(seed: training.seed, step: step)
+        model.zeroGradients()
+        let logits = try model.forward(x, ctx)
+        let grad = Tensor(shape: logits.shape)
+        let nll = ELBO.bceWithLogits(logits, y, grad: grad)
+        guard nll.isFinite else { throw LayerError.nonFinite("step \(step): the loss is \(nll); the network output is not finite.") }
+        try model.backward(grad)
+        let scale = ELBO.klScale(beta: beta, trainingVolumes: dataset.count(.train), voxelsPerVolume: dataset.volumeSize.reduce(1, *))
+        let kl = try model.kl(gradientScale: Float(scale), ctx)
+        model.finishBackward()
+        try optimizer.update()
+        model.parametersChanged()
+        return ELBOTerms(nll: nll, kl: kl, scaledKL: scale * kl)
+    }
+
+    /// Train one epoch, evaluate on the validation split, write metrics and the checkpoint.
+    public func trainEpoch() throws -> EpochRecord {
+        let epoch = epochsDone
+        let start = Date()
+        let n = dataset.count(.train)
+        var order = Array(0..<n)
+        var shuffle = RandomStream(seed: training.seed, layer: 0, step: epoch, purpose: .shuffle)
+        for i in stride(from: n - 1, to: 0, by: -1) { order.swapAt(i, shuffle.nextInt(below: i + 1)) }
+        let beta = training.beta(epoch: epoch)
+        var sums = ELBOTerms(nll: 0, kl: 0, scaledKL: 0)
+        let progress = ProgressLine(total: stepsPerEpoch, label: "epoch \(epoch + 1)/\(training.epochs)")
+        progress.enabled = showProgress
+        for b in 0..<stepsPerEpoch {
+            let idx = Array(order[(b * training.batchSize)..<min(n, (b + 1) * training.batchSize)])
+            let (x, y) = try dataset.batch(.train, indices: idx)
+            let t = try step(x: x, y: y, step: epoch * stepsPerEpoch + b + 1, beta: beta)
+            sums.nll += t.nll; sums.kl += t.kl; sums.scaledKL += t.scaledKL
+            progress.update(done: b + 1, String(format: "loss %.4f  nll %.4f  kl %.1f", t.loss, t.nll, t.kl))
+        }
+        let steps = Double(stepsPerEpoch)
+        let val = dataset.count(.validation) > 0
+            ? try Evaluator.evaluate(model, dataset, .validation, samples: min(training.evaluationSamples, 4), seed: training.seed, batchSize: training.batchSize)
+            : SplitMetrics(dice: .nan, nll: .nan, brier: .nan, ece: .nan, volumeMutualInformation: [])
+        let record = EpochRecord(epoch: epoch + 1, loss: (sums.nll + sums.scaledKL) / steps, nll: sums.nll / steps, kl: sums.kl / steps,
+                                 scaledKL: sums.scaledKL / steps, beta: beta, validationDice: val.dice, validationNLL: val.nll,
+                                 seconds: Date().timeIntervalSince(start))
+        epochsDone += 1
+        records.append(record)
+        try writeMetrics()
+        try ModelCheckpoint.save(model: model, optimizer: optimizer, training: training, epoch: epochsDone, to: checkpointPath)
+        log(String(format: "epoch %d: loss %.4f  nll %.4f  kl %.1f (scaled %.5f, beta %.2f)  val dice %.3f  val nll %.4f  %.1fs",
+                   record.epoch, record.loss, record.nll, record.kl, record.scaledKL, beta, record.validationDice, record.validationNLL, record.seconds))
+        return record
+    }
+
+    /// Train until `training.epochs` epochs are done.
+    public func run() throws {
+        while epochsDone < training.epochs { _ = try trainEpoch() }
+    }
+
+    func writeMetrics() throws {
+        var csv = "epoch,loss,nll,kl,scaled_kl,beta,val_dice,val_nll,seconds\n"
+        for r in records {
+            csv += "\(r.epoch),\(r.loss),\(r.nll),\(r.kl),\(r.scaledKL),\(r.beta),\(r.validationDice),\(r.validationNLL),\(r.seconds)\n"
+        }
+        try FileIO.writeAtomically(Array(csv.utf8), to: (runDirectory as NSString).appendingPathComponent("metrics.csv"))
+        let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try FileIO.writeAtomically(Array(try e.encode(records)), to: (runDirectory as NSString).appendingPathComponent("metrics.json"))
+    }
+}
