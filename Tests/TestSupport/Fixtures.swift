@@ -76,3 +76,17 @@ public enum Subprocess {
                       stderr: (try? String(contentsOf: err, encoding: .utf8)) ?? "")
     }
 }
+
+/// Runs the built `flipout` binary.
+public enum FlipoutCLI {
+    /// The environment without FLIPOUT_PLUGIN_PATH, so only the bundled and --plugin plugins load.
+    public static var hermeticEnvironment: [String: String] {
+        var env = ProcessInfo.processInfo.environment
+        env["FLIPOUT_PLUGIN_PATH"] = nil
+        return env
+    }
+
+    public static func run(_ arguments: [String], in directory: URL? = nil) throws -> Subprocess.Result {
+        try Subprocess.run(BuildProducts.flipout, arguments, in: directory, environment: hermeticEnvironment)
+    }
+}
