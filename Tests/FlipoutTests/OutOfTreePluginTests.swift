@@ -1,62 +1,32 @@
-// A third-party Swift prior built with scripts/build-plugin in a temporary folder, loaded into the built host.
+// The prior from docs/write-your-own-prior.md built with scripts/build-plugin in a temp folder, loaded into the built host.
 import Testing
 import Foundation
 import Flipout3D
 import TestSupport
 
-/// The plugin source a newcomer would write (the same shape as docs/write-your-own-prior.md).
+/// The plugin exactly as docs/write-your-own-prior.md tells a newcomer to write and build it.
 enum OutOfTreePlugin {
-    static let source = #"""
-    // A Cauchy prior built out of tree: the SDK's sources are compiled into this module.
-    import PluginABI
-    #if canImport(Glibc)
-    import Glibc
-    #endif
+    static let guide = Fixtures.packageRoot.appendingPathComponent("docs/write-your-own-prior.md")
 
-    struct Cauchy: ScalarDistribution {
-        static let family = FamilyInfo(
-            id: "org.example.cauchy", name: "Cauchy", version: "0.2.0",
-            description: "Cauchy(loc, scale): heavy-tailed prior.",
-            capabilities: [],
-            parameters: [
-                ParameterSpec("loc", "location (median)", default: 0),
-                ParameterSpec("scale", "scale, > 0", transform: .softplus, default: 0.1),
-            ])
-
-        init(hyperparameters: [Double]) throws {}
-
-        func validate(_ p: Params) throws {
-            guard p[1] > 0 else { throw PluginError.domain("Cauchy: scale must be > 0 (got \(p[1]))") }
+    /// The first ```swift block of the guide.
+    static func source() throws -> String {
+        let text = try String(contentsOf: guide, encoding: .utf8)
+        guard let start = text.range(of: "```swift\n"),
+              let end = text.range(of: "\n```", range: start.upperBound..<text.endIndex) else {
+            throw FixtureError("\(guide.path) has no ```swift block")
         }
-
-        // log p(x) = -log(pi * s * (1 + z^2)), z = (x - loc) / s
-        func logProb(_ x: Double, _ p: Params) -> Double {
-            let z = (x - p[0]) / p[1]
-            return -log(Double.pi * p[1] * (1 + z * z))
-        }
-
-        func logProbGradient(_ x: Double, _ p: Params, _ dp: ParamGradient) -> Double {
-            let s = p[1], z = (x - p[0]) / s, d = 1 + z * z
-            dp[0] = 2 * z / (s * d)
-            dp[1] = -1 / s + 2 * z * z / (s * d)
-            return -2 * z / (s * d)
-        }
+        return String(text[start.upperBound..<end.lowerBound]) + "\n"
     }
-
-    @_cdecl("flipout_plugin_entry_v1")
-    public func flipoutPluginEntry(_ host: UnsafePointer<flipout_host>?) -> UnsafeRawPointer? {
-        PluginExport.library(name: "Example priors", host: host, families: [Cauchy.self])
-    }
-    """#
 
     /// Built once per test process: (the folder, the .so path), or the build error.
     static let built: Result<(dir: URL, so: String), Error> = Result(catching: {
         let dir = try Fixtures.temporaryDirectory("flipout-oot")
-        try source.write(to: dir.appendingPathComponent("MyPrior.swift"), atomically: true, encoding: .utf8)
-        // Run from the plugin's folder with relative paths, as a newcomer would.
+        try source().write(to: dir.appendingPathComponent("MyPrior.swift"), atomically: true, encoding: .utf8)
+        // Run from the plugin's folder with relative paths and the guide's command line.
         let script = Fixtures.packageRoot.appendingPathComponent("scripts/build-plugin").path
-        let r = try Subprocess.run(script, ["-o", "libMyPrior.so", "--module-name", "ExampleCauchyPrior", "MyPrior.swift"], in: dir)
+        let r = try Subprocess.run(script, ["-o", "libMyPrior.so", "MyPrior.swift"], in: dir)
         guard r.status == 0 else { throw FixtureError("scripts/build-plugin failed (\(r.status)):\n\(r.stderr)\(r.stdout)") }
+        guard r.stdout.contains("built libMyPrior.so (module FlipoutPlugin_MyPrior)") else { throw FixtureError("unexpected output: \(r.stdout)") }
         return (dir, dir.appendingPathComponent("libMyPrior.so").path)
     })
 
@@ -70,10 +40,13 @@ enum CauchyReference {
 @Suite struct OutOfTreePluginTests {
     @Test func buildsLoadsAndMatchesClosedForm() throws {
         let lib = try PluginLibrary.load(try OutOfTreePlugin.so())
-        #expect(lib.name == "Example priors")
+        #expect(lib.name == "My priors")
         let family = try #require(lib.families.first)
-        #expect(family.id == "org.example.cauchy")
-        #expect(family.version == "0.2.0")
+        #expect(family.id == "org.example.myprior")
+        #expect(family.version == "0.1.0")
+        #expect(family.parameters.map(\.name) == ["loc", "scale"])
+        #expect(family.parameters.map(\.transform) == [.identity, .softplus])
+        #expect(family.parameters[1].defaultValue == 0.1)
         #expect(family.stdlib == "dynamic")
         let h = PluginHarness(try family.instantiate())
 
@@ -110,14 +83,14 @@ enum CauchyReference {
         let so = try OutOfTreePlugin.so()
         let r = try FlipoutCLI.run(["plugins", "inspect", so])
         #expect(r.status == 0, "\(r.stderr)")
-        for s in ["library  Example priors", "file     \(so)", "org.example.cauchy  (Cauchy 0.2.0)", "scale  softplus", "dynamic stdlib"] {
+        for s in ["library  My priors", "file     \(so)", "org.example.myprior  (Cauchy 0.1.0)", "scale  softplus   0.1 ", "dynamic stdlib"] {
             #expect(r.stdout.contains(s), "missing \"\(s)\" in:\n\(r.stdout)")
         }
         let sha = try #require(r.stdout.split(separator: "\n").first { $0.hasPrefix("sha256") })
         #expect(sha.split(separator: " ").last.map { $0.count == 64 } == true)
         // A relative path from the plugin's folder works too.
         let rel = try FlipoutCLI.run(["plugins", "inspect", "./libMyPrior.so"], in: try OutOfTreePlugin.built.get().dir)
-        #expect(rel.status == 0 && rel.stdout.contains("org.example.cauchy"), "\(rel.stderr)")
+        #expect(rel.status == 0 && rel.stdout.contains("org.example.myprior"), "\(rel.stderr)")
     }
 
     @Test func cliListsItBesideTheBundledPlugins() throws {
@@ -125,8 +98,8 @@ enum CauchyReference {
         let r = try FlipoutCLI.run(["plugins", "list", "--plugin", so])
         #expect(r.status == 0, "\(r.stderr)")
         let rows = r.stdout.split(separator: "\n").map(String.init)
-        let row = try #require(rows.first { $0.hasPrefix("org.example.cauchy ") }, "\(r.stdout)")
-        #expect(row.contains("0.2.0") && row.contains("Example priors") && row.hasSuffix(so), "\(row)")
+        let row = try #require(rows.first { $0.hasPrefix("org.example.myprior ") }, "\(r.stdout)")
+        #expect(row.contains("0.1.0") && row.contains("My priors") && row.hasSuffix(so), "\(row)")
         #expect(rows.contains { $0.hasPrefix("org.flipout3d.normal ") })
     }
 }
