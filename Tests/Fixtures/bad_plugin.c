@@ -88,6 +88,12 @@ static const flipout_parameter_desc parameters[1] = {
     {sizeof(flipout_parameter_desc), "rate", "rate, > 0", FLIPOUT_TRANSFORM_SOFTPLUS, 1.0f, 0.0f, NULL},
 };
 
+/* Two hyperparameters (unused by the math) so `flipout plugins inspect` has ranges to show. */
+static const flipout_hyperparameter_desc hyperparameters[2] = {
+    {sizeof(flipout_hyperparameter_desc), "components", "an integer hyperparameter", 2.0, 1.0, 8.0, 1},
+    {sizeof(flipout_hyperparameter_desc), "temperature", "a real hyperparameter", 1.0, 0.0, INFINITY, 0},
+};
+
 static const flipout_distribution distribution = {
 #if defined(SMALL_STRUCT)
     8,
@@ -95,7 +101,7 @@ static const flipout_distribution distribution = {
     sizeof(flipout_distribution),
 #endif
     FIXTURE_ID, "Bad fixture", "0.0.1", "A deliberately broken plugin for loader tests.",
-    0, 1, parameters, 0, NULL, NULL,
+    0, 1, parameters, 2, hyperparameters, NULL,
     "cc", "none",
     create, destroy, layout,
 #if defined(NULL_LOG_PROB)

@@ -1,6 +1,7 @@
 // The built `flipout` binary run as a process: help text, plugins list/inspect/sample, exit codes.
 import Testing
 import Foundation
+import Flipout3D
 import TestSupport
 
 /// The value after `label` on the line that starts with it ("mean      1.0266   (sample...)").
@@ -54,7 +55,7 @@ func printedValue(_ label: String, in text: String) -> Double? {
         for s in ["library  Flipout3D Normal", "file     \(BuildProducts.plugin("FlipoutNormal"))",
                   "org.flipout3d.normal  (Normal 1.0.0)", "capabilities     sample, symmetric",
                   "loc    identity   0 ", "scale  softplus   0.0485873", "hyperparameters  none",
-                  "KL(q || org.flipout3d.normal) for q in: org.flipout3d.normal", "dynamic stdlib"] {
+                  "KL(q || org.flipout3d.normal) for q in: org.flipout3d.normal", "; stdlib dynamic"] {
             #expect(r.stdout.contains(s), "missing \"\(s)\" in:\n\(r.stdout)")
         }
         let sha = try #require(r.stdout.split(separator: "\n").first { $0.hasPrefix("sha256") })
@@ -112,5 +113,25 @@ func printedValue(_ label: String, in text: String) -> Double? {
             #expect(r.status == 64, "\(args): exit \(r.status)")
             #expect(r.stderr.contains(message), "\(args): \(r.stderr)")
         }
+    }
+
+    @Test func inspectShowsHyperparameterRangesOfACPlugin() throws {
+        let so = try BadPlugin.build("cli-inspect")
+        let r = try FlipoutCLI.run(["plugins", "inspect", so])
+        #expect(r.status == 0, "\(r.stderr)")
+        let lines = r.stdout.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
+        for s in ["org.flipout3d.test.bad (Bad fixture 0.0.1)", "capabilities none", "rate softplus 1 0 rate, > 0",
+                  "components 2 [1, 8] integer an integer hyperparameter", "temperature 1 [0, inf] a real hyperparameter",
+                  "analytic KL none (Monte Carlo)", "build cc; stdlib none"] {
+            #expect(lines.contains(s), "missing line \"\(s)\" in:\n\(r.stdout)")
+        }
+        // A prior-only family cannot be sampled: a usage error that says why.
+        let sample = try FlipoutCLI.run(["plugins", "sample", "org.flipout3d.test.bad", "--plugin", so])
+        #expect(sample.status == 64)
+        #expect(sample.stderr.contains("has no `sample` capability: it can only be a prior"), "\(sample.stderr)")
+        // A hyperparameter outside its declared range is refused before the plugin sees it.
+        let lib = try PluginLibrary.load(so)
+        #expect(throws: PluginLoadError.self) { try lib.families[0].instantiate(["components": 9]) }
+        #expect(throws: PluginLoadError.self) { try lib.families[0].instantiate(["components": 2.5]) }
     }
 }

@@ -83,7 +83,7 @@ enum CauchyReference {
         let so = try OutOfTreePlugin.so()
         let r = try FlipoutCLI.run(["plugins", "inspect", so])
         #expect(r.status == 0, "\(r.stderr)")
-        for s in ["library  My priors", "file     \(so)", "org.example.myprior  (Cauchy 0.1.0)", "scale  softplus   0.1 ", "dynamic stdlib"] {
+        for s in ["library  My priors", "file     \(so)", "org.example.myprior  (Cauchy 0.1.0)", "scale  softplus   0.1 ", "; stdlib dynamic"] {
             #expect(r.stdout.contains(s), "missing \"\(s)\" in:\n\(r.stdout)")
         }
         let sha = try #require(r.stdout.split(separator: "\n").first { $0.hasPrefix("sha256") })

@@ -84,7 +84,7 @@ struct PluginsInspect: ParsableCommand {
                 out += Table.render(hrows)
             }
             line("  analytic KL      \(f.klFamilies.isEmpty ? "none (Monte Carlo)" : "KL(q || \(f.id)) for q in: " + f.klFamilies.joined(separator: ", "))")
-            line("  build            \(f.toolchain.isEmpty ? "unknown toolchain" : f.toolchain), \(f.stdlib.isEmpty ? "unknown" : f.stdlib) stdlib")
+            line("  build            \(f.toolchain.isEmpty ? "unknown toolchain" : f.toolchain); stdlib \(f.stdlib.isEmpty ? "unknown" : f.stdlib)")
         }
         return out
     }
