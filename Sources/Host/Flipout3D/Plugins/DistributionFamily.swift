@@ -164,7 +164,7 @@ public final class DistributionFamily: @unchecked Sendable {
         klFamilies = kls
 
         func require(_ present: Bool, _ fn: String, _ why: String) throws {
-            if !present { throw PluginLoadError(.missingFunction, file: file, "\(id): required function \(fn) is NULL (\(why)).") }
+            if !present { throw PluginLoadError(.missingFunction, file: file, "\(id): required function \(fn) is NULL (\(why)). Set \(fn) in the plugin's flipout_distribution (or drop the capability that requires it) and rebuild the plugin.") }
         }
         try require(v.create != nil, "create", "every family")
         try require(v.destroy != nil, "destroy", "every family")

@@ -1,0 +1,105 @@
+// The prior from docs/write-your-own-prior.md built with scripts/build-plugin in a temp folder, loaded into the built host.
+import Testing
+import Foundation
+import Flipout3D
+import TestSupport
+
+/// The plugin exactly as docs/write-your-own-prior.md tells a newcomer to write and build it.
+enum OutOfTreePlugin {
+    static let guide = Fixtures.packageRoot.appendingPathComponent("docs/write-your-own-prior.md")
+
+    /// The first ```swift block of the guide.
+    static func source() throws -> String {
+        let text = try String(contentsOf: guide, encoding: .utf8)
+        guard let start = text.range(of: "```swift\n"),
+              let end = text.range(of: "\n```", range: start.upperBound..<text.endIndex) else {
+            throw FixtureError("\(guide.path) has no ```swift block")
+        }
+        return String(text[start.upperBound..<end.lowerBound]) + "\n"
+    }
+
+    /// Built once per test process: (the folder, the .so path), or the build error.
+    static let built: Result<(dir: URL, so: String), Error> = Result(catching: {
+        let dir = try Fixtures.temporaryDirectory("flipout-oot")
+        try source().write(to: dir.appendingPathComponent("MyPrior.swift"), atomically: true, encoding: .utf8)
+        // Run from the plugin's folder with relative paths and the guide's command line.
+        let script = Fixtures.packageRoot.appendingPathComponent("scripts/build-plugin").path
+        let r = try Subprocess.run(script, ["-o", "libMyPrior.so", "MyPrior.swift"], in: dir)
+        guard r.status == 0 else { throw FixtureError("scripts/build-plugin failed (\(r.status)):\n\(r.stderr)\(r.stdout)") }
+        guard r.stdout.contains("built libMyPrior.so (module FlipoutPlugin_MyPrior)") else { throw FixtureError("unexpected output: \(r.stdout)") }
+        return (dir, dir.appendingPathComponent("libMyPrior.so").path)
+    })
+
+    static func so() throws -> String { try built.get().so }
+}
+
+enum CauchyReference {
+    static func logPDF(_ x: Double, _ m: Double, _ s: Double) -> Double { -log(Double.pi * s * (1 + pow((x - m) / s, 2))) }
+}
+
+@Suite struct OutOfTreePluginTests {
+    @Test func buildsLoadsAndMatchesClosedForm() throws {
+        let lib = try PluginLibrary.load(try OutOfTreePlugin.so())
+        #expect(lib.name == "My priors")
+        let family = try #require(lib.families.first)
+        #expect(family.id == "org.example.myprior")
+        #expect(family.version == "0.1.0")
+        #expect(family.parameters.map(\.name) == ["loc", "scale"])
+        #expect(family.parameters.map(\.transform) == [.identity, .softplus])
+        #expect(family.parameters[1].defaultValue == 0.1)
+        #expect(family.stdlib == "dynamic")
+        let h = PluginHarness(try family.instantiate())
+
+        let xs: [Float] = [-3, -0.2, 0, 0.4, 5]
+        let locs: [Float] = [0, 0.1, -0.5, 0.4, 1]
+        let scales: [Float] = [1, 0.1, 2, 0.5, 3]
+        let lp = try h.logProb(xs, [locs, scales])
+        for i in xs.indices {
+            let ref = CauchyReference.logPDF(Double(xs[i]), Double(locs[i]), Double(scales[i]))
+            #expect(isClose(Double(lp[i]), ref, rtol: 1e-6, atol: 1e-6), "i=\(i): \(lp[i]) vs \(ref)")
+        }
+        let g: [Float] = [1, 0.5, -1, 2, 1]
+        let (dx, dp) = try h.logProbVJP(xs, [locs, scales], g: g)
+        for i in xs.indices {
+            let x = Double(xs[i]), m = Double(locs[i]), s = Double(scales[i]), gi = Double(g[i])
+            #expect(isClose(Double(dx[i]), gi * centralDifference({ CauchyReference.logPDF($0, m, s) }, at: x), rtol: 1e-4, atol: 1e-4), "dx i=\(i)")
+            #expect(isClose(Double(dp[0][i]), gi * centralDifference({ CauchyReference.logPDF(x, $0, s) }, at: m), rtol: 1e-4, atol: 1e-4), "dloc i=\(i)")
+            #expect(isClose(Double(dp[1][i]), gi * centralDifference({ CauchyReference.logPDF(x, m, $0) }, at: s, h: 1e-6), rtol: 1e-4, atol: 1e-4), "dscale i=\(i)")
+        }
+        // Swift errors become status codes with the author's message.
+        do {
+            _ = try h.logProb([1], [[0], [-1]])
+            Issue.record("a negative scale was accepted")
+        } catch let e as PluginCallError {
+            #expect(e.status == 3 && e.message.contains("Cauchy: scale must be > 0"), "\(e)")
+        }
+    }
+
+    @Test func exportsOnlyTheEntrySymbol() throws {
+        #expect(try ExportedSymbols.definedFunctions(try OutOfTreePlugin.so()) == ["flipout_plugin_entry_v1"])
+    }
+
+    @Test func cliInspectsTheBuiltFile() throws {
+        let so = try OutOfTreePlugin.so()
+        let r = try FlipoutCLI.run(["plugins", "inspect", so])
+        #expect(r.status == 0, "\(r.stderr)")
+        for s in ["library  My priors", "file     \(so)", "org.example.myprior  (Cauchy 0.1.0)", "scale  softplus   0.1 ", "; stdlib dynamic"] {
+            #expect(r.stdout.contains(s), "missing \"\(s)\" in:\n\(r.stdout)")
+        }
+        let sha = try #require(r.stdout.split(separator: "\n").first { $0.hasPrefix("sha256") })
+        #expect(sha.split(separator: " ").last.map { $0.count == 64 } == true)
+        // A relative path from the plugin's folder works too.
+        let rel = try FlipoutCLI.run(["plugins", "inspect", "./libMyPrior.so"], in: try OutOfTreePlugin.built.get().dir)
+        #expect(rel.status == 0 && rel.stdout.contains("org.example.myprior"), "\(rel.stderr)")
+    }
+
+    @Test func cliListsItBesideTheBundledPlugins() throws {
+        let so = try OutOfTreePlugin.so()
+        let r = try FlipoutCLI.run(["plugins", "list", "--plugin", so])
+        #expect(r.status == 0, "\(r.stderr)")
+        let rows = r.stdout.split(separator: "\n").map(String.init)
+        let row = try #require(rows.first { $0.hasPrefix("org.example.myprior ") }, "\(r.stdout)")
+        #expect(row.contains("0.1.0") && row.contains("My priors") && row.hasSuffix(so), "\(row)")
+        #expect(rows.contains { $0.hasPrefix("org.flipout3d.normal ") })
+    }
+}
