@@ -83,7 +83,7 @@ public struct RandomStream: Sendable {
     /// A uniform integer in 0..<n (for shuffles; n < 2^32).
     public mutating func nextInt(below n: Int) -> Int {
         precondition(n > 0 && n <= Int(UInt32.max), "RandomStream.nextInt: bad bound \(n)")
-        return Int(UInt64(nextBlock().0) * UInt64(n) >> 32)
+        return Int((UInt64(nextBlock().0) * UInt64(n)) >> 32)
     }
 
     public mutating func normals(_ count: Int) -> [Float] {
