@@ -46,5 +46,8 @@ import Flipout3D
     m.data[(1 * 4 + 2) * 4 + 3] = 1
     #expect(PNGPreview.centroid(of: m) == [1, 2, 3])
     #expect(PNGPreview.centroid(of: Tensor(shape: [2, 2, 2])) == nil)
+    // Two blobs apart: the centroid (1, 2, 1.5) is empty; the nearest mask voxel is returned.
+    m.data[(1 * 4 + 2) * 4 + 0] = 1
+    #expect(PNGPreview.centroid(of: m) == [1, 2, 0])
     #expect(throws: FileIOError.self) { try PNGPreview.write([PNGPreview.Panel(m)], to: "/nonexistent-folder/x.png") }
 }

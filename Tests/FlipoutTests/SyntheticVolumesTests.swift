@@ -79,3 +79,30 @@ import Flipout3D
     #expect(y.array.contains(1))
     #expect(g.all(.validation).x.shape == [16, 1, 16, 24, 20])
 }
+
+@Test func syntheticLesionCountVaries() {
+    // Connected components (6-neighbour) of the label per volume: 1–3 lesions, not always the same.
+    let g = SyntheticVolumes(seed: 4)
+    var counts = Set<Int>()
+    for i in 0..<12 {
+        let y = g.volume(split: .train, index: i).label
+        var seen = [Bool](repeating: false, count: y.count)
+        var components = 0
+        for start in 0..<y.count where y.data[start] == 1 && !seen[start] {
+            components += 1
+            var stack = [start]; seen[start] = true
+            while let v = stack.popLast() {
+                let (z, r, x) = (v / 1024, (v / 32) % 32, v % 32)
+                for (dz, dy, dx) in [(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)] {
+                    let (a, b, c) = (z + dz, r + dy, x + dx)
+                    guard (0..<32).contains(a), (0..<32).contains(b), (0..<32).contains(c) else { continue }
+                    let u = (a * 32 + b) * 32 + c
+                    if y.data[u] == 1 && !seen[u] { seen[u] = true; stack.append(u) }
+                }
+            }
+        }
+        #expect((1...3).contains(components), "volume \(i): \(components) lesions")
+        counts.insert(components)
+    }
+    #expect(counts.count >= 2, "every volume has \(counts) lesions")
+}

@@ -206,8 +206,8 @@ public struct SyntheticVolumes: Sendable {
 
 extension RandomStream {
     /// A uniform integer in 0..<n from one uniform draw (n well below 2^24). The data code uses
-    /// this rather than `nextInt(below:)`, whose `a * b >> 32` parses as `a * (b >> 32)` (shift
-    /// binds tighter than multiplication in Swift) and so returns 0 for every n < 2^32.
+    /// this rather than `nextInt(below:)` so the data stays fixed whatever `nextInt` does (it
+    /// returned 0 for every n before e5e609e fixed its `a * b >> 32` precedence).
     mutating func uniformIndex(below n: Int) -> Int {
         precondition(n > 0 && n < 1 << 24, "uniformIndex: bad bound \(n)")
         var u: Float = 0

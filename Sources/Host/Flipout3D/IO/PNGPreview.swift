@@ -43,7 +43,7 @@ public enum PNGPreview {
         return [s[0] / 2, s[1] / 2, s[2] / 2]
     }
 
-    /// The voxel nearest the centroid of `mask` >= threshold ((…, D, H, W)), or nil if empty.
+    /// The voxel of `mask` >= threshold ((…, D, H, W)) nearest the mask's centroid, or nil if empty.
     public static func centroid(of mask: Tensor, threshold: Float = 0.5) -> [Int]? {
         let (d, h, w) = dims(mask)
         var s = (0.0, 0.0, 0.0), n = 0.0
@@ -53,7 +53,18 @@ public enum PNGPreview {
             i += 1
         } } }
         guard n > 0 else { return nil }
-        return [Int((s.0 / n).rounded()), Int((s.1 / n).rounded()), Int((s.2 / n).rounded())]
+        let c = (s.0 / n, s.1 / n, s.2 / n)
+        // The mask voxel nearest the centroid, so the slices cut a lesion even when several are apart.
+        var best = [0, 0, 0], bestDistance = Double.infinity
+        i = 0
+        for z in 0..<d { for y in 0..<h { for x in 0..<w {
+            if mask.data[i] >= threshold {
+                let e = (Double(z) - c.0) * (Double(z) - c.0) + (Double(y) - c.1) * (Double(y) - c.1) + (Double(x) - c.2) * (Double(x) - c.2)
+                if e < bestDistance { bestDistance = e; best = [z, y, x] }
+            }
+            i += 1
+        } } }
+        return best
     }
 
     /// Renders the preview: all panels share one (D, H, W) and the slice point `at` (d, h, w),
