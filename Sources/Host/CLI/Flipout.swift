@@ -23,6 +23,7 @@ struct Flipout: ParsableCommand {
         """,
         version: Flipout3DVersion.string,
         subcommands: [
+            TrainCommand.self,
             PluginsCommand.self,
         ]
     )

@@ -37,6 +37,8 @@ extension TrainingConfig {
         case "synthetic":
             return SyntheticVolumes(seed: seed, size: [volumeSize, volumeSize, volumeSize],
                                     counts: [.train: trainVolumes, .validation: validationVolumes, .test: testVolumes, .outOfDistribution: oodVolumes])
+        case "colin27":
+            return try Colin27Dataset(seed: seed, patchSize: volumeSize, train: trainVolumes, validation: validationVolumes, test: testVolumes)
         default:
             throw LayerError.invalidConfiguration("unknown dataset \"\(dataset)\"; use synthetic or colin27.")
         }

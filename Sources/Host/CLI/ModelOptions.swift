@@ -1,0 +1,73 @@
+// The options that choose a model: prior, posterior, estimator, KL; shared by train and bench.
+import ArgumentParser
+import Flipout3D
+
+struct ModelOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Posterior family id (or short name) of every Bayesian layer.", valueName: "id"))
+    var posterior = "org.flipout3d.normal"
+
+    @Option(name: .customLong("posterior-hyper"), help: ArgumentHelp("Posterior hyperparameter (repeatable), e.g. components=3.", valueName: "name=value"))
+    var posteriorHyper: [String] = []
+
+    @Option(help: ArgumentHelp("Prior family id (or short name).", valueName: "id"))
+    var prior = "org.flipout3d.normal"
+
+    @Option(name: .customLong("prior-param"), help: ArgumentHelp("Prior parameter value (repeatable), constrained, e.g. scale=0.1.", valueName: "name=value"))
+    var priorParam: [String] = []
+
+    @Option(name: .customLong("prior-hyper"), help: ArgumentHelp("Prior hyperparameter (repeatable).", valueName: "name=value"))
+    var priorHyper: [String] = []
+
+    @Option(help: "Gradient estimator: flipout, reparam, per-example, or auto (flipout for symmetric posteriors, else per-example).")
+    var estimator: Estimator = .auto
+
+    @Flag(name: .customLong("learn-prior"), help: "Learn the prior's parameters (empirical Bayes) through the KL's gradients.")
+    var learnPrior = false
+
+    @Option(name: .customLong("kl-samples"), help: "Samples for a Monte Carlo KL (used when the prior has no closed form for the posterior).")
+    var klSamples = 1
+
+    @Flag(name: .customLong("mc-kl"), help: "Use the Monte Carlo KL even when a closed form exists.")
+    var monteCarloKL = false
+
+    @Flag(help: "Train the same network with deterministic convolutions (the baseline).")
+    var deterministic = false
+
+    @Option(help: "Channels of the first layer (the network has width and 2·width channels).")
+    var width = 8
+
+    @Option(help: "Network: encoder-decoder (default) or stack.")
+    var architecture: ModelConfig.Architecture = .encoderDecoder
+
+    func config() throws -> ModelConfig {
+        var c = ModelConfig()
+        c.architecture = architecture
+        c.width = width
+        c.bayesian = !deterministic
+        c.estimator = estimator.rawValue
+        c.posterior = posterior
+        c.prior = prior
+        c.posteriorHyperparameters = Dictionary(uniqueKeysWithValues: try KeyValue.parse(posteriorHyper, option: "--posterior-hyper").map { ($0.key, $0.value) })
+        c.priorHyperparameters = Dictionary(uniqueKeysWithValues: try KeyValue.parse(priorHyper, option: "--prior-hyper").map { ($0.key, $0.value) })
+        c.priorParameters = Dictionary(uniqueKeysWithValues: try KeyValue.parse(priorParam, option: "--prior-param").map { ($0.key, Float($0.value)) })
+        c.learnPrior = learnPrior
+        c.klSamples = klSamples
+        c.forceMonteCarloKL = monteCarloKL
+        return c
+    }
+
+    func validate() throws {
+        guard width >= 1 && width <= 64 else { throw ValidationError("--width must be between 1 and 64.") }
+        guard klSamples >= 1 else { throw ValidationError("--kl-samples must be at least 1.") }
+    }
+}
+
+extension Estimator: ExpressibleByArgument {}
+extension ModelConfig.Architecture: ExpressibleByArgument {}
+
+/// Messages for the user, on stderr so stdout stays machine-readable.
+func note(_ s: String) {
+    FileHandle.standardError.write(Data((s + "\n").utf8))
+}
+
+import Foundation

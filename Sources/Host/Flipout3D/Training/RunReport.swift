@@ -1,0 +1,47 @@
+// The end-of-run report: test and OOD metrics, learned prior values, written to results.json.
+import Foundation
+
+public struct RunReport: Codable {
+    public var posterior: String
+    public var prior: String
+    public var estimator: String
+    public var bayesian: Bool
+    public var test: SplitMetrics
+    public var ood: SplitMetrics?
+    public var oodAUROC: Double?
+    public var learnedPrior: [String: Float]?
+    public var trainSeconds: Double
+    public var samples: Int
+
+    public var text: String {
+        var s = String(format: "test: dice %.4f  nll %.4f  brier %.4f  ece %.4f", test.dice, test.nll, test.brier, test.ece)
+        if let ood, let a = oodAUROC { s += String(format: "\nood:  dice %.4f  nll %.4f  AUROC(MI, ood vs test) %.4f", ood.dice, ood.nll, a) }
+        if let lp = learnedPrior { s += "\nlearned prior: " + lp.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") }
+        s += String(format: "\ntrain time %.1f s (%@, %@ / %@, estimator %@)", trainSeconds, bayesian ? "Bayesian" : "deterministic", posterior, prior, estimator)
+        return s
+    }
+
+    /// Evaluates the trained model on the test split (and the OOD split if the dataset has one)
+    /// and writes results.json into the run folder.
+    public static func evaluate(trainer: Trainer, trainSeconds: Double) throws -> RunReport {
+        let m = trainer.model, t = trainer.training
+        let samples = m.config.bayesian ? t.evaluationSamples : 1
+        let test = try Evaluator.evaluate(m, trainer.dataset, .test, samples: samples, seed: t.seed, batchSize: t.batchSize)
+        var ood: SplitMetrics?
+        var auroc: Double?
+        if trainer.dataset.count(.ood) > 0 {
+            let o = try Evaluator.evaluate(m, trainer.dataset, .ood, samples: samples, seed: t.seed, batchSize: t.batchSize)
+            ood = o
+            auroc = m.config.bayesian ? Evaluator.oodAUROC(inDistribution: test, outOfDistribution: o) : nil
+        }
+        let first = m.flipoutLayers.first
+        let report = RunReport(
+            posterior: m.config.bayesian ? m.config.posterior : "-", prior: m.config.bayesian ? m.config.prior : "-",
+            estimator: first?.estimator.rawValue ?? "deterministic", bayesian: m.config.bayesian, test: test, ood: ood, oodAUROC: auroc,
+            learnedPrior: m.config.learnPrior ? first.map { Dictionary(uniqueKeysWithValues: $0.weights.priorValues) } : nil,
+            trainSeconds: trainSeconds, samples: samples)
+        let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try FileIO.writeAtomically(Array(try e.encode(report)), to: (trainer.runDirectory as NSString).appendingPathComponent("results.json"))
+        return report
+    }
+}
