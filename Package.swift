@@ -8,6 +8,8 @@ import PackageDescription
 let bundledPlugins: [(target: String, folder: String)] = [
     ("FlipoutNormal", "Normal"),
     ("FlipoutLaplace", "Laplace"),
+    ("FlipoutGamma", "Gamma"),
+    ("FlipoutBeta", "Beta"),
 ]
 
 /// Plugins export exactly their entry symbol: everything else stays local to the `.so`.
