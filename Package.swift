@@ -10,6 +10,9 @@ let bundledPlugins: [(target: String, folder: String)] = [
     ("FlipoutLaplace", "Laplace"),
     ("FlipoutGamma", "Gamma"),
     ("FlipoutBeta", "Beta"),
+    ("FlipoutGaussianMixture", "GaussianMixture"),
+    ("FlipoutScaleMixture", "ScaleMixture"),
+    ("FlipoutStudentT", "StudentT"),
 ]
 
 /// Plugins export exactly their entry symbol: everything else stays local to the `.so`.
