@@ -7,6 +7,12 @@ import PackageDescription
 /// with one module name would collide process-wide (see ../shared/notes/plugins-on-linux.md).
 let bundledPlugins: [(target: String, folder: String)] = [
     ("FlipoutNormal", "Normal"),
+    ("FlipoutLaplace", "Laplace"),
+    ("FlipoutGamma", "Gamma"),
+    ("FlipoutBeta", "Beta"),
+    ("FlipoutGaussianMixture", "GaussianMixture"),
+    ("FlipoutScaleMixture", "ScaleMixture"),
+    ("FlipoutStudentT", "StudentT"),
 ]
 
 /// Plugins export exactly their entry symbol: everything else stays local to the `.so`.
@@ -44,7 +50,7 @@ var targets: [Target] = [
         path: "Sources/Host/CLI"
     ),
     .target(name: "TestSupport", dependencies: ["Flipout3D"], path: "Tests/TestSupport"),
-    .testTarget(name: "FlipoutTests", dependencies: ["Flipout3D", "TestSupport"], path: "Tests/FlipoutTests"),
+    .testTarget(name: "FlipoutTests", dependencies: ["Flipout3D", "TestSupport", "PluginSDK"], path: "Tests/FlipoutTests"),
 ]
 for plugin in bundledPlugins {
     products.append(.library(name: plugin.target, type: .dynamic, targets: [plugin.target]))

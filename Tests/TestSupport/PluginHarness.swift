@@ -95,3 +95,14 @@ public func centralDifference(_ f: (Double) -> Double, at x: Double, h: Double =
 public func isClose(_ a: Double, _ b: Double, rtol: Double = 1e-4, atol: Double = 1e-5) -> Bool {
     abs(a - b) <= atol + rtol * abs(b)
 }
+
+extension PluginHarness {
+    /// d/dparam_k of sum_i g_i center_i, params broadcast when given one value.
+    public func centerVJP(_ params: [[Float]], n: Int, g: [Float]) throws -> [[Float]] {
+        var dp = params.map { [Float](repeating: 0, count: $0.count) }
+        try withIns(params, n) { p in
+            try withOuts(&dp, n) { gp in try dist.centerVJP(n: n, params: p, g: g, gradParams: gp) }
+        }
+        return dp
+    }
+}
