@@ -143,7 +143,7 @@ func expectLoadError(_ path: String, _ kind: PluginLoadError.Kind, says: [String
 }
 
 /// Independent reference: the Laplace density, log p = -|x - m| / b - log(2 b).
-enum LaplaceReference {
+enum CLaplaceReference {
     static func logPDF(_ x: Double, _ m: Double, _ b: Double) -> Double { -abs(x - m) / b - log(2 * b) }
 }
 
@@ -188,7 +188,7 @@ enum LaplaceReference {
         let scales: [Float] = [1, 0.3, 2, 0.7, 1.5]
         let lp = try h.logProb(xs, [locs, scales])
         for i in xs.indices {
-            let ref = LaplaceReference.logPDF(Double(xs[i]), Double(locs[i]), Double(scales[i]))
+            let ref = CLaplaceReference.logPDF(Double(xs[i]), Double(locs[i]), Double(scales[i]))
             #expect(isClose(Double(lp[i]), ref, rtol: 1e-6, atol: 1e-6), "i=\(i): \(lp[i]) vs \(ref)")
         }
 
@@ -196,9 +196,9 @@ enum LaplaceReference {
         let (dx, dp) = try h.logProbVJP(xs, [locs, scales], g: g)
         for i in xs.indices {
             let x = Double(xs[i]), m = Double(locs[i]), b = Double(scales[i]), gi = Double(g[i])
-            let fdx = gi * centralDifference({ LaplaceReference.logPDF($0, m, b) }, at: x)
-            let fdm = gi * centralDifference({ LaplaceReference.logPDF(x, $0, b) }, at: m)
-            let fdb = gi * centralDifference({ LaplaceReference.logPDF(x, m, $0) }, at: b)
+            let fdx = gi * centralDifference({ CLaplaceReference.logPDF($0, m, b) }, at: x)
+            let fdm = gi * centralDifference({ CLaplaceReference.logPDF(x, $0, b) }, at: m)
+            let fdb = gi * centralDifference({ CLaplaceReference.logPDF(x, m, $0) }, at: b)
             #expect(isClose(Double(dx[i]), fdx, rtol: 1e-4, atol: 1e-4), "dx i=\(i)")
             #expect(isClose(Double(dp[0][i]), fdm, rtol: 1e-4, atol: 1e-4), "dloc i=\(i)")
             #expect(isClose(Double(dp[1][i]), fdb, rtol: 1e-4, atol: 1e-4), "dscale i=\(i)")
@@ -206,7 +206,7 @@ enum LaplaceReference {
 
         // As a prior: broadcast loc and scale; the scale gradient is the sum over scalars.
         let (_, bp) = try h.logProbVJP(xs, [[0.1], [0.8]], g: [Float](repeating: 1, count: xs.count))
-        let ref = xs.reduce(0.0) { acc, x in acc + centralDifference({ LaplaceReference.logPDF(Double(x), 0.1, $0) }, at: 0.8) }
+        let ref = xs.reduce(0.0) { acc, x in acc + centralDifference({ CLaplaceReference.logPDF(Double(x), 0.1, $0) }, at: 0.8) }
         #expect(isClose(Double(bp[1][0]), ref, rtol: 1e-4, atol: 1e-4))
 
         // A bad scale is a domain error with the plugin's message.

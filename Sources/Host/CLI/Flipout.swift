@@ -24,6 +24,8 @@ struct Flipout: ParsableCommand {
         version: Flipout3DVersion.string,
         subcommands: [
             TrainCommand.self,
+            PredictCommand.self,
+            EvaluateCommand.self,
             PluginsCommand.self,
         ]
     )

@@ -54,8 +54,7 @@ public final class DeterministicConv3D: ConvLayer {
         guard let x = lastInput else { preconditionFailure("\(name): backward before forward") }
         let g = geometry(x), conv = try Conv3D.cached(g)
         let dx = Tensor(shape: x.shape), dw = Tensor(shape: weight.shape), db = Tensor(shape: [outChannels])
-        try conv.backwardData(dy: dy, w: weight, dx: dx)
-        try conv.backwardWeights(x: x, dy: dy, dw: dw, dbias: db)
+        try conv.backward(x: x, dy: dy, w: weight, dx: dx, dw: dw, dbias: db)
         for i in 0..<dw.count { weightGradient[i] += dw[i] }
         for o in 0..<outChannels { biasGradient[o] += db[o] }
         return dx

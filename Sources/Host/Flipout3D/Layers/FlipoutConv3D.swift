@@ -35,6 +35,9 @@ public final class FlipoutConv3D {
     private var lastMode: WeightMode = .sample
 
     public var kernelShape: [Int] { [outChannels, inChannels] + kernel }
+    /// Per-example kernels (N, Cout, Cin, k, k, k); for N = 1 the plain kernel shape (same memory),
+    /// since a grouped convolution over a batch of one is an ordinary convolution.
+    func perExampleShape(_ n: Int) -> [Int] { n == 1 ? kernelShape : [n] + kernelShape }
     public var weightCount: Int { kernelShape.reduce(1, *) }
 
     public init(name: String, index: Int, inChannels: Int, outChannels: Int, kernel: Int = 3,
@@ -103,11 +106,11 @@ public final class FlipoutConv3D {
             signStream.fillSigns(sIn.data, count: sIn.count)
             signStream.fillSigns(sOut.data, count: sOut.count)
             lastSignsIn = sIn; lastSignsOut = sOut
-            kernels = Tensor(shape: [n] + kernelShape)
+            kernels = Tensor(shape: perExampleShape(n))
             flipoutKernels(center: center, sample: w, signsIn: sIn, signsOut: sOut, into: kernels)
             try groupedForward(x, kernels, g, y)
         case (.sample, .perExample):
-            let w = Tensor(shape: [n] + kernelShape)
+            let w = Tensor(shape: perExampleShape(n))
             for i in 0..<n {
                 let noise = weights.drawNoise(&noiseStream)
                 try weights.sample(noise, into: w.data + i * e)
@@ -165,10 +168,8 @@ public final class FlipoutConv3D {
         let dx = Tensor(shape: x.shape)
         let grouped = lastMode == .sample && estimator != .reparam
         if !grouped {
-            let conv = try Conv3D.cached(g)
-            try conv.backwardData(dy: dy, w: kernels, dx: dx)
             let dw = Tensor(shape: kernelShape), db = Tensor(shape: [outChannels])
-            try conv.backwardWeights(x: x, dy: dy, dw: dw, dbias: db)
+            try Conv3D.cached(g).backward(x: x, dy: dy, w: kernels, dx: dx, dw: dw, dbias: db)
             for o in 0..<outChannels { biasGradient[o] += db[o] }
             if lastMode == .center {
                 try weights.centerBackward(dw.data)
@@ -177,10 +178,8 @@ public final class FlipoutConv3D {
             }
             return dx
         }
-        let conv = try Conv3D.cached(g.foldedOverBatch())
-        try conv.backwardData(dy: dy, w: kernels, dx: dx)
-        let perExample = Tensor(shape: [n] + kernelShape), db = Tensor(shape: [n, outChannels])
-        try conv.backwardWeights(x: x, dy: dy, dw: perExample, dbias: db)
+        let perExample = Tensor(shape: perExampleShape(n)), db = Tensor(shape: n == 1 ? [outChannels] : [n, outChannels])
+        try Conv3D.cached(g.foldedOverBatch()).backward(x: x, dy: dy, w: kernels, dx: dx, dw: perExample, dbias: db)
         for b in 0..<n { for o in 0..<outChannels { biasGradient[o] += db[b * outChannels + o] } }
         if estimator == .perExample {
             for b in 0..<n {

@@ -113,3 +113,17 @@ enum ModelCheckpoint {
         optimizer.step = c.metadata[CheckpointKey.adamStep].flatMap(Int.init) ?? 0
     }
 }
+
+/// A trained network read back from a checkpoint, with the configuration it was trained under.
+public struct TrainedModel {
+    public let model: SegmentationNet
+    public let training: TrainingConfig
+    public let epochs: Int
+
+    /// Refuses a checkpoint whose plugins' SHA-256 changed unless `allowPluginChange`.
+    public static func load(_ path: String, registry: PluginRegistry, allowPluginChange: Bool = false,
+                            log: (String) -> Void = { _ in }) throws -> TrainedModel {
+        let l = try ModelCheckpoint.load(path, registry: registry, allowPluginChange: allowPluginChange, log: log)
+        return TrainedModel(model: l.model, training: l.training, epochs: l.epoch)
+    }
+}
