@@ -102,4 +102,29 @@ enum CauchyReference {
         #expect(row.contains("0.1.0") && row.contains("My priors") && row.hasSuffix(so), "\(row)")
         #expect(rows.contains { $0.hasPrefix("org.flipout3d.normal ") })
     }
+
+    @Test func staticStdlibBuildSaysSoAndLoads() throws {
+        let dir = try Fixtures.temporaryDirectory("flipout-oot-static")
+        try OutOfTreePlugin.source().write(to: dir.appendingPathComponent("MyPrior.swift"), atomically: true, encoding: .utf8)
+        let script = Fixtures.packageRoot.appendingPathComponent("scripts/build-plugin").path
+        let r = try Subprocess.run(script, ["-o", "libMyStaticPrior.so", "--module-name", "MyStaticPrior", "--static-stdlib", "MyPrior.swift"], in: dir)
+        #expect(r.status == 0, "\(r.stderr)")
+        let so = dir.appendingPathComponent("libMyStaticPrior.so").path
+        let lib = try PluginLibrary.load(so)
+        #expect(lib.families.first?.stdlib == "static")
+        #expect(try ExportedSymbols.definedFunctions(so) == ["flipout_plugin_entry_v1"])
+        let h = PluginHarness(try lib.families[0].instantiate())
+        let lp = try h.logProb([0.3], [[0], [0.1]])
+        #expect(isClose(Double(lp[0]), CauchyReference.logPDF(0.3, 0, 0.1), rtol: 1e-6, atol: 1e-6))
+    }
+
+    @Test func buildPluginExplainsMisuse() throws {
+        let script = Fixtures.packageRoot.appendingPathComponent("scripts/build-plugin").path
+        let noOutput = try Subprocess.run(script, ["MyPrior.swift"])
+        #expect(noOutput.status == 64 && noOutput.stderr.contains("name the output with -o libMyPrior.so"), "\(noOutput.stderr)")
+        let noFile = try Subprocess.run(script, ["-o", "/tmp/libx.so", "/nonexistent/MyPrior.swift"])
+        #expect(noFile.status == 66 && noFile.stderr.contains("no such file: /nonexistent/MyPrior.swift"), "\(noFile.stderr)")
+        let badName = try Subprocess.run(script, ["-o", "/tmp/libx.so", "--module-name", "my-prior", Fixtures.source("bad_plugin.c")])
+        #expect(badName.status == 64 && badName.stderr.contains("must be a Swift identifier"), "\(badName.stderr)")
+    }
 }

@@ -22,6 +22,7 @@ struct Flipout: ParsableCommand {
         message names the file and what to do), 64 bad command-line input.
         """,
         version: Flipout3DVersion.string,
+        // One line per subcommand, one file per subcommand (train, predict, bench go here).
         subcommands: [
             TrainCommand.self,
             PredictCommand.self,
