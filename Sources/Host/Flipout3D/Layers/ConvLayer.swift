@@ -10,6 +10,8 @@ public struct NamedParameter {
 /// A convolution in a network: forward and backward side by side; backward ADDS into gradients.
 public protocol ConvLayer: AnyObject {
     var name: String { get }
+    /// false for a network's first layer: backward then skips dL/dx.
+    var needsInputGradient: Bool { get set }
     /// x (N, Cin, D, H, W) -> y (N, Cout, oD, oH, oW)
     func forward(_ x: Tensor, _ ctx: StepContext) throws -> Tensor
     /// dy (N, Cout, oD, oH, oW) -> dx (N, Cin, D, H, W)

@@ -15,6 +15,8 @@ public final class DeterministicConv3D: ConvLayer {
     public let bias: Tensor
     public let biasGradient: Tensor
     private var lastInput: Tensor?
+    /// false for a network's first layer: backward then skips dL/dx (returns zeros).
+    public var needsInputGradient = true
 
     /// He-normal initialisation from the layer's own random sub-stream.
     public init(name: String, index: Int, inChannels: Int, outChannels: Int, kernel: Int = 3, stride: Int = 1,
@@ -54,7 +56,7 @@ public final class DeterministicConv3D: ConvLayer {
         guard let x = lastInput else { preconditionFailure("\(name): backward before forward") }
         let g = geometry(x), conv = try Conv3D.cached(g)
         let dx = Tensor(shape: x.shape), dw = Tensor(shape: weight.shape), db = Tensor(shape: [outChannels])
-        try conv.backward(x: x, dy: dy, w: weight, dx: dx, dw: dw, dbias: db)
+        try conv.backward(x: x, dy: dy, w: weight, dx: needsInputGradient ? dx : nil, dw: dw, dbias: db)
         for i in 0..<dw.count { weightGradient[i] += dw[i] }
         for o in 0..<outChannels { biasGradient[o] += db[o] }
         return dx

@@ -22,6 +22,8 @@ public final class FlipoutConv3D {
     /// (Cout)
     public let bias: Tensor
     public let biasGradient: Tensor
+    /// false for a network's first layer: backward then skips dL/dx (returns zeros).
+    public var needsInputGradient = true
 
     /// What the last forward pass drew, kept for backward (and for tests).
     public private(set) var lastCenter: Tensor?        // (Cout, Cin, k, k, k)
@@ -169,7 +171,7 @@ public final class FlipoutConv3D {
         let grouped = lastMode == .sample && estimator != .reparam
         if !grouped {
             let dw = Tensor(shape: kernelShape), db = Tensor(shape: [outChannels])
-            try Conv3D.cached(g).backward(x: x, dy: dy, w: kernels, dx: dx, dw: dw, dbias: db)
+            try Conv3D.cached(g).backward(x: x, dy: dy, w: kernels, dx: needsInputGradient ? dx : nil, dw: dw, dbias: db)
             for o in 0..<outChannels { biasGradient[o] += db[o] }
             if lastMode == .center {
                 try weights.centerBackward(dw.data)
@@ -179,7 +181,7 @@ public final class FlipoutConv3D {
             return dx
         }
         let perExample = Tensor(shape: perExampleShape(n)), db = Tensor(shape: n == 1 ? [outChannels] : [n, outChannels])
-        try Conv3D.cached(g.foldedOverBatch()).backward(x: x, dy: dy, w: kernels, dx: dx, dw: perExample, dbias: db)
+        try Conv3D.cached(g.foldedOverBatch()).backward(x: x, dy: dy, w: kernels, dx: needsInputGradient ? dx : nil, dw: perExample, dbias: db)
         for b in 0..<n { for o in 0..<outChannels { biasGradient[o] += db[b * outChannels + o] } }
         if estimator == .perExample {
             for b in 0..<n {

@@ -46,6 +46,7 @@ public final class SegmentationNet {
                 built.append(DeterministicConv3D(name: s.0, index: i, inChannels: s.1, outChannels: s.2, kernel: s.3, stride: s.4, seed: seed))
             }
         }
+        built[0].needsInputGradient = false
         layers = built
         relus = (0..<built.count - 1).map { _ in ReLU() }
     }

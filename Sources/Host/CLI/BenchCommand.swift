@@ -1,0 +1,57 @@
+// `flipout bench`: the W1-W4 workloads, each beside the raw convolution kernels timed in the same process.
+import ArgumentParser
+import Foundation
+import Flipout3D
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Time the benchmark workloads W1-W4 (median ms, GFLOP/s, ratio to the raw kernels).",
+        discussion: """
+        W1: one Flipout layer, N=4, 16->16, 32^3, k=3, forward + backward + KL.
+        W2: as W1 with N=8, 1->8.   W3: Flipout 1->8->8->1 network, N=8, one Adam step,
+        beside the same network with deterministic convolutions.   W4: deterministic Conv3D, W1's shapes.
+        GFLOP/s count two-convolution Flipout as the peers do (../shared/notes/performance.md).
+        Machines are shared and noisy: compare ratios from one run. scripts/bench runs this
+        beside TFP's script.
+        """)
+
+    @OptionGroup var plugins: PluginOptions
+    @Option(help: "Comma-separated workloads.") var workloads = "W1,W2,W3,W4"
+    @Option(help: "Comma-separated estimators for W1, W2 and W3.") var estimators = "flipout,reparam,per-example"
+    @Option(help: "Timed repetitions (median reported).") var repeats = 30
+    @Option(help: "Untimed warm-up repetitions.") var warmup = 5
+    @Flag(help: "One JSON object per line.") var json = false
+
+    func run() throws {
+        try reportingInputErrors {
+            let registry = try plugins.registry()
+            let ests = try estimators.split(separator: ",").map { s -> Estimator in
+                guard let e = Estimator(rawValue: String(s)), e != .auto else { throw InputError("unknown estimator \(s); use flipout, reparam, per-example.") }
+                return e
+            }
+            for w in workloads.split(separator: ",").map(String.init) {
+                var results: [BenchResult] = []
+                switch w {
+                case "W1": for e in ests { results.append(try Workloads.layer("W1", n: 4, cin: 16, cout: 16, estimator: e, registry: registry, repeats: repeats, warmup: warmup)) }
+                case "W2": for e in ests { results.append(try Workloads.layer("W2", n: 8, cin: 1, cout: 8, estimator: e, registry: registry, repeats: repeats, warmup: warmup)) }
+                case "W3":
+                    for e in ests { results.append(try Workloads.network(bayesian: true, estimator: e, registry: registry, repeats: repeats, warmup: warmup)) }
+                    results.append(try Workloads.network(bayesian: false, estimator: .reparam, registry: registry, repeats: repeats, warmup: warmup))
+                case "W4": results.append(try Workloads.w4(repeats: repeats, warmup: warmup))
+                default: throw InputError("unknown workload \(w); use W1, W2, W3, W4.")
+                }
+                for r in results {
+                    if json {
+                        let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
+                        print(String(decoding: try e.encode(r), as: UTF8.self))
+                    } else {
+                        print(r.workload.padding(toLength: 17, withPad: " ", startingAt: 0) + r.estimator.padding(toLength: 12, withPad: " ", startingAt: 0)
+                              + String(format: "%8.2f ms  %7.1f GFLOP/s  raw kernels %7.2f ms  ratio %.2f", r.medianMs, r.gflops, r.rawMs, r.ratioToRaw))
+                    }
+                    fflush(stdout)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+// The benchmark workloads W1-W4 of ../shared/notes/performance.md, timed in one process beside the raw kernels.
+import Foundation
+
+/// One benchmark result. `gflops` uses the peers' counting (two-convolution Flipout for W1-W3),
+/// so figures compare directly with TFP's; `rawMs` is the same shapes' plain convolutions.
+public struct BenchResult: Codable, Sendable {
+    public var workload: String
+    public var estimator: String
+    public var medianMs: Double
+    public var gflops: Double
+    public var workloadGFLOP: Double
+    /// The convolution kernels this step runs, timed alone in the same process (forward + backward).
+    public var rawMs: Double
+    public var ratioToRaw: Double
+    public var repeats: Int
+
+    enum CodingKeys: String, CodingKey {
+        case workload, estimator, gflops, repeats
+        case medianMs = "median_ms", workloadGFLOP = "workload_gflop", rawMs = "raw_ms", ratioToRaw = "ratio_to_raw"
+    }
+}
+
+public enum Workloads {
+    public static let all = ["W1", "W2", "W3", "W4"]
+
+    static func median(repeats: Int, warmup: Int, _ body: () throws -> Void) rethrows -> Double {
+        for _ in 0..<warmup { try body() }
+        var times: [Double] = []
+        let clock = ContinuousClock()
+        for _ in 0..<repeats {
+            let d = try clock.measure(body)
+            times.append(Double(d.components.seconds) * 1e3 + Double(d.components.attoseconds) * 1e-15)
+        }
+        times.sort()
+        return times[times.count / 2]
+    }
+
+    static func filled(_ shape: [Int], seed: UInt64) -> Tensor {
+        let t = Tensor(shape: shape)
+        var s = RandomStream(seed: seed, layer: 0, step: 0, purpose: .test)
+        s.fillNormal(t.data, count: t.count)
+        return t
+    }
+
+    /// W1/W2: one Flipout layer forward + backward (grads for input, loc, scale) + KL, loss = <y, r> + KL.
+    public static func layer(_ name: String, n: Int, cin: Int, cout: Int, estimator: Estimator, registry: PluginRegistry,
+                             repeats: Int, warmup: Int) throws -> BenchResult {
+        let normal = try registry.family("org.flipout3d.normal")
+        let layer = try FlipoutConv3D(name: name, index: 0, inChannels: cin, outChannels: cout, estimator: estimator,
+                                      posterior: try normal.instantiate(), prior: try normal.instantiate(), seed: 1)
+        let x = filled([n, cin, 32, 32, 32], seed: 2)
+        let r = filled([n, cout, 32, 32, 32], seed: 3)
+        var step = 0
+        let ms = try median(repeats: repeats, warmup: warmup) {
+            step += 1
+            let ctx = StepContext(seed: 1, step: step)
+            layer.zeroGradients()
+            let y = try layer.forward(x, ctx)
+            withExtendedLifetime(y) {}
+            _ = try layer.backward(r)
+            _ = try layer.kl(gradientScale: 1, ctx)
+            layer.finishBackward()
+        }
+        let g = Conv3DGeometry(batch: n, inChannels: cin, outChannels: cout, size: 32, k: 3)
+        let rawGeometry = estimator == .reparam ? g : g.foldedOverBatch()
+        let raw = try EngineBench.timeStep(geometry: rawGeometry, repeats: repeats, warmup: warmup)
+        let gflop = 2 * 3 * g.flops / 1e9
+        return BenchResult(workload: name, estimator: estimator.rawValue, medianMs: ms, gflops: gflop / (ms / 1e3), workloadGFLOP: gflop,
+                           rawMs: raw.stepMs, ratioToRaw: ms / raw.stepMs, repeats: repeats)
+    }
+
+    /// W3: Flipout(1->8) ReLU Flipout(8->8) ReLU Flipout(8->1), N=8, 32^3, sigmoid BCE + KL/1000, one Adam step;
+    /// or the same network with deterministic convolutions.
+    public static func network(bayesian: Bool, estimator: Estimator, registry: PluginRegistry, repeats: Int, warmup: Int) throws -> BenchResult {
+        var config = ModelConfig()
+        config.architecture = .stack
+        config.width = 8
+        config.bayesian = bayesian
+        config.estimator = estimator.rawValue
+        let net = try SegmentationNet(config, registry: registry, seed: 1)
+        let adam = Adam(parameters: net.trainable, learningRate: 1e-3)
+        let x = filled([8, 1, 32, 32, 32], seed: 4)
+        let y = Tensor(shape: x.shape)
+        for i in 0..<y.count { y.data[i] = x.data[i] > 1 ? 1 : 0 }
+        var step = 0
+        let ms = try median(repeats: repeats, warmup: warmup) {
+            step += 1
+            let ctx = StepContext(seed: 1, step: step)
+            net.zeroGradients()
+            let logits = try net.forward(x, ctx)
+            let grad = Tensor(shape: logits.shape)
+            _ = ELBO.bceWithLogits(logits, y, grad: grad)
+            try net.backward(grad)
+            _ = try net.kl(gradientScale: 1e-3, ctx)
+            net.finishBackward()
+            try adam.update()
+            net.parametersChanged()
+        }
+        // Raw kernels: the three convolutions' forward + backward (no input gradient for the first).
+        var raw = 0.0
+        for (cin, cout) in [(1, 8), (8, 8), (8, 1)] {
+            let g = Conv3DGeometry(batch: 8, inChannels: cin, outChannels: cout, size: 32, k: 3)
+            raw += try EngineBench.timeStep(geometry: bayesian && estimator != .reparam ? g.foldedOverBatch() : g, repeats: repeats, warmup: warmup).stepMs
+        }
+        let gflop = 6.57
+        return BenchResult(workload: bayesian ? "W3" : "W3-deterministic", estimator: bayesian ? estimator.rawValue : "none", medianMs: ms,
+                           gflops: gflop / (ms / 1e3), workloadGFLOP: gflop, rawMs: raw, ratioToRaw: ms / raw, repeats: repeats)
+    }
+
+    /// W4: deterministic Conv3D with W1's shapes, forward + backward.
+    public static func w4(repeats: Int, warmup: Int) throws -> BenchResult {
+        let t = try EngineBench.measureW4(repeats: repeats, warmup: warmup)
+        return BenchResult(workload: "W4", estimator: "none", medianMs: t.stepMs, gflops: t.stepGFLOPS, workloadGFLOP: t.stepGFLOP,
+                           rawMs: t.stepMs, ratioToRaw: 1, repeats: repeats)
+    }
+}
