@@ -28,12 +28,15 @@ public protocol ConvLayer: AnyObject {
 
 extension FlipoutConv3D: ConvLayer {
     public var trainable: [NamedParameter] {
+        // Stored values are unconstrained; names say so unless the transform is the identity.
         var out = weights.posterior.slots.enumerated().map {
-            NamedParameter(name: "\(name).\($0.element.name)", value: weights.parameters[$0.offset], gradient: weights.gradients[$0.offset])
+            let slot = $0.element
+            let suffix = slot.parameter.transform == .identity ? "" : "_unconstrained"
+            return NamedParameter(name: "\(name).\(slot.name)\(suffix)", value: weights.parameters[$0.offset], gradient: weights.gradients[$0.offset])
         }
         out.append(NamedParameter(name: "\(name).bias", value: bias, gradient: biasGradient))
         if weights.learnPrior {
-            out.append(NamedParameter(name: "\(name).prior", value: weights.priorParameters, gradient: weights.priorGradients))
+            out.append(NamedParameter(name: "\(name).prior_unconstrained", value: weights.priorParameters, gradient: weights.priorGradients))
         }
         return out
     }

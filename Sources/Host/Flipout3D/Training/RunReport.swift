@@ -12,10 +12,15 @@ public struct RunReport: Codable {
     public var learnedPrior: [String: Float]?
     public var trainSeconds: Double
     public var samples: Int
+    /// Real MRI only: Dice on the whole held-out hemisphere beside the threshold baseline.
+    public var hemisphere: HemisphereReport?
 
     public var text: String {
         var s = String(format: "test: dice %.4f  nll %.4f  brier %.4f  ece %.4f", test.dice, test.nll, test.brier, test.ece)
         if let ood, let a = oodAUROC { s += String(format: "\nood:  dice %.4f  nll %.4f  AUROC(MI, ood vs test) %.4f", ood.dice, ood.nll, a) }
+        if let h = hemisphere {
+            s += String(format: "\nheld-out hemisphere: model dice %.4f  intensity-threshold baseline dice %.4f (threshold %.2f fitted on the training hemisphere)", h.modelDice, h.thresholdDice, h.threshold)
+        }
         if let lp = learnedPrior { s += "\nlearned prior: " + lp.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") }
         s += String(format: "\ntrain time %.1f s (%@, %@ / %@, estimator %@)", trainSeconds, bayesian ? "Bayesian" : "deterministic", posterior, prior, estimator)
         return s
@@ -39,7 +44,8 @@ public struct RunReport: Codable {
             posterior: m.config.bayesian ? m.config.posterior : "-", prior: m.config.bayesian ? m.config.prior : "-",
             estimator: first?.estimator.rawValue ?? "deterministic", bayesian: m.config.bayesian, test: test, ood: ood, oodAUROC: auroc,
             learnedPrior: m.config.learnPrior ? first.map { Dictionary(uniqueKeysWithValues: $0.weights.priorValues) } : nil,
-            trainSeconds: trainSeconds, samples: samples)
+            trainSeconds: trainSeconds, samples: samples,
+            hemisphere: try (trainer.dataset as? Colin27Dataset).map { try HemisphereEvaluation.run(model: m, colin: $0.colin, samples: samples, seed: t.seed) })
         let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]
         try FileIO.writeAtomically(Array(try e.encode(report)), to: (trainer.runDirectory as NSString).appendingPathComponent("results.json"))
         return report
