@@ -111,6 +111,46 @@ func conv3DMatchesReference(_ g: Conv3DGeometry) throws {
     }
 }
 
+@Test func backwardReusesForwardInputOnlyWhileItsCopyIsCurrent() throws {
+    let g = Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 16, inputSize: [5, 6, 7], kernel: [3, 3, 3])
+    let conv = try Conv3D(g)
+    let ref = ReferenceConv3D(g)
+    let x = Tensor(shape: g.xShape, values: testValues(g.xShape.reduce(1, *), seed: 11))
+    let other = Tensor(shape: g.xShape, values: testValues(g.xShape.reduce(1, *), seed: 12))
+    let w = Tensor(shape: g.weightShape, values: testValues(g.weightShape.reduce(1, *), seed: 13))
+    let dy = Tensor(shape: g.yShape, values: testValues(g.yShape.reduce(1, *), seed: 14))
+    let y = Tensor(shape: g.yShape), dx = Tensor(shape: g.xShape), dw = Tensor(shape: g.weightShape)
+    let expected = ref.backwardWeights(x: x.array, dy: dy.array).dw
+    let tol = tolerance(g.batch * g.outputVoxels)
+
+    // forward(x) then backward(x): the copy of x is reused.
+    try conv.forward(x: x, w: w, bias: nil, y: y)
+    try conv.backward(x: x, dy: dy, w: w, dx: dx, dw: dw, dbias: nil, xUnchangedSinceForward: true)
+    assertClose(dw.array, expected, rtol: 1e-4, atol: tol, "reused forward input \(g)")
+    assertClose(dx.array, ref.backwardData(dy: dy.array, w: w.array), rtol: 1e-4, atol: tol, "dx after reuse \(g)")
+
+    // Another layer's forward (same shared object) replaced the copy: x is reordered again.
+    try conv.forward(x: x, w: w, bias: nil, y: y)
+    try conv.forward(x: other, w: w, bias: nil, y: y)
+    try conv.backward(x: x, dy: dy, w: w, dx: dx, dw: dw, dbias: nil, xUnchangedSinceForward: true)
+    assertClose(dw.array, expected, rtol: 1e-4, atol: tol, "forward input replaced by another forward \(g)")
+
+    // backward-data wrote dx over the copy: x is reordered again.
+    try conv.forward(x: x, w: w, bias: nil, y: y)
+    try conv.backwardData(dy: dy, w: w, dx: dx)
+    try conv.backward(x: x, dy: dy, w: w, dx: nil, dw: dw, dbias: nil, xUnchangedSinceForward: true)
+    assertClose(dw.array, expected, rtol: 1e-4, atol: tol, "forward input overwritten by backward-data \(g)")
+
+    // The contract is real: values changed behind the engine's back are not seen (the copy is
+    // reused), which shows the reorder really is skipped. Without the promise they are seen.
+    try conv.forward(x: x, w: w, bias: nil, y: y)
+    x.data[0] += 100
+    try conv.backward(x: x, dy: dy, w: w, dx: nil, dw: dw, dbias: nil, xUnchangedSinceForward: true)
+    assertClose(dw.array, expected, rtol: 1e-4, atol: tol, "stale copy reused as promised \(g)")
+    try conv.backward(x: x, dy: dy, w: w, dx: nil, dw: dw, dbias: nil)
+    assertClose(dw.array, ref.backwardWeights(x: x.array, dy: dy.array).dw, rtol: 1e-4, atol: tol, "no promise, fresh x \(g)")
+}
+
 @Test func cachedEngineIsShared() throws {
     let g = Conv3DGeometry(batch: 1, inChannels: 2, outChannels: 2, size: 5, k: 3)
     #expect(try Conv3D.cached(g) === Conv3D.cached(g))

@@ -34,6 +34,8 @@ public final class Conv3D {
     private let zeroBias: Tensor
     /// (Cout) sink for backward-weights without dbias.
     private let scratchBias: Tensor
+    /// Which caller storage each inner input buffer currently holds a reordered copy of.
+    private var held: [ObjectIdentifier: UnsafeMutableRawPointer] = [:]
 
     /// Builds the primitives for `geometry`; throws a `GeometryError` for an invalid geometry and
     /// an `EngineError` if oneDNN cannot run it.
@@ -167,7 +169,13 @@ public final class Conv3D {
     /// first layer needs no input gradient), dx (backward-data). Same shapes as the two methods;
     /// outputs are overwritten. Cheaper than calling them in turn: dy is reordered into oneDNN's
     /// layout once and read by both primitives.
-    public func backward(x: Tensor, dy: Tensor, w: Tensor, dx: Tensor?, dw: Tensor, dbias: Tensor?) throws {
+    ///
+    /// `xUnchangedSinceForward`: pass true only when `x` is the tensor given to this object's
+    /// last `forward` and its values have not changed since. The engine then reuses the copy of x
+    /// it made for the forward pass, if nothing has overwritten that copy meanwhile (it tracks
+    /// that itself, so calls for other layers sharing this object are safe).
+    public func backward(x: Tensor, dy: Tensor, w: Tensor, dx: Tensor?, dw: Tensor, dbias: Tensor?,
+                         xUnchangedSinceForward: Bool = false) throws {
         checkX(x, "Conv3D.backward x")
         checkY(dy, "Conv3D.backward dy")
         checkW(w, "Conv3D.backward w")
@@ -177,11 +185,12 @@ public final class Conv3D {
         lock.lock()
         defer { lock.unlock() }
         // Weights first: backward-data may write dx into the buffer that holds x.
-        try backwardWeightsOp.run(pointers([x, dy, dw, dbias ?? scratchBias]), context: context)
+        let xPointer = UnsafeMutableRawPointer(x.data), dyPointer = UnsafeMutableRawPointer(dy.data)
+        try backwardWeightsOp.run(pointers([x, dy, dw, dbias ?? scratchBias]), context: context, held: &held,
+                                  unchanged: xUnchangedSinceForward ? [xPointer] : [])
         if let dx {
-            // dy already sits in the y-role buffer if both primitives want the same layout.
-            let dyInner = backwardWeightsOp.slots[1].inner
-            try backwardDataOp.run(pointers([dy, w, dx]), context: context, alreadyLoaded: dyInner)
+            // dy already sits in the y-role buffer when both primitives want the same layout.
+            try backwardDataOp.run(pointers([dy, w, dx]), context: context, held: &held, unchanged: [dyPointer])
         }
         withExtendedLifetime((x, dy, w, dx, dw, dbias)) {}
     }
@@ -193,7 +202,7 @@ public final class Conv3D {
     private func run(_ op: Op, _ tensors: [Tensor]) throws {
         lock.lock()
         defer { lock.unlock() }
-        try op.run(pointers(tensors), context: context)
+        try op.run(pointers(tensors), context: context, held: &held, unchanged: [])
         withExtendedLifetime(tensors) {}
     }
 
@@ -327,13 +336,23 @@ private final class Op {
 
     /// Binds caller storage (one pointer per slot, in slot order), reorders inputs in, runs,
     /// reorders outputs out, and waits.
-    /// `alreadyLoaded`: an inner buffer that already holds its input (its reorder is skipped).
-    func run(_ pointers: [UnsafeMutableRawPointer], context: DNNLContext, alreadyLoaded: DNNLMemory? = nil) throws {
+    /// `held` records which caller storage each inner buffer holds a copy of; an input whose
+    /// storage is in `unchanged` (the caller vouches its values did not change since it was
+    /// loaded) and whose inner buffer still holds it is not reordered again.
+    func run(_ pointers: [UnsafeMutableRawPointer], context: DNNLContext,
+             held: inout [ObjectIdentifier: UnsafeMutableRawPointer], unchanged: [UnsafeMutableRawPointer]) throws {
         precondition(pointers.count == slots.count, "Op.run: \(pointers.count) tensors for \(slots.count) slots")
         for (slot, p) in zip(slots, pointers) { try slot.user.setHandle(p) }
-        for slot in slots where !slot.isOutput {
-            if alreadyLoaded != nil && slot.inner === alreadyLoaded { continue }
-            if let r = slot.reorder { try r.execute(slot.reorderArgs, context: context, "reorder into \(name)") }
+        for (slot, p) in zip(slots, pointers) where !slot.isOutput {
+            guard let r = slot.reorder, let inner = slot.inner else { continue }
+            let id = ObjectIdentifier(inner)
+            if held[id] == p && unchanged.contains(p) { continue }
+            held[id] = nil
+            try r.execute(slot.reorderArgs, context: context, "reorder into \(name)")
+            held[id] = p
+        }
+        for slot in slots where slot.isOutput {
+            if let inner = slot.inner { held[ObjectIdentifier(inner)] = nil }
         }
         try primitive.execute(args, context: context, name)
         for slot in slots where slot.isOutput {

@@ -1,7 +1,8 @@
 // EngineBench: timings of the oneDNN Conv3D engine on the benchmark workloads (medians, ms, GFLOP/s).
 
 /// One geometry's timings: per-primitive medians and the median of whole steps
-/// (forward, then `Conv3D.backward`: backward-weights and backward-data sharing dy's reorder).
+/// (forward, then `Conv3D.backward`: backward-weights and backward-data sharing dy's reorder, x's
+/// copy reused from the forward pass).
 public struct EngineStepTiming: Sendable, CustomStringConvertible {
     public let geometry: Conv3DGeometry
     public let forwardMs: Double
@@ -112,7 +113,10 @@ public enum EngineBench {
         func forward() throws { try conv.forward(x: x, w: w, bias: bias, y: y) }
         func backwardData() throws { try conv.backwardData(dy: dy, w: w, dx: dx) }
         func backwardWeights() throws { try conv.backwardWeights(x: x, dy: dy, dw: dw, dbias: dbias) }
-        func backward() throws { try conv.backward(x: x, dy: dy, w: w, dx: dx, dw: dw, dbias: dbias) }
+        /// As a layer runs it right after its forward pass: x is unchanged since `forward`.
+        func backward() throws {
+            try conv.backward(x: x, dy: dy, w: w, dx: dx, dw: dw, dbias: dbias, xUnchangedSinceForward: true)
+        }
     }
 
     private static func median(repeats: Int, warmup: Int, _ body: () throws -> Void) throws -> Double {
