@@ -36,11 +36,21 @@ let engineCases: [Conv3DGeometry] = [
 /// Tolerance for sums of `terms` products of values in [-1, 1]: fp32 rounding grows like sqrt(terms).
 private func tolerance(_ terms: Int) -> Float { 2e-6 * Float(terms) .squareRoot() * 8 + 1e-5 }
 
+/// Every forward strategy that applies: direct always, the transposed backward-data with stride 1.
+private func strategies(_ g: Conv3DGeometry) -> [Conv3D.ForwardStrategy] {
+    g.stride.allSatisfy { $0 == 1 } ? [.direct, .transposedBackwardData] : [.direct]
+}
+
 @Test(arguments: engineCases)
 func conv3DMatchesReference(_ g: Conv3DGeometry) throws {
-    let conv = try Conv3D(g)
+    for strategy in strategies(g) { try checkEngine(g, strategy) }
+}
+
+private func checkEngine(_ g: Conv3DGeometry, _ strategy: Conv3D.ForwardStrategy) throws {
+    let conv = try Conv3D(g, forward: strategy)
+    #expect(conv.forwardStrategy == strategy)
     let ref = ReferenceConv3D(g)
-    let context = "\(g) [impl fwd \(conv.implementations.forward), bwd-data \(conv.implementations.backwardData), bwd-weights \(conv.implementations.backwardWeights)]"
+    let context = "\(g) forward \(strategy) [impl fwd \(conv.implementations.forward), bwd-data \(conv.implementations.backwardData), bwd-weights \(conv.implementations.backwardWeights)]"
     let seed = UInt64("\(g)".utf8.reduce(0) { $0 &* 31 &+ Int($1) } & 0xffff)
     let x = Tensor(shape: g.xShape, values: testValues(g.xShape.reduce(1, *), seed: seed))
     let w = Tensor(shape: g.weightShape, values: testValues(g.weightShape.reduce(1, *), seed: seed + 1))
@@ -193,4 +203,7 @@ func conv3DMatchesReference(_ g: Conv3DGeometry) throws {
                           padding: .explicit(front: [1, 1], back: [1, 1, 1]))).contains("explicit padding"))
     #expect(message(.init(batch: 1, inChannels: 2, outChannels: 2, size: 4, k: 3)) == "")
     #expect(throws: GeometryError.self) { try Conv3D(.init(batch: 1, inChannels: 3, outChannels: 4, size: 5, k: 3, groups: 2)) }
+    #expect(throws: GeometryError.self) {
+        try Conv3D(.init(batch: 1, inChannels: 2, outChannels: 2, size: 5, k: 3, stride: 2), forward: .transposedBackwardData)
+    }
 }
