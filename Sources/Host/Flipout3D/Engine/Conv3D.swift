@@ -5,7 +5,14 @@ import Foundation
 /// One 3D convolution geometry compiled for oneDNN: three primitives (forward_training,
 /// backward-data, backward-weights with bias) in the layouts oneDNN prefers (format tag `any`,
 /// usually channel-blocked), and the reorders between those layouts and the caller's plain
-/// tensors, built once and reused on every call.
+/// tensors, built once and reused on every call. The forward pass may run as the backward-data
+/// primitive of the transposed convolution (see `ForwardStrategy`).
+///
+/// A training step per layer is `forward`, then `backward` (both gradients; dy is reordered once,
+/// and with `xUnchangedSinceForward` x's copy from the forward pass is reused). `backwardData`
+/// and `backwardWeights` alone exist for callers that need only one of them.
+///
+/// oneDNN runs on OpenMP threads (all cores unless OMP_NUM_THREADS says otherwise).
 ///
 /// Caller tensors are plain row-major:
 /// - x, dx: (N, Cin, D, H, W)

@@ -14,6 +14,8 @@ public struct EngineStepTiming: Sendable, CustomStringConvertible {
     public let implementations: [String]
     /// The layouts oneDNN chose for each primitive's arguments.
     public let layouts: String
+    /// How the forward pass was computed.
+    public let forwardStrategy: Conv3D.ForwardStrategy
 
     /// Step GFLOP: three convolutions' worth (forward, backward-data, backward-weights).
     public var stepGFLOP: Double { 3 * geometry.flops / 1e9 }
@@ -23,7 +25,7 @@ public struct EngineStepTiming: Sendable, CustomStringConvertible {
         func f(_ v: Double) -> String { String(Int((v * 100).rounded())).leftPadded(3).inserting(".", fromEnd: 2) }
         let gf = geometry.flops / 1e6  // MFLOP per primitive; per ms is GFLOP/s
         return """
-            \(geometry)
+            \(geometry), forward strategy \(forwardStrategy)
               step \(f(stepMs)) ms, \(f(stepGFLOPS)) GFLOP/s (\(f(stepGFLOP)) GFLOP)
               forward \(f(forwardMs)) ms (\(f(gf / forwardMs)) GFLOP/s) [\(implementations[0])]
               backward-data \(f(backwardDataMs)) ms (\(f(gf / backwardDataMs)) GFLOP/s) [\(implementations[1])]
@@ -73,7 +75,7 @@ public enum EngineBench {
         return EngineStepTiming(geometry: geometry, forwardMs: raw.forwardMs, backwardDataMs: raw.backwardDataMs,
                                 backwardWeightsMs: raw.backwardWeightsMs, stepMs: step,
                                 implementations: [impl.forward, impl.backwardData, impl.backwardWeights],
-                                layouts: t.conv.layoutSummary)
+                                layouts: t.conv.layoutSummary, forwardStrategy: t.conv.forwardStrategy)
     }
 
     /// W4 (forward + backward, 5.44 GFLOP per step): median step ms and GFLOP/s.
