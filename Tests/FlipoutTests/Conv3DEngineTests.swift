@@ -36,11 +36,21 @@ let engineCases: [Conv3DGeometry] = [
 /// Tolerance for sums of `terms` products of values in [-1, 1]: fp32 rounding grows like sqrt(terms).
 private func tolerance(_ terms: Int) -> Float { 2e-6 * Float(terms) .squareRoot() * 8 + 1e-5 }
 
+/// Every forward strategy that applies: direct always, the transposed backward-data with stride 1.
+private func strategies(_ g: Conv3DGeometry) -> [Conv3D.ForwardStrategy] {
+    g.stride.allSatisfy { $0 == 1 } ? [.direct, .transposedBackwardData] : [.direct]
+}
+
 @Test(arguments: engineCases)
 func conv3DMatchesReference(_ g: Conv3DGeometry) throws {
-    let conv = try Conv3D(g)
+    for strategy in strategies(g) { try checkEngine(g, strategy) }
+}
+
+private func checkEngine(_ g: Conv3DGeometry, _ strategy: Conv3D.ForwardStrategy) throws {
+    let conv = try Conv3D(g, forward: strategy)
+    #expect(conv.forwardStrategy == strategy)
     let ref = ReferenceConv3D(g)
-    let context = "\(g) [impl fwd \(conv.implementations.forward), bwd-data \(conv.implementations.backwardData), bwd-weights \(conv.implementations.backwardWeights)]"
+    let context = "\(g) forward \(strategy) [impl fwd \(conv.implementations.forward), bwd-data \(conv.implementations.backwardData), bwd-weights \(conv.implementations.backwardWeights)]"
     let seed = UInt64("\(g)".utf8.reduce(0) { $0 &* 31 &+ Int($1) } & 0xffff)
     let x = Tensor(shape: g.xShape, values: testValues(g.xShape.reduce(1, *), seed: seed))
     let w = Tensor(shape: g.weightShape, values: testValues(g.weightShape.reduce(1, *), seed: seed + 1))
@@ -111,6 +121,46 @@ func conv3DMatchesReference(_ g: Conv3DGeometry) throws {
     }
 }
 
+@Test func backwardReusesForwardInputOnlyWhileItsCopyIsCurrent() throws {
+    let g = Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 16, inputSize: [5, 6, 7], kernel: [3, 3, 3])
+    let conv = try Conv3D(g)
+    let ref = ReferenceConv3D(g)
+    let x = Tensor(shape: g.xShape, values: testValues(g.xShape.reduce(1, *), seed: 11))
+    let other = Tensor(shape: g.xShape, values: testValues(g.xShape.reduce(1, *), seed: 12))
+    let w = Tensor(shape: g.weightShape, values: testValues(g.weightShape.reduce(1, *), seed: 13))
+    let dy = Tensor(shape: g.yShape, values: testValues(g.yShape.reduce(1, *), seed: 14))
+    let y = Tensor(shape: g.yShape), dx = Tensor(shape: g.xShape), dw = Tensor(shape: g.weightShape)
+    let expected = ref.backwardWeights(x: x.array, dy: dy.array).dw
+    let tol = tolerance(g.batch * g.outputVoxels)
+
+    // forward(x) then backward(x): the copy of x is reused.
+    try conv.forward(x: x, w: w, bias: nil, y: y)
+    try conv.backward(x: x, dy: dy, w: w, dx: dx, dw: dw, dbias: nil, xUnchangedSinceForward: true)
+    assertClose(dw.array, expected, rtol: 1e-4, atol: tol, "reused forward input \(g)")
+    assertClose(dx.array, ref.backwardData(dy: dy.array, w: w.array), rtol: 1e-4, atol: tol, "dx after reuse \(g)")
+
+    // Another layer's forward (same shared object) replaced the copy: x is reordered again.
+    try conv.forward(x: x, w: w, bias: nil, y: y)
+    try conv.forward(x: other, w: w, bias: nil, y: y)
+    try conv.backward(x: x, dy: dy, w: w, dx: dx, dw: dw, dbias: nil, xUnchangedSinceForward: true)
+    assertClose(dw.array, expected, rtol: 1e-4, atol: tol, "forward input replaced by another forward \(g)")
+
+    // backward-data wrote dx over the copy: x is reordered again.
+    try conv.forward(x: x, w: w, bias: nil, y: y)
+    try conv.backwardData(dy: dy, w: w, dx: dx)
+    try conv.backward(x: x, dy: dy, w: w, dx: nil, dw: dw, dbias: nil, xUnchangedSinceForward: true)
+    assertClose(dw.array, expected, rtol: 1e-4, atol: tol, "forward input overwritten by backward-data \(g)")
+
+    // The contract is real: values changed behind the engine's back are not seen (the copy is
+    // reused), which shows the reorder really is skipped. Without the promise they are seen.
+    try conv.forward(x: x, w: w, bias: nil, y: y)
+    x.data[0] += 100
+    try conv.backward(x: x, dy: dy, w: w, dx: nil, dw: dw, dbias: nil, xUnchangedSinceForward: true)
+    assertClose(dw.array, expected, rtol: 1e-4, atol: tol, "stale copy reused as promised \(g)")
+    try conv.backward(x: x, dy: dy, w: w, dx: nil, dw: dw, dbias: nil)
+    assertClose(dw.array, ref.backwardWeights(x: x.array, dy: dy.array).dw, rtol: 1e-4, atol: tol, "no promise, fresh x \(g)")
+}
+
 @Test func cachedEngineIsShared() throws {
     let g = Conv3DGeometry(batch: 1, inChannels: 2, outChannels: 2, size: 5, k: 3)
     #expect(try Conv3D.cached(g) === Conv3D.cached(g))
@@ -153,4 +203,7 @@ func conv3DMatchesReference(_ g: Conv3DGeometry) throws {
                           padding: .explicit(front: [1, 1], back: [1, 1, 1]))).contains("explicit padding"))
     #expect(message(.init(batch: 1, inChannels: 2, outChannels: 2, size: 4, k: 3)) == "")
     #expect(throws: GeometryError.self) { try Conv3D(.init(batch: 1, inChannels: 3, outChannels: 4, size: 5, k: 3, groups: 2)) }
+    #expect(throws: GeometryError.self) {
+        try Conv3D(.init(batch: 1, inChannels: 2, outChannels: 2, size: 5, k: 3, stride: 2), forward: .transposedBackwardData)
+    }
 }

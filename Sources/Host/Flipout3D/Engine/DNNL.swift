@@ -139,8 +139,10 @@ final class DNNLPrimitiveDesc {
     /// Creates a descriptor for an operation descriptor (e.g. a `dnnl_convolution_desc_t`).
     init<OpDesc>(op: inout OpDesc, context: DNNLContext, hint: DNNLPrimitiveDesc?, _ what: @autoclosure () -> String) throws {
         var pd: dnnl_primitive_desc_t?
+        let attr = try DNNLPrimitiveDesc.userScratchpad()
+        defer { dnnl_primitive_attr_destroy(attr) }
         let status = withUnsafePointer(to: &op) { opPointer in
-            dnnl_primitive_desc_create(&pd, UnsafeRawPointer(opPointer), nil, context.engine, hint?.handle)
+            dnnl_primitive_desc_create(&pd, UnsafeRawPointer(opPointer), attr, context.engine, hint?.handle)
         }
         try dnnlCheck(status, what())
         handle = pd!
@@ -150,12 +152,26 @@ final class DNNLPrimitiveDesc {
     init(reorderFrom src: MemoryDesc, to dst: MemoryDesc, context: DNNLContext) throws {
         var pd: dnnl_primitive_desc_t?
         var s = src.raw, d = dst.raw
-        try dnnlCheck(dnnl_reorder_primitive_desc_create(&pd, &s, context.engine, &d, context.engine, nil),
+        let attr = try DNNLPrimitiveDesc.userScratchpad()
+        defer { dnnl_primitive_attr_destroy(attr) }
+        try dnnlCheck(dnnl_reorder_primitive_desc_create(&pd, &s, context.engine, &d, context.engine, attr),
                       "create a reorder \(src.layoutName) -> \(dst.layoutName)")
         handle = pd!
     }
 
     deinit { dnnl_primitive_desc_destroy(handle) }
+
+    /// Attributes asking for a user-provided scratchpad. oneDNN's default "library" scratchpad is a
+    /// thread-local buffer bound at primitive creation; Swift runs our calls on whichever pool
+    /// thread is free, and a primitive executed after its creating thread's buffer was freed or
+    /// regrown writes through a dangling pointer (seen as crashes in memset). Each primitive owns
+    /// its scratchpad instead (`DNNLPrimitive.scratchpad`).
+    static func userScratchpad() throws -> dnnl_primitive_attr_t {
+        var attr: dnnl_primitive_attr_t?
+        try dnnlCheck(dnnl_primitive_attr_create(&attr), "create primitive attributes")
+        try dnnlCheck(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "ask for a user scratchpad")
+        return attr!
+    }
 
     /// The memory descriptor oneDNN chose for an argument (`dnnl_query_src_md`, ...).
     func md(_ what: dnnl_query_t, index: Int32 = 0) -> MemoryDesc {
@@ -179,11 +195,16 @@ final class DNNLPrimitive {
     let handle: dnnl_primitive_t
     let desc: DNNLPrimitiveDesc
 
+    /// The primitive's own scratchpad (nil when it needs none).
+    let scratchpad: DNNLMemory?
+
     init(_ desc: DNNLPrimitiveDesc, _ what: @autoclosure () -> String) throws {
         var p: dnnl_primitive_t?
         try dnnlCheck(dnnl_primitive_create(&p, desc.handle), "create the primitive for \(what())")
         handle = p!
         self.desc = desc
+        let scratch = desc.md(dnnl_query_scratchpad_md)
+        scratchpad = scratch.byteSize > 0 ? try DNNLMemory(scratch, context: try DNNLContext.shared(), allocate: true) : nil
     }
 
     deinit { dnnl_primitive_destroy(handle) }
@@ -191,7 +212,9 @@ final class DNNLPrimitive {
     /// Runs on the shared stream with (DNNL_ARG_*, memory) arguments.
     @inline(__always)
     func execute(_ args: [dnnl_exec_arg_t], context: DNNLContext, _ what: @autoclosure () -> String) throws {
-        let status = args.withUnsafeBufferPointer { dnnl_primitive_execute(handle, context.stream, Int32($0.count), $0.baseAddress) }
+        var all = args
+        if let scratchpad { all.append(dnnl_exec_arg_t(arg: DNNL_ARG_SCRATCHPAD, memory: scratchpad.handle)) }
+        let status = all.withUnsafeBufferPointer { dnnl_primitive_execute(handle, context.stream, Int32($0.count), $0.baseAddress) }
         try dnnlCheck(status, "execute \(what())")
     }
 }

@@ -1,7 +1,8 @@
 // EngineBench: timings of the oneDNN Conv3D engine on the benchmark workloads (medians, ms, GFLOP/s).
 
 /// One geometry's timings: per-primitive medians and the median of whole steps
-/// (forward, then `Conv3D.backward`: backward-weights and backward-data sharing dy's reorder).
+/// (forward, then `Conv3D.backward`: backward-weights and backward-data sharing dy's reorder, x's
+/// copy reused from the forward pass).
 public struct EngineStepTiming: Sendable, CustomStringConvertible {
     public let geometry: Conv3DGeometry
     public let forwardMs: Double
@@ -13,6 +14,8 @@ public struct EngineStepTiming: Sendable, CustomStringConvertible {
     public let implementations: [String]
     /// The layouts oneDNN chose for each primitive's arguments.
     public let layouts: String
+    /// How the forward pass was computed.
+    public let forwardStrategy: Conv3D.ForwardStrategy
 
     /// Step GFLOP: three convolutions' worth (forward, backward-data, backward-weights).
     public var stepGFLOP: Double { 3 * geometry.flops / 1e9 }
@@ -22,7 +25,7 @@ public struct EngineStepTiming: Sendable, CustomStringConvertible {
         func f(_ v: Double) -> String { String(Int((v * 100).rounded())).leftPadded(3).inserting(".", fromEnd: 2) }
         let gf = geometry.flops / 1e6  // MFLOP per primitive; per ms is GFLOP/s
         return """
-            \(geometry)
+            \(geometry), forward strategy \(forwardStrategy)
               step \(f(stepMs)) ms, \(f(stepGFLOPS)) GFLOP/s (\(f(stepGFLOP)) GFLOP)
               forward \(f(forwardMs)) ms (\(f(gf / forwardMs)) GFLOP/s) [\(implementations[0])]
               backward-data \(f(backwardDataMs)) ms (\(f(gf / backwardDataMs)) GFLOP/s) [\(implementations[1])]
@@ -72,7 +75,7 @@ public enum EngineBench {
         return EngineStepTiming(geometry: geometry, forwardMs: raw.forwardMs, backwardDataMs: raw.backwardDataMs,
                                 backwardWeightsMs: raw.backwardWeightsMs, stepMs: step,
                                 implementations: [impl.forward, impl.backwardData, impl.backwardWeights],
-                                layouts: t.conv.layoutSummary)
+                                layouts: t.conv.layoutSummary, forwardStrategy: t.conv.forwardStrategy)
     }
 
     /// W4 (forward + backward, 5.44 GFLOP per step): median step ms and GFLOP/s.
@@ -112,7 +115,10 @@ public enum EngineBench {
         func forward() throws { try conv.forward(x: x, w: w, bias: bias, y: y) }
         func backwardData() throws { try conv.backwardData(dy: dy, w: w, dx: dx) }
         func backwardWeights() throws { try conv.backwardWeights(x: x, dy: dy, dw: dw, dbias: dbias) }
-        func backward() throws { try conv.backward(x: x, dy: dy, w: w, dx: dx, dw: dw, dbias: dbias) }
+        /// As a layer runs it right after its forward pass: x is unchanged since `forward`.
+        func backward() throws {
+            try conv.backward(x: x, dy: dy, w: w, dx: dx, dw: dw, dbias: dbias, xUnchangedSinceForward: true)
+        }
     }
 
     private static func median(repeats: Int, warmup: Int, _ body: () throws -> Void) throws -> Double {
