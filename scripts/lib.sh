@@ -4,10 +4,6 @@
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
-# oneDNN's OpenMP threads sleep instead of spinning between primitives: on shared 2-core machines
-# spinning workers starve the main thread (measured: W3 twice as slow under load with spinning).
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
-
 # Install the Debian packages that are missing (apt-get update first), as root or through sudo.
 ensure_packages() {
     local missing=() p
