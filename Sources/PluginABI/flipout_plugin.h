@@ -150,7 +150,9 @@ typedef struct flipout_parameter_desc {
     flipout_transform transform;  /* From unconstrained storage to this constrained value. */
     float default_value;          /* Constrained default: initial posterior value and prior value. */
     float init_jitter;            /* Std. dev. of N(0, .) noise added in unconstrained space when
-                                     a posterior is initialised (TFP: 0.1 for loc and rho). */
+                                     a posterior is initialised (TFP: 0.1 for loc and rho). The
+                                     host's convolution layers replace it for a parameter named
+                                     "loc" with identity transform by He-normal sqrt(2 / fan_in). */
     /* NULL: the parameter is one slot. Otherwise the name of an integer hyperparameter whose
        value k makes this parameter k consecutive slots (mixture components). */
     const char *count_hyperparameter;

@@ -57,7 +57,9 @@ public final class FlipoutConv3D {
         var initStream = RandomStream(seed: seed, layer: index, step: 0, purpose: .initialization)
         weights = try VariationalWeights(name: name, count: outChannels * inChannels * kernel * kernel * kernel,
                                          posterior: posterior, prior: prior, priorValues: priorValues,
-                                         learnPrior: learnPrior, klMode: klMode, initStream: &initStream)
+                                         learnPrior: learnPrior, klMode: klMode,
+                                         locationInitStd: Float((2.0 / Double(inChannels * kernel * kernel * kernel)).squareRoot()),
+                                         initStream: &initStream)
         bias = Tensor(shape: [outChannels])
         biasGradient = Tensor(shape: [outChannels])
     }

@@ -37,9 +37,12 @@ public final class VariationalWeights {
 
     /// - Parameters:
     ///   - priorValues: constrained prior parameter values by slot name (defaults from the plugin).
+    ///   - locationInitStd: if set, posterior parameters named "loc" (identity transform) start
+    ///     N(0, locationInitStd^2) instead of the plugin's jitter, e.g. He-normal sqrt(2 / fan_in)
+    ///     so a Bayesian network starts with the activation scale of a deterministic one.
     public init(name: String, count: Int, posterior: Distribution, prior: Distribution,
                 priorValues: [String: Float] = [:], learnPrior: Bool = false,
-                klMode: KLMode = .automatic(samples: 1), initStream: inout RandomStream) throws {
+                klMode: KLMode = .automatic(samples: 1), locationInitStd: Float? = nil, initStream: inout RandomStream) throws {
         guard posterior.family.canSample else {
             throw LayerError.invalidConfiguration("\(name): \(posterior.family.id) cannot be a posterior: it does not declare the sample capability. Use it as a prior, or choose a posterior such as org.flipout3d.normal.")
         }
@@ -68,7 +71,8 @@ public final class VariationalWeights {
         // Posterior init: unconstrained default plus N(0, jitter) noise, per slot.
         for (k, slot) in posterior.slots.enumerated() {
             let base = slot.parameter.transform.inverse(slot.parameter.defaultValue)
-            let jitter = slot.parameter.initJitter
+            let isLocation = slot.parameter.name == "loc" && slot.parameter.transform == .identity
+            let jitter = isLocation ? (locationInitStd ?? slot.parameter.initJitter) : slot.parameter.initJitter
             let p = parameters[k]
             initStream.fillNormal(p.data, count: count)
             for i in 0..<count { p.data[i] = base + jitter * p.data[i] }
