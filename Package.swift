@@ -34,12 +34,14 @@ var targets: [Target] = [
     // zlib (Debian zlib1g-dev) for .nii.gz, and libpng 1.6 (libpng-dev) for PNG previews.
     .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
     .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
+    // libffi (Debian libffi-dev): a tiny C shim that hands out its ffi_type globals, for foreign priors.
+    .target(name: "CFFI", path: "Sources/CFFI", linkerSettings: [.linkedLibrary("ffi")]),
     // The Swift SDK plugin authors write against; imports only the ABI.
     .target(name: "PluginSDK", dependencies: ["PluginABI"], swiftSettings: fastMath),
     // The host library: tensors, Conv3D engine, layers, plugin loader, training, prediction.
     .target(
         name: "Flipout3D",
-        dependencies: ["PluginABI", "CDNNL", "CZlib", "CPNG"],
+        dependencies: ["PluginABI", "CDNNL", "CZlib", "CPNG", "CFFI"],
         path: "Sources/Host/Flipout3D",
         swiftSettings: fastMath
     ),

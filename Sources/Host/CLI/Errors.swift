@@ -29,13 +29,13 @@ struct InputError: Error {
 
 /// Run a subcommand body, turning user-input errors into exit 64 with just their message:
 /// `InputError`, and the PluginLoadError kinds that are about the command line (an unknown id,
-/// a bad hyperparameter). Every other error propagates (plugin failures exit 1).
+/// a bad hyperparameter, a malformed --foreign-prior spec). Every other error propagates (plugin failures exit 1).
 func reportingInputErrors(_ body: () throws -> Void) throws {
     do {
         try body()
     } catch let e as InputError {
         throw e.exit
-    } catch let e as PluginLoadError where e.kind == .unknownID || e.kind == .badHyperparameter {
+    } catch let e as PluginLoadError where e.kind == .unknownID || e.kind == .badHyperparameter || e.kind == .badForeignSpec {
         throw InputError(e.description).exit
     }
 }

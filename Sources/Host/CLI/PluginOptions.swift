@@ -12,12 +12,18 @@ struct PluginOptions: ParsableArguments {
     @Flag(name: .customLong("no-bundled"), help: "Do not load the plugins bundled beside the flipout executable.")
     var noBundled = false
 
-    /// Every plugin from --plugin, FLIPOUT_PLUGIN_PATH and (unless --no-bundled) the bundled folder.
-    /// Throws PluginLoadError, whose message names the file and the remedy.
+    @Option(name: .customLong("foreign-prior"), help: ArgumentHelp(
+        "Use a plain C log-density function from any shared library as a prior family (repeatable). SPEC is PATH:SYMBOL(x:T,NAME:T=DEFAULT,...)->T[@ID] with T = d (double) or f (float); x comes first, every later argument is a parameter with its default; the id defaults to foreign.SYMBOL. Prior only; gradients by finite differences. E.g. ./libdens.so:my_logpdf(x:d,loc:d=0,scale:d=1)->d@org.example.cauchy",
+        valueName: "spec"))
+    var foreignPriors: [String] = []
+
+    /// Every plugin from --plugin, FLIPOUT_PLUGIN_PATH and (unless --no-bundled) the bundled folder,
+    /// then every --foreign-prior. Throws PluginLoadError, whose message names the file and the remedy.
     func registry() throws -> PluginRegistry {
         try PluginRegistry(PluginSearch(
             explicitPaths: paths,
-            bundledDirectory: noBundled ? nil : PluginSearch.executableDirectory))
+            bundledDirectory: noBundled ? nil : PluginSearch.executableDirectory,
+            foreignPriors: foreignPriors))
     }
 }
 

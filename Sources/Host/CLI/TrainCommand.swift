@@ -17,6 +17,7 @@ struct TrainCommand: ParsableCommand {
           flipout train --epochs 10
           flipout train --prior org.flipout3d.laplace --prior-param scale=0.1
           flipout train --plugin ./libMyPrior.so --prior org.example.myprior
+          flipout train --foreign-prior './libdens.so:my_logpdf(x:d,loc:d=0,scale:d=1)->d@org.example.cauchy' --prior org.example.cauchy
           flipout train --posterior org.flipout3d.gaussian-mixture --posterior-hyper components=2
           flipout train --resume runs/default/checkpoint.safetensors
         """)

@@ -35,6 +35,16 @@ public final class PluginLibrary: @unchecked Sendable {
         return lib
     }
 
+    /// A library that is not a plugin: families the host synthesized for functions in the
+    /// shared library at `path` (Foreign/ForeignDensityFamily.swift). The file is still the
+    /// .so, so `sha256` is the file's; the descriptors are validated like a plugin's.
+    init(foreignPath path: String, name: String, descriptors: [UnsafePointer<flipout_distribution>]) throws {
+        self.path = path
+        self.name = name
+        abiMinor = Int(FLIPOUT_ABI_MINOR)
+        for d in descriptors { families.append(try DistributionFamily(descriptor: d, library: self)) }
+    }
+
     private init(resolvedPath path: String) throws {
         self.path = path
         let dl = try DynamicLibrary(resolvedPath: path)

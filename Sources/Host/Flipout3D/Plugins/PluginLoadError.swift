@@ -4,7 +4,9 @@
 public struct PluginLoadError: Error, CustomStringConvertible, Equatable {
     public enum Kind: String, Sendable {
         case notFound, notAFile, notELF, wrongArchitecture, dlopenFailed, missingEntry, wrongMajorVersion,
-             entryFailed, structTooSmall, missingFunction, invalidDescriptor, duplicateID, unknownID, badHyperparameter
+             entryFailed, structTooSmall, missingFunction, invalidDescriptor, duplicateID, unknownID, badHyperparameter,
+             // --foreign-prior: a malformed spec, a symbol the library does not export, libffi refusing the signature.
+             badForeignSpec, missingSymbol, ffiFailed
     }
     public let kind: Kind
     public let file: String

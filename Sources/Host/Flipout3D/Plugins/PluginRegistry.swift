@@ -1,4 +1,4 @@
-// Finds and loads plugins: --plugin paths, FLIPOUT_PLUGIN_PATH, and the bundled ones beside the executable.
+// Finds and loads plugins: --plugin paths, FLIPOUT_PLUGIN_PATH, the bundled ones beside the executable, and --foreign-prior functions.
 import Foundation
 
 /// Where plugins come from. Never implicitly from the working folder.
@@ -9,12 +9,16 @@ public struct PluginSearch: Sendable {
     public var environmentPath: String?
     /// The folder holding the bundled `libFlipout*.so` plugins; nil to skip them.
     public var bundledDirectory: String?
+    /// `--foreign-prior SPEC` values, in order: plain C log densities made into prior families
+    /// (see ForeignPriorSpec for the syntax). Loaded after every plugin.
+    public var foreignPriors: [String]
 
     public init(explicitPaths: [String] = [], environmentPath: String? = ProcessInfo.processInfo.environment["FLIPOUT_PLUGIN_PATH"],
-                bundledDirectory: String? = PluginSearch.executableDirectory) {
+                bundledDirectory: String? = PluginSearch.executableDirectory, foreignPriors: [String] = []) {
         self.explicitPaths = explicitPaths
         self.environmentPath = environmentPath
         self.bundledDirectory = bundledDirectory
+        self.foreignPriors = foreignPriors
     }
 
     /// The folder of the running executable (where `swift build` puts the bundled plugins).
@@ -55,14 +59,27 @@ public final class PluginRegistry: @unchecked Sendable {
         for c in try search.candidates() {
             let lib = try PluginLibrary.load(c.path)
             if !seen.insert(lib.path).inserted { continue }
-            for f in lib.families {
-                if let other = families.first(where: { $0.id == f.id }) {
-                    throw PluginLoadError(.duplicateID, file: lib.path, "provides \(f.id), which \(other.file) already provides. Load only one of them (check --plugin and FLIPOUT_PLUGIN_PATH).")
-                }
-                families.append(f)
-            }
-            libraries.append(lib)
+            try add(lib)
         }
+        // A foreign library shares its path with nothing we loaded as a plugin, and two specs may
+        // name one .so: tell them apart by object (one spec loads once per process).
+        var seenForeign = Set<ObjectIdentifier>()
+        for spec in search.foreignPriors {
+            let lib = try ForeignDensityFamily.load(spec)
+            if !seenForeign.insert(ObjectIdentifier(lib)).inserted { continue }
+            try add(lib)
+        }
+    }
+
+    private func add(_ lib: PluginLibrary) throws {
+        for f in lib.families {
+            if let other = families.first(where: { $0.id == f.id }) {
+                let fix = lib.path == other.file ? "Give each --foreign-prior its own id with @ID" : "Load only one of them (check --plugin, FLIPOUT_PLUGIN_PATH and --foreign-prior; a foreign prior takes another id with @ID)"
+                throw PluginLoadError(.duplicateID, file: lib.path, "provides \(f.id), which \(other.file) already provides. \(fix).")
+            }
+            families.append(f)
+        }
+        libraries.append(lib)
     }
 
     /// The family with this id, or one whose file path or short name matches.
