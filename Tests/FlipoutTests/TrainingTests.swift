@@ -79,5 +79,5 @@ struct SmallRun {
 }
 
 enum PinnedLosses {
-    static let values: [Double] = []
+    static let values: [Double] = [0.994738, 0.911777]
 }

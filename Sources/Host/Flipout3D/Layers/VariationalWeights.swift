@@ -111,7 +111,7 @@ public final class VariationalWeights {
 
     /// out = center(theta). (count)
     public func center(into out: UnsafeMutablePointer<Float>) throws {
-        try posterior.center(n: count, params: qIn, out: out)
+        try inLayer { try posterior.center(n: count, params: qIn, out: out) }
     }
 
     /// Noise per sample of all weights: (normals, uniforms) counts.
@@ -127,17 +127,24 @@ public final class VariationalWeights {
 
     /// out = T(noise; theta). (count)
     public func sample(_ noise: Noise, into out: UnsafeMutablePointer<Float>) throws {
-        try posterior.sample(n: count, params: qIn, normals: noise.normalsPointer, uniforms: noise.uniformsPointer, out: out)
+        try inLayer { try posterior.sample(n: count, params: qIn, normals: noise.normalsPointer, uniforms: noise.uniformsPointer, out: out) }
     }
 
     /// Backward of `center`: g = dL/d center.
     public func centerBackward(_ g: UnsafePointer<Float>) throws {
-        try posterior.centerVJP(n: count, params: qIn, g: g, gradParams: qGrad)
+        try inLayer { try posterior.centerVJP(n: count, params: qIn, g: g, gradParams: qGrad) }
     }
 
     /// Backward of `sample`: x is the sample drawn with `noise`, g = dL/dx.
     public func sampleBackward(_ noise: Noise, x: UnsafePointer<Float>, g: UnsafePointer<Float>) throws {
-        try posterior.sampleVJP(n: count, params: qIn, normals: noise.normalsPointer, uniforms: noise.uniformsPointer, x: x, g: g, gradParams: qGrad)
+        try inLayer { try posterior.sampleVJP(n: count, params: qIn, normals: noise.normalsPointer, uniforms: noise.uniformsPointer, x: x, g: g, gradParams: qGrad) }
+    }
+
+    /// Runs plugin calls, naming this layer in any plugin failure (a NaN from a density, a domain error).
+    func inLayer<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let e as PluginCallError {
+            throw LayerError.pluginFailed("layer \(name): \(e). Check this layer's prior and posterior parameters, or lower the learning rate.")
+        }
     }
 
     // MARK: KL(q || p), summed over the weights
@@ -152,6 +159,10 @@ public final class VariationalWeights {
     /// Monte Carlo draws its K samples from `stream`.
     @discardableResult
     public func kl(gradientScale scale: Float, stream: inout RandomStream) throws -> Double {
+        try inLayer { try klUnwrapped(gradientScale: scale, stream: &stream) }
+    }
+
+    private func klUnwrapped(gradientScale scale: Float, stream: inout RandomStream) throws -> Double {
         if klIsAnalytic {
             let out = Tensor(shape: [count])
             try prior.kl(n: count, posterior: posterior, qParams: qIn, params: pIn, out: out.data)
@@ -220,9 +231,10 @@ public struct Noise {
 public enum LayerError: Error, CustomStringConvertible {
     case invalidConfiguration(String)
     case nonFinite(String)
+    case pluginFailed(String)
     public var description: String {
         switch self {
-        case .invalidConfiguration(let m), .nonFinite(let m): return m
+        case .invalidConfiguration(let m), .nonFinite(let m), .pluginFailed(let m): return m
         }
     }
 }
