@@ -15,7 +15,7 @@ struct Laplace: ScalarDistribution {
         capabilities: [.sample, .symmetric, .uniformNoise],
         parameters: [
             ParameterSpec("loc", "location (median and mean)", transform: .identity, default: 0, initJitter: 0.1),
-            ParameterSpec("scale", "scale b > 0; the standard deviation is b * sqrt(2)", transform: .softplus, default: 0.048_587_35, initJitter: 0.1),
+            ParameterSpec("scale", "scale b > 0; the standard deviation is b * sqrt(2)", transform: .softplus, default: 0.048_587_35, initJitter: 0.1, prior: 0.5),
         ],
         klFamilies: [KLFamily(normalID, parameterSlots: 2), KLFamily(laplaceID, parameterSlots: 2)])
 

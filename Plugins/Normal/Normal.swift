@@ -12,7 +12,7 @@ struct Normal: ScalarDistribution {
         capabilities: [.sample, .symmetric],
         parameters: [
             ParameterSpec("loc", "location (mean)", transform: .identity, default: 0, initJitter: 0.1),
-            ParameterSpec("scale", "standard deviation, > 0", transform: .softplus, default: 0.048_587_35, initJitter: 0.1),
+            ParameterSpec("scale", "standard deviation, > 0", transform: .softplus, default: 0.048_587_35, initJitter: 0.1, prior: 1),
         ],
         klFamilies: [KLFamily("org.flipout3d.normal", parameterSlots: 2)])
 

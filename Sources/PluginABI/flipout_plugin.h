@@ -156,6 +156,10 @@ typedef struct flipout_parameter_desc {
     /* NULL: the parameter is one slot. Otherwise the name of an integer hyperparameter whose
        value k makes this parameter k consecutive slots (mixture components). */
     const char *count_hyperparameter;
+    /* Constrained value used when the family is a PRIOR and the user sets none (--prior-param),
+       e.g. scale 1 for a Normal prior (TFP's default prior) while default_value gives a posterior's
+       small initial scale. NaN: use default_value. */
+    float prior_value;
 } flipout_parameter_desc;
 
 typedef struct flipout_hyperparameter_desc {

@@ -21,11 +21,14 @@ public struct ParameterSpec {
     public var defaultValue: Float
     public var initJitter: Float
     public var countHyperparameter: String?
+    /// The value as a prior when the user sets none; nil: `defaultValue`.
+    public var priorValue: Float?
     public init(_ name: String, _ description: String, transform: Transform = .identity,
-                default defaultValue: Float, initJitter: Float = 0, countHyperparameter: String? = nil) {
+                default defaultValue: Float, initJitter: Float = 0, countHyperparameter: String? = nil, prior priorValue: Float? = nil) {
         self.name = name; self.description = description; self.transform = transform
         self.defaultValue = defaultValue; self.initJitter = initJitter
         self.countHyperparameter = countHyperparameter
+        self.priorValue = priorValue
     }
 }
 

@@ -71,7 +71,8 @@ public enum PluginExport {
                 struct_size: UInt32(MemoryLayout<flipout_parameter_desc>.size),
                 name: strdup(p.name), description: strdup(p.description),
                 transform: p.transform.rawValue, default_value: p.defaultValue, init_jitter: p.initJitter,
-                count_hyperparameter: p.countHyperparameter.map { UnsafePointer(strdup($0)!) })
+                count_hyperparameter: p.countHyperparameter.map { UnsafePointer(strdup($0)!) },
+                prior_value: p.priorValue ?? .nan)
         }
         let hypers = UnsafeMutablePointer<flipout_hyperparameter_desc>.allocate(capacity: max(info.hyperparameters.count, 1))
         for (i, h) in info.hyperparameters.enumerated() {

@@ -85,7 +85,7 @@ static flipout_status log_prob_vjp(const flipout_instance *instance, size_t n, c
 }
 
 static const flipout_parameter_desc parameters[1] = {
-    {sizeof(flipout_parameter_desc), "rate", "rate, > 0", FLIPOUT_TRANSFORM_SOFTPLUS, 1.0f, 0.0f, NULL},
+    {sizeof(flipout_parameter_desc), "rate", "rate, > 0", FLIPOUT_TRANSFORM_SOFTPLUS, 1.0f, 0.0f, NULL, NAN},
 };
 
 /* Two hyperparameters (unused by the math) so `flipout plugins inspect` has ranges to show. */

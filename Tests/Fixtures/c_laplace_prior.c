@@ -78,8 +78,8 @@ static flipout_status log_prob_vjp(const flipout_instance *instance, size_t n, c
 }
 
 static const flipout_parameter_desc parameters[2] = {
-    {sizeof(flipout_parameter_desc), "loc", "location (median)", FLIPOUT_TRANSFORM_IDENTITY, 0.0f, 0.0f, NULL},
-    {sizeof(flipout_parameter_desc), "scale", "scale b > 0 (variance 2 b^2)", FLIPOUT_TRANSFORM_SOFTPLUS, 1.0f, 0.0f, NULL},
+    {sizeof(flipout_parameter_desc), "loc", "location (median)", FLIPOUT_TRANSFORM_IDENTITY, 0.0f, 0.0f, NULL, NAN},
+    {sizeof(flipout_parameter_desc), "scale", "scale b > 0 (variance 2 b^2)", FLIPOUT_TRANSFORM_SOFTPLUS, 1.0f, 0.0f, NULL, NAN},
 };
 
 static const flipout_distribution laplace = {

@@ -120,7 +120,7 @@ func printedValue(_ label: String, in text: String) -> Double? {
         let r = try FlipoutCLI.run(["plugins", "inspect", so])
         #expect(r.status == 0, "\(r.stderr)")
         let lines = r.stdout.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
-        for s in ["org.flipout3d.test.bad (Bad fixture 0.0.1)", "capabilities none", "rate softplus 1 0 rate, > 0",
+        for s in ["org.flipout3d.test.bad (Bad fixture 0.0.1)", "capabilities none", "rate softplus 1 1 0 rate, > 0",
                   "components 2 [1, 8] integer an integer hyperparameter", "temperature 1 [0, inf] a real hyperparameter",
                   "analytic KL none (Monte Carlo)", "build cc; stdlib none"] {
             #expect(lines.contains(s), "missing line \"\(s)\" in:\n\(r.stdout)")

@@ -66,10 +66,10 @@ struct PluginsInspect: ParsableCommand {
             if !f.summary.isEmpty { line(wrap(f.summary, indent: "  ")) }
             line("  capabilities     \(f.capabilities.names.isEmpty ? "none" : f.capabilities.names.joined(separator: ", "))")
             line("  parameters")
-            var rows: [[String]] = [["    NAME", "TRANSFORM", "DEFAULT", "INIT JITTER", "DESCRIPTION"]]
+            var rows: [[String]] = [["    NAME", "TRANSFORM", "DEFAULT", "AS PRIOR", "INIT JITTER", "DESCRIPTION"]]
             for p in f.parameters {
                 let name = p.countHyperparameter.map { "\(p.name)[\($0)]" } ?? p.name
-                rows.append(["    " + name, p.transform.description, number(Double(p.defaultValue)), number(Double(p.initJitter)), p.description])
+                rows.append(["    " + name, p.transform.description, number(Double(p.defaultValue)), number(Double(p.priorValue)), number(Double(p.initJitter)), p.description])
             }
             out += Table.render(rows)
             if f.hyperparameters.isEmpty {

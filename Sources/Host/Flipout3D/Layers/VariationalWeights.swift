@@ -62,7 +62,7 @@ public final class VariationalWeights {
             throw LayerError.invalidConfiguration("\(name): the prior \(prior.family.id) has no parameter \"\(key)\"; it has \(prior.slots.map(\.name).joined(separator: ", ")).")
         }
         for (k, slot) in prior.slots.enumerated() {
-            let v = priorValues[slot.name] ?? slot.parameter.defaultValue
+            let v = priorValues[slot.name] ?? slot.parameter.priorValue
             guard slot.parameter.transform.accepts(v) else {
                 throw LayerError.invalidConfiguration("\(name): prior parameter \(slot.name) = \(v) is outside its range (\(slot.parameter.transform) parameter).")
             }

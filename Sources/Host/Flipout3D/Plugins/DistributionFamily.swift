@@ -65,6 +65,8 @@ public struct ParameterInfo: Sendable {
     public let transform: ParameterTransform
     public let defaultValue: Float
     public let initJitter: Float
+    /// The constrained value as a prior when the user sets none.
+    public let priorValue: Float
     public let countHyperparameter: String?
 }
 
@@ -137,6 +139,7 @@ public final class DistributionFamily: @unchecked Sendable {
                 }
                 params.append(ParameterInfo(name: try string(p.name, "parameters[\(i)].name"), description: try string(p.description, "parameters[\(i)].description", required: false),
                                             transform: t, defaultValue: p.default_value, initJitter: p.init_jitter,
+                                            priorValue: p.prior_value.isNaN ? p.default_value : p.prior_value,
                                             countHyperparameter: p.count_hyperparameter.map { String(cString: $0) }))
             }
         } else {

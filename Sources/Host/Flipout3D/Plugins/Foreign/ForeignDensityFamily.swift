@@ -77,7 +77,8 @@ public final class ForeignDensityFamily: @unchecked Sendable {
                 transform: flipout_transform(FLIPOUT_TRANSFORM_IDENTITY),
                 default_value: Float(a.defaultValue ?? 0),
                 init_jitter: 0,
-                count_hyperparameter: nil))
+                count_hyperparameter: nil,
+                prior_value: .nan))
         }
         var d = flipout_distribution()
         d.struct_size = UInt32(MemoryLayout<flipout_distribution>.size)
