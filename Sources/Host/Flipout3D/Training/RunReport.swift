@@ -5,6 +5,8 @@ public struct RunReport: Codable {
     public var posterior: String
     public var prior: String
     public var estimator: String
+    /// "analytic" or "Monte Carlo (K=k)"; "-" for a deterministic model.
+    public var kl: String
     public var bayesian: Bool
     public var test: SplitMetrics
     public var ood: SplitMetrics?
@@ -42,7 +44,9 @@ public struct RunReport: Codable {
         let first = m.flipoutLayers.first
         let report = RunReport(
             posterior: m.config.bayesian ? m.config.posterior : "-", prior: m.config.bayesian ? m.config.prior : "-",
-            estimator: first?.estimator.rawValue ?? "deterministic", bayesian: m.config.bayesian, test: test, ood: ood, oodAUROC: auroc,
+            estimator: first?.estimator.rawValue ?? "deterministic",
+            kl: first.map { $0.weights.klIsAnalytic ? "analytic" : "Monte Carlo (K=\(m.config.klSamples))" } ?? "-",
+            bayesian: m.config.bayesian, test: test, ood: ood, oodAUROC: auroc,
             learnedPrior: m.config.learnPrior ? first.map { Dictionary(uniqueKeysWithValues: $0.weights.priorValues) } : nil,
             trainSeconds: trainSeconds, samples: samples,
             hemisphere: try (trainer.dataset as? Colin27Dataset).map { try HemisphereEvaluation.run(model: m, colin: $0.colin, samples: samples, seed: t.seed) })
