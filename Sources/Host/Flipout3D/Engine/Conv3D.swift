@@ -451,19 +451,28 @@ private final class Op {
     /// `held` records which caller storage each inner buffer holds a copy of; an input whose
     /// storage is in `unchanged` (the caller vouches its values did not change since it was
     /// loaded) and whose inner buffer still holds it is not reordered again.
+    /// Every input read afresh (not vouched for) and every output written may hold new values:
+    /// older copies of that storage in other buffers are forgotten, so a later promise
+    /// ("unchanged since the last forward") can only ever match a copy made by that forward,
+    /// even when the forward read the storage in place or storage was freed and reused.
     func run(_ pointers: [UnsafeMutableRawPointer], context: DNNLContext,
              held: inout [ObjectIdentifier: UnsafeMutableRawPointer], unchanged: [UnsafeMutableRawPointer]) throws {
         precondition(pointers.count == slots.count, "Op.run: \(pointers.count) tensors for \(slots.count) slots")
         for (slot, p) in zip(slots, pointers) { try slot.user.setHandle(p) }
+        func forget(_ p: UnsafeMutableRawPointer) {
+            if held.values.contains(p) { held = held.filter { $0.value != p } }
+        }
         for (slot, p) in zip(slots, pointers) where !slot.isOutput {
+            if let inner = slot.inner, held[ObjectIdentifier(inner)] == p, unchanged.contains(p) { continue }
+            forget(p)
             guard let r = slot.reorder, let inner = slot.inner else { continue }
             let id = ObjectIdentifier(inner)
-            if held[id] == p && unchanged.contains(p) { continue }
             held[id] = nil
             try r.execute(slot.reorderArgs, context: context, "reorder into \(name)")
             held[id] = p
         }
-        for slot in slots where slot.isOutput {
+        for (slot, p) in zip(slots, pointers) where slot.isOutput {
+            forget(p)
             if let inner = slot.inner { held[ObjectIdentifier(inner)] = nil }
         }
         try primitive.execute(args, context: context, name)
