@@ -64,6 +64,10 @@ public final class Conv3D {
     public let forwardStrategy: ForwardStrategy
     /// (Cin, Cout / groups, kD, kH, kW): the flipped, transposed kernel for `.transposedBackwardData`.
     private let flippedWeights: Tensor?
+    /// For `.transposedBackwardData`: adds the bias to the primitive's output in oneDNN's layout,
+    /// before it is reordered out (a oneDNN binary add over the cache-hot buffer, on all cores),
+    /// instead of a separate pass over the plain output. Nil when oneDNN has no jit kernel for it.
+    private let biasAdd: BiasAdd?
 
     /// Builds the primitives for `geometry`; throws a `GeometryError` for an invalid geometry and
     /// an `EngineError` if oneDNN cannot run it (or `strategy` does not apply to it).
@@ -169,6 +173,11 @@ public final class Conv3D {
                 (DNNL_ARG_DST, dnnl_query_dst_md, userY, .y, true),
             ])
         }
+        if transposedPD != nil, let out = forwardOp.slots.first(where: { $0.isOutput }) {
+            biasAdd = try BiasAdd(output: out.primitiveMemory, channels: g.outChannels, context: ctx, name: name)
+        } else {
+            biasAdd = nil
+        }
         backwardDataOp = try Op(bdpd, context: ctx, pool: pool, name: "backward-data convolution \(name)", slots: [
             (DNNL_ARG_DIFF_DST, dnnl_query_diff_dst_md, userY, .y, false),
             (DNNL_ARG_WEIGHTS, dnnl_query_weights_md, userW, .w, false),
@@ -221,8 +230,14 @@ public final class Conv3D {
         Conv3D.executionLock.lock()
         defer { Conv3D.executionLock.unlock() }
         flipTranspose(w, into: flipped)
-        try forwardOp.run(pointers([x, flipped, y]), context: context, held: &held, unchanged: [])
-        if let bias { addBias(bias, to: y) }
+        if let bias, let biasAdd {
+            biasAdd.load(bias)
+            try forwardOp.run(pointers([x, flipped, y]), context: context, held: &held, unchanged: [],
+                              after: [(biasAdd.primitive, biasAdd.args)])
+        } else {
+            try forwardOp.run(pointers([x, flipped, y]), context: context, held: &held, unchanged: [])
+            if let bias { addBias(bias, to: y) }
+        }
         withExtendedLifetime((x, w, bias, y)) {}
     }
 
@@ -455,8 +470,10 @@ private final class Op {
     /// older copies of that storage in other buffers are forgotten, so a later promise
     /// ("unchanged since the last forward") can only ever match a copy made by that forward,
     /// even when the forward read the storage in place or storage was freed and reused.
+    /// `after` runs right after the primitive, before the outputs are reordered out.
     func run(_ pointers: [UnsafeMutableRawPointer], context: DNNLContext,
-             held: inout [ObjectIdentifier: UnsafeMutableRawPointer], unchanged: [UnsafeMutableRawPointer]) throws {
+             held: inout [ObjectIdentifier: UnsafeMutableRawPointer], unchanged: [UnsafeMutableRawPointer],
+             after: [(DNNLPrimitive, [dnnl_exec_arg_t])] = []) throws {
         precondition(pointers.count == slots.count, "Op.run: \(pointers.count) tensors for \(slots.count) slots")
         for (slot, p) in zip(slots, pointers) { try slot.user.setHandle(p) }
         func forget(_ p: UnsafeMutableRawPointer) {
@@ -476,9 +493,50 @@ private final class Op {
             if let inner = slot.inner { held[ObjectIdentifier(inner)] = nil }
         }
         try primitive.execute(args, context: context, name)
+        for (p, a) in after { try p.execute(a, context: context, "after \(name)") }
         for slot in slots where slot.isOutput {
             if let r = slot.reorder { try r.execute(slot.reorderArgs, context: context, "reorder out of \(name)") }
         }
         try context.wait()
+    }
+}
+
+/// out[., c, ...] += bias[c] in place on a convolution output in oneDNN's layout (5D, channel dim
+/// b): a oneDNN binary add with the bias broadcast over batch and voxels.
+private final class BiasAdd {
+    let primitive: DNNLPrimitive
+    let args: [dnnl_exec_arg_t]
+    /// (1, C, 1, 1, 1) in the output's channel blocking, zero-padded: element c at offset c.
+    private let bias: DNNLMemory
+    private let channels: Int
+
+    /// Nil when the output's layout is not one of the plain or channel-blocked ones handled here,
+    /// when oneDNN would run it with a reference (slow) kernel, or for one channel: oneDNN 2.6's
+    /// jit binary adds nothing when src1 is a single element in a channel-blocked layout.
+    init?(output: DNNLMemory, channels: Int, context: DNNLContext, name: String) throws {
+        guard channels > 1 else { return nil }
+        let tags: [String: dnnl_format_tag_t] = ["abcde": dnnl_abcde, "acdeb": dnnl_acdeb, "aBcde4b": dnnl_aBcde4b,
+                                                 "aBcde8b": dnnl_aBcde8b, "aBcde16b": dnnl_aBcde16b]
+        guard output.desc.raw.ndims == 5, let tag = tags[output.desc.layoutName] else { return nil }
+        let biasDesc = try MemoryDesc(dims: [1, channels, 1, 1, 1], tag: tag)
+        var bd = dnnl_binary_desc_t()
+        var (s0, s1, d) = (output.desc.raw, biasDesc.raw, output.desc.raw)
+        try dnnlCheck(dnnl_binary_desc_init(&bd, dnnl_binary_add, &s0, &s1, &d), "describe the bias add of \(name)")
+        let pd = try DNNLPrimitiveDesc(op: &bd, context: context, hint: nil, "create the bias add of \(name)")
+        guard pd.implementation.hasPrefix("jit") else { return nil }
+        primitive = try DNNLPrimitive(pd, "bias add of \(name)")
+        bias = try DNNLMemory(biasDesc, context: context, allocate: true)
+        self.channels = channels
+        let padded = biasDesc.byteSize / 4
+        bias.data.initialize(repeating: 0, count: padded)
+        args = [dnnl_exec_arg_t(arg: DNNL_ARG_SRC_0, memory: output.handle),
+                dnnl_exec_arg_t(arg: DNNL_ARG_SRC_1, memory: bias.handle),
+                dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: output.handle)]
+    }
+
+    /// Copies the caller's (C) bias in (call under the execution lock, before running).
+    func load(_ values: Tensor) {
+        precondition(values.count == channels, "BiasAdd: \(values.count) values for \(channels) channels")
+        bias.data.update(from: values.data, count: channels)
     }
 }

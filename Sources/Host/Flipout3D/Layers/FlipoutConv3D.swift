@@ -145,18 +145,14 @@ public final class FlipoutConv3D {
         }
     }
 
-    /// One grouped convolution over the batch with per-example kernels (N, Cout, Cin, k^3), plus bias.
+    /// One grouped convolution over the batch with per-example kernels (N, Cout, Cin, k^3), plus bias
+    /// (the engine adds it in its own layout, before the output leaves it).
     private func groupedForward(_ x: Tensor, _ kernels: Tensor, _ g: Conv3DGeometry, _ y: Tensor) throws {
-        try Conv3D.cached(g.foldedOverBatch()).forward(x: x, w: kernels, bias: nil, y: y)
-        addBias(y)
-    }
-
-    private func addBias(_ y: Tensor) {
-        let n = y.shape[0], voxels = y.count / (n * outChannels)
-        for b in 0..<n { for o in 0..<outChannels {
-            let v = bias[o], p = y.data + (b * outChannels + o) * voxels
-            for j in 0..<voxels { p[j] += v }
-        } }
+        let n = g.batch
+        // (N, Cout): the bias once per group of the folded convolution.
+        let groupBias = Tensor(uninitializedShape: n == 1 ? [outChannels] : [n, outChannels])
+        for b in 0..<n { (groupBias.data + b * outChannels).update(from: bias.data, count: outChannels) }
+        try Conv3D.cached(g.foldedOverBatch()).forward(x: x, w: kernels, bias: groupBias, y: y)
     }
 
     /// Given dy = dL/dy (N, Cout, oD, oH, oW), ADD the parameter gradients and return dL/dx.
