@@ -125,6 +125,13 @@ final class DNNLMemory {
 
     deinit { dnnl_memory_destroy(handle) }
 
+    /// The storage the memory currently points at, as floats.
+    var data: UnsafeMutablePointer<Float> {
+        var p: UnsafeMutableRawPointer?
+        dnnl_memory_get_data_handle(handle, &p)
+        return p!.assumingMemoryBound(to: Float.self)
+    }
+
     /// Points the memory at caller storage (which must outlive the next execution).
     @inline(__always)
     func setHandle(_ pointer: UnsafeMutableRawPointer) throws {

@@ -1,4 +1,5 @@
 // EngineBench: timings of the oneDNN Conv3D engine on the benchmark workloads (medians, ms, GFLOP/s).
+import Foundation
 
 /// One geometry's timings: per-primitive medians and the median of whole steps
 /// (forward, then `Conv3D.backward`: backward-weights and backward-data sharing dy's reorder, x's
@@ -121,15 +122,37 @@ public enum EngineBench {
         }
     }
 
+    /// Milliseconds `body` takes: wall-clock time, or with FLIPOUT_BENCH_CLOCK=cpu the process's
+    /// CPU time (all threads). On a shared, loaded machine, CPU time with OMP_NUM_THREADS=1
+    /// counts the work done without the time spent descheduled: a steadier way to compare two
+    /// builds (it counts OpenMP's spin-waiting too, hence one thread).
+    static func measureMs(_ body: () throws -> Void) rethrows -> Double {
+        if useCPUClock {
+            let t0 = cpuMs()
+            try body()
+            return cpuMs() - t0
+        }
+        let d = try ContinuousClock().measure(body)
+        return Double(d.components.seconds) * 1e3 + Double(d.components.attoseconds) * 1e-15
+    }
+
+    private static let useCPUClock = ProcessInfo.processInfo.environment["FLIPOUT_BENCH_CLOCK"] == "cpu"
+    /// FLIPOUT_BENCH_STAT=min reports the fastest repetition instead of the median (the least
+    /// disturbed one, when other processes share the cores).
+    static let reportMinimum = ProcessInfo.processInfo.environment["FLIPOUT_BENCH_STAT"] == "min"
+
+    private static func cpuMs() -> Double {
+        var t = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
+        return Double(t.tv_sec) * 1e3 + Double(t.tv_nsec) * 1e-6
+    }
+
     private static func median(repeats: Int, warmup: Int, _ body: () throws -> Void) throws -> Double {
         for _ in 0..<warmup { try body() }
-        let clock = ContinuousClock()
         var times = [Double]()
-        for _ in 0..<max(repeats, 1) {
-            let d = try clock.measure(body)
-            times.append(Double(d.components.seconds) * 1e3 + Double(d.components.attoseconds) * 1e-15)
-        }
+        for _ in 0..<max(repeats, 1) { times.append(try measureMs(body)) }
         times.sort()
+        if reportMinimum { return times[0] }
         let n = times.count
         return n % 2 == 1 ? times[n / 2] : (times[n / 2 - 1] + times[n / 2]) / 2
     }

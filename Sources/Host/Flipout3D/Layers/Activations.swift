@@ -5,15 +5,18 @@ public final class ReLU {
     private var mask: Tensor?
     public init() {}
     public func forward(_ x: Tensor) -> Tensor {   // any shape
-        let y = Tensor(shape: x.shape), m = Tensor(shape: x.shape)
-        for i in 0..<x.count { let v = x.data[i]; if v > 0 { y.data[i] = v; m.data[i] = 1 } }
+        // Every element written (branch-free, vectorisable): y = v if v > 0 else +0 (also for NaN), m = 1 or 0.
+        let y = Tensor(uninitializedShape: x.shape), m = Tensor(uninitializedShape: x.shape)
+        let xs = x.data, ys = y.data, ms = m.data
+        for i in 0..<x.count { let v = xs[i]; let on = v > 0; ys[i] = on ? v : 0; ms[i] = on ? 1 : 0 }
         mask = m
         return y
     }
     public func backward(_ dy: Tensor) -> Tensor {
         guard let m = mask else { preconditionFailure("ReLU: backward before forward") }
-        let dx = Tensor(shape: dy.shape)
-        for i in 0..<dy.count { dx.data[i] = dy.data[i] * m.data[i] }
+        let dx = Tensor(uninitializedShape: dy.shape)
+        let gs = dy.data, ms = m.data, ds = dx.data
+        for i in 0..<dy.count { ds[i] = gs[i] * ms[i] }
         return dx
     }
 }

@@ -46,7 +46,7 @@ public final class DeterministicConv3D: ConvLayer {
     public func forward(_ x: Tensor, _ ctx: StepContext) throws -> Tensor {
         let g = geometry(x)
         try g.validate()
-        let y = Tensor(shape: g.yShape)
+        let y = Tensor(uninitializedShape: g.yShape)   // (N, Cout, oD, oH, oW), overwritten
         try Conv3D.cached(g).forward(x: x, w: weight, bias: bias, y: y)
         lastInput = x
         return y
@@ -55,8 +55,12 @@ public final class DeterministicConv3D: ConvLayer {
     public func backward(_ dy: Tensor) throws -> Tensor {
         guard let x = lastInput else { preconditionFailure("\(name): backward before forward") }
         let g = geometry(x), conv = try Conv3D.cached(g)
-        let dx = Tensor(shape: x.shape), dw = Tensor(shape: weight.shape), db = Tensor(shape: [outChannels])
-        try conv.backward(x: x, dy: dy, w: weight, dx: needsInputGradient ? dx : nil, dw: dw, dbias: db)
+        // dx (N, Cin, D, H, W) is written by the convolution (zeros for a first layer); dw, db overwritten.
+        let dx = needsInputGradient ? Tensor(uninitializedShape: x.shape) : Tensor(shape: x.shape)
+        let dw = Tensor(uninitializedShape: weight.shape), db = Tensor(uninitializedShape: [outChannels])
+        // x is forward's input, kept alive here and unchanged since: reuse its oneDNN copy.
+        try conv.backward(x: x, dy: dy, w: weight, dx: needsInputGradient ? dx : nil, dw: dw, dbias: db,
+                          xUnchangedSinceForward: true)
         for i in 0..<dw.count { weightGradient[i] += dw[i] }
         for o in 0..<outChannels { biasGradient[o] += db[o] }
         return dx

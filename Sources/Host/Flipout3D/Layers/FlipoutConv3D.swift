@@ -79,7 +79,7 @@ public final class FlipoutConv3D {
         let g = geometry(for: x)
         try g.validate()
         let n = g.batch, e = weightCount
-        let y = Tensor(shape: g.yShape)
+        let y = Tensor(uninitializedShape: g.yShape)   // (N, Cout, oD, oH, oW), overwritten by the convolution
         lastInput = x
         lastMode = ctx.mode
         let center = Tensor(shape: kernelShape)
@@ -95,14 +95,14 @@ public final class FlipoutConv3D {
             try Conv3D.cached(g).forward(x: x, w: kernels, bias: bias, y: y)
         case (.sample, .reparam):
             let noise = weights.drawNoise(&noiseStream)
-            let w = Tensor(shape: kernelShape)
+            let w = Tensor(uninitializedShape: kernelShape)
             try weights.sample(noise, into: w.data)
             lastNoise = [noise]; lastSample = w
             kernels = w
             try Conv3D.cached(g).forward(x: x, w: kernels, bias: bias, y: y)
         case (.sample, .flipout):
             let noise = weights.drawNoise(&noiseStream)
-            let w = Tensor(shape: kernelShape)
+            let w = Tensor(uninitializedShape: kernelShape)
             try weights.sample(noise, into: w.data)
             lastNoise = [noise]; lastSample = w
             var signStream = stream(ctx, .flipoutSigns)
@@ -110,7 +110,7 @@ public final class FlipoutConv3D {
             signStream.fillSigns(sIn.data, count: sIn.count)
             signStream.fillSigns(sOut.data, count: sOut.count)
             lastSignsIn = sIn; lastSignsOut = sOut
-            kernels = Tensor(shape: perExampleShape(n))
+            kernels = Tensor(uninitializedShape: perExampleShape(n))
             flipoutKernels(center: center, sample: w, signsIn: sIn, signsOut: sOut, into: kernels)
             try groupedForward(x, kernels, g, y)
         case (.sample, .perExample):
@@ -147,18 +147,14 @@ public final class FlipoutConv3D {
         }
     }
 
-    /// One grouped convolution over the batch with per-example kernels (N, Cout, Cin, k^3), plus bias.
+    /// One grouped convolution over the batch with per-example kernels (N, Cout, Cin, k^3), plus bias
+    /// (the engine adds it in its own layout, before the output leaves it).
     private func groupedForward(_ x: Tensor, _ kernels: Tensor, _ g: Conv3DGeometry, _ y: Tensor) throws {
-        try Conv3D.cached(g.foldedOverBatch()).forward(x: x, w: kernels, bias: nil, y: y)
-        addBias(y)
-    }
-
-    private func addBias(_ y: Tensor) {
-        let n = y.shape[0], voxels = y.count / (n * outChannels)
-        for b in 0..<n { for o in 0..<outChannels {
-            let v = bias[o], p = y.data + (b * outChannels + o) * voxels
-            for j in 0..<voxels { p[j] += v }
-        } }
+        let n = g.batch
+        // (N, Cout): the bias once per group of the folded convolution.
+        let groupBias = Tensor(uninitializedShape: n == 1 ? [outChannels] : [n, outChannels])
+        for b in 0..<n { (groupBias.data + b * outChannels).update(from: bias.data, count: outChannels) }
+        try Conv3D.cached(g.foldedOverBatch()).forward(x: x, w: kernels, bias: groupBias, y: y)
     }
 
     /// Given dy = dL/dy (N, Cout, oD, oH, oW), ADD the parameter gradients and return dL/dx.
@@ -169,11 +165,15 @@ public final class FlipoutConv3D {
         let g = geometry(for: x)
         let n = g.batch, e = weightCount
         dy.checkShape(g.yShape, "\(name).backward dy")
-        let dx = Tensor(shape: x.shape)
+        // (N, Cin, D, H, W): written by the convolution, or zeros for a first layer.
+        let dx = needsInputGradient ? Tensor(uninitializedShape: x.shape) : Tensor(shape: x.shape)
         let grouped = lastMode == .sample && estimator != .reparam
+        // x is the tensor given to forward, kept alive by the layer and not written since, and
+        // backward uses the same cached Conv3D as forward: its copy in oneDNN's layout is reused.
         if !grouped {
-            let dw = Tensor(shape: kernelShape), db = Tensor(shape: [outChannels])
-            try Conv3D.cached(g).backward(x: x, dy: dy, w: kernels, dx: needsInputGradient ? dx : nil, dw: dw, dbias: db)
+            let dw = Tensor(uninitializedShape: kernelShape), db = Tensor(uninitializedShape: [outChannels])
+            try Conv3D.cached(g).backward(x: x, dy: dy, w: kernels, dx: needsInputGradient ? dx : nil, dw: dw, dbias: db,
+                                          xUnchangedSinceForward: true)
             for o in 0..<outChannels { biasGradient[o] += db[o] }
             if lastMode == .center {
                 try weights.centerBackward(dw.data)
@@ -182,8 +182,10 @@ public final class FlipoutConv3D {
             }
             return dx
         }
-        let perExample = Tensor(shape: perExampleShape(n)), db = Tensor(shape: n == 1 ? [outChannels] : [n, outChannels])
-        try Conv3D.cached(g.foldedOverBatch()).backward(x: x, dy: dy, w: kernels, dx: needsInputGradient ? dx : nil, dw: perExample, dbias: db)
+        let perExample = Tensor(uninitializedShape: perExampleShape(n))
+        let db = Tensor(uninitializedShape: n == 1 ? [outChannels] : [n, outChannels])
+        try Conv3D.cached(g.foldedOverBatch()).backward(x: x, dy: dy, w: kernels, dx: needsInputGradient ? dx : nil, dw: perExample,
+                                                        dbias: db, xUnchangedSinceForward: true)
         for b in 0..<n { for o in 0..<outChannels { biasGradient[o] += db[b * outChannels + o] } }
         if estimator == .perExample {
             for b in 0..<n {

@@ -1,4 +1,5 @@
-// Tensor: a Float32, contiguous, 64-byte aligned n-dimensional array (NCDHW for volumes).
+// Tensor: a Float32, contiguous, 64-byte aligned n-dimensional array (NCDHW for volumes), and its storage recycler.
+import Foundation
 
 /// A dense Float32 tensor with value semantics on its shape and reference semantics on its
 /// storage (like a class-held buffer): copying a `Tensor` shares storage; use `copy()` to clone.
@@ -9,23 +10,29 @@ public final class Tensor: @unchecked Sendable {
     public let data: UnsafeMutablePointer<Float>
 
     /// A zero-filled tensor of the given shape.
-    public init(shape: [Int]) {
+    public convenience init(shape: [Int]) {
+        self.init(uninitializedShape: shape)
+        data.update(repeating: 0, count: max(count, 1))
+    }
+
+    /// A tensor whose values are unspecified (whatever the storage held): for outputs that are
+    /// overwritten entirely before they are read (convolution outputs, copies). Skips the
+    /// zero-filling pass, which for activation-sized tensors costs as much as a memory copy.
+    public init(uninitializedShape shape: [Int]) {
         precondition(shape.allSatisfy { $0 >= 0 }, "Tensor: negative dimension in \(shape)")
         self.shape = shape
         self.count = shape.reduce(1, *)
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
-        data = raw.bindMemory(to: Float.self, capacity: max(count, 1))
-        data.initialize(repeating: 0, count: max(count, 1))
+        data = TensorStorage.allocate(max(count, 1))
     }
 
     /// A tensor holding `values`; traps if `values.count` does not match `shape`.
     public convenience init(shape: [Int], values: [Float]) {
-        self.init(shape: shape)
+        self.init(uninitializedShape: shape)
         precondition(values.count == count, "Tensor: \(values.count) values for shape \(shape) (\(count) elements)")
         values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: count) }
     }
 
-    deinit { data.deinitialize(count: max(count, 1)); UnsafeMutableRawPointer(data).deallocate() }
+    deinit { TensorStorage.release(data, max(count, 1)) }
 
     public var rank: Int { shape.count }
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: data, count: count) }
@@ -38,14 +45,14 @@ public final class Tensor: @unchecked Sendable {
 
     /// A new tensor with the same values.
     public func copy() -> Tensor {
-        let t = Tensor(shape: shape)
+        let t = Tensor(uninitializedShape: shape)
         t.data.update(from: data, count: count)
         return t
     }
 
     /// A copy of the values under another shape with the same element count.
     public func reshaped(_ newShape: [Int]) -> Tensor {
-        let t = Tensor(shape: newShape)
+        let t = Tensor(uninitializedShape: newShape)
         precondition(t.count == count, "Tensor.reshaped: \(shape) has \(count) elements, \(newShape) has \(t.count)")
         t.data.update(from: data, count: count)
         return t
@@ -57,5 +64,59 @@ public final class Tensor: @unchecked Sendable {
     /// Traps unless the shape equals `expected` (programmer error: shapes are checked at layer edges).
     public func checkShape(_ expected: [Int], _ what: @autoclosure () -> String) {
         precondition(shape == expected, "\(what()): shape \(shape), expected \(expected)")
+    }
+}
+
+/// Recycles the storage of large tensors (at least `minimumFloats`): a training step allocates and
+/// frees the same activation-sized tensors every step, and fresh memory from the system costs a
+/// page fault and a kernel zero-fill per 4 KiB page on first touch (about 1 ms per 8 MB), more
+/// than the arithmetic on it. Freed blocks wait here, per exact element count, for the next
+/// tensor of that size; at most `capacityBytes` in all (beyond that they go back to the system).
+/// Small tensors go straight to the allocator. Thread-safe.
+enum TensorStorage {
+    /// 256 Ki floats = 1 MiB: below this the allocator's own free lists are fast enough.
+    static let minimumFloats = 1 << 18
+    static let capacityBytes = 512 << 20
+
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var free: [Int: [UnsafeMutableRawPointer]] = [:]
+    nonisolated(unsafe) private static var freeBytes = 0
+
+    /// 64-byte aligned, uninitialised storage for `count` floats (count >= 1).
+    static func allocate(_ count: Int) -> UnsafeMutablePointer<Float> {
+        if count >= minimumFloats {
+            lock.lock()
+            let reused = free[count]?.popLast()
+            if reused != nil { freeBytes -= count * 4 }
+            lock.unlock()
+            if let reused { return reused.assumingMemoryBound(to: Float.self) }
+        }
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: count * 4, alignment: 64)
+        return raw.bindMemory(to: Float.self, capacity: count)
+    }
+
+    /// Returns storage from `allocate(count)`.
+    static func release(_ p: UnsafeMutablePointer<Float>, _ count: Int) {
+        if count >= minimumFloats {
+            lock.lock()
+            let keep = freeBytes + count * 4 <= capacityBytes
+            if keep {
+                free[count, default: []].append(UnsafeMutableRawPointer(p))
+                freeBytes += count * 4
+            }
+            lock.unlock()
+            if keep { return }
+        }
+        UnsafeMutableRawPointer(p).deallocate()
+    }
+
+    /// Gives every recycled block back to the system (e.g. after training, before a long idle).
+    static func trim() {
+        lock.lock()
+        let blocks = free.values.flatMap { $0 }
+        free = [:]
+        freeBytes = 0
+        lock.unlock()
+        for b in blocks { b.deallocate() }
     }
 }
