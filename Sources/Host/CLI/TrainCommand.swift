@@ -25,7 +25,7 @@ struct TrainCommand: ParsableCommand {
     @OptionGroup var plugins: PluginOptions
     @OptionGroup var model: ModelOptions
 
-    @Option(help: "Epochs to train.") var epochs = 12
+    @Option(help: "Epochs to train.") var epochs = 30
     @Option(name: .customLong("batch-size"), help: "Volumes per step.") var batchSize = 4
     @Option(name: .customLong("lr"), help: "Adam learning rate.") var learningRate: Float = 3e-3
     @Option(help: "Weight of the KL term in the ELBO.") var beta: Double = 1

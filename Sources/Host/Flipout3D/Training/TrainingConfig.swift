@@ -2,7 +2,7 @@
 
 public struct TrainingConfig: Codable, Equatable, Sendable {
     public var seed: UInt64 = 1
-    public var epochs: Int = 12
+    public var epochs: Int = 30
     public var batchSize: Int = 4
     public var learningRate: Float = 3e-3
     /// Weight of the KL term; annealed linearly from 0 over `betaAnnealEpochs` epochs (0: no annealing).
