@@ -21,6 +21,9 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Gradient estimator: flipout, reparam, per-example, or auto (flipout for symmetric posteriors, else per-example).")
     var estimator: Estimator = .auto
 
+    @Option(name: .customLong("custom-layers"), help: "Layers that take --posterior/--prior: all, or first (the others Normal/Normal), e.g. a non-negative first-layer filter bank.")
+    var customLayers: ModelConfig.CustomLayers = .all
+
     @Flag(name: .customLong("learn-prior"), help: "Learn the prior's parameters (empirical Bayes) through the KL's gradients.")
     var learnPrior = false
 
@@ -51,6 +54,7 @@ struct ModelOptions: ParsableArguments {
         c.priorHyperparameters = Dictionary(uniqueKeysWithValues: try KeyValue.parse(priorHyper, option: "--prior-hyper").map { ($0.key, $0.value) })
         c.priorParameters = Dictionary(uniqueKeysWithValues: try KeyValue.parse(priorParam, option: "--prior-param").map { ($0.key, Float($0.value)) })
         c.learnPrior = learnPrior
+        c.customLayers = customLayers
         c.klSamples = klSamples
         c.forceMonteCarloKL = monteCarloKL
         return c
@@ -64,6 +68,7 @@ struct ModelOptions: ParsableArguments {
 
 extension Estimator: ExpressibleByArgument {}
 extension ModelConfig.Architecture: ExpressibleByArgument {}
+extension ModelConfig.CustomLayers: ExpressibleByArgument {}
 
 /// Messages for the user, on stderr so stdout stays machine-readable.
 func note(_ s: String) {

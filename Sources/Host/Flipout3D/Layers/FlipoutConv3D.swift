@@ -130,20 +130,25 @@ public final class FlipoutConv3D {
         return y
     }
 
-    /// W_n = Wc + (Ws - Wc) * r_n[o] * s_n[i].  center, sample (Cout, Cin, k^3); kernels (N, Cout, Cin, k^3)
-    func flipoutKernels(center: Tensor, sample: Tensor, signsIn: Tensor, signsOut: Tensor, into kernels: Tensor) {
-        let n = signsIn.shape[0], taps = kernel.reduce(1, *), e = weightCount
-        let c = center.data, s = sample.data, out = kernels.data
-        for b in 0..<n {
+    /// Calls body(b, base, sign) for every example b and kernel row (o, i) starting at offset `base`
+    /// (of `taps` weights), with sign = r_b[o] * s_b[i].  signsIn (N, Cin), signsOut (N, Cout)
+    private func forEachSignedRow(_ signsIn: Tensor, _ signsOut: Tensor, _ body: (Int, Int, Float) -> Void) {
+        let taps = kernel.reduce(1, *)
+        for b in 0..<signsIn.shape[0] {
             for o in 0..<outChannels {
                 let r = signsOut[b * outChannels + o]
-                for i in 0..<inChannels {
-                    let sign = r * signsIn[b * inChannels + i]
-                    let base = (o * inChannels + i) * taps
-                    let dst = out + b * e + base
-                    for t in 0..<taps { dst[t] = c[base + t] + (s[base + t] - c[base + t]) * sign }
-                }
+                for i in 0..<inChannels { body(b, (o * inChannels + i) * taps, r * signsIn[b * inChannels + i]) }
             }
+        }
+    }
+
+    /// W_n = Wc + (Ws - Wc) * r_n[o] * s_n[i].  center, sample (Cout, Cin, k^3); kernels (N, Cout, Cin, k^3)
+    func flipoutKernels(center: Tensor, sample: Tensor, signsIn: Tensor, signsOut: Tensor, into kernels: Tensor) {
+        let taps = kernel.reduce(1, *), e = weightCount
+        let c = center.data, s = sample.data, out = kernels.data
+        forEachSignedRow(signsIn, signsOut) { b, base, sign in
+            let dst = out + b * e + base
+            for t in 0..<taps { dst[t] = c[base + t] + (s[base + t] - c[base + t]) * sign }
         }
     }
 
@@ -194,19 +199,12 @@ public final class FlipoutConv3D {
             return dx
         }
         // Flipout: dWc = sum_n G_n, d(dW) = sum_n G_n * r_n s_n^T; Wc = center, dW = sample - center.
-        let sIn = lastSignsIn!, sOut = lastSignsOut!, taps = kernel.reduce(1, *)
+        let taps = kernel.reduce(1, *)
         let dCenter = Tensor(shape: kernelShape), dDelta = Tensor(shape: kernelShape)
         let G = perExample.data, dc = dCenter.data, dd = dDelta.data
-        for b in 0..<n {
-            for o in 0..<outChannels {
-                let r = sOut[b * outChannels + o]
-                for i in 0..<inChannels {
-                    let sign = r * sIn[b * inChannels + i]
-                    let base = (o * inChannels + i) * taps
-                    let src = G + b * e + base
-                    for t in 0..<taps { dc[base + t] += src[t]; dd[base + t] += src[t] * sign }
-                }
-            }
+        forEachSignedRow(lastSignsIn!, lastSignsOut!) { b, base, sign in
+            let src = G + b * e + base
+            for t in 0..<taps { dc[base + t] += src[t]; dd[base + t] += src[t] * sign }
         }
         for j in 0..<e { dc[j] -= dd[j] }
         try weights.centerBackward(dCenter.data)

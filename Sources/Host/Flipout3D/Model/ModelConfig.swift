@@ -19,6 +19,10 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     /// Constrained prior parameter values by slot name (e.g. scale=0.1); unset ones use the plugin's defaults.
     public var priorParameters: [String: Float] = [:]
     public var learnPrior: Bool = false
+    /// Which Bayesian layers take `posterior`/`prior`: all, or only the first (e.g. a non-negative
+    /// filter bank with a Beta posterior) while the others use a Normal posterior and Normal prior.
+    public var customLayers: CustomLayers = .all
+    public enum CustomLayers: String, Codable, CaseIterable, Sendable { case all, first }
     /// Monte Carlo samples for a KL without a closed form; `forceMonteCarloKL` ignores closed forms.
     public var klSamples: Int = 1
     public var forceMonteCarloKL: Bool = false

@@ -28,17 +28,19 @@ public final class SegmentationNet {
             }
             let kl: KLMode = config.forceMonteCarloKL ? .monteCarlo(samples: config.klSamples) : .automatic(samples: config.klSamples)
             for (i, s) in specs.enumerated() {
+                let custom = i == 0 || config.customLayers == .all
+                let normal = custom ? nil : try registry.family("org.flipout3d.normal")
                 let layer = try FlipoutConv3D(
                     name: s.0, index: i, inChannels: s.1, outChannels: s.2, kernel: s.3, stride: s.4, estimator: estimator,
-                    posterior: try postFamily.instantiate(config.posteriorHyperparameters),
-                    prior: try priorFamily.instantiate(config.priorHyperparameters),
-                    priorValues: config.priorParameters, learnPrior: config.learnPrior, klMode: kl, seed: seed)
+                    posterior: try normal?.instantiate() ?? postFamily.instantiate(config.posteriorHyperparameters),
+                    prior: try normal?.instantiate() ?? priorFamily.instantiate(config.priorHyperparameters),
+                    priorValues: custom ? config.priorParameters : [:], learnPrior: config.learnPrior, klMode: kl, seed: seed)
                 built.append(layer)
                 if i == 0 {
                     let klKind = layer.weights.klIsAnalytic ? "analytic" : "Monte Carlo (K=\(config.klSamples))"
                     log("layers: posterior \(postFamily.id), prior \(priorFamily.id), estimator \(layer.estimator)" +
                         (estimator == .auto ? " (auto: posterior is \(postFamily.isSymmetric ? "symmetric" : "not symmetric"))" : "") +
-                        ", KL \(klKind)")
+                        ", KL \(klKind)" + (config.customLayers == .first ? " (first layer; the others Normal/Normal)" : ""))
                 }
             }
         } else {
