@@ -94,17 +94,10 @@ public final class FlipoutConv3D {
             kernels = center
             try Conv3D.cached(g).forward(x: x, w: kernels, bias: bias, y: y)
         case (.sample, .reparam):
-            let noise = weights.drawNoise(&noiseStream)
-            let w = Tensor(uninitializedShape: kernelShape)
-            try weights.sample(noise, into: w.data)
-            lastNoise = [noise]; lastSample = w
-            kernels = w
+            kernels = try drawSharedSample(&noiseStream)
             try Conv3D.cached(g).forward(x: x, w: kernels, bias: bias, y: y)
         case (.sample, .flipout):
-            let noise = weights.drawNoise(&noiseStream)
-            let w = Tensor(uninitializedShape: kernelShape)
-            try weights.sample(noise, into: w.data)
-            lastNoise = [noise]; lastSample = w
+            let w = try drawSharedSample(&noiseStream)
             var signStream = stream(ctx, .flipoutSigns)
             let sIn = Tensor(shape: [n, inChannels]), sOut = Tensor(shape: [n, outChannels])
             signStream.fillSigns(sIn.data, count: sIn.count)
@@ -128,6 +121,15 @@ public final class FlipoutConv3D {
         }
         lastKernels = kernels
         return y
+    }
+
+    /// One kernel sample shared by the whole batch, kept with its noise for backward.  (Cout, Cin, k^3)
+    private func drawSharedSample(_ stream: inout RandomStream) throws -> Tensor {
+        let noise = weights.drawNoise(&stream)
+        let w = Tensor(uninitializedShape: kernelShape)
+        try weights.sample(noise, into: w.data)
+        lastNoise = [noise]; lastSample = w
+        return w
     }
 
     /// Calls body(b, base, sign) for every example b and kernel row (o, i) starting at offset `base`
