@@ -48,10 +48,6 @@ private extension String {
 public enum EngineBench {
     /// W4: deterministic Conv3D, N=4, 16->16, 32^3, k=3, stride 1, same padding.
     public static let w4 = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size: 32, k: 3)
-    /// W1's convolution in per-example form: N=4, 16->16 folded over the batch (groups = 4).
-    public static let w1PerExample = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size: 32, k: 3).foldedOverBatch()
-    /// W2's convolution in per-example form: N=8, 1->8 folded over the batch (groups = 8).
-    public static let w2PerExample = Conv3DGeometry(batch: 8, inChannels: 1, outChannels: 8, size: 32, k: 3).foldedOverBatch()
 
     /// Median milliseconds of forward, backward-data and backward-weights (each timed alone,
     /// with bias), after `warmup` untimed runs; includes the reorders at the edges.
@@ -84,14 +80,6 @@ public enum EngineBench {
         try timeStep(geometry: w4, repeats: repeats, warmup: warmup)
     }
 
-    /// A text report over W4 and the per-example forms of W1 and W2.
-    public static func report(repeats: Int = 30, warmup: Int = 5) throws -> String {
-        var lines = ["Conv3D engine (oneDNN), median of \(repeats) after \(warmup) warm-ups"]
-        for (name, g) in [("W4", w4), ("W1 per-example", w1PerExample), ("W2 per-example", w2PerExample)] {
-            lines.append("\(name): \(try timeStep(geometry: g, repeats: repeats, warmup: warmup))")
-        }
-        return lines.joined(separator: "\n")
-    }
 
     /// Deterministic tensors for one geometry.
     private final class Workspace {

@@ -1,4 +1,4 @@
-// Parameter-free layers: ReLU, nearest-neighbour 2x upsampling, global average pooling.
+// Parameter-free layers: ReLU and nearest-neighbour 2x upsampling.
 
 /// y = max(x, 0); backward passes dy where x > 0.
 public final class ReLU {
@@ -42,22 +42,6 @@ public enum Upsample2x {
             let dst = dx.data + ((k * d + z / 2) * h + yy / 2) * w
             for xx in 0..<2 * w { dst[xx / 2] += src[xx] }
         } } }
-        return dx
-    }
-}
-
-/// Mean over voxels: (N, C, D, H, W) -> (N, C, 1, 1, 1).
-public enum GlobalAveragePool {
-    public static func forward(_ x: Tensor) -> Tensor {
-        let nc = x.shape[0] * x.shape[1], v = x.count / max(nc, 1)
-        let y = Tensor(shape: [x.shape[0], x.shape[1], 1, 1, 1])
-        for k in 0..<nc { var s: Float = 0; for j in 0..<v { s += x.data[k * v + j] }; y.data[k] = s / Float(v) }
-        return y
-    }
-    public static func backward(_ dy: Tensor, inputShape: [Int]) -> Tensor {
-        let dx = Tensor(shape: inputShape)
-        let nc = inputShape[0] * inputShape[1], v = dx.count / max(nc, 1)
-        for k in 0..<nc { let g = dy.data[k] / Float(v); for j in 0..<v { dx.data[k * v + j] = g } }
         return dx
     }
 }
