@@ -63,9 +63,9 @@ struct PluginsSample: ParsableCommand {
         let dist = try family.instantiate(hyperValues)
         let values = try slotValues(dist)
 
-        var rng = SplitMix64(seed: seed)
-        let normals = (0..<(n * dist.normalsPerScalar)).map { _ in rng.nextStandardNormal() }
-        let uniforms = (0..<(n * dist.uniformsPerScalar)).map { _ in rng.nextOpenUniform() }
+        var rng = RandomStream(seed: seed, layer: 0, step: 0, purpose: .test)
+        let normals = rng.normals(n * dist.normalsPerScalar)
+        let uniforms = rng.uniforms(n * dist.uniformsPerScalar)
         var x = [Float](repeating: 0, count: n)
         var center: Float = 0
         try values.withUnsafeBufferPointer { v in
@@ -132,39 +132,4 @@ struct PluginsSample: ParsableCommand {
     }
 
     private func format(_ v: Double) -> String { String(format: "%.6g", v) }
-}
-
-/// The CLI's own small seeded noise: SplitMix64 with Box-Muller normals and open-interval uniforms.
-/// (The training RNG lives in Flipout3D/Random; this one only feeds `plugins sample`.)
-private struct SplitMix64 {
-    private var state: UInt64
-    private var spare: Float?
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// Uniform in the open interval (0, 1), from the top 53 bits.
-    mutating func nextOpenUniformDouble() -> Double {
-        (Double(next() >> 11) + 0.5) / 9_007_199_254_740_992.0
-    }
-
-    mutating func nextOpenUniform() -> Float {
-        // Float(d) may round to 1.0 near the top; keep the interval open.
-        min(Float(nextOpenUniformDouble()), 1 - Float.ulpOfOne / 2)
-    }
-
-    /// A standard normal (Box-Muller in Double; the second value of each pair is kept for the next call).
-    mutating func nextStandardNormal() -> Float {
-        if let s = spare { spare = nil; return s }
-        let u1 = nextOpenUniformDouble(), u2 = nextOpenUniformDouble()
-        let r = (-2 * log(u1)).squareRoot(), theta = 2 * Double.pi * u2
-        spare = Float(r * sin(theta))
-        return Float(r * cos(theta))
-    }
 }

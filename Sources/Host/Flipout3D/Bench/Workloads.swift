@@ -21,16 +21,6 @@ public struct BenchResult: Codable, Sendable {
 }
 
 public enum Workloads {
-    public static let all = ["W1", "W2", "W3", "W4"]
-
-    static func median(repeats: Int, warmup: Int, _ body: () throws -> Void) rethrows -> Double {
-        for _ in 0..<warmup { try body() }
-        var times: [Double] = []
-        for _ in 0..<repeats { times.append(try EngineBench.measureMs(body)) }
-        times.sort()
-        return EngineBench.reportMinimum ? times[0] : times[times.count / 2]
-    }
-
     static func filled(_ shape: [Int], seed: UInt64) -> Tensor {
         let t = Tensor(shape: shape)
         var s = RandomStream(seed: seed, layer: 0, step: 0, purpose: .test)
@@ -47,7 +37,7 @@ public enum Workloads {
         let x = filled([n, cin, 32, 32, 32], seed: 2)
         let r = filled([n, cout, 32, 32, 32], seed: 3)
         var step = 0
-        let ms = try median(repeats: repeats, warmup: warmup) {
+        let ms = try EngineBench.median(repeats: repeats, warmup: warmup) {
             step += 1
             let ctx = StepContext(seed: 1, step: step)
             layer.zeroGradients()
@@ -79,7 +69,7 @@ public enum Workloads {
         let y = Tensor(shape: x.shape)
         for i in 0..<y.count { y.data[i] = x.data[i] > 1 ? 1 : 0 }
         var step = 0
-        let ms = try median(repeats: repeats, warmup: warmup) {
+        let ms = try EngineBench.median(repeats: repeats, warmup: warmup) {
             step += 1
             let ctx = StepContext(seed: 1, step: step)
             net.zeroGradients()
@@ -93,12 +83,15 @@ public enum Workloads {
             net.parametersChanged()
         }
         // Raw kernels: the three convolutions' forward + backward (no input gradient for the first).
-        var raw = 0.0
+        // Workload GFLOP in the peers' counting: two-convolution Flipout, three passes per layer, the
+        // first layer without backward-data (6.57, as in performance.md).
+        var raw = 0.0, flops = 0.0
         for (cin, cout) in [(1, 8), (8, 8), (8, 1)] {
             let g = Conv3DGeometry(batch: 8, inChannels: cin, outChannels: cout, size: 32, k: 3)
             raw += try EngineBench.timeStep(geometry: bayesian && estimator != .reparam ? g.foldedOverBatch() : g, repeats: repeats, warmup: warmup).stepMs
+            flops += 2 * (cin == 1 ? 2 : 3) * g.flops
         }
-        let gflop = 6.57
+        let gflop = flops / 1e9
         return BenchResult(workload: bayesian ? "W3" : "W3-deterministic", estimator: bayesian ? estimator.rawValue : "none", medianMs: ms,
                            gflops: gflop / (ms / 1e3), workloadGFLOP: gflop, rawMs: raw, ratioToRaw: ms / raw, repeats: repeats)
     }

@@ -7,6 +7,8 @@ public struct Colin27Dataset: VolumeDataset {
     public let seed: UInt64
     public let patchSize: Int
     let counts: [DataSplit: Int]
+    /// Every split's patches, cut once: (count, 1, S, S, S) images and labels.
+    let patches: [DataSplit: (x: Tensor, y: Tensor)]
     public var name: String { "colin27" }
     public var volumeSize: [Int] { [patchSize, patchSize, patchSize] }
 
@@ -15,15 +17,22 @@ public struct Colin27Dataset: VolumeDataset {
         self.seed = seed
         self.patchSize = patchSize
         counts = [.train: train, .validation: validation, .test: test, .ood: 0]
+        // Validation patches come from the training hemisphere with a different seed.
+        var cut: [DataSplit: (x: Tensor, y: Tensor)] = [:]
+        for (split, side, s, n) in [(DataSplit.train, Colin27.Hemisphere.left, seed, train), (.validation, .left, seed &+ 1000, validation),
+                                    (.test, .right, seed, test)] where n > 0 {
+            let p = colin.patches(side, count: n, size: patchSize, seed: s)
+            cut[split] = (p.x, p.y)
+        }
+        patches = cut
     }
 
     public func count(_ split: DataSplit) -> Int { counts[split] ?? 0 }
 
     public func batch(_ split: DataSplit, indices: [Int]) throws -> (x: Tensor, y: Tensor) {
-        // Validation patches come from the training hemisphere with a different seed.
-        let side: Colin27.Hemisphere = split == .test ? .right : .left
-        let s = split == .validation ? seed &+ 1000 : seed
-        let all = colin.patches(side, count: (indices.max() ?? 0) + 1, size: patchSize, seed: s)
+        guard let all = patches[split], let last = indices.max(), last < count(split) else {
+            preconditionFailure("Colin27Dataset: indices \(indices) out of range for \(split) (\(count(split)) patches)")
+        }
         let per = patchSize * patchSize * patchSize
         let x = Tensor(shape: [indices.count, 1] + volumeSize), y = Tensor(shape: [indices.count, 1] + volumeSize)
         for (n, i) in indices.enumerated() {

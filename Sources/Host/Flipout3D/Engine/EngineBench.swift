@@ -135,7 +135,8 @@ public enum EngineBench {
         return Double(t.tv_sec) * 1e3 + Double(t.tv_nsec) * 1e-6
     }
 
-    private static func median(repeats: Int, warmup: Int, _ body: () throws -> Void) throws -> Double {
+    /// Median (or, with FLIPOUT_BENCH_STAT=min, fastest) milliseconds of `body` after `warmup` runs.
+    static func median(repeats: Int, warmup: Int, _ body: () throws -> Void) throws -> Double {
         for _ in 0..<warmup { try body() }
         var times = [Double]()
         for _ in 0..<max(repeats, 1) { times.append(try measureMs(body)) }

@@ -10,6 +10,12 @@ public struct NamedParameter {
 /// A convolution in a network: forward and backward side by side; backward ADDS into gradients.
 public protocol ConvLayer: AnyObject {
     var name: String { get }
+    var inChannels: Int { get }
+    var outChannels: Int { get }
+    /// (kD, kH, kW) and (sD, sH, sW)
+    var kernel: [Int] { get }
+    var stride: [Int] { get }
+    var padding: Padding { get }
     /// false for a network's first layer: backward then skips dL/dx.
     var needsInputGradient: Bool { get set }
     /// x (N, Cin, D, H, W) -> y (N, Cout, oD, oH, oW)
@@ -22,8 +28,15 @@ public protocol ConvLayer: AnyObject {
     func zeroGradients()
     /// Everything Adam updates.
     var trainable: [NamedParameter] { get }
-    /// Multiply-add FLOPs of one forward pass for this input shape.
-    func forwardFLOPs(_ inputShape: [Int]) -> Double
+}
+
+extension ConvLayer {
+    /// The convolution this layer runs on an input of `shape` (N, Cin, D, H, W); traps on a wrong rank or channel count.
+    public func geometry(inputShape shape: [Int]) -> Conv3DGeometry {
+        precondition(shape.count == 5 && shape[1] == inChannels, "\(name): input shape \(shape), expected (N, \(inChannels), D, H, W)")
+        return Conv3DGeometry(batch: shape[0], inChannels: inChannels, outChannels: outChannels,
+                              inputSize: Array(shape[2...]), kernel: kernel, stride: stride, padding: padding)
+    }
 }
 
 extension FlipoutConv3D: ConvLayer {
@@ -39,10 +52,5 @@ extension FlipoutConv3D: ConvLayer {
             out.append(NamedParameter(name: "\(name).prior_unconstrained", value: weights.priorParameters, gradient: weights.priorGradients))
         }
         return out
-    }
-
-    public func forwardFLOPs(_ inputShape: [Int]) -> Double {
-        Conv3DGeometry(batch: inputShape[0], inChannels: inChannels, outChannels: outChannels,
-                       inputSize: Array(inputShape[2...]), kernel: kernel, stride: stride, padding: padding).flops
     }
 }

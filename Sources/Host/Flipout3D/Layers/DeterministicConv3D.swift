@@ -37,14 +37,8 @@ public final class DeterministicConv3D: ConvLayer {
         for i in 0..<weight.count { weight[i] *= std }
     }
 
-    func geometry(_ x: Tensor) -> Conv3DGeometry {
-        precondition(x.rank == 5 && x.shape[1] == inChannels, "\(name): input shape \(x.shape), expected (N, \(inChannels), D, H, W)")
-        return Conv3DGeometry(batch: x.shape[0], inChannels: inChannels, outChannels: outChannels,
-                              inputSize: Array(x.shape[2...]), kernel: kernel, stride: stride, padding: padding)
-    }
-
     public func forward(_ x: Tensor, _ ctx: StepContext) throws -> Tensor {
-        let g = geometry(x)
+        let g = geometry(inputShape: x.shape)
         try g.validate()
         let y = Tensor(uninitializedShape: g.yShape)   // (N, Cout, oD, oH, oW), overwritten
         try Conv3D.cached(g).forward(x: x, w: weight, bias: bias, y: y)
@@ -54,7 +48,7 @@ public final class DeterministicConv3D: ConvLayer {
 
     public func backward(_ dy: Tensor) throws -> Tensor {
         guard let x = lastInput else { preconditionFailure("\(name): backward before forward") }
-        let g = geometry(x), conv = try Conv3D.cached(g)
+        let g = geometry(inputShape: x.shape), conv = try Conv3D.cached(g)
         // dx (N, Cin, D, H, W) is written by the convolution (zeros for a first layer); dw, db overwritten.
         let dx = needsInputGradient ? Tensor(uninitializedShape: x.shape) : Tensor(shape: x.shape)
         let dw = Tensor(uninitializedShape: weight.shape), db = Tensor(uninitializedShape: [outChannels])
@@ -72,9 +66,5 @@ public final class DeterministicConv3D: ConvLayer {
     public var trainable: [NamedParameter] {
         [NamedParameter(name: "\(name).weight", value: weight, gradient: weightGradient),
          NamedParameter(name: "\(name).bias", value: bias, gradient: biasGradient)]
-    }
-    public func forwardFLOPs(_ inputShape: [Int]) -> Double {
-        Conv3DGeometry(batch: inputShape[0], inChannels: inChannels, outChannels: outChannels,
-                       inputSize: Array(inputShape[2...]), kernel: kernel, stride: stride, padding: padding).flops
     }
 }

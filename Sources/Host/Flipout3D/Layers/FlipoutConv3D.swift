@@ -64,19 +64,13 @@ public final class FlipoutConv3D {
         biasGradient = Tensor(shape: [outChannels])
     }
 
-    func geometry(for x: Tensor) -> Conv3DGeometry {
-        precondition(x.rank == 5 && x.shape[1] == inChannels, "\(name): input shape \(x.shape), expected (N, \(inChannels), D, H, W)")
-        return Conv3DGeometry(batch: x.shape[0], inChannels: inChannels, outChannels: outChannels,
-                              inputSize: Array(x.shape[2...]), kernel: kernel, stride: stride, padding: padding)
-    }
-
     private func stream(_ ctx: StepContext, _ purpose: RandomPurpose) -> RandomStream {
         RandomStream(seed: ctx.seed, layer: index, step: ctx.step, purpose: purpose)
     }
 
     /// y = the layer applied to x (N, Cin, D, H, W) -> (N, Cout, oD, oH, oW).
     public func forward(_ x: Tensor, _ ctx: StepContext) throws -> Tensor {
-        let g = geometry(for: x)
+        let g = geometry(inputShape: x.shape)
         try g.validate()
         let n = g.batch, e = weightCount
         let y = Tensor(uninitializedShape: g.yShape)   // (N, Cout, oD, oH, oW), overwritten by the convolution
@@ -169,7 +163,7 @@ public final class FlipoutConv3D {
         guard let x = lastInput, let kernels = lastKernels else {
             preconditionFailure("\(name): backward before forward")
         }
-        let g = geometry(for: x)
+        let g = geometry(inputShape: x.shape)
         let n = g.batch, e = weightCount
         dy.checkShape(g.yShape, "\(name).backward dy")
         // (N, Cin, D, H, W): written by the convolution, or zeros for a first layer.

@@ -119,17 +119,4 @@ public final class SegmentationNet {
 
     /// Refresh constrained values after the optimizer changed parameters.
     public func parametersChanged() { flipoutLayers.forEach { $0.weights.refresh() } }
-
-    /// Forward FLOPs for an input shape (the encoder-decoder's layers see two resolutions).
-    public func forwardFLOPs(_ shape: [Int]) -> Double {
-        let n = shape[0], s = Array(shape[2...]), w = config.width
-        switch config.architecture {
-        case .stack:
-            return zip(layers, [1, w, w]).reduce(0.0) { $0 + $1.0.forwardFLOPs([n, $1.1] + s) }
-        case .encoderDecoder:
-            let half = s.map { $0 / 2 }
-            return layers[0].forwardFLOPs([n, 1] + s) + layers[1].forwardFLOPs([n, w] + s)
-                + layers[2].forwardFLOPs([n, 2 * w] + half) + layers[3].forwardFLOPs([n, 2 * w] + s) + layers[4].forwardFLOPs([n, w] + s)
-        }
-    }
 }

@@ -9,25 +9,16 @@ public struct HemisphereReport: Codable, Sendable {
 }
 
 public enum HemisphereEvaluation {
-    /// The threshold maximising Dice of `image > t` against `labels`, over 256 quantiles.
+    /// The threshold maximising Dice of `image >= t` against `labels`, over 256 quantiles.
     public static func bestThreshold(image: Tensor, labels: Tensor) -> Float {
         let sorted = image.array.sorted()
         var best: (Float, Double) = (0, -1)
         for q in 1..<256 {
             let t = sorted[min(sorted.count - 1, q * sorted.count / 256)]
-            let d = dice(image: image, labels: labels, threshold: t)
+            let d = Metrics.dice(probabilities: image, labels: labels, threshold: t)
             if d > best.1 { best = (t, d) }
         }
         return best.0
-    }
-
-    static func dice(image: Tensor, labels: Tensor, threshold: Float) -> Double {
-        var tp = 0.0, p = 0.0, l = 0.0
-        for i in 0..<image.count {
-            let a = image.data[i] > threshold, b = labels.data[i] >= 0.5
-            if a { p += 1 }; if b { l += 1 }; if a && b { tp += 1 }
-        }
-        return p + l == 0 ? 1 : 2 * tp / (p + l)
     }
 
     /// Trains nothing: evaluates `model` on the right hemisphere and the threshold baseline fitted on the left.
@@ -41,7 +32,7 @@ public enum HemisphereEvaluation {
         var mi = 0.0
         for v in maps.mutualInformation.buffer { mi += Double(v) }
         return HemisphereReport(modelDice: Metrics.dice(probabilities: maps.mean, labels: labels),
-                                thresholdDice: dice(image: test.image, labels: test.label, threshold: t),
+                                thresholdDice: Metrics.dice(probabilities: test.image, labels: test.label, threshold: t),
                                 threshold: t, meanMutualInformation: mi / Double(maps.mutualInformation.count))
     }
 }
