@@ -21,7 +21,7 @@ ensure_packages() {
     DEBIAN_FRONTEND=noninteractive "${sudo[@]+"${sudo[@]}"}" apt-get install -y "${missing[@]}"
 }
 
-build_packages=(libdnnl-dev libffi-dev libnifti2-dev libpng-dev zlib1g-dev binutils gcc)
+build_packages=(libdnnl-dev libffi-dev libpng-dev zlib1g-dev binutils gcc)
 
 build_release() {
     if ! command -v swift >/dev/null && [[ -x /opt/swift/usr/bin/swift ]]; then
