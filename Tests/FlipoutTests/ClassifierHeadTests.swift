@@ -14,8 +14,8 @@ private func normalHead(estimator: Estimator, classes: Int = 2) throws -> Classi
     // reparam: logits[n,o] = b[o] + sum_i W[o,i] m[n,i], m = mean over voxels, W the shared sample.
     let head = try normalHead(estimator: .reparam)
     let x = Tensor(shape: [2, 3, 2, 3, 2], values: testValues(72, seed: 8))
-    let logits = try head.forward(x, StepContext(seed: 1, step: 1))
-    let w = head.conv.lastSample!.array.map(Double.init)                  // (2, 3)
+    let (logits, saved) = try head.forward(x, StepContext(seed: 1, step: 1))
+    let w = try #require(saved.conv.draw?.sample).array.map(Double.init)   // (2, 3)
     var m = [Double](repeating: 0, count: 6)
     for k in 0..<6 { for j in 0..<12 { m[k] += Double(x.data[k * 12 + j]) / 12 } }
     for n in 0..<2 { for o in 0..<2 {
@@ -23,7 +23,7 @@ private func normalHead(estimator: Estimator, classes: Int = 2) throws -> Classi
         #expect(isClose(Double(logits[n * 2 + o]), ref, rtol: 1e-5, atol: 1e-5))
     } }
     let r = Tensor(shape: [2, 2], values: [1, -2, 0.5, 3])
-    let dx = try head.backward(r)
+    let dx = try head.backward(r, saved)
     head.conv.finishBackward()
     for n in 0..<2 { for i in 0..<3 {
         let ref = (0..<2).reduce(0.0) { $0 + Double(r[n * 2 + $1]) * w[$1 * 3 + i] } / 12
@@ -54,17 +54,17 @@ private func normalHead(estimator: Estimator, classes: Int = 2) throws -> Classi
     for step in 1...150 {
         let (x, y) = batch(8)
         head.conv.zeroGradients()
-        let logits = try head.forward(x, StepContext(seed: 2, step: step))
+        let (logits, saved) = try head.forward(x, StepContext(seed: 2, step: step))
         let grad = Tensor(shape: logits.shape)
         _ = ELBO.bceWithLogits(logits, y, grad: grad)
-        _ = try head.backward(grad)
+        _ = try head.backward(grad, saved)
         _ = try head.conv.kl(gradientScale: 1e-4, StepContext(seed: 2, step: step))
         head.conv.finishBackward()
         try adam.update()
         head.conv.weights.refresh()
     }
     let (x, y) = batch(64)
-    let logits = try head.forward(x, StepContext(seed: 2, step: 0, mode: .center))
+    let logits = try head.forward(x, StepContext(seed: 2, step: 0, mode: .center)).logits
     let correct = (0..<64).filter { (logits[$0] > 0) == (y[$0] == 1) }.count
     #expect(correct >= 58, "accuracy \(correct)/64")
 }

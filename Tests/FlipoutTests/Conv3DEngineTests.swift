@@ -59,13 +59,13 @@ private func checkEngine(_ g: Conv3DGeometry, _ strategy: Conv3D.ForwardStrategy
 
     // Outputs start as garbage: the engine must overwrite, not accumulate.
     let y = Tensor(shape: g.yShape); y.fill(1e30)
-    try conv.forward(x: x, w: w, bias: bias, y: y)
+    let saved = try conv.forward(x: x, w: w, bias: bias, y: y)
     let fwdTerms = (g.inChannels / g.groups) * g.kernelVolume
     assertClose(y.array, ref.forward(x: x.array, w: w.array, bias: bias.array),
                 rtol: 1e-4, atol: tolerance(fwdTerms), "forward \(context)")
 
     let yNoBias = Tensor(shape: g.yShape); yNoBias.fill(1e30)
-    try conv.forward(x: x, w: w, bias: nil, y: yNoBias)
+    _ = try conv.forward(x: x, w: w, bias: nil, y: yNoBias)
     assertClose(yNoBias.array, ref.forward(x: x.array, w: w.array, bias: nil),
                 rtol: 1e-4, atol: tolerance(fwdTerms), "forward without bias \(context)")
 
@@ -77,7 +77,7 @@ private func checkEngine(_ g: Conv3DGeometry, _ strategy: Conv3D.ForwardStrategy
 
     let dw = Tensor(shape: g.weightShape); dw.fill(1e30)
     let dbias = Tensor(shape: g.biasShape); dbias.fill(1e30)
-    try conv.backwardWeights(x: x, dy: dy, dw: dw, dbias: dbias)
+    try conv.backwardWeights(saved, dy: dy, dw: dw, dbias: dbias)
     let expected = ref.backwardWeights(x: x.array, dy: dy.array)
     let bwTerms = g.batch * g.outputVoxels
     assertClose(dw.array, expected.dw, rtol: 1e-4, atol: tolerance(bwTerms), "backward-weights \(context)")
@@ -87,17 +87,17 @@ private func checkEngine(_ g: Conv3DGeometry, _ strategy: Conv3D.ForwardStrategy
     let dx3 = Tensor(shape: g.xShape); dx3.fill(1e30)
     let dw3 = Tensor(shape: g.weightShape); dw3.fill(1e30)
     let db3 = Tensor(shape: g.biasShape); db3.fill(1e30)
-    try conv.backward(x: x, dy: dy, w: w, dx: dx3, dw: dw3, dbias: db3)
+    try conv.backward(saved, dy: dy, w: w, dx: dx3, dw: dw3, dbias: db3)
     assertClose(dx3.array, dx.array, rtol: 1e-6, atol: 1e-6, "combined backward dx \(context)")
     assertClose(dw3.array, expected.dw, rtol: 1e-4, atol: tolerance(bwTerms), "combined backward dw \(context)")
     assertClose(db3.array, expected.dbias, rtol: 1e-4, atol: tolerance(bwTerms), "combined backward dbias \(context)")
     dw3.fill(1e30)
-    try conv.backward(x: x, dy: dy, w: w, dx: nil, dw: dw3, dbias: nil)
+    try conv.backward(saved, dy: dy, w: w, dx: nil, dw: dw3, dbias: nil)
     assertClose(dw3.array, expected.dw, rtol: 1e-4, atol: tolerance(bwTerms), "combined backward without dx \(context)")
 
     // Without dbias the weight gradient is unchanged.
     let dw2 = Tensor(shape: g.weightShape); dw2.fill(1e30)
-    try conv.backwardWeights(x: x, dy: dy, dw: dw2, dbias: nil)
+    try conv.backwardWeights(saved, dy: dy, dw: dw2, dbias: nil)
     assertClose(dw2.array, expected.dw, rtol: 1e-4, atol: tolerance(bwTerms), "backward-weights without dbias \(context)")
 }
 
@@ -111,7 +111,7 @@ private func checkEngine(_ g: Conv3DGeometry, _ strategy: Conv3D.ForwardStrategy
     let wCount = base.weightShape.reduce(1, *)
     let w = Tensor(shape: [3, 5, 4, 3, 3, 3], values: testValues(3 * wCount, seed: 8)) // (N, Cout, Cin, k, k, k)
     let y = Tensor(shape: base.yShape)
-    try folded.forward(x: x, w: w, bias: nil, y: y)
+    _ = try folded.forward(x: x, w: w, bias: nil, y: y)
     let xa = x.array, wa = w.array, ya = y.array
     let xPer = xa.count / 3, yPer = ya.count / 3
     for n in 0..<3 {
@@ -121,50 +121,57 @@ private func checkEngine(_ g: Conv3DGeometry, _ strategy: Conv3D.ForwardStrategy
     }
 }
 
-@Test func backwardReusesForwardInputOnlyWhileItsCopyIsCurrent() throws {
-    let g = Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 16, inputSize: [5, 6, 7], kernel: [3, 3, 3])
-    let conv = try Conv3D(g)
-    let ref = ReferenceConv3D(g)
-    let x = Tensor(shape: g.xShape, values: testValues(g.xShape.reduce(1, *), seed: 11))
-    let other = Tensor(shape: g.xShape, values: testValues(g.xShape.reduce(1, *), seed: 12))
-    let w = Tensor(shape: g.weightShape, values: testValues(g.weightShape.reduce(1, *), seed: 13))
-    let dy = Tensor(shape: g.yShape, values: testValues(g.yShape.reduce(1, *), seed: 14))
-    let y = Tensor(shape: g.yShape), dx = Tensor(shape: g.xShape), dw = Tensor(shape: g.weightShape)
-    let expected = ref.backwardWeights(x: x.array, dy: dy.array).dw
-    let tol = tolerance(g.batch * g.outputVoxels)
+/// The saved-state contract, on whatever kernels and layouts this CPU gets: backward computes
+/// the gradients of the forward that made the saved value, whatever happened in between — other
+/// forwards on the same engine, in-place changes to the caller's x, x freed and its storage
+/// recycled, backward-data runs — for every forward strategy and kind of geometry.
+@Test(arguments: [
+    Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 16, inputSize: [5, 6, 7], kernel: [3, 3, 3]),
+    Conv3DGeometry(batch: 2, inChannels: 8, outChannels: 8, inputSize: [6, 5, 7], kernel: [3, 3, 3]),
+    Conv3DGeometry(batch: 3, inChannels: 1, outChannels: 8, inputSize: [5, 6, 7], kernel: [3, 3, 3], stride: [2, 2, 2]),
+    Conv3DGeometry(batch: 4, inChannels: 8, outChannels: 1, inputSize: [5, 5, 6], kernel: [3, 3, 3]).foldedOverBatch(),
+    Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 16, inputSize: [5, 5, 5], kernel: [3, 3, 3]).foldedOverBatch(),
+])
+func backwardUsesWhatItsForwardSaved(_ g: Conv3DGeometry) throws {
+    for strategy in strategies(g) {
+        let conv = try Conv3D(g, forward: strategy)
+        let ref = ReferenceConv3D(g)
+        let tol = tolerance(g.batch * g.outputVoxels)
+        let w = Tensor(shape: g.weightShape, values: testValues(g.weightShape.reduce(1, *), seed: 13))
+        let dy = Tensor(shape: g.yShape, values: testValues(g.yShape.reduce(1, *), seed: 14))
+        let y = Tensor(shape: g.yShape), dx = Tensor(shape: g.xShape), dw = Tensor(shape: g.weightShape)
+        let context = "\(g) forward \(strategy)"
+        func fresh(_ seed: UInt64) -> Tensor { Tensor(shape: g.xShape, values: testValues(g.xShape.reduce(1, *), seed: seed)) }
 
-    // forward(x) then backward(x): the copy of x is reused.
-    try conv.forward(x: x, w: w, bias: nil, y: y)
-    try conv.backward(x: x, dy: dy, w: w, dx: dx, dw: dw, dbias: nil, xUnchangedSinceForward: true)
-    assertClose(dw.array, expected, rtol: 1e-4, atol: tol, "reused forward input \(g)")
-    assertClose(dx.array, ref.backwardData(dy: dy.array, w: w.array), rtol: 1e-4, atol: tol, "dx after reuse \(g)")
-
-    // Another layer's forward (same shared object) replaced the copy: x is reordered again.
-    try conv.forward(x: x, w: w, bias: nil, y: y)
-    try conv.forward(x: other, w: w, bias: nil, y: y)
-    try conv.backward(x: x, dy: dy, w: w, dx: dx, dw: dw, dbias: nil, xUnchangedSinceForward: true)
-    assertClose(dw.array, expected, rtol: 1e-4, atol: tol, "forward input replaced by another forward \(g)")
-
-    // backward-data wrote dx over the copy: x is reordered again.
-    try conv.forward(x: x, w: w, bias: nil, y: y)
-    try conv.backwardData(dy: dy, w: w, dx: dx)
-    try conv.backward(x: x, dy: dy, w: w, dx: nil, dw: dw, dbias: nil, xUnchangedSinceForward: true)
-    assertClose(dw.array, expected, rtol: 1e-4, atol: tol, "forward input overwritten by backward-data \(g)")
-
-    // The contract is real: values changed behind the engine's back are not seen (the copy is
-    // reused), which shows the reorder really is skipped. Without the promise they are seen.
-    try conv.forward(x: x, w: w, bias: nil, y: y)
-    x.data[0] += 100
-    try conv.backward(x: x, dy: dy, w: w, dx: nil, dw: dw, dbias: nil, xUnchangedSinceForward: true)
-    assertClose(dw.array, expected, rtol: 1e-4, atol: tol, "stale copy reused as promised \(g)")
-    try conv.backward(x: x, dy: dy, w: w, dx: nil, dw: dw, dbias: nil)
-    assertClose(dw.array, ref.backwardWeights(x: x.array, dy: dy.array).dw, rtol: 1e-4, atol: tol, "no promise, fresh x \(g)")
-}
-
-@Test func cachedEngineIsShared() throws {
-    let g = Conv3DGeometry(batch: 1, inChannels: 2, outChannels: 2, size: 5, k: 3)
-    #expect(try Conv3D.cached(g) === Conv3D.cached(g))
-    #expect(try Conv3D.cached(g) !== Conv3D.cached(Conv3DGeometry(batch: 2, inChannels: 2, outChannels: 2, size: 5, k: 3)))
+        let x = fresh(11), xValues = x.array
+        let expected = ref.backwardWeights(x: xValues, dy: dy.array).dw
+        let saved = try conv.forward(x: x, w: w, bias: nil, y: y)
+        // Another forward on the same engine, then x changed in place, then a backward-data.
+        let other = fresh(12)
+        let savedOther = try conv.forward(x: other, w: w, bias: nil, y: y)
+        for i in 0..<x.count { x.data[i] = -x.data[i] + 0.25 }
+        try conv.backwardData(dy: dy, w: w, dx: dx)
+        try conv.backward(saved, dy: dy, w: w, dx: dx, dw: dw, dbias: nil)
+        assertClose(dw.array, expected, rtol: 1e-4, atol: tol, "dw of the first forward \(context)")
+        assertClose(dx.array, ref.backwardData(dy: dy.array, w: w.array), rtol: 1e-4, atol: tol, "dx \(context)")
+        // The second forward's value is its own x's.
+        try conv.backwardWeights(savedOther, dy: dy, dw: dw, dbias: nil)
+        assertClose(dw.array, ref.backwardWeights(x: other.array, dy: dy.array).dw, rtol: 1e-4, atol: tol, "dw of the second forward \(context)")
+        // Saved values outlive their x: free it, reuse its storage for another tensor, backward again.
+        var dropped: Tensor? = fresh(15)
+        let savedDropped = try conv.forward(x: dropped!, w: w, bias: nil, y: y)
+        let droppedValues = dropped!.array
+        dropped = nil
+        let reuse = Tensor(uninitializedShape: g.xShape); reuse.fill(7)
+        _ = try conv.forward(x: reuse, w: w, bias: nil, y: y)
+        try conv.backward(savedDropped, dy: dy, w: nil, dx: nil, dw: dw, dbias: nil)
+        assertClose(dw.array, ref.backwardWeights(x: droppedValues, dy: dy.array).dw, rtol: 1e-4, atol: tol,
+                    "dw after x was freed and its storage reused \(context)")
+        // The first value, used again after all that, still gives its gradients.
+        try conv.backwardWeights(saved, dy: dy, dw: dw, dbias: nil)
+        assertClose(dw.array, expected, rtol: 1e-4, atol: tol, "dw of the first forward, again \(context)")
+        withExtendedLifetime(reuse) {}
+    }
 }
 
 @Test func assertCloseCatchesWrongValues() {

@@ -29,28 +29,53 @@ struct LayerFixture {
     @Test(arguments: [1, 3])
     func oneConvolutionEqualsTwoConvolutionFormula(_ n: Int) throws {
         let f = try LayerFixture(estimator: .flipout, n: n)
-        let y = try f.layer.forward(f.x, StepContext(seed: 3, step: 5))
-        let ref = try twoConvolutionFlipout(x: f.x, center: f.layer.lastCenter!, sample: f.layer.lastSample!,
-                                            signsIn: f.layer.lastSignsIn!, signsOut: f.layer.lastSignsOut!, bias: f.layer.bias, geometry: f.g)
+        let (y, saved) = try f.layer.forward(f.x, StepContext(seed: 3, step: 5))
+        let draw = try #require(saved.draw)
+        let ref = try twoConvolutionFlipout(x: f.x, center: draw.center, sample: draw.sample!,
+                                            signsIn: draw.signsIn!, signsOut: draw.signsOut!, bias: f.layer.bias, geometry: f.g)
         assertClose(y.array, ref.array, rtol: 1e-5, atol: 1e-5, "one-conv vs two-conv flipout")
         // Signs are +-1, never 0, and not all equal.
-        let signs = f.layer.lastSignsIn!.array + f.layer.lastSignsOut!.array
+        let signs = draw.signsIn!.array + draw.signsOut!.array
         #expect(signs.allSatisfy { $0 == 1 || $0 == -1 })
         if n > 1 { #expect(Set(signs).count == 2) }
     }
 
     @Test func sameSeedIsBitIdentical() throws {
         let a = try LayerFixture(estimator: .flipout), b = try LayerFixture(estimator: .flipout)
-        let ya = try a.layer.forward(a.x, StepContext(seed: 11, step: 2))
-        let yb = try b.layer.forward(b.x, StepContext(seed: 11, step: 2))
+        let (ya, sa) = try a.layer.forward(a.x, StepContext(seed: 11, step: 2))
+        let (yb, sb) = try b.layer.forward(b.x, StepContext(seed: 11, step: 2))
         #expect(ya.array == yb.array)
         let dy = Tensor(shape: ya.shape, values: testValues(ya.count, seed: 5))
-        let dxa = try a.layer.backward(dy), dxb = try b.layer.backward(dy)
+        let dxa = try a.layer.backward(dy, sa), dxb = try b.layer.backward(dy, sb)
         a.layer.finishBackward(); b.layer.finishBackward()
         #expect(dxa.array == dxb.array)
         #expect(a.layer.weights.gradients[1].array == b.layer.weights.gradients[1].array)
-        let yc = try a.layer.forward(a.x, StepContext(seed: 11, step: 3))
+        let yc = try a.layer.forward(a.x, StepContext(seed: 11, step: 3)).y
         #expect(yc.array != ya.array)
+    }
+
+    /// Backward takes forward's saved value: later forwards (of this layer and of another with the
+    /// same geometry) and in-place changes to x change nothing, bit for bit.
+    @Test(arguments: [Estimator.flipout, .reparam, .perExample])
+    func backwardDependsOnlyOnItsSavedValue(_ estimator: Estimator) throws {
+        let clean = try LayerFixture(estimator: estimator), busy = try LayerFixture(estimator: estimator)
+        let other = try LayerFixture(estimator: estimator, seed: 8)
+        let ctx = StepContext(seed: 4, step: 1)
+        let dy = Tensor(shape: clean.g.yShape, values: testValues(clean.g.yShape.reduce(1, *), seed: 6))
+        let (_, s0) = try clean.layer.forward(clean.x, ctx)
+        let dx0 = try clean.layer.backward(dy, s0)
+        clean.layer.finishBackward()
+
+        let x = busy.x.copy()
+        let (_, saved) = try busy.layer.forward(x, ctx)
+        _ = try busy.layer.forward(other.x, StepContext(seed: 4, step: 2))
+        _ = try other.layer.forward(x, ctx)
+        for i in 0..<x.count { x.data[i] *= -3 }
+        let dx = try busy.layer.backward(dy, saved)
+        busy.layer.finishBackward()
+        #expect(dx.array == dx0.array)
+        for k in 0..<2 { #expect(busy.layer.weights.gradients[k].array == clean.layer.weights.gradients[k].array) }
+        #expect(busy.layer.biasGradient.array == clean.layer.biasGradient.array)
     }
 
     /// L = <y, r> + KL, recomputed entirely in Double from the textbook formulas, differenced centrally.
@@ -58,15 +83,16 @@ struct LayerFixture {
     func backwardMatchesFiniteDifferences(_ estimator: Estimator, _ batch: Int) throws {
         let f = try LayerFixture(estimator: estimator, n: batch)
         let ctx = StepContext(seed: 9, step: 1)
-        let y = try f.layer.forward(f.x, ctx)
+        let (y, saved) = try f.layer.forward(f.x, ctx)
         let r = testValues(y.count, seed: 77).map(Double.init)
-        let dx = try f.layer.backward(Tensor(shape: y.shape, values: r.map(Float.init)))
+        let dx = try f.layer.backward(Tensor(shape: y.shape, values: r.map(Float.init)), saved)
         _ = try f.layer.kl(gradientScale: 1, ctx)
         f.layer.finishBackward()
 
         let e = f.layer.weightCount, n = f.g.batch
-        let noise: [[Double]] = f.layer.lastNoise.map { $0.normals.array.map(Double.init) }
-        let sIn = f.layer.lastSignsIn?.array.map(Double.init), sOut = f.layer.lastSignsOut?.array.map(Double.init)
+        let draw = try #require(saved.draw)
+        let noise: [[Double]] = draw.noise.map { $0.normals.array.map(Double.init) }
+        let sIn = draw.signsIn?.array.map(Double.init), sOut = draw.signsOut?.array.map(Double.init)
         let ref = ReferenceConv3D(Conv3DGeometry(batch: 1, inChannels: f.g.inChannels, outChannels: f.g.outChannels, inputSize: f.g.inputSize, kernel: [3, 3, 3]))
         let taps = 27, cin = f.g.inChannels, cout = f.g.outChannels
 
@@ -132,7 +158,7 @@ struct LayerFixture {
         let draws = 4000
         var values = [Double]()
         for step in 0..<draws {
-            let y = try f.layer.forward(f.x, StepContext(seed: 21, step: step))
+            let y = try f.layer.forward(f.x, StepContext(seed: 21, step: step)).y
             values.append(Double(y[voxel]))
         }
         let m = values.reduce(0, +) / Double(draws)
@@ -146,7 +172,7 @@ struct LayerFixture {
 
     @Test func centerModeIsTheMeanNetwork() throws {
         let f = try LayerFixture(estimator: .flipout)
-        let y = try f.layer.forward(f.x, StepContext(seed: 1, step: 1, mode: .center))
+        let y = try f.layer.forward(f.x, StepContext(seed: 1, step: 1, mode: .center)).y
         let ref = ReferenceConv3D(f.g).forward(x: f.x.array, w: f.layer.weights.parameters[0].array, bias: f.layer.bias.array)
         assertClose(y.array, ref, rtol: 1e-5, atol: 1e-5, "center mode")
     }

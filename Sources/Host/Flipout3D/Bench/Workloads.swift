@@ -41,9 +41,9 @@ public enum Workloads {
             step += 1
             let ctx = StepContext(seed: 1, step: step)
             layer.zeroGradients()
-            let y = try layer.forward(x, ctx)
+            let (y, saved) = try layer.forward(x, ctx)
             withExtendedLifetime(y) {}
-            _ = try layer.backward(r)
+            _ = try layer.backward(r, saved)
             _ = try layer.kl(gradientScale: 1, ctx)
             layer.finishBackward()
         }
@@ -73,10 +73,10 @@ public enum Workloads {
             step += 1
             let ctx = StepContext(seed: 1, step: step)
             net.zeroGradients()
-            let logits = try net.forward(x, ctx)
+            let (logits, saved) = try net.forward(x, ctx)
             let grad = Tensor(shape: logits.shape)
             _ = ELBO.bceWithLogits(logits, y, grad: grad)
-            try net.backward(grad)
+            try net.backward(grad, saved)
             _ = try net.kl(gradientScale: 1e-3, ctx)
             net.finishBackward()
             try adam.update()

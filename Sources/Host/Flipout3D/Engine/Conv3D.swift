@@ -8,9 +8,10 @@ import Foundation
 /// tensors, built once and reused on every call. The forward pass may run as the backward-data
 /// primitive of the transposed convolution (see `ForwardStrategy`).
 ///
-/// A training step per layer is `forward`, then `backward` (both gradients; dy is reordered once,
-/// and with `xUnchangedSinceForward` x's copy from the forward pass is reused). `backwardData`
-/// and `backwardWeights` alone exist for callers that need only one of them.
+/// A training step per layer is `forward`, which returns a `Conv3DSaved` (the engine's own copy of
+/// x, in the layout backward-weights reads), then `backward(saved, ...)` (both gradients; dy is
+/// reordered once). `backwardData` and `backwardWeights` alone exist for callers that need only
+/// one of them. The caller may change or free x after forward: backward reads only the saved copy.
 ///
 /// oneDNN runs on OpenMP threads (all cores unless OMP_NUM_THREADS says otherwise).
 ///
@@ -25,10 +26,10 @@ import Foundation
 /// (G, Cout / G, ...), w (G, Cout / G, Cin / G, k...) and bias (G, Cout / G): the same memory.
 ///
 /// Outputs (y, dx, dw, dbias) are OVERWRITTEN, never accumulated into.
-/// Calls are serialised by one process-wide lock: the reorder buffers are shared between calls, and
-/// oneDNN's stream (one per process) must not execute from two threads at once. oneDNN itself
-/// uses both cores inside each primitive.
-/// Shape mismatches are programmer errors and trap.
+/// Each object has its own oneDNN stream and reorder buffers, and serialises only its own calls
+/// (its buffers are reused between calls); layers own their engines (`Conv3DEngines`), so two
+/// layers never wait for each other. oneDNN itself uses every core inside each primitive.
+/// Shape mismatches, and a saved value from another engine, are programmer errors and trap.
 public final class Conv3D {
     public let geometry: Conv3DGeometry
     /// oneDNN's implementation names for (forward, backward-data, backward-weights).
@@ -38,13 +39,16 @@ public final class Conv3D {
     private let forwardOp: Op
     private let backwardDataOp: Op
     private let backwardWeightsOp: Op
-    private static let executionLock = NSLock()
+    /// Serialises this object's calls (they share its reorder buffers, flipped weights and stream).
+    private let lock = NSLock()
     /// (Cout) zeros for forward without bias.
     private let zeroBias: Tensor
     /// (Cout) sink for backward-weights without dbias.
     private let scratchBias: Tensor
-    /// Which caller storage each inner input buffer currently holds a reordered copy of.
-    private var held: [ObjectIdentifier: UnsafeMutableRawPointer] = [:]
+    /// The layout of the saved copy of x: the one backward-weights reads (its src descriptor).
+    private let savedLayout: MemoryDesc
+    /// How forward fills the saved copy (see `SaveStep`).
+    private let saveStep: SaveStep
 
     /// How the forward pass is computed.
     public enum ForwardStrategy: Hashable, Sendable {
@@ -75,7 +79,7 @@ public final class Conv3D {
         try geometry.validate()
         self.geometry = geometry
         let g = geometry
-        let ctx = try DNNLContext.shared()
+        let ctx = try DNNLContext.withOwnStream()
         context = ctx
         zeroBias = Tensor(shape: g.biasShape)
         scratchBias = Tensor(shape: g.biasShape)
@@ -178,20 +182,38 @@ public final class Conv3D {
         // Inner (oneDNN-layout) buffers are shared per role across the three primitives when the
         // layouts agree: no primitive uses one role twice.
         let pool = BufferPool(context: ctx)
+        // x is saved in backward-weights' layout. When the forward primitive reads x in that same
+        // layout, its inner x buffer IS the saved copy (a memory object of its own, pointed at a
+        // fresh buffer on each call); otherwise forward fills the copy separately.
+        let saved = bwpd.md(dnnl_query_src_md)
+        savedLayout = saved
+        let forwardX = transposedPD?.md(dnnl_query_diff_dst_md) ?? fpd.md(dnnl_query_src_md)
+        if forwardX == saved {
+            saveStep = saved == userX ? .copyPlain : .forwardReorder
+        } else if saved == userX {
+            saveStep = .separate(nil)
+        } else {
+            let from = try DNNLMemory(userX, context: ctx, allocate: false)
+            let to = try DNNLMemory(saved, context: ctx, allocate: false)
+            let pd = try DNNLPrimitiveDesc(reorderFrom: userX, to: saved, context: ctx)
+            saveStep = .separate(SavedReorder(primitive: try DNNLPrimitive(pd, "reorder x into its saved copy \(name)"),
+                                              from: from, to: to))
+        }
+        let dedicatedX = saveStep == .forwardReorder
         if let tpd = transposedPD {
             let userWT = try MemoryDesc(dims: wtDims, tag: wTag)
             forwardOp = try Op(tpd, context: ctx, pool: pool, name: "forward (transposed backward-data) \(name)", slots: [
                 (DNNL_ARG_DIFF_DST, dnnl_query_diff_dst_md, userX, .x, false),
                 (DNNL_ARG_WEIGHTS, dnnl_query_weights_md, userWT, .w, false),
                 (DNNL_ARG_DIFF_SRC, dnnl_query_diff_src_md, userY, .y, true),
-            ])
+            ], dedicated: dedicatedX ? [0] : [])
         } else {
             forwardOp = try Op(fpd, context: ctx, pool: pool, name: "forward convolution \(name)", slots: [
                 (DNNL_ARG_SRC, dnnl_query_src_md, userX, .x, false),
                 (DNNL_ARG_WEIGHTS, dnnl_query_weights_md, userW, .w, false),
                 (DNNL_ARG_BIAS, dnnl_query_weights_md, userB, .bias, false),
                 (DNNL_ARG_DST, dnnl_query_dst_md, userY, .y, true),
-            ])
+            ], dedicated: dedicatedX ? [0] : [])
         }
         if transposedPD != nil, let out = forwardOp.slots.first(where: { $0.isOutput }) {
             biasAdd = try BiasAdd(output: out.primitiveMemory, channels: g.outChannels, context: ctx, name: name)
@@ -204,61 +226,66 @@ public final class Conv3D {
             (DNNL_ARG_DIFF_SRC, dnnl_query_diff_src_md, userX, .x, true),
         ])
         backwardWeightsOp = try Op(bwpd, context: ctx, pool: pool, name: "backward-weights convolution \(name)", slots: [
-            (DNNL_ARG_SRC, dnnl_query_src_md, userX, .x, false),
+            // Bound to the saved copy, already in this primitive's layout: no reorder.
+            (DNNL_ARG_SRC, dnnl_query_src_md, saved, .x, false),
             (DNNL_ARG_DIFF_DST, dnnl_query_diff_dst_md, userY, .y, false),
             (DNNL_ARG_DIFF_WEIGHTS, dnnl_query_diff_weights_md, userW, .w, true),
             (DNNL_ARG_DIFF_BIAS, dnnl_query_diff_weights_md, userB, .bias, true),
         ])
+        // dy goes into one inner buffer read by both backward primitives when their layouts agree.
+        let bwDy = backwardWeightsOp.slots[1].inner, bdDy = backwardDataOp.slots[0].inner
+        dyShared = bwDy != nil && bwDy === bdDy
     }
 
-    // MARK: - Engine-level cache
-
-    nonisolated(unsafe) private static var cache: [Conv3DGeometry: Conv3D] = [:]
-    private static let cacheLock = NSLock()
-
-    /// The shared `Conv3D` for `geometry`, built on first use: layers with one geometry reuse
-    /// one set of primitives and buffers.
-    public static func cached(_ geometry: Conv3DGeometry) throws -> Conv3D {
-        cacheLock.lock()
-        defer { cacheLock.unlock() }
-        if let conv = cache[geometry] { return conv }
-        let conv = try Conv3D(geometry)
-        cache[geometry] = conv
-        return conv
-    }
-
-    /// Drops every cached `Conv3D` (objects still referenced elsewhere stay alive).
-    public static func clearCache() {
-        cacheLock.lock()
-        cache.removeAll()
-        cacheLock.unlock()
-    }
+    /// Whether backward-data reads dy from the buffer backward-weights reordered it into.
+    private let dyShared: Bool
 
     // MARK: - Passes
 
     /// y = conv(x, w) + bias. x (N, Cin, D, H, W), w (Cout, Cin/groups, kD, kH, kW), bias (Cout)
-    /// or nil for none; y (N, Cout, oD, oH, oW) is overwritten.
-    public func forward(x: Tensor, w: Tensor, bias: Tensor?, y: Tensor) throws {
+    /// or nil for none; y (N, Cout, oD, oH, oW) is overwritten. Returns the engine's copy of x
+    /// for `backward` / `backwardWeights` (x itself may change afterwards).
+    public func forward(x: Tensor, w: Tensor, bias: Tensor?, y: Tensor) throws -> Conv3DSaved {
         checkX(x, "Conv3D.forward x")
         checkW(w, "Conv3D.forward w")
         if let bias { checkBias(bias, "Conv3D.forward bias") }
         checkY(y, "Conv3D.forward y")
-        guard let flipped = flippedWeights else {
-            try run(forwardOp, [x, w, bias ?? zeroBias, y])
-            return
+        lock.lock()
+        defer { lock.unlock() }
+        let saved = Conv3DSaved(engine: self, copy: Tensor(uninitializedShape: [savedLayout.byteSize / 4]))
+        let copy = UnsafeMutableRawPointer(saved.copy.data)
+        // The forward primitive's x: the caller's tensor, or the saved copy when it is in its layout.
+        var xPointer = UnsafeMutableRawPointer(x.data)
+        var inner: [Int: UnsafeMutableRawPointer] = [:]
+        switch saveStep {
+        case .forwardReorder: inner[0] = copy
+        case .copyPlain:
+            saved.copy.data.update(from: x.data, count: x.count)
+            xPointer = copy
+        case .separate(nil): saved.copy.data.update(from: x.data, count: x.count)
+        case .separate(let r?):
+            try r.from.setHandle(UnsafeMutableRawPointer(x.data))
+            try r.to.setHandle(copy)
+            try r.primitive.execute([dnnl_exec_arg_t(arg: DNNL_ARG_FROM, memory: r.from.handle),
+                                     dnnl_exec_arg_t(arg: DNNL_ARG_TO, memory: r.to.handle)],
+                                    context: context, "reorder x into its saved copy")
         }
-        Conv3D.executionLock.lock()
-        defer { Conv3D.executionLock.unlock() }
-        flipTranspose(w, into: flipped)
-        if let bias, let biasAdd {
-            biasAdd.load(bias)
-            try forwardOp.run(pointers([x, flipped, y]), context: context, held: &held, unchanged: [],
-                              after: [(biasAdd.primitive, biasAdd.args)])
+        if let flipped = flippedWeights {
+            flipTranspose(w, into: flipped)
+            let wT = UnsafeMutableRawPointer(flipped.data), yPointer = UnsafeMutableRawPointer(y.data)
+            if let bias, let biasAdd {
+                biasAdd.load(bias)
+                try forwardOp.run([xPointer, wT, yPointer], inner: inner, context: context,
+                                  after: [(biasAdd.primitive, biasAdd.args)])
+            } else {
+                try forwardOp.run([xPointer, wT, yPointer], inner: inner, context: context)
+                if let bias { addBias(bias, to: y) }
+            }
         } else {
-            try forwardOp.run(pointers([x, flipped, y]), context: context, held: &held, unchanged: [])
-            if let bias { addBias(bias, to: y) }
+            try forwardOp.run([xPointer] + pointers([w, bias ?? zeroBias, y]), inner: inner, context: context)
         }
         withExtendedLifetime((x, w, bias, y)) {}
+        return saved
     }
 
     /// wT[g, ci, co, a, b, c] = w[g, co, ci, kD-1-a, kH-1-b, kW-1-c]:
@@ -298,59 +325,44 @@ public final class Conv3D {
         checkY(dy, "Conv3D.backwardData dy")
         checkW(w, "Conv3D.backwardData w")
         checkX(dx, "Conv3D.backwardData dx")
-        try run(backwardDataOp, [dy, w, dx])
+        lock.lock()
+        defer { lock.unlock() }
+        try backwardDataOp.run(pointers([dy, w, dx]), context: context)
+        withExtendedLifetime((dy, w, dx)) {}
     }
 
-    /// dw = dL/dw and dbias = dL/dbias (sum of dy over batch and voxels) given x and dy.
-    /// x (N, Cin, D, H, W), dy (N, Cout, oD, oH, oW); dw (Cout, Cin/groups, k...) and dbias
-    /// (Cout) are overwritten; pass dbias nil when there is no bias.
-    public func backwardWeights(x: Tensor, dy: Tensor, dw: Tensor, dbias: Tensor?) throws {
-        checkX(x, "Conv3D.backwardWeights x")
-        checkY(dy, "Conv3D.backwardWeights dy")
-        checkW(dw, "Conv3D.backwardWeights dw")
-        if let dbias { checkBias(dbias, "Conv3D.backwardWeights dbias") }
-        try run(backwardWeightsOp, [x, dy, dw, dbias ?? scratchBias])
+    /// dw = dL/dw and dbias = dL/dbias (sum of dy over batch and voxels) given forward's saved x
+    /// and dy (N, Cout, oD, oH, oW); dw (Cout, Cin/groups, k...) and dbias (Cout) are
+    /// overwritten; pass dbias nil when there is no bias.
+    public func backwardWeights(_ saved: Conv3DSaved, dy: Tensor, dw: Tensor, dbias: Tensor?) throws {
+        try backward(saved, dy: dy, w: nil, dx: nil, dw: dw, dbias: dbias)
     }
 
-    /// Both backward passes in one call: dw, dbias (backward-weights) and, unless dx is nil (a
-    /// first layer needs no input gradient), dx (backward-data). Same shapes as the two methods;
-    /// outputs are overwritten. Cheaper than calling them in turn: dy is reordered into oneDNN's
-    /// layout once and read by both primitives.
-    ///
-    /// `xUnchangedSinceForward`: pass true only when `x` is the tensor given to this object's
-    /// last `forward` and its values have not changed since. The engine then reuses the copy of x
-    /// it made for the forward pass, if nothing has overwritten that copy meanwhile (it tracks
-    /// that itself, so calls for other layers sharing this object are safe).
-    public func backward(x: Tensor, dy: Tensor, w: Tensor, dx: Tensor?, dw: Tensor, dbias: Tensor?,
-                         xUnchangedSinceForward: Bool = false) throws {
-        checkX(x, "Conv3D.backward x")
+    /// Both backward passes in one call: dw, dbias (backward-weights, from forward's saved x)
+    /// and, unless dx is nil (a first layer needs no input gradient), dx (backward-data, needs w).
+    /// Same shapes as the two methods; outputs are overwritten. Cheaper than calling them in
+    /// turn: dy is reordered into oneDNN's layout once and read by both primitives.
+    public func backward(_ saved: Conv3DSaved, dy: Tensor, w: Tensor?, dx: Tensor?, dw: Tensor, dbias: Tensor?) throws {
+        precondition(saved.engine === self, "Conv3D.backward: the saved value comes from another engine than \(geometry)'s")
         checkY(dy, "Conv3D.backward dy")
-        checkW(w, "Conv3D.backward w")
+        if let w { checkW(w, "Conv3D.backward w") }
         if let dx { checkX(dx, "Conv3D.backward dx") }
+        precondition(dx == nil || w != nil, "Conv3D.backward: dx needs the weights w")
         checkW(dw, "Conv3D.backward dw")
         if let dbias { checkBias(dbias, "Conv3D.backward dbias") }
-        Conv3D.executionLock.lock()
-        defer { Conv3D.executionLock.unlock() }
-        // Weights first: backward-data may write dx into the buffer that holds x.
-        let xPointer = UnsafeMutableRawPointer(x.data), dyPointer = UnsafeMutableRawPointer(dy.data)
-        try backwardWeightsOp.run(pointers([x, dy, dw, dbias ?? scratchBias]), context: context, held: &held,
-                                  unchanged: xUnchangedSinceForward ? [xPointer] : [])
-        if let dx {
-            // dy already sits in the y-role buffer when both primitives want the same layout.
-            try backwardDataOp.run(pointers([dy, w, dx]), context: context, held: &held, unchanged: [dyPointer])
+        lock.lock()
+        defer { lock.unlock() }
+        try backwardWeightsOp.run([UnsafeMutableRawPointer(saved.copy.data)] + pointers([dy, dw, dbias ?? scratchBias]),
+                                  context: context)
+        if let dx, let w {
+            // dy already sits in the inner buffer both primitives read when their layouts agree.
+            try backwardDataOp.run(pointers([dy, w, dx]), context: context, skipReorder: dyShared ? [0] : [])
         }
-        withExtendedLifetime((x, dy, w, dx, dw, dbias)) {}
+        withExtendedLifetime((saved, dy, w, dx, dw, dbias)) {}
     }
 
     private func pointers(_ tensors: [Tensor]) -> [UnsafeMutableRawPointer] {
         tensors.map { UnsafeMutableRawPointer($0.data) }
-    }
-
-    private func run(_ op: Op, _ tensors: [Tensor]) throws {
-        Conv3D.executionLock.lock()
-        defer { Conv3D.executionLock.unlock() }
-        try op.run(pointers(tensors), context: context, held: &held, unchanged: [])
-        withExtendedLifetime(tensors) {}
     }
 
     // MARK: - Shape checks (programmer errors trap)
@@ -392,7 +404,14 @@ public final class Conv3D {
                 return "\(slot.argName) \(slot.primitiveMemory.desc.layoutName)\(reorder)"
             }.joined(separator: ", ")
         }
-        return "forward [\(names(forwardOp))]; backward-data [\(names(backwardDataOp))]; backward-weights [\(names(backwardWeightsOp))]"
+        let save: String
+        switch saveStep {
+        case .forwardReorder: save = "forward's reorder"
+        case .copyPlain: save = "copy"
+        case .separate(nil): save = "separate copy"
+        case .separate(_?): save = "separate reorder"
+        }
+        return "forward [\(names(forwardOp))]; backward-data [\(names(backwardDataOp))]; backward-weights [\(names(backwardWeightsOp))]; saved x \(savedLayout.layoutName) (\(save))"
     }
 }
 
@@ -438,8 +457,10 @@ private final class Slot {
         }
     }
 
+    /// `dedicated`: the inner buffer is not from the pool but a memory object of its own, pointed
+    /// at caller-provided storage before each run (`Op.run`'s `inner`).
     init(arg: Int32, isOutput: Bool, userDesc: MemoryDesc, innerDesc: MemoryDesc, role: Role,
-         pool: BufferPool, context: DNNLContext) throws {
+         pool: BufferPool, context: DNNLContext, dedicated: Bool) throws {
         self.arg = arg
         self.isOutput = isOutput
         user = try DNNLMemory(userDesc, context: context, allocate: false)
@@ -448,7 +469,8 @@ private final class Slot {
             reorder = nil
             reorderArgs = []
         } else {
-            let m = try pool.memory(innerDesc, role: role)
+            let m = dedicated ? try DNNLMemory(innerDesc, context: context, allocate: false)
+                : try pool.memory(innerDesc, role: role)
             let (from, to) = isOutput ? (m, user) : (user, m)
             let pd = try DNNLPrimitiveDesc(reorderFrom: from.desc, to: to.desc, context: context)
             inner = m
@@ -467,50 +489,34 @@ private final class Op {
     let name: String
 
     init(_ pd: DNNLPrimitiveDesc, context: DNNLContext, pool: BufferPool, name: String,
-         slots specs: [(arg: Int32, query: dnnl_query_t, user: MemoryDesc, role: Role, isOutput: Bool)]) throws {
+         slots specs: [(arg: Int32, query: dnnl_query_t, user: MemoryDesc, role: Role, isOutput: Bool)],
+         dedicated: Set<Int> = []) throws {
         self.name = name
         primitive = try DNNLPrimitive(pd, name)
         var slots = [Slot]()
-        for s in specs {
+        for (i, s) in specs.enumerated() {
             // Bias memories are the weights query's index 1.
             let index: Int32 = s.role == .bias ? 1 : 0
             slots.append(try Slot(arg: s.arg, isOutput: s.isOutput, userDesc: s.user,
-                                  innerDesc: pd.md(s.query, index: index), role: s.role, pool: pool, context: context))
+                                  innerDesc: pd.md(s.query, index: index), role: s.role, pool: pool, context: context,
+                                  dedicated: dedicated.contains(i)))
         }
         self.slots = slots
         args = slots.map { dnnl_exec_arg_t(arg: $0.arg, memory: $0.primitiveMemory.handle) }
     }
 
-    /// Binds caller storage (one pointer per slot, in slot order), reorders inputs in, runs,
-    /// reorders outputs out, and waits.
-    /// `held` records which caller storage each inner buffer holds a copy of; an input whose
-    /// storage is in `unchanged` (the caller vouches its values did not change since it was
-    /// loaded) and whose inner buffer still holds it is not reordered again.
-    /// Every input read afresh (not vouched for) and every output written may hold new values:
-    /// older copies of that storage in other buffers are forgotten, so a later promise
-    /// ("unchanged since the last forward") can only ever match a copy made by that forward,
-    /// even when the forward read the storage in place or storage was freed and reused.
-    /// `after` runs right after the primitive, before the outputs are reordered out.
-    func run(_ pointers: [UnsafeMutableRawPointer], context: DNNLContext,
-             held: inout [ObjectIdentifier: UnsafeMutableRawPointer], unchanged: [UnsafeMutableRawPointer],
-             after: [(DNNLPrimitive, [dnnl_exec_arg_t])] = []) throws {
+    /// Binds caller storage (one pointer per slot, in slot order) and, for dedicated slots, the
+    /// storage of their inner buffer (`inner`, by slot index); reorders inputs in (except the
+    /// slots in `skipReorder`, whose inner buffer already holds this input), runs, reorders
+    /// outputs out, and waits. `after` runs right after the primitive, before the outputs are
+    /// reordered out.
+    func run(_ pointers: [UnsafeMutableRawPointer], inner: [Int: UnsafeMutableRawPointer] = [:], context: DNNLContext,
+             skipReorder: Set<Int> = [], after: [(DNNLPrimitive, [dnnl_exec_arg_t])] = []) throws {
         precondition(pointers.count == slots.count, "Op.run: \(pointers.count) tensors for \(slots.count) slots")
         for (slot, p) in zip(slots, pointers) { try slot.user.setHandle(p) }
-        func forget(_ p: UnsafeMutableRawPointer) {
-            if held.values.contains(p) { held = held.filter { $0.value != p } }
-        }
-        for (slot, p) in zip(slots, pointers) where !slot.isOutput {
-            if let inner = slot.inner, held[ObjectIdentifier(inner)] == p, unchanged.contains(p) { continue }
-            forget(p)
-            guard let r = slot.reorder, let inner = slot.inner else { continue }
-            let id = ObjectIdentifier(inner)
-            held[id] = nil
-            try r.execute(slot.reorderArgs, context: context, "reorder into \(name)")
-            held[id] = p
-        }
-        for (slot, p) in zip(slots, pointers) where slot.isOutput {
-            forget(p)
-            if let inner = slot.inner { held[ObjectIdentifier(inner)] = nil }
+        for (i, p) in inner { try slots[i].inner!.setHandle(p) }
+        for (i, slot) in slots.enumerated() where !slot.isOutput && !skipReorder.contains(i) {
+            if let r = slot.reorder { try r.execute(slot.reorderArgs, context: context, "reorder into \(name)") }
         }
         try primitive.execute(args, context: context, name)
         for (p, a) in after { try p.execute(a, context: context, "after \(name)") }
@@ -554,9 +560,40 @@ private final class BiasAdd {
                 dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: output.handle)]
     }
 
-    /// Copies the caller's (C) bias in (call under the execution lock, before running).
+    /// Copies the caller's (C) bias in (call under the engine's lock, before running).
     func load(_ values: Tensor) {
         precondition(values.count == channels, "BiasAdd: \(values.count) values for \(channels) channels")
         bias.data.update(from: values.data, count: channels)
     }
+}
+
+/// How forward fills the saved copy of x (in backward-weights' layout).
+private enum SaveStep: Equatable {
+    /// The forward primitive reorders x into that layout anyway: its inner x buffer is the copy.
+    case forwardReorder
+    /// Forward and backward-weights both read plain x: copy it, and forward reads the copy.
+    case copyPlain
+    /// The forward primitive reads x in another layout: fill the copy first, by this reorder
+    /// (nil: plain memory copy).
+    case separate(SavedReorder?)
+}
+
+/// A reorder from the caller's plain x into the saved layout, on memories bound per call.
+private final class SavedReorder: Equatable {
+    let primitive: DNNLPrimitive
+    let from: DNNLMemory
+    let to: DNNLMemory
+    init(primitive: DNNLPrimitive, from: DNNLMemory, to: DNNLMemory) {
+        self.primitive = primitive; self.from = from; self.to = to
+    }
+    static func == (a: SavedReorder, b: SavedReorder) -> Bool { a === b }
+}
+
+/// What a `Conv3D` forward pass leaves for backward: the engine's own copy of x, in the layout its
+/// backward-weights reads (a fresh buffer per forward, so neither later forwards nor changes to
+/// the caller's x affect it). Opaque; hand it to the same engine's `backward`.
+public struct Conv3DSaved {
+    let engine: Conv3D
+    /// (bytes of the saved layout / 4) floats: x (N, Cin, D, H, W) in backward-weights' layout.
+    let copy: Tensor
 }

@@ -37,32 +37,43 @@ func dnnlStatusName(_ status: dnnl_status_t) -> String {
     }
 }
 
-/// The process-wide CPU engine and its stream, created once. oneDNN's CPU kernels run on
-/// OpenMP threads (all cores by default; OMP_NUM_THREADS overrides).
+/// oneDNN's CPU engine (one per process) and a stream on it. Each `Conv3D` owns a context with its
+/// own stream (`withOwnStream()`), so convolutions of different layers never share one: a oneDNN
+/// stream must not execute from two threads at once, primitives on different streams may.
+/// oneDNN's CPU kernels run on OpenMP threads (all cores by default; OMP_NUM_THREADS overrides).
 final class DNNLContext: @unchecked Sendable {
     let engine: dnnl_engine_t
     let stream: dnnl_stream_t
+    /// The context whose engine this one borrows (nil for the one that owns the engine).
+    private let engineOwner: DNNLContext?
 
-    private init() throws {
-        var e: dnnl_engine_t?
-        try dnnlCheck(dnnl_engine_create(&e, dnnl_cpu, 0), "create the CPU engine")
+    private init(engine: dnnl_engine_t?, owner: DNNLContext?) throws {
+        var e = engine
+        if e == nil { try dnnlCheck(dnnl_engine_create(&e, dnnl_cpu, 0), "create the CPU engine") }
         var s: dnnl_stream_t?
         let status = dnnl_stream_create(&s, e!, dnnl_stream_default_flags.rawValue)
-        if status != dnnl_success { dnnl_engine_destroy(e!) }
-        try dnnlCheck(status, "create the CPU stream")
-        engine = e!
+        if status != dnnl_success && owner == nil { dnnl_engine_destroy(e!) }
+        try dnnlCheck(status, "create a CPU stream")
+        self.engine = e!
         stream = s!
+        engineOwner = owner
     }
 
     deinit {
         dnnl_stream_destroy(stream)
-        dnnl_engine_destroy(engine)
+        if engineOwner == nil { dnnl_engine_destroy(engine) }
     }
 
-    private static let sharedResult: Result<DNNLContext, Error> = Result { try DNNLContext() }
+    private static let sharedResult: Result<DNNLContext, Error> = Result { try DNNLContext(engine: nil, owner: nil) }
 
-    /// The shared CPU engine and stream (created on first use).
+    /// The process's CPU engine with a stream used only to allocate (created on first use).
     static func shared() throws -> DNNLContext { try sharedResult.get() }
+
+    /// A new stream on the shared engine, for one owner's executions.
+    static func withOwnStream() throws -> DNNLContext {
+        let owner = try shared()
+        return try DNNLContext(engine: owner.engine, owner: owner)
+    }
 
     /// Blocks until every primitive submitted to the stream has finished.
     func wait() throws { try dnnlCheck(dnnl_stream_wait(stream), "wait for the CPU stream") }
@@ -216,7 +227,7 @@ final class DNNLPrimitive {
 
     deinit { dnnl_primitive_destroy(handle) }
 
-    /// Runs on the shared stream with (DNNL_ARG_*, memory) arguments.
+    /// Runs on the context's stream with (DNNL_ARG_*, memory) arguments.
     @inline(__always)
     func execute(_ args: [dnnl_exec_arg_t], context: DNNLContext, _ what: @autoclosure () -> String) throws {
         var all = args

@@ -2,8 +2,8 @@
 import Foundation
 
 /// One geometry's timings: per-primitive medians and the median of whole steps
-/// (forward, then `Conv3D.backward`: backward-weights and backward-data sharing dy's reorder, x's
-/// copy reused from the forward pass).
+/// (forward, then `Conv3D.backward`: backward-weights reading forward's saved copy of x, and
+/// backward-data sharing dy's reorder).
 public struct EngineStepTiming: Sendable, CustomStringConvertible {
     public let geometry: Conv3DGeometry
     public let forwardMs: Double
@@ -85,8 +85,10 @@ public enum EngineBench {
     private final class Workspace {
         let conv: Conv3D
         let x, w, bias, y, dy, dx, dw, dbias: Tensor
+        /// The last forward's saved copy of x.
+        var saved: Conv3DSaved
         init(_ g: Conv3DGeometry) throws {
-            conv = try Conv3D.cached(g)
+            conv = try Conv3D(g)
             func filled(_ shape: [Int], _ seed: UInt32) -> Tensor {
                 let t = Tensor(shape: shape)
                 var s = seed &* 2654435761 | 1
@@ -100,14 +102,13 @@ public enum EngineBench {
             dy = filled(g.yShape, 4)
             y = Tensor(shape: g.yShape); dx = Tensor(shape: g.xShape)
             dw = Tensor(shape: g.weightShape); dbias = Tensor(shape: g.biasShape)
+            saved = try conv.forward(x: x, w: w, bias: bias, y: y)
         }
-        func forward() throws { try conv.forward(x: x, w: w, bias: bias, y: y) }
+        func forward() throws { saved = try conv.forward(x: x, w: w, bias: bias, y: y) }
         func backwardData() throws { try conv.backwardData(dy: dy, w: w, dx: dx) }
-        func backwardWeights() throws { try conv.backwardWeights(x: x, dy: dy, dw: dw, dbias: dbias) }
-        /// As a layer runs it right after its forward pass: x is unchanged since `forward`.
-        func backward() throws {
-            try conv.backward(x: x, dy: dy, w: w, dx: dx, dw: dw, dbias: dbias, xUnchangedSinceForward: true)
-        }
+        func backwardWeights() throws { try conv.backwardWeights(saved, dy: dy, dw: dw, dbias: dbias) }
+        /// As a layer runs it after its forward pass.
+        func backward() throws { try conv.backward(saved, dy: dy, w: w, dx: dx, dw: dw, dbias: dbias) }
     }
 
     /// Milliseconds `body` takes: wall-clock time, or with FLIPOUT_BENCH_CLOCK=cpu the process's

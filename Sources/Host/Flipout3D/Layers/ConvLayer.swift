@@ -7,6 +7,21 @@ public struct NamedParameter {
     public let gradient: Tensor
 }
 
+/// What a convolution layer's backward needs from its forward pass, as a value (opaque to
+/// networks: they hand it back to the layer that made it).
+public struct ConvSaved {
+    /// The layer that made it: backward traps when handed another layer's value.
+    let layer: ObjectIdentifier
+    /// (N, Cin, D, H, W)
+    let inputShape: [Int]
+    /// The engine's own copy of x (later changes to the caller's x do not reach it).
+    let input: Conv3DSaved
+    /// The kernels the convolution ran with: (Cout, Cin, k...), or per-example (N, Cout, Cin, k...).
+    let kernels: Tensor
+    /// Bayesian layers: what the forward pass drew (nil for deterministic layers).
+    public let draw: WeightDraw?
+}
+
 /// A convolution in a network: forward and backward side by side; backward ADDS into gradients.
 public protocol ConvLayer: AnyObject {
     var name: String { get }
@@ -18,10 +33,10 @@ public protocol ConvLayer: AnyObject {
     var padding: Padding { get }
     /// false for a network's first layer: backward then skips dL/dx.
     var needsInputGradient: Bool { get set }
-    /// x (N, Cin, D, H, W) -> y (N, Cout, oD, oH, oW)
-    func forward(_ x: Tensor, _ ctx: StepContext) throws -> Tensor
-    /// dy (N, Cout, oD, oH, oW) -> dx (N, Cin, D, H, W)
-    func backward(_ dy: Tensor) throws -> Tensor
+    /// x (N, Cin, D, H, W) -> y (N, Cout, oD, oH, oW), plus what backward needs, as a value.
+    func forward(_ x: Tensor, _ ctx: StepContext) throws -> (y: Tensor, saved: ConvSaved)
+    /// dy (N, Cout, oD, oH, oW) -> dx (N, Cin, D, H, W); ADDS parameter gradients. Takes forward's value.
+    func backward(_ dy: Tensor, _ saved: ConvSaved) throws -> Tensor
     /// KL(q || p) of the layer's weights (0 for deterministic layers), adding scale * dKL.
     func kl(gradientScale: Float, _ ctx: StepContext) throws -> Double
     func finishBackward()
@@ -36,6 +51,15 @@ extension ConvLayer {
         precondition(shape.count == 5 && shape[1] == inChannels, "\(name): input shape \(shape), expected (N, \(inChannels), D, H, W)")
         return Conv3DGeometry(batch: shape[0], inChannels: inChannels, outChannels: outChannels,
                               inputSize: Array(shape[2...]), kernel: kernel, stride: stride, padding: padding)
+    }
+
+    /// Traps unless `saved` came from this layer's forward and dy has the output shape for it.
+    /// Returns the geometry of that forward pass.
+    func checkSaved(_ saved: ConvSaved, dy: Tensor) -> Conv3DGeometry {
+        precondition(saved.layer == ObjectIdentifier(self), "\(name).backward: the saved value comes from another layer's forward")
+        let g = geometry(inputShape: saved.inputShape)
+        dy.checkShape(g.yShape, "\(name).backward dy")
+        return g
     }
 }
 

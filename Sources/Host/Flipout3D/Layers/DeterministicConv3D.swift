@@ -14,7 +14,8 @@ public final class DeterministicConv3D: ConvLayer {
     /// (Cout)
     public let bias: Tensor
     public let biasGradient: Tensor
-    private var lastInput: Tensor?
+    /// This layer's convolution engines, one per geometry.
+    private let engines = Conv3DEngines()
     /// false for a network's first layer: backward then skips dL/dx (returns zeros).
     public var needsInputGradient = true
 
@@ -37,24 +38,23 @@ public final class DeterministicConv3D: ConvLayer {
         for i in 0..<weight.count { weight[i] *= std }
     }
 
-    public func forward(_ x: Tensor, _ ctx: StepContext) throws -> Tensor {
+    /// x (N, Cin, D, H, W) -> y (N, Cout, oD, oH, oW), and what backward needs.
+    public func forward(_ x: Tensor, _ ctx: StepContext) throws -> (y: Tensor, saved: ConvSaved) {
         let g = geometry(inputShape: x.shape)
         try g.validate()
         let y = Tensor(uninitializedShape: g.yShape)   // (N, Cout, oD, oH, oW), overwritten
-        try Conv3D.cached(g).forward(x: x, w: weight, bias: bias, y: y)
-        lastInput = x
-        return y
+        let input = try engines.engine(g).forward(x: x, w: weight, bias: bias, y: y)
+        // The weights the convolution ran with: an optimizer step before backward must not change them.
+        return (y, ConvSaved(layer: ObjectIdentifier(self), inputShape: x.shape, input: input, kernels: weight.copy(), draw: nil))
     }
 
-    public func backward(_ dy: Tensor) throws -> Tensor {
-        guard let x = lastInput else { preconditionFailure("\(name): backward before forward") }
-        let g = geometry(inputShape: x.shape), conv = try Conv3D.cached(g)
-        // dx (N, Cin, D, H, W) is written by the convolution (zeros for a first layer); dw, db overwritten.
-        let dx = needsInputGradient ? Tensor(uninitializedShape: x.shape) : Tensor(shape: x.shape)
+    /// dy (N, Cout, oD, oH, oW) -> dx (N, Cin, D, H, W); ADDS the weight and bias gradients.
+    public func backward(_ dy: Tensor, _ saved: ConvSaved) throws -> Tensor {
+        _ = checkSaved(saved, dy: dy)
+        // dx is written by the convolution (zeros for a first layer); dw, db overwritten.
+        let dx = needsInputGradient ? Tensor(uninitializedShape: saved.inputShape) : Tensor(shape: saved.inputShape)
         let dw = Tensor(uninitializedShape: weight.shape), db = Tensor(uninitializedShape: [outChannels])
-        // x is forward's input, kept alive here and unchanged since: reuse its oneDNN copy.
-        try conv.backward(x: x, dy: dy, w: weight, dx: needsInputGradient ? dx : nil, dw: dw, dbias: db,
-                          xUnchangedSinceForward: true)
+        try saved.input.engine.backward(saved.input, dy: dy, w: saved.kernels, dx: needsInputGradient ? dx : nil, dw: dw, dbias: db)
         for i in 0..<dw.count { weightGradient[i] += dw[i] }
         for o in 0..<outChannels { biasGradient[o] += db[o] }
         return dx

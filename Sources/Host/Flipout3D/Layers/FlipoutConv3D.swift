@@ -1,5 +1,19 @@
 // The Bayesian Conv3D layer: plugin posterior and prior, flipout / reparam / per-example in ONE convolution.
 
+/// What a Bayesian layer's forward pass drew, saved for its backward (and readable by tests).
+public struct WeightDraw {
+    public let mode: WeightMode
+    /// (Cout, Cin, k, k, k): the posterior center.
+    public let center: Tensor
+    /// (Cout, Cin, k, k, k), or per-example (N, Cout, Cin, k, k, k); nil in center mode.
+    public let sample: Tensor?
+    /// Flipout's Rademacher signs: (N, Cin) and (N, Cout); nil for the other estimators.
+    public let signsIn: Tensor?
+    public let signsOut: Tensor?
+    /// The noise of the samples (one per example for per-example, else one).
+    public let noise: [Noise]
+}
+
 /// A 3D convolution whose kernel has a plugin posterior q(W) and prior p(W), and a point-estimate bias.
 ///
 /// Flipout (TFP's semantics: one sample per call, Rademacher signs per (example, channel)) is
@@ -25,16 +39,8 @@ public final class FlipoutConv3D {
     /// false for a network's first layer: backward then skips dL/dx (returns zeros).
     public var needsInputGradient = true
 
-    /// What the last forward pass drew, kept for backward (and for tests).
-    public private(set) var lastCenter: Tensor?        // (Cout, Cin, k, k, k)
-    public private(set) var lastSample: Tensor?        // (Cout, Cin, k, k, k), or (N, ...) per-example
-    public private(set) var lastSignsIn: Tensor?       // (N, Cin)
-    public private(set) var lastSignsOut: Tensor?      // (N, Cout)
-    /// The noise of the last pass's samples (one per example for per-example).
-    public private(set) var lastNoise: [Noise] = []
-    private var lastInput: Tensor?
-    private var lastKernels: Tensor?                   // (N, Cout, Cin, k, k, k) or (Cout, Cin, k, k, k)
-    private var lastMode: WeightMode = .sample
+    /// This layer's convolution engines, one per geometry.
+    private let engines = Conv3DEngines()
 
     public var kernelShape: [Int] { [outChannels, inChannels] + kernel }
     /// Per-example kernels (N, Cout, Cin, k, k, k); for N = 1 the plain kernel shape (same memory),
@@ -68,62 +74,60 @@ public final class FlipoutConv3D {
         RandomStream(seed: ctx.seed, layer: index, step: ctx.step, purpose: purpose)
     }
 
-    /// y = the layer applied to x (N, Cin, D, H, W) -> (N, Cout, oD, oH, oW).
-    public func forward(_ x: Tensor, _ ctx: StepContext) throws -> Tensor {
+    /// y = the layer applied to x (N, Cin, D, H, W) -> (N, Cout, oD, oH, oW), and what backward needs.
+    public func forward(_ x: Tensor, _ ctx: StepContext) throws -> (y: Tensor, saved: ConvSaved) {
         let g = geometry(inputShape: x.shape)
         try g.validate()
         let n = g.batch, e = weightCount
         let y = Tensor(uninitializedShape: g.yShape)   // (N, Cout, oD, oH, oW), overwritten by the convolution
-        lastInput = x
-        lastMode = ctx.mode
         let center = Tensor(shape: kernelShape)
         try weights.center(into: center.data)
-        lastCenter = center
-        lastNoise = []
         var noiseStream = stream(ctx, .kernelNoise)
 
-        let kernels: Tensor
+        let kernels: Tensor, input: Conv3DSaved, draw: WeightDraw
         switch (ctx.mode, estimator) {
         case (.center, _):
             kernels = center
-            try Conv3D.cached(g).forward(x: x, w: kernels, bias: bias, y: y)
+            input = try engines.engine(g).forward(x: x, w: kernels, bias: bias, y: y)
+            draw = WeightDraw(mode: .center, center: center, sample: nil, signsIn: nil, signsOut: nil, noise: [])
         case (.sample, .reparam):
-            kernels = try drawSharedSample(&noiseStream)
-            try Conv3D.cached(g).forward(x: x, w: kernels, bias: bias, y: y)
+            let (w, noise) = try drawSharedSample(&noiseStream)
+            kernels = w
+            input = try engines.engine(g).forward(x: x, w: kernels, bias: bias, y: y)
+            draw = WeightDraw(mode: .sample, center: center, sample: w, signsIn: nil, signsOut: nil, noise: [noise])
         case (.sample, .flipout):
-            let w = try drawSharedSample(&noiseStream)
+            let (w, noise) = try drawSharedSample(&noiseStream)
             var signStream = stream(ctx, .flipoutSigns)
             let sIn = Tensor(shape: [n, inChannels]), sOut = Tensor(shape: [n, outChannels])
             signStream.fillSigns(sIn.data, count: sIn.count)
             signStream.fillSigns(sOut.data, count: sOut.count)
-            lastSignsIn = sIn; lastSignsOut = sOut
             kernels = Tensor(uninitializedShape: perExampleShape(n))
             flipoutKernels(center: center, sample: w, signsIn: sIn, signsOut: sOut, into: kernels)
-            try groupedForward(x, kernels, g, y)
+            input = try groupedForward(x, kernels, g, y)
+            draw = WeightDraw(mode: .sample, center: center, sample: w, signsIn: sIn, signsOut: sOut, noise: [noise])
         case (.sample, .perExample):
             let w = Tensor(shape: perExampleShape(n))
+            var noise: [Noise] = []
             for i in 0..<n {
-                let noise = weights.drawNoise(&noiseStream)
-                try weights.sample(noise, into: w.data + i * e)
-                lastNoise.append(noise)
+                let z = weights.drawNoise(&noiseStream)
+                try weights.sample(z, into: w.data + i * e)
+                noise.append(z)
             }
-            lastSample = w
             kernels = w
-            try groupedForward(x, kernels, g, y)
+            input = try groupedForward(x, kernels, g, y)
+            draw = WeightDraw(mode: .sample, center: center, sample: w, signsIn: nil, signsOut: nil, noise: noise)
         case (.sample, .auto):
             preconditionFailure("estimator is resolved at init")
         }
-        lastKernels = kernels
-        return y
+        return (y, ConvSaved(layer: ObjectIdentifier(self), inputShape: x.shape, input: input, kernels: kernels, draw: draw))
     }
 
-    /// One kernel sample shared by the whole batch, kept with its noise for backward.  (Cout, Cin, k^3)
-    private func drawSharedSample(_ stream: inout RandomStream) throws -> Tensor {
+    /// One kernel sample shared by the whole batch, with its noise.  (Cout, Cin, k^3)
+    private func drawSharedSample(_ stream: inout RandomStream) throws -> (Tensor, Noise) {
         let noise = weights.drawNoise(&stream)
         let w = Tensor(uninitializedShape: kernelShape)
         try weights.sample(noise, into: w.data)
-        lastNoise = [noise]; lastSample = w
-        return w
+        return (w, noise)
     }
 
     /// Calls body(b, base, sign) for every example b and kernel row (o, i) starting at offset `base`
@@ -150,47 +154,41 @@ public final class FlipoutConv3D {
 
     /// One grouped convolution over the batch with per-example kernels (N, Cout, Cin, k^3), plus bias
     /// (the engine adds it in its own layout, before the output leaves it).
-    private func groupedForward(_ x: Tensor, _ kernels: Tensor, _ g: Conv3DGeometry, _ y: Tensor) throws {
+    private func groupedForward(_ x: Tensor, _ kernels: Tensor, _ g: Conv3DGeometry, _ y: Tensor) throws -> Conv3DSaved {
         let n = g.batch
         // (N, Cout): the bias once per group of the folded convolution.
         let groupBias = Tensor(uninitializedShape: n == 1 ? [outChannels] : [n, outChannels])
         for b in 0..<n { (groupBias.data + b * outChannels).update(from: bias.data, count: outChannels) }
-        try Conv3D.cached(g.foldedOverBatch()).forward(x: x, w: kernels, bias: groupBias, y: y)
+        return try engines.engine(g.foldedOverBatch()).forward(x: x, w: kernels, bias: groupBias, y: y)
     }
 
-    /// Given dy = dL/dy (N, Cout, oD, oH, oW), ADD the parameter gradients and return dL/dx.
-    public func backward(_ dy: Tensor) throws -> Tensor {
-        guard let x = lastInput, let kernels = lastKernels else {
-            preconditionFailure("\(name): backward before forward")
-        }
-        let g = geometry(inputShape: x.shape)
+    /// Given dy = dL/dy (N, Cout, oD, oH, oW) and forward's saved value, ADD the parameter
+    /// gradients and return dL/dx (N, Cin, D, H, W).
+    public func backward(_ dy: Tensor, _ saved: ConvSaved) throws -> Tensor {
+        let g = checkSaved(saved, dy: dy)
+        guard let draw = saved.draw else { preconditionFailure("\(name).backward: the saved value has no weight draw") }
         let n = g.batch, e = weightCount
-        dy.checkShape(g.yShape, "\(name).backward dy")
         // (N, Cin, D, H, W): written by the convolution, or zeros for a first layer.
-        let dx = needsInputGradient ? Tensor(uninitializedShape: x.shape) : Tensor(shape: x.shape)
-        let grouped = lastMode == .sample && estimator != .reparam
-        // x is the tensor given to forward, kept alive by the layer and not written since, and
-        // backward uses the same cached Conv3D as forward: its copy in oneDNN's layout is reused.
+        let dx = needsInputGradient ? Tensor(uninitializedShape: saved.inputShape) : Tensor(shape: saved.inputShape)
+        let grouped = draw.mode == .sample && estimator != .reparam
         if !grouped {
             let dw = Tensor(uninitializedShape: kernelShape), db = Tensor(uninitializedShape: [outChannels])
-            try Conv3D.cached(g).backward(x: x, dy: dy, w: kernels, dx: needsInputGradient ? dx : nil, dw: dw, dbias: db,
-                                          xUnchangedSinceForward: true)
+            try saved.input.engine.backward(saved.input, dy: dy, w: saved.kernels, dx: needsInputGradient ? dx : nil, dw: dw, dbias: db)
             for o in 0..<outChannels { biasGradient[o] += db[o] }
-            if lastMode == .center {
+            if draw.mode == .center {
                 try weights.centerBackward(dw.data)
             } else {
-                try weights.sampleBackward(lastNoise[0], x: lastSample!.data, g: dw.data)
+                try weights.sampleBackward(draw.noise[0], x: draw.sample!.data, g: dw.data)
             }
             return dx
         }
         let perExample = Tensor(uninitializedShape: perExampleShape(n))
         let db = Tensor(uninitializedShape: n == 1 ? [outChannels] : [n, outChannels])
-        try Conv3D.cached(g.foldedOverBatch()).backward(x: x, dy: dy, w: kernels, dx: needsInputGradient ? dx : nil, dw: perExample,
-                                                        dbias: db, xUnchangedSinceForward: true)
+        try saved.input.engine.backward(saved.input, dy: dy, w: saved.kernels, dx: needsInputGradient ? dx : nil, dw: perExample, dbias: db)
         for b in 0..<n { for o in 0..<outChannels { biasGradient[o] += db[b * outChannels + o] } }
         if estimator == .perExample {
             for b in 0..<n {
-                try weights.sampleBackward(lastNoise[b], x: lastSample!.data + b * e, g: perExample.data + b * e)
+                try weights.sampleBackward(draw.noise[b], x: draw.sample!.data + b * e, g: perExample.data + b * e)
             }
             return dx
         }
@@ -198,13 +196,13 @@ public final class FlipoutConv3D {
         let taps = kernel.reduce(1, *)
         let dCenter = Tensor(shape: kernelShape), dDelta = Tensor(shape: kernelShape)
         let G = perExample.data, dc = dCenter.data, dd = dDelta.data
-        forEachSignedRow(lastSignsIn!, lastSignsOut!) { b, base, sign in
+        forEachSignedRow(draw.signsIn!, draw.signsOut!) { b, base, sign in
             let src = G + b * e + base
             for t in 0..<taps { dc[base + t] += src[t]; dd[base + t] += src[t] * sign }
         }
         for j in 0..<e { dc[j] -= dd[j] }
         try weights.centerBackward(dCenter.data)
-        try weights.sampleBackward(lastNoise[0], x: lastSample!.data, g: dDelta.data)
+        try weights.sampleBackward(draw.noise[0], x: draw.sample!.data, g: dDelta.data)
         return dx
     }
 

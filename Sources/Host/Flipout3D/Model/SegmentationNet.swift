@@ -1,13 +1,19 @@
 // The 3D segmentation network: Flipout (or deterministic) convolutions, ReLU, one down/up level, skip.
 import Foundation
 
+/// What the network's backward needs from its forward pass: each layer's saved value.
+public struct SegmentationNetSaved {
+    let convs: [ConvSaved]
+    let relus: [ReLUSaved]
+    /// The encoder-decoder's upsampling (nil for the stack).
+    let upsample: Upsample2xSaved?
+}
+
 /// Per-voxel logits for binary segmentation (sigmoid output). Layers are built from plugins found
 /// in a `PluginRegistry`; layer i draws its randomness from sub-streams keyed by i.
 public final class SegmentationNet {
     public let config: ModelConfig
     public let layers: [ConvLayer]
-    private let relus: [ReLU]
-    private var lastInputShape: [Int] = []
 
     public init(_ config: ModelConfig, registry: PluginRegistry, seed: UInt64, log: (String) -> Void = { _ in }) throws {
         self.config = config
@@ -50,7 +56,6 @@ public final class SegmentationNet {
         }
         built[0].needsInputGradient = false
         layers = built
-        relus = (0..<built.count - 1).map { _ in ReLU() }
     }
 
     /// Throws if the network cannot take volumes of this spatial size (D, H, W).
@@ -64,46 +69,56 @@ public final class SegmentationNet {
         }
     }
 
-    /// x (N, 1, D, H, W) -> logits (N, 1, D, H, W)
-    public func forward(_ x: Tensor, _ ctx: StepContext) throws -> Tensor {
+    /// x (N, 1, D, H, W) -> logits (N, 1, D, H, W), and what backward needs.
+    public func forward(_ x: Tensor, _ ctx: StepContext) throws -> (logits: Tensor, saved: SegmentationNetSaved) {
         try checkInput(x.shape)
-        lastInputShape = x.shape
+        var convs: [ConvSaved] = [], relus: [ReLUSaved] = []
+        /// Layer i then, except for the last layer, ReLU.
+        func block(_ i: Int, _ h: Tensor) throws -> Tensor {
+            let (y, c) = try layers[i].forward(h, ctx)
+            convs.append(c)
+            guard i < layers.count - 1 else { return y }
+            let (a, r) = ReLU.forward(y)
+            relus.append(r)
+            return a
+        }
         switch config.architecture {
         case .stack:
             var h = x
-            for (i, layer) in layers.enumerated() {
-                h = try layer.forward(h, ctx)
-                if i < relus.count { h = relus[i].forward(h) }
-            }
-            return h
+            for i in layers.indices { h = try block(i, h) }
+            return (h, SegmentationNetSaved(convs: convs, relus: relus, upsample: nil))
         case .encoderDecoder:
-            let a0 = relus[0].forward(try layers[0].forward(x, ctx))          // (N, w, D, H, W)
-            let a1 = relus[1].forward(try layers[1].forward(a0, ctx))         // (N, 2w, D/2, H/2, W/2)
-            let a2 = relus[2].forward(try layers[2].forward(a1, ctx))         // (N, 2w, D/2, H/2, W/2)
-            let u = Upsample2x.forward(a2)                                     // (N, 2w, D, H, W)
-            let a3 = relus[3].forward(try layers[3].forward(u, ctx))          // (N, w, D, H, W)
+            let a0 = try block(0, x)                                           // (N, w, D, H, W)
+            let a1 = try block(1, a0)                                          // (N, 2w, D/2, H/2, W/2)
+            let a2 = try block(2, a1)                                          // (N, 2w, D/2, H/2, W/2)
+            let (u, up) = Upsample2x.forward(a2)                               // (N, 2w, D, H, W)
+            let a3 = try block(3, u)                                           // (N, w, D, H, W)
             for i in 0..<a3.count { a3.data[i] += a0.data[i] }                 // skip connection
-            return try layers[4].forward(a3, ctx)                              // (N, 1, D, H, W)
+            let logits = try block(4, a3)                                      // (N, 1, D, H, W)
+            return (logits, SegmentationNetSaved(convs: convs, relus: relus, upsample: up))
         }
     }
 
-    /// Given dL/dlogits, ADD every layer's gradients (call `finishBackward` after KL).
-    public func backward(_ dLogits: Tensor) throws {
+    /// Given dL/dlogits and forward's saved value, ADD every layer's gradients (call
+    /// `finishBackward` after KL).
+    public func backward(_ dLogits: Tensor, _ saved: SegmentationNetSaved) throws {
+        let c = saved.convs, r = saved.relus
+        precondition(c.count == layers.count && r.count == layers.count - 1, "SegmentationNet.backward: saved value of another network")
         switch config.architecture {
         case .stack:
             var g = dLogits
             for i in stride(from: layers.count - 1, through: 0, by: -1) {
-                if i < relus.count { g = relus[i].backward(g) }
-                g = try layers[i].backward(g)
+                if i < r.count { g = ReLU.backward(g, r[i]) }
+                g = try layers[i].backward(g, c[i])
             }
         case .encoderDecoder:
-            let dA3 = try layers[4].backward(dLogits)
-            let dU = try layers[3].backward(relus[3].backward(dA3))
-            let dA2 = Upsample2x.backward(dU)
-            let dA1 = try layers[2].backward(relus[2].backward(dA2))
-            let dA0 = try layers[1].backward(relus[1].backward(dA1))
+            let dA3 = try layers[4].backward(dLogits, c[4])
+            let dU = try layers[3].backward(ReLU.backward(dA3, r[3]), c[3])
+            let dA2 = Upsample2x.backward(dU, saved.upsample!)
+            let dA1 = try layers[2].backward(ReLU.backward(dA2, r[2]), c[2])
+            let dA0 = try layers[1].backward(ReLU.backward(dA1, r[1]), c[1])
             for i in 0..<dA0.count { dA0.data[i] += dA3.data[i] }            // skip connection
-            _ = try layers[0].backward(relus[0].backward(dA0))
+            _ = try layers[0].backward(ReLU.backward(dA0, r[0]), c[0])
         }
     }
 

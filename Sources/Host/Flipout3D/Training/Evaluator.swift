@@ -23,7 +23,7 @@ public enum Evaluator {
         for t in 0..<draws {
             var ctx = predictionContext(seed: seed, draw: t)
             if !model.config.bayesian || samples == 0 { ctx.mode = .center }
-            let logits = try model.forward(x, ctx)
+            let logits = try model.forward(x, ctx).logits
             let p = Tensor(shape: logits.shape)
             for i in 0..<p.count { p.data[i] = ELBO.sigmoid(logits.data[i]) }
             acc.add(p)

@@ -64,11 +64,11 @@ public final class Trainer {
     public func step(x: Tensor, y: Tensor, step: Int, beta: Double) throws -> ELBOTerms {
         let ctx = StepContext(seed: training.seed, step: step)
         model.zeroGradients()
-        let logits = try model.forward(x, ctx)
+        let (logits, saved) = try model.forward(x, ctx)
         let grad = Tensor(shape: logits.shape)
         let nll = ELBO.bceWithLogits(logits, y, grad: grad)
         guard nll.isFinite else { throw LayerError.nonFinite("step \(step): the loss is \(nll); the network output is not finite.") }
-        try model.backward(grad)
+        try model.backward(grad, saved)
         let scale = ELBO.klScale(beta: beta, trainingVolumes: dataset.count(.train), voxelsPerVolume: dataset.volumeSize.reduce(1, *))
         let kl = try model.kl(gradientScale: Float(scale), ctx)
         model.finishBackward()
