@@ -12,6 +12,10 @@ public enum RandomPurpose: UInt32, Sendable {
     case data = 6
     case shuffle = 7
     case prediction = 8
+    /// The multi-class synthetic cases (`Data/SyntheticCases.swift`), keyed by case index.
+    case syntheticCases = 20
+    /// Patch positions and foreground choices of the patch sampler (`Training/PatchSampler.swift`).
+    case patchSampling = 21
     case test = 99
 }
 
