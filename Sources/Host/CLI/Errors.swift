@@ -7,7 +7,8 @@ import Flipout3D
 ///   0   success
 ///   1   a plugin failed to load or a plugin call failed (PluginLoadError / PluginCallError;
 ///       ArgumentParser prints "Error: <description>", which names the file and the remedy)
-///   64  bad command-line input (ValidationError from `validate()`, or `InputError` from `run()`)
+///   64  bad command-line input (ValidationError from `validate()`, or `InputError` from `run()`),
+///       including a bad dataset folder (`DatasetError`: it names the file and what to do)
 enum ExitCodes {
     static let pluginFailure = ExitCode.failure
     static let usage = ExitCode.validationFailure
@@ -35,6 +36,8 @@ func reportingInputErrors(_ body: () throws -> Void) throws {
         try body()
     } catch let e as InputError {
         throw e.exit
+    } catch let e as DatasetError {
+        throw InputError(e.description).exit
     } catch let e as PluginLoadError where e.kind == .unknownID || e.kind == .badHyperparameter || e.kind == .badForeignSpec {
         throw InputError(e.description).exit
     }

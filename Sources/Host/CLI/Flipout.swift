@@ -27,6 +27,7 @@ struct Flipout: ParsableCommand {
             TrainCommand.self,
             PredictCommand.self,
             EvaluateCommand.self,
+            DatasetsCommand.self,
             BenchCommand.self,
             PluginsCommand.self,
         ]

@@ -16,6 +16,8 @@ public enum RandomPurpose: UInt32, Sendable {
     case syntheticCases = 20
     /// Patch positions and foreground choices of the patch sampler (`Training/PatchSampler.swift`).
     case patchSampling = 21
+    /// The case permutation of cross-validation folds (`Data/Splits.swift`).
+    case folds = 22
     case test = 99
 }
 

@@ -1,0 +1,178 @@
+// Writing dataset folders (nnU-Net v2 layout): the embedded synthetic generator on varied grids,
+// and Colin27 with the AAL atlas grouped into a few classes. A folder appears whole or not at all.
+import Foundation
+
+/// Builds a dataset folder in a hidden sibling folder and renames it into place at the end, so
+/// an interrupted export leaves nothing at the destination.
+struct DatasetFolderWriter {
+    let destination: String
+    let staging: String
+
+    /// Refuses a destination that exists and is not an empty folder.
+    init(destination path: String) throws {
+        let dest = path.hasSuffix("/") && path.count > 1 ? String(path.dropLast()) : path
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        if fm.fileExists(atPath: dest, isDirectory: &isDir) {
+            guard isDir.boolValue, (try? fm.contentsOfDirectory(atPath: dest))?.isEmpty == true else {
+                throw DatasetError.badField(path: dest, key: "destination", reason: "exists and is not an empty folder; give a new folder (nothing was written)")
+            }
+        }
+        let parent = (dest as NSString).deletingLastPathComponent
+        var template = Array(((parent.isEmpty ? "." : parent) + "/." + (dest as NSString).lastPathComponent + ".partial-XXXXXX").utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw DatasetError.unreadable(path: dest, reason: "cannot create a folder beside it: \(String(cString: strerror(errno)))")
+        }
+        destination = dest
+        staging = String(cString: made)
+        chmod(staging, 0o755 & ~Self.umask) // mkdtemp makes 0700; a dataset folder is an ordinary folder
+        for sub in ["imagesTr", "labelsTr", "imagesTs", "labelsTs"] {
+            try fm.createDirectory(atPath: staging + "/" + sub, withIntermediateDirectories: false)
+        }
+    }
+
+    static var umask: mode_t { let m = Glibc.umask(0); _ = Glibc.umask(m); return m }
+
+    /// Writes a case's channels (float32) and label (uint8) under `split` ("Tr" or "Ts").
+    func write(id: String, image: Tensor, label: Tensor?, grid: VoxelGrid, split: String) throws {
+        let header = NIfTIHeader(shape: grid.shape, affine: grid.affine)
+        let plane = grid.shape.reduce(1, *)
+        for c in 0..<image.shape[0] {
+            let channel = Tensor(shape: grid.shape)
+            channel.data.update(from: image.data + c * plane, count: plane)
+            try NIfTI.write(channel, header: header, datatype: .float32,
+                            to: "\(staging)/images\(split)/\(id)_\(String(format: "%04d", c)).nii.gz")
+        }
+        if let label {
+            try NIfTI.write(label, header: header, datatype: .uint8, to: "\(staging)/labels\(split)/\(id).nii.gz")
+        }
+    }
+
+    /// Writes dataset.json and moves the folder into place.
+    func finish(name: String, description: String, channelNames: [String], classNames: [String],
+                numTraining: Int, numTest: Int) throws {
+        let json: [String: Any] = [
+            "name": name, "description": description,
+            "channel_names": Dictionary(channelNames.enumerated().map { (String($0.offset), $0.element) }) { a, _ in a },
+            "labels": Dictionary(classNames.enumerated().map { ($0.element, $0.offset) }) { a, _ in a },
+            "numTraining": numTraining, "numTest": numTest, "file_ending": ".nii.gz",
+        ]
+        let data = try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys])
+        try FileIO.writeAtomically(Array(data) + [0x0a], to: staging + "/dataset.json")
+        let fm = FileManager.default
+        for sub in ["imagesTs", "labelsTs"] where (try? fm.contentsOfDirectory(atPath: staging + "/" + sub))?.isEmpty == true {
+            try fm.removeItem(atPath: staging + "/" + sub)
+        }
+        if fm.fileExists(atPath: destination) { try fm.removeItem(atPath: destination) } // empty, checked in init
+        guard rename(staging, destination) == 0 else {
+            throw DatasetError.unreadable(path: destination, reason: "cannot move the finished folder into place: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// Removes the staging folder (after a failure).
+    func abandon() { try? FileManager.default.removeItem(atPath: staging) }
+}
+
+/// `flipout datasets export-synthetic`: the multi-class synthetic cases (SyntheticCases, 2
+/// channels, 3 classes), each resampled from its RAS grid onto a random grid with a real affine:
+/// a random axis order and flips (the orientation codes of the files vary: LPS, ASR, ...), one
+/// thicker "slice" axis (1.3–2.0 mm, the others 0.9–1.3 mm) and the same field of view. Test cases
+/// go to imagesTs/ with their labels in labelsTs/ (for `flipout evaluate`).
+public enum SyntheticExport {
+    public static func write(to path: String, trainingCount: Int, testCount: Int, seed: UInt64,
+                             progress: ((Int, Int, String) -> Void)? = nil) throws {
+        precondition(trainingCount >= 1 && testCount >= 0, "SyntheticExport: \(trainingCount) training, \(testCount) test cases")
+        let writer = try DatasetFolderWriter(destination: path)
+        do {
+            let generator = SyntheticCases(seed: seed, count: trainingCount + testCount)
+            let total = trainingCount + testCount
+            for index in 0..<total {
+                let c = generator.case(index)
+                let source = VoxelGrid(shape: Array(c.image.shape.dropFirst()), affine: Affine(c.affine))
+                let target = randomGrid(like: source, seed: seed, index: index)
+                let image = Resample.resample(c.image, from: source, to: target, interpolation: .linear)
+                let label = Resample.resample(c.label.reshaped(source.shape), from: source, to: target, interpolation: .nearest)
+                try writer.write(id: c.id, image: image, label: label, grid: target, split: index < trainingCount ? "Tr" : "Ts")
+                progress?(index + 1, total, c.id)
+            }
+            try writer.finish(name: "SyntheticMultiClass",
+                              description: "Flipout3D's synthetic generator (seed \(seed)): 2 channels, 3 classes, varied spacing and orientation",
+                              channelNames: SyntheticCases.channelNames, classNames: SyntheticCases.classNames,
+                              numTraining: trainingCount, numTest: testCount)
+        } catch {
+            writer.abandon()
+            throw error
+        }
+    }
+
+    /// A grid over the field of view of `source` with a random voxel-axis order and flips and
+    /// anisotropic spacing, keyed by (seed, index) on the .syntheticCases stream's layer 1.
+    static func randomGrid(like source: VoxelGrid, seed: UInt64, index: Int) -> VoxelGrid {
+        var rng = RandomStream(seed: seed, layer: 1, step: index, purpose: .syntheticCases)
+        func uniform(_ r: ClosedRange<Double>) -> Double {
+            var u: Float = 0; rng.fillUniform(&u, count: 1)
+            return r.lowerBound + Double(u) * (r.upperBound - r.lowerBound)
+        }
+        var worldAxes = [0, 1, 2]
+        for i in stride(from: 2, to: 0, by: -1) { worldAxes.swapAt(i, rng.nextInt(below: i + 1)) }
+        let signs = (0..<3).map { _ in rng.nextInt(below: 2) == 0 ? -1.0 : 1.0 }
+        let sliceAxis = rng.nextInt(below: 3)
+        let spacing = (0..<3).map { a in ((a == sliceAxis ? uniform(1.3...2.0) : uniform(0.9...1.3)) * 100).rounded() / 100 }
+        // Field of view along each world axis, and its centre.
+        let oldSpacing = source.affine.spacing, n = source.sizeIJK
+        let o = AxisOrientation(source.affine)
+        var fov = [0.0, 0, 0]
+        for a in 0..<3 { fov[o.worldAxis[a]] = Double(n[a]) * oldSpacing[a] }
+        let centre = source.affine.apply(n.map { Double($0 - 1) / 2 })
+        var m = [[Double]](repeating: [0, 0, 0, 0], count: 4)
+        m[3][3] = 1
+        var size = [0, 0, 0]
+        for a in 0..<3 {
+            let w = worldAxes[a]
+            size[a] = max(4, Int((fov[w] / spacing[a]).rounded()))
+            m[w][a] = signs[a] * spacing[a]
+        }
+        for r in 0..<3 { m[r][3] = centre[r] - (0..<3).reduce(0) { $0 + m[r][$1] * Double(size[$1] - 1) / 2 } }
+        return VoxelGrid(shape: [size[2], size[1], size[0]], affine: Affine(m))
+    }
+}
+
+/// Colin27 (Debian mricron-data's ch2.nii.gz, 1 mm) with the AAL atlas on its grid, grouped into
+/// four classes, as a one-case dataset folder: a real multi-class MRI case.
+public enum Colin27Export {
+    /// Class names, by index.
+    public static let classNames = ["background", "cerebral_cortex", "deep_grey", "cerebellum"]
+
+    /// AAL region index (aal.nii.txt: 1–116) -> class: 71–78 (caudate, putamen, pallidum,
+    /// thalamus) deep grey; 91–116 (cerebellum, vermis) cerebellum; every other region cortex.
+    public static func group(aal v: Int) -> Int {
+        switch v {
+        case 0: return 0
+        case 71...78: return 2
+        case 91...116: return 3
+        default: return 1
+        }
+    }
+
+    public static func write(to path: String, templates: String = Colin27.defaultDirectory) throws {
+        let t1Path = templates + "/ch2.nii.gz", aalPath = templates + "/aal.nii.gz"
+        let t1 = try DatasetFolder.readVolume(t1Path, isLabel: false)
+        let aal = try DatasetFolder.readVolume(aalPath, isLabel: true)
+        let grid = VoxelGrid(shape: t1.header.shape, affine: t1.header.affine)
+        guard PreprocessingPlan.sameGrid(aal.header, grid) else {
+            throw DatasetError.gridMismatch(path: aalPath, reference: t1Path, shape: aal.header.shape, expectedShape: grid.shape,
+                                            affine: aal.header.affine, expectedAffine: grid.affine)
+        }
+        let label = Tensor(shape: grid.shape)
+        for i in 0..<label.count { label.data[i] = Float(group(aal: Int(aal.data.data[i]))) }
+        let writer = try DatasetFolderWriter(destination: path)
+        do {
+            try writer.write(id: "colin27", image: t1.data.reshaped([1] + grid.shape), label: label, grid: grid, split: "Tr")
+            try writer.finish(name: "Colin27AAL", description: "Colin27 T1 (ch2.nii.gz) with AAL regions grouped into cortex, deep grey nuclei and cerebellum",
+                              channelNames: ["T1"], classNames: classNames, numTraining: 1, numTest: 0)
+        } catch {
+            writer.abandon()
+            throw error
+        }
+    }
+}

@@ -1,0 +1,103 @@
+// A dataset's fingerprint (nnU-Net's word): every case read and validated once, giving cases,
+// channels, classes, spacing and size statistics, orientations and per-channel intensities.
+import Foundation
+
+public struct DatasetFingerprint: Sendable {
+    public let name: String
+    public let channelNames: [String]
+    public let labels: [String: Int]
+    public let classCount: Int
+    public let caseIDs: [String]
+    public let testCaseIDs: [String]
+    /// Per training case, voxel sizes in mm in RAS tensor order (D, H, W) = along (S, A, R).
+    public let spacings: [[Double]]
+    /// Per training case, the shape after reorientation to RAS, before resampling: (D, H, W).
+    public let shapes: [[Int]]
+    /// Axis codes of the source files ("RAS", "LPS", ...) and how many cases have them.
+    public let orientations: [String: Int]
+    /// Per channel, over the training cases' source voxels.
+    public let channelStatistics: [ChannelStatistics]
+    /// Voxels of each class over the training cases (source grids).
+    public let classVoxels: [Int]
+
+    /// The per-axis median spacing (nnU-Net's default target spacing), (D, H, W) mm, rounded to
+    /// 0.1 µm (headers store Float, so 1.175 mm reads as 1.17500001).
+    public var medianSpacing: [Double] { (0..<3).map { a in (Self.median(spacings.map { $0[a] }) * 1e4).rounded() / 1e4 } }
+
+    static func median(_ v: [Double]) -> Double {
+        let s = v.sorted()
+        guard !s.isEmpty else { return 0 }
+        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+    }
+
+    /// (D, H, W) spacing and shape of a grid once reoriented to RAS (before resampling).
+    static func rasSpacingAndShape(_ grid: VoxelGrid) -> ([Double], [Int]) {
+        let o = AxisOrientation(grid.affine), sp = grid.affine.spacing, n = grid.sizeIJK
+        var s = [0.0, 0, 0], m = [0, 0, 0]
+        for a in 0..<3 { s[o.worldAxis[a]] = sp[a]; m[o.worldAxis[a]] = n[a] }
+        return ([s[2], s[1], s[0]], [m[2], m[1], m[0]])
+    }
+
+    /// Reads every case of `folder` (training and test), checks each against dataset.json and
+    /// its own files, and gathers the statistics. `progress(done, total, id)` after each case.
+    public init(folder: DatasetFolder, progress: ((Int, Int, String) -> Void)? = nil) throws {
+        var spacings: [[Double]] = [], shapes: [[Int]] = [], orientations: [String: Int] = [:]
+        var stats = [ChannelStatistics](repeating: ChannelStatistics(), count: folder.channelNames.count)
+        var classVoxels = [Int](repeating: 0, count: folder.classCount)
+        let all = folder.training + folder.test
+        for (n, c) in all.enumerated() {
+            let (images, label) = try folder.read(c)
+            let grid = VoxelGrid(shape: images[0].header.shape, affine: images[0].header.affine)
+            guard grid.affine.isInvertible else { throw DatasetError.singularAffine(path: c.imagePaths[0], affine: grid.affine) }
+            var files = zip(c.imagePaths, images).map { ($0, $1.header) }
+            if let label, let labelPath = c.labelPath { files.append((labelPath, label.header)) }
+            for (path, header) in files.dropFirst() where !PreprocessingPlan.sameGrid(header, grid) {
+                throw DatasetError.gridMismatch(path: path, reference: c.imagePaths[0], shape: header.shape, expectedShape: grid.shape,
+                                                affine: header.affine, expectedAffine: grid.affine)
+            }
+            if let label, let labelPath = c.labelPath {
+                try PreprocessingPlan.checkLabelValues(label.data, classCount: folder.classCount, labels: folder.labels, path: labelPath)
+            }
+            if n < folder.training.count, let label {
+                let p = label.data
+                for i in 0..<label.data.count { classVoxels[Int(p[i])] += 1 }
+                for ch in images.indices { stats[ch].add(image: images[ch].data, label: label.data) }
+                let (s, m) = Self.rasSpacingAndShape(grid)
+                spacings.append(s); shapes.append(m)
+                orientations[AxisOrientation(grid.affine).description, default: 0] += 1
+            }
+            progress?(n + 1, all.count, c.id)
+        }
+        name = folder.name; channelNames = folder.channelNames; labels = folder.labels; classCount = folder.classCount
+        caseIDs = folder.training.map(\.id); testCaseIDs = folder.test.map(\.id)
+        self.spacings = spacings; self.shapes = shapes; self.orientations = orientations
+        channelStatistics = stats; self.classVoxels = classVoxels
+    }
+
+    /// The fingerprint and the plan it gives, as `flipout datasets check` prints them.
+    public func report(plan: PreprocessingPlan) -> String {
+        func f(_ v: Double) -> String { String(format: "%.4g", v) }
+        func axes<T>(_ rows: [[T]], _ g: (T) -> Double) -> String {
+            (0..<3).map { a in
+                let v = rows.map { g($0[a]) }
+                return "\(f(v.min() ?? 0))/\(f(Self.median(v)))/\(f(v.max() ?? 0))"
+            }.joined(separator: "  ")
+        }
+        var lines = ["dataset      \(name)",
+                     "cases        \(caseIDs.count) training, \(testCaseIDs.count) test (imagesTs)",
+                     "channels     \(channelNames.enumerated().map { "\($0) \($1)" }.joined(separator: ", "))"]
+        let total = max(1, classVoxels.reduce(0, +))
+        lines.append("classes      " + plan.classNames.enumerated().map { k, n in
+            "\(k) \(n) (\(String(format: "%.2f", 100 * Double(classVoxels[k]) / Double(total)))%)" }.joined(separator: ", "))
+        lines.append("orientation  " + orientations.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + " (reoriented to RAS)")
+        lines.append("spacing mm   min/median/max per axis (D, H, W) = (S, A, R): " + axes(spacings) { $0 })
+        lines.append("shape        min/median/max per axis (D, H, W), in RAS:        " + axes(shapes) { Double($0) })
+        for (c, s) in channelStatistics.enumerated() {
+            let r = ChannelStatistics.isCT(channelNames[c]) && s.labelled.count > 0 ? ("labelled voxels", s.labelled) : s.nonzero.count > 0 ? ("nonzero voxels", s.nonzero) : ("all voxels", s.all)
+            lines.append("intensity    \(c) \(channelNames[c]) over \(r.0): mean \(f(r.1.mean)), std \(f(r.1.std)), p0.5 \(f(r.1.percentile(0.5))), p99.5 \(f(r.1.percentile(99.5))), min \(f(r.1.minimum)), max \(f(r.1.maximum))")
+        }
+        lines.append("plan         RAS, spacing (D, H, W) \(plan.spacing.map(f).joined(separator: ", ")) mm")
+        for (c, n) in plan.channels.enumerated() { lines.append("             channel \(c) \(channelNames[c]): \(n.summary)") }
+        return lines.joined(separator: "\n")
+    }
+}

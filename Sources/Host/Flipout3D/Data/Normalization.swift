@@ -1,0 +1,115 @@
+// Per-channel intensity statistics over a dataset, and the normalisation they define (nnU-Net's
+// ZScoreNormalization and CTNormalization).
+//
+// Foreground, stated once:
+// - z-score channels (every channel not named CT): the channel's nonzero voxels (skull-stripped
+//   MRI and zero-padded fields of view leave 0 outside the subject; nnU-Net's use_mask_for_norm
+//   region). A dataset whose channel has no zero voxels uses all of them.
+// - CT channels (name "CT", any case): the labelled voxels, label > 0, as nnU-Net's fingerprint.
+// Statistics are over the source voxels of every training case, computed once, stored in the
+// plan, and replayed unchanged by predict. Normalisation is applied to every voxel.
+import Foundation
+
+/// Running statistics of one channel over one region: exact mean and variance (Chan et al.'s
+/// pairwise combination of per-case two-pass moments, in Double), min, max, and a deterministic
+/// subsample for percentiles (every voxel up to `sampleBudget` per case (nnU-Net keeps 10 000), else an even stride).
+public struct IntensityStatistics: Sendable {
+    public private(set) var count = 0
+    public private(set) var mean = 0.0
+    private var m2 = 0.0
+    public private(set) var minimum = Double.infinity
+    public private(set) var maximum = -Double.infinity
+    private var sample: [Float] = []
+    /// Voxels kept per case for percentiles.
+    static let sampleBudget = 20_000
+
+    public init() {}
+
+    public var std: Double { count > 1 ? (m2 / Double(count)).squareRoot() : 0 }
+
+    /// Adds the voxels of `values` where `include(i)` holds.
+    mutating func add(_ values: Tensor, where include: (Int) -> Bool) {
+        var n = 0, sum = 0.0, lo = Double.infinity, hi = -Double.infinity
+        let p = values.data
+        for i in 0..<values.count where include(i) && p[i].isFinite {
+            let v = Double(p[i]); n += 1; sum += v; lo = min(lo, v); hi = max(hi, v)
+        }
+        guard n > 0 else { return }
+        let caseMean = sum / Double(n)
+        var caseM2 = 0.0
+        for i in 0..<values.count where include(i) && p[i].isFinite { let d = Double(p[i]) - caseMean; caseM2 += d * d }
+        let stride = max(1, n / Self.sampleBudget)
+        var seen = 0
+        for i in 0..<values.count where include(i) && p[i].isFinite {
+            if seen % stride == 0 { sample.append(p[i]) }
+            seen += 1
+        }
+        let total = count + n, delta = caseMean - mean
+        m2 += caseM2 + delta * delta * Double(count) * Double(n) / Double(total)
+        mean += delta * Double(n) / Double(total)
+        count = total
+        minimum = min(minimum, lo); maximum = max(maximum, hi)
+    }
+
+    /// The q-th percentile (0...100) of the subsample, linear between order statistics (numpy's default).
+    public func percentile(_ q: Double) -> Double {
+        guard !sample.isEmpty else { return 0 }
+        let sorted = sample.sorted()
+        let pos = q / 100 * Double(sorted.count - 1)
+        let lo = Int(pos.rounded(.down)), hi = min(lo + 1, sorted.count - 1)
+        return Double(sorted[lo]) + (Double(sorted[hi]) - Double(sorted[lo])) * (pos - Double(lo))
+    }
+}
+
+/// The statistics of one channel that its normalisation may need: over the nonzero voxels, over
+/// the labelled voxels, and over all voxels (the fallback when a channel has no zero voxels).
+public struct ChannelStatistics: Sendable {
+    public var nonzero = IntensityStatistics()
+    public var labelled = IntensityStatistics()
+    public var all = IntensityStatistics()
+
+    public init() {}
+
+    /// Adds one case: `image` (D, H, W) of this channel, `label` (D, H, W) on the same grid or nil.
+    public mutating func add(image: Tensor, label: Tensor?) {
+        let p = image.data
+        nonzero.add(image) { p[$0] != 0 }
+        all.add(image) { _ in true }
+        if let label { let l = label.data; labelled.add(image) { l[$0] > 0 } }
+    }
+
+    /// Whether a channel with this name is normalised as CT (nnU-Net: channel name "CT").
+    public static func isCT(_ channelName: String) -> Bool { channelName.lowercased() == "ct" }
+
+    /// The normalisation of a channel called `name` (see the file comment for the foreground).
+    public func normalization(channelName name: String) -> ChannelNormalization {
+        if Self.isCT(name), labelled.count > 0 {
+            return .ct(clipLow: labelled.percentile(0.5), clipHigh: labelled.percentile(99.5),
+                       mean: labelled.mean, std: labelled.std)
+        }
+        let region = nonzero.count > 0 && !Self.isCT(name) ? nonzero : all
+        return .zScore(mean: region.mean, std: region.std)
+    }
+}
+
+extension ChannelNormalization {
+    /// Normalises `values` in place: optional clip, then (x - mean) / max(std, 1e-8).
+    public func apply(to values: Tensor) {
+        let (lo, hi, mean, std): (Float, Float, Double, Double)
+        switch self {
+        case let .zScore(m, s): (lo, hi, mean, std) = (-.infinity, .infinity, m, s)
+        case let .ct(l, h, m, s): (lo, hi, mean, std) = (Float(l), Float(h), m, s)
+        }
+        let scale = Float(1 / max(std, 1e-8)), shift = Float(mean)
+        let p = values.data
+        for i in 0..<values.count { p[i] = (min(max(p[i], lo), hi) - shift) * scale }
+    }
+
+    /// One line for a fingerprint or a log: "z-score (mean 112.3, std 40.1)".
+    public var summary: String {
+        switch self {
+        case let .zScore(m, s): return String(format: "z-score over nonzero voxels (mean %.4g, std %.4g)", m, s)
+        case let .ct(l, h, m, s): return String(format: "CT: clip to [%.4g, %.4g], then z-score (mean %.4g, std %.4g)", l, h, m, s)
+        }
+    }
+}
