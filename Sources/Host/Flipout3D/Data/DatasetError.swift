@@ -35,7 +35,7 @@ public enum DatasetError: Error, CustomStringConvertible, Equatable {
         case let .badField(path, key, reason):
             return "\(path): \"\(key)\" \(reason)"
         case let .missingChannelFile(path, caseID, channel):
-            return "\(path): missing: case \(caseID) has a label but no file for channel \(channel); add the file, or remove the case's label from labelsTr/"
+            return "\(path): missing: case \(caseID) has no file for channel \(channel); add it (every case needs one file per channel of dataset.json's channel_names), or remove the case"
         case let .missingLabel(path, imagePath):
             return "\(path): missing: \(imagePath) has no label map; add the label (same name without the _0000 channel suffix), or move the image to imagesTs/"
         case let .strayImage(path, reason):

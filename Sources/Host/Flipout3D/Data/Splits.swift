@@ -6,6 +6,8 @@ import Foundation
 public struct FoldSplit: Codable, Sendable, Equatable {
     public var train: [String]
     public var val: [String]
+
+    public init(train: [String], val: [String]) { self.train = train; self.val = val }
 }
 
 /// Which fold a run trains: `--fold all` (every case, no validation) or `--fold k`, 0-based.
