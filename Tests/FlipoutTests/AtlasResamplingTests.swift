@@ -94,3 +94,26 @@ func colin27WithAALIsARealMultiClassDataset() throws {
     for v in c.label!.array { counts[Int(v)] += 1 }
     for k in 1..<4 { #expect(abs(Double(counts[k] * 8) - Double(expected[k])) <= 0.05 * Double(expected[k]), "class \(k): \(expected[k]) → \(counts[k] * 8) mm³") }
 }
+
+@Test(.enabled(if: installed, "mricron-data not installed"))
+func colin27HemispheresAreCropsWithTheirOwnAffines() throws {
+    let dir = try Fixtures.temporaryDirectory("colin27-halves")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let out = dir.appendingPathComponent("halves").path
+    let r = try FlipoutCLI.run(["datasets", "export-colin27", out, "--hemispheres"])
+    #expect(r.status == 0, "\(r.stderr)")
+    let folder = try DatasetFolder(out)
+    #expect(folder.training.map(\.id) == ["colin27_left"] && folder.test.map(\.id) == ["colin27_right"])
+    let ch2 = try NIfTI.read(templates + "/ch2.nii.gz")
+    // ch2: x = i - 90 (sform), so the left half is i 0..<90 (x < 0), the right half i 91...180.
+    for (c, first, count) in [(folder.training[0], 0, 90), (folder.test[0], 91, 90)] {
+        let half = try NIfTI.read(c.imagePaths[0])
+        #expect(half.header.shape == [181, 217, count])
+        #expect(half.header.srowX[3] == Float(first - 90) && half.header.srowY[3] == -125 && half.header.srowZ[3] == -71)
+        // Voxel (i, j, k) of the crop is ch2 voxel (i + first, j, k): same value at the same world point.
+        for (i, j, k) in [(0, 100, 90), (count - 1, 50, 30), (40, 120, 100)] {
+            #expect(half.data.data[(k * 217 + j) * count + i] == ch2.data.data[(k * 217 + j) * 181 + i + first])
+        }
+        #expect(FileIO.exists(c.labelPath ?? ""))
+    }
+}

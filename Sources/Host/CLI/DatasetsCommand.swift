@@ -143,9 +143,12 @@ struct DatasetsExportColin27: ParsableCommand {
         (apt-get install mricron-data). AAL's 116 regions are grouped into
         0 background, 1 cerebral_cortex, 2 deep_grey (caudate, putamen,
         pallidum, thalamus), 3 cerebellum (cerebellum and vermis).
+        --hemispheres writes the left hemisphere (world x < 0) as the training
+        case and the right one (x > 0) as a held-out test case, each a crop
+        with its own affine.
 
         Example:
-          flipout datasets export-colin27 runs/colin27
+          flipout datasets export-colin27 runs/colin27 --hemispheres
           flipout train --data runs/colin27 --spacing 2,2,2
         """
     )
@@ -156,10 +159,13 @@ struct DatasetsExportColin27: ParsableCommand {
     @Option(help: "The folder holding ch2.nii.gz and aal.nii.gz.")
     var templates: String = Colin27.defaultDirectory
 
+    @Flag(help: "Two cases: the left hemisphere to train on (imagesTr), the right one held out (imagesTs, labelsTs).")
+    var hemispheres = false
+
     func run() throws {
         try reportingInputErrors {
-            try Colin27Export.write(to: directory, templates: templates)
-            print("wrote \(directory): Colin27 T1 with 4 AAL classes; next: flipout datasets check \(directory)")
+            try Colin27Export.write(to: directory, templates: templates, hemispheres: hemispheres)
+            print("wrote \(directory): Colin27 T1 with 4 AAL classes\(hemispheres ? ", left hemisphere to train, right held out" : ""); next: flipout datasets check \(directory)")
         }
     }
 }

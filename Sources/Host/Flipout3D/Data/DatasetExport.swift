@@ -73,6 +73,21 @@ struct DatasetFolderWriter {
     func abandon() { try? FileManager.default.removeItem(atPath: staging) }
 }
 
+/// Columns `columns` (voxel axis i, W) of `t` (C, D, H, W) on `grid`, and the crop's grid: the
+/// same affine with its origin moved to voxel (columns.lowerBound, 0, 0).
+func crop(_ t: Tensor, _ grid: VoxelGrid, columns: ClosedRange<Int>) -> (Tensor, VoxelGrid) {
+    let (c, d, h, w) = (t.shape[0], t.shape[1], t.shape[2], t.shape[3])
+    let n = columns.count
+    let out = Tensor(uninitializedShape: [c, d, h, n])
+    for row in 0..<(c * d * h) {
+        (out.data + row * n).update(from: t.data + row * w + columns.lowerBound, count: n)
+    }
+    var m = grid.affine.m
+    let origin = grid.affine.apply([Double(columns.lowerBound), 0, 0])
+    for r in 0..<3 { m[r][3] = origin[r] }
+    return (out, VoxelGrid(shape: [d, h, n], affine: Affine(m)))
+}
+
 /// `flipout datasets export-synthetic`: the multi-class synthetic cases (SyntheticCases, 2
 /// channels, 3 classes), each resampled from its RAS grid onto a random grid with a real affine:
 /// a random axis order and flips (the orientation codes of the files vary: LPS, ASR, ...), one
@@ -138,7 +153,10 @@ public enum SyntheticExport {
 }
 
 /// Colin27 (Debian mricron-data's ch2.nii.gz, 1 mm) with the AAL atlas on its grid, grouped into
-/// four classes, as a one-case dataset folder: a real multi-class MRI case.
+/// four classes, as a dataset folder: a real multi-class MRI case. Whole (one training case), or
+/// split into hemispheres: the left one (world x < 0) to train on, the right one (x > 0, with its
+/// label in labelsTs/) held out; each half is a crop with its own affine, the mid-sagittal
+/// plane x = 0 belongs to neither.
 public enum Colin27Export {
     /// Class names, by index.
     public static let classNames = ["background", "cerebral_cortex", "deep_grey", "cerebellum"]
@@ -154,7 +172,7 @@ public enum Colin27Export {
         }
     }
 
-    public static func write(to path: String, templates: String = Colin27.defaultDirectory) throws {
+    public static func write(to path: String, templates: String = Colin27.defaultDirectory, hemispheres: Bool = false) throws {
         let t1Path = templates + "/ch2.nii.gz", aalPath = templates + "/aal.nii.gz"
         let t1 = try DatasetFolder.readVolume(t1Path, isLabel: false)
         let aal = try DatasetFolder.readVolume(aalPath, isLabel: true)
@@ -167,9 +185,23 @@ public enum Colin27Export {
         for i in 0..<label.count { label.data[i] = Float(group(aal: Int(aal.data.data[i]))) }
         let writer = try DatasetFolderWriter(destination: path)
         do {
-            try writer.write(id: "colin27", image: t1.data.reshaped([1] + grid.shape), label: label, grid: grid, split: "Tr")
-            try writer.finish(name: "Colin27AAL", description: "Colin27 T1 (ch2.nii.gz) with AAL regions grouped into cortex, deep grey nuclei and cerebellum",
-                              channelNames: ["T1"], classNames: classNames, numTraining: 1, numTest: 0)
+            let image = t1.data.reshaped([1] + grid.shape)
+            if hemispheres {
+                // Columns i by the world x of their centre (the grid may store x either way round).
+                let centre = [Double(grid.shape[1] - 1) / 2, Double(grid.shape[0] - 1) / 2]
+                let xs = (0..<grid.shape[2]).map { grid.affine.apply([Double($0), centre[0], centre[1]])[0] }
+                for (id, split, side) in [("colin27_left", "Tr", -1.0), ("colin27_right", "Ts", 1.0)] {
+                    let columns = xs.indices.filter { xs[$0] * side > 0 }
+                    let (img, g) = crop(image, grid, columns: columns.first!...columns.last!)
+                    let (lab, _) = crop(label.reshaped([1] + grid.shape), grid, columns: columns.first!...columns.last!)
+                    try writer.write(id: id, image: img, label: lab.reshaped(g.shape), grid: g, split: split)
+                }
+            } else {
+                try writer.write(id: "colin27", image: image, label: label, grid: grid, split: "Tr")
+            }
+            try writer.finish(name: "Colin27AAL", description: "Colin27 T1 (ch2.nii.gz) with AAL regions grouped into cortex, deep grey nuclei and cerebellum"
+                                + (hemispheres ? "; left hemisphere to train, right hemisphere held out" : ""),
+                              channelNames: ["T1"], classNames: classNames, numTraining: 1, numTest: hemispheres ? 1 : 0)
         } catch {
             writer.abandon()
             throw error
