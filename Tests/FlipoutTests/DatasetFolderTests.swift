@@ -181,6 +181,22 @@ struct TinyDataset {
         #expect(folder.labels == ["background": 0, "a": 1, "b": 2] && folder.classCount == 3)
         #expect(folder.training[1].imagePaths == [d.path("imagesTr/c2_0000.nii.gz"), d.path("imagesTr/c2_0001.nii.gz")])
         #expect(folder.test.map(\.id) == ["t1"] && folder.test[0].labelPath == nil)
+
+        // A single-channel MSD dataset: one file per case, named without a channel suffix, test list included.
+        let m = try TinyDataset("dataset-msd1")
+        defer { m.remove() }
+        for id in ["c1", "c2", "c3"] {
+            try FileManager.default.moveItem(atPath: m.path("imagesTr/\(id)_0000.nii.gz"), toPath: m.path("imagesTr/\(id).nii.gz"))
+            try FileManager.default.removeItem(atPath: m.path("imagesTr/\(id)_0001.nii.gz"))
+        }
+        try FileManager.default.moveItem(atPath: m.path("imagesTs/t1_0000.nii.gz"), toPath: m.path("imagesTs/t1.nii.gz"))
+        try FileManager.default.removeItem(atPath: m.path("imagesTs/t1_0001.nii.gz"))
+        try m.json(["modality": ["0": "CT"], "labels": ["0": "background", "1": "a", "2": "b"], "numTraining": 3,
+                    "training": ["c1", "c2", "c3"].map { ["image": "./imagesTr/\($0).nii.gz", "label": "./labelsTr/\($0).nii.gz"] },
+                    "test": ["./imagesTs/t1.nii.gz"]])
+        let single = try FlipoutCLI.run(["datasets", "check", m.root.path])
+        #expect(single.status == 0 && single.stdout.contains("cases        3 training, 1 test"), "\(single.stdout)\n\(single.stderr)")
+        #expect(try DatasetFolder(m.root.path).training[0].imagePaths == [m.path("imagesTr/c1.nii.gz")])
     }
 
     @Test func normalisationStatisticsFollowNNUNet() throws {

@@ -73,7 +73,11 @@ public struct DatasetFolder: Sendable {
         } else {
             throw DatasetError.missingKey(path: jsonPath, key: "numTraining")
         }
-        test = try Self.testCases(root: root, channels: channelNames, ending: fileEnding)
+        if json["training"] != nil, let list = json["test"] {
+            test = try Self.listedTestCases(list, root: root, jsonPath: jsonPath, channels: channelNames, ending: fileEnding)
+        } else {
+            test = try Self.testCases(root: root, channels: channelNames, ending: fileEnding)
+        }
     }
 
     // MARK: - dataset.json fields
@@ -90,6 +94,7 @@ public struct DatasetFolder: Sendable {
             guard let i = Int(k), (0..<dict.count).contains(i), let s = v as? String else {
                 throw DatasetError.badField(path: path, key: key, reason: "has entry \"\(k)\": \(v); keys must be \"0\" ..< \"\(dict.count)\" and values channel names")
             }
+            guard names[i] == nil else { throw DatasetError.badField(path: path, key: key, reason: "names channel \(i) twice") }
             names[i] = s
         }
         return names.map { $0! }
@@ -175,22 +180,21 @@ public struct DatasetFolder: Sendable {
         guard let entries = list as? [Any] else {
             throw DatasetError.badField(path: jsonPath, key: "training", reason: "must be a list of {\"image\": ..., \"label\": ...}")
         }
-        func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : root + "/" + (p.hasPrefix("./") ? String(p.dropFirst(2)) : p) }
         var cases: [DatasetCase] = [], seen = Set<String>()
         for (n, e) in entries.enumerated() {
             guard let entry = e as? [String: Any], let label = entry["label"] as? String, let image = entry["image"] else {
                 throw DatasetError.badField(path: jsonPath, key: "training", reason: "entry \(n) is not {\"image\": path, \"label\": path}")
             }
-            let labelPath = resolve(label)
+            let labelPath = resolve(label, root)
             let file = (labelPath as NSString).lastPathComponent
             let id = file.hasSuffix(ending) ? String(file.dropLast(ending.count)) : file
             guard seen.insert(id).inserted else { throw DatasetError.duplicateCase(path: jsonPath, caseID: id) }
             guard FileIO.exists(labelPath) else { throw DatasetError.missingLabel(path: labelPath, imagePath: "the training entry \(n)") }
             var images: [String]
             if let list = image as? [String] {
-                images = list.map(resolve)
+                images = list.map { resolve($0, root) }
             } else if let single = image as? String {
-                let p = resolve(single)
+                let p = resolve(single, root)
                 let dir = (p as NSString).deletingLastPathComponent, stem = String((p as NSString).lastPathComponent.dropLast(ending.count))
                 if FileIO.exists(p) && channels.count > 1 {
                     throw DatasetError.strayImage(path: p, reason: "one image file for \(channels.count) channels (an MSD 4D image?); split it into \(stem)_0000\(ending), \(stem)_0001\(ending), ... one 3D file per channel, as nnUNetv2_convert_MSD_dataset does")
@@ -208,6 +212,32 @@ public struct DatasetFolder: Sendable {
             cases.append(DatasetCase(id: id, imagePaths: images, labelPath: labelPath))
         }
         return cases
+    }
+
+    /// A path of an MSD list, relative to the dataset folder ("./imagesTr/x.nii.gz").
+    static func resolve(_ p: String, _ root: String) -> String {
+        p.hasPrefix("/") ? p : root + "/" + (p.hasPrefix("./") ? String(p.dropFirst(2)) : p)
+    }
+
+    /// MSD: "test": ["./imagesTs/x.nii.gz", ...], one path per case (single-channel datasets),
+    /// or nnU-Net's CASE_XXXX files beside it for several channels.
+    static func listedTestCases(_ list: Any, root: String, jsonPath: String, channels: [String], ending: String) throws -> [DatasetCase] {
+        guard let entries = list as? [String] else {
+            throw DatasetError.badField(path: jsonPath, key: "test", reason: "must be a list of image paths")
+        }
+        var seen = Set<String>()
+        return try entries.map { entry in
+            let p = resolve(entry, root)
+            let file = (p as NSString).lastPathComponent, dir = (p as NSString).deletingLastPathComponent
+            let id = file.hasSuffix(ending) ? String(file.dropLast(ending.count)) : file
+            guard seen.insert(id).inserted else { throw DatasetError.duplicateCase(path: jsonPath, caseID: id) }
+            let paths = FileIO.exists(p) && channels.count == 1 ? [p]
+                : channels.indices.map { dir + "/" + id + String(format: "_%04d", $0) + ending }
+            for (c, q) in paths.enumerated() where !FileIO.exists(q) {
+                throw DatasetError.missingChannelFile(path: q, caseID: id, channel: "\(c) (\(channels[c]))")
+            }
+            return DatasetCase(id: id, imagePaths: paths, labelPath: nil)
+        }
     }
 
     /// imagesTs/: cases grouped by id; each needs every channel. A label in labelsTs/ (not part
