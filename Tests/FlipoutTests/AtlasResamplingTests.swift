@@ -28,21 +28,22 @@ func atlasResampledOntoTheColin27Grid(_ file: String) throws {
     let a = atlas.header
     let (nx, ny, nz) = (a.nx, a.ny, a.nz)
     var mismatches = 0, outside = 0
+    let values = atlas.data.array, resampled = out.array
     for k in 0..<ch2.nz { for j in 0..<ch2.ny { for i in 0..<ch2.nx {
         let w = sformWorld(ch2, i, j, k)
         let ai = (w[0] - Double(a.srowX[3])) / Double(a.srowX[0])
         let aj = (w[1] - Double(a.srowY[3])) / Double(a.srowY[1])
         let ak = (w[2] - Double(a.srowZ[3])) / Double(a.srowZ[2])
         let (ri, rj, rk) = (Int(ai.rounded()), Int(aj.rounded()), Int(ak.rounded()))
-        let v = out.data[(k * ch2.ny + j) * ch2.nx + i]
+        let v = resampled[(k * ch2.ny + j) * ch2.nx + i]
         guard (0..<nx).contains(ri) && (0..<ny).contains(rj) && (0..<nz).contains(rk) else { outside += 1; if v != 0 { mismatches += 1 }; continue }
-        if v != atlas.data.data[(rk * ny + rj) * nx + ri] { mismatches += 1 }
+        if v != values[(rk * ny + rj) * nx + ri] { mismatches += 1 }
     } } }
     #expect(mismatches == 0 && outside == 0, "\(file): \(mismatches) voxels differ, \(outside) outside")
     // Label volumes in mm³ (both grids 1 mm³ voxels): preserved except what falls outside the smaller field of view.
     var before = [Float: Int](), after = [Float: Int]()
-    for v in atlas.data.array where v > 0 { before[v, default: 0] += 1 }
-    for v in out.array where v > 0 { after[v, default: 0] += 1 }
+    for v in values where v > 0 { before[v, default: 0] += 1 }
+    for v in resampled where v > 0 { after[v, default: 0] += 1 }
     #expect(Set(before.keys) == Set(after.keys))
     for (label, n) in before { #expect(abs(Double(after[label] ?? 0) - Double(n)) <= 0.02 * Double(n), "\(file) label \(label): \(n) → \(after[label] ?? 0) mm³") }
 
@@ -104,15 +105,16 @@ func colin27HemispheresAreCropsWithTheirOwnAffines() throws {
     #expect(r.status == 0, "\(r.stderr)")
     let folder = try DatasetFolder(out)
     #expect(folder.training.map(\.id) == ["colin27_left"] && folder.test.map(\.id) == ["colin27_right"])
-    let ch2 = try NIfTI.read(templates + "/ch2.nii.gz")
+    let ch2Values = try NIfTI.read(templates + "/ch2.nii.gz").data.array
     // ch2: x = i - 90 (sform), so the left half is i 0..<90 (x < 0), the right half i 91...180.
     for (c, first, count) in [(folder.training[0], 0, 90), (folder.test[0], 91, 90)] {
         let half = try NIfTI.read(c.imagePaths[0])
+        let halfValues = half.data.array
         #expect(half.header.shape == [181, 217, count])
         #expect(half.header.srowX[3] == Float(first - 90) && half.header.srowY[3] == -125 && half.header.srowZ[3] == -71)
         // Voxel (i, j, k) of the crop is ch2 voxel (i + first, j, k): same value at the same world point.
         for (i, j, k) in [(0, 100, 90), (count - 1, 50, 30), (40, 120, 100)] {
-            #expect(half.data.data[(k * 217 + j) * count + i] == ch2.data.data[(k * 217 + j) * 181 + i + first])
+            #expect(halfValues[(k * 217 + j) * count + i] == ch2Values[(k * 217 + j) * 181 + i + first])
         }
         #expect(FileIO.exists(c.labelPath ?? ""))
     }

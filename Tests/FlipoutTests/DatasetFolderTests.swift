@@ -233,8 +233,9 @@ struct TinyDataset {
         let ct = cases[0].image.array[(6 * 7 * 8)...]
         #expect(abs(Double(ct.max()!) - (hi - m1) / s1) < 1e-4 && abs(Double(ct.min()!) - (lo - m1) / s1) < 1e-4)
         // The LPS case c2: prepared voxel (0, 0, 0) is source voxel (i, j, k) = (7, 6, 0) (x, y flipped).
-        let src = TinyDataset.image(seed: 1, channel: 0)
-        #expect(abs(Double(cases[1].image.data[0]) - (Double(src.data[(0 * 7 + 6) * 8 + 7]) - m0) / s0) < 1e-4)
+        // (`.array` copies: a Tensor may be freed right after its last use, `.data` is a raw pointer.)
+        let src = TinyDataset.image(seed: 1, channel: 0).array
+        #expect(abs(Double(cases[1].image.array[0]) - (Double(src[(0 * 7 + 6) * 8 + 7]) - m0) / s0) < 1e-4)
         let test = try folder.prepare(folder.test, plan: plan)
         #expect(test.count == 1 && test[0].label == nil && test[0].id == "t1")
     }

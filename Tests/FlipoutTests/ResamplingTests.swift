@@ -60,6 +60,7 @@ private struct LPSCase {
     let dir = try Fixtures.temporaryDirectory("resample-lps")
     defer { try? FileManager.default.removeItem(at: dir) }
     let (label, image) = LPSCase.volumes()
+    let labelValues = label.array
     let h = LPSCase.header()
     try NIfTI.write(label, header: h, datatype: .uint8, to: dir.appendingPathComponent("label.nii.gz").path)
     try NIfTI.write(image, header: h, datatype: .float32, to: dir.appendingPathComponent("image.nii.gz").path)
@@ -94,7 +95,7 @@ private struct LPSCase {
         let inGrid = si >= -0.5 && sj >= -0.5 && sk >= -0.5 && si <= Double(LPSCase.nx) - 0.5 && sj <= Double(LPSCase.ny) - 0.5 && sk <= Double(LPSCase.nz) - 0.5
         if inGrid {
             let c = (min(max(rk, 0), LPSCase.nz - 1), min(max(rj, 0), LPSCase.ny - 1), min(max(ri, 0), LPSCase.nx - 1))
-            reference[n] = label.data[(c.0 * LPSCase.ny + c.1) * LPSCase.nx + c.2]
+            reference[n] = labelValues[(c.0 * LPSCase.ny + c.1) * LPSCase.nx + c.2]
         }
         // Trilinear interpolation reproduces a linear field exactly inside the source grid.
         if si >= 0 && si <= Double(LPSCase.nx - 1) && sj >= 0 && sj <= Double(LPSCase.ny - 1) && sk >= 0 && sk <= Double(LPSCase.nz - 1) {
@@ -113,10 +114,11 @@ private struct LPSCase {
     #expect(back.shape == [1, LPSCase.nz, LPSCase.ny, LPSCase.nx])
     let oneHot = Tensor(shape: [4] + g.preparedShape)
     let plane = g.preparedShape.reduce(1, *)
-    for v in 0..<plane { oneHot.data[Int(lab[v]) * plane + v] = 1 }
+    withExtendedLifetime(oneHot) { for v in 0..<plane { oneHot.data[Int(lab[v]) * plane + v] = 1 } }
     let probs = plan.restore(oneHot, to: g, interpolation: .linear)
     let srcPlane = label.count
-    let argmax: [Float] = (0..<srcPlane).map { v in Float((0..<4).max { probs.data[$0 * srcPlane + v] < probs.data[$1 * srcPlane + v] }!) }
+    let p4 = probs.array
+    let argmax: [Float] = (0..<srcPlane).map { v in Float((0..<4).max { p4[$0 * srcPlane + v] < p4[$1 * srcPlane + v] }!) }
     for k: Float in [1, 2, 3] {
         let dn = dice(back.array, label.array, label: k), dl = dice(argmax, label.array, label: k)
         #expect(dn >= 0.99, "label \(k) after the round trip (nearest): Dice \(dn)")
@@ -154,13 +156,13 @@ private struct LPSCase {
     let values = Tensor(shape: shape, values: (0..<60).map(Float.init))
     let target = source.reorientedToRAS(spacing: [1, 1, 1])
     #expect(target.shape == [4, 3, 5]) // S from j (4), A from i (3), R from k (5)
-    let out = Resample.resample(values, from: source, to: target, interpolation: .linear)
-    #expect(out.array.sorted() == values.array) // a permutation: every value once, none blended
+    let out = Resample.resample(values, from: source, to: target, interpolation: .linear).array
+    #expect(out.sorted() == values.array) // a permutation: every value once, none blended
     // Voxel (i, j, k) of the source sits at world (7 - k, i - 2, 4 - j) (srow by hand).
     let t = target.affine.m
     for k in 0..<5 { for j in 0..<4 { for i in 0..<3 {
         let w = (7.0 - Double(k), Double(i) - 2, 4.0 - Double(j))
         let ti = Int((w.0 - t[0][3]).rounded()), tj = Int((w.1 - t[1][3]).rounded()), tk = Int((w.2 - t[2][3]).rounded())
-        #expect(out.data[(tk * 3 + tj) * 5 + ti] == values.data[(k * 4 + j) * 3 + i])
+        #expect(out[(tk * 3 + tj) * 5 + ti] == Float((k * 4 + j) * 3 + i))
     } } }
 }

@@ -181,8 +181,8 @@ public enum Colin27Export {
             throw DatasetError.gridMismatch(path: aalPath, reference: t1Path, shape: aal.header.shape, expectedShape: grid.shape,
                                             affine: aal.header.affine, expectedAffine: grid.affine)
         }
-        let label = Tensor(shape: grid.shape)
-        for i in 0..<label.count { label.data[i] = Float(group(aal: Int(aal.data.data[i]))) }
+        let regions = aal.data.array
+        let label = Tensor(shape: grid.shape, values: regions.map { Float(group(aal: Int($0))) })
         let writer = try DatasetFolderWriter(destination: path)
         do {
             let image = t1.data.reshaped([1] + grid.shape)

@@ -42,7 +42,8 @@ extension PreprocessingPlan {
         for (c, v) in images.enumerated() {
             let channel = v.data.copy()
             channels[c].apply(to: channel)
-            (stacked.data + c * plane).update(from: channel.data, count: plane)
+            // Keep `channel` alive until the copy is done (`data` is a raw pointer into it).
+            withExtendedLifetime(channel) { (stacked.data + c * plane).update(from: channel.data, count: plane) }
         }
         let image = Resample.resample(stacked, from: source, to: target, interpolation: .linear)
         var preparedLabel: Tensor?
