@@ -166,3 +166,38 @@ private struct LPSCase {
         #expect(out[(tk * 3 + tj) * 5 + ti] == Float((k * 4 + j) * 3 + i))
     } } }
 }
+
+@Test func obliqueGridKeepsItsRotationAndRoundTrips() throws {
+    // LPS axes rotated 20° about z, 2×2×3 mm: the prepared grid keeps the rotation (MONAI's
+    // Orientationd + Spacingd), runs closest to R, A, S, has 1 mm columns, and maps back exactly.
+    let t = 20.0 * Double.pi / 180, (c, s) = (cos(t), sin(t))
+    let rot: [[Double]] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
+    let flipScale = [-2.0, -2.0, 3.0] // LPS, 2×2×3 mm
+    var m = (0..<3).map { r in (0..<3).map { k in rot[r][k] * flipScale[k] } + [Double([7, -5, 11][r])] }
+    m.append([0, 0, 0, 1])
+    let source = VoxelGrid(shape: [12, 16, 14], affine: Affine(m))
+    let n = source.shape.reduce(1, *)
+    // Labels from ellipsoids at the voxel centres' world points (affine applied by hand).
+    let label = Tensor(shape: source.shape, values: (0..<n).map { v in
+        let (i, j, k) = (Double(v % 14), Double(v / 14 % 16), Double(v / (14 * 16)))
+        let w = (0..<3).map { r in m[r][0] * i + m[r][1] * j + m[r][2] * k + m[r][3] }
+        let a = pow((w[0] - 5) / 9, 2) + pow((w[1] + 8) / 8, 2) + pow((w[2] - 25) / 10, 2)
+        let b = pow((w[0] + 3) / 5, 2) + pow((w[1] + 16) / 4, 2) + pow((w[2] - 18) / 7, 2)
+        return b <= 1 ? 2 : a <= 1 ? 1 : 0
+    })
+    let target = source.reorientedToRAS(spacing: [1, 1, 1])
+    let p = target.affine.m
+    #expect(AxisOrientation(target.affine).description == "RAS")
+    for a in 0..<3 { for b in 0..<3 {
+        let dot = (0..<3).reduce(0.0) { $0 + p[$1][a] * p[$1][b] }
+        #expect(abs(dot - (a == b ? 1 : 0)) < 1e-9, "prepared columns \(a), \(b): \(dot)")
+    } }
+    // Its first column is the source i direction (towards L, rotated) negated: (cos 20°, sin 20°, 0).
+    #expect(abs(p[0][0] - c) < 1e-9 && abs(p[1][0] - s) < 1e-9)
+    let there = Resample.resample(label, from: source, to: target, interpolation: .nearest)
+    let back = Resample.resample(there, from: target, to: source, interpolation: .nearest).array
+    for k: Float in [1, 2] {
+        #expect(label.array.contains(k))
+        #expect(dice(back, label.array, label: k) >= 0.99, "oblique label \(k): \(dice(back, label.array, label: k))")
+    }
+}
