@@ -77,7 +77,7 @@ struct TinyDataset {
         #expect(r.status == 0, "\(r.stderr)")
         for s in ["cases        3 training, 1 test (imagesTs)", "channels     0 T1, 1 CT", "0 background", "1 a", "2 b",
                   "orientation  LPS 1, RAS 2", "spacing mm   min/median/max per axis (D, H, W) = (S, A, R): 2/2/2  1/1/1  1/1/1",
-                  "channel 1 CT: CT: clip to", "channel 0 T1: z-score over nonzero voxels", "OK: "] {
+                  "plan         RAS, spacing (D, H, W) 2, 1, 1 mm; median shape then 6 × 7 × 8", "channel 1 CT: CT: clip to", "channel 0 T1: z-score over nonzero voxels", "OK: "] {
             #expect(r.stdout.contains(s), "missing \"\(s)\" in:\n\(r.stdout)")
         }
         #expect(d.listing() == before)

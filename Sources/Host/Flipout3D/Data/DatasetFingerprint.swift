@@ -96,7 +96,10 @@ public struct DatasetFingerprint: Sendable {
             let r = ChannelStatistics.isCT(channelNames[c]) && s.labelled.count > 0 ? ("labelled voxels", s.labelled) : s.nonzero.count > 0 ? ("nonzero voxels", s.nonzero) : ("all voxels", s.all)
             lines.append("intensity    \(c) \(channelNames[c]) over \(r.0): mean \(f(r.1.mean)), std \(f(r.1.std)), p0.5 \(f(r.1.percentile(0.5))), p99.5 \(f(r.1.percentile(99.5))), min \(f(r.1.minimum)), max \(f(r.1.maximum))")
         }
-        lines.append("plan         RAS, spacing (D, H, W) \(plan.spacing.map(f).joined(separator: ", ")) mm")
+        // The size each case gets on the plan's grid (VoxelGrid.reorientedToRAS's rule), as nnU-Net prints it.
+        let prepared = zip(shapes, spacings).map { shape, sp in (0..<3).map { max(1, (Double(shape[$0]) * sp[$0] / plan.spacing[$0]).rounded()) } }
+        lines.append("plan         RAS, spacing (D, H, W) \(plan.spacing.map(f).joined(separator: ", ")) mm; median shape then "
+                     + (0..<3).map { a in f(Self.median(prepared.map { $0[a] })) }.joined(separator: " × "))
         for (c, n) in plan.channels.enumerated() { lines.append("             channel \(c) \(channelNames[c]): \(n.summary)") }
         return lines.joined(separator: "\n")
     }
