@@ -22,7 +22,6 @@ public struct DatasetFolder: Sendable {
     public let test: [DatasetCase]
 
     public var classCount: Int { (labels.values.max() ?? 0) + 1 }
-    var jsonPath: String { root + "/dataset.json" }
 
     /// Reads dataset.json and lists the cases; every file must exist. Throws `DatasetError`.
     public init(_ path: String) throws {
