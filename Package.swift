@@ -36,12 +36,14 @@ var targets: [Target] = [
     .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
     // libffi (Debian libffi-dev): a tiny C shim that hands out its ffi_type globals, for foreign priors.
     .target(name: "CFFI", path: "Sources/CFFI", linkerSettings: [.linkedLibrary("ffi")]),
+    // The ABI's constants as Swift types and the versioned-struct reader, shared by host and SDK.
+    .target(name: "FlipoutABI", dependencies: ["PluginABI"]),
     // The Swift SDK plugin authors write against; imports only the ABI.
-    .target(name: "PluginSDK", dependencies: ["PluginABI"], swiftSettings: fastMath),
+    .target(name: "PluginSDK", dependencies: ["PluginABI", "FlipoutABI"], swiftSettings: fastMath),
     // The host library: tensors, Conv3D engine, layers, plugin loader, training, prediction.
     .target(
         name: "Flipout3D",
-        dependencies: ["PluginABI", "CDNNL", "CZlib", "CPNG", "CFFI"],
+        dependencies: ["PluginABI", "FlipoutABI", "CDNNL", "CZlib", "CPNG", "CFFI"],
         path: "Sources/Host/Flipout3D",
         swiftSettings: fastMath
     ),

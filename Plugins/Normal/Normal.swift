@@ -9,10 +9,10 @@ struct Normal: ScalarDistribution {
     static let family = FamilyInfo(
         id: "org.flipout3d.normal", name: "Normal", version: "1.0.0",
         description: "Normal(loc, scale). As a posterior: per-weight loc and scale = softplus(rho), initialised like TFP (loc ~ N(0, 0.1), rho ~ N(-3, 0.1)). As a prior: broadcast loc and scale. Sampled as loc + scale * eps; symmetric, so Flipout is valid.",
-        capabilities: [.sample, .symmetric],
+        capabilities: [.sample, .symmetric, .gaussian],
         parameters: [
-            ParameterSpec("loc", "location (mean)", transform: .identity, default: 0, initJitter: 0.1),
-            ParameterSpec("scale", "standard deviation, > 0", transform: .softplus, default: 0.048_587_35, initJitter: 0.1, prior: 1),
+            ParameterSpec("loc", "location (mean)", transform: .identity, default: 0, initJitter: 0.1, role: .location),
+            ParameterSpec("scale", "standard deviation, > 0", transform: .softplus, default: 0.048_587_35, initJitter: 0.1, prior: 1, role: .scale),
         ],
         klFamilies: [KLFamily("org.flipout3d.normal", parameterSlots: 2)])
 

@@ -17,9 +17,29 @@
  *     of the major version it speaks; an incompatible ABI is simply a different symbol.
  *   - Within a major version, minor versions only APPEND fields to the end of structs and
  *     functions to the end of function tables. Nothing is ever reordered, retyped or removed.
- *   - Every struct that crosses the boundary begins with `uint32_t struct_size`, the
- *     sizeof() the writer was compiled with. A reader uses a field only if the struct is large
- *     enough to hold it; a host refuses a struct smaller than the minor-0 size, naming the file.
+ *     New capability bits and enum values may be added; readers ignore ones they do not know.
+ *   - Every struct that crosses the boundary begins with `uint32_t struct_size`, the sizeof()
+ *     the WRITER was compiled with, which may be smaller (an older writer) or larger (a newer
+ *     one) than the reader's own sizeof. A reader:
+ *       * refuses a struct smaller than that struct's minor-0 size, FLIPOUT_SIZE_V1_0_*
+ *         below (pinned forever; never the reader's own sizeof, which grows with each minor);
+ *       * copies min(struct_size, its own sizeof) bytes and treats every field past
+ *         struct_size as absent (its documented default, usually 0 / NULL): a field added in
+ *         minor m is read only if struct_size >= offsetof(field) + sizeof(field);
+ *       * walks an ARRAY of structs (parameters, hyperparameters) with the writer's
+ *         struct_size as the element stride; every element of one array has the same size.
+ *   - A field is appended only where it cannot fall into the previous minor's tail padding
+ *     (so that struct_size tells whether it is present); see flipout_parameter_desc.
+ *   - flipout_in_array and flipout_out_array carry no struct_size: they never change.
+ *
+ * HOST LIMITS (a host refuses a plugin that exceeds them, naming the plugin)
+ *   - FLIPOUT_MAX_PARAMETERS parameters and hyperparameters per family, FLIPOUT_MAX_SLOTS
+ *     parameter slots per instance (a count hyperparameter's value included),
+ *     FLIPOUT_MAX_NOISE_PER_SCALAR normals and as many uniforms per scalar,
+ *     FLIPOUT_MAX_FAMILIES families per library.
+ *   - ids, names, versions, parameter and hyperparameter names and kl_families entries are
+ *     printable ASCII (0x20-0x7e), at most FLIPOUT_MAX_NAME_LENGTH bytes; descriptions are
+ *     UTF-8 without control characters other than newline, at most FLIPOUT_MAX_TEXT_LENGTH.
  *
  * OWNERSHIP
  *   - Nothing allocated by one side is freed by the other. The plugin owns every descriptor it
@@ -65,7 +85,24 @@ extern "C" {
 #endif
 
 #define FLIPOUT_ABI_MAJOR 1
-#define FLIPOUT_ABI_MINOR 0
+#define FLIPOUT_ABI_MINOR 1
+
+/* The minor-0 size of every versioned struct on LP64 (64-bit Linux, macOS): the smallest
+   struct_size a reader accepts. Pinned forever; sizeof() of the current structs may be larger. */
+#define FLIPOUT_SIZE_V1_0_ERROR 16u
+#define FLIPOUT_SIZE_V1_0_HOST 40u
+#define FLIPOUT_SIZE_V1_0_PARAMETER_DESC 56u
+#define FLIPOUT_SIZE_V1_0_HYPERPARAMETER_DESC 56u
+#define FLIPOUT_SIZE_V1_0_DISTRIBUTION 192u
+#define FLIPOUT_SIZE_V1_0_LIBRARY 40u
+
+/* Host limits (see HOST LIMITS above). */
+#define FLIPOUT_MAX_PARAMETERS 64u
+#define FLIPOUT_MAX_SLOTS 1024u
+#define FLIPOUT_MAX_NOISE_PER_SCALAR 1024u
+#define FLIPOUT_MAX_FAMILIES 256u
+#define FLIPOUT_MAX_NAME_LENGTH 128u
+#define FLIPOUT_MAX_TEXT_LENGTH 4096u
 
 /* The one symbol a plugin exports: `const flipout_library *flipout_plugin_entry_v1(const flipout_host *)`. */
 #define FLIPOUT_ENTRY_SYMBOL "flipout_plugin_entry_v1"
@@ -142,6 +179,23 @@ typedef uint64_t flipout_capabilities;
 #define FLIPOUT_CAP_UNIFORM_NOISE ((flipout_capabilities)1 << 3)
 /* The support is x > 0 (Gamma) or (0, 1) (Beta); weights drawn from it are positive. */
 #define FLIPOUT_CAP_POSITIVE_SUPPORT ((flipout_capabilities)1 << 4)
+/* Since 1.1. The family IS Normal(loc, scale): parameters (location, scale) in that slot order,
+   with roles FLIPOUT_ROLE_LOCATION and FLIPOUT_ROLE_SCALE. A host picks the family it needs
+   as "a Gaussian" (the other layers of --custom-layers first, the benchmarks) by this
+   declaration, not by an id. */
+#define FLIPOUT_CAP_GAUSSIAN ((flipout_capabilities)1 << 5)
+
+/* Since 1.1: what a parameter means, so that host policy keys on a declaration, not a name. */
+typedef int32_t flipout_parameter_role;
+enum {
+    FLIPOUT_ROLE_UNSPECIFIED = 0, /* no policy applies (and what a 1.0 descriptor reads as)       */
+    /* A location a weight is centred on (identity transform). A host's convolution layers
+       initialise it He-normal, N(0, 2 / fan_in), instead of init_jitter. */
+    FLIPOUT_ROLE_LOCATION = 1,
+    FLIPOUT_ROLE_SCALE = 2,       /* a spread (> 0)                                                */
+    FLIPOUT_ROLE_SHAPE = 3,       /* a shape, degrees of freedom or concentration                  */
+    FLIPOUT_ROLE_WEIGHT = 4       /* a mixture weight, probability or logit                         */
+};
 
 typedef struct flipout_parameter_desc {
     uint32_t struct_size;
@@ -151,8 +205,10 @@ typedef struct flipout_parameter_desc {
     float default_value;          /* Constrained default: initial posterior value and prior value. */
     float init_jitter;            /* Std. dev. of N(0, .) noise added in unconstrained space when
                                      a posterior is initialised (TFP: 0.1 for loc and rho). The
-                                     host's convolution layers replace it for a parameter named
-                                     "loc" with identity transform by He-normal sqrt(2 / fan_in). */
+                                     host's convolution layers replace it for a parameter with
+                                     role FLIPOUT_ROLE_LOCATION (1.0 descriptors, which have no
+                                     role: one named "loc" with identity transform) by He-normal
+                                     sqrt(2 / fan_in). */
     /* NULL: the parameter is one slot. Otherwise the name of an integer hyperparameter whose
        value k makes this parameter k consecutive slots (mixture components). */
     const char *count_hyperparameter;
@@ -160,6 +216,11 @@ typedef struct flipout_parameter_desc {
        e.g. scale 1 for a Normal prior (TFP's default prior) while default_value gives a posterior's
        small initial scale. NaN: use default_value. */
     float prior_value;
+    /* ---- 1.0 ends here (FLIPOUT_SIZE_V1_0_PARAMETER_DESC = 56 includes 4 bytes of tail
+       padding, which a 1.0 writer leaves unspecified and no reader ever reads). ---- */
+    uint32_t reserved_v1_0_padding; /* Write 0; never read. */
+    /* Since 1.1: FLIPOUT_ROLE_*. Absent (struct_size < 64): FLIPOUT_ROLE_UNSPECIFIED. */
+    flipout_parameter_role role;
 } flipout_parameter_desc;
 
 typedef struct flipout_hyperparameter_desc {
@@ -297,7 +358,7 @@ struct flipout_distribution {
                              const float *g, const flipout_out_array *grad_q,
                              const flipout_out_array *grad_p, flipout_error *err);
 
-    /* ---- Minor 1 and later append here. ---- */
+    /* ---- Minor 2 and later append here (minor 1 appended nothing to this struct). ---- */
 };
 
 /* What the entry symbol returns: the library's families. */
@@ -313,7 +374,10 @@ typedef struct flipout_library {
 /* The entry point. Called once per process, from the thread that loads the plugin, before any
    other function. `host` and its strings stay valid for the life of the process; the plugin may
    keep the pointer and call `host->log` from any function. Returns the library (plugin-owned,
-   valid forever), or NULL after logging the reason through host->log. [exclusive]. */
+   valid forever), or NULL after logging the reason through host->log (or, when the host
+   table is too small to hold `log`, to stderr). A plugin accepts any host of its major
+   version whose struct_size is at least FLIPOUT_SIZE_V1_0_HOST, whatever its minor.
+   [exclusive]. */
 typedef const flipout_library *(*flipout_entry_fn)(const flipout_host *host);
 
 #ifdef __cplusplus

@@ -1,5 +1,8 @@
 // The C entry points of every SDK plugin: one funnel from Swift errors to ABI status codes.
 import PluginABI
+#if canImport(FlipoutABI)
+import FlipoutABI
+#endif
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -9,17 +12,17 @@ enum CFunctions {
     static func guarded(_ err: UnsafeMutablePointer<flipout_error>?, _ body: () throws -> Void) -> flipout_status {
         do {
             try body()
-            return flipout_status(FLIPOUT_STATUS_OK)
+            return Status.ok.rawValue
         } catch let e as PluginError {
             switch e {
-            case .invalidArgument(let m): write(err, m); return flipout_status(FLIPOUT_STATUS_INVALID_ARGUMENT)
-            case .unsupported(let m): write(err, m); return flipout_status(FLIPOUT_STATUS_UNSUPPORTED)
-            case .domain(let m): write(err, m); return flipout_status(FLIPOUT_STATUS_DOMAIN_ERROR)
-            case .internal(let m): write(err, m); return flipout_status(FLIPOUT_STATUS_INTERNAL_ERROR)
+            case .invalidArgument(let m): write(err, m); return Status.invalidArgument.rawValue
+            case .unsupported(let m): write(err, m); return Status.unsupported.rawValue
+            case .domain(let m): write(err, m); return Status.domainError.rawValue
+            case .internal(let m): write(err, m); return Status.internalError.rawValue
             }
         } catch {
             write(err, "\(error)")
-            return flipout_status(FLIPOUT_STATUS_INTERNAL_ERROR)
+            return Status.internalError.rawValue
         }
     }
 

@@ -1,18 +1,12 @@
 // What a family declares about itself: identity, parameters, hyperparameters, capabilities.
+// The ABI's constants (Capabilities, ParameterTransform, ParameterRole, Status) come from FlipoutABI,
+// the one module the host shares; `scripts/build-plugin` compiles its files into the plugin.
+#if canImport(FlipoutABI)
+@_exported import FlipoutABI
+#endif
 
-public enum Transform: Int32 {
-    case identity = 0, softplus = 1, exp = 2, sigmoid = 3
-}
-
-public struct Capabilities: OptionSet, Sendable {
-    public let rawValue: UInt64
-    public init(rawValue: UInt64) { self.rawValue = rawValue }
-    public static let sample = Capabilities(rawValue: 1 << 0)
-    public static let symmetric = Capabilities(rawValue: 1 << 1)
-    public static let implicitReparameterization = Capabilities(rawValue: 1 << 2)
-    public static let uniformNoise = Capabilities(rawValue: 1 << 3)
-    public static let positiveSupport = Capabilities(rawValue: 1 << 4)
-}
+/// The transform from the unconstrained value the optimizer stores to the constrained parameter.
+public typealias Transform = ParameterTransform
 
 public struct ParameterSpec {
     public var name: String
@@ -23,12 +17,18 @@ public struct ParameterSpec {
     public var countHyperparameter: String?
     /// The value as a prior when the user sets none; nil: `defaultValue`.
     public var priorValue: Float?
+    /// What the parameter means to the host (`.location` gets He-normal initialisation).
+    public var role: ParameterRole
+    /// - role: nil infers `.location` for a parameter named "loc" with identity transform (the
+    ///   rule of ABI 1.0) and `.unspecified` otherwise; say `role: .location` for any other name.
     public init(_ name: String, _ description: String, transform: Transform = .identity,
-                default defaultValue: Float, initJitter: Float = 0, countHyperparameter: String? = nil, prior priorValue: Float? = nil) {
+                default defaultValue: Float, initJitter: Float = 0, countHyperparameter: String? = nil, prior priorValue: Float? = nil,
+                role: ParameterRole? = nil) {
         self.name = name; self.description = description; self.transform = transform
         self.defaultValue = defaultValue; self.initJitter = initJitter
         self.countHyperparameter = countHyperparameter
         self.priorValue = priorValue
+        self.role = role ?? (name == "loc" && transform == .identity ? .location : .unspecified)
     }
 }
 

@@ -20,8 +20,16 @@ public enum PluginExport {
     public static func library(name: String, host: UnsafePointer<flipout_host>?,
                                families: [any ScalarDistribution.Type]) -> UnsafeRawPointer? {
         if let built { return UnsafeRawPointer(built) }
-        guard let host, host.pointee.struct_size >= UInt32(MemoryLayout<flipout_host>.size),
-              host.pointee.abi_major == UInt32(FLIPOUT_ABI_MAJOR) else { return nil }
+        if let refusal = refusal(host) {
+            // The header: log why before returning NULL (to stderr when the host has no usable logger).
+            let message = "\(name): refusing to load: \(refusal)"
+            if let host, Int(host.pointee.struct_size) >= flipout_host.minimumSize, let log = host.pointee.log {
+                message.withCString { log(host.pointee.host_context, LogLevel.error.rawValue, $0) }
+            } else {
+                fputs("flipout plugin \(message)\n", stderr)
+            }
+            return nil
+        }
         self.host = host
         let table = UnsafeMutablePointer<UnsafePointer<flipout_distribution>?>.allocate(capacity: families.count)
         for (i, family) in families.enumerated() {
@@ -37,6 +45,20 @@ public enum PluginExport {
             distributions: UnsafePointer(table)))
         built = lib
         return UnsafeRawPointer(lib)
+    }
+
+    /// Why this SDK cannot work with `host`, or nil. Any minor of our major with at least the
+    /// minor-0 table is fine: fields a newer host appended are ignored, an older host lacks none we read.
+    static func refusal(_ host: UnsafePointer<flipout_host>?) -> String? {
+        guard let host else { return "the host passed a NULL flipout_host" }
+        let size = Int(host.pointee.struct_size)
+        guard size >= flipout_host.minimumSize else {
+            return "the host's flipout_host is \(size) bytes, smaller than ABI 1.0's \(flipout_host.minimumSize); it is not a Flipout3D host of ABI major \(FLIPOUT_ABI_MAJOR)"
+        }
+        guard host.pointee.abi_major == UInt32(FLIPOUT_ABI_MAJOR) else {
+            return "the host speaks plugin ABI major version \(host.pointee.abi_major); this plugin was built for major version \(FLIPOUT_ABI_MAJOR). Rebuild it against that host's header"
+        }
+        return nil
     }
 
     /// Log through the host's logger (after the entry point ran); silently dropped before.
@@ -72,7 +94,7 @@ public enum PluginExport {
                 name: strdup(p.name), description: strdup(p.description),
                 transform: p.transform.rawValue, default_value: p.defaultValue, init_jitter: p.initJitter,
                 count_hyperparameter: p.countHyperparameter.map { UnsafePointer(strdup($0)!) },
-                prior_value: p.priorValue ?? .nan)
+                prior_value: p.priorValue ?? .nan, reserved_v1_0_padding: 0, role: p.role.rawValue)
         }
         let hypers = UnsafeMutablePointer<flipout_hyperparameter_desc>.allocate(capacity: max(info.hyperparameters.count, 1))
         for (i, h) in info.hyperparameters.enumerated() {

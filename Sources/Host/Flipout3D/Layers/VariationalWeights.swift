@@ -37,7 +37,7 @@ public final class VariationalWeights {
 
     /// - Parameters:
     ///   - priorValues: constrained prior parameter values by slot name (defaults from the plugin).
-    ///   - locationInitStd: if set, posterior parameters named "loc" (identity transform) start
+    ///   - locationInitStd: if set, posterior parameters with the location role start
     ///     N(0, locationInitStd^2) instead of the plugin's jitter, e.g. He-normal sqrt(2 / fan_in)
     ///     so a Bayesian network starts with the activation scale of a deterministic one.
     public init(name: String, count: Int, posterior: Distribution, prior: Distribution,
@@ -71,7 +71,7 @@ public final class VariationalWeights {
         // Posterior init: unconstrained default plus N(0, jitter) noise, per slot.
         for (k, slot) in posterior.slots.enumerated() {
             let base = slot.parameter.transform.inverse(slot.parameter.defaultValue)
-            let isLocation = slot.parameter.name == "loc" && slot.parameter.transform == .identity
+            let isLocation = slot.parameter.role == .location
             let jitter = isLocation ? (locationInitStd ?? slot.parameter.initJitter) : slot.parameter.initJitter
             let p = parameters[k]
             initStream.fillNormal(p.data, count: count)
@@ -149,11 +149,16 @@ public final class VariationalWeights {
 
     // MARK: KL(q || p), summed over the weights
 
-    /// Whether KL is analytic for this posterior/prior pair under `klMode`.
-    public var klIsAnalytic: Bool {
-        if case .automatic = klMode { return prior.hasAnalyticKL(from: posterior.family) }
-        return false
-    }
+    /// Whether KL is analytic for this posterior/prior pair under `klMode`: the prior lists the
+    /// posterior's family in kl_families and its `kl` does not answer UNSUPPORTED for this pair
+    /// (asked once, on one weight). The header promises a Monte Carlo fallback otherwise.
+    public private(set) lazy var klIsAnalytic: Bool = {
+        guard case .automatic = klMode, prior.hasAnalyticKL(from: posterior.family), count > 0 else { return false }
+        var out: Float = 0
+        do { try prior.kl(n: 1, posterior: posterior, qParams: qIn, params: pIn, out: &out); return true }
+        catch let e as PluginCallError where e.isUnsupported { return false }
+        catch { return true }  // a real failure is reported by the first kl()
+    }()
 
     /// KL(q || p) summed over all weights; with `scale` != 0 also adds scale * dKL into the gradients.
     /// Monte Carlo draws its K samples from `stream`.
@@ -164,13 +169,17 @@ public final class VariationalWeights {
 
     private func klUnwrapped(gradientScale scale: Float, stream: inout RandomStream) throws -> Double {
         if klIsAnalytic {
-            let out = Tensor(shape: [count])
-            try prior.kl(n: count, posterior: posterior, qParams: qIn, params: pIn, out: out.data)
-            if scale != 0 {
-                let g = Tensor(shape: [count]); g.fill(scale)
-                try prior.klVJP(n: count, posterior: posterior, qParams: qIn, params: pIn, g: g.data, gradQ: qGrad, gradParams: pGrad)
+            do {
+                let out = Tensor(shape: [count])
+                try prior.kl(n: count, posterior: posterior, qParams: qIn, params: pIn, out: out.data)
+                if scale != 0 {
+                    let g = Tensor(shape: [count]); g.fill(scale)
+                    try prior.klVJP(n: count, posterior: posterior, qParams: qIn, params: pIn, g: g.data, gradQ: qGrad, gradParams: pGrad)
+                }
+                return out.buffer.reduce(0.0) { $0 + Double($1) }
+            } catch let e as PluginCallError where e.isUnsupported {
+                // UNSUPPORTED is not an error (flipout_plugin.h): fall back to Monte Carlo below.
             }
-            return out.buffer.reduce(0.0) { $0 + Double($1) }
         }
         let k = max(1, klMode.samples)
         var total = 0.0

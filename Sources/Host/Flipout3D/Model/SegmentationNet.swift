@@ -35,7 +35,7 @@ public final class SegmentationNet {
             let kl: KLMode = config.forceMonteCarloKL ? .monteCarlo(samples: config.klSamples) : .automatic(samples: config.klSamples)
             for (i, s) in specs.enumerated() {
                 let custom = i == 0 || config.customLayers == .all
-                let normal = custom ? nil : try registry.family("org.flipout3d.normal")
+                let normal = custom ? nil : try registry.gaussian()
                 let layer = try FlipoutConv3D(
                     name: s.0, index: i, inChannels: s.1, outChannels: s.2, kernel: s.3, stride: s.4, estimator: estimator,
                     posterior: try normal?.instantiate() ?? postFamily.instantiate(config.posteriorHyperparameters),

@@ -1,5 +1,6 @@
 // A created distribution instance: typed calls into the plugin over whole buffers of n scalars.
 import PluginABI
+import FlipoutABI
 
 /// One parameter slot of an input: element i is data[i * stride]; stride 0 broadcasts data[0].
 public struct InArray {
@@ -31,21 +32,37 @@ public final class Distribution: @unchecked Sendable {
     public let normalsPerScalar: Int
     public let uniformsPerScalar: Int
     private let instance: OpaquePointer
-    private var fns: flipout_distribution { family.descriptor.pointee }
+    private var fns: flipout_distribution { family.table }
 
     init(family: DistributionFamily, hyperparameters: [Double]) throws {
         self.family = family
         self.hyperparameters = hyperparameters
         var made: OpaquePointer?
         try Distribution.call(family.id, "create") { err in
-            hyperparameters.withUnsafeBufferPointer { family.descriptor.pointee.create(family.descriptor, $0.baseAddress, &made, err) }
+            hyperparameters.withUnsafeBufferPointer { family.table.create(family.descriptor, $0.baseAddress, &made, err) }
         }
         guard let made else {
-            throw PluginCallError(family: family.id, function: "create", status: 4, message: "returned OK but no instance")
+            throw PluginCallError(family: family.id, function: "create", status: Status.internalError.rawValue, message: "returned OK but no instance")
         }
         instance = made
         var slotCount: UInt32 = 0, normals: UInt32 = 0, uniforms: UInt32 = 0
-        family.descriptor.pointee.layout(made, &slotCount, &normals, &uniforms)
+        family.table.layout(made, &slotCount, &normals, &uniforms)
+        func refuse(_ why: String) -> PluginLoadError {
+            family.table.destroy(made)
+            return PluginLoadError(.invalidDescriptor, file: family.file, "\(family.id): \(why)")
+        }
+        guard normals <= UInt32(HostLimits.noisePerScalar), uniforms <= UInt32(HostLimits.noisePerScalar), slotCount <= UInt32(HostLimits.slots) else {
+            throw refuse("layout() reports \(slotCount) parameter slots, \(normals) normals and \(uniforms) uniforms per scalar; this host accepts at most \(HostLimits.slots) slots and \(HostLimits.noisePerScalar) noise values of each kind.")
+        }
+        let caps = family.capabilities
+        guard caps.contains(.uniformNoise) == (uniforms > 0) else {
+            throw refuse(caps.contains(.uniformNoise)
+                ? "declares FLIPOUT_CAP_UNIFORM_NOISE, but layout() reports 0 uniforms per scalar. Report the uniforms sample reads, or drop the capability."
+                : "layout() reports \(uniforms) uniforms per scalar but the family does not declare FLIPOUT_CAP_UNIFORM_NOISE. Declare it, or report 0.")
+        }
+        guard caps.contains(.sample) || (normals == 0 && uniforms == 0) else {
+            throw refuse("layout() reports noise (\(normals) normals, \(uniforms) uniforms per scalar) but the family does not declare FLIPOUT_CAP_SAMPLE.")
+        }
         var expanded: [ParameterSlot] = []
         for p in family.parameters {
             if let c = p.countHyperparameter, let k = family.hyperparameters.firstIndex(where: { $0.name == c }) {
@@ -58,8 +75,7 @@ public final class Distribution: @unchecked Sendable {
         normalsPerScalar = Int(normals)
         uniformsPerScalar = Int(uniforms)
         if Int(slotCount) != expanded.count {
-            family.descriptor.pointee.destroy(made)
-            throw PluginLoadError(.invalidDescriptor, file: family.file, "\(family.id): layout reports \(slotCount) parameter slots, but its parameters and hyperparameters declare \(expanded.count).")
+            throw refuse("layout reports \(slotCount) parameter slots, but its parameters and hyperparameters declare \(expanded.count).")
         }
     }
 
@@ -73,7 +89,7 @@ public final class Distribution: @unchecked Sendable {
             var err = flipout_error(struct_size: UInt32(MemoryLayout<flipout_error>.size), capacity: UInt32(b.count), message: b.baseAddress)
             return body(&err)
         }
-        if status != flipout_status(FLIPOUT_STATUS_OK) {
+        if status != Status.ok.rawValue {
             buffer[buffer.count - 1] = 0
             let message = String(cString: buffer)
             throw PluginCallError(family: family, function: function, status: status, message: message.isEmpty ? "(no message)" : message)
@@ -126,7 +142,7 @@ public final class Distribution: @unchecked Sendable {
     public func sample(n: Int, params: [InArray], normals: UnsafePointer<Float>?, uniforms: UnsafePointer<Float>?,
                        out: UnsafeMutablePointer<Float>) throws {
         checkSlots(params)
-        guard let f = fns.sample else { throw PluginCallError(family: family.id, function: "sample", status: 2, message: "this family cannot be sampled (no FLIPOUT_CAP_SAMPLE); use it as a prior") }
+        guard let f = fns.sample else { throw PluginCallError(family: family.id, function: "sample", status: Status.unsupported.rawValue, message: "this family cannot be sampled (no FLIPOUT_CAP_SAMPLE); use it as a prior") }
         try withIn(params) { p in try call("sample") { f(instance, n, p, normals, uniforms, out, $0) } }
         try checkFinite("sample", out, n)
     }
@@ -134,7 +150,7 @@ public final class Distribution: @unchecked Sendable {
     public func sampleVJP(n: Int, params: [InArray], normals: UnsafePointer<Float>?, uniforms: UnsafePointer<Float>?,
                           x: UnsafePointer<Float>, g: UnsafePointer<Float>, gradParams: [OutArray]) throws {
         checkSlots(params); precondition(gradParams.count == slots.count)
-        guard let f = fns.sample_vjp else { throw PluginCallError(family: family.id, function: "sample_vjp", status: 2, message: "this family cannot be sampled") }
+        guard let f = fns.sample_vjp else { throw PluginCallError(family: family.id, function: "sample_vjp", status: Status.unsupported.rawValue, message: "this family cannot be sampled") }
         try withIn(params) { p in try withOut(gradParams) { gp in
             try call("sample_vjp") { f(instance, n, p, normals, uniforms, x, g, gp, $0) }
         } }
@@ -142,14 +158,14 @@ public final class Distribution: @unchecked Sendable {
 
     public func center(n: Int, params: [InArray], out: UnsafeMutablePointer<Float>) throws {
         checkSlots(params)
-        guard let f = fns.center else { throw PluginCallError(family: family.id, function: "center", status: 2, message: "this family has no center; it cannot be a posterior") }
+        guard let f = fns.center else { throw PluginCallError(family: family.id, function: "center", status: Status.unsupported.rawValue, message: "this family has no center; it cannot be a posterior") }
         try withIn(params) { p in try call("center") { f(instance, n, p, out, $0) } }
         try checkFinite("center", out, n)
     }
 
     public func centerVJP(n: Int, params: [InArray], g: UnsafePointer<Float>, gradParams: [OutArray]) throws {
         checkSlots(params); precondition(gradParams.count == slots.count)
-        guard let f = fns.center_vjp else { throw PluginCallError(family: family.id, function: "center_vjp", status: 2, message: "this family has no center") }
+        guard let f = fns.center_vjp else { throw PluginCallError(family: family.id, function: "center_vjp", status: Status.unsupported.rawValue, message: "this family has no center") }
         try withIn(params) { p in try withOut(gradParams) { gp in
             try call("center_vjp") { f(instance, n, p, g, gp, $0) }
         } }
@@ -163,7 +179,7 @@ public final class Distribution: @unchecked Sendable {
     /// out[i] = KL(q_i || self_i) analytically. Throws `PluginCallError` with `isUnsupported` if there is none.
     public func kl(n: Int, posterior q: Distribution, qParams: [InArray], params: [InArray], out: UnsafeMutablePointer<Float>) throws {
         checkSlots(params); q.checkSlots(qParams)
-        guard let f = fns.kl else { throw PluginCallError(family: family.id, function: "kl", status: 2, message: "no analytic KL") }
+        guard let f = fns.kl else { throw PluginCallError(family: family.id, function: "kl", status: Status.unsupported.rawValue, message: "no analytic KL") }
         try withIn(qParams) { qp in try withIn(params) { pp in
             try q.family.id.withCString { fam in try call("kl") { f(instance, n, fam, qp, pp, out, $0) } }
         } }
@@ -174,7 +190,7 @@ public final class Distribution: @unchecked Sendable {
                       gradQ: [OutArray], gradParams: [OutArray]) throws {
         checkSlots(params); q.checkSlots(qParams)
         precondition(gradQ.count == q.slots.count && gradParams.count == slots.count)
-        guard let f = fns.kl_vjp else { throw PluginCallError(family: family.id, function: "kl_vjp", status: 2, message: "no analytic KL") }
+        guard let f = fns.kl_vjp else { throw PluginCallError(family: family.id, function: "kl_vjp", status: Status.unsupported.rawValue, message: "no analytic KL") }
         try withIn(qParams) { qp in try withIn(params) { pp in try withOut(gradQ) { gq in try withOut(gradParams) { gp in
             try q.family.id.withCString { fam in try call("kl_vjp") { f(instance, n, fam, qp, pp, g, gq, gp, $0) } }
         } } } }

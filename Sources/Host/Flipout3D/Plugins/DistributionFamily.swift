@@ -1,63 +1,10 @@
 // A distribution family as a plugin declares it: identity, parameters, hyperparameters, capabilities.
 import PluginABI
+@_exported import FlipoutABI
 import Foundation
 
-/// How an unconstrained stored value u maps to the constrained parameter the plugin sees.
-public enum ParameterTransform: Int32, Sendable, CustomStringConvertible {
-    case identity = 0, softplus = 1, exp = 2, sigmoid = 3
-
-    public func forward(_ u: Float) -> Float {
-        switch self {
-        case .identity: return u
-        case .softplus: return u > 20 ? u : Foundation.log1p(Foundation.exp(u))
-        case .exp: return Foundation.exp(u)
-        case .sigmoid: return 1 / (1 + Foundation.exp(-u))
-        }
-    }
-    /// d forward / du.
-    public func derivative(_ u: Float) -> Float {
-        switch self {
-        case .identity: return 1
-        case .softplus: return 1 / (1 + Foundation.exp(-u))
-        case .exp: return Foundation.exp(u)
-        case .sigmoid: let s = 1 / (1 + Foundation.exp(-u)); return s * (1 - s)
-        }
-    }
-    /// The unconstrained value for a constrained one.
-    public func inverse(_ v: Float) -> Float {
-        switch self {
-        case .identity: return v
-        case .softplus: return v > 20 ? v : Foundation.log(Foundation.expm1(v))
-        case .exp: return Foundation.log(v)
-        case .sigmoid: return Foundation.log(v / (1 - v))
-        }
-    }
-    /// Whether a constrained value is inside the transform's range.
-    public func accepts(_ v: Float) -> Bool {
-        switch self {
-        case .identity: return v.isFinite
-        case .softplus, .exp: return v.isFinite && v > 0
-        case .sigmoid: return v > 0 && v < 1
-        }
-    }
-    public var description: String { ["identity", "softplus", "exp", "sigmoid"][Int(rawValue)] }
-}
-
-public struct FamilyCapabilities: OptionSet, Sendable, CustomStringConvertible {
-    public let rawValue: UInt64
-    public init(rawValue: UInt64) { self.rawValue = rawValue }
-    public static let sample = FamilyCapabilities(rawValue: 1 << 0)
-    public static let symmetric = FamilyCapabilities(rawValue: 1 << 1)
-    public static let implicitReparameterization = FamilyCapabilities(rawValue: 1 << 2)
-    public static let uniformNoise = FamilyCapabilities(rawValue: 1 << 3)
-    public static let positiveSupport = FamilyCapabilities(rawValue: 1 << 4)
-    static let names: [(FamilyCapabilities, String)] = [
-        (.sample, "sample"), (.symmetric, "symmetric"), (.implicitReparameterization, "implicit-reparam"),
-        (.uniformNoise, "uniform-noise"), (.positiveSupport, "positive-support"),
-    ]
-    public var names: [String] { Self.names.filter { contains($0.0) }.map(\.1) }
-    public var description: String { names.isEmpty ? "none" : names.joined(separator: ",") }
-}
+/// The ABI's capability flags (FlipoutABI.Capabilities, shared with the SDK).
+public typealias FamilyCapabilities = Capabilities
 
 public struct ParameterInfo: Sendable {
     public let name: String
@@ -68,6 +15,9 @@ public struct ParameterInfo: Sendable {
     /// The constrained value as a prior when the user sets none.
     public let priorValue: Float
     public let countHyperparameter: String?
+    /// What the parameter means to host policy: declared (ABI 1.1), or for a 1.0 descriptor the
+    /// 1.0 rule, a parameter named "loc" with identity transform is a location.
+    public let role: ParameterRole
 }
 
 public struct HyperparameterInfo: Sendable {
@@ -99,71 +49,107 @@ public final class DistributionFamily: @unchecked Sendable {
     public var isSymmetric: Bool { capabilities.contains(.symmetric) }
     public var canSample: Bool { capabilities.contains(.sample) }
 
+    /// The descriptor as its writer sized it (fields of later minors read as absent), copied once.
+    let table: flipout_distribution
+
     init(descriptor d: UnsafePointer<flipout_distribution>, library: PluginLibrary) throws {
         let file = library.path
-        let size = d.pointee.struct_size
-        guard size >= UInt32(PluginLibrary.minimumDistributionSize) else {
-            throw PluginLoadError(.structTooSmall, file: file, "flipout_distribution is \(size) bytes; this host needs at least \(PluginLibrary.minimumDistributionSize) (ABI 1.0). Rebuild the plugin against this host's header.")
+        guard let read = Versioned<flipout_distribution>(UnsafeRawPointer(d)) else {
+            throw PluginLoadError(.structTooSmall, file: file, "flipout_distribution is \(Versioned<flipout_distribution>.declaredSize(UnsafeRawPointer(d))) bytes; this host needs at least \(flipout_distribution.minimumSize) (ABI 1.0). Rebuild the plugin against this host's header.")
         }
-        let v = d.pointee
-        func string(_ p: UnsafePointer<CChar>?, _ field: String, required: Bool = true) throws -> String {
+        let v = read.value
+        var where_ = "flipout_distribution"
+        func text(_ p: UnsafePointer<CChar>?, _ field: String, required: Bool = true, identifier: Bool = true) throws -> String {
             guard let p else {
-                if required { throw PluginLoadError(.invalidDescriptor, file: file, "flipout_distribution.\(field) is NULL.") }
+                if required { throw PluginLoadError(.invalidDescriptor, file: file, "\(where_).\(field) is NULL.") }
                 return ""
             }
-            return String(cString: p)
+            do {
+                return try PluginString.read(p, limit: identifier ? HostLimits.nameLength : HostLimits.textLength, identifier: identifier)
+            } catch let problem as PluginString.Problem {
+                let why: String
+                switch problem {
+                case .tooLong(let n): why = "is longer than \(n) bytes"
+                case .notPrintableASCII(let shown): why = "\"\(shown)\" is not printable ASCII (0x20-0x7e; escape codes are refused)"
+                case .controlCharacter(let shown): why = "\"\(shown)\" holds control characters (terminal escape codes are refused)"
+                case .notUTF8: why = "is not UTF-8"
+                }
+                throw PluginLoadError(.invalidDescriptor, file: file, "\(where_).\(field) \(why).")
+            }
         }
-        id = try string(v.id, "id")
-        guard !id.isEmpty, id.contains("."), !id.contains(where: { $0 == " " || $0 == "=" || $0 == "," }) else {
+        id = try text(v.id, "id")
+        guard !id.isEmpty, id.contains("."), !id.contains(where: { $0 == " " || $0 == "=" || $0 == "," || $0 == ":" || $0 == "@" }) else {
             throw PluginLoadError(.invalidDescriptor, file: file, "id \"\(id)\" is not a reverse-DNS name such as org.example.myprior.")
         }
-        name = try string(v.name, "name")
-        version = try string(v.version, "version")
-        summary = try string(v.description, "description", required: false)
+        where_ = id
+        name = try text(v.name, "name")
+        version = try text(v.version, "version")
+        summary = try text(v.description, "description", required: false, identifier: false)
         capabilities = FamilyCapabilities(rawValue: v.capabilities)
-        toolchain = try string(v.build_toolchain, "build_toolchain", required: false)
-        stdlib = try string(v.build_stdlib, "build_stdlib", required: false)
+        toolchain = try text(v.build_toolchain, "build_toolchain", required: false)
+        stdlib = try text(v.build_stdlib, "build_stdlib", required: false)
         self.library = library
         descriptor = d
+        table = v
 
+        guard v.parameter_count > 0 else { throw PluginLoadError(.invalidDescriptor, file: file, "\(id): declares no parameters.") }
+        guard v.parameter_count <= UInt32(HostLimits.parameters), v.hyperparameter_count <= UInt32(HostLimits.parameters) else {
+            throw PluginLoadError(.invalidDescriptor, file: file, "\(id): declares \(v.parameter_count) parameters and \(v.hyperparameter_count) hyperparameters; this host accepts at most \(HostLimits.parameters) of each.")
+        }
+        guard let ps = v.parameters else { throw PluginLoadError(.invalidDescriptor, file: file, "\(id): parameters is NULL but parameter_count is \(v.parameter_count).") }
         var params: [ParameterInfo] = []
-        if v.parameter_count > 0 {
-            guard let ps = v.parameters else { throw PluginLoadError(.invalidDescriptor, file: file, "\(id): parameters is NULL but parameter_count is \(v.parameter_count).") }
-            for i in 0..<Int(v.parameter_count) {
-                let p = ps[i]
-                guard p.struct_size >= UInt32(MemoryLayout<flipout_parameter_desc>.size) else {
-                    throw PluginLoadError(.structTooSmall, file: file, "\(id): flipout_parameter_desc \(i) is \(p.struct_size) bytes; this host needs \(MemoryLayout<flipout_parameter_desc>.size).")
-                }
-                guard let t = ParameterTransform(rawValue: p.transform) else {
-                    throw PluginLoadError(.invalidDescriptor, file: file, "\(id): parameter \(i) has unknown transform \(p.transform).")
-                }
-                params.append(ParameterInfo(name: try string(p.name, "parameters[\(i)].name"), description: try string(p.description, "parameters[\(i)].description", required: false),
-                                            transform: t, defaultValue: p.default_value, initJitter: p.init_jitter,
-                                            priorValue: p.prior_value.isNaN ? p.default_value : p.prior_value,
-                                            countHyperparameter: p.count_hyperparameter.map { String(cString: $0) }))
+        let parameterSize = Versioned<flipout_parameter_desc>.declaredSize(UnsafeRawPointer(ps))
+        for i in 0..<Int(v.parameter_count) {
+            let element = Versioned<flipout_parameter_desc>.element(UnsafeRawPointer(ps), i)
+            guard let r = Versioned<flipout_parameter_desc>(element), r.size == parameterSize else {
+                throw PluginLoadError(.structTooSmall, file: file, "\(id): flipout_parameter_desc \(i) is \(Versioned<flipout_parameter_desc>.declaredSize(element)) bytes; this host needs at least \(flipout_parameter_desc.minimumSize) (ABI 1.0), the same for every element of the array.")
             }
-        } else {
-            throw PluginLoadError(.invalidDescriptor, file: file, "\(id): declares no parameters.")
+            let p = r.value
+            guard let t = ParameterTransform(rawValue: p.transform) else {
+                throw PluginLoadError(.invalidDescriptor, file: file, "\(id): parameter \(i) has unknown transform \(p.transform).")
+            }
+            let pname = try text(p.name, "parameters[\(i)].name")
+            let role = r.declaredRole ?? (pname == "loc" && t == .identity ? .location : .unspecified)
+            guard role != .location || t == .identity else {
+                throw PluginLoadError(.invalidDescriptor, file: file, "\(id): parameter \(pname) has role location but transform \(t); a location is unconstrained (identity).")
+            }
+            params.append(ParameterInfo(name: pname, description: try text(p.description, "parameters[\(i)].description", required: false, identifier: false),
+                                        transform: t, defaultValue: p.default_value, initJitter: p.init_jitter,
+                                        priorValue: p.prior_value.isNaN ? p.default_value : p.prior_value,
+                                        countHyperparameter: try p.count_hyperparameter.map { try text($0, "parameters[\(i)].count_hyperparameter") },
+                                        role: role))
         }
         parameters = params
         var hypers: [HyperparameterInfo] = []
         if v.hyperparameter_count > 0 {
             guard let hs = v.hyperparameters else { throw PluginLoadError(.invalidDescriptor, file: file, "\(id): hyperparameters is NULL but hyperparameter_count is \(v.hyperparameter_count).") }
+            let hyperSize = Versioned<flipout_hyperparameter_desc>.declaredSize(UnsafeRawPointer(hs))
             for i in 0..<Int(v.hyperparameter_count) {
-                let h = hs[i]
-                guard h.struct_size >= UInt32(MemoryLayout<flipout_hyperparameter_desc>.size) else {
-                    throw PluginLoadError(.structTooSmall, file: file, "\(id): flipout_hyperparameter_desc \(i) is \(h.struct_size) bytes; this host needs \(MemoryLayout<flipout_hyperparameter_desc>.size).")
+                let element = Versioned<flipout_hyperparameter_desc>.element(UnsafeRawPointer(hs), i)
+                guard let r = Versioned<flipout_hyperparameter_desc>(element), r.size == hyperSize else {
+                    throw PluginLoadError(.structTooSmall, file: file, "\(id): flipout_hyperparameter_desc \(i) is \(Versioned<flipout_hyperparameter_desc>.declaredSize(element)) bytes; this host needs at least \(flipout_hyperparameter_desc.minimumSize) (ABI 1.0), the same for every element of the array.")
                 }
-                hypers.append(HyperparameterInfo(name: try string(h.name, "hyperparameters[\(i)].name"), description: try string(h.description, "hyperparameters[\(i)].description", required: false),
+                let h = r.value
+                hypers.append(HyperparameterInfo(name: try text(h.name, "hyperparameters[\(i)].name"), description: try text(h.description, "hyperparameters[\(i)].description", required: false, identifier: false),
                                                  defaultValue: h.default_value, minimum: h.minimum, maximum: h.maximum, isInteger: h.is_integer != 0))
             }
         }
         hyperparameters = hypers
-        for p in params { if let c = p.countHyperparameter, !hypers.contains(where: { $0.name == c && $0.isInteger }) {
-            throw PluginLoadError(.invalidDescriptor, file: file, "\(id): parameter \(p.name) repeats by \"\(c)\", which is not an integer hyperparameter.")
+        for p in params { if let c = p.countHyperparameter {
+            guard let h = hypers.first(where: { $0.name == c && $0.isInteger }) else {
+                throw PluginLoadError(.invalidDescriptor, file: file, "\(id): parameter \(p.name) repeats by \"\(c)\", which is not an integer hyperparameter.")
+            }
+            guard h.defaultValue >= 1, h.defaultValue <= Double(HostLimits.slots) else {
+                throw PluginLoadError(.invalidDescriptor, file: file, "\(id): count hyperparameter \(c) defaults to \(h.defaultValue); a count must be in 1...\(HostLimits.slots).")
+            }
         } }
         var kls: [String] = []
-        if var k = v.kl_families { while let s = k.pointee { kls.append(String(cString: s)); k += 1 } }
+        if var k = v.kl_families {
+            while let s = k.pointee {
+                guard kls.count < HostLimits.families else { throw PluginLoadError(.invalidDescriptor, file: file, "\(id): kl_families lists more than \(HostLimits.families) families (is it NULL-terminated?).") }
+                kls.append(try text(s, "kl_families[\(kls.count)]")); k += 1
+            }
+        }
         klFamilies = kls
 
         func require(_ present: Bool, _ fn: String, _ why: String) throws {
@@ -185,6 +171,13 @@ public final class DistributionFamily: @unchecked Sendable {
             try require(v.kl_vjp != nil, "kl_vjp", "lists kl_families")
         }
         if v.kl != nil { try require(v.kl_vjp != nil, "kl_vjp", "provides kl") }
+        if capabilities.contains(.gaussian) {
+            guard params.count == 2, params[0].role == .location, params[1].role == .scale, capabilities.contains(.sample) else {
+                throw PluginLoadError(.invalidDescriptor, file: file, "\(id): declares FLIPOUT_CAP_GAUSSIAN, which promises a samplable Normal(loc, scale) with parameter roles (location, scale); it has \(params.map { "\($0.name) (\($0.role))" }.joined(separator: ", ")).")
+            }
+        }
+        // The declared capabilities against the layout of an instance with default hyperparameters.
+        _ = try instantiate()
     }
 
     /// Values for every hyperparameter: declared defaults overridden by `values` (by name), checked.
@@ -200,6 +193,9 @@ public final class DistributionFamily: @unchecked Sendable {
             }
             if h.isInteger && v.rounded() != v {
                 throw PluginLoadError(.badHyperparameter, file: file, "\(id): hyperparameter \(h.name) must be an integer (got \(v)).")
+            }
+            if parameters.contains(where: { $0.countHyperparameter == h.name }), !(v >= 1 && v <= Double(HostLimits.slots)) {
+                throw PluginLoadError(.badHyperparameter, file: file, "\(id): hyperparameter \(h.name) = \(v) counts parameter slots, so it must be in 1...\(HostLimits.slots).")
             }
             return v
         }

@@ -20,6 +20,7 @@ public struct DynamicLibrary: @unchecked Sendable {
     public init(resolvedPath path: String) throws {
         self.path = path
         try ELFHeader.check(path)
+        try PluginFileSecurity.check(path)
         guard let h = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) else {
             let message = dlerror().map { String(cString: $0) } ?? "unknown dlopen error"
             throw PluginLoadError(.dlopenFailed, file: path, "dlopen failed: \(message). If a library it needs is missing, install it or rebuild the plugin against this toolchain (scripts/build-plugin).")

@@ -1,5 +1,6 @@
 // The table of host services handed to every plugin's entry point (the logger).
 import PluginABI
+import FlipoutABI
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,8 +17,10 @@ enum HostServices {
             log: { _, level, message in
                 guard let message else { return }
                 let tag = ["debug", "info", "warning", "error"][Int(max(0, min(3, level)))]
-                if level == Int32(FLIPOUT_LOG_DEBUG) && getenv("FLIPOUT_DEBUG") == nil { return }
-                fputs("flipout: plugin \(tag): \(String(cString: message))\n", stderr)
+                if level == LogLevel.debug.rawValue && getenv("FLIPOUT_DEBUG") == nil { return }
+                // A plugin's text never reaches the terminal raw (no escape codes).
+                let text = PluginString.escaped(String(decoding: UnsafeRawBufferPointer(start: message, count: strnlen(message, 4096)), as: UTF8.self))
+                fputs("flipout: plugin \(tag): \(text)\n", stderr)
             }))
         return UnsafePointer(t)
     }()

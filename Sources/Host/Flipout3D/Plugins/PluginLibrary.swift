@@ -1,5 +1,6 @@
 // One loaded plugin file: its entry point called once, its library and descriptors validated.
 import PluginABI
+import FlipoutABI
 import Foundation
 
 /// A validated plugin: the file, its library name and the families it provides.
@@ -17,10 +18,6 @@ public final class PluginLibrary: @unchecked Sendable {
         cachedSHA = digest
         return digest
     }
-
-    /// Smallest struct sizes this host reads (ABI 1.0). Later minors only append fields.
-    static let minimumLibrarySize = MemoryLayout<flipout_library>.size
-    static let minimumDistributionSize = MemoryLayout<flipout_distribution>.size
 
     private static let lock = NSLock()
     nonisolated(unsafe) private static var loaded: [String: PluginLibrary] = [:]
@@ -58,17 +55,24 @@ public final class PluginLibrary: @unchecked Sendable {
         guard let lib = entry(HostServices.table) else {
             throw PluginLoadError(.entryFailed, file: path, "its entry point returned NULL (refused to initialise; see its log lines above).")
         }
-        let l = lib.pointee
-        guard l.struct_size >= UInt32(Self.minimumLibrarySize) else {
-            throw PluginLoadError(.structTooSmall, file: path, "flipout_library is \(l.struct_size) bytes; this host needs at least \(Self.minimumLibrarySize). Rebuild the plugin against this host's header.")
+        guard let read = Versioned<flipout_library>(UnsafeRawPointer(lib)) else {
+            throw PluginLoadError(.structTooSmall, file: path, "flipout_library is \(Versioned<flipout_library>.declaredSize(UnsafeRawPointer(lib))) bytes; this host needs at least \(flipout_library.minimumSize) (ABI 1.0). Rebuild the plugin against this host's header.")
         }
+        let l = read.value
         guard l.abi_major == UInt32(FLIPOUT_ABI_MAJOR) else {
             throw PluginLoadError(.wrongMajorVersion, file: path, "reports plugin ABI major version \(l.abi_major); this host speaks \(FLIPOUT_ABI_MAJOR). Rebuild the plugin against this host's header.")
         }
-        name = l.name.map { String(cString: $0) } ?? (path as NSString).lastPathComponent
+        name = try l.name.map {
+            do { return try PluginString.read($0, limit: HostLimits.nameLength, identifier: true) } catch {
+                throw PluginLoadError(.invalidDescriptor, file: path, "flipout_library.name is not printable ASCII of at most \(HostLimits.nameLength) bytes (\(error)).")
+            }
+        } ?? (path as NSString).lastPathComponent
         abiMinor = Int(l.abi_minor)
         guard l.distribution_count >= 1, let table = l.distributions else {
             throw PluginLoadError(.invalidDescriptor, file: path, "provides no distributions (distribution_count is 0 or the table is NULL).")
+        }
+        guard l.distribution_count <= UInt32(HostLimits.families) else {
+            throw PluginLoadError(.invalidDescriptor, file: path, "declares \(l.distribution_count) distributions; this host accepts at most \(HostLimits.families) per library.")
         }
         for i in 0..<Int(l.distribution_count) {
             guard let d = table[i] else {

@@ -1,4 +1,5 @@
 // Every way loading or calling a plugin can fail, each with a message that says what to do.
+import FlipoutABI
 
 /// A plugin could not be loaded or registered. Messages name the file and the remedy.
 public struct PluginLoadError: Error, CustomStringConvertible, Equatable {
@@ -6,7 +7,9 @@ public struct PluginLoadError: Error, CustomStringConvertible, Equatable {
         case notFound, notAFile, notELF, wrongArchitecture, dlopenFailed, missingEntry, wrongMajorVersion,
              entryFailed, structTooSmall, missingFunction, invalidDescriptor, duplicateID, unknownID, badHyperparameter,
              // --foreign-prior: a malformed spec, a symbol the library does not export, libffi refusing the signature.
-             badForeignSpec, missingSymbol, ffiFailed
+             badForeignSpec, missingSymbol, ffiFailed,
+             // The file or a folder above it can be written by other users, or belongs to another user.
+             insecurePermissions
     }
     public let kind: Kind
     public let file: String
@@ -22,15 +25,11 @@ public struct PluginCallError: Error, CustomStringConvertible {
     public let status: Int32
     public let message: String
     public var statusName: String {
-        switch status {
-        case 1: return "invalid argument"
-        case 2: return "unsupported"
-        case 3: return "domain error"
-        case 4: return "internal error"
-        case -1: return "non-finite result"
-        default: return "unknown status \(status)"
-        }
+        if status == PluginCallError.nonFinite { return "non-finite result" }
+        return Status(rawValue: status)?.description ?? "unknown status \(status)"
     }
-    public var isUnsupported: Bool { status == 2 }
+    /// The status the host uses for a non-finite value a plugin returned with OK.
+    public static let nonFinite: Int32 = -1
+    public var isUnsupported: Bool { status == Status.unsupported.rawValue }
     public var description: String { "\(family) \(function) failed (\(statusName)): \(message)" }
 }

@@ -82,6 +82,14 @@ public final class PluginRegistry: @unchecked Sendable {
         libraries.append(lib)
     }
 
+    /// The family to use where the host needs "a Gaussian" (the other layers of
+    /// `--custom-layers first`): one that declares FLIPOUT_CAP_GAUSSIAN, preferring a bundled one.
+    public func gaussian() throws -> DistributionFamily {
+        let declared = families.filter { $0.capabilities.contains(.gaussian) }
+        if let f = declared.first(where: { $0.file.hasPrefix(PluginSearch.executableDirectory + "/") }) ?? declared.first { return f }
+        throw PluginLoadError(.unknownID, file: "", "no loaded plugin declares a Gaussian family (FLIPOUT_CAP_GAUSSIAN), which these layers need. The bundled libFlipoutNormal.so provides org.flipout3d.normal; check that it sits beside the flipout binary.")
+    }
+
     /// The family with this id, or one whose file path or short name matches.
     public func family(_ idOrPath: String) throws -> DistributionFamily {
         if let f = families.first(where: { $0.id == idOrPath }) { return f }

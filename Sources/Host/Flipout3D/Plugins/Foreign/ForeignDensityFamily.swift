@@ -9,7 +9,9 @@
 // Distribution, training) treats the result exactly like a plugin family.
 //
 //   - Capabilities: none. It is a prior only: create, destroy, layout, log_prob, log_prob_vjp.
-//   - Parameters: every argument after x, identity transform, default from the spec.
+//   - Parameters: every argument after x, default from the spec; identity transform, or softplus
+//     for one declared `>0` (a value <= 0 is then FLIPOUT_STATUS_DOMAIN_ERROR, and a finite
+//     difference step never crosses 0).
 //   - log_prob calls the foreign function once per scalar (through `ffi_call`, cif prepared once),
 //     in the argument and return types the spec declares.
 //   - log_prob_vjp is an APPROXIMATION: central finite differences in Double on the foreign
@@ -22,6 +24,7 @@
 //     difference) is FLIPOUT_STATUS_DOMAIN_ERROR with a message naming the symbol and the
 //     arguments. -infinity from log_prob is passed through: the ABI reads it as x outside the support.
 import PluginABI
+import FlipoutABI
 import Foundation
 
 public final class ForeignDensityFamily: @unchecked Sendable {
@@ -73,12 +76,14 @@ public final class ForeignDensityFamily: @unchecked Sendable {
             (params + k).initialize(to: flipout_parameter_desc(
                 struct_size: UInt32(MemoryLayout<flipout_parameter_desc>.size),
                 name: cString(a.name),
-                description: cString("Argument \(k + 2) of \(spec.symbol) (\(a.type)), passed as is."),
-                transform: flipout_transform(FLIPOUT_TRANSFORM_IDENTITY),
+                description: cString("Argument \(k + 2) of \(spec.symbol) (\(a.type)), passed as is" + (a.positive ? "; declared > 0." : ".")),
+                transform: a.transform.rawValue,
                 default_value: Float(a.defaultValue ?? 0),
                 init_jitter: 0,
                 count_hyperparameter: nil,
-                prior_value: .nan))
+                prior_value: .nan,
+                reserved_v1_0_padding: 0,
+                role: ParameterRole.unspecified.rawValue))
         }
         var d = flipout_distribution()
         d.struct_size = UInt32(MemoryLayout<flipout_distribution>.size)
@@ -103,7 +108,7 @@ public final class ForeignDensityFamily: @unchecked Sendable {
             d.create = try bind(FFICallInterface(returning: status, arguments: [ptr, ptr, ptr, ptr]), as: type(of: d.create)) { [unowned self] args, ret in
                 // Stateless: the instance is a token (the descriptor itself), never dereferenced.
                 args.load(2, as: UnsafeMutablePointer<OpaquePointer?>?.self)?.pointee = OpaquePointer(self.descriptor)
-                ret.store(Int32(FLIPOUT_STATUS_OK))
+                ret.store(Status.ok.rawValue)
             }
             d.destroy = try bind(FFICallInterface(returning: .void, arguments: [ptr]), as: type(of: d.destroy)) { _, _ in }
             d.layout = try bind(FFICallInterface(returning: .void, arguments: [ptr, ptr, ptr, ptr]), as: type(of: d.layout)) { [unowned self] args, _ in
@@ -139,7 +144,7 @@ public final class ForeignDensityFamily: @unchecked Sendable {
             for (i, b) in bytes.enumerated() { buffer[i] = CChar(bitPattern: b) }
             buffer[bytes.count] = 0
         }
-        return Int32(FLIPOUT_STATUS_DOMAIN_ERROR)
+        return Status.domainError.rawValue
     }
 
     /// `symbol(x=..., loc=...)` as the function saw the arguments in `frame`.
@@ -148,32 +153,41 @@ public final class ForeignDensityFamily: @unchecked Sendable {
         return "\(spec.symbol)(\(args.joined(separator: ", ")))"
     }
 
-    private func load(_ frame: ForeignFunction.Frame, _ i: Int, _ params: UnsafePointer<flipout_in_array>, _ x: UnsafePointer<Float>) {
+    /// Loads scalar i's arguments; the message if a parameter declared >0 is not (or is not finite).
+    private func load(_ frame: ForeignFunction.Frame, _ i: Int, _ params: UnsafePointer<flipout_in_array>, _ x: UnsafePointer<Float>) -> String? {
         frame.set(0, Double(x[i]))
-        for k in 0..<parameterCount { frame.set(k + 1, Double(params[k].data[i * params[k].stride])) }
+        for k in 0..<parameterCount {
+            let v = Double(params[k].data[i * params[k].stride])
+            let a = spec.arguments[k + 1]
+            guard v.isFinite, !a.positive || v > 0 else {
+                return "\(spec.id): parameter \(a.name) = \(v) at scalar \(i) is outside its range (\(a.transform.range))"
+            }
+            frame.set(k + 1, v)
+        }
+        return nil
     }
 
     func logProb(n: Int, params: UnsafePointer<flipout_in_array>?, x: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>?,
                  err: UnsafeMutablePointer<flipout_error>?) -> Int32 {
-        guard n > 0 else { return Int32(FLIPOUT_STATUS_OK) }
+        guard n > 0 else { return Status.ok.rawValue }
         guard let params, let x, let out else { return fail(err, "\(spec.id) log_prob: NULL buffer") }
         return function.withFrame { f in
             for i in 0..<n {
-                load(f, i, params, x)
+                if let bad = load(f, i, params, x) { return fail(err, bad) }
                 let v = f.call()
                 if v.isNaN || v == .infinity {
                     return fail(err, "\(callText(f)) returned \(v) (scalar \(i) of \(n)); a log density must be finite or -inf. Check the parameter values.")
                 }
                 out[i] = Float(v)
             }
-            return Int32(FLIPOUT_STATUS_OK)
+            return Status.ok.rawValue
         }
     }
 
     func logProbVJP(n: Int, params: UnsafePointer<flipout_in_array>?, x: UnsafePointer<Float>?, g: UnsafePointer<Float>?,
                     gradX: UnsafeMutablePointer<Float>?, gradParams: UnsafePointer<flipout_out_array>?,
                     err: UnsafeMutablePointer<flipout_error>?) -> Int32 {
-        guard n > 0 else { return Int32(FLIPOUT_STATUS_OK) }
+        guard n > 0 else { return Status.ok.rawValue }
         guard let params, let x, let g, let gradParams else { return fail(err, "\(spec.id) log_prob_vjp: NULL buffer") }
         let arity = function.arity
         // wanted[j]: argument j's gradient is asked for. Stride-0 parameter slots sum in Double.
@@ -181,11 +195,12 @@ public final class ForeignDensityFamily: @unchecked Sendable {
         var sums = [Double](repeating: 0, count: arity)
         let status: Int32 = function.withFrame { f in
             for i in 0..<n {
-                load(f, i, params, x)
+                if let bad = load(f, i, params, x) { return fail(err, bad) }
                 let gi = Double(g[i])
                 for j in 0..<arity where wanted[j] {
                     let v = f.get(j)
-                    let h = steps[j] * max(1, abs(v))
+                    let step = steps[j] * max(1, abs(v))
+                    let h = j > 0 && spec.arguments[j].positive ? min(step, v / 2) : step
                     f.set(j, v + h); let up = f.get(j); let fUp = f.call()
                     f.set(j, v - h); let down = f.get(j); let fDown = f.call()
                     guard fUp.isFinite && fDown.isFinite else {
@@ -203,9 +218,9 @@ public final class ForeignDensityFamily: @unchecked Sendable {
                     }
                 }
             }
-            return Int32(FLIPOUT_STATUS_OK)
+            return Status.ok.rawValue
         }
-        guard status == Int32(FLIPOUT_STATUS_OK) else { return status }
+        guard status == Status.ok.rawValue else { return status }
         for j in 1..<arity where wanted[j] && gradParams[j - 1].stride == 0 { gradParams[j - 1].data![0] += Float(sums[j]) }
         return status
     }

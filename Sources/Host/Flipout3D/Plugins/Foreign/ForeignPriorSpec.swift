@@ -1,4 +1,5 @@
 // The `--foreign-prior` spec: PATH:SYMBOL(x:T, name:T=default, ...)->T[@ID], parsed and checked.
+import FlipoutABI
 import Foundation
 
 /// A plain C log-density function in a third-party shared library, described on the command line:
@@ -8,8 +9,11 @@ import Foundation
 /// e.g. `./libdens.so:my_logpdf(x:d, loc:d=0, scale:d=1)->d@org.example.cauchy` for
 /// `double my_logpdf(double x, double loc, double scale)`.
 ///   - The first argument is the value whose density is computed and must be named `x`.
-///   - Every further argument is a family parameter (identity transform) and needs a default
-///     (`NAME:T=DEFAULT`): it is the prior's value unless `--prior-param NAME=V` overrides it.
+///   - Every further argument is a family parameter and needs a default (`NAME:T=DEFAULT`): it is
+///     the prior's value unless `--prior-param NAME=V` overrides it. `NAME:T=DEFAULT>0` declares
+///     the parameter positive: it is stored through softplus (so `--learn-prior` keeps it > 0)
+///     and a value <= 0 is a domain error, never passed to the function. Without `>0` the
+///     parameter is unconstrained (identity transform).
 ///   - T is `d` (double) or `f` (float), for arguments and the return value alike.
 ///   - Without `@ID` the family id is `foreign.SYMBOL`.
 /// PATH may itself contain ':'; the symbol starts after the last ':' before the '('.
@@ -25,6 +29,10 @@ public struct ForeignPriorSpec: Sendable, Equatable {
         public let type: ScalarType
         /// The parameter's default (nil only for x).
         public let defaultValue: Double?
+        /// Declared `>0`: softplus storage, and values <= 0 are refused.
+        public var positive: Bool = false
+        /// How the host stores the parameter.
+        public var transform: ParameterTransform { positive ? .softplus : .identity }
     }
 
     /// The spec exactly as given.
@@ -42,7 +50,7 @@ public struct ForeignPriorSpec: Sendable, Equatable {
 
     /// `symbol(x:d, loc:d=0)->d`, for messages and descriptions.
     public var signature: String {
-        let args = arguments.map { a in "\(a.name):\(a.type.rawValue)" + (a.defaultValue.map { "=\(Self.format($0))" } ?? "") }
+        let args = arguments.map { a in "\(a.name):\(a.type.rawValue)" + (a.defaultValue.map { "=\(Self.format($0))" } ?? "") + (a.positive ? ">0" : "") }
         return "\(symbol)(\(args.joined(separator: ", ")))->\(returnType.rawValue)"
     }
 
@@ -113,13 +121,20 @@ public struct ForeignPriorSpec: Sendable, Equatable {
                 throw fail("unsupported type \"\(typeAndDefault[0])\" for argument \(name); use d (double) or f (float)")
             }
             var value: Double?
+            var positive = false
             if typeAndDefault.count == 2 {
-                guard let v = Double(typeAndDefault[1]), v.isFinite else {
-                    throw fail("the default of \(name), \"\(typeAndDefault[1])\", is not a finite number")
+                var text = Substring(typeAndDefault[1])
+                if text.hasSuffix(">0") { positive = true; text = text.dropLast(2) }
+                else if text.contains(">") || text.contains("<") {
+                    throw fail("the only constraint is >0 after the default (\(name):\(type.rawValue)=1>0); \"\(typeAndDefault[1])\" is not one")
                 }
+                guard let v = Double(text.trimmingCharacters(in: .whitespaces)), v.isFinite else {
+                    throw fail("the default of \(name), \"\(text)\", is not a finite number")
+                }
+                guard !positive || v > 0 else { throw fail("parameter \(name) is declared >0 but its default is \(Self.format(v))") }
                 value = v
             }
-            args.append(Argument(name: name, type: type, defaultValue: value))
+            args.append(Argument(name: name, type: type, defaultValue: value, positive: positive))
         }
 
         // Names against arity: x first, then at least one parameter, each named once, each with a value.
