@@ -68,20 +68,20 @@ public struct Versioned<S: VersionedStruct> {
     /// The struct_size of a struct at `pointer`, for messages.
     public static func declaredSize(_ pointer: UnsafeRawPointer) -> Int { Int(pointer.load(as: UInt32.self)) }
 
-    /// Element `i` of an array of such structs, walked with the writer's struct_size as stride
-    /// (the size of element 0, which every element of one array shares).
+    /// Element `i` of an array of such structs. Array structs never grow (flipout_plugin.h,
+    /// VERSIONING), so the stride is the minor-0 size, as every 1.0 reader assumes.
     public static func element(_ base: UnsafeRawPointer, _ i: Int) -> UnsafeRawPointer {
-        let stride = Int(base.load(as: UInt32.self))
-        return base + i * stride
+        base + i * S.minimumSize
     }
 }
 
-extension Versioned where S == flipout_parameter_desc {
-    /// The parameter's declared role (since 1.1); nil for a 1.0 descriptor, which has none.
+extension Versioned where S == flipout_distribution {
+    /// The declared parameter roles (since 1.1), or nil when the writer declares none.
     /// An unknown future role reads as `.unspecified`.
-    public var declaredRole: ParameterRole? {
-        guard has(offset: MemoryLayout<flipout_parameter_desc>.offset(of: \.role), width: 4) else { return nil }
-        return ParameterRole(rawValue: value.role) ?? .unspecified
+    public var parameterRoles: [ParameterRole]? {
+        guard has(offset: MemoryLayout<flipout_distribution>.offset(of: \.parameter_roles), width: 8),
+              let roles = value.parameter_roles else { return nil }
+        return (0..<Int(value.parameter_count)).map { ParameterRole(rawValue: roles[$0]) ?? .unspecified }
     }
 }
 

@@ -26,10 +26,13 @@
  *       * copies min(struct_size, its own sizeof) bytes and treats every field past
  *         struct_size as absent (its documented default, usually 0 / NULL): a field added in
  *         minor m is read only if struct_size >= offsetof(field) + sizeof(field);
- *       * walks an ARRAY of structs (parameters, hyperparameters) with the writer's
- *         struct_size as the element stride; every element of one array has the same size.
+ *   - Structs that sit in ARRAYS (flipout_parameter_desc, flipout_hyperparameter_desc) NEVER
+ *     grow: a 1.0 reader steps through them with its own sizeof, so an appended field would
+ *     shift every element after the first. Their struct_size is exactly the minor-0 size and a
+ *     reader refuses any other. What a later minor says per parameter goes into a parallel
+ *     array appended to flipout_distribution (e.g. parameter_roles, since 1.1).
  *   - A field is appended only where it cannot fall into the previous minor's tail padding
- *     (so that struct_size tells whether it is present); see flipout_parameter_desc.
+ *     (so that struct_size tells whether it is present).
  *   - flipout_in_array and flipout_out_array carry no struct_size: they never change.
  *
  * HOST LIMITS (a host refuses a plugin that exceeds them, naming the plugin)
@@ -206,9 +209,9 @@ typedef struct flipout_parameter_desc {
     float init_jitter;            /* Std. dev. of N(0, .) noise added in unconstrained space when
                                      a posterior is initialised (TFP: 0.1 for loc and rho). The
                                      host's convolution layers replace it for a parameter with
-                                     role FLIPOUT_ROLE_LOCATION (1.0 descriptors, which have no
-                                     role: one named "loc" with identity transform) by He-normal
-                                     sqrt(2 / fan_in). */
+                                     role FLIPOUT_ROLE_LOCATION (see parameter_roles; without
+                                     roles, as in 1.0: one named "loc" with identity transform)
+                                     by He-normal sqrt(2 / fan_in). */
     /* NULL: the parameter is one slot. Otherwise the name of an integer hyperparameter whose
        value k makes this parameter k consecutive slots (mixture components). */
     const char *count_hyperparameter;
@@ -216,11 +219,7 @@ typedef struct flipout_parameter_desc {
        e.g. scale 1 for a Normal prior (TFP's default prior) while default_value gives a posterior's
        small initial scale. NaN: use default_value. */
     float prior_value;
-    /* ---- 1.0 ends here (FLIPOUT_SIZE_V1_0_PARAMETER_DESC = 56 includes 4 bytes of tail
-       padding, which a 1.0 writer leaves unspecified and no reader ever reads). ---- */
-    uint32_t reserved_v1_0_padding; /* Write 0; never read. */
-    /* Since 1.1: FLIPOUT_ROLE_*. Absent (struct_size < 64): FLIPOUT_ROLE_UNSPECIFIED. */
-    flipout_parameter_role role;
+    /* Never extended (it sits in an array; see VERSIONING). */
 } flipout_parameter_desc;
 
 typedef struct flipout_hyperparameter_desc {
@@ -231,6 +230,7 @@ typedef struct flipout_hyperparameter_desc {
     double minimum;               /* Inclusive bounds the host checks before `create`. */
     double maximum;
     uint32_t is_integer;          /* Nonzero: the value must be an integer. */
+    /* Never extended (it sits in an array; see VERSIONING). */
 } flipout_hyperparameter_desc;
 
 /* One input slot: element i is data[i * stride]; stride 0 broadcasts data[0]. */
@@ -358,7 +358,15 @@ struct flipout_distribution {
                              const float *g, const flipout_out_array *grad_q,
                              const flipout_out_array *grad_p, flipout_error *err);
 
-    /* ---- Minor 2 and later append here (minor 1 appended nothing to this struct). ---- */
+    /* ---- 1.0 ends here (FLIPOUT_SIZE_V1_0_DISTRIBUTION). ---- */
+
+    /* Since 1.1: parameter_count roles (FLIPOUT_ROLE_*), one per parameter in declared order,
+       owned by the plugin like the parameters. NULL (or absent, struct_size < 200): no roles
+       declared; a host then applies the 1.0 rule (a parameter named "loc" with identity
+       transform is a location). Optional. */
+    const flipout_parameter_role *parameter_roles;
+
+    /* ---- Minor 2 and later append here. ---- */
 };
 
 /* What the entry symbol returns: the library's families. */

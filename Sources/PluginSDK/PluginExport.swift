@@ -94,7 +94,7 @@ public enum PluginExport {
                 name: strdup(p.name), description: strdup(p.description),
                 transform: p.transform.rawValue, default_value: p.defaultValue, init_jitter: p.initJitter,
                 count_hyperparameter: p.countHyperparameter.map { UnsafePointer(strdup($0)!) },
-                prior_value: p.priorValue ?? .nan, reserved_v1_0_padding: 0, role: p.role.rawValue)
+                prior_value: p.priorValue ?? .nan)
         }
         let hypers = UnsafeMutablePointer<flipout_hyperparameter_desc>.allocate(capacity: max(info.hyperparameters.count, 1))
         for (i, h) in info.hyperparameters.enumerated() {
@@ -119,6 +119,9 @@ public enum PluginExport {
         d.capabilities = info.capabilities.rawValue
         d.parameter_count = UInt32(info.parameters.count)
         d.parameters = UnsafePointer(params)
+        let roles = UnsafeMutablePointer<flipout_parameter_role>.allocate(capacity: max(info.parameters.count, 1))
+        for (i, p) in info.parameters.enumerated() { roles[i] = p.role.rawValue }
+        d.parameter_roles = UnsafePointer(roles)
         d.hyperparameter_count = UInt32(info.hyperparameters.count)
         d.hyperparameters = UnsafePointer(hypers)
         d.kl_families = UnsafePointer(kls)

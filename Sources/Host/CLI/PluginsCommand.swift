@@ -4,7 +4,7 @@ import ArgumentParser
 struct PluginsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plugins",
-        abstract: "List, inspect and sample distribution plugins.",
+        abstract: "List, inspect, sample and check distribution plugins.",
         discussion: """
         A plugin is a shared library that provides one or more distribution
         families, each with a reverse-DNS id such as org.flipout3d.normal.
@@ -20,11 +20,14 @@ struct PluginsCommand: ParsableCommand {
           flipout plugins list
           flipout plugins inspect ./libMyPrior.so
           flipout plugins sample normal --param loc=1 --param scale=2 -n 10000
+          flipout plugins check ./libMyPrior.so
         """,
         subcommands: [
             PluginsList.self,
             PluginsInspect.self,
             PluginsSample.self,
+            PluginsCheck.self,
+            PluginsCheckWorker.self,
         ]
     )
 }

@@ -15,8 +15,8 @@ public struct ParameterInfo: Sendable {
     /// The constrained value as a prior when the user sets none.
     public let priorValue: Float
     public let countHyperparameter: String?
-    /// What the parameter means to host policy: declared (ABI 1.1), or for a 1.0 descriptor the
-    /// 1.0 rule, a parameter named "loc" with identity transform is a location.
+    /// What the parameter means to host policy: declared (parameter_roles, ABI 1.1), or without
+    /// roles the 1.0 rule: a parameter named "loc" with identity transform is a location.
     public let role: ParameterRole
 }
 
@@ -98,18 +98,18 @@ public final class DistributionFamily: @unchecked Sendable {
         }
         guard let ps = v.parameters else { throw PluginLoadError(.invalidDescriptor, file: file, "\(id): parameters is NULL but parameter_count is \(v.parameter_count).") }
         var params: [ParameterInfo] = []
-        let parameterSize = Versioned<flipout_parameter_desc>.declaredSize(UnsafeRawPointer(ps))
+        let roles = read.parameterRoles
         for i in 0..<Int(v.parameter_count) {
             let element = Versioned<flipout_parameter_desc>.element(UnsafeRawPointer(ps), i)
-            guard let r = Versioned<flipout_parameter_desc>(element), r.size == parameterSize else {
-                throw PluginLoadError(.structTooSmall, file: file, "\(id): flipout_parameter_desc \(i) is \(Versioned<flipout_parameter_desc>.declaredSize(element)) bytes; this host needs at least \(flipout_parameter_desc.minimumSize) (ABI 1.0), the same for every element of the array.")
+            guard let r = Versioned<flipout_parameter_desc>(element), r.size == flipout_parameter_desc.minimumSize else {
+                throw PluginLoadError(.structTooSmall, file: file, "\(id): flipout_parameter_desc \(i) is \(Versioned<flipout_parameter_desc>.declaredSize(element)) bytes; it is exactly \(flipout_parameter_desc.minimumSize) in every minor of ABI 1 (structs in arrays never grow).")
             }
             let p = r.value
             guard let t = ParameterTransform(rawValue: p.transform) else {
                 throw PluginLoadError(.invalidDescriptor, file: file, "\(id): parameter \(i) has unknown transform \(p.transform).")
             }
             let pname = try text(p.name, "parameters[\(i)].name")
-            let role = r.declaredRole ?? (pname == "loc" && t == .identity ? .location : .unspecified)
+            let role = roles?[i] ?? (pname == "loc" && t == .identity ? .location : .unspecified)
             guard role != .location || t == .identity else {
                 throw PluginLoadError(.invalidDescriptor, file: file, "\(id): parameter \(pname) has role location but transform \(t); a location is unconstrained (identity).")
             }
@@ -123,11 +123,10 @@ public final class DistributionFamily: @unchecked Sendable {
         var hypers: [HyperparameterInfo] = []
         if v.hyperparameter_count > 0 {
             guard let hs = v.hyperparameters else { throw PluginLoadError(.invalidDescriptor, file: file, "\(id): hyperparameters is NULL but hyperparameter_count is \(v.hyperparameter_count).") }
-            let hyperSize = Versioned<flipout_hyperparameter_desc>.declaredSize(UnsafeRawPointer(hs))
             for i in 0..<Int(v.hyperparameter_count) {
                 let element = Versioned<flipout_hyperparameter_desc>.element(UnsafeRawPointer(hs), i)
-                guard let r = Versioned<flipout_hyperparameter_desc>(element), r.size == hyperSize else {
-                    throw PluginLoadError(.structTooSmall, file: file, "\(id): flipout_hyperparameter_desc \(i) is \(Versioned<flipout_hyperparameter_desc>.declaredSize(element)) bytes; this host needs at least \(flipout_hyperparameter_desc.minimumSize) (ABI 1.0), the same for every element of the array.")
+                guard let r = Versioned<flipout_hyperparameter_desc>(element), r.size == flipout_hyperparameter_desc.minimumSize else {
+                    throw PluginLoadError(.structTooSmall, file: file, "\(id): flipout_hyperparameter_desc \(i) is \(Versioned<flipout_hyperparameter_desc>.declaredSize(element)) bytes; it is exactly \(flipout_hyperparameter_desc.minimumSize) in every minor of ABI 1 (structs in arrays never grow).")
                 }
                 let h = r.value
                 hypers.append(HyperparameterInfo(name: try text(h.name, "hyperparameters[\(i)].name"), description: try text(h.description, "hyperparameters[\(i)].description", required: false, identifier: false),

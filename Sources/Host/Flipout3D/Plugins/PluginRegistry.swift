@@ -21,6 +21,11 @@ public struct PluginSearch: Sendable {
         self.foreignPriors = foreignPriors
     }
 
+    /// The running executable (children of `plugins check` run it again).
+    public static var executablePath: String {
+        URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+    }
+
     /// The folder of the running executable (where `swift build` puts the bundled plugins).
     public static var executableDirectory: String {
         URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().path

@@ -81,9 +81,7 @@ public final class ForeignDensityFamily: @unchecked Sendable {
                 default_value: Float(a.defaultValue ?? 0),
                 init_jitter: 0,
                 count_hyperparameter: nil,
-                prior_value: .nan,
-                reserved_v1_0_padding: 0,
-                role: ParameterRole.unspecified.rawValue))
+                prior_value: .nan))
         }
         var d = flipout_distribution()
         d.struct_size = UInt32(MemoryLayout<flipout_distribution>.size)
