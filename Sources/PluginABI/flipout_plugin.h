@@ -34,6 +34,9 @@
  *   - A field is appended only where it cannot fall into the previous minor's tail padding
  *     (so that struct_size tells whether it is present).
  *   - flipout_in_array and flipout_out_array carry no struct_size: they never change.
+ *   - Write descriptors with C99 designated initializers (`.id = "..."`, or assign fields of a
+ *     zeroed static): fields a later header appends then stay 0 / NULL (absent), and the
+ *     source keeps compiling with -Wextra -Werror.
  *
  * HOST LIMITS (a host refuses a plugin that exceeds them, naming the plugin)
  *   - FLIPOUT_MAX_PARAMETERS parameters and hyperparameters per family, FLIPOUT_MAX_SLOTS

@@ -9,6 +9,10 @@
  *   -DNULL_LOG_PROB   the required log_prob is NULL
  *   -DDOMAIN_ERROR    log_prob returns FLIPOUT_STATUS_DOMAIN_ERROR "x must be positive" for x <= 0
  *   -DRETURN_NAN      log_prob writes NaN and returns OK
+ *   -DHUGE_NOISE      layout() claims 2^32 - 1 normals per scalar
+ *   -DUNIFORM_CAP     declares FLIPOUT_CAP_UNIFORM_NOISE while layout() reports 0 uniforms
+ *   -DESCAPE_NAME     the family name holds a terminal escape sequence (ESC [ 3 1 m)
+ *   -DCOUNT_MINUS_1   the parameter repeats by an integer hyperparameter whose default is -1
  *   -DFIXTURE_ID='"org.test.x"'  the family id (default "org.flipout3d.test.bad")
  * Build: cc -std=c99 -shared -fPIC -I Sources/PluginABI [-D...] bad_plugin.c -o libbad.so
  */
@@ -48,8 +52,16 @@ static void destroy(flipout_instance *instance) { (void)instance; }
 
 static void layout(const flipout_instance *instance, uint32_t *slots, uint32_t *normals, uint32_t *uniforms) {
     (void)instance;
+#if defined(COUNT_MINUS_1)
+    if (slots) *slots = 2;
+#else
     if (slots) *slots = 1;
+#endif
+#if defined(HUGE_NOISE)
+    if (normals) *normals = 0xffffffffu;
+#else
     if (normals) *normals = 0;
+#endif
     if (uniforms) *uniforms = 0;
 }
 
@@ -85,12 +97,20 @@ static flipout_status log_prob_vjp(const flipout_instance *instance, size_t n, c
 }
 
 static const flipout_parameter_desc parameters[1] = {
+#if defined(COUNT_MINUS_1)
+    {sizeof(flipout_parameter_desc), "rate", "rate, > 0", FLIPOUT_TRANSFORM_SOFTPLUS, 1.0f, 0.0f, "components", NAN},
+#else
     {sizeof(flipout_parameter_desc), "rate", "rate, > 0", FLIPOUT_TRANSFORM_SOFTPLUS, 1.0f, 0.0f, NULL, NAN},
+#endif
 };
 
 /* Two hyperparameters (unused by the math) so `flipout plugins inspect` has ranges to show. */
 static const flipout_hyperparameter_desc hyperparameters[2] = {
+#if defined(COUNT_MINUS_1)
+    {sizeof(flipout_hyperparameter_desc), "components", "an integer hyperparameter", -1.0, -1.0, 8.0, 1},
+#else
     {sizeof(flipout_hyperparameter_desc), "components", "an integer hyperparameter", 2.0, 1.0, 8.0, 1},
+#endif
     {sizeof(flipout_hyperparameter_desc), "temperature", "a real hyperparameter", 1.0, 0.0, INFINITY, 0},
 };
 
@@ -100,8 +120,17 @@ static const flipout_distribution distribution = {
 #else
     sizeof(flipout_distribution),
 #endif
+#if defined(ESCAPE_NAME)
+    FIXTURE_ID, "Bad \033[31mfixture", "0.0.1", "A deliberately broken plugin for loader tests.",
+#else
     FIXTURE_ID, "Bad fixture", "0.0.1", "A deliberately broken plugin for loader tests.",
-    0, 1, parameters, 2, hyperparameters, NULL,
+#endif
+#if defined(UNIFORM_CAP)
+    FLIPOUT_CAP_UNIFORM_NOISE,
+#else
+    0,
+#endif
+    1, parameters, 2, hyperparameters, NULL,
     "cc", "none",
     create, destroy, layout,
 #if defined(NULL_LOG_PROB)
@@ -111,6 +140,7 @@ static const flipout_distribution distribution = {
 #endif
     log_prob_vjp,
     NULL, NULL, NULL, NULL, NULL, NULL,
+    NULL, /* parameter_roles (1.1): none, the 1.0 rule applies */
 };
 
 static const flipout_distribution *const distributions[1] = {&distribution};

@@ -93,6 +93,7 @@ static const flipout_distribution laplace = {
     create, destroy, layout, log_prob, log_prob_vjp,
     NULL, NULL, NULL, NULL, /* sample, sample_vjp, center, center_vjp */
     NULL, NULL,             /* kl, kl_vjp */
+    NULL,                   /* parameter_roles (ABI 1.1): none; "loc" is a location by the 1.0 rule */
 };
 
 static const flipout_distribution *const distributions[1] = {&laplace};

@@ -22,12 +22,13 @@ public enum Fixtures {
         return url
     }
 
-    /// Compile C `sources` into a shared library at `output` with `cc` against the ABI header.
+    /// Compile C `sources` into a shared library at `output` with `cc` against the ABI header
+    /// in `header` (default: today's; tests of other minors pass another folder).
     /// Throws with cc's output if compilation fails.
     @discardableResult
     public static func compileC(_ sources: [String], output: URL, flags: [String] = [],
-                                shared: Bool = true) throws -> URL {
-        var args = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-fPIC", "-I", abiDirectory]
+                                shared: Bool = true, header: String = abiDirectory) throws -> URL {
+        var args = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-fPIC", "-I", header]
         if shared { args.append("-shared") } else { args.append("-c") }
         args += flags + sources + ["-o", output.path]
         if shared { args.append("-lm") }
