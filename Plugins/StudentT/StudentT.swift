@@ -1,19 +1,23 @@
-// The Student-t prior: heavy-tailed, location-scale, with a learnable degrees of freedom.
+// The Student-t prior: heavy-tailed, location-scale, with a learnable degrees of freedom. Its
+// gradients are derived by the SDK (reverse-mode autodiff of logProb; Special.lgamma carries its
+// derivative, digamma): no hand-written partials. Tests/FlipoutTests/StudentTPluginTests.swift
+// keeps the hand-derived ones as the reference they must equal.
 import PluginABI
 import PluginSDK
+import _Differentiation
 #if canImport(Glibc)
 import Glibc
 #endif
 
-struct StudentT: ScalarDistribution {
+struct StudentT: DifferentiablePrior {
     static let family = FamilyInfo(
         id: "org.flipout3d.student-t", name: "Student-t", version: "1.0.0",
         description: "Student-t(df, loc, scale), density Gamma((df+1)/2) / (Gamma(df/2) sqrt(df pi) scale) (1 + z^2/df)^(-(df+1)/2) with z = (x - loc)/scale. A heavy-tailed prior (df = 1 is Cauchy; df -> infinity is Normal). A prior only: it cannot be sampled as a posterior.",
         capabilities: [],
         parameters: [
-            ParameterSpec("df", "degrees of freedom, > 0", transform: .softplus, default: 3),
+            ParameterSpec("df", "degrees of freedom, > 0", transform: .softplus, default: 3, role: .shape),
             ParameterSpec("loc", "location", transform: .identity, default: 0),
-            ParameterSpec("scale", "scale, > 0", transform: .softplus, default: 1),
+            ParameterSpec("scale", "scale, > 0", transform: .softplus, default: 1, role: .scale),
         ])
 
     init(hyperparameters: [Double]) throws {}
@@ -24,22 +28,11 @@ struct StudentT: ScalarDistribution {
         }
     }
 
-    func logProb(_ x: Double, _ p: Params) -> Double {
-        let nu = p[0], s = p[2], z = (x - p[1]) / s
+    @differentiable(reverse)
+    func logProb(_ x: Double, _ theta: [Double]) -> Double {
+        let nu = theta[0], s = theta[2], z = (x - theta[1]) / s
         return Special.lgamma((nu + 1) / 2) - Special.lgamma(nu / 2) - 0.5 * log(nu * Double.pi) - log(s)
             - (nu + 1) / 2 * log1p(z * z / nu)
-    }
-
-    /// d/dx = -(nu + 1) z / (s (nu + z^2)); d/dloc = -d/dx; d/dscale = -1/s + (nu + 1) z^2 / (s (nu + z^2));
-    /// d/dnu = (psi((nu+1)/2) - psi(nu/2) - 1/nu - log(1 + z^2/nu))/2 + (nu + 1) z^2 / (2 nu (nu + z^2)).
-    func logProbGradient(_ x: Double, _ p: Params, _ dp: ParamGradient) -> Double {
-        let nu = p[0], s = p[2], z = (x - p[1]) / s, z2 = z * z
-        let dx = -(nu + 1) * z / (s * (nu + z2))
-        dp[0] = 0.5 * (Special.digamma((nu + 1) / 2) - Special.digamma(nu / 2) - 1 / nu - log1p(z2 / nu))
-            + (nu + 1) * z2 / (2 * nu * (nu + z2))
-        dp[1] = -dx
-        dp[2] = -1 / s + (nu + 1) * z2 / (s * (nu + z2))
-        return dx
     }
 }
 

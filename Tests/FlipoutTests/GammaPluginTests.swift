@@ -49,61 +49,6 @@ enum GammaDistReference {
         #expect(outside == [-.infinity, -.infinity])
     }
 
-    @Test func logProbVJPMatchesFiniteDifferences() throws {
-        let g: [Float] = [1, -0.5, 2, 0.25, 1.5]
-        let (dx, dp) = try gamma.logProbVJP(xs, [conc, rates], g: g)
-        for i in xs.indices {
-            let x = Double(xs[i]), a = Double(conc[i]), r = Double(rates[i]), gi = Double(g[i])
-            let refs = [
-                gi * centralDifference({ GammaDistReference.logPDF($0, a, r) }, at: x, h: 1e-6 * x),
-                gi * centralDifference({ GammaDistReference.logPDF(x, $0, r) }, at: a, h: 1e-6),
-                gi * centralDifference({ GammaDistReference.logPDF(x, a, $0) }, at: r, h: 1e-6),
-            ]
-            let got = [dx[i], dp[0][i], dp[1][i]].map(Double.init)
-            for k in 0..<3 { #expect(isClose(got[k], refs[k], rtol: 1e-4, atol: 1e-3), "i=\(i) k=\(k): \(got[k]) vs \(refs[k])") }
-        }
-    }
-
-    @Test(arguments: [(2.0, 20.0), (0.5, 3.0)])
-    func samplerMomentsAndKolmogorovSmirnov(a: Double, r: Double) throws {
-        let n = 100_000
-        let u = TestNoise.uniforms(n, seed: 21)
-        let x = try gamma.sample([[Float(a)], [Float(r)]], n: n, normals: [], uniforms: u)
-        let mom = SampleMoments(x)
-        // Gamma(a, r): mean a/r, variance a/r^2.
-        #expect(abs(mom.mean - a / r) < 5 * mom.meanStandardError, "mean \(mom.mean)")
-        #expect(abs(mom.variance - a / (r * r)) < 5 * mom.varianceStandardError, "variance \(mom.variance)")
-        let d = kolmogorovSmirnov(x) { a == 2 ? GammaDistReference.cdf2($0, r) : GammaDistReference.cdfHalf($0, r) }
-        #expect(d < ksCritical1Percent(n), "KS D = \(d)")
-        #expect(x.allSatisfy { $0 > 0 })
-    }
-
-    /// Inverse-CDF sampling is continuous in the parameters for a fixed uniform, so each implicit
-    /// gradient dx/dtheta = -(dF/dtheta)/p must equal the difference quotient of the plugin's own
-    /// sample with the same uniform.
-    @Test func implicitGradientMatchesCommonNoiseDifferences() throws {
-        let n = 40
-        let u = TestNoise.uniforms(n, seed: 3)
-        for (a, r) in [(Float(2), Float(20)), (0.3, 1.5), (9, 2)] {
-            let params: [[Float]] = [[Float](repeating: a, count: n), [Float](repeating: r, count: n)]
-            let x = try gamma.sample(params, n: n, normals: [], uniforms: u)
-            let dp = try gamma.sampleVJP(params, n: n, normals: [], uniforms: u, x: x, g: [Float](repeating: 1, count: n))
-            let ha = 1e-3 * a, hr = 1e-3 * r
-            let xap = try gamma.sample([[a + ha], [r]], n: n, normals: [], uniforms: u)
-            let xam = try gamma.sample([[a - ha], [r]], n: n, normals: [], uniforms: u)
-            let xrp = try gamma.sample([[a], [r + hr]], n: n, normals: [], uniforms: u)
-            let xrm = try gamma.sample([[a], [r - hr]], n: n, normals: [], uniforms: u)
-            for i in 0..<n {
-                let fdA = (Double(xap[i]) - Double(xam[i])) / Double(2 * ha)
-                let fdR = (Double(xrp[i]) - Double(xrm[i])) / Double(2 * hr)
-                let scale = Double(x[i]) / Double(a)
-                #expect(isClose(Double(dp[0][i]), fdA, rtol: 2e-3, atol: 1e-4 * scale), "a=\(a) r=\(r) u=\(u[i]): dx/da \(dp[0][i]) vs \(fdA)")
-                #expect(isClose(Double(dp[1][i]), fdR, rtol: 2e-3, atol: 1e-4 * Double(x[i]) / Double(r)), "dx/dr \(dp[1][i]) vs \(fdR)")
-            }
-        }
-    }
-
-    /// Pathwise estimate of dE[x^2]/da against the derivative of E[x^2] = a(a + 1)/r^2.
     @Test func implicitGradientIsUnbiasedForASmoothFunction() throws {
         let n = 100_000, a: Float = 1.7, r: Float = 3
         let u = TestNoise.uniforms(n, seed: 8)
@@ -168,32 +113,7 @@ enum GammaDistReference {
         #expect(abs(same[0]) < 1e-5)
     }
 
-    @Test func klVJPsMatchFiniteDifferences() throws {
-        let q0: [Float] = [2, 0.7, 5, 1.5], q1: [Float] = [20, 3, 2, 1.5]
-        let pk: [Float] = [1.5, 2, 0.8, 3], pr: [Float] = [4, 1, 10, 0.5]
-        let g: [Float] = [1, -1, 0.5, 2]
-        for (q, ref) in [(beta.dist, GammaDistReference.klBeta), (gamma.dist, GammaDistReference.klGamma)] {
-            let (dq, dp) = try gamma.klVJP(posterior: q, [q0, q1], [pk, pr], n: 4, g: g)
-            for i in 0..<4 {
-                let a = Double(q0[i]), b = Double(q1[i]), k = Double(pk[i]), r = Double(pr[i]), gi = Double(g[i])
-                let refs = [
-                    gi * centralDifference({ ref($0, b, k, r) }, at: a, h: 1e-4 * a),
-                    gi * centralDifference({ ref(a, $0, k, r) }, at: b, h: 1e-4 * b),
-                    gi * centralDifference({ ref(a, b, $0, r) }, at: k, h: 1e-4 * k),
-                    gi * centralDifference({ ref(a, b, k, $0) }, at: r, h: 1e-4 * r),
-                ]
-                let got = [dq[0][i], dq[1][i], dp[0][i], dp[1][i]].map(Double.init)
-                for j in 0..<4 { #expect(isClose(got[j], refs[j], rtol: 1e-4, atol: 1e-3), "\(q.family.id) i=\(i) k=\(j): \(got[j]) vs \(refs[j])") }
-            }
-        }
-    }
-
-    @Test func invalidParametersAreDomainErrors() throws {
-        #expect {
-            _ = try gamma.logProb([0.1], [[0], [1]])
-        } throws: { error in
-            guard let e = error as? PluginCallError else { return false }
-            return e.status == 3 && e.message.contains("concentration")
-        }
-    }
+    /// Gradients (finite differences over a parameter grid with extremes), sentinels, NULL outputs,
+    /// broadcast, n = 0, domain errors, sampling, KL and threads: `flipout plugins check`.
+    @Test func passesTheConformanceSuite() throws { try expectConformance("FlipoutGamma") }
 }

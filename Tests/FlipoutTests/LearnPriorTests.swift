@@ -45,5 +45,13 @@ import TestSupport
         #expect(c.metadata["flipout3d.learned_prior"]?.contains("scale=") == true)
         let restored = try TrainedModel.load(trainer.checkpointPath, registry: registry)
         #expect(restored.model.flipoutLayers[0].weights.priorValues.map(\.1) == learned.map(\.1))
+        // The report names every layer's learned prior, not only the first.
+        let report = try RunReport.evaluate(trainer: trainer, trainSeconds: 0)
+        let layers = try #require(report.learnedPriors)
+        #expect(layers.map(\.layer) == model.flipoutLayers.map(\.weights.name))
+        for (l, layer) in zip(layers, model.flipoutLayers) {
+            #expect(l.values.map(\.value) == layer.weights.priorValues.map(\.1))
+            #expect(report.text.contains("learned prior \(l.layer) (\(l.family)): scale="), "\(report.text)")
+        }
     }
 }

@@ -27,27 +27,6 @@ enum NormalReference {
         }
     }
 
-    @Test func logProbVJPMatchesFiniteDifferences() throws {
-        let g: [Float] = [1, -0.5, 2, 0.25, 1.5]
-        let (dx, dp) = try normal.logProbVJP(xs, [locs, scales], g: g)
-        for i in xs.indices {
-            let x = Double(xs[i]), m = Double(locs[i]), s = Double(scales[i]), gi = Double(g[i])
-            let fdx = gi * centralDifference({ NormalReference.logPDF($0, m, s) }, at: x)
-            let fdm = gi * centralDifference({ NormalReference.logPDF(x, $0, s) }, at: m)
-            let fds = gi * centralDifference({ NormalReference.logPDF(x, m, $0) }, at: s, h: 1e-6)
-            #expect(isClose(Double(dx[i]), fdx, rtol: 1e-4, atol: 1e-3), "dx i=\(i)")
-            #expect(isClose(Double(dp[0][i]), fdm, rtol: 1e-4, atol: 1e-3), "dloc i=\(i)")
-            #expect(isClose(Double(dp[1][i]), fds, rtol: 1e-4, atol: 1e-3), "dscale i=\(i)")
-        }
-    }
-
-    @Test func broadcastGradientSumsOverScalars() throws {
-        // As a prior: one loc and one scale broadcast to all n; their gradient is the sum.
-        let (_, dp) = try normal.logProbVJP(xs, [[0.2], [1.5]], g: [Float](repeating: 1, count: xs.count))
-        let ref = xs.reduce(0.0) { acc, x in acc + centralDifference({ NormalReference.logPDF(Double(x), 0.2, $0) }, at: 1.5) }
-        #expect(isClose(Double(dp[1][0]), ref, rtol: 1e-4))
-    }
-
     @Test func sampleIsLocPlusScaleTimesNoiseAndItsVJP() throws {
         let eps: [Float] = [0.3, -1.2, 2.0, 0.0, -0.7]
         let x = try normal.sample([locs, scales], n: 5, normals: eps, uniforms: [])
@@ -74,29 +53,7 @@ enum NormalReference {
         #expect(abs(same[0]) < 1e-6)
     }
 
-    @Test func klVJPMatchesFiniteDifferences() throws {
-        let tLoc: [Float] = [0.4, -0.2, 0, 1, 0.5], tScale: [Float] = [1, 0.5, 0.2, 3, 1.1]
-        let g: [Float] = [1, -1, 0.5, 2, 1]
-        let (dq, dp) = try normal.klVJP(posterior: normal.dist, [locs, scales], [tLoc, tScale], n: 5, g: g)
-        for i in 0..<5 {
-            let mu = Double(locs[i]), s = Double(scales[i]), m = Double(tLoc[i]), t = Double(tScale[i]), gi = Double(g[i])
-            let refs = [
-                gi * centralDifference({ NormalReference.kl($0, s, m, t) }, at: mu),
-                gi * centralDifference({ NormalReference.kl(mu, $0, m, t) }, at: s, h: 1e-7),
-                gi * centralDifference({ NormalReference.kl(mu, s, $0, t) }, at: m),
-                gi * centralDifference({ NormalReference.kl(mu, s, m, $0) }, at: t, h: 1e-7),
-            ]
-            let got = [dq[0][i], dq[1][i], dp[0][i], dp[1][i]].map(Double.init)
-            for k in 0..<4 { #expect(isClose(got[k], refs[k], rtol: 1e-4, atol: 1e-3), "i=\(i) k=\(k): \(got[k]) vs \(refs[k])") }
-        }
-    }
-
-    @Test func invalidScaleIsADomainErrorNotACrash() throws {
-        #expect {
-            _ = try normal.logProb([0.1], [[0], [-1]])
-        } throws: { error in
-            guard let e = error as? PluginCallError else { return false }
-            return e.status == 3 && e.message.contains("scale")
-        }
-    }
+    /// Gradients (finite differences over a parameter grid with extremes), sentinels, NULL outputs,
+    /// broadcast, n = 0, domain errors, sampling, KL and threads: `flipout plugins check`.
+    @Test func passesTheConformanceSuite() throws { try expectConformance("FlipoutNormal") }
 }

@@ -43,26 +43,6 @@ enum ScaleMixtureReference {
         #expect(lp[0] < -800)
     }
 
-    @Test func logProbVJPMatchesFiniteDifferences() throws {
-        for (pi, s1, s2) in cases {
-            let g = ws.indices.map { Float(1 + 0.1 * Double($0)) }
-            let params: [[Float]] = [[Float](repeating: Float(pi), count: ws.count), [Float](repeating: Float(s1), count: ws.count), [Float](repeating: Float(s2), count: ws.count)]
-            let (dx, dp) = try prior.logProbVJP(ws, params, g: g)
-            let p1 = Double(Float(s1)), p2 = Double(Float(s2))
-            for i in ws.indices {
-                let w = Double(ws[i]), gi = Double(g[i])
-                let refs = [
-                    gi * centralDifference({ ScaleMixtureReference.logPDF($0, pi, p1, p2) }, at: w, h: 1e-3 * p2),
-                    gi * centralDifference({ ScaleMixtureReference.logPDF(w, $0, p1, p2) }, at: pi, h: 1e-6),
-                    gi * centralDifference({ ScaleMixtureReference.logPDF(w, pi, $0, p2) }, at: p1, h: 1e-6 * p1),
-                    gi * centralDifference({ ScaleMixtureReference.logPDF(w, pi, p1, $0) }, at: p2, h: 1e-6 * p2),
-                ]
-                let got = [dx[i], dp[0][i], dp[1][i], dp[2][i]].map(Double.init)
-                for k in 0..<4 { #expect(isClose(got[k], refs[k], rtol: 1e-4, atol: 1e-3), "pi=\(pi) w=\(w) k=\(k): \(got[k]) vs \(refs[k])") }
-            }
-        }
-    }
-
     @Test func gradientIsFiniteAtTheEndsOfPi() throws {
         for pi: Float in [0, 1] {
             let (dx, dp) = try prior.logProbVJP([0.01], [[pi], [1], [0.01]], g: [1])
@@ -72,12 +52,7 @@ enum ScaleMixtureReference {
         }
     }
 
-    @Test func invalidParametersAreDomainErrors() throws {
-        #expect {
-            _ = try prior.logProb([0.1], [[0.5], [1], [0]])
-        } throws: { error in
-            guard let e = error as? PluginCallError else { return false }
-            return e.status == 3 && e.message.contains("sigma2 0")
-        }
-    }
+    /// Gradients (finite differences over a parameter grid with extremes), sentinels, NULL outputs,
+    /// broadcast, n = 0, domain errors, sampling, KL and threads: `flipout plugins check`.
+    @Test func passesTheConformanceSuite() throws { try expectConformance("FlipoutScaleMixture") }
 }

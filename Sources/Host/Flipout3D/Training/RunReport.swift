@@ -1,6 +1,18 @@
 // The end-of-run report: test and OOD metrics, learned prior values, written to results.json.
 import Foundation
 
+/// One layer's prior after --learn-prior: constrained values in slot order.
+public struct LayerPrior: Codable, Sendable, Equatable {
+    public struct Value: Codable, Sendable, Equatable { public var name: String; public var value: Float }
+    public var layer: String
+    public var family: String
+    public var values: [Value]
+    init(_ w: VariationalWeights) {
+        layer = w.name; family = w.prior.family.id
+        values = w.priorValues.map { Value(name: $0.0, value: $0.1) }
+    }
+}
+
 public struct RunReport: Codable {
     public var posterior: String
     public var prior: String
@@ -12,6 +24,8 @@ public struct RunReport: Codable {
     public var ood: SplitMetrics?
     public var oodAUROC: Double?
     public var learnedPrior: [String: Float]?
+    /// With --learn-prior: every Flipout layer's learned prior values (`learnedPrior` is the first's).
+    public var learnedPriors: [LayerPrior]?
     public var trainSeconds: Double
     public var samples: Int
     /// Real MRI only: Dice on the whole held-out hemisphere beside the threshold baseline.
@@ -23,7 +37,11 @@ public struct RunReport: Codable {
         if let h = hemisphere {
             s += String(format: "\nheld-out hemisphere: model dice %.4f  intensity-threshold baseline dice %.4f (threshold %.2f fitted on the training hemisphere)", h.modelDice, h.thresholdDice, h.threshold)
         }
-        if let lp = learnedPrior { s += "\nlearned prior: " + lp.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") }
+        if let all = learnedPriors {
+            for l in all { s += "\nlearned prior \(l.layer) (\(l.family)): " + l.values.map { "\($0.name)=\($0.value)" }.joined(separator: " ") }
+        } else if let lp = learnedPrior {
+            s += "\nlearned prior: " + lp.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        }
         s += String(format: "\ntrain time %.1f s (%@, %@ / %@, estimator %@)", trainSeconds, bayesian ? "Bayesian" : "deterministic", posterior, prior, estimator)
         return s
     }
@@ -48,6 +66,7 @@ public struct RunReport: Codable {
             kl: first.map { $0.weights.klIsAnalytic ? "analytic" : "Monte Carlo (K=\(m.config.klSamples))" } ?? "-",
             bayesian: m.config.bayesian, test: test, ood: ood, oodAUROC: auroc,
             learnedPrior: m.config.learnPrior ? first.map { Dictionary(uniqueKeysWithValues: $0.weights.priorValues) } : nil,
+            learnedPriors: m.config.learnPrior ? m.flipoutLayers.map { LayerPrior($0.weights) } : nil,
             trainSeconds: trainSeconds, samples: samples,
             hemisphere: try (trainer.dataset as? Colin27Dataset).map { try HemisphereEvaluation.run(model: m, colin: $0.colin, samples: samples, seed: t.seed) })
         let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]

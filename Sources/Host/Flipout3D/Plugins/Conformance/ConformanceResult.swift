@@ -35,7 +35,7 @@ public struct ConformanceReport: Codable, Sendable {
             for l in lines.dropFirst() { out += String(repeating: " ", count: indent) + l + "\n" }
         }
         let skipped = results.filter { $0.outcome == .skip }.count
-        out += "\n\(target): \(results.count - skipped - failures) passed, \(failures) failed, \(skipped) not applicable\n"
+        out += "\n\(target): \(results.count - skipped - failures) passed, \(failures) failed" + (skipped > 0 ? ", \(skipped) not applicable" : "") + "\n"
         return out
     }
 
