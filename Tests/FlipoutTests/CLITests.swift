@@ -18,7 +18,7 @@ func printedValue(_ label: String, in text: String) -> Double? {
         #expect(r.status == 0)
         #expect(r.stdout.contains("OVERVIEW: Bayesian 3D convolutional networks"))
         #expect(r.stdout.contains("SUBCOMMANDS:"))
-        #expect(r.stdout.contains("plugins                 List, inspect and sample distribution plugins."))
+        #expect(r.stdout.contains("plugins                 List, inspect, sample and check distribution plugins."))
         #expect(r.stdout.contains("flipout plugins list"))
         #expect(r.stdout.contains("Exit codes: 0 success, 1 a plugin failed"))
     }
@@ -43,7 +43,7 @@ func printedValue(_ label: String, in text: String) -> Double? {
         #expect(lines.first?.split(separator: " ", omittingEmptySubsequences: true) == ["ID", "VERSION", "CAPABILITIES", "LIBRARY", "FILE"])
         let row = try #require(lines.first { $0.hasPrefix("org.flipout3d.normal ") })
         let cols = row.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
-        #expect(cols == ["org.flipout3d.normal", "1.0.0", "sample,symmetric", "Flipout3D", "Normal", BuildProducts.plugin("FlipoutNormal")])
+        #expect(cols == ["org.flipout3d.normal", "1.0.0", "sample,symmetric,gaussian", "Flipout3D", "Normal", BuildProducts.plugin("FlipoutNormal")])
 
         let none = try FlipoutCLI.run(["plugins", "list", "--no-bundled"])
         #expect(none.status == 0 && none.stdout.contains("No plugins loaded"))

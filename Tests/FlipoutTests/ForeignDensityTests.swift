@@ -273,3 +273,49 @@ private func vjp(_ d: Distribution, _ x: [Float], _ params: [([Float], Int)], g:
         #expect(bad.status == 64 && bad.stderr.contains("must be x"), "\(bad.status) \(bad.stderr)")
     }
 }
+
+@Suite struct ForeignConstrainedParameterTests {
+    var positiveSpec: String { get throws { "\(try ForeignFixture.library()):cauchy_logpdf(x:d, loc:d=0, scale:d=1>0)->d@org.example.positive" } }
+
+    @Test func aParameterDeclaredPositiveIsStoredThroughSoftplus() throws {
+        let spec = try ForeignPriorSpec(parsing: try positiveSpec)
+        #expect(spec.arguments.map(\.positive) == [false, false, true])
+        #expect(spec.signature == "cauchy_logpdf(x:d, loc:d=0, scale:d=1>0)->d")
+        let f = try ForeignFixture.family(try positiveSpec)
+        #expect(f.parameters.map(\.transform) == [.identity, .softplus])
+        let h = PluginHarness(try f.instantiate())
+        let lp = try h.logProb([0.5], [[0], [2]])
+        #expect(isClose(Double(lp[0]), ForeignFixture.cauchy(0.5, 0, 2), rtol: 1e-6, atol: 1e-6))
+        // A value <= 0 never reaches the function: it is a domain error naming the parameter.
+        do { _ = try h.logProb([0.5], [[0], [-1]]); Issue.record("scale -1 was accepted") } catch let e as PluginCallError {
+            #expect(e.status == 3 && e.message.contains("scale = -1.0") && e.message.contains("> 0"), "\(e)")
+        }
+    }
+
+    @Test func learningThePriorKeepsItValid() throws {
+        // A large gradient step in the unconstrained storage still gives a positive scale.
+        let prior = try ForeignFixture.family(try positiveSpec)
+        let posterior = try PluginLibrary.load(BuildProducts.plugin("FlipoutNormal")).families[0]
+        var s = RandomStream(seed: 3, layer: 0, step: 0, purpose: .test)
+        let w = try VariationalWeights(name: "w", count: 16, posterior: try posterior.instantiate(), prior: try prior.instantiate(),
+                                       priorValues: ["scale": 0.5], learnPrior: true, klMode: .monteCarlo(samples: 1), initStream: &s)
+        w.priorParameters[1] -= 50
+        w.refresh()
+        let scale = try #require(w.priorValues.first { $0.0 == "scale" }?.1)
+        #expect(scale > 0, "softplus storage keeps the scale positive (got \(scale))")
+        #expect(try w.kl(gradientScale: 1, stream: &s).isFinite)
+    }
+
+    @Test func malformedConstraintsAreCommandLineErrors() throws {
+        for (bad, says) in [("scale:d=1>1", "the only constraint is >0"), ("scale:d=-1>0", "declared >0 but its default is -1")] {
+            #expect(throws: PluginLoadError.self) { _ = try ForeignPriorSpec(parsing: "libx.so:f(x:d,\(bad))->d") }
+            do { _ = try ForeignPriorSpec(parsing: "libx.so:f(x:d,\(bad))->d") } catch { #expect("\(error)".contains(says), "\(error)") }
+        }
+    }
+
+    @Test func aForeignPriorPassesPluginsCheck() throws {
+        let r = try FlipoutCLI.run(["plugins", "check", "org.example.positive", "--foreign-prior", try positiveSpec, "--json"])
+        let report = try JSONDecoder().decode(ConformanceReport.self, from: Data(r.stdout.utf8))
+        #expect(r.status == 0 && report.failures == 0, "\(report.results.filter { $0.outcome == .fail }) \(r.stderr)")
+    }
+}

@@ -51,7 +51,7 @@ import TestSupport
         #expect(layers.map(\.layer) == model.flipoutLayers.map(\.weights.name))
         for (l, layer) in zip(layers, model.flipoutLayers) {
             #expect(l.values.map(\.value) == layer.weights.priorValues.map(\.1))
-            #expect(report.text.contains("learned prior \(l.layer) (\(l.family)): scale="), "\(report.text)")
+            #expect(report.text.contains("learned prior \(l.layer) (\(l.family)): ") && report.text.contains("scale="), "\(report.text)")
         }
     }
 }

@@ -31,6 +31,28 @@ enum OutOfTreePlugin {
     })
 
     static func so() throws -> String { try built.get().so }
+
+    /// The guide's prior with its hand-written `logProbGradient` (the guide's other block) pasted in.
+    static func handWrittenSource() throws -> String {
+        let text = try String(contentsOf: guide, encoding: .utf8)
+        guard let marker = text.range(of: "    // Inside MyPrior: replaces the derived gradient"),
+              let end = text.range(of: "\n```", range: marker.lowerBound..<text.endIndex) else {
+            throw FixtureError("\(guide.path) has no hand-written logProbGradient block")
+        }
+        let method = String(text[marker.lowerBound..<end.lowerBound])
+        let source = try source()
+        guard let close = source.range(of: "}\n\n@_cdecl") else { throw FixtureError("the guide's prior has no closing brace before @_cdecl") }
+        return source.replacingCharacters(in: close.lowerBound..<close.lowerBound, with: method + "\n")
+    }
+
+    static let handWritten: Result<String, Error> = Result(catching: {
+        let dir = try Fixtures.temporaryDirectory("flipout-oot-hand")
+        try handWrittenSource().write(to: dir.appendingPathComponent("MyPrior.swift"), atomically: true, encoding: .utf8)
+        let script = Fixtures.packageRoot.appendingPathComponent("scripts/build-plugin").path
+        let r = try Subprocess.run(script, ["-o", "libMyPriorHand.so", "MyPrior.swift"], in: dir)
+        guard r.status == 0 else { throw FixtureError("scripts/build-plugin failed (\(r.status)):\n\(r.stderr)\(r.stdout)") }
+        return dir.appendingPathComponent("libMyPriorHand.so").path
+    })
 }
 
 enum CauchyReference {
@@ -73,6 +95,32 @@ enum CauchyReference {
         } catch let e as PluginCallError {
             #expect(e.status == 3 && e.message.contains("Cauchy: scale must be > 0"), "\(e)")
         }
+    }
+
+    /// The guide's prior has derived gradients; they equal the closed form, d/dx = -2z/(s(1+z^2)),
+    /// d/dloc = -d/dx, d/dscale = -1/s + 2z^2/(s(1+z^2)), and the hand-written override.
+    @Test func derivedGradientsEqualTheHandWrittenOnes() throws {
+        let derived = PluginHarness(try PluginLibrary.load(try OutOfTreePlugin.so()).families[0].instantiate())
+        let hand = PluginHarness(try PluginLibrary.load(try OutOfTreePlugin.handWritten.get()).families[0].instantiate())
+        let xs: [Float] = [-30, -3, -0.2, 0, 0.4, 5, 1e3]
+        let locs: [Float] = [0, 0.1, -0.5, 0.4, 1, -2, 3]
+        let scales: [Float] = [1, 0.1, 2, 0.5, 3, 1e-3, 20]
+        let g: [Float] = [1, 0.5, -1, 2, 1, 0.25, -3]
+        let a = try derived.logProbVJP(xs, [locs, scales], g: g), b = try hand.logProbVJP(xs, [locs, scales], g: g)
+        for i in xs.indices {
+            let s = Double(scales[i]), z = (Double(xs[i]) - Double(locs[i])) / s, d = 1 + z * z, gi = Double(g[i])
+            let closed = (x: -2 * z / (s * d), scale: -1 / s + 2 * z * z / (s * d))
+            #expect(isClose(Double(a.dx[i]), gi * closed.x, rtol: 1e-6, atol: 1e-7), "dx i=\(i)")
+            #expect(isClose(Double(a.dp[0][i]), -gi * closed.x, rtol: 1e-6, atol: 1e-7), "dloc i=\(i)")
+            #expect(isClose(Double(a.dp[1][i]), gi * closed.scale, rtol: 1e-6, atol: 1e-7), "dscale i=\(i)")
+            #expect(isClose(Double(a.dx[i]), Double(b.dx[i]), rtol: 1e-6, atol: 1e-7) && isClose(Double(a.dp[1][i]), Double(b.dp[1][i]), rtol: 1e-6, atol: 1e-7), "derived vs hand-written i=\(i)")
+        }
+    }
+
+    @Test func theGuidesPriorPassesPluginsCheck() throws {
+        let (status, report, _) = try checkReport(try OutOfTreePlugin.so())
+        #expect(status == 0 && report.failures == 0, "\(report.results.filter { $0.outcome == .fail })")
+        #expect(report.results.contains { $0.check == "log_prob_vjp" && $0.outcome == .pass })
     }
 
     @Test func exportsOnlyTheEntrySymbol() throws {
