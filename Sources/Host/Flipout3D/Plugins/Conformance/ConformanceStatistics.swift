@@ -51,32 +51,29 @@ extension ConformanceSuite {
         var notes: [String] = []
         for (j, point) in statisticalPoints.enumerated() {
             let x = try draws(point, stream: 200 + j).sorted()
-            guard let bad = x.firstIndex(where: { !$0.isFinite }) .map({ x[$0] }) ?? nil else {
-                let (grid, cdf, mean, variance) = try numericalCDF(point, over: x)
-                var d = 0.0, k = 0
-                let n = Double(x.count)
-                for (i, v) in x.enumerated() {
-                    let t = Double(v)
-                    while k + 1 < grid.count - 1 && grid[k + 1] < t { k += 1 }
-                    let w = (t - grid[k]) / (grid[k + 1] - grid[k])
-                    let f = cdf[k] + w * (cdf[k + 1] - cdf[k])
-                    d = max(d, abs(f - Double(i) / n), abs(f - Double(i + 1) / n))
-                }
-                let s = Self.moments(x)
-                let sd = sqrt(max(s.variance, 0))
-                guard d <= Self.ksLimit else {
-                    throw CheckFailure("\(x.count) samples at \(describe(point)) do not follow exp(log_prob): Kolmogorov-Smirnov distance \(String(format: "%.4f", d)) > \(String(format: "%.4f", Self.ksLimit)) (sample mean \(Self.short(s.mean)), density mean \(Self.short(mean)); integral of the density over the samples' range \(String(format: "%.4f", cdf[cdf.count - 1]))).")
-                }
-                guard abs(s.mean - mean) <= 5 * sd / sqrt(n) + 1e-3 * sd + 1e-7 else {
-                    throw CheckFailure("sample mean \(Self.short(s.mean)) differs from the density's mean \(Self.short(mean)) by more than 5 standard errors at \(describe(point)).")
-                }
-                guard abs(s.variance - variance) <= 0.1 * variance + 1e-12 else {
-                    throw CheckFailure("sample variance \(Self.short(s.variance)) differs from the density's \(Self.short(variance)) by more than 10% at \(describe(point)).")
-                }
-                notes.append("KS \(String(format: "%.4f", d)) at \(describe(point))")
-                continue
+            if let bad = x.first(where: { !$0.isFinite }) { throw CheckFailure("sample returned \(bad) at \(describe(point))") }
+            let (grid, cdf, mean, variance) = try numericalCDF(point, over: x)
+            var d = 0.0, k = 0
+            let n = Double(x.count)
+            for (i, v) in x.enumerated() {
+                let t = Double(v)
+                while k + 1 < grid.count - 1 && grid[k + 1] < t { k += 1 }
+                let w = (t - grid[k]) / (grid[k + 1] - grid[k])
+                let f = cdf[k] + w * (cdf[k + 1] - cdf[k])
+                d = max(d, abs(f - Double(i) / n), abs(f - Double(i + 1) / n))
             }
-            throw CheckFailure("sample returned \(bad) at \(describe(point))")
+            let s = Self.moments(x)
+            let sd = sqrt(max(s.variance, 0))
+            guard d <= Self.ksLimit else {
+                throw CheckFailure("\(x.count) samples at \(describe(point)) do not follow exp(log_prob): Kolmogorov-Smirnov distance \(String(format: "%.4f", d)) > \(String(format: "%.4f", Self.ksLimit)) (sample mean \(Self.short(s.mean)), density mean \(Self.short(mean)); integral of the density over the samples' range \(String(format: "%.4f", cdf[cdf.count - 1]))).")
+            }
+            guard abs(s.mean - mean) <= 5 * sd / sqrt(n) + 1e-3 * sd + 1e-7 else {
+                throw CheckFailure("sample mean \(Self.short(s.mean)) differs from the density's mean \(Self.short(mean)) by more than 5 standard errors at \(describe(point)).")
+            }
+            guard abs(s.variance - variance) <= 0.1 * variance + 1e-12 else {
+                throw CheckFailure("sample variance \(Self.short(s.variance)) differs from the density's \(Self.short(variance)) by more than 10% at \(describe(point)).")
+            }
+            notes.append("KS \(String(format: "%.4f", d)) at \(describe(point))")
         }
         return "\(Self.sampleCount) draws match exp(log_prob) (mean, variance; \(notes.joined(separator: "; ")); limit \(String(format: "%.4f", Self.ksLimit)))"
     }
