@@ -29,7 +29,7 @@ struct StudentT: DifferentiablePrior {
     }
 
     @differentiable(reverse)
-    func logProb(_ x: Double, _ theta: [Double]) -> Double {
+    func logProb(_ x: Double, _ theta: Theta) -> Double {
         let nu = theta[0], s = theta[2], z = (x - theta[1]) / s
         return Special.lgamma((nu + 1) / 2) - Special.lgamma(nu / 2) - 0.5 * log(nu * Double.pi) - log(s)
             - (nu + 1) / 2 * log1p(z * z / nu)

@@ -145,5 +145,11 @@ public enum PluginExport {
 }
 
 extension ScalarDistribution {
-    static func makeInstance(_ hypers: [Double]) throws -> AnyInstance { Instance<Self>(try Self(hyperparameters: hypers)) }
+    static func makeInstance(_ hypers: [Double]) throws -> AnyInstance {
+        let d = try Self(hyperparameters: hypers)
+        if d is any DifferentiablePrior, d.parameterSlotCount > Theta.capacity {
+            throw PluginError.invalidArgument("\(family.id): \(d.parameterSlotCount) parameter slots; derived gradients (DifferentiablePrior) hold at most \(Theta.capacity). Write logProbGradient by hand, or use fewer components.")
+        }
+        return Instance<Self>(d)
+    }
 }
