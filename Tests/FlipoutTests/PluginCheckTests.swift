@@ -76,6 +76,12 @@ func expectConformance(_ target: String, sourceLocation: SourceLocation = #_sour
         for s in says { #expect(named.detail.contains(s), "\(define): \"\(named.detail)\" lacks \"\(s)\"") }
     }
 
+    @Test func anUnknownIDIsACommandLineError() throws {
+        let r = try FlipoutCLI.run(["plugins", "check", "org.example.nothing"])
+        #expect(r.status == 64, "\(r.status) \(r.stderr)")
+        #expect(r.stderr.contains("no loaded plugin provides \"org.example.nothing\""), "\(r.stderr)")
+    }
+
     @Test func aPluginThatCrashesWhileLoadingIsReportedNotFatal() throws {
         let path = try BadPlugin.build("nullfn", ["-DNULL_LOG_PROB"])
         let (status, report, _) = try checkReport(path)

@@ -67,6 +67,11 @@ struct PluginsCheck: ParsableCommand {
             if !quiet { FileHandle.standardError.write(Data("flipout: \(line)\n".utf8)) }
         }
         let report = runner.run(target: target)
+        if let usage = report.usageError {
+            // An unknown id or a malformed --foreign-prior: the worker's message, exit 64.
+            FileHandle.standardError.write(Data("\(usage.hasPrefix("Error: ") ? usage : "Error: " + usage)\n".utf8))
+            throw ExitCodes.usage
+        }
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
@@ -89,7 +94,9 @@ struct PluginsCheckWorker: ParsableCommand {
     @Option var family: String?
     @Option var from = 0
 
-    func run() throws {
+    func run() throws { try reportingInputErrors(work) }
+
+    private func work() throws {
         let families: [DistributionFamily]
         let partner: (String) -> DistributionFamily?
         if target.contains("/") || target.hasSuffix(".so") {

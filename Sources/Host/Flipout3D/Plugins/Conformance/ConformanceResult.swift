@@ -17,6 +17,8 @@ public struct ConformanceResult: Codable, Sendable, Equatable {
 public struct ConformanceReport: Codable, Sendable {
     public var target: String
     public var results: [ConformanceResult]
+    /// Set when the target itself was bad command-line input (an unknown id): the worker's message.
+    public var usageError: String?
     public var failures: Int { results.filter { $0.outcome == .fail }.count }
     public var passed: Bool { failures == 0 && !results.isEmpty }
 

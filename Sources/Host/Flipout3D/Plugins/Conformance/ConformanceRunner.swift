@@ -52,7 +52,9 @@ public struct ConformanceRunner {
         guard let plans, !plans.isEmpty else {
             let why = listing.ending.map { "\($0) while loading the plugin" } ?? "the plugin did not load"
             let context = listing.context.last.map { ": \($0)" } ?? ""
-            return ConformanceReport(target: target, results: [ConformanceResult(family: "-", check: "load", outcome: .fail, detail: why + context)])
+            var report = ConformanceReport(target: target, results: [ConformanceResult(family: "-", check: "load", outcome: .fail, detail: why + context)])
+            if listing.ending == "exited with status 64" { report.usageError = listing.context.last ?? "bad command-line input" }
+            return report
         }
         for plan in plans {
             progress("checking \(plan.family): \(plan.checks.count) checks")
@@ -145,7 +147,7 @@ struct Child {
                     child.lines.append(line)
                     if onLine(line) { deadline = Date().addingTimeInterval(timeout) }
                 } else if !text.isEmpty {
-                    child.context.append(PluginString.escaped(String(text.prefix(300))))
+                    child.context.append(PluginString.escaped(String(text.prefix(2000))))
                     if child.context.count > 20 { child.context.removeFirst() }
                 }
             }
