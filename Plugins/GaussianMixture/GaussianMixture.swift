@@ -8,12 +8,12 @@ import Glibc
 /// Slots, in order: logit[0..<K], loc[0..<K], scale[0..<K] (3K in all).
 struct GaussianMixture: ScalarDistribution {
     static let family = FamilyInfo(
-        id: "org.flipout3d.gaussian-mixture", name: "Gaussian mixture", version: "1.0.0",
-        description: "A mixture of K Normal components per weight: weights softmax(logit), locations loc, scales softplus(rho). Sampled with one uniform (picks the component by the weights) and one normal (draws within it); gradients by implicit reparameterization, dx/dphi = -(dF/dphi)(x) / p(x) with F = sum_k w_k Phi((x - loc_k) / scale_k) (Figurnov et al. 2018). The components must not start identical: the host adds init_jitter noise to every loc slot when it initialises a posterior. Not symmetric (components have different means), so Flipout does not apply: use per-example or shared-sample reparameterization. No analytic KL: the host uses Monte Carlo.",
+        id: "org.flipout3d.gaussian-mixture", name: "Gaussian mixture", version: "1.1.0",
+        description: "A mixture of K Normal components per weight: weights softmax(logit), locations loc, scales softplus(rho). Sampled with one uniform (picks the component by the weights) and one normal (draws within it); gradients by implicit reparameterization, dx/dphi = -(dF/dphi)(x) / p(x) with F = sum_k w_k Phi((x - loc_k) / scale_k) (Figurnov et al. 2018). Initialisation: the host draws ONE location per weight (He-normal in its convolution layers) shared by all components, and each component adds its own N(0, init_jitter^2) offset (0.01), so the components start close but not identical and every sampled network is near the same network. Not symmetric (components have different means), so Flipout does not apply: use per-example or shared-sample reparameterization. No analytic KL: the host uses Monte Carlo.",
         capabilities: [.sample, .implicitReparameterization, .uniformNoise],
         parameters: [
             ParameterSpec("logit", "unnormalised log mixture weight of each component", transform: .identity, default: 0, initJitter: 0.1, countHyperparameter: "components"),
-            ParameterSpec("loc", "location of each component", transform: .identity, default: 0, initJitter: 0.1, countHyperparameter: "components"),
+            ParameterSpec("loc", "location of each component", transform: .identity, default: 0, initJitter: 0.01, countHyperparameter: "components"),
             ParameterSpec("scale", "standard deviation of each component, > 0", transform: .softplus, default: 0.048_6, initJitter: 0.1, countHyperparameter: "components"),
         ],
         hyperparameters: [HyperparameterSpec("components", "number of mixture components K", default: 2, minimum: 1, maximum: 8, isInteger: true)])

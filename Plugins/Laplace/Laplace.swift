@@ -10,12 +10,12 @@ struct Laplace: ScalarDistribution {
     static let laplaceID = "org.flipout3d.laplace"
 
     static let family = FamilyInfo(
-        id: laplaceID, name: "Laplace", version: "1.0.0",
+        id: laplaceID, name: "Laplace", version: "1.1.0",
         description: "Laplace(loc, scale), density exp(-|x - loc| / scale) / (2 scale). As a prior it favours sparse weights; as a posterior it is sampled by the inverse CDF of one uniform, x = loc - scale * sign(u - 1/2) * log(1 - 2|u - 1/2|), and is symmetric about loc, so Flipout is valid. Analytic KL(Normal || Laplace) (PyTorch _kl_normal_laplace) and KL(Laplace || Laplace).",
         capabilities: [.sample, .symmetric, .uniformNoise],
         parameters: [
             ParameterSpec("loc", "location (median and mean)", transform: .identity, default: 0, initJitter: 0.1),
-            ParameterSpec("scale", "scale b > 0; the standard deviation is b * sqrt(2)", transform: .softplus, default: 0.048_587_35, initJitter: 0.1, prior: 0.5),
+            ParameterSpec("scale", "scale b > 0; the standard deviation is b * sqrt(2). The posterior starts at b = 0.0344 = 0.0486 / sqrt(2), the Normal posterior's starting standard deviation", transform: .softplus, default: 0.034_356_44, initJitter: 0.1, prior: 0.5),
         ],
         klFamilies: [KLFamily(normalID, parameterSlots: 2), KLFamily(laplaceID, parameterSlots: 2)])
 

@@ -14,6 +14,10 @@ struct BenchCommand: ParsableCommand {
         GFLOP/s count two-convolution Flipout as the peers do (../shared/notes/performance.md).
         Machines are shared and noisy: compare ratios from one run. scripts/bench runs this
         beside TFP's script.
+
+        --variance measures instead the variance of the NLL gradient w.r.t. each layer's posterior
+        parameters under flipout, reparam and per-example at one checkpoint:
+          flipout bench --variance --checkpoint runs/default/checkpoint.safetensors --batches 1,4,8,16
         """)
 
     @OptionGroup var plugins: PluginOptions
@@ -22,10 +26,12 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Timed repetitions (median reported).") var repeats = 30
     @Option(help: "Untimed warm-up repetitions.") var warmup = 5
     @Flag(help: "One JSON object per line.") var json = false
+    @OptionGroup var varianceOptions: VarianceOptions
 
     func run() throws {
         try reportingInputErrors {
             let registry = try plugins.registry()
+            if varianceOptions.variance { return try varianceOptions.run(registry: registry, json: json) }
             let ests = try estimators.split(separator: ",").map { s -> Estimator in
                 guard let e = Estimator(rawValue: String(s)), e != .auto else { throw InputError("unknown estimator \(s); use flipout, reparam, per-example.") }
                 return e

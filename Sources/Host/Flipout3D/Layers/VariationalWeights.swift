@@ -39,7 +39,9 @@ public final class VariationalWeights {
     ///   - priorValues: constrained prior parameter values by slot name (defaults from the plugin).
     ///   - locationInitStd: if set, posterior parameters with the location role start
     ///     N(0, locationInitStd^2) instead of the plugin's jitter, e.g. He-normal sqrt(2 / fan_in)
-    ///     so a Bayesian network starts with the activation scale of a deterministic one.
+    ///     so a Bayesian network starts with the activation scale of a deterministic one. A location
+    ///     with several slots (mixture components) shares that draw and adds the plugin's
+    ///     init_jitter per slot.
     public init(name: String, count: Int, posterior: Distribution, prior: Distribution,
                 priorValues: [String: Float] = [:], learnPrior: Bool = false,
                 klMode: KLMode = .automatic(samples: 1), locationInitStd: Float? = nil, initStream: inout RandomStream) throws {
@@ -68,17 +70,41 @@ public final class VariationalWeights {
             }
             priorParameters[k] = slot.parameter.transform.inverse(v)
         }
-        // Posterior init: unconstrained default plus N(0, jitter) noise, per slot.
+        // Posterior init: unconstrained default plus N(0, jitter) noise, per slot. A location with
+        // several slots (mixture components) shares ONE draw per weight (N(0, locationInitStd^2)),
+        // and each component adds only its own N(0, initJitter^2) offset: independent draws would
+        // start the components ~sqrt(2) locationInitStd apart, so every sampled network would be a
+        // random mix of unrelated networks (docs/setups.md, "Gaussian mixture").
+        var sharedLocation: [String: Tensor] = [:]
         for (k, slot) in posterior.slots.enumerated() {
             let base = slot.parameter.transform.inverse(slot.parameter.defaultValue)
-            let isLocation = slot.parameter.role == .location
-            let jitter = isLocation ? (locationInitStd ?? slot.parameter.initJitter) : slot.parameter.initJitter
             let p = parameters[k]
+            guard let initStd = locationInitStd, Self.isLocation(slot.parameter) else {
+                initStream.fillNormal(p.data, count: count)
+                for i in 0..<count { p.data[i] = base + slot.parameter.initJitter * p.data[i] }
+                continue
+            }
+            let components = posterior.slots.filter { $0.parameter.name == slot.parameter.name }.count
+            if components == 1 {
+                initStream.fillNormal(p.data, count: count)
+                for i in 0..<count { p.data[i] = base + initStd * p.data[i] }
+                continue
+            }
+            let shared: Tensor
+            if let s = sharedLocation[slot.parameter.name] { shared = s } else {
+                shared = Tensor(shape: [count])
+                initStream.fillNormal(shared.data, count: count)
+                sharedLocation[slot.parameter.name] = shared
+            }
             initStream.fillNormal(p.data, count: count)
-            for i in 0..<count { p.data[i] = base + jitter * p.data[i] }
+            for i in 0..<count { p.data[i] = base + initStd * shared[i] + slot.parameter.initJitter * p.data[i] }
         }
         refresh()
     }
+
+    /// Whether a posterior parameter is the weight's location (what He-normal initialisation sets):
+    /// its declared role (ABI 1.1; a 1.0 plugin's identity-transformed "loc" reads as one).
+    static func isLocation(_ p: ParameterInfo) -> Bool { p.role == .location }
 
     /// Recompute constrained values after the unconstrained parameters changed.
     public func refresh() {

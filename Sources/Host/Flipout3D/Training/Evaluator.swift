@@ -5,6 +5,8 @@ public struct SplitMetrics: Codable, Sendable {
     public var nll: Double
     public var brier: Double
     public var ece: Double
+    /// ECE over the region of interest (dilated union of label and prediction, `Metrics.roiECE`).
+    public var roiECE: Double? = nil
     /// Mean mutual information (epistemic uncertainty) of each volume, nats.
     public var volumeMutualInformation: [Double]
 }
@@ -52,7 +54,7 @@ public enum Evaluator {
         }
         return SplitMetrics(dice: Metrics.dice(probabilities: all, labels: labels), nll: Metrics.nll(probabilities: all, labels: labels),
                             brier: Metrics.brier(probabilities: all, labels: labels), ece: Metrics.ece(probabilities: all, labels: labels),
-                            volumeMutualInformation: mi)
+                            roiECE: Metrics.roiECE(probabilities: all, labels: labels), volumeMutualInformation: mi)
     }
 
     /// AUROC of per-volume mutual information for telling OOD volumes (positives) from in-distribution ones.

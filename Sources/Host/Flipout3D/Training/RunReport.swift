@@ -32,7 +32,7 @@ public struct RunReport: Codable {
     public var hemisphere: HemisphereReport?
 
     public var text: String {
-        var s = String(format: "test: dice %.4f  nll %.4f  brier %.4f  ece %.4f", test.dice, test.nll, test.brier, test.ece)
+        var s = String(format: "test: dice %.4f  nll %.4f  brier %.4f  ece %.4f  roi ece %.4f", test.dice, test.nll, test.brier, test.ece, test.roiECE ?? .nan)
         if let ood, let a = oodAUROC { s += String(format: "\nood:  dice %.4f  nll %.4f  AUROC(MI, ood vs test) %.4f", ood.dice, ood.nll, a) }
         if let h = hemisphere {
             s += String(format: "\nheld-out hemisphere: model dice %.4f  intensity-threshold baseline dice %.4f (threshold %.2f fitted on the training hemisphere)", h.modelDice, h.thresholdDice, h.threshold)

@@ -1,0 +1,54 @@
+// `flipout bench --variance`: gradient variance of flipout and per-example against reparam, per layer, from a checkpoint.
+import ArgumentParser
+import Foundation
+import Flipout3D
+
+struct VarianceOptions: ParsableArguments {
+    @Flag(help: "Measure gradient variance (flipout, reparam, per-example) instead of timing; needs --checkpoint.")
+    var variance = false
+    @Option(help: "Trained checkpoint whose parameters the variance is measured at (--variance).")
+    var checkpoint: String?
+    @Option(help: "Comma-separated batch sizes (--variance).")
+    var batches = "1,4,8,16"
+    @Option(help: "Noise draws per estimator and batch size (--variance).")
+    var draws = 32
+    @Option(name: .customLong("variance-batch"), help: "distinct (the first N training volumes) or copies (N copies of one volume) (--variance).")
+    var batchKind: GradientVariance.BatchKind = .distinct
+
+    func validate() throws {
+        guard variance else { return }
+        guard checkpoint != nil else { throw ValidationError("--variance needs --checkpoint PATH (e.g. runs/default/checkpoint.safetensors from flipout train).") }
+        guard draws >= 2 else { throw ValidationError("--draws must be at least 2.") }
+        guard parsedBatches != nil else { throw ValidationError("--batches must be comma-separated positive integers, e.g. 1,4,8,16.") }
+    }
+
+    var parsedBatches: [Int]? {
+        let v = batches.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !v.isEmpty, v.allSatisfy({ ($0 ?? 0) >= 1 }) else { return nil }
+        return v.map { $0! }
+    }
+
+    /// Prints one table row per (layer, parameter, batch): reparam's variance and the two ratios.
+    func run(registry: PluginRegistry, json: Bool) throws {
+        let trained = try TrainedModel.load(checkpoint!, registry: registry, log: note)
+        let dataset = try trained.training.makeDataset()
+        let rows = try GradientVariance.measure(trained: trained.model, dataset: dataset, seed: trained.training.seed, registry: registry,
+                                                batches: parsedBatches!, draws: draws, kind: batchKind, progress: note)
+        if json {
+            let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
+            for r in rows { print(String(decoding: try e.encode(r), as: UTF8.self)) }
+            return
+        }
+        print("layer   parameter  N   Var(reparam)  flipout/reparam  per-example/reparam")
+        for r in rows where r.estimator == Estimator.reparam.rawValue {
+            func ratio(_ e: Estimator) -> String {
+                rows.first { $0.estimator == e.rawValue && $0.layer == r.layer && $0.parameter == r.parameter && $0.batch == r.batch }
+                    .flatMap { GradientVariance.ratio(rows, $0) }.map { String(format: "%.3f", $0) } ?? "-"
+            }
+            print(r.layer.padding(toLength: 8, withPad: " ", startingAt: 0) + r.parameter.padding(toLength: 11, withPad: " ", startingAt: 0)
+                  + String(format: "%-3d %12.4e  ", r.batch, r.variance) + ratio(.flipout).padding(toLength: 17, withPad: " ", startingAt: 0) + ratio(.perExample))
+        }
+    }
+}
+
+extension GradientVariance.BatchKind: ExpressibleByArgument {}
