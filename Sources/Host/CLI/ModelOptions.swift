@@ -24,6 +24,9 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .customLong("custom-layers"), help: "Layers that take --posterior/--prior: all, or first (the others Normal/Normal), e.g. a non-negative first-layer filter bank.")
     var customLayers: ModelConfig.CustomLayers = .all
 
+    @Option(name: .customLong("after-positive"), help: "After each positive-weight (e.g. Beta) layer: none, scale (learnable per-channel sign and scale) or norm (instance normalisation); default: the recipe in docs/positive-weights.md.")
+    var afterPositive: PositiveLayerOutput?
+
     @Flag(name: .customLong("learn-prior"), help: "Learn the prior's parameters (empirical Bayes) through the KL's gradients.")
     var learnPrior = false
 
@@ -55,6 +58,7 @@ struct ModelOptions: ParsableArguments {
         c.priorParameters = Dictionary(uniqueKeysWithValues: try KeyValue.parse(priorParam, option: "--prior-param").map { ($0.key, Float($0.value)) })
         c.learnPrior = learnPrior
         c.customLayers = customLayers
+        c.afterPositive = afterPositive
         c.klSamples = klSamples
         c.forceMonteCarloKL = monteCarloKL
         return c
@@ -69,6 +73,7 @@ struct ModelOptions: ParsableArguments {
 extension Estimator: ExpressibleByArgument {}
 extension ModelConfig.Architecture: ExpressibleByArgument {}
 extension ModelConfig.CustomLayers: ExpressibleByArgument {}
+extension PositiveLayerOutput: ExpressibleByArgument {}
 
 /// Messages for the user, on stderr so stdout stays machine-readable.
 func note(_ s: String) {

@@ -24,6 +24,10 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     public var customLayers: CustomLayers = .all
     public enum CustomLayers: String, Codable, CaseIterable, Sendable { case all, first }
     /// Monte Carlo samples for a KL without a closed form; `forceMonteCarloKL` ignores closed forms.
+    /// What follows each positive-support (e.g. Beta) layer other than the head; nil: the
+    /// documented positive-weight recipe (`PositiveLayerOutput.recipe`). Optional so older
+    /// checkpoints, written before it existed, still decode (as nil).
+    public var afterPositive: PositiveLayerOutput? = nil
     public var klSamples: Int = 1
     public var forceMonteCarloKL: Bool = false
 

@@ -7,6 +7,8 @@ public struct SegmentationNetSaved {
     let relus: [ReLUSaved]
     /// The encoder-decoder's upsampling (nil for the stack).
     let upsample: Upsample2xSaved?
+    /// Per layer: what its after-positive operation saved (nil where it has none).
+    let afterPositive: [ChannelAffineSaved?]
 }
 
 /// Per-voxel logits for binary segmentation (sigmoid output). Layers are built from plugins found
@@ -14,6 +16,8 @@ public struct SegmentationNetSaved {
 public final class SegmentationNet {
     public let config: ModelConfig
     public let layers: [ConvLayer]
+    /// Per layer: the scale or normalisation after a positive-weight layer (docs/positive-weights.md), or nil.
+    public let afterPositive: [ChannelAffine?]
 
     public init(_ config: ModelConfig, registry: PluginRegistry, seed: UInt64, log: (String) -> Void = { _ in }) throws {
         self.config = config
@@ -56,6 +60,12 @@ public final class SegmentationNet {
         }
         built[0].needsInputGradient = false
         layers = built
+        let after = config.afterPositive ?? PositiveLayerOutput.recipe
+        afterPositive = built.enumerated().map { i, l in
+            guard after != .none, i < built.count - 1, let f = l as? FlipoutConv3D,
+                  f.weights.posterior.family.capabilities.contains(.positiveSupport) else { return nil }
+            return ChannelAffine(name: "\(l.name).after_positive", channels: l.outChannels, mode: after)
+        }
     }
 
     /// Throws if the network cannot take volumes of this spatial size (D, H, W).
@@ -72,11 +82,14 @@ public final class SegmentationNet {
     /// x (N, 1, D, H, W) -> logits (N, 1, D, H, W), and what backward needs.
     public func forward(_ x: Tensor, _ ctx: StepContext) throws -> (logits: Tensor, saved: SegmentationNetSaved) {
         try checkInput(x.shape)
-        var convs: [ConvSaved] = [], relus: [ReLUSaved] = []
-        /// Layer i then, except for the last layer, ReLU.
+        var convs: [ConvSaved] = [], relus: [ReLUSaved] = [], after: [ChannelAffineSaved?] = []
+        /// Layer i, its after-positive operation if any, then, except for the last layer, ReLU.
         func block(_ i: Int, _ h: Tensor) throws -> Tensor {
-            let (y, c) = try layers[i].forward(h, ctx)
+            var (y, c) = try layers[i].forward(h, ctx)
             convs.append(c)
+            let a = afterPositive[i].map { $0.forward(y) }
+            after.append(a?.saved)
+            if let a { y = a.y }
             guard i < layers.count - 1 else { return y }
             let (a, r) = ReLU.forward(y)
             relus.append(r)
@@ -86,7 +99,7 @@ public final class SegmentationNet {
         case .stack:
             var h = x
             for i in layers.indices { h = try block(i, h) }
-            return (h, SegmentationNetSaved(convs: convs, relus: relus, upsample: nil))
+            return (h, SegmentationNetSaved(convs: convs, relus: relus, upsample: nil, afterPositive: after))
         case .encoderDecoder:
             let a0 = try block(0, x)                                           // (N, w, D, H, W)
             let a1 = try block(1, a0)                                          // (N, 2w, D/2, H/2, W/2)
@@ -95,7 +108,7 @@ public final class SegmentationNet {
             let a3 = try block(3, u)                                           // (N, w, D, H, W)
             for i in 0..<a3.count { a3.data[i] += a0.data[i] }                 // skip connection
             let logits = try block(4, a3)                                      // (N, 1, D, H, W)
-            return (logits, SegmentationNetSaved(convs: convs, relus: relus, upsample: up))
+            return (logits, SegmentationNetSaved(convs: convs, relus: relus, upsample: up, afterPositive: after))
         }
     }
 
@@ -104,21 +117,26 @@ public final class SegmentationNet {
     public func backward(_ dLogits: Tensor, _ saved: SegmentationNetSaved) throws {
         let c = saved.convs, r = saved.relus
         precondition(c.count == layers.count && r.count == layers.count - 1, "SegmentationNet.backward: saved value of another network")
+        /// Backward of layer i and its after-positive operation: dy (N, Cout, ...) -> dx (N, Cin, ...).
+        func conv(_ i: Int, _ dy: Tensor) throws -> Tensor {
+            let g = afterPositive[i].map { $0.backward(dy, saved.afterPositive[i]!) } ?? dy
+            return try layers[i].backward(g, c[i])
+        }
         switch config.architecture {
         case .stack:
             var g = dLogits
             for i in stride(from: layers.count - 1, through: 0, by: -1) {
                 if i < r.count { g = ReLU.backward(g, r[i]) }
-                g = try layers[i].backward(g, c[i])
+                g = try conv(i, g)
             }
         case .encoderDecoder:
-            let dA3 = try layers[4].backward(dLogits, c[4])
-            let dU = try layers[3].backward(ReLU.backward(dA3, r[3]), c[3])
+            let dA3 = try conv(4, dLogits)
+            let dU = try conv(3, ReLU.backward(dA3, r[3]))
             let dA2 = Upsample2x.backward(dU, saved.upsample!)
-            let dA1 = try layers[2].backward(ReLU.backward(dA2, r[2]), c[2])
-            let dA0 = try layers[1].backward(ReLU.backward(dA1, r[1]), c[1])
+            let dA1 = try conv(2, ReLU.backward(dA2, r[2]))
+            let dA0 = try conv(1, ReLU.backward(dA1, r[1]))
             for i in 0..<dA0.count { dA0.data[i] += dA3.data[i] }            // skip connection
-            _ = try layers[0].backward(ReLU.backward(dA0, r[0]), c[0])
+            _ = try conv(0, ReLU.backward(dA0, r[0]))
         }
     }
 
@@ -128,8 +146,13 @@ public final class SegmentationNet {
     }
 
     public func finishBackward() { layers.forEach { $0.finishBackward() } }
-    public func zeroGradients() { layers.forEach { $0.zeroGradients() } }
-    public var trainable: [NamedParameter] { layers.flatMap(\.trainable) }
+    public func zeroGradients() {
+        layers.forEach { $0.zeroGradients() }
+        afterPositive.forEach { $0?.zeroGradients() }
+    }
+    public var trainable: [NamedParameter] {
+        zip(layers, afterPositive).flatMap { $0.trainable + ($1?.trainable ?? []) }
+    }
     public var flipoutLayers: [FlipoutConv3D] { layers.compactMap { $0 as? FlipoutConv3D } }
 
     /// Refresh constrained values after the optimizer changed parameters.
