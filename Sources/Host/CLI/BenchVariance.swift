@@ -14,6 +14,8 @@ struct VarianceOptions: ParsableArguments {
     var draws = 32
     @Option(name: .customLong("variance-batch"), help: "distinct (the first N training volumes) or copies (N copies of one volume) (--variance).")
     var batchKind: GradientVariance.BatchKind = .distinct
+    @Flag(name: .customLong("allow-plugin-change"), help: "Load the checkpoint even if a plugin's SHA-256 changed since training (--variance).")
+    var allowPluginChange = false
 
     func validate() throws {
         guard variance else { return }
@@ -30,7 +32,7 @@ struct VarianceOptions: ParsableArguments {
 
     /// Prints one table row per (layer, parameter, batch): reparam's variance and the two ratios.
     func run(registry: PluginRegistry, json: Bool) throws {
-        let trained = try TrainedModel.load(checkpoint!, registry: registry, log: note)
+        let trained = try TrainedModel.load(checkpoint!, registry: registry, allowPluginChange: allowPluginChange, log: note)
         let dataset = try trained.training.makeDataset()
         let rows = try GradientVariance.measure(trained: trained.model, dataset: dataset, seed: trained.training.seed, registry: registry,
                                                 batches: parsedBatches!, draws: draws, kind: batchKind, progress: note)

@@ -59,10 +59,10 @@ public enum GradientVariance {
                     // Negative steps never coincide with training (positive) or prediction (-1...-T) draws.
                     let ctx = StepContext(seed: seed, step: -1_000_000 - r)
                     net.zeroGradients()
-                    let logits = try net.forward(x, ctx)
+                    let (logits, saved) = try net.forward(x, ctx)
                     let grad = Tensor(shape: logits.shape)
                     _ = ELBO.bceWithLogits(logits, y, grad: grad)
-                    try net.backward(grad)
+                    try net.backward(grad, saved)
                     net.finishBackward()
                     for (li, l) in layers.enumerated() {
                         for (k, g) in l.weights.gradients.enumerated() { stats[li][k].add(g) }

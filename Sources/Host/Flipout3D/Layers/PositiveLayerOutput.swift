@@ -12,7 +12,7 @@
 public enum PositiveLayerOutput: String, Codable, CaseIterable, Sendable {
     case none, scale, norm
     /// The documented recipe (what a user gets by default), measured in docs/positive-weights.md.
-    public static let recipe: PositiveLayerOutput = .none
+    public static let recipe: PositiveLayerOutput = .norm
 }
 
 /// What `ChannelAffine.backward` needs from its forward pass.

@@ -66,6 +66,8 @@ public final class SegmentationNet {
                   f.weights.posterior.family.capabilities.contains(.positiveSupport) else { return nil }
             return ChannelAffine(name: "\(l.name).after_positive", channels: l.outChannels, mode: after)
         }
+        let named = zip(built, afterPositive).compactMap { $1 == nil ? nil : $0.name }
+        if !named.isEmpty { log("after the positive-weight layer(s) \(named.joined(separator: ", ")): \(after.rawValue) (--after-positive)") }
     }
 
     /// Throws if the network cannot take volumes of this spatial size (D, H, W).
@@ -87,9 +89,9 @@ public final class SegmentationNet {
         func block(_ i: Int, _ h: Tensor) throws -> Tensor {
             var (y, c) = try layers[i].forward(h, ctx)
             convs.append(c)
-            let a = afterPositive[i].map { $0.forward(y) }
-            after.append(a?.saved)
-            if let a { y = a.y }
+            let post = afterPositive[i].map { $0.forward(y) }
+            after.append(post?.saved)
+            if let post { y = post.y }
             guard i < layers.count - 1 else { return y }
             let (a, r) = ReLU.forward(y)
             relus.append(r)
