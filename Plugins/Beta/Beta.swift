@@ -8,15 +8,17 @@ import Glibc
 struct Beta: ScalarDistribution {
     static let family = FamilyInfo(
         id: "org.flipout3d.beta", name: "Beta", version: "1.1.0",
-        description: "Beta(alpha, beta) on (0, 1), density x^(alpha-1) (1-x)^(beta-1) / B(alpha, beta). A posterior for positive weights (defaults 2 and 20 start them small, mean 1/11; alpha and beta are learned in log space, and log alpha starts with N(0, 0.4^2) jitter so the weights start at different means). Sampled as G1/(G1 + G2) with G1 = P^-1(alpha, u1), G2 = P^-1(beta, u2) from two uniforms (inverse incomplete gamma), with implicit reparameterization gradients through both Gammas (dP/da by a central difference in a, in Double). Not symmetric: Flipout does not apply. Pair it with the Gamma prior for an analytic KL.",
+        description: "Beta(alpha, beta) on (0, 1), density x^(alpha-1) (1-x)^(beta-1) / B(alpha, beta). A posterior for positive weights (defaults 20 and 200 start them small, mean 1/11, sd/mean 0.21; alpha and beta are learned in log space, and log alpha starts with N(0, 0.4^2) jitter so the weights start at different means). Sampled as G1/(G1 + G2) with G1 = P^-1(alpha, u1), G2 = P^-1(beta, u2) from two uniforms (inverse incomplete gamma), with implicit reparameterization gradients through both Gammas (dP/da by a central difference in a, in Double). Not symmetric: Flipout does not apply. Pair it with the Gamma prior for an analytic KL.",
         capabilities: [.sample, .implicitReparameterization, .uniformNoise, .positiveSupport],
         parameters: [
             // exp, not softplus: softplus is the identity for large values, so beta = 20 would move by
             // Adam's absolute step (~lr) and stay frozen; in log space every step is relative (~lr %).
             // The jitter on alpha starts every weight at its own mean (alpha/(alpha+beta) spread about
             // x e^(+-0.4)), so a filter bank's filters start different (docs/setups.md, "Beta").
-            ParameterSpec("alpha", "first shape > 0", transform: .exp, default: 2, initJitter: 0.4),
-            ParameterSpec("beta", "second shape > 0", transform: .exp, default: 20),
+            // (20, 200): mean 1/11 with sd/mean 0.21, the relative noise of a Normal first layer
+            // (sigma 0.0486 against He-normal |mu| ~ 0.22); (2, 20) starts at sd/mean 0.66.
+            ParameterSpec("alpha", "first shape > 0", transform: .exp, default: 20, initJitter: 0.4),
+            ParameterSpec("beta", "second shape > 0", transform: .exp, default: 200),
         ])
 
     init(hyperparameters: [Double]) throws {}
