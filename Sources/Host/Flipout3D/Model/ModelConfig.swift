@@ -23,11 +23,11 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     /// filter bank with a Beta posterior) while the others use a Normal posterior and Normal prior.
     public var customLayers: CustomLayers = .all
     public enum CustomLayers: String, Codable, CaseIterable, Sendable { case all, first }
-    /// Monte Carlo samples for a KL without a closed form; `forceMonteCarloKL` ignores closed forms.
     /// What follows each positive-support (e.g. Beta) layer other than the head; nil: the
     /// documented positive-weight recipe (`PositiveLayerOutput.recipe`). Optional so older
     /// checkpoints, written before it existed, still decode (as nil).
     public var afterPositive: PositiveLayerOutput? = nil
+    /// Monte Carlo samples for a KL without a closed form; `forceMonteCarloKL` ignores closed forms.
     public var klSamples: Int = 1
     public var forceMonteCarloKL: Bool = false
 
