@@ -34,6 +34,8 @@ var targets: [Target] = [
     // zlib (Debian zlib1g-dev) for .nii.gz, and libpng 1.6 (libpng-dev) for PNG previews.
     .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
     .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
+    // The host <-> communication backend ABI (a header only; the MPI backend is built by scripts/build-mpi-backend).
+    .systemLibrary(name: "CommABI", path: "Sources/CommABI"),
     // libffi (Debian libffi-dev): a tiny C shim that hands out its ffi_type globals, for foreign priors.
     .target(name: "CFFI", path: "Sources/CFFI", linkerSettings: [.linkedLibrary("ffi")]),
     // The ABI's constants as Swift types and the versioned-struct reader, shared by host and SDK.
@@ -43,7 +45,7 @@ var targets: [Target] = [
     // The host library: tensors, Conv3D engine, layers, plugin loader, training, prediction.
     .target(
         name: "Flipout3D",
-        dependencies: ["PluginABI", "FlipoutABI", "CDNNL", "CZlib", "CPNG", "CFFI"],
+        dependencies: ["PluginABI", "FlipoutABI", "CDNNL", "CZlib", "CPNG", "CFFI", "CommABI"],
         path: "Sources/Host/Flipout3D",
         swiftSettings: fastMath
     ),

@@ -20,13 +20,15 @@ struct TrainCommand: ParsableCommand {
           flipout train --foreign-prior './libdens.so:my_logpdf(x:d,loc:d=0,scale:d=1)->d@org.example.cauchy' --prior org.example.cauchy
           flipout train --posterior org.flipout3d.gaussian-mixture --posterior-hyper components=2
           flipout train --resume runs/default/checkpoint.safetensors
+          OMP_NUM_THREADS=1 mpirun -np 2 --bind-to none flipout train --batch-size 4   (or scripts/train-mpi -np 2)
         """)
 
     @OptionGroup var plugins: PluginOptions
     @OptionGroup var model: ModelOptions
+    @OptionGroup var distribution: DistributedOptions
 
     @Option(help: "Epochs to train.") var epochs = 30
-    @Option(name: .customLong("batch-size"), help: "Volumes per step.") var batchSize = 4
+    @Option(name: .customLong("batch-size"), help: "Volumes per step (over all ranks when distributed).") var batchSize = 4
     @Option(name: .customLong("lr"), help: "Adam learning rate.") var learningRate: Float = 3e-3
     @Option(help: "Weight of the KL term in the ELBO.") var beta: Double = 1
     @Option(name: .customLong("beta-anneal"), help: "Anneal beta linearly from 0 over this many epochs (0: off).") var betaAnneal = 0
@@ -51,12 +53,15 @@ struct TrainCommand: ParsableCommand {
     }
 
     func run() throws {
-        try reportingInputErrors {
+        let comm = try distribution.communicator(log: note)
+        // Rank 0 speaks for the job.
+        let say: (String) -> Void = comm.isRoot ? { note($0) } : { _ in }
+        try endingJobOnError(comm) { try reportingInputErrors {
             let registry = try plugins.registry()
             let trainer: Trainer
             if let resume {
-                trainer = try Trainer.resume(checkpoint: resume, registry: registry, allowPluginChange: allowPluginChange, log: note)
-                note("resuming \(resume) after epoch \(trainer.epochsDone) of \(trainer.training.epochs)")
+                trainer = try Trainer.resume(checkpoint: resume, registry: registry, allowPluginChange: allowPluginChange, communicator: comm, log: say)
+                say("resuming \(resume) after epoch \(trainer.epochsDone) of \(trainer.training.epochs)")
             } else {
                 var t = TrainingConfig()
                 t.seed = seed; t.epochs = epochs; t.batchSize = batchSize; t.learningRate = learningRate
@@ -64,16 +69,23 @@ struct TrainCommand: ParsableCommand {
                 t.trainVolumes = trainVolumes; t.testVolumes = testVolumes; t.oodVolumes = testVolumes
                 t.validationVolumes = max(2, testVolumes / 2); t.evaluationSamples = samples
                 let config = try model.config()
-                let net = try SegmentationNet(config, registry: registry, seed: seed, log: note)
-                trainer = try Trainer(model: net, training: t, dataset: try t.makeDataset(), runDirectory: runFolder, log: note)
+                let net = try SegmentationNet(config, registry: registry, seed: seed, log: say)
+                trainer = try Trainer(model: net, training: t, dataset: try t.makeDataset(), runDirectory: runFolder, communicator: comm, log: say)
             }
             trainer.showProgress = !quiet
             let start = Date()
             try trainer.run()
             let seconds = Date().timeIntervalSince(start)
+            if trainer.stepsRun > 0 {
+                let perStep = trainer.stepSeconds / Double(trainer.stepsRun)
+                say(String(format: "throughput: %d steps, %.3f steps/s (%.1f ms per step, data loading included)", trainer.stepsRun, 1 / perStep, perStep * 1e3) +
+                    (comm.worldSize > 1 ? "; " + trainer.parallel.reduceSummary(stepSeconds: perStep) : ""))
+            }
+            // The test and OOD evaluation runs on rank 0 alone; the others are done.
+            guard comm.isRoot else { return }
             let report = try RunReport.evaluate(trainer: trainer, trainSeconds: seconds)
             print(report.text)
-            note("run folder: \(trainer.runDirectory) (checkpoint.safetensors, metrics.csv, metrics.json, results.json)")
-        }
+            say("run folder: \(trainer.runDirectory) (checkpoint.safetensors, metrics.csv, metrics.json, results.json)")
+        } }
     }
 }

@@ -44,5 +44,9 @@ public struct StepContext: Sendable {
     public var seed: UInt64
     public var step: Int
     public var mode: WeightMode
+    /// Which rows of the step's global batch this call's examples are (data-parallel ranks hold
+    /// every world-size-th row): per-example draws (Flipout signs, per-example noise) are keyed
+    /// by the global row, so they do not depend on the number of ranks.
+    public var shard: BatchShard = .whole
     public init(seed: UInt64, step: Int, mode: WeightMode = .sample) { self.seed = seed; self.step = step; self.mode = mode }
 }

@@ -97,21 +97,26 @@ public final class FlipoutConv3D {
             draw = WeightDraw(mode: .sample, center: center, sample: w, signsIn: nil, signsOut: nil, noise: [noise])
         case (.sample, .flipout):
             let (w, noise) = try drawSharedSample(&noiseStream)
+            // Signs for every row of the step's global batch (ctx.shard), then this rank's rows.
             var signStream = stream(ctx, .flipoutSigns)
-            let sIn = Tensor(shape: [n, inChannels]), sOut = Tensor(shape: [n, outChannels])
-            signStream.fillSigns(sIn.data, count: sIn.count)
-            signStream.fillSigns(sOut.data, count: sOut.count)
+            let rows = ctx.shard.globalCount(local: n)
+            let gIn = Tensor(shape: [rows, inChannels]), gOut = Tensor(shape: [rows, outChannels])
+            signStream.fillSigns(gIn.data, count: gIn.count)
+            signStream.fillSigns(gOut.data, count: gOut.count)
+            let sIn = ctx.shard.localRows(gIn, local: n), sOut = ctx.shard.localRows(gOut, local: n)
             kernels = Tensor(uninitializedShape: perExampleShape(n))
             flipoutKernels(center: center, sample: w, signsIn: sIn, signsOut: sOut, into: kernels)
             input = try groupedForward(x, kernels, g, y)
             draw = WeightDraw(mode: .sample, center: center, sample: w, signsIn: sIn, signsOut: sOut, noise: [noise])
         case (.sample, .perExample):
             let w = Tensor(shape: perExampleShape(n))
-            var noise: [Noise] = []
-            for i in 0..<n {
+            // One draw per row of the global batch, in order; this rank samples its own rows.
+            var noise = [Noise](repeating: Noise(normals: 0, uniforms: 0), count: n)
+            for row in 0..<ctx.shard.globalCount(local: n) {
                 let z = weights.drawNoise(&noiseStream)
+                guard let i = ctx.shard.localRow(row, local: n) else { continue }
                 try weights.sample(z, into: w.data + i * e)
-                noise.append(z)
+                noise[i] = z
             }
             kernels = w
             input = try groupedForward(x, kernels, g, y)

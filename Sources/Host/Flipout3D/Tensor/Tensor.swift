@@ -7,7 +7,11 @@ import Foundation
 public final class Tensor: @unchecked Sendable {
     public let shape: [Int]
     public let count: Int
-    public let data: UnsafeMutablePointer<Float>
+    /// Fixed for the tensor's life, except that `ParameterArena` moves parameters into its block
+    /// once, before training (layers must not keep this pointer across calls).
+    public private(set) var data: UnsafeMutablePointer<Float>
+    /// Set when the storage belongs to something else (a `ParameterArena`): then not released here.
+    private var storageOwner: AnyObject?
 
     /// A zero-filled tensor of the given shape.
     public convenience init(shape: [Int]) {
@@ -32,7 +36,23 @@ public final class Tensor: @unchecked Sendable {
         values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: count) }
     }
 
-    deinit { TensorStorage.release(data, max(count, 1)) }
+    /// A tensor over `count` floats at `storage` that `owner` keeps alive (a view into an arena).
+    public init(viewing storage: UnsafeMutablePointer<Float>, shape: [Int], owner: AnyObject) {
+        self.shape = shape
+        self.count = shape.reduce(1, *)
+        data = storage
+        storageOwner = owner
+    }
+
+    /// Copies the values to `storage` (count floats kept alive by `owner`) and uses it from now on.
+    func moveStorage(to storage: UnsafeMutablePointer<Float>, owner: AnyObject) {
+        storage.update(from: data, count: count)
+        if storageOwner == nil { TensorStorage.release(data, max(count, 1)) }
+        data = storage
+        storageOwner = owner
+    }
+
+    deinit { if storageOwner == nil { TensorStorage.release(data, max(count, 1)) } }
 
     public var rank: Int { shape.count }
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: data, count: count) }

@@ -1,4 +1,4 @@
-// Adam (Kingma & Ba 2015): one flat loop over contiguous parameters, state checkpointable.
+// Adam (Kingma & Ba 2015): one flat loop over the parameter arena, state checkpointable.
 
 public final class Adam {
     public var learningRate: Float
@@ -7,35 +7,41 @@ public final class Adam {
     public let epsilon: Float = 1e-8
     /// Steps taken so far (bias correction uses it).
     public var step: Int = 0
-    /// First and second moments, one tensor per parameter, in the order of `parameters`.
+    /// Parameters and gradients in two contiguous blocks (the all-reduce works on `arena.gradients`).
+    public let arena: ParameterArena
+    /// First and second moments, one view per parameter (in the order of `parameters`) into two
+    /// blocks of the arena's layout.
     public let m: [Tensor]
     public let v: [Tensor]
-    public let parameters: [NamedParameter]
+    public var parameters: [NamedParameter] { arena.parameters }
+    private let mBlock: UnsafeMutablePointer<Float>, vBlock: UnsafeMutablePointer<Float>
+    private let owners: [ArenaBlock]
 
+    /// Moves `parameters` into a `ParameterArena` (their tensors keep their values).
     public init(parameters: [NamedParameter], learningRate: Float = 1e-3) {
-        self.parameters = parameters
         self.learningRate = learningRate
-        m = parameters.map { Tensor(shape: $0.value.shape) }
-        v = parameters.map { Tensor(shape: $0.value.shape) }
+        arena = ParameterArena(parameters)
+        let ms = arena.makeState(), vs = arena.makeState()
+        (mBlock, m) = (ms.block, ms.views)
+        (vBlock, v) = (vs.block, vs.views)
+        owners = [ms.owner, vs.owner]
     }
 
     /// One update from the accumulated gradients. Throws (updating nothing) if a gradient is not finite.
     public func update() throws {
-        for p in parameters {
-            for i in 0..<p.gradient.count where !p.gradient.data[i].isFinite {
-                throw LayerError.nonFinite("gradient of \(p.name) is \(p.gradient.data[i]) at index \(i); nothing was updated. Lower the learning rate, or check the prior/posterior parameters (a scale near 0?).")
-            }
+        let n = arena.count, w = arena.values, g = arena.gradients
+        for i in 0..<n where !g[i].isFinite {
+            let at = arena.locate(i)
+            throw LayerError.nonFinite("gradient of \(at.name) is \(g[i]) at index \(at.index); nothing was updated. Lower the learning rate, or check the prior/posterior parameters (a scale near 0?).")
         }
         step += 1
         let c1 = 1 - pow(Double(beta1), Double(step)), c2 = 1 - pow(Double(beta2), Double(step))
         let lr = learningRate * Float(c2.squareRoot() / c1)
-        for (k, p) in parameters.enumerated() {
-            let w = p.value.data, g = p.gradient.data, mk = m[k].data, vk = v[k].data
-            for i in 0..<p.value.count {
-                mk[i] = beta1 * mk[i] + (1 - beta1) * g[i]
-                vk[i] = beta2 * vk[i] + (1 - beta2) * g[i] * g[i]
-                w[i] -= lr * mk[i] / (vk[i].squareRoot() + epsilon)
-            }
+        let mk = mBlock, vk = vBlock
+        for i in 0..<n {
+            mk[i] = beta1 * mk[i] + (1 - beta1) * g[i]
+            vk[i] = beta2 * vk[i] + (1 - beta2) * g[i] * g[i]
+            w[i] -= lr * mk[i] / (vk[i].squareRoot() + epsilon)
         }
     }
 }

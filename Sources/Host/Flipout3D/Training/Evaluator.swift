@@ -19,11 +19,13 @@ public enum Evaluator {
 
     /// T Monte Carlo probability maps of x (N, 1, D, H, W) accumulated into uncertainty maps.
     /// A deterministic model (or samples == 0) uses one pass with the posterior centers.
-    public static func predict(_ model: SegmentationNet, _ x: Tensor, samples: Int, seed: UInt64) throws -> UncertaintyMaps {
+    /// `shard`: which rows of a larger batch x holds (data-parallel evaluation; keys Flipout signs).
+    public static func predict(_ model: SegmentationNet, _ x: Tensor, samples: Int, seed: UInt64, shard: BatchShard = .whole) throws -> UncertaintyMaps {
         var acc = UncertaintyAccumulator(shape: x.shape)
         let draws = model.config.bayesian && samples > 0 ? samples : 1
         for t in 0..<draws {
             var ctx = predictionContext(seed: seed, draw: t)
+            ctx.shard = shard
             if !model.config.bayesian || samples == 0 { ctx.mode = .center }
             let logits = try model.forward(x, ctx).logits
             let p = Tensor(shape: logits.shape)

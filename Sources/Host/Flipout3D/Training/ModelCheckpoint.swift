@@ -12,6 +12,8 @@ public enum CheckpointKey {
     public static let estimator = "flipout3d.estimator"
     public static let seed = "flipout3d.seed"
     public static let learnedPrior = "flipout3d.learned_prior"
+    /// Ranks that trained it (data-parallel; results depend on it only through summation order).
+    public static let worldSize = "flipout3d.world_size"
 }
 
 /// The plugin a checkpoint was trained with, for refusing a silently changed `.so`.
@@ -38,7 +40,7 @@ enum ModelCheckpoint {
         return String(decoding: try e.encode(v), as: UTF8.self)
     }
 
-    static func save(model: SegmentationNet, optimizer: Adam, training: TrainingConfig, epoch: Int, to path: String) throws {
+    static func save(model: SegmentationNet, optimizer: Adam, training: TrainingConfig, epoch: Int, worldSize: Int = 1, to path: String) throws {
         var c = Checkpoint()
         for p in model.trainable { c.tensors.append((p.name, p.value)) }
         for (k, p) in optimizer.parameters.enumerated() {
@@ -53,6 +55,7 @@ enum ModelCheckpoint {
         c.metadata[CheckpointKey.plugins] = try json(fingerprints(model))
         c.metadata[CheckpointKey.estimator] = model.flipoutLayers.first.map { $0.estimator.rawValue } ?? "deterministic"
         c.metadata[CheckpointKey.seed] = String(training.seed)
+        c.metadata[CheckpointKey.worldSize] = String(worldSize)
         if model.config.learnPrior, let l = model.flipoutLayers.first {
             c.metadata[CheckpointKey.learnedPrior] = l.weights.priorValues.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
         }

@@ -22,15 +22,23 @@ public final class Trainer {
     public let runDirectory: String
     public private(set) var epochsDone = 0
     public private(set) var records: [EpochRecord] = []
+    /// Training steps run by this object and the seconds spent in them (validation and writing excluded).
+    public private(set) var stepsRun = 0
+    public private(set) var stepSeconds = 0.0
     public var showProgress = true
+    /// The ranks training together (one process by default); rank 0 writes and logs.
+    public let parallel: DataParallel
     let log: (String) -> Void
 
     public var checkpointPath: String { (runDirectory as NSString).appendingPathComponent("checkpoint.safetensors") }
 
     public init(model: SegmentationNet, training: TrainingConfig, dataset: VolumeDataset, runDirectory: String,
-                log: @escaping (String) -> Void = { _ in }) throws {
+                communicator: Communicator = SingleProcess(), log: @escaping (String) -> Void = { _ in }) throws {
         guard training.batchSize >= 1, training.epochs >= 0, training.learningRate > 0 else {
             throw LayerError.invalidConfiguration("batch size must be >= 1, epochs >= 0 and the learning rate > 0.")
+        }
+        guard training.batchSize % communicator.worldSize == 0 else {
+            throw LayerError.invalidConfiguration("the batch size \(training.batchSize) (volumes per step over all ranks) is not a multiple of the \(communicator.worldSize) ranks; use a multiple of \(communicator.worldSize).")
         }
         guard dataset.count(.train) >= 1 else { throw LayerError.invalidConfiguration("the dataset has no training volumes.") }
         try model.checkInput([1, 1] + dataset.volumeSize)
@@ -38,17 +46,21 @@ public final class Trainer {
         self.training = training
         self.dataset = dataset
         self.runDirectory = runDirectory
-        self.log = log
+        parallel = DataParallel(communicator)
+        self.log = communicator.isRoot ? log : { _ in }
         optimizer = Adam(parameters: model.trainable, learningRate: training.learningRate)
+        try parallel.broadcastParameters(optimizer.arena)
+        model.parametersChanged()
         try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
     }
 
     /// Continue the run saved at `checkpoint` (bit-exactly: shuffles and noise depend only on seed and step).
     public static func resume(checkpoint: String, registry: PluginRegistry, runDirectory: String? = nil, allowPluginChange: Bool = false,
-                              log: @escaping (String) -> Void = { _ in }) throws -> Trainer {
+                              communicator: Communicator = SingleProcess(), log: @escaping (String) -> Void = { _ in }) throws -> Trainer {
         let loaded = try ModelCheckpoint.load(checkpoint, registry: registry, allowPluginChange: allowPluginChange, log: log)
         let dir = runDirectory ?? (checkpoint as NSString).deletingLastPathComponent
-        let t = try Trainer(model: loaded.model, training: loaded.training, dataset: try loaded.training.makeDataset(), runDirectory: dir, log: log)
+        let t = try Trainer(model: loaded.model, training: loaded.training, dataset: try loaded.training.makeDataset(), runDirectory: dir,
+                            communicator: communicator, log: log)
         try ModelCheckpoint.restoreOptimizer(t.optimizer, from: loaded.checkpoint, path: checkpoint)
         t.epochsDone = loaded.epoch
         let metricsPath = (dir as NSString).appendingPathComponent("metrics.json")
@@ -58,11 +70,17 @@ public final class Trainer {
         return t
     }
 
-    var stepsPerEpoch: Int { (dataset.count(.train) + training.batchSize - 1) / training.batchSize }
+    /// Which training volumes each rank takes, epoch by epoch (with one rank: a seeded shuffle).
+    public var sampler: DistributedSampler {
+        DistributedSampler(count: dataset.count(.train), globalBatch: training.batchSize, rank: parallel.rank, worldSize: parallel.worldSize, seed: training.seed)
+    }
+    var stepsPerEpoch: Int { sampler.stepsPerEpoch }
 
-    /// One ELBO step on a batch; returns its terms. `step` keys every random draw.
-    public func step(x: Tensor, y: Tensor, step: Int, beta: Double) throws -> ELBOTerms {
-        let ctx = StepContext(seed: training.seed, step: step)
+    /// One ELBO step on a batch (this rank's `shard` of the step's global batch); returns its terms.
+    /// `step` keys every random draw.
+    public func step(x: Tensor, y: Tensor, step: Int, beta: Double, shard: BatchShard = .whole) throws -> ELBOTerms {
+        var ctx = StepContext(seed: training.seed, step: step)
+        ctx.shard = shard
         model.zeroGradients()
         let (logits, saved) = try model.forward(x, ctx)
         let grad = Tensor(shape: logits.shape)
@@ -72,6 +90,7 @@ public final class Trainer {
         let scale = ELBO.klScale(beta: beta, trainingVolumes: dataset.count(.train), voxelsPerVolume: dataset.volumeSize.reduce(1, *))
         let kl = try model.kl(gradientScale: Float(scale), ctx)
         model.finishBackward()
+        try parallel.averageGradients(optimizer.arena)
         try optimizer.update()
         model.parametersChanged()
         return ELBOTerms(nll: nll, kl: kl, scaledKL: scale * kl)
@@ -81,32 +100,38 @@ public final class Trainer {
     public func trainEpoch() throws -> EpochRecord {
         let epoch = epochsDone
         let start = Date()
-        let n = dataset.count(.train)
-        var order = Array(0..<n)
-        var shuffle = RandomStream(seed: training.seed, layer: 0, step: epoch, purpose: .shuffle)
-        for i in stride(from: n - 1, to: 0, by: -1) { order.swapAt(i, shuffle.nextInt(below: i + 1)) }
+        let sampler = self.sampler
+        let order = sampler.order(epoch: epoch)
         let beta = training.beta(epoch: epoch)
         var sums = ELBOTerms(nll: 0, kl: 0, scaledKL: 0)
         let progress = ProgressLine(total: stepsPerEpoch, label: "epoch \(epoch + 1)/\(training.epochs)")
-        progress.enabled = showProgress
+        progress.enabled = showProgress && parallel.isWriter
         for b in 0..<stepsPerEpoch {
-            let idx = Array(order[(b * training.batchSize)..<min(n, (b + 1) * training.batchSize)])
+            let (idx, shard) = sampler.batch(b, of: order)
             let (x, y) = try dataset.batch(.train, indices: idx)
-            let t = try step(x: x, y: y, step: epoch * stepsPerEpoch + b + 1, beta: beta)
+            let stepStart = Date()
+            let t = try step(x: x, y: y, step: epoch * stepsPerEpoch + b + 1, beta: beta, shard: shard)
+            stepSeconds += Date().timeIntervalSince(stepStart); stepsRun += 1
             sums.nll += t.nll; sums.kl += t.kl; sums.scaledKL += t.scaledKL
             progress.update(done: b + 1, String(format: "loss %.4f  nll %.4f  kl %.1f", t.loss, t.nll, t.kl))
         }
         let steps = Double(stepsPerEpoch)
+        // Every rank's sums are over equally many examples: the means over ranks are the global ones.
+        let global = try parallel.mean([sums.nll, sums.kl, sums.scaledKL])
+        sums = ELBOTerms(nll: global[0], kl: global[1], scaledKL: global[2])
         let val = dataset.count(.validation) > 0
-            ? try Evaluator.evaluate(model, dataset, .validation, samples: min(training.evaluationSamples, 4), seed: training.seed, batchSize: training.batchSize)
-            : SplitMetrics(dice: .nan, nll: .nan, brier: .nan, ece: .nan, volumeMutualInformation: [])
+            ? try ShardedEvaluation.statistics(model, dataset, .validation, samples: min(training.evaluationSamples, 4), seed: training.seed,
+                                               batchSize: training.batchSize, communicator: parallel.communicator)
+            : nil
         let record = EpochRecord(epoch: epoch + 1, loss: (sums.nll + sums.scaledKL) / steps, nll: sums.nll / steps, kl: sums.kl / steps,
-                                 scaledKL: sums.scaledKL / steps, beta: beta, validationDice: val.dice, validationNLL: val.nll,
+                                 scaledKL: sums.scaledKL / steps, beta: beta, validationDice: val?.dice ?? .nan, validationNLL: val?.nll ?? .nan,
                                  seconds: Date().timeIntervalSince(start))
         epochsDone += 1
         records.append(record)
-        try writeMetrics()
-        try ModelCheckpoint.save(model: model, optimizer: optimizer, training: training, epoch: epochsDone, to: checkpointPath)
+        try parallel.onWriter {
+            try writeMetrics()
+            try ModelCheckpoint.save(model: model, optimizer: optimizer, training: training, epoch: epochsDone, worldSize: parallel.worldSize, to: checkpointPath)
+        }
         log(String(format: "epoch %d: loss %.4f  nll %.4f  kl %.1f (scaled %.5f, beta %.2f)  val dice %.3f  val nll %.4f  %.1fs",
                    record.epoch, record.loss, record.nll, record.kl, record.scaledKL, beta, record.validationDice, record.validationNLL, record.seconds))
         return record
