@@ -55,6 +55,8 @@ var targets: [Target] = [
         dependencies: ["Flipout3D", .product(name: "ArgumentParser", package: "swift-argument-parser")],
         path: "Sources/Host/CLI"
     ),
+    // One data-parallel step under mpirun, dumped for DistributedTests (needs no MPI to build).
+    .executableTarget(name: "flipout-mpi-probe", dependencies: ["Flipout3D"], path: "Tests/MPIProbe"),
     .target(name: "TestSupport", dependencies: ["Flipout3D"], path: "Tests/TestSupport"),
     .testTarget(name: "FlipoutTests", dependencies: ["Flipout3D", "TestSupport", "PluginSDK"], path: "Tests/FlipoutTests"),
 ]

@@ -57,6 +57,10 @@ struct TrainCommand: ParsableCommand {
         // Rank 0 speaks for the job.
         let say: (String) -> Void = comm.isRoot ? { note($0) } : { _ in }
         try endingJobOnError(comm) { try reportingInputErrors {
+            guard resume != nil || batchSize % comm.worldSize == 0 else {
+                if comm.isRoot { _ = InputError("--batch-size \(batchSize) is the batch over all ranks and must be a multiple of the \(comm.worldSize) ranks; use e.g. --batch-size \(comm.worldSize * ((batchSize + comm.worldSize - 1) / comm.worldSize)).").exit }
+                throw ExitCodes.usage
+            }
             let registry = try plugins.registry()
             let trainer: Trainer
             if let resume {
