@@ -22,6 +22,8 @@ ensure_packages() {
 }
 
 build_packages=(libdnnl-dev libffi-dev libpng-dev zlib1g-dev binutils gcc)
+# Optional: data-parallel training (scripts/build-mpi-backend, scripts/train-mpi, the MPI tests).
+mpi_packages=(openmpi-bin libopenmpi-dev)
 
 build_release() {
     if ! command -v swift >/dev/null && [[ -x /opt/swift/usr/bin/swift ]]; then

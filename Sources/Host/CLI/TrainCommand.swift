@@ -80,9 +80,10 @@ struct TrainCommand: ParsableCommand {
             let start = Date()
             try trainer.run()
             let seconds = Date().timeIntervalSince(start)
-            if trainer.stepsRun > 0 {
-                let perStep = trainer.stepSeconds / Double(trainer.stepsRun)
-                say(String(format: "throughput: %d steps, %.3f steps/s (%.1f ms per step, data loading included)", trainer.stepsRun, 1 / perStep, perStep * 1e3) +
+            if trainer.stepsTimed > 0 {
+                let perStep = trainer.stepSeconds / Double(trainer.stepsTimed)
+                say(String(format: "throughput: %.3f steps/s (%.1f ms per step over %d steps after the first, data loading included)",
+                           1 / perStep, perStep * 1e3, trainer.stepsTimed) +
                     (comm.worldSize > 1 ? "; " + trainer.parallel.reduceSummary(stepSeconds: perStep) : ""))
             }
             // The test and OOD evaluation runs on rank 0 alone; the others are done.

@@ -11,10 +11,11 @@ import Foundation
 /// it gives it back unchanged. See Training/ELBO.swift.
 public final class DataParallel {
     public let communicator: Communicator
-    /// Seconds spent in `averageGradients` and the steps it ran, for the scaling figures
-    /// (`flipout train` logs them at the end of a distributed run).
+    /// Seconds spent in `averageGradients` and the calls timed, after the first (which sets up
+    /// MPI's shared-memory channels), for the scaling figures (`flipout train` logs them).
     public private(set) var reduceSeconds = 0.0
     public private(set) var reducedSteps = 0
+    private var reduceCalls = 0
 
     public init(_ communicator: Communicator = SingleProcess()) { self.communicator = communicator }
 
@@ -39,8 +40,11 @@ public final class DataParallel {
         try communicator.allReduceSum(arena.gradientBuffer)
         let scale = 1 / Float(worldSize), g = arena.gradients
         for i in 0..<arena.count { g[i] *= scale }
-        reduceSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
-        reducedSteps += 1
+        reduceCalls += 1
+        if reduceCalls > 1 {
+            reduceSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+            reducedSteps += 1
+        }
     }
 
     /// Means over ranks of per-rank values (each rank's mean over equally many examples).

@@ -22,9 +22,11 @@ public final class Trainer {
     public let runDirectory: String
     public private(set) var epochsDone = 0
     public private(set) var records: [EpochRecord] = []
-    /// Training steps run by this object and the seconds spent in them (validation and writing excluded).
-    public private(set) var stepsRun = 0
+    /// Training steps timed by this object, after its first (warm-up: oneDNN builds its kernels),
+    /// and the seconds spent in them (data loading included; validation and writing excluded).
+    public private(set) var stepsTimed = 0
     public private(set) var stepSeconds = 0.0
+    private var warmedUp = false
     public var showProgress = true
     /// The ranks training together (one process by default); rank 0 writes and logs.
     public let parallel: DataParallel
@@ -111,7 +113,8 @@ public final class Trainer {
             let (x, y) = try dataset.batch(.train, indices: idx)
             let stepStart = Date()
             let t = try step(x: x, y: y, step: epoch * stepsPerEpoch + b + 1, beta: beta, shard: shard)
-            stepSeconds += Date().timeIntervalSince(stepStart); stepsRun += 1
+            if warmedUp { stepSeconds += Date().timeIntervalSince(stepStart); stepsTimed += 1 }
+            warmedUp = true
             sums.nll += t.nll; sums.kl += t.kl; sums.scaledKL += t.scaledKL
             progress.update(done: b + 1, String(format: "loss %.4f  nll %.4f  kl %.1f", t.loss, t.nll, t.kl))
         }
