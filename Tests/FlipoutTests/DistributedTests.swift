@@ -51,6 +51,7 @@ struct DistributedSamplerTests {
             var rebuilt = [Int](repeating: -1, count: rows)
             for p in parts { for (j, i) in p.indices.enumerated() { rebuilt[p.shard.globalRow(j)] = i } }
             #expect(rebuilt == Array(order[(step * batch)..<(step * batch + rows)]))
+            #expect(rebuilt == samplers[0].globalBatch(step, of: order))
         }
     }
 
@@ -203,7 +204,8 @@ struct MPITwoRankTests {
         #expect(diff > 1e-2 * scale, "one rank's gradients alone differ from the batch's (max diff \(diff), scale \(scale))")
     }
 
-    /// Two ranks with batch 2 each and one rank with batch 4 train the same curve; the checkpoint records the world size.
+    /// Two ranks with batch 2 each and one rank with batch 4 train the same curve (to rounding); two runs
+    /// with 2 ranks are bit-identical; the checkpoint records the world size.
     @Test func twoRanksAndOneRankOfDoubleBatchTrainTheSameCurve() throws {
         let common = ["train", "--epochs", "3", "--batch-size", "4", "--volume-size", "16", "--train-volumes", "8", "--test-volumes", "2",
                       "--samples", "2", "--width", "4", "--seed", "5", "--quiet"]
@@ -223,6 +225,12 @@ struct MPITwoRankTests {
             #expect(abs(a.validationNLL - b.validationNLL) <= 1e-4 * b.validationNLL, "epoch \(b.epoch): validation NLL")
         }
         #expect(c1.first!.loss > c1.last!.loss, "the curve goes down")
+        // The same world size again: bit-identical (the checkpoint holds every weight and Adam's state).
+        let again = try Fixtures.temporaryDirectory("flipout-mpi2b")
+        let r3 = try MPIJob.run(ranks: 2, BuildProducts.flipout, common + ["--run", again.path])
+        try #require(r3.status == 0, "second mpirun -np 2 flipout train failed: \(r3.stderr)")
+        #expect(try Data(contentsOf: again.appendingPathComponent("checkpoint.safetensors")) == Data(contentsOf: two.appendingPathComponent("checkpoint.safetensors")),
+                "two runs with 2 ranks write bit-identical checkpoints")
         let meta2 = try Checkpoint.read(two.appendingPathComponent("checkpoint.safetensors").path).metadata
         let meta1 = try Checkpoint.read(one.appendingPathComponent("checkpoint.safetensors").path).metadata
         #expect(meta2["flipout3d.world_size"] == "2" && meta1["flipout3d.world_size"] == "1")

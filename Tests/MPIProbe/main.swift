@@ -26,8 +26,40 @@ struct ProbeConfig: Codable {
 
 let args = CommandLine.arguments
 guard args.count >= 2 else {
-    FileHandle.standardError.write(Data("usage: mpirun -np R flipout-mpi-probe OUTDIR [estimator]\n".utf8))
+    FileHandle.standardError.write(Data("usage: mpirun -np R flipout-mpi-probe OUTDIR [estimator]\n       mpirun -np R flipout-mpi-probe --allreduce stack|encoder-decoder [repetitions]\n".utf8))
     exit(64)
+}
+
+/// `--allreduce ARCH`: the all-reduce alone, on a width-8 network's gradient arena, the ranks
+/// lined up by a barrier first, so the time is the transfer and not waiting for a slower rank.
+/// Prints (rank 0) the arena size and the median and minimum milliseconds.
+func allReduceAlone(_ architecture: String, repetitions: Int) throws {
+    let comm = try Launch.communicator(.mpi)
+    var model = ModelConfig()
+    guard let arch = ModelConfig.Architecture(rawValue: architecture) else { throw LayerError.invalidConfiguration("unknown architecture \(architecture)") }
+    model.architecture = arch
+    let net = try SegmentationNet(model, registry: try PluginRegistry(PluginSearch(explicitPaths: [])), seed: 1)
+    let adam = Adam(parameters: net.trainable)
+    let parallel = DataParallel(comm)
+    var times: [Double] = []
+    for _ in 0..<(repetitions + 1) {
+        try comm.barrier()
+        let start = DispatchTime.now().uptimeNanoseconds
+        try parallel.averageGradients(adam.arena)
+        times.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-6)
+    }
+    let sorted = times.dropFirst().sorted()
+    if comm.isRoot {
+        print(String(format: "allreduce %@ floats %d median_ms %.4f min_ms %.4f", architecture, adam.arena.count, sorted[sorted.count / 2], sorted[0]))
+    }
+}
+
+if args[1] == "--allreduce" {
+    do { try allReduceAlone(args.count > 2 ? args[2] : "encoder-decoder", repetitions: args.count > 3 ? Int(args[3]) ?? 200 : 200) } catch {
+        FileHandle.standardError.write(Data("flipout-mpi-probe: \(error)\n".utf8))
+        exit(1)
+    }
+    exit(0)
 }
 let out = args[1]
 do {

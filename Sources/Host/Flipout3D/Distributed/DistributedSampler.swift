@@ -39,12 +39,18 @@ public struct DistributedSampler: Sendable {
         return order
     }
 
+    /// Every rank's dataset indices of step `step`, in global row order (for draws made per
+    /// global row, such as patch positions: draw for all rows, keep `batch(_:of:).shard`'s).
+    public func globalBatch(_ step: Int, of order: [Int]) -> [Int] {
+        precondition(order.count == paddedCount && step >= 0 && step < stepsPerEpoch, "DistributedSampler.globalBatch: step \(step) of \(stepsPerEpoch)")
+        return Array(order[(step * globalBatch)..<min(paddedCount, (step + 1) * globalBatch)])
+    }
+
     /// This rank's dataset indices for step `step` (0-based within the epoch) of `order`, and where
     /// they sit in the step's global batch.
     public func batch(_ step: Int, of order: [Int]) -> (indices: [Int], shard: BatchShard) {
-        precondition(order.count == paddedCount && step >= 0 && step < stepsPerEpoch, "DistributedSampler.batch: step \(step) of \(stepsPerEpoch)")
-        let start = step * globalBatch, end = min(paddedCount, start + globalBatch)
-        let indices = Array(stride(from: start + rank, to: end, by: worldSize).map { order[$0] })
-        return (indices, BatchShard(globalCount: end - start, offset: rank, stride: worldSize))
+        let global = globalBatch(step, of: order)
+        let indices = Array(stride(from: rank, to: global.count, by: worldSize).map { global[$0] })
+        return (indices, BatchShard(globalCount: global.count, offset: rank, stride: worldSize))
     }
 }

@@ -10,6 +10,14 @@
 /// whole training set, -ELBO = NLL_dataset + beta * KL, estimated from a batch (NLL scaled by D / B),
 /// divided by the constant D * V so the loss reads as a per-voxel cross-entropy. `kl` is reported
 /// raw (nats, whole network) and `scaledKL` = beta * KL / (D * V) is what the loss adds.
+///
+/// Data-parallel training over R ranks (`Distributed/DataParallel.swift`): B is the GLOBAL batch,
+/// each rank holds B / R of its volumes and computes the gradient of its own mean NLL plus
+/// beta * KL / (D * V); the gradients are then summed over ranks and divided by R. The KL term is
+/// identical on every rank (same weights, its Monte Carlo noise keyed by step, never by rank), so
+/// the average of its R copies is the KL gradient itself: it is counted once, not R times, and
+/// the NLL part averages to the global batch's mean NLL. The logged `kl` and `scaledKL` are that
+/// single KL, and the logged NLL is the mean over ranks.
 public struct ELBOTerms: Sendable {
     public var nll: Double          // mean per-voxel binary cross-entropy of the batch
     public var kl: Double           // sum over weights, nats
