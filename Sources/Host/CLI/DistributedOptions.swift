@@ -24,10 +24,11 @@ struct DistributedOptions: ParsableArguments {
 func endingJobOnError(_ communicator: Communicator, _ body: () throws -> Void) throws {
     guard communicator.worldSize > 1 else { return try body() }
     do { try body() } catch let code as ExitCode {
-        // Exit codes come from checks every rank makes alike (bad input): rank 0 has printed the
-        // message; wait for it before ending the job.
+        // Exit codes come from checks every rank makes alike (bad input; rank 0 printed the
+        // message): every rank leaves the job cleanly and exits with the code.
         try? communicator.barrier()
-        communicator.abort(exitCode: code.rawValue)
+        try? communicator.finish()
+        throw code
     } catch {
         FileHandle.standardError.write(Data("Error on rank \(communicator.rank) of \(communicator.worldSize): \(error)\n".utf8))
         communicator.abort(exitCode: 1)

@@ -20,6 +20,9 @@ public protocol Communicator: AnyObject {
     func barrier() throws
     /// Ends every process of the job (an error on one rank would leave the others waiting).
     func abort(exitCode: Int32) -> Never
+    /// Leaves the job for good (MPI_Finalize), e.g. before exiting with an error every rank found
+    /// alike. Idempotent; also done when the communicator is released.
+    func finish() throws
 }
 
 extension Communicator {
@@ -52,6 +55,7 @@ public final class SingleProcess: Communicator {
     }
     public func barrier() throws {}
     public func abort(exitCode: Int32) -> Never { exit(exitCode) }
+    public func finish() throws {}
 }
 
 #if canImport(Glibc)

@@ -70,7 +70,15 @@ public final class MPICommunicator: Communicator {
         localSize = Int(max(1, world.local_size))
     }
 
-    deinit { _ = backend.pointee.finalize() }
+    private var finished = false
+
+    public func finish() throws {
+        guard !finished else { return }
+        finished = true
+        try CommError.check(backend.pointee.finalize(), "MPI finalisation on rank \(rank)", backend)
+    }
+
+    deinit { try? finish() }
 
     public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return }
