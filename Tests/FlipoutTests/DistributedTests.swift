@@ -236,6 +236,23 @@ struct MPITwoRankTests {
         #expect(meta2["flipout3d.world_size"] == "2" && meta1["flipout3d.world_size"] == "1")
     }
 
+    /// A checkpoint of one process resumed on two ranks continues the same run (to rounding).
+    @Test func oneRankCheckpointResumesOnTwoRanks() throws {
+        let straight = try SmallRun.trainer(epochs: 2, dir: SmallRun.tempDir())
+        try straight.run()
+        let first = try SmallRun.trainer(epochs: 2, dir: SmallRun.tempDir())
+        _ = try first.trainEpoch()
+        let r = try MPIJob.run(ranks: 2, BuildProducts.flipout, ["train", "--resume", first.checkpointPath, "--quiet"])
+        try #require(r.status == 0, "resume on 2 ranks failed: \(r.stderr)")
+        #expect(r.stderr.contains("trained so far on 1 rank(s), continuing on 2"), "\(r.stderr)")
+        let resumed = try JSONDecoder().decode([EpochRecord].self, from: Data(contentsOf: URL(fileURLWithPath: first.runDirectory).appendingPathComponent("metrics.json")))
+        try #require(resumed.count == 2)
+        #expect(resumed[0].loss == straight.records[0].loss)
+        #expect(abs(resumed[1].loss - straight.records[1].loss) <= 1e-5 * straight.records[1].loss,
+                "epoch 2 resumed on 2 ranks: \(resumed[1].loss) vs \(straight.records[1].loss) in one process")
+        #expect(try Checkpoint.read(first.checkpointPath).metadata["flipout3d.world_size"] == "2")
+    }
+
     @Test func aBatchThatDoesNotSplitOverTheRanksIsAUsageError() throws {
         let r = try MPIJob.run(ranks: 2, BuildProducts.flipout, ["train", "--epochs", "1", "--batch-size", "3", "--volume-size", "16", "--train-volumes", "4", "--quiet",
                                                                "--run", try Fixtures.temporaryDirectory("flipout-mpi3").path])

@@ -79,10 +79,12 @@ public enum OpenMPThreads {
     public static func share(localSize: Int, environment env: [String: String]) -> Share {
         let online = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         let s = threads(localSize: localSize, allowedCores: allowedCores() ?? online, onlineCores: online, environment: env)
-        if env["OMP_NUM_THREADS"] == nil, let f = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "omp_set_num_threads") {
-            typealias SetThreads = @convention(c) (Int32) -> Void
-            unsafeBitCast(f, to: SetThreads.self)(Int32(s.threads))
+        guard env["OMP_NUM_THREADS"] == nil else { return s }
+        guard let f = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "omp_set_num_threads") else {
+            return Share(threads: s.threads, reason: s.reason + "; NOT applied: no OpenMP runtime in the process, set OMP_NUM_THREADS")
         }
+        typealias SetThreads = @convention(c) (Int32) -> Void
+        unsafeBitCast(f, to: SetThreads.self)(Int32(s.threads))
         return s
     }
 }

@@ -64,6 +64,9 @@ public final class Trainer {
         let t = try Trainer(model: loaded.model, training: loaded.training, dataset: try loaded.training.makeDataset(), runDirectory: dir,
                             communicator: communicator, log: log)
         try ModelCheckpoint.restoreOptimizer(t.optimizer, from: loaded.checkpoint, path: checkpoint)
+        if let trained = loaded.checkpoint.metadata[CheckpointKey.worldSize].flatMap(Int.init), trained != communicator.worldSize {
+            t.log("note: trained so far on \(trained) rank(s), continuing on \(communicator.worldSize): when both divide the training volumes the run matches an unchanged one up to float rounding (docs/distributed.md).")
+        }
         t.epochsDone = loaded.epoch
         let metricsPath = (dir as NSString).appendingPathComponent("metrics.json")
         if let bytes = try? FileIO.read(metricsPath), let r = try? JSONDecoder().decode([EpochRecord].self, from: Data(bytes)) {
