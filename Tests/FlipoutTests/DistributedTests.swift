@@ -62,6 +62,8 @@ struct DistributedSamplerTests {
         let global = Tensor(shape: [5, 3], values: (0..<15).map(Float.init))
         #expect(shard.localRows(global, local: 2).array == [3, 4, 5, 9, 10, 11])
         #expect(BatchShard.whole.localRows(global, local: 5) === global)
+        #expect(shard.localElements(["a", "b", "c", "d", "e"]) == ["b", "d"])
+        #expect(BatchShard.interleaved(globalCount: 5, rank: 1, worldSize: 2) == shard)
     }
 }
 

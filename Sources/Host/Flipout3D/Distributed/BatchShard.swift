@@ -40,6 +40,17 @@ public struct BatchShard: Sendable, Equatable {
         return j < n ? j : nil
     }
 
+    /// The rank holding rows `rank`, `rank + worldSize`, ... of a global batch of `globalCount`.
+    public static func interleaved(globalCount: Int, rank: Int, worldSize: Int) -> BatchShard {
+        BatchShard(globalCount: globalCount, offset: rank, stride: worldSize)
+    }
+
+    /// This rank's elements of a per-row array of the whole global batch (indices, patch draws).
+    public func localElements<T>(_ global: [T]) -> [T] {
+        guard globalCount != nil else { return global }
+        return Array(Swift.stride(from: offset, to: global.count, by: stride).map { global[$0] })
+    }
+
     /// This rank's rows of a (globalCount, rowLength...) tensor drawn for the whole global batch:
     /// (n, rowLength...). The tensor itself when the shard is the whole batch.
     public func localRows(_ global: Tensor, local n: Int) -> Tensor {

@@ -50,7 +50,7 @@ public struct DistributedSampler: Sendable {
     /// they sit in the step's global batch.
     public func batch(_ step: Int, of order: [Int]) -> (indices: [Int], shard: BatchShard) {
         let global = globalBatch(step, of: order)
-        let indices = Array(stride(from: rank, to: global.count, by: worldSize).map { global[$0] })
-        return (indices, BatchShard(globalCount: global.count, offset: rank, stride: worldSize))
+        let shard = BatchShard.interleaved(globalCount: global.count, rank: rank, worldSize: worldSize)
+        return (shard.localElements(global), shard)
     }
 }

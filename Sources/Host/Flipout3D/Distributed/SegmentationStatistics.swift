@@ -76,11 +76,11 @@ public enum ShardedEvaluation {
         let n = data.count(split), r = communicator.rank, world = communicator.worldSize
         var stats = SegmentationStatistics()
         for start in stride(from: 0, to: n, by: batchSize) {
-            let rows = min(n, start + batchSize) - start
-            let idx = Array(stride(from: start + r, to: start + rows, by: world))
+            let shard = BatchShard.interleaved(globalCount: min(n, start + batchSize) - start, rank: r, worldSize: world)
+            let idx = shard.localElements(Array(start..<min(n, start + batchSize)))
             guard !idx.isEmpty else { continue }
             let (x, y) = try data.batch(split, indices: idx)
-            let maps = try Evaluator.predict(model, x, samples: samples, seed: seed, shard: BatchShard(globalCount: rows, offset: r, stride: world))
+            let maps = try Evaluator.predict(model, x, samples: samples, seed: seed, shard: shard)
             stats.add(probabilities: maps.mean, labels: y)
         }
         return try stats.reduced(communicator)
