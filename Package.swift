@@ -20,7 +20,9 @@ let pluginLinkerSettings: [LinkerSetting] = [
     .unsafeFlags(["-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/PluginABI/exports.map"]),
 ]
 
-let fastMath: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+// No unsafe flags on the library, SDK and plugin targets: release builds keep every precondition
+// (a wrong shape traps instead of reading garbage), and other packages can depend on the products.
+// Release builds are whole-module optimised by default.
 
 var products: [Product] = [
     .executable(name: "flipout", targets: ["flipout"]),
@@ -40,14 +42,16 @@ var targets: [Target] = [
     .target(name: "CFFI", path: "Sources/CFFI", linkerSettings: [.linkedLibrary("ffi")]),
     // The ABI's constants as Swift types and the versioned-struct reader, shared by host and SDK.
     .target(name: "FlipoutABI", dependencies: ["PluginABI"]),
+    // Native direct Conv3D kernels for narrow layers: one C body compiled for AVX-512, AVX2 and
+    // baseline x86-64 (per-function target attributes), chosen at run time by cpuid.
+    .target(name: "CConvKernels", path: "Sources/CConvKernels"),
     // The Swift SDK plugin authors write against; imports only the ABI.
-    .target(name: "PluginSDK", dependencies: ["PluginABI", "FlipoutABI"], swiftSettings: fastMath),
+    .target(name: "PluginSDK", dependencies: ["PluginABI", "FlipoutABI"]),
     // The host library: tensors, Conv3D engine, layers, plugin loader, training, prediction.
     .target(
         name: "Flipout3D",
-        dependencies: ["PluginABI", "FlipoutABI", "CDNNL", "CZlib", "CPNG", "CFFI", "CommABI"],
-        path: "Sources/Host/Flipout3D",
-        swiftSettings: fastMath
+        dependencies: ["PluginABI", "FlipoutABI", "CDNNL", "CZlib", "CPNG", "CFFI", "CommABI", "CConvKernels"],
+        path: "Sources/Host/Flipout3D"
     ),
     // The `flipout` command line.
     .executableTarget(
@@ -66,7 +70,6 @@ for plugin in bundledPlugins {
         name: plugin.target,
         dependencies: ["PluginABI", "PluginSDK"],
         path: "Plugins/\(plugin.folder)",
-        swiftSettings: fastMath,
         linkerSettings: pluginLinkerSettings
     ))
 }

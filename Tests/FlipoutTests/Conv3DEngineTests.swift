@@ -19,6 +19,9 @@ let engineCases: [Conv3DGeometry] = [
     .init(batch: 2, inChannels: 3, outChannels: 5, inputSize: [8, 6, 10], kernel: [3, 3, 3], stride: [2, 2, 2]),
     .init(batch: 1, inChannels: 3, outChannels: 3, inputSize: [7, 8, 9], kernel: [3, 3, 3], stride: [2, 2, 2],
           padding: .explicit(front: [0, 1, 2], back: [2, 1, 0])),
+    // narrow, odd output width, uneven padding up to k-1, a 3x1x3 kernel
+    .init(batch: 2, inChannels: 5, outChannels: 3, inputSize: [6, 9, 21], kernel: [3, 1, 3],
+          padding: .explicit(front: [2, 0, 1], back: [0, 0, 2])),
     // groups = 2
     .init(batch: 2, inChannels: 8, outChannels: 16, inputSize: [5, 7, 9], kernel: [3, 3, 3], groups: 2),
     .init(batch: 1, inChannels: 4, outChannels: 6, inputSize: [9, 9, 7], kernel: [3, 3, 3], stride: [2, 2, 2],
@@ -41,16 +44,37 @@ private func strategies(_ g: Conv3DGeometry) -> [Conv3D.ForwardStrategy] {
     g.stride.allSatisfy { $0 == 1 } ? [.direct, .transposedBackwardData] : [.direct]
 }
 
-@Test(arguments: engineCases)
-func conv3DMatchesReference(_ g: Conv3DGeometry) throws {
-    for strategy in strategies(g) { try checkEngine(g, strategy) }
+/// Every plan the engine can build for `g` on this machine: oneDNN with each forward strategy;
+/// where the native kernels apply, each instruction-set level this CPU runs (AVX-512, AVX2,
+/// portable: a Zen 4 run covers what a Zen 3 runs), and mixed plans (native forward with oneDNN
+/// backward, and the reverse), which hand the saved copy of x between implementations.
+func enginePlans(_ g: Conv3DGeometry) -> [Conv3DPlan] {
+    var plans = strategies(g).map { Conv3DPlan.onednn($0) }
+    guard Conv3DPlan.nativeSupports(g) else { return plans }
+    plans += NativeLevel.runnable.map { Conv3DPlan.native($0) }
+    let best = NativeLevel.supported
+    plans.append(Conv3DPlan(forward: .native(best), backwardData: .onednn, backwardWeights: .onednn))
+    plans.append(Conv3DPlan(forward: .onednn, backwardData: .native(best), backwardWeights: .native(best)))
+    plans.append(Conv3DPlan(forward: .onednn, backwardData: .onednn, backwardWeights: .native(.portable)))
+    return plans
 }
 
-private func checkEngine(_ g: Conv3DGeometry, _ strategy: Conv3D.ForwardStrategy) throws {
-    let conv = try Conv3D(g, forward: strategy)
-    #expect(conv.forwardStrategy == strategy)
+@Test(arguments: engineCases)
+func conv3DMatchesReference(_ g: Conv3DGeometry) throws {
+    for plan in enginePlans(g) { try checkEngine(g, plan) }
+}
+
+@Test func nativeKernelsCoverTheSweep() {
+    // The sweep must exercise the native kernels (ungrouped, grouped, per-example), not skip them all.
+    #expect(engineCases.filter(Conv3DPlan.nativeSupports).count >= 6)
+    #expect(NativeLevel.runnable.first == .portable)
+}
+
+private func checkEngine(_ g: Conv3DGeometry, _ plan: Conv3DPlan) throws {
+    let conv = try Conv3D(g, plan: plan)
+    if plan.forward == .onednn && plan.forwardStrategy != .automatic { #expect(conv.forwardStrategy == plan.forwardStrategy) }
     let ref = ReferenceConv3D(g)
-    let context = "\(g) forward \(strategy) [impl fwd \(conv.implementations.forward), bwd-data \(conv.implementations.backwardData), bwd-weights \(conv.implementations.backwardWeights)]"
+    let context = "\(g) plan \(plan) [impl fwd \(conv.implementations.forward), bwd-data \(conv.implementations.backwardData), bwd-weights \(conv.implementations.backwardWeights)]"
     let seed = UInt64("\(g)".utf8.reduce(0) { $0 &* 31 &+ Int($1) } & 0xffff)
     let x = Tensor(shape: g.xShape, values: testValues(g.xShape.reduce(1, *), seed: seed))
     let w = Tensor(shape: g.weightShape, values: testValues(g.weightShape.reduce(1, *), seed: seed + 1))
@@ -133,14 +157,14 @@ private func checkEngine(_ g: Conv3DGeometry, _ strategy: Conv3D.ForwardStrategy
     Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 16, inputSize: [5, 5, 5], kernel: [3, 3, 3]).foldedOverBatch(),
 ])
 func backwardUsesWhatItsForwardSaved(_ g: Conv3DGeometry) throws {
-    for strategy in strategies(g) {
-        let conv = try Conv3D(g, forward: strategy)
+    for plan in enginePlans(g) {
+        let conv = try Conv3D(g, plan: plan)
         let ref = ReferenceConv3D(g)
         let tol = tolerance(g.batch * g.outputVoxels)
         let w = Tensor(shape: g.weightShape, values: testValues(g.weightShape.reduce(1, *), seed: 13))
         let dy = Tensor(shape: g.yShape, values: testValues(g.yShape.reduce(1, *), seed: 14))
         let y = Tensor(shape: g.yShape), dx = Tensor(shape: g.xShape), dw = Tensor(shape: g.weightShape)
-        let context = "\(g) forward \(strategy)"
+        let context = "\(g) plan \(plan)"
         func fresh(_ seed: UInt64) -> Tensor { Tensor(shape: g.xShape, values: testValues(g.xShape.reduce(1, *), seed: seed)) }
 
         let x = fresh(11), xValues = x.array
@@ -212,5 +236,8 @@ func backwardUsesWhatItsForwardSaved(_ g: Conv3DGeometry) throws {
     #expect(throws: GeometryError.self) { try Conv3D(.init(batch: 1, inChannels: 3, outChannels: 4, size: 5, k: 3, groups: 2)) }
     #expect(throws: GeometryError.self) {
         try Conv3D(.init(batch: 1, inChannels: 2, outChannels: 2, size: 5, k: 3, stride: 2), forward: .transposedBackwardData)
+    }
+    #expect(throws: GeometryError.self) {
+        try Conv3D(.init(batch: 1, inChannels: 2, outChannels: 2, size: 5, k: 3, stride: 2), plan: .native(.portable))
     }
 }

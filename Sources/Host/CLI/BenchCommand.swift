@@ -3,6 +3,8 @@ import ArgumentParser
 import Foundation
 import Flipout3D
 
+extension ConvEngineChoice: ExpressibleByArgument {}
+
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
@@ -12,6 +14,9 @@ struct BenchCommand: ParsableCommand {
         W2: as W1 with N=8, 1->8.   W3: Flipout 1->8->8->1 network, N=8, one Adam step,
         beside the same network with deterministic convolutions.   W4: deterministic Conv3D, W1's shapes.
         GFLOP/s count two-convolution Flipout as the peers do (../shared/notes/performance.md).
+        Under each workload: every convolution's plan (which engine runs each direction, and why)
+        and its per-direction time and GFLOP/s, timed alone.
+        Example: flipout bench --workloads W3 --estimators flipout --conv-engine onednn
         Machines are shared and noisy: compare ratios from one run. scripts/bench runs this
         beside TFP's script.
 
@@ -25,11 +30,14 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Comma-separated estimators for W1, W2 and W3.") var estimators = "flipout,reparam,per-example"
     @Option(help: "Timed repetitions (median reported).") var repeats = 30
     @Option(help: "Untimed warm-up repetitions.") var warmup = 5
+    @Option(help: "Convolution engine: auto (the plan's measured rules), onednn, or native (the direct kernels where they apply).")
+    var convEngine: ConvEngineChoice = .auto
     @Flag(help: "One JSON object per line.") var json = false
     @OptionGroup var varianceOptions: VarianceOptions
 
     func run() throws {
         try reportingInputErrors {
+            ConvEngineChoice.current = convEngine
             let registry = try plugins.registry()
             if varianceOptions.variance { return try varianceOptions.run(registry: registry, json: json) }
             let ests = try estimators.split(separator: ",").map { s -> Estimator in
@@ -54,6 +62,12 @@ struct BenchCommand: ParsableCommand {
                     } else {
                         print(r.workload.padding(toLength: 17, withPad: " ", startingAt: 0) + r.estimator.padding(toLength: 12, withPad: " ", startingAt: 0)
                               + String(format: "%8.2f ms  %7.1f GFLOP/s  raw kernels %7.2f ms  ratio %.2f", r.medianMs, r.gflops, r.rawMs, r.ratioToRaw))
+                        for l in r.layers {
+                            let g = l.gflops
+                            print("    \(l.geometry)\n      plan: \(l.plan)\n"
+                                  + String(format: "      forward %7.2f ms %6.1f GFLOP/s | backward-data %7.2f ms %6.1f GFLOP/s | backward-weights %7.2f ms %6.1f GFLOP/s",
+                                           l.forwardMs, g.forward, l.backwardDataMs, g.backwardData, l.backwardWeightsMs, g.backwardWeights))
+                        }
                     }
                     fflush(stdout)
                 }

@@ -13,10 +13,41 @@ public struct BenchResult: Codable, Sendable {
     public var rawMs: Double
     public var ratioToRaw: Double
     public var repeats: Int
+    /// Each convolution of the step: its plan and per-direction timings.
+    public var layers: [LayerTiming]
 
     enum CodingKeys: String, CodingKey {
-        case workload, estimator, gflops, repeats
+        case workload, estimator, gflops, repeats, layers
         case medianMs = "median_ms", workloadGFLOP = "workload_gflop", rawMs = "raw_ms", ratioToRaw = "ratio_to_raw"
+    }
+}
+
+/// One convolution of a workload, timed alone per direction with the plan its layer gets.
+public struct LayerTiming: Codable, Sendable {
+    public var geometry: String
+    public var plan: String
+    /// oneDNN implementation names or "native <level>", per direction.
+    public var implementations: [String]
+    public var forwardMs: Double, backwardDataMs: Double, backwardWeightsMs: Double
+    /// GFLOP of one pass (2 * N * Cout * Cin/groups * k^3 * output voxels).
+    public var passGFLOP: Double
+
+    init(_ t: EngineStepTiming) {
+        geometry = "\(t.geometry)"
+        plan = "\(t.plan)"
+        implementations = t.implementations
+        (forwardMs, backwardDataMs, backwardWeightsMs) = (t.forwardMs, t.backwardDataMs, t.backwardWeightsMs)
+        passGFLOP = t.geometry.flops / 1e9
+    }
+
+    public var gflops: (forward: Double, backwardData: Double, backwardWeights: Double) {
+        (passGFLOP / (forwardMs / 1e3), passGFLOP / (backwardDataMs / 1e3), passGFLOP / (backwardWeightsMs / 1e3))
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case geometry, plan, implementations
+        case forwardMs = "forward_ms", backwardDataMs = "backward_data_ms", backwardWeightsMs = "backward_weights_ms"
+        case passGFLOP = "pass_gflop"
     }
 }
 
@@ -52,7 +83,7 @@ public enum Workloads {
         let raw = try EngineBench.timeStep(geometry: rawGeometry, repeats: repeats, warmup: warmup)
         let gflop = 2 * 3 * g.flops / 1e9
         return BenchResult(workload: name, estimator: estimator.rawValue, medianMs: ms, gflops: gflop / (ms / 1e3), workloadGFLOP: gflop,
-                           rawMs: raw.stepMs, ratioToRaw: ms / raw.stepMs, repeats: repeats)
+                           rawMs: raw.stepMs, ratioToRaw: ms / raw.stepMs, repeats: repeats, layers: [LayerTiming(raw)])
     }
 
     /// W3: Flipout(1->8) ReLU Flipout(8->8) ReLU Flipout(8->1), N=8, 32^3, sigmoid BCE + KL/1000, one Adam step;
@@ -85,21 +116,23 @@ public enum Workloads {
         // Raw kernels: the three convolutions' forward + backward (no input gradient for the first).
         // Workload GFLOP in the peers' counting: two-convolution Flipout, three passes per layer, the
         // first layer without backward-data (6.57, as in performance.md).
-        var raw = 0.0, flops = 0.0
+        var raw = 0.0, flops = 0.0, layers: [LayerTiming] = []
         for (cin, cout) in [(1, 8), (8, 8), (8, 1)] {
             let g = Conv3DGeometry(batch: 8, inChannels: cin, outChannels: cout, size: 32, k: 3)
-            raw += try EngineBench.timeStep(geometry: bayesian && estimator != .reparam ? g.foldedOverBatch() : g, repeats: repeats, warmup: warmup).stepMs
+            let t = try EngineBench.timeStep(geometry: bayesian && estimator != .reparam ? g.foldedOverBatch() : g, repeats: repeats, warmup: warmup)
+            raw += t.stepMs
+            layers.append(LayerTiming(t))
             flops += 2 * (cin == 1 ? 2 : 3) * g.flops
         }
         let gflop = flops / 1e9
         return BenchResult(workload: bayesian ? "W3" : "W3-deterministic", estimator: bayesian ? estimator.rawValue : "none", medianMs: ms,
-                           gflops: gflop / (ms / 1e3), workloadGFLOP: gflop, rawMs: raw, ratioToRaw: ms / raw, repeats: repeats)
+                           gflops: gflop / (ms / 1e3), workloadGFLOP: gflop, rawMs: raw, ratioToRaw: ms / raw, repeats: repeats, layers: layers)
     }
 
     /// W4: deterministic Conv3D with W1's shapes, forward + backward.
     public static func w4(repeats: Int, warmup: Int) throws -> BenchResult {
         let t = try EngineBench.measureW4(repeats: repeats, warmup: warmup)
         return BenchResult(workload: "W4", estimator: "none", medianMs: t.stepMs, gflops: t.stepGFLOPS, workloadGFLOP: t.stepGFLOP,
-                           rawMs: t.stepMs, ratioToRaw: 1, repeats: repeats)
+                           rawMs: t.stepMs, ratioToRaw: 1, repeats: repeats, layers: [LayerTiming(t)])
     }
 }

@@ -17,6 +17,8 @@ public struct EngineStepTiming: Sendable, CustomStringConvertible {
     public let layouts: String
     /// How the forward pass was computed.
     public let forwardStrategy: Conv3D.ForwardStrategy
+    /// The engine's plan.
+    public let plan: Conv3DPlan
 
     /// Step GFLOP: three convolutions' worth (forward, backward-data, backward-weights).
     public var stepGFLOP: Double { 3 * geometry.flops / 1e9 }
@@ -26,7 +28,7 @@ public struct EngineStepTiming: Sendable, CustomStringConvertible {
         func f(_ v: Double) -> String { String(Int((v * 100).rounded())).leftPadded(3).inserting(".", fromEnd: 2) }
         let gf = geometry.flops / 1e6  // MFLOP per primitive; per ms is GFLOP/s
         return """
-            \(geometry), forward strategy \(forwardStrategy)
+            \(geometry), plan \(plan), forward strategy \(forwardStrategy)
               step \(f(stepMs)) ms, \(f(stepGFLOPS)) GFLOP/s (\(f(stepGFLOP)) GFLOP)
               forward \(f(forwardMs)) ms (\(f(gf / forwardMs)) GFLOP/s) [\(implementations[0])]
               backward-data \(f(backwardDataMs)) ms (\(f(gf / backwardDataMs)) GFLOP/s) [\(implementations[1])]
@@ -51,9 +53,13 @@ public enum EngineBench {
 
     /// Median milliseconds of forward, backward-data and backward-weights (each timed alone,
     /// with bias), after `warmup` untimed runs; includes the reorders at the edges.
-    public static func timeRaw(geometry: Conv3DGeometry, repeats: Int = 30, warmup: Int = 5) throws
+    public static func timeRaw(geometry: Conv3DGeometry, plan: Conv3DPlan? = nil, repeats: Int = 30, warmup: Int = 5) throws
         -> (forwardMs: Double, backwardDataMs: Double, backwardWeightsMs: Double) {
-        let t = try Workspace(geometry)
+        try timeRaw(try Workspace(geometry, plan: plan), repeats: repeats, warmup: warmup)
+    }
+
+    private static func timeRaw(_ t: Workspace, repeats: Int, warmup: Int) throws
+        -> (forwardMs: Double, backwardDataMs: Double, backwardWeightsMs: Double) {
         let fwd = try median(repeats: repeats, warmup: warmup) { try t.forward() }
         let bd = try median(repeats: repeats, warmup: warmup) { try t.backwardData() }
         let bw = try median(repeats: repeats, warmup: warmup) { try t.backwardWeights() }
@@ -62,9 +68,10 @@ public enum EngineBench {
 
     /// Per-primitive medians plus the median of whole steps (forward + backward-data +
     /// backward-weights), with oneDNN's implementation names.
-    public static func timeStep(geometry: Conv3DGeometry, repeats: Int = 30, warmup: Int = 5) throws -> EngineStepTiming {
-        let raw = try timeRaw(geometry: geometry, repeats: repeats, warmup: warmup)
-        let t = try Workspace(geometry)
+    /// `plan` nil: `Conv3DPlan.choose` (what layers get).
+    public static func timeStep(geometry: Conv3DGeometry, plan: Conv3DPlan? = nil, repeats: Int = 30, warmup: Int = 5) throws -> EngineStepTiming {
+        let t = try Workspace(geometry, plan: plan)
+        let raw = try timeRaw(t, repeats: repeats, warmup: warmup)
         let step = try median(repeats: repeats, warmup: warmup) {
             try t.forward(); try t.backward()
         }
@@ -72,7 +79,7 @@ public enum EngineBench {
         return EngineStepTiming(geometry: geometry, forwardMs: raw.forwardMs, backwardDataMs: raw.backwardDataMs,
                                 backwardWeightsMs: raw.backwardWeightsMs, stepMs: step,
                                 implementations: [impl.forward, impl.backwardData, impl.backwardWeights],
-                                layouts: t.conv.layoutSummary, forwardStrategy: t.conv.forwardStrategy)
+                                layouts: t.conv.layoutSummary, forwardStrategy: t.conv.forwardStrategy, plan: t.conv.plan)
     }
 
     /// W4 (forward + backward, 5.44 GFLOP per step): median step ms and GFLOP/s.
@@ -87,8 +94,8 @@ public enum EngineBench {
         let x, w, bias, y, dy, dx, dw, dbias: Tensor
         /// The last forward's saved copy of x.
         var saved: Conv3DSaved
-        init(_ g: Conv3DGeometry) throws {
-            conv = try Conv3D(g)
+        init(_ g: Conv3DGeometry, plan: Conv3DPlan?) throws {
+            conv = try Conv3D(g, plan: plan)
             func filled(_ shape: [Int], _ seed: UInt32) -> Tensor {
                 let t = Tensor(shape: shape)
                 var s = seed &* 2654435761 | 1
