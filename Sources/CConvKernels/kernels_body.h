@@ -52,38 +52,91 @@ static fwd_tile_fn fwd_pick(int cb, int kw) {
     }
 }
 
-void FN(fo_forward)(const fo_conv_shape *s, const float *x, const float *packed, const float *bias,
+/// For one or two output channels (an 8->1 layer, or a 1->8 layer's backward-data): R output rows
+/// at once, so each loaded input vector feeds up to 3 rows (kh) and 2 * R * CB accumulators hide
+/// the FMA latency. xg: the padded input at (ci 0, plane od, row oh); pw as for fwd_tile; out:
+/// (CB, R, 2 * VL).
+#define FWD_ROWS (ISA == FO_ISA_AVX512 ? 4 : 2)
+static inline __attribute__((always_inline)) void fwd_rows_tile(const int CB, const int KW,
+        const float *xg, int cin, int kD, long volP, long planeP, long Wr, int ow0,
+        const float *pw, const float *bias, int nvalid, float *out) {
+    enum { R = FWD_ROWS, NV = 2, KH = 3 };
+    V acc[2][4][2];
+    for (int c = 0; c < CB; c++) {
+        float b0 = (bias && c < nvalid) ? bias[c] : 0.0f;
+        for (int r = 0; r < R; r++)
+            for (int v = 0; v < NV; v++) acc[c][r][v] = (V){0} + b0;
+    }
+    for (int ci = 0; ci < cin; ci++)
+        for (int kd = 0; kd < kD; kd++) {
+            const float *base = xg + ci * volP + kd * planeP + ow0;
+            const float *wt = pw + (long)(ci * kD + kd) * KH * KW * CB;
+            for (int j = 0; j < R + KH - 1; j++) {
+                const float *row = base + j * Wr;
+                for (int k = 0; k < KW; k++)
+                    for (int v = 0; v < NV; v++) {
+                        const V xv = vload(row + k + v * VL);
+                        for (int r = 0; r < R; r++) {
+                            const int kh = j - r;
+                            if (kh < 0 || kh >= KH) continue;
+                            for (int c = 0; c < CB; c++) acc[c][r][v] += xv * wt[(kh * KW + k) * CB + c];
+                        }
+                    }
+            }
+        }
+    for (int c = 0; c < CB; c++)
+        for (int r = 0; r < R; r++)
+            for (int v = 0; v < NV; v++) vstore(out + ((c * R + r) * NV + v) * VL, acc[c][r][v]);
+}
+
+typedef void (*fwd_rows_fn)(const float *, int, int, long, long, long, int, const float *, const float *, int, float *);
+#define FWD_ROWS_TILE(CB, KW) \
+    static void fwd_rows_##CB##_##KW(const float *xg, int cin, int kD, long volP, long planeP, long Wr, int ow0, \
+                                     const float *pw, const float *bias, int nvalid, float *out) { \
+        fwd_rows_tile(CB, KW, xg, cin, kD, volP, planeP, Wr, ow0, pw, bias, nvalid, out); }
+FWD_ROWS_TILE(1, 1) FWD_ROWS_TILE(1, 3) FWD_ROWS_TILE(2, 1) FWD_ROWS_TILE(2, 3)
+
+static fwd_rows_fn fwd_rows_pick(int cb, int kh, int kw) {
+    if (kh != 3 || cb > 2) return 0;
+    return cb == 1 ? (kw == 1 ? fwd_rows_1_1 : fwd_rows_1_3) : (kw == 1 ? fwd_rows_2_1 : fwd_rows_2_3);
+}
+
+void FN(fo_forward)(const fo_conv_shape *s, const float *xpad, const float *packed, const float *bias,
                     float *y, long begin, long end, float *scratch) {
     const int G = s->groups, cin = s->cin, cout = s->cout, KW = s->k_w;
     const int CB = fo_cb(ISA, cout), NV = fo_nv(CB), OWT = NV * VL, nb = fo_blocks(ISA, cout);
     const int T = cin * s->k_d * s->k_h;
-    const long Wp = fo_forward_row_floats(ISA, s);
-    const long inPlane = (long)s->in_h * s->in_w, inVol = s->in_d * inPlane;
+    const long Hp = fo_padded_h(s), Wr = fo_padded_w(s), planeP = Hp * Wr, volP = fo_padded_d(s) * planeP;
     const long outPlane = (long)s->out_h * s->out_w, outVol = s->out_d * outPlane;
-    float *zero = scratch, *rowbuf = scratch + Wp, *tile = rowbuf + (long)T * Wp;   // tile: (CB, OWT)
-    memset(zero, 0, sizeof(float) * Wp);
+    float *tile = scratch;   // (CB, OWT), or (CB, R, 2 * VL) for the row-blocked tile
     const float *rows[T];
     fwd_tile_fn kernel = fwd_pick(CB, KW);
+    fwd_rows_fn rowsKernel = nb == 1 ? fwd_rows_pick(CB, s->k_h, KW) : 0;
+    const int R = FWD_ROWS, RW = 2 * VL;
     for (long item = begin; item < end; item++) {
         const int od = (int)(item % s->out_d), g = (int)(item / s->out_d % G), n = (int)(item / s->out_d / G);
-        const float *xg = x + ((long)n * G + g) * cin * inVol;
+        const float *xg = xpad + ((long)n * G + g) * cin * volP;
         float *yg = y + ((long)n * G + g) * cout * outVol + od * outPlane;
         const float *pg = packed + (long)g * nb * T * KW * CB;
         const float *bg = bias ? bias + g * cout : 0;
-        for (int oh = 0; oh < s->out_h; oh++) {
-            // Input rows (ci, kd, kh) for this output row, zero-padded in W; all-zero outside.
+        int oh = 0;
+        if (rowsKernel)
+            for (; oh + R <= s->out_h; oh += R)
+                for (int ow0 = 0; ow0 < s->out_w; ow0 += RW) {
+                    const int width = s->out_w - ow0 < RW ? s->out_w - ow0 : RW;
+                    rowsKernel(xg + od * planeP + oh * Wr, cin, s->k_d, volP, planeP, Wr, ow0, pg, bg, cout, tile);
+                    for (int c = 0; c < cout; c++)
+                        for (int r = 0; r < R; r++)
+                            memcpy(yg + c * outVol + (long)(oh + r) * s->out_w + ow0, tile + (c * R + r) * RW, sizeof(float) * width);
+                }
+        for (; oh < s->out_h; oh++) {
+            // The padded input rows (ci, kd, kh) this output row reads. A tile past the row's end
+            // reads into the next row (or the buffer's zero tail): those columns are not stored.
             int t = 0;
             for (int ci = 0; ci < cin; ci++)
                 for (int kd = 0; kd < s->k_d; kd++)
-                    for (int kh = 0; kh < s->k_h; kh++, t++) {
-                        const int id = od - s->pad_d + kd, ih = oh - s->pad_h + kh;
-                        if (id < 0 || id >= s->in_d || ih < 0 || ih >= s->in_h) { rows[t] = zero; continue; }
-                        float *r = rowbuf + t * Wp;
-                        memset(r, 0, sizeof(float) * s->pad_w);
-                        memcpy(r + s->pad_w, xg + ci * inVol + id * inPlane + (long)ih * s->in_w, sizeof(float) * s->in_w);
-                        memset(r + s->pad_w + s->in_w, 0, sizeof(float) * (Wp - s->pad_w - s->in_w));
-                        rows[t] = r;
-                    }
+                    for (int kh = 0; kh < s->k_h; kh++, t++)
+                        rows[t] = xg + ci * volP + (od + kd) * planeP + (oh + kh) * Wr;
             for (int ow0 = 0; ow0 < s->out_w; ow0 += OWT) {
                 const int width = s->out_w - ow0 < OWT ? s->out_w - ow0 : OWT;
                 for (int b = 0; b < nb; b++) {
@@ -99,70 +152,74 @@ void FN(fo_forward)(const fo_conv_shape *s, const float *x, const float *packed,
 
 // MARK: backward-weights
 
-/// Adds, over one output plane, dy (CB rows per oh) times x shifted by kw, into CB x KW vector
-/// accumulators accp[(c * KW + kw) * VL].
-static inline __attribute__((always_inline)) void bw_tile(const int CB, const int KW, float *accp,
-        const float *xbase, long Wp, const float *dyp, long oWp, int outH) {
-    V acc[8][3];
+/// Adds, over one output plane, dy (CB rows per oh) times x shifted by (kh, kw) for KH kernel
+/// rows starting at xbase, into CB x KH x KW vector accumulators accp[((c * KH + kh) * KW + kw) * VL].
+static inline __attribute__((always_inline)) void bw_tile(const int CB, const int KH, const int KW, float *accp,
+        const float *xbase, long Wr, const float *dyp, long oWp, int outH) {
+    V acc[8][3][3];
     for (int c = 0; c < CB; c++)
-        for (int k = 0; k < KW; k++) acc[c][k] = vload(accp + (c * KW + k) * VL);
+        for (int h = 0; h < KH; h++)
+            for (int k = 0; k < KW; k++) acc[c][h][k] = vload(accp + ((c * KH + h) * KW + k) * VL);
     for (int oh = 0; oh < outH; oh++) {
-        const float *xr = xbase + oh * Wp, *dr = dyp + oh * oWp;
+        const float *dr = dyp + oh * oWp;
         for (long ow0 = 0; ow0 < oWp; ow0 += VL) {
-            V xv[3];
-            for (int k = 0; k < KW; k++) xv[k] = vload(xr + ow0 + k);
-            for (int c = 0; c < CB; c++) {
-                V d = vload(dr + c * outH * oWp + ow0);
-                for (int k = 0; k < KW; k++) acc[c][k] += d * xv[k];
+            V d[8];
+            for (int c = 0; c < CB; c++) d[c] = vload(dr + c * outH * oWp + ow0);
+            for (int h = 0; h < KH; h++) {
+                const float *xr = xbase + (oh + h) * Wr + ow0;
+                for (int k = 0; k < KW; k++) {
+                    const V xv = vload(xr + k);
+                    for (int c = 0; c < CB; c++) acc[c][h][k] += d[c] * xv;
+                }
             }
         }
     }
     for (int c = 0; c < CB; c++)
-        for (int k = 0; k < KW; k++) vstore(accp + (c * KW + k) * VL, acc[c][k]);
+        for (int h = 0; h < KH; h++)
+            for (int k = 0; k < KW; k++) vstore(accp + ((c * KH + h) * KW + k) * VL, acc[c][h][k]);
 }
 
 typedef void (*bw_tile_fn)(float *, const float *, long, const float *, long, int);
-#define BW_TILE(CB, KW) \
-    static void bw_##CB##_##KW(float *accp, const float *xbase, long Wp, const float *dyp, long oWp, int outH) { \
-        bw_tile(CB, KW, accp, xbase, Wp, dyp, oWp, outH); }
-BW_TILE(1, 1) BW_TILE(1, 3) BW_TILE(2, 1) BW_TILE(2, 3) BW_TILE(4, 1) BW_TILE(4, 3) BW_TILE(8, 1) BW_TILE(8, 3)
+#define BW_TILE(CB, KH, KW) \
+    static void bw_##CB##_##KH##_##KW(float *accp, const float *xbase, long Wr, const float *dyp, long oWp, int outH) { \
+        bw_tile(CB, KH, KW, accp, xbase, Wr, dyp, oWp, outH); }
+BW_TILE(1, 1, 1) BW_TILE(1, 1, 3) BW_TILE(2, 1, 1) BW_TILE(2, 1, 3) BW_TILE(4, 1, 1) BW_TILE(4, 1, 3) BW_TILE(8, 1, 1) BW_TILE(8, 1, 3)
+BW_TILE(1, 3, 1) BW_TILE(1, 3, 3) BW_TILE(2, 3, 1) BW_TILE(2, 3, 3) BW_TILE(4, 3, 1) BW_TILE(4, 3, 3)
 
-static bw_tile_fn bw_pick(int cb, int kw) {
-    switch (cb * 10 + kw) {
-    case 11: return bw_1_1; case 13: return bw_1_3; case 21: return bw_2_1; case 23: return bw_2_3;
-    case 41: return bw_4_1; case 43: return bw_4_3; case 81: return bw_8_1; default: return bw_8_3;
+/// Kernel rows per backward-weights tile: all 3 when the accumulators fit in the registers
+/// (32 with AVX-512, 16 otherwise, leaving room for dy and x), else one at a time.
+static int bw_rows(int cb, int kh, int kw) {
+    const int budget = ISA == FO_ISA_AVX512 ? 24 : 12;
+    return kh == 3 && cb <= 4 && cb * 3 * kw <= budget ? 3 : 1;
+}
+
+static bw_tile_fn bw_pick(int cb, int kh, int kw) {
+    switch (cb * 100 + kh * 10 + kw) {
+    case 111: return bw_1_1_1; case 113: return bw_1_1_3; case 211: return bw_2_1_1; case 213: return bw_2_1_3;
+    case 411: return bw_4_1_1; case 413: return bw_4_1_3; case 811: return bw_8_1_1; case 813: return bw_8_1_3;
+    case 131: return bw_1_3_1; case 133: return bw_1_3_3; case 231: return bw_2_3_1; case 233: return bw_2_3_3;
+    case 431: return bw_4_3_1; case 433: return bw_4_3_3; default: return bw_8_1_3;
     }
 }
 
-void FN(fo_backward_weights)(const fo_conv_shape *s, const float *x, const float *dy, float *dw,
+void FN(fo_backward_weights)(const fo_conv_shape *s, const float *xpad, const float *dy, float *dw,
                              long begin, long end, float *scratch) {
     const int G = s->groups, cin = s->cin, cout = s->cout, KW = s->k_w;
-    const int CB = fo_cb(ISA, cout), nb = fo_blocks(ISA, cout);
-    const int Dp = s->out_d + s->k_d - 1, Hp = s->out_h + s->k_h - 1;
-    const long Wp = fo_bw_x_row_floats(ISA, s), oWp = fo_bw_dy_row_floats(ISA, s);
-    const long inPlane = (long)s->in_h * s->in_w, inVol = s->in_d * inPlane;
+    const int CB = fo_cb(ISA, cout), nb = fo_blocks(ISA, cout), KH = bw_rows(CB, s->k_h, KW);
+    const long Hp = fo_padded_h(s), Wr = fo_padded_w(s), planeP = Hp * Wr, volP = fo_padded_d(s) * planeP;
+    const long oWp = fo_bw_dy_row_floats(ISA, s);
     const long outPlane = (long)s->out_h * s->out_w, outVol = s->out_d * outPlane;
     const int K = s->k_d * s->k_h * s->k_w;
-    float *xp = scratch;                                   // (Dp, Hp, Wp) padded x of one channel
-    float *dyp = xp + (long)Dp * Hp * Wp;                  // (CB, out_h, oWp) one dy plane
-    float *acc = dyp + (long)CB * s->out_h * oWp;          // (k_d, k_h, CB, KW, VL)
+    float *dyp = scratch;                                  // (CB, out_h, oWp) one dy plane, zero tails
+    float *acc = dyp + (long)CB * s->out_h * oWp;          // (k_d, k_h, CB, KW, VL) by tiles of KH rows
     const long accFloats = (long)s->k_d * s->k_h * CB * KW * VL;
-    bw_tile_fn kernel = bw_pick(CB, KW);
+    bw_tile_fn kernel = bw_pick(CB, KH, KW);
     for (long u = begin; u < end; u++) {
         const int ci = (int)(u % cin), b = (int)(u / cin % nb), g = (int)(u / cin / nb);
         const int nvalid = cout - b * CB < CB ? cout - b * CB : CB;
         memset(acc, 0, sizeof(float) * accFloats);
         for (int n = 0; n < s->batch; n++) {
-            const float *xc = x + (((long)n * G + g) * cin + ci) * inVol;
-            for (int zd = 0; zd < Dp; zd++)
-                for (int zh = 0; zh < Hp; zh++) {
-                    float *r = xp + ((long)zd * Hp + zh) * Wp;
-                    const int id = zd - s->pad_d, ih = zh - s->pad_h;
-                    if (id < 0 || id >= s->in_d || ih < 0 || ih >= s->in_h) { memset(r, 0, sizeof(float) * Wp); continue; }
-                    memset(r, 0, sizeof(float) * s->pad_w);
-                    memcpy(r + s->pad_w, xc + id * inPlane + (long)ih * s->in_w, sizeof(float) * s->in_w);
-                    memset(r + s->pad_w + s->in_w, 0, sizeof(float) * (Wp - s->pad_w - s->in_w));
-                }
+            const float *xc = xpad + (((long)n * G + g) * cin + ci) * volP;
             const float *dyb = dy + (((long)n * G + g) * cout + b * CB) * outVol;
             for (int od = 0; od < s->out_d; od++) {
                 for (int c = 0; c < CB; c++)
@@ -173,16 +230,18 @@ void FN(fo_backward_weights)(const fo_conv_shape *s, const float *x, const float
                         memset(r + s->out_w, 0, sizeof(float) * (oWp - s->out_w));
                     }
                 for (int kd = 0; kd < s->k_d; kd++)
-                    for (int kh = 0; kh < s->k_h; kh++)
-                        kernel(acc + (long)(kd * s->k_h + kh) * CB * KW * VL, xp + ((long)(od + kd) * Hp + kh) * Wp, Wp,
+                    for (int kh = 0; kh < s->k_h; kh += KH)
+                        kernel(acc + (long)(kd * s->k_h + kh) * CB * KW * VL, xc + (od + kd) * planeP + kh * Wr, Wr,
                                dyp, oWp, s->out_h);
             }
         }
+        // acc holds tiles of KH kernel rows: (kd, kh0, c, h, kw) with kh = kh0 + h.
         for (int c = 0; c < nvalid; c++)
             for (int kd = 0; kd < s->k_d; kd++)
                 for (int kh = 0; kh < s->k_h; kh++)
                     for (int k = 0; k < KW; k++) {
-                        const float *a = acc + ((((long)kd * s->k_h + kh) * CB + c) * KW + k) * VL;
+                        const int kh0 = kh / KH * KH, h = kh - kh0;
+                        const float *a = acc + (long)(kd * s->k_h + kh0) * CB * KW * VL + ((c * KH + h) * KW + k) * VL;
                         float sum = 0;
                         for (int l = 0; l < VL; l++) sum += a[l];
                         dw[(((long)g * cout + b * CB + c) * cin + ci) * K + (kd * s->k_h + kh) * s->k_w + k] = sum;

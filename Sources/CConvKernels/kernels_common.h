@@ -18,13 +18,11 @@ static inline int fo_nv(int cb) { return cb >= 4 ? 2 : 4; }
 static inline long fo_round_up(long v, long m) { return (v + m - 1) / m * m; }
 static inline int fo_blocks(int isa, int cout) { int cb = fo_cb(isa, cout); return (cout + cb - 1) / cb; }
 
-/// Forward: one zero-padded input row (room for the widest tile past the last output).
-static inline long fo_forward_row_floats(int isa, const fo_conv_shape *s) {
-    return fo_round_up(s->out_w, 4L * fo_vl(isa)) + s->k_w - 1 + fo_vl(isa);
-}
-/// Backward-weights: padded x row, dy row.
-static inline long fo_bw_x_row_floats(int isa, const fo_conv_shape *s) {
-    return fo_round_up(s->out_w, fo_vl(isa)) + s->k_w - 1 + fo_vl(isa);
-}
+/// The zero-padded input (fo_pad_input): (batch, groups, cin, padded_d, padded_h, padded_w), each
+/// row exactly out_w + k_w - 1 long, then a zero tail for tiles that read past the last row.
+static inline long fo_padded_d(const fo_conv_shape *s) { return s->out_d + s->k_d - 1; }
+static inline long fo_padded_h(const fo_conv_shape *s) { return s->out_h + s->k_h - 1; }
+static inline long fo_padded_w(const fo_conv_shape *s) { return s->out_w + s->k_w - 1; }
+/// Backward-weights: one dy row, zero-padded to whole vectors.
 static inline long fo_bw_dy_row_floats(int isa, const fo_conv_shape *s) { return fo_round_up(s->out_w, fo_vl(isa)); }
 #endif

@@ -82,6 +82,11 @@ final class NativeConv3D {
     /// Runs body(begin, end, scratch) over [0, count) in one contiguous range per thread.
     private func parallel(_ count: Int, scratchFloats: Int, _ body: (Int, Int, UnsafeMutablePointer<Float>) -> Void) {
         let parts = max(1, min(NativeConv3D.threads, count))
+        if parts == 1 {
+            let scratch = Tensor(uninitializedShape: [scratchFloats])
+            body(0, count, scratch.data)
+            return withExtendedLifetime(scratch) {}
+        }
         DispatchQueue.concurrentPerform(iterations: parts) { p in
             let begin = count * p / parts, end = count * (p + 1) / parts
             let scratch = Tensor(uninitializedShape: [scratchFloats])
@@ -105,13 +110,26 @@ final class NativeConv3D {
         let isa = Int32(level.rawValue)
         fo_pack_weights(isa, &s, w.data, transposedWeights ? 1 : 0, packed.data)
         let shape = s
+        let xpad = padded(x.data, shape)
         let scratch = Int(fo_forward_scratch_floats(isa, &s))
-        let (xp, pp, bp, yp) = (UnsafePointer(x.data), UnsafePointer(packed.data), bias.map { UnsafePointer($0.data) }, y.data)
+        let (xp, pp, bp, yp) = (UnsafePointer(xpad.data), UnsafePointer(packed.data), bias.map { UnsafePointer($0.data) }, y.data)
         parallel(Int(fo_forward_items(&s)), scratchFloats: scratch) { begin, end, sc in
             var s = shape
             fo_forward(isa, &s, xp, pp, bp, yp, begin, end, sc)
         }
-        withExtendedLifetime((x, w, bias, y, packed)) {}
+        withExtendedLifetime((x, w, bias, y, packed, xpad)) {}
+    }
+
+    /// The zero-padded copy of x (N, groups * cin, D, H, W) that the kernels of `shape` read.
+    private func padded(_ x: UnsafePointer<Float>, _ shape: fo_conv_shape) -> Tensor {
+        var s = shape
+        let xpad = Tensor(uninitializedShape: [Int(fo_padded_floats(&s))])
+        let out = xpad.data
+        parallel(Int(fo_padded_planes(&s)), scratchFloats: 0) { begin, end, _ in
+            var s = shape
+            fo_pad_input(&s, x, out, begin, end)
+        }
+        return xpad
     }
 
     /// dw (Cout, Cin/G, k...) and dbias (Cout) from plain x (N, Cin, D, H, W) and dy.
@@ -120,11 +138,13 @@ final class NativeConv3D {
         let shape = self.shape
         var s = shape
         let scratch = Int(fo_backward_weights_scratch_floats(isa, &s))
-        let (dyp, dwp) = (UnsafePointer(dy.data), dw.data)
+        let xpad = padded(x, shape)
+        let (xp, dyp, dwp) = (UnsafePointer(xpad.data), UnsafePointer(dy.data), dw.data)
         parallel(Int(fo_backward_weights_units(isa, &s)), scratchFloats: scratch) { begin, end, sc in
             var s = shape
-            fo_backward_weights(isa, &s, x, dyp, dwp, begin, end, sc)
+            fo_backward_weights(isa, &s, xp, dyp, dwp, begin, end, sc)
         }
+        withExtendedLifetime(xpad) {}
         if let dbias {
             let g = geometry
             fo_bias_gradient(dy.data, Int32(g.batch), Int32(g.outChannels), g.outputVoxels, dbias.data)
