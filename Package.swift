@@ -62,6 +62,8 @@ var targets: [Target] = [
     // One data-parallel step under mpirun, dumped for DistributedTests (needs no MPI to build).
     .executableTarget(name: "flipout-mpi-probe", dependencies: ["Flipout3D"], path: "Tests/MPIProbe"),
     .target(name: "TestSupport", dependencies: ["Flipout3D"], path: "Tests/TestSupport"),
+    // A release executable that hits a wrong shape on purpose; ReleaseTrapTests expects the trap.
+    .executableTarget(name: "shape-trap", dependencies: ["Flipout3D"], path: "Tests/ShapeTrap"),
     .testTarget(name: "FlipoutTests", dependencies: ["Flipout3D", "TestSupport", "PluginSDK"], path: "Tests/FlipoutTests"),
 ]
 for plugin in bundledPlugins {

@@ -30,6 +30,8 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Comma-separated estimators for W1, W2 and W3.") var estimators = "flipout,reparam,per-example"
     @Option(help: "Timed repetitions (median reported).") var repeats = 30
     @Option(help: "Untimed warm-up repetitions.") var warmup = 5
+    @Option(help: "W3 only: input edge (voxels per side), to see how the cost per voxel scales.") var size = 32
+    @Option(help: "W3 only: batch size.") var batch = 8
     @Option(help: "Convolution engine: auto (the plan's measured rules), onednn, or native (the direct kernels where they apply).")
     var convEngine: ConvEngineChoice = .auto
     @Flag(help: "One JSON object per line.") var json = false
@@ -50,8 +52,13 @@ struct BenchCommand: ParsableCommand {
                 case "W1": for e in ests { results.append(try Workloads.layer("W1", n: 4, cin: 16, cout: 16, estimator: e, registry: registry, repeats: repeats, warmup: warmup)) }
                 case "W2": for e in ests { results.append(try Workloads.layer("W2", n: 8, cin: 1, cout: 8, estimator: e, registry: registry, repeats: repeats, warmup: warmup)) }
                 case "W3":
-                    for e in ests { results.append(try Workloads.network(bayesian: true, estimator: e, registry: registry, repeats: repeats, warmup: warmup)) }
-                    results.append(try Workloads.network(bayesian: false, estimator: .reparam, registry: registry, repeats: repeats, warmup: warmup))
+                    guard size >= 4, batch >= 1 else { throw InputError("--size must be at least 4 and --batch at least 1.") }
+                    for e in ests {
+                        results.append(try Workloads.network(bayesian: true, estimator: e, registry: registry, repeats: repeats, warmup: warmup,
+                                                             size: size, batch: batch))
+                    }
+                    results.append(try Workloads.network(bayesian: false, estimator: .reparam, registry: registry, repeats: repeats, warmup: warmup,
+                                                         size: size, batch: batch))
                 case "W4": results.append(try Workloads.w4(repeats: repeats, warmup: warmup))
                 default: throw InputError("unknown workload \(w); use W1, W2, W3, W4.")
                 }
@@ -61,7 +68,8 @@ struct BenchCommand: ParsableCommand {
                         print(String(decoding: try e.encode(r), as: UTF8.self))
                     } else {
                         print(r.workload.padding(toLength: 17, withPad: " ", startingAt: 0) + r.estimator.padding(toLength: 12, withPad: " ", startingAt: 0)
-                              + String(format: "%8.2f ms  %7.1f GFLOP/s  raw kernels %7.2f ms  ratio %.2f", r.medianMs, r.gflops, r.rawMs, r.ratioToRaw))
+                              + String(format: "%8.2f ms  %7.1f GFLOP/s  raw kernels %7.2f ms  ratio %.2f  %.2f ns/voxel  peak RSS %.0f MiB",
+                                       r.medianMs, r.gflops, r.rawMs, r.ratioToRaw, r.nsPerVoxel, r.peakRSSMiB))
                         for l in r.layers {
                             let g = l.gflops
                             print("    \(l.geometry)\n      plan: \(l.plan)\n"

@@ -15,9 +15,22 @@ public struct BenchResult: Codable, Sendable {
     public var repeats: Int
     /// Each convolution of the step: its plan and per-direction timings.
     public var layers: [LayerTiming]
+    /// (N, D, H, W) of the step's input, and its median ms per input voxel (N * D * H * W).
+    public var input: [Int]
+    public var nsPerVoxel: Double { medianMs * 1e6 / Double(input.reduce(1, *)) }
+    /// The process's peak resident set so far (MiB), read after this workload.
+    public var peakRSSMiB: Double = BenchResult.peakRSSMiB()
+
+    /// getrusage's ru_maxrss (KiB on Linux) in MiB.
+    public static func peakRSSMiB() -> Double {
+        var u = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &u)
+        return Double(u.ru_maxrss) / 1024
+    }
 
     enum CodingKeys: String, CodingKey {
-        case workload, estimator, gflops, repeats, layers
+        case workload, estimator, gflops, repeats, layers, input
+        case peakRSSMiB = "peak_rss_mib"
         case medianMs = "median_ms", workloadGFLOP = "workload_gflop", rawMs = "raw_ms", ratioToRaw = "ratio_to_raw"
     }
 }
@@ -83,12 +96,15 @@ public enum Workloads {
         let raw = try EngineBench.timeStep(geometry: rawGeometry, repeats: repeats, warmup: warmup)
         let gflop = 2 * 3 * g.flops / 1e9
         return BenchResult(workload: name, estimator: estimator.rawValue, medianMs: ms, gflops: gflop / (ms / 1e3), workloadGFLOP: gflop,
-                           rawMs: raw.stepMs, ratioToRaw: ms / raw.stepMs, repeats: repeats, layers: [LayerTiming(raw)])
+                           rawMs: raw.stepMs, ratioToRaw: ms / raw.stepMs, repeats: repeats, layers: [LayerTiming(raw)],
+                           input: [n, 32, 32, 32])
     }
 
     /// W3: Flipout(1->8) ReLU Flipout(8->8) ReLU Flipout(8->1), N=8, 32^3, sigmoid BCE + KL/1000, one Adam step;
-    /// or the same network with deterministic convolutions.
-    public static func network(bayesian: Bool, estimator: Estimator, registry: PluginRegistry, repeats: Int, warmup: Int) throws -> BenchResult {
+    /// or the same network with deterministic convolutions. `size` and `batch` change the input
+    /// (N, 1, size^3) to measure how the cost per voxel scales.
+    public static func network(bayesian: Bool, estimator: Estimator, registry: PluginRegistry, repeats: Int, warmup: Int,
+                               size: Int = 32, batch: Int = 8) throws -> BenchResult {
         var config = ModelConfig()
         config.architecture = .stack
         config.width = 8
@@ -96,7 +112,7 @@ public enum Workloads {
         config.estimator = estimator.rawValue
         let net = try SegmentationNet(config, registry: registry, seed: 1)
         let adam = Adam(parameters: net.trainable, learningRate: 1e-3)
-        let x = filled([8, 1, 32, 32, 32], seed: 4)
+        let x = filled([batch, 1, size, size, size], seed: 4)
         let y = Tensor(shape: x.shape)
         for i in 0..<y.count { y.data[i] = x.data[i] > 1 ? 1 : 0 }
         var step = 0
@@ -118,7 +134,7 @@ public enum Workloads {
         // first layer without backward-data (6.57, as in performance.md).
         var raw = 0.0, flops = 0.0, layers: [LayerTiming] = []
         for (cin, cout) in [(1, 8), (8, 8), (8, 1)] {
-            let g = Conv3DGeometry(batch: 8, inChannels: cin, outChannels: cout, size: 32, k: 3)
+            let g = Conv3DGeometry(batch: batch, inChannels: cin, outChannels: cout, size: size, k: 3)
             let t = try EngineBench.timeStep(geometry: bayesian && estimator != .reparam ? g.foldedOverBatch() : g, repeats: repeats, warmup: warmup)
             raw += t.stepMs
             layers.append(LayerTiming(t))
@@ -126,13 +142,14 @@ public enum Workloads {
         }
         let gflop = flops / 1e9
         return BenchResult(workload: bayesian ? "W3" : "W3-deterministic", estimator: bayesian ? estimator.rawValue : "none", medianMs: ms,
-                           gflops: gflop / (ms / 1e3), workloadGFLOP: gflop, rawMs: raw, ratioToRaw: ms / raw, repeats: repeats, layers: layers)
+                           gflops: gflop / (ms / 1e3), workloadGFLOP: gflop, rawMs: raw, ratioToRaw: ms / raw, repeats: repeats, layers: layers,
+                           input: [batch, size, size, size])
     }
 
     /// W4: deterministic Conv3D with W1's shapes, forward + backward.
     public static func w4(repeats: Int, warmup: Int) throws -> BenchResult {
         let t = try EngineBench.measureW4(repeats: repeats, warmup: warmup)
         return BenchResult(workload: "W4", estimator: "none", medianMs: t.stepMs, gflops: t.stepGFLOPS, workloadGFLOP: t.stepGFLOP,
-                           rawMs: t.stepMs, ratioToRaw: 1, repeats: repeats, layers: [LayerTiming(t)])
+                           rawMs: t.stepMs, ratioToRaw: 1, repeats: repeats, layers: [LayerTiming(t)], input: [4, 32, 32, 32])
     }
 }
