@@ -79,9 +79,12 @@ final class NativeConv3D {
         return ProcessInfo.processInfo.activeProcessorCount
     }()
 
-    /// Runs body(begin, end, scratch) over [0, count) in one contiguous range per thread.
+    /// Runs body(begin, end, scratch) over [0, count) in contiguous chunks: one with one thread,
+    /// else `chunksPerThread` per thread, handed out by GCD as threads come free, so a thread the
+    /// OS deschedules (a shared machine) delays the call by one chunk, not by half its work.
     private func parallel(_ count: Int, scratchFloats: Int, _ body: (Int, Int, UnsafeMutablePointer<Float>) -> Void) {
-        let parts = max(1, min(NativeConv3D.threads, count))
+        let chunksPerThread = 8
+        let parts = NativeConv3D.threads == 1 ? 1 : max(1, min(NativeConv3D.threads * chunksPerThread, count))
         if parts == 1 {
             let scratch = Tensor(uninitializedShape: [scratchFloats])
             body(0, count, scratch.data)
