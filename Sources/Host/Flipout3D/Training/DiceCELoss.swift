@@ -1,0 +1,106 @@
+// Dice-CE: softmax cross-entropy plus soft Dice over K classes (MONAI DiceCELoss, nnU-Net DC_and_CE_loss), forward and backward side by side.
+import Foundation
+
+/// What `DiceCELoss.backward` needs, and what the step logs.
+public struct DiceCESaved {
+    /// (N, K, D, H, W) softmax probabilities.
+    public let probabilities: Tensor
+    /// (N, 1, D, H, W) class indices stored as Float (the caller's tensor, not copied).
+    let labels: Tensor
+    /// Per class k: I_k = Σ p·g and S_k = Σ p + Σ g over the batch and every voxel (Double sums).
+    let intersection: [Double]
+    let total: [Double]
+    /// Mean cross-entropy (nats per voxel) and the soft Dice term 1 − mean_k D_k.
+    public let crossEntropy: Double
+    public let diceLoss: Double
+    /// Soft Dice D_k per class (background included, for logging; only foreground enters the loss).
+    public let softDice: [Double]
+    public var value: Double { crossEntropy + diceLoss }
+}
+
+/// loss = CE + (1 − mean over foreground classes of D_k), with
+///
+///     CE  = −(1/M) Σ_v log p_{v, y_v}                         M = N·D·H·W voxels of the batch
+///     D_k = (2 Σ_v p_vk g_vk + s) / (Σ_v p_vk + Σ_v g_vk + s)   g = one-hot labels, s = 1e-5
+///
+/// p = softmax of the logits over the class axis. The Dice sums run over the whole batch (nnU-Net's
+/// `batch_dice`), so a patch without some class does not produce a 0/0 Dice, and over the
+/// foreground classes 1..<K only (nnU-Net's `do_bg=False`; MONAI's `include_background=False`).
+/// Binary segmentation is K = 2: the Dice of class 1 and a two-class softmax cross-entropy.
+///
+/// The cross-entropy is the per-voxel negative log-likelihood of a categorical model, the term the
+/// ELBO scales (`ELBO.swift`); the Dice term is an auxiliary objective outside the likelihood.
+public enum DiceCELoss {
+    public static let smooth = 1e-5
+
+    /// logits (N, K, D, H, W), labels (N, 1, D, H, W) with values in 0..<K -> the loss terms and what backward needs.
+    public static func forward(logits: Tensor, labels: Tensor) -> DiceCESaved {
+        precondition(logits.rank == 5 && logits.shape[1] >= 2, "DiceCELoss: logits \(logits.shape), expected (N, K >= 2, D, H, W)")
+        labels.checkShape([logits.shape[0], 1] + logits.shape[2...], "DiceCELoss labels")
+        let (n, k) = (logits.shape[0], logits.shape[1])
+        let v = logits.shape[2...].reduce(1, *)
+        let p = Tensor(uninitializedShape: logits.shape)
+        var inter = [Double](repeating: 0, count: k), sumP = [Double](repeating: 0, count: k), sumG = [Double](repeating: 0, count: k)
+        var ce = 0.0
+        for b in 0..<n {
+            let z = logits.data + b * k * v, q = p.data + b * k * v, y = labels.data + b * v
+            var pSums = [Double](repeating: 0, count: k), hits = [Double](repeating: 0, count: k)
+            for i in 0..<v {
+                let label = Int(y[i])
+                precondition(label >= 0 && label < k && Float(label) == y[i], "DiceCELoss: label \(y[i]) at voxel \(i) of example \(b) is not a class index in 0..<\(k)")
+                var m = -Float.infinity
+                for c in 0..<k { m = max(m, z[c * v + i]) }
+                var s: Float = 0
+                for c in 0..<k { let e = expf(z[c * v + i] - m); q[c * v + i] = e; s += e }
+                let inv = 1 / s
+                for c in 0..<k { q[c * v + i] *= inv; pSums[c] += Double(q[c * v + i]) }
+                // log p_y = z_y − m − log s, computed from logits (no log of a rounded probability).
+                ce -= Double(z[label * v + i] - m) - Double(logf(s))
+                hits[label] += Double(q[label * v + i])
+                sumG[label] += 1
+            }
+            for c in 0..<k { inter[c] += hits[c]; sumP[c] += pSums[c] }
+        }
+        let total = (0..<k).map { sumP[$0] + sumG[$0] }
+        let dice = (0..<k).map { (2 * inter[$0] + smooth) / (total[$0] + smooth) }
+        let foreground = dice[1...].reduce(0, +) / Double(k - 1)
+        return DiceCESaved(probabilities: p, labels: labels, intersection: inter, total: total,
+                           crossEntropy: ce / Double(n * v), diceLoss: 1 - foreground, softDice: dice)
+    }
+
+    /// dL/dlogits (N, K, D, H, W), times `scale`.
+    public static func backward(_ saved: DiceCESaved, scale: Float = 1) -> Tensor {
+        let p = saved.probabilities
+        let (n, k) = (p.shape[0], p.shape[1])
+        let v = p.shape[2...].reduce(1, *)
+        let dz = Tensor(uninitializedShape: p.shape)
+        let ceScale = Double(scale) / Double(n * v)
+        // dL_dice/dp_vk = −(1/|F|) (2 g_vk / (S_k + s) − (2 I_k + s) / (S_k + s)²) for k in F = 1..<K.
+        let f = Double(k - 1)
+        var dPlain = [Float](repeating: 0, count: k), dHit = [Float](repeating: 0, count: k)
+        for c in 1..<k {
+            let denominator = saved.total[c] + smooth
+            dPlain[c] = Float(Double(scale) / f * (2 * saved.intersection[c] + smooth) / (denominator * denominator))
+            dHit[c] = Float(-Double(scale) / f * 2 / denominator)
+        }
+        let ce = Float(ceScale)
+        var a = [Float](repeating: 0, count: k)
+        for b in 0..<n {
+            let q = p.data + b * k * v, y = saved.labels.data + b * v, g = dz.data + b * k * v
+            for i in 0..<v {
+                let label = Int(y[i])
+                // a = dL_dice/dp; through the softmax: dz_j = p_j (a_j − Σ_c p_c a_c) plus CE's (p_j − g_j)/M.
+                var dot: Float = 0
+                for c in 0..<k {
+                    a[c] = dPlain[c] + (c == label ? dHit[c] : 0)
+                    dot += q[c * v + i] * a[c]
+                }
+                for c in 0..<k {
+                    let pc = q[c * v + i]
+                    g[c * v + i] = pc * (a[c] - dot) + ce * (pc - (c == label ? 1 : 0))
+                }
+            }
+        }
+        return dz
+    }
+}
