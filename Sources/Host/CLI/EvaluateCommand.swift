@@ -28,11 +28,12 @@ struct EvaluateCommand: ParsableCommand {
         try reportingInputErrors {
             let registry = try plugins.registry()
             let trained = try TrainedModel.load(checkpoint, registry: registry, allowPluginChange: allowPluginChange, log: note)
+            let model = try trained.binaryModel()
             let data = try trained.training.makeDataset()
-            let t = trained.model.config.bayesian ? samples : 1
-            let test = try Evaluator.evaluate(trained.model, data, .test, samples: t, seed: seed)
+            let t = model.config.bayesian ? samples : 1
+            let test = try Evaluator.evaluate(model, data, .test, samples: t, seed: seed)
             var ood: SplitMetrics?
-            if data.count(.ood) > 0 { ood = try Evaluator.evaluate(trained.model, data, .ood, samples: t, seed: seed) }
+            if data.count(.ood) > 0 { ood = try Evaluator.evaluate(model, data, .ood, samples: t, seed: seed) }
             let auroc = ood.map { Evaluator.oodAUROC(inDistribution: test, outOfDistribution: $0) }
             if json {
                 var o: [String: Any] = ["dice": test.dice, "nll": test.nll, "brier": test.brier, "ece": test.ece, "samples": t]

@@ -42,8 +42,17 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Channels of the first layer (the network has width and 2·width channels).")
     var width = 8
 
-    @Option(help: "Network: encoder-decoder (default) or stack.")
+    @Option(help: "Network for the built-in binary datasets: encoder-decoder (default) or stack. (--data always trains a U-Net.)")
     var architecture: ModelConfig.Architecture = .encoderDecoder
+
+    @Option(help: "U-Net (--data): resolution levels; level l has width·2^l channels at 1/2^l of the patch size.")
+    var levels = 3
+
+    @Option(help: "U-Net (--data): normalisation after each convolution: instance (default) or none.")
+    var norm: UNetConfig.Normalization = .instance
+
+    @Option(name: .customLong("bayesian-layers"), help: ArgumentHelp("U-Net (--data): which convolutions are Flipout layers: all, none, encoder, decoder, or last:N (the last N, head included); the others are deterministic.", valueName: "which"))
+    var bayesianLayers: BayesianLayers = .all
 
     func config() throws -> ModelConfig {
         var c = ModelConfig()
@@ -64,9 +73,18 @@ struct ModelOptions: ParsableArguments {
         return c
     }
 
+    /// The U-Net's shape for C input channels and K classes (from the dataset's plan).
+    func unet(inputChannels: Int, classCount: Int) -> UNetConfig {
+        var u = UNetConfig()
+        u.levels = levels; u.width = width; u.inputChannels = inputChannels; u.classCount = classCount
+        u.normalization = norm; u.bayesianLayers = deterministic ? .none : bayesianLayers
+        return u
+    }
+
     func validate() throws {
         guard width >= 1 && width <= 64 else { throw ValidationError("--width must be between 1 and 64.") }
         guard klSamples >= 1 else { throw ValidationError("--kl-samples must be at least 1.") }
+        guard levels >= 1 && levels <= 6 else { throw ValidationError("--levels must be between 1 and 6.") }
     }
 }
 
@@ -74,6 +92,11 @@ extension Estimator: ExpressibleByArgument {}
 extension ModelConfig.Architecture: ExpressibleByArgument {}
 extension ModelConfig.CustomLayers: ExpressibleByArgument {}
 extension PositiveLayerOutput: ExpressibleByArgument {}
+extension UNetConfig.Normalization: ExpressibleByArgument {}
+extension BayesianLayers: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
+    public static var defaultCompletionKind: CompletionKind { .list(["all", "none", "encoder", "decoder", "last:1", "last:2"]) }
+}
 
 /// Messages for the user, on stderr so stdout stays machine-readable.
 func note(_ s: String) {

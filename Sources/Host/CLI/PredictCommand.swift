@@ -61,7 +61,7 @@ struct PredictCommand: ParsableCommand {
                 try NIfTI.write(image, header: header, to: (output as NSString).appendingPathComponent(stem + "_image.nii.gz"))
                 try NIfTI.write(labels!, header: header, datatype: .uint8, to: (output as NSString).appendingPathComponent(stem + "_truth_seg.nii.gz"))
             }
-            let result = try Prediction.run(model: trained.model, image: image, header: header, samples: samples, seed: seed,
+            let result = try Prediction.run(model: try trained.binaryModel(), image: image, header: header, samples: samples, seed: seed,
                                             stem: (output as NSString).appendingPathComponent(stem), normalise: input != nil && !noNormalise)
             var mi = 0.0
             for v in result.maps.mutualInformation.buffer { mi += Double(v) }

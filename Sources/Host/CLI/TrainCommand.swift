@@ -8,12 +8,32 @@ struct TrainCommand: ParsableCommand {
         commandName: "train",
         abstract: "Train a Bayesian 3D segmentation network (ELBO, Adam) and evaluate it.",
         discussion: """
-        The loss is the negative ELBO of the training set per training voxel:
-        mean per-voxel cross-entropy + beta * KL / (training volumes * voxels).
+        With --data DIR (a dataset folder in the nnU-Net v2 / MSD layout, see
+        `flipout datasets --help`) it trains a U-Net with C input channels and K
+        classes on patches: every case reoriented to RAS, resampled to the
+        median spacing (or --spacing) and normalised per channel; a third of
+        the patches centred on a random foreground voxel, the rest anywhere.
+        The loss is softmax cross-entropy + soft Dice (MONAI's DiceCELoss,
+        nnU-Net's DC_and_CE_loss) + beta * KL / (training voxels); the
+        checkpoint records the preprocessing plan and the patch size, so
+        `flipout predict` replays them. Validation (--fold k) and test cases
+        (imagesTs with labelsTs) report Dice per class.
+
+        Without --data it trains the built-in binary task (a sigmoid
+        encoder-decoder on the embedded synthetic volumes, or --dataset
+        colin27); its loss is the mean per-voxel binary cross-entropy
+        + beta * KL / (training volumes * voxels). `flipout datasets
+        export-synthetic DIR` writes the multi-class synthetic set as a folder.
+
         Every epoch writes metrics.csv, metrics.json and checkpoint.safetensors
         (atomically) in the run folder; --resume continues a run bit-exactly.
 
         Examples:
+          flipout datasets export-synthetic data/synthetic && flipout train --data data/synthetic
+          flipout train --data ~/Dataset001_BrainTumour --fold 0 --patch 64,64,64 --levels 4
+          flipout train --data data/synthetic --deterministic --run runs/det
+          flipout train --data data/synthetic --init-from runs/det/checkpoint.safetensors --moped-delta 0.1
+          flipout train --data data/synthetic --bayesian-layers last:2
           flipout train --epochs 10
           flipout train --prior org.flipout3d.laplace --prior-param scale=0.1
           flipout train --plugin ./libMyPrior.so --prior org.example.myprior
@@ -28,7 +48,7 @@ struct TrainCommand: ParsableCommand {
     @OptionGroup var distribution: DistributedOptions
 
     @Option(help: "Epochs to train.") var epochs = 30
-    @Option(name: .customLong("batch-size"), help: "Volumes per step (over all ranks when distributed).") var batchSize = 4
+    @Option(name: .customLong("batch-size"), help: "Volumes (or, with --data, patches) per step, over all ranks when distributed (default 4; with --data 2, as nnU-Net).") var batchSize: Int?
     @Option(name: .customLong("lr"), help: "Adam learning rate.") var learningRate: Float = 3e-3
     @Option(help: "Weight of the KL term in the ELBO.") var beta: Double = 1
     @Option(name: .customLong("beta-anneal"), help: "Anneal beta linearly from 0 over this many epochs (0: off).") var betaAnneal = 0
@@ -43,9 +63,11 @@ struct TrainCommand: ParsableCommand {
     @Flag(name: .customLong("allow-plugin-change"), help: "Resume even if a plugin's SHA-256 changed since the checkpoint.") var allowPluginChange = false
     @Flag(help: "No progress line.") var quiet = false
 
+    @OptionGroup(title: "Dataset folder (--data)") var folder: FolderTrainingOptions
+
     func validate() throws {
         guard epochs >= 0 else { throw ValidationError("--epochs must be >= 0.") }
-        guard batchSize >= 1 else { throw ValidationError("--batch-size must be >= 1.") }
+        guard (batchSize ?? 1) >= 1 else { throw ValidationError("--batch-size must be >= 1.") }
         guard learningRate > 0 && learningRate.isFinite else { throw ValidationError("--lr must be a positive number.") }
         guard beta >= 0 else { throw ValidationError("--beta must be >= 0.") }
         guard volumeSize >= 8 && volumeSize % 2 == 0 else { throw ValidationError("--volume-size must be even and at least 8.") }
@@ -57,11 +79,16 @@ struct TrainCommand: ParsableCommand {
         // Rank 0 speaks for the job.
         let say: (String) -> Void = comm.isRoot ? { note($0) } : { _ in }
         try endingJobOnError(comm) { try reportingInputErrors {
+            let batchSize = self.batchSize ?? 4
             guard resume != nil || batchSize % comm.worldSize == 0 else {
                 if comm.isRoot { _ = InputError("--batch-size \(batchSize) is the batch over all ranks and must be a multiple of the \(comm.worldSize) ranks; use e.g. --batch-size \(comm.worldSize * ((batchSize + comm.worldSize - 1) / comm.worldSize)).").exit }
                 throw ExitCodes.usage
             }
             let registry = try plugins.registry()
+            if folder.data != nil || (resume.map(FolderTraining.isUNetCheckpoint) ?? false) {
+                guard comm.worldSize == 1 else { throw InputError("--data training runs in one process for now; launch it without mpirun.") }
+                return try FolderTraining(command: self, registry: registry).run()
+            }
             let trainer: Trainer
             if let resume {
                 trainer = try Trainer.resume(checkpoint: resume, registry: registry, allowPluginChange: allowPluginChange, communicator: comm, log: say)

@@ -1,34 +1,48 @@
 // The loss convention, stated once: the negative ELBO of the training set per training voxel.
 
-/// The training loss for binary segmentation with per-voxel sigmoid outputs:
+/// Both training paths minimise the negative ELBO of the training set divided by its voxel count:
 ///
-///     loss = NLL_batch / (B * V)  +  beta * KL / (D * V)
+///     -ELBO / V_train = NLL_dataset / V_train + beta * KL / V_train
 ///
-/// where NLL_batch is the summed binary cross-entropy of the B volumes in the batch, V voxels per
-/// volume, D the number of training volumes, and KL = sum over all Bayesian weights of KL(q || p)
-/// (analytic or Monte Carlo, never a mean over weights). This is exactly the negative ELBO of the
-/// whole training set, -ELBO = NLL_dataset + beta * KL, estimated from a batch (NLL scaled by D / B),
-/// divided by the constant D * V so the loss reads as a per-voxel cross-entropy. `kl` is reported
-/// raw (nats, whole network) and `scaledKL` = beta * KL / (D * V) is what the loss adds.
+/// estimated from a batch by the batch's mean per-voxel NLL. V_train is the number of training
+/// voxels, KL the sum over all Bayesian weights of KL(q || p) (analytic or Monte Carlo, never a
+/// mean over weights), so `klScale` = beta / V_train.
+///
+/// - Built-in binary datasets (`Trainer`): NLL is the sigmoid's binary cross-entropy, and
+///   V_train = D * V (D training volumes of V voxels):
+///       loss = NLL_batch / (B * V)  +  beta * KL / (D * V).
+/// - Dataset folders (`PatchTrainer`): NLL is the softmax cross-entropy over K classes, averaged
+///   over the patch voxels of the batch, and V_train is the voxel count of all training cases on
+///   the prepared grid (patches are unbiased samples of their voxels; the third centred on
+///   foreground reweights classes as nnU-Net does, a deliberate bias we accept). The soft Dice
+///   term of `DiceCELoss` is added with weight 1 outside the likelihood, as MONAI and nnU-Net do:
+///       loss = CE_batch + (1 − mean foreground soft Dice)  +  beta * KL / V_train.
+///
+/// `kl` is reported raw (nats, whole network) and `scaledKL` = beta * KL / V_train is what the loss adds.
 ///
 /// Data-parallel training over R ranks (`Distributed/DataParallel.swift`): B is the GLOBAL batch,
 /// each rank holds B / R of its volumes and computes the gradient of its own mean NLL plus
-/// beta * KL / (D * V); the gradients are then summed over ranks and divided by R. The KL term is
+/// beta * KL / V_train; the gradients are then summed over ranks and divided by R. The KL term is
 /// identical on every rank (same weights, its Monte Carlo noise keyed by step, never by rank), so
 /// the average of its R copies is the KL gradient itself: it is counted once, not R times, and
 /// the NLL part averages to the global batch's mean NLL. The logged `kl` and `scaledKL` are that
 /// single KL, and the logged NLL is the mean over ranks.
 public struct ELBOTerms: Sendable {
-    public var nll: Double          // mean per-voxel binary cross-entropy of the batch
+    public var nll: Double          // mean per-voxel cross-entropy of the batch (binary or softmax)
     public var kl: Double           // sum over weights, nats
-    public var scaledKL: Double     // beta * kl / (D * V)
+    public var scaledKL: Double     // beta * kl / V_train
     public var loss: Double { nll + scaledKL }
 }
 
 public enum ELBO {
     /// The KL factor of the loss: beta / (D * V).
     public static func klScale(beta: Double, trainingVolumes: Int, voxelsPerVolume: Int) -> Double {
-        beta / (Double(trainingVolumes) * Double(voxelsPerVolume))
+        klScale(beta: beta, trainingVoxels: trainingVolumes * voxelsPerVolume)
+    }
+
+    /// The KL factor of the loss: beta / V_train.
+    public static func klScale(beta: Double, trainingVoxels: Int) -> Double {
+        beta / Double(trainingVoxels)
     }
 
     /// Mean binary cross-entropy with logits z and labels y in {0, 1}; writes dL/dz into `grad`.

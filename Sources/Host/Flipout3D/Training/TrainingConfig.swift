@@ -26,3 +26,28 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         betaAnnealEpochs > 0 ? beta * min(1, Double(epoch + 1) / Double(betaAnnealEpochs)) : beta
     }
 }
+
+/// What training on a dataset folder adds to `TrainingConfig`: the folder, the patches, the fold, and
+/// the scale of the ELBO's KL term. Recorded in the checkpoint beside the preprocessing plan.
+public struct PatchTrainingConfig: Codable, Equatable, Sendable {
+    /// The dataset folder (nnU-Net v2 / MSD layout).
+    public var data: String = ""
+    /// (d, h, w) of every training patch, a multiple of 2^(levels − 1) on each axis.
+    public var patchSize: [Int] = [32, 32, 32]
+    /// Optimizer steps per epoch; each takes `batchSize` patches, one per case in a shuffled cycle
+    /// over the training cases. 0 means one pass over the cases: ceil(cases / batch size).
+    public var stepsPerEpoch: Int = 0
+    /// "all" or a fold index (`FoldSelection`), and the fold count of splits.json.
+    public var fold: String = "all"
+    public var folds: Int = 5
+    /// Case ids trained on and validated on.
+    public var trainCases: [String] = []
+    public var validationCases: [String] = []
+    /// Voxels of all training cases on the prepared grid: the N of the KL scale beta / N (ELBO.swift).
+    public var trainingVoxels: Int = 0
+    /// MOPED initialisation (`--init-from`): the deterministic checkpoint and delta, if used.
+    public var initFrom: String?
+    public var mopedDelta: Double?
+
+    public init() {}
+}

@@ -1,0 +1,205 @@
+// The 3D U-Net: C input channels to K class logits; strided Flipout down-convolutions, nearest upsampling + convolution, concatenated skips, optional instance norm.
+import Foundation
+
+/// What `UNet.backward` needs from its forward pass, as a value (contract C1).
+public struct UNetSaved {
+    /// Per block (forward order): its convolution, normalisation and ReLU values.
+    let blocks: [BlockSaved]
+    let head: ConvSaved
+    /// Per decoder level, from the deepest up: the upsampling and the skip concatenation.
+    let upsamples: [Upsample2xSaved]
+    let concats: [ChannelConcatSaved]
+
+    struct BlockSaved {
+        let conv: ConvSaved
+        let norm: InstanceNormSaved?
+        let relu: ReLUSaved
+    }
+}
+
+/// Levels l = 0..<L, channels c_l = min(width·2^l, maxChannels):
+///
+///     encoder, level l:  conv3³(c_{l−1} → c_l, stride 2 if l > 0) · norm · ReLU,  conv3³(c_l → c_l) · norm · ReLU
+///     decoder, level l:  up ×2 (nearest) · conv3³(c_{l+1} → c_l) · norm · ReLU,
+///                        concat(skip_l, ·) · conv3³(2c_l → c_l) · norm · ReLU          for l = L−2 … 0
+///     head:              conv1³(c_0 → K), logits
+///
+/// as nnU-Net's PlainConvUNet (two convolutions per stage, strided convolutions down, skips by
+/// concatenation) with nearest-neighbour upsampling followed by a convolution instead of a
+/// transposed convolution (same receptive field, no checkerboard artefacts). Convolution i (forward
+/// order, head last) draws its randomness from sub-streams keyed by i. Which ones are Flipout
+/// layers is `UNetConfig.bayesianLayers`; the others are deterministic convolutions.
+public final class UNet {
+    public let config: ModelConfig
+    public let shape: UNetConfig
+    /// Every convolution in forward order: encoder pairs, then (up, dec) per decoder level, head last.
+    public let layers: [ConvLayer]
+    /// Per convolution but the head: its instance norm (nil without normalisation).
+    public let norms: [InstanceNorm?]
+
+    public init(_ config: ModelConfig, shape: UNetConfig, registry: PluginRegistry, seed: UInt64, log: (String) -> Void = { _ in }) throws {
+        guard shape.levels >= 1 && shape.levels <= 6 else { throw LayerError.invalidConfiguration("--levels must be between 1 and 6; got \(shape.levels).") }
+        guard shape.width >= 1, shape.inputChannels >= 1, shape.classCount >= 2 else {
+            throw LayerError.invalidConfiguration("the U-Net needs width >= 1, at least one input channel and at least 2 classes; got width \(shape.width), \(shape.inputChannels) channels, \(shape.classCount) classes.")
+        }
+        self.config = config; self.shape = shape
+        // name, in, out, kernel, stride, in encoder
+        var specs: [(String, Int, Int, Int, Int, Bool)] = []
+        for l in 0..<shape.levels {
+            let cin = l == 0 ? shape.inputChannels : shape.channels(level: l - 1), c = shape.channels(level: l)
+            specs.append(("enc\(l)a", cin, c, 3, l == 0 ? 1 : 2, true))
+            specs.append(("enc\(l)b", c, c, 3, 1, true))
+        }
+        for l in stride(from: shape.levels - 2, through: 0, by: -1) {
+            let c = shape.channels(level: l)
+            specs.append(("up\(l)", shape.channels(level: l + 1), c, 3, 1, false))
+            specs.append(("dec\(l)", 2 * c, c, 3, 1, false))
+        }
+        specs.append(("head", shape.channels(level: 0), shape.classCount, 1, 1, false))
+
+        var built: [ConvLayer] = []
+        let bayesian = config.bayesian ? shape.bayesianLayers : .none
+        var firstBayesian = true
+        for (i, s) in specs.enumerated() {
+            if bayesian.isBayesian(index: i, count: specs.count, inEncoder: s.5) {
+                built.append(try Self.flipoutLayer(config, registry: registry, name: s.0, index: i, inChannels: s.1, outChannels: s.2,
+                                                   kernel: s.3, stride: s.4, custom: firstBayesian || config.customLayers == .all, seed: seed,
+                                                   log: firstBayesian ? log : { _ in }))
+                firstBayesian = false
+            } else {
+                built.append(DeterministicConv3D(name: s.0, index: i, inChannels: s.1, outChannels: s.2, kernel: s.3, stride: s.4, seed: seed))
+            }
+        }
+        built[0].needsInputGradient = false
+        layers = built
+        norms = specs.dropLast().map { shape.normalization == .instance ? InstanceNorm(name: "\($0.0).norm", channels: $0.2) : nil }
+        let flipout = built.filter { $0 is FlipoutConv3D }.map(\.name)
+        log("U-Net: \(shape.levels) levels, width \(shape.width), \(shape.inputChannels) channels -> \(shape.classCount) classes, "
+            + "\(shape.normalization == .instance ? "instance norm" : "no norm"), Flipout on \(flipout.count)/\(built.count) convolutions (\(bayesian))")
+    }
+
+    static func flipoutLayer(_ config: ModelConfig, registry: PluginRegistry, name: String, index: Int, inChannels: Int, outChannels: Int,
+                             kernel: Int, stride: Int, custom: Bool, seed: UInt64, log: (String) -> Void) throws -> FlipoutConv3D {
+        guard let estimator = Estimator(rawValue: config.estimator) else {
+            throw LayerError.invalidConfiguration("unknown estimator \"\(config.estimator)\"; use one of \(Estimator.allCases.map(\.rawValue).joined(separator: ", ")).")
+        }
+        let postFamily = try registry.family(custom ? config.posterior : "org.flipout3d.normal")
+        let priorFamily = try registry.family(custom ? config.prior : "org.flipout3d.normal")
+        let kl: KLMode = config.forceMonteCarloKL ? .monteCarlo(samples: config.klSamples) : .automatic(samples: config.klSamples)
+        let layer = try FlipoutConv3D(
+            name: name, index: index, inChannels: inChannels, outChannels: outChannels, kernel: kernel, stride: stride, estimator: estimator,
+            posterior: try postFamily.instantiate(custom ? config.posteriorHyperparameters : [:]),
+            prior: try priorFamily.instantiate(custom ? config.priorHyperparameters : [:]),
+            priorValues: custom ? config.priorParameters : [:], learnPrior: config.learnPrior, klMode: kl, seed: seed)
+        log("layers: posterior \(postFamily.id), prior \(priorFamily.id), estimator \(layer.estimator)"
+            + (estimator == .auto ? " (auto: posterior is \(postFamily.isSymmetric ? "symmetric" : "not symmetric"))" : "")
+            + ", KL \(layer.weights.klIsAnalytic ? "analytic" : "Monte Carlo (K=\(config.klSamples))")")
+        return layer
+    }
+
+    /// Throws unless x is (N, C, D, H, W) with this network's C and sizes that are multiples of 2^(levels−1).
+    public func checkInput(_ s: [Int]) throws {
+        guard s.count == 5, s[1] == shape.inputChannels else {
+            throw LayerError.invalidConfiguration("the U-Net takes (N, \(shape.inputChannels), D, H, W) inputs; got shape \(s).")
+        }
+        try Self.checkPatch(Array(s[2...]), shape: shape)
+    }
+
+    /// Throws unless every size of `patch` (d, h, w) is a positive multiple of 2^(levels−1).
+    public static func checkPatch(_ patch: [Int], shape: UNetConfig) throws {
+        let m = shape.sizeMultiple
+        guard patch.count == 3, patch.allSatisfy({ $0 >= m && $0 % m == 0 }) else {
+            throw LayerError.invalidConfiguration("a U-Net with \(shape.levels) levels needs every patch size to be a positive multiple of \(m); got \(patch). Choose --patch accordingly (e.g. \(patch.map { max(m, ($0 + m - 1) / m * m) }.map(String.init).joined(separator: ","))).")
+        }
+    }
+
+    /// x (N, C, D, H, W) -> logits (N, K, D, H, W), and what backward needs.
+    public func forward(_ x: Tensor, _ ctx: StepContext) throws -> (logits: Tensor, saved: UNetSaved) {
+        try checkInput(x.shape)
+        var blocks: [UNetSaved.BlockSaved] = [], ups: [Upsample2xSaved] = [], cats: [ChannelConcatSaved] = []
+        func block(_ h: Tensor) throws -> Tensor {
+            let i = blocks.count
+            let (c, cs) = try layers[i].forward(h, ctx)
+            let (n, ns) = norms[i].map { let r = $0.forward(c); return (r.y, Optional(r.saved)) } ?? (c, nil)
+            let (y, rs) = ReLU.forward(n)
+            blocks.append(.init(conv: cs, norm: ns, relu: rs))
+            return y
+        }
+        var h = x, skips: [Tensor] = []
+        for l in 0..<shape.levels {
+            h = try block(try block(h))                                   // (N, c_l, D/2^l, H/2^l, W/2^l)
+            if l < shape.levels - 1 { skips.append(h) }
+        }
+        for l in stride(from: shape.levels - 2, through: 0, by: -1) {
+            let (u, us) = Upsample2x.forward(h); ups.append(us)          // (N, c_{l+1}, D/2^l, ...)
+            let (cat, cs) = ChannelConcat.forward(skips[l], try block(u)) // (N, 2c_l, D/2^l, ...)
+            cats.append(cs)
+            h = try block(cat)                                           // (N, c_l, D/2^l, ...)
+        }
+        let (logits, hs) = try layers[layers.count - 1].forward(h, ctx)   // (N, K, D, H, W)
+        return (logits, UNetSaved(blocks: blocks, head: hs, upsamples: ups, concats: cats))
+    }
+
+    /// Given dL/dlogits (N, K, D, H, W), ADD every layer's gradients (then `kl`, then `finishBackward`).
+    public func backward(_ dLogits: Tensor, _ saved: UNetSaved) throws {
+        var next = saved.blocks.count - 1
+        func block(_ dy: Tensor) throws -> Tensor {
+            let i = next, b = saved.blocks[i]
+            next -= 1
+            let dn = ReLU.backward(dy, b.relu)
+            let dc = norms[i].map { $0.backward(dn, b.norm!) } ?? dn
+            return try layers[i].backward(dc, b.conv)
+        }
+        var g = try layers[layers.count - 1].backward(dLogits, saved.head)
+        var skipGradients = [Tensor?](repeating: nil, count: shape.levels)
+        // Decoder levels ran deepest first (j = 0 is level L−2); undo them shallowest first.
+        for j in stride(from: saved.concats.count - 1, through: 0, by: -1) {
+            let (dSkip, dUp) = ChannelConcat.backward(try block(g), saved.concats[j])
+            skipGradients[shape.levels - 2 - j] = dSkip
+            g = Upsample2x.backward(try block(dUp), saved.upsamples[j])
+        }
+        for l in stride(from: shape.levels - 1, through: 0, by: -1) {
+            if let s = skipGradients[l] { for i in 0..<g.count { g.data[i] += s.data[i] } }
+            g = try block(try block(g))
+        }
+        precondition(next == -1, "UNet.backward: \(next + 1) blocks left over")
+    }
+
+    /// x (N, C, D, H, W) -> softmax probabilities (N, K, D, H, W); one Monte Carlo draw per call (ctx keys it).
+    public func probabilities(_ x: Tensor, _ ctx: StepContext) throws -> Tensor {
+        Softmax.probabilities(try forward(x, ctx).logits)
+    }
+
+    /// Sum of the Flipout layers' KL(q || p); adds scale * dKL into their gradients.
+    public func kl(gradientScale: Float, _ ctx: StepContext) throws -> Double {
+        try layers.reduce(0.0) { $0 + (try $1.kl(gradientScale: gradientScale, ctx)) }
+    }
+
+    public func finishBackward() { layers.forEach { $0.finishBackward() } }
+    public func zeroGradients() { layers.forEach { $0.zeroGradients() }; norms.forEach { $0?.zeroGradients() } }
+    public var trainable: [NamedParameter] { layers.flatMap(\.trainable) + norms.flatMap { $0?.trainable ?? [] } }
+    public var flipoutLayers: [FlipoutConv3D] { layers.compactMap { $0 as? FlipoutConv3D } }
+
+    /// Refresh constrained values after the optimizer changed parameters.
+    public func parametersChanged() { flipoutLayers.forEach { $0.weights.refresh() } }
+}
+
+/// Softmax over the class axis: logits (N, K, D, H, W) -> probabilities (N, K, D, H, W).
+public enum Softmax {
+    public static func probabilities(_ z: Tensor) -> Tensor {
+        precondition(z.rank == 5, "Softmax: logits \(z.shape), expected (N, K, D, H, W)")
+        let (n, k) = (z.shape[0], z.shape[1]), v = z.shape[2...].reduce(1, *)
+        let p = Tensor(uninitializedShape: z.shape)
+        for b in 0..<n {
+            let src = z.data + b * k * v, dst = p.data + b * k * v
+            for i in 0..<v {
+                var m = -Float.infinity
+                for c in 0..<k { m = max(m, src[c * v + i]) }
+                var s: Float = 0
+                for c in 0..<k { let e = expf(src[c * v + i] - m); dst[c * v + i] = e; s += e }
+                for c in 0..<k { dst[c * v + i] /= s }
+            }
+        }
+        return p
+    }
+}

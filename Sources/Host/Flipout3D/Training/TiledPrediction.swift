@@ -1,0 +1,96 @@
+// Whole-case probabilities from a patch-trained U-Net, one patch-sized tile at a time, and per-class hard Dice (validation and the run's test report).
+import Foundation
+
+/// Validation during training needs whole-case predictions without holding a whole case's
+/// activations: the case is cut into patch-sized tiles (non-overlapping; the last tile on an axis
+/// ends at the border, so it overlaps its neighbour; a case smaller than the patch is zero-padded,
+/// centred), each tile is run alone, and its probabilities are copied into the case's map.
+/// Gaussian-weighted overlapping windows, as MONAI and nnU-Net predict, belong to `flipout predict`.
+public enum TiledPrediction {
+    /// Tile starts along an axis of `size` voxels for tiles of `patch`.
+    static func starts(size: Int, patch: Int) -> [Int] {
+        guard size > patch else { return [(size - patch) / 2] }
+        var s = Array(stride(from: 0, to: size - patch, by: patch))
+        s.append(size - patch)
+        return s
+    }
+
+    /// image (C, D, H, W) -> the mean over `samples` Monte Carlo draws of the softmax, (K, D, H, W).
+    /// Draw t uses `Evaluator.predictionContext(seed, t)` for every tile (one weight sample per draw);
+    /// a network without Flipout layers runs once with the posterior centres.
+    public static func probabilities(_ model: UNet, image: Tensor, patchSize: [Int], samples: Int, seed: UInt64) throws -> Tensor {
+        let shape = Array(image.shape.dropFirst()), c = image.shape[0], k = model.shape.classCount
+        let out = Tensor(shape: [k] + shape) // (K, D, H, W)
+        let bayesian = !model.flipoutLayers.isEmpty
+        let draws = bayesian ? max(1, samples) : 1
+        let pv = patchSize.reduce(1, *), v = shape.reduce(1, *)
+        for z0 in starts(size: shape[0], patch: patchSize[0]) { for y0 in starts(size: shape[1], patch: patchSize[1]) { for x0 in starts(size: shape[2], patch: patchSize[2]) {
+            let start = [z0, y0, x0]
+            let x = Tensor(shape: [1, c] + patchSize) // (1, C, d, h, w)
+            PatchSampler.crop(image, start: start, size: patchSize, into: x.data)
+            let mean = Tensor(shape: [k] + patchSize)
+            for t in 0..<draws {
+                var ctx = Evaluator.predictionContext(seed: seed, draw: t)
+                if !bayesian { ctx.mode = .center }
+                let p = try model.probabilities(x, ctx)
+                for i in 0..<mean.count { mean.data[i] += p.data[i] / Float(draws) }
+            }
+            // Copy the tile's voxels that lie inside the case.
+            for ch in 0..<k { for z in 0..<patchSize[0] {
+                let sz = z0 + z
+                guard sz >= 0 && sz < shape[0] else { continue }
+                for yy in 0..<patchSize[1] {
+                    let sy = y0 + yy
+                    guard sy >= 0 && sy < shape[1] else { continue }
+                    for xx in 0..<patchSize[2] {
+                        let sx = x0 + xx
+                        guard sx >= 0 && sx < shape[2] else { continue }
+                        out.data[ch * v + (sz * shape[1] + sy) * shape[2] + sx] = mean.data[ch * pv + (z * patchSize[1] + yy) * patchSize[2] + xx]
+                    }
+                }
+            } }
+        } } }
+        return out
+    }
+
+    /// The most probable class per voxel: probabilities (K, D, H, W) -> labels (D·H·W).
+    public static func argmax(_ p: Tensor) -> [Int] {
+        let k = p.shape[0], v = p.count / k
+        return (0..<v).map { i in
+            var best = 0
+            for c in 1..<k where p.data[c * v + i] > p.data[best * v + i] { best = c }
+            return best
+        }
+    }
+
+    /// Hard Dice 2|A∩B| / (|A| + |B|) per class of a label map against the truth ((1, D, H, W) indices);
+    /// NaN for a class absent from both (nnU-Net leaves such cases out of the mean).
+    public static func dice(prediction: [Int], truth: Tensor, classCount k: Int) -> [Double] {
+        precondition(prediction.count == truth.count, "dice: \(prediction.count) predictions for \(truth.count) voxels")
+        var inter = [Int](repeating: 0, count: k), sumP = inter, sumT = inter
+        for i in 0..<prediction.count {
+            let p = prediction[i], t = Int(truth.data[i])
+            sumP[p] += 1; sumT[t] += 1
+            if p == t { inter[p] += 1 }
+        }
+        return (0..<k).map { sumP[$0] + sumT[$0] == 0 ? .nan : 2 * Double(inter[$0]) / Double(sumP[$0] + sumT[$0]) }
+    }
+
+    /// Per class, the mean over `cases` (those holding the class in truth or prediction) of the hard Dice.
+    public static func meanDice(_ model: UNet, _ cases: [PreparedCase], patchSize: [Int], samples: Int, seed: UInt64) throws -> [Double] {
+        let k = model.shape.classCount
+        var sums = [Double](repeating: 0, count: k), counts = [Int](repeating: 0, count: k)
+        for c in cases {
+            guard let label = c.label else { continue }
+            let d = dice(prediction: argmax(try probabilities(model, image: c.image, patchSize: patchSize, samples: samples, seed: seed)),
+                         truth: label, classCount: k)
+            for j in 0..<k where !d[j].isNaN { sums[j] += d[j]; counts[j] += 1 }
+        }
+        return (0..<k).map { counts[$0] > 0 ? sums[$0] / Double(counts[$0]) : .nan }
+    }
+
+    /// "structureA 0.912  structureB 0.874" (foreground classes).
+    public static func describe(_ dice: [Double], names: [String]) -> String {
+        (1..<dice.count).map { String(format: "%@ %.3f", names[$0], dice[$0]) }.joined(separator: "  ")
+    }
+}
