@@ -53,11 +53,11 @@ public struct PatchSampler {
             var start = [0, 0, 0]
             if wantsForeground && !present.isEmpty {
                 let voxels = foreground[ci][present[rng.uniformIndex(below: present.count)]]
-                let flat = Int(voxels[Int(uniformIndex(&rng, below: voxels.count))])
+                let flat = Int(voxels[randomInt(&rng, below: voxels.count)])
                 let centre = [flat / (shape[1] * shape[2]), (flat / shape[2]) % shape[1], flat % shape[2]]
                 for a in 0..<3 { start[a] = min(max(centre[a] - patchSize[a] / 2, lo[a]), hi[a]) }
             } else {
-                for a in 0..<3 { start[a] = lo[a] + Int(uniformIndex(&rng, below: hi[a] - lo[a] + 1)) }
+                for a in 0..<3 { start[a] = lo[a] + randomInt(&rng, below: hi[a] - lo[a] + 1) }
             }
             return Draw(caseIndex: ci, foregroundCentred: wantsForeground && !present.isEmpty, start: start)
         }
@@ -98,6 +98,6 @@ public struct PatchSampler {
     }
 
     private func uniform(_ rng: inout RandomStream) -> Float { var u: Float = 0; rng.fillUniform(&u, count: 1); return u }
-    /// A uniform integer in 0..<n for any n (voxel lists exceed uniformIndex's 2^24 bound).
-    private func uniformIndex(_ rng: inout RandomStream, below n: Int) -> Int { rng.nextInt(below: n) }
+    /// A uniform integer in 0..<n for any n below 2^32 (voxel lists can exceed `uniformIndex`'s 2^24 bound).
+    private func randomInt(_ rng: inout RandomStream, below n: Int) -> Int { rng.nextInt(below: n) }
 }

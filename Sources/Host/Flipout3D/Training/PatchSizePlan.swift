@@ -11,14 +11,16 @@ import Foundation
 ///      the axis whose patch extent in mm (voxels · spacing) is largest.
 public enum PatchSizePlan {
     /// Default activation budget of a training step: 1 GiB. With it a 256×256×160 two-channel
-    /// case trains at a peak RSS of about 1.6 GiB (scripts/peak-rss, 2026-12-01), inside the
-    /// issue's 3 GiB.
+    /// case gets 60×64×64 patches (batch 2) and trains one epoch at a peak RSS of 1.07 GiB, data,
+    /// binary and oneDNN included (scripts/peak-rss, OMP_NUM_THREADS=1, 2026-12-01): inside the
+    /// issue's 3 GiB with room for larger datasets in memory.
     public static let defaultBudgetMiB = 1024
     /// Largest default patch edge: 128 voxels, nnU-Net's typical 3d_fullres edge.
     public static let maximumEdge = 128
-    /// Measured peak RSS per estimated activation byte (scripts/peak-rss: a 32³ and an 80³
-    /// patch, width 8, 3 levels), covering oneDNN's reorder buffers and backward's transients.
-    static let measuredOverhead = 1.5
+    /// Safety factor over the float count for oneDNN's reorder buffers and backward's transients.
+    /// Conservative: in the scripts/peak-rss run above the whole process (about 0.2 GiB of
+    /// binary and oneDNN, 0.2 GiB of case data) peaked at 1.07 GiB for a 1 GiB estimate.
+    static let overhead = 1.5
 
     /// Floats a training step keeps per patch voxel and example: per block (convolution, norm,
     /// ReLU) the convolution's copy of its input, its output, the norm's x̂ and output, the ReLU's
@@ -37,7 +39,7 @@ public enum PatchSizePlan {
         return total + Double(shape.channels(level: 0) + 2 * shape.classCount) + 3 * Double(shape.classCount) // head, softmax, loss gradient
     }
 
-    public static func bytesPerVoxel(_ shape: UNetConfig) -> Double { 4 * floatsPerVoxel(shape) * measuredOverhead }
+    public static func bytesPerVoxel(_ shape: UNetConfig) -> Double { 4 * floatsPerVoxel(shape) * overhead }
 
     public static func patchSize(medianShape: [Int], spacing: [Double], shape: UNetConfig, batchSize: Int, budgetMiB: Int = defaultBudgetMiB) -> [Int] {
         let m = shape.sizeMultiple
