@@ -8,7 +8,7 @@ private func indexCase(_ shape: [Int], id: String = "c") -> PreparedCase {
     let v = shape.reduce(1, *)
     let image = Tensor(shape: [1] + shape, values: (0..<v).map(Float.init))
     let label = Tensor(shape: [1] + shape)
-    for z in 2..<4 { for y in 3..<5 { for x in 1..<3 { label.data[(z * shape[1] + y) * shape[2] + x] = 2 } } }
+    for z in 2..<4 { for y in 3..<5 { for x in 1..<3 where z < shape[0] && y < shape[1] && x < shape[2] { label[(z * shape[1] + y) * shape[2] + x] = 2 } } }
     let a = Affine.identity
     return PreparedCase(id: id, image: image, label: label, geometry: CaseGeometry(sourceShape: shape, sourceAffine: a, preparedShape: shape, preparedAffine: a))
 }

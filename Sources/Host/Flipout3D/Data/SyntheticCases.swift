@@ -140,7 +140,7 @@ public struct SyntheticCases: Sendable {
             for z in 0..<d { for y in 0..<h { for x in 0..<w {
                 out[i] = Float(textures[c].reduce(0) { $0 + $1.value(world(z, y, x)) }); i += 1
             } } }
-            standardise(out, count: n)
+            SyntheticVolumes.standardise(out, count: n)
             noise.withUnsafeMutableBufferPointer { rng.fillNormal($0.baseAddress!, count: n) }
             i = 0
             for z in 0..<d { for y in 0..<h { for x in 0..<w {
@@ -181,15 +181,5 @@ public struct SyntheticCases: Sendable {
             let s = (r[2] * p.0 + r[5] * p.1 + r[8] * p.2) * inverseRadii.2
             return u * u + v * v + s * s <= 1
         }
-    }
-
-    /// In place: subtract the mean, divide by the standard deviation (Double sums).
-    func standardise(_ p: UnsafeMutablePointer<Float>, count n: Int) {
-        var s = 0.0, s2 = 0.0
-        for j in 0..<n { s += Double(p[j]); s2 += Double(p[j]) * Double(p[j]) }
-        let mean = s / Double(n)
-        let sd = max((s2 / Double(n) - mean * mean).squareRoot(), 1e-12)
-        let m = Float(mean), inv = Float(1 / sd)
-        for j in 0..<n { p[j] = (p[j] - m) * inv }
     }
 }

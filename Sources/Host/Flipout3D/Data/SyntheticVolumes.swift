@@ -162,7 +162,7 @@ public struct SyntheticVolumes: Sendable {
             for c in texture { t += c.amplitude * cos(c.f.0 * Float(z) + c.f.1 * Float(y) + c.f.2 * Float(x) + c.phase) }
             image[i] = t; i += 1
         } } }
-        standardise(image, count: n)
+        Self.standardise(image, count: n)
 
         // 3. Lesions (label) and clean intensity, bias field, noise.
         let base: Float = 3
@@ -189,12 +189,12 @@ public struct SyntheticVolumes: Sendable {
         for j in 0..<n { image[j] += look.noiseSigma * noise[j] }
 
         // 4. Per-volume z-score (and inversion for the OOD contrast).
-        standardise(image, count: n)
+        Self.standardise(image, count: n)
         if look.inverted { for j in 0..<n { image[j] = -image[j] } }
     }
 
     /// In place: subtract the mean, divide by the standard deviation (Double sums).
-    func standardise(_ p: UnsafeMutablePointer<Float>, count n: Int) {
+    static func standardise(_ p: UnsafeMutablePointer<Float>, count n: Int) {
         var s = 0.0, s2 = 0.0
         for j in 0..<n { s += Double(p[j]); s2 += Double(p[j]) * Double(p[j]) }
         let mean = s / Double(n)
