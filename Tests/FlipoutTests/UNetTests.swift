@@ -77,7 +77,7 @@ func unetParameterGradientsMatchCentralDifferences(_ norm: UNetConfig.Normalizat
     assertClose(b.array, a.array, rtol: 1e-5, atol: 1e-5, "MOPED centre = deterministic network")
     let layer = bnn.flipoutLayers[1], w = (det.layers[1] as! DeterministicConv3D).weight
     let slots = layer.weights.posterior.slots
-    let scale = slots.firstIndex { $0.name == "scale" }!
+    let scale = slots.firstIndex { $0.parameter.role == .scale }!
     for i in 0..<w.count {
         let s = slots[scale].parameter.transform.forward(layer.weights.parameters[scale].data[i])
         #expect(abs(s - max(0.1 * abs(w.data[i]), MOPED.minimumScale)) <= 1e-5 * max(s, 1e-3))

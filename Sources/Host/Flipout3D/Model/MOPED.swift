@@ -8,10 +8,10 @@ import Foundation
 /// for every Flipout convolution (w the deterministic kernel of the same name), and copies biases,
 /// deterministic convolutions and instance-norm parameters unchanged. bayesian-torch writes the
 /// same scale as rho = log(expm1(delta·|w|) + 1e-20); we floor the scale at `minimumScale` instead,
-/// so a zero weight keeps a finite unconstrained value. The posterior must declare a location and a
-/// scale parameter (Normal, Laplace); which stored slot is which is read from the plugin's
-/// parameter declarations: the location is the parameter named "loc" with the identity transform
-/// (the ABI's rule for a location), the scale the parameter named "scale". Other posteriors are refused.
+/// so a zero weight keeps a finite unconstrained value. The posterior must have exactly one
+/// parameter with the location role and one with the scale role (ABI 1.1 `parameter_roles`;
+/// a 1.0 plugin's "loc" with identity transform counts as a location), e.g. Normal or Laplace.
+/// Other posteriors are refused.
 public enum MOPED {
     /// bayesian-torch's default `moped_delta` in dnn_to_bnn's examples is 0.5; its paper's
     /// experiments and our default use 0.1 (a tighter start around the deterministic solution).
@@ -52,9 +52,9 @@ public enum MOPED {
         let weights = layer.weights, slots = weights.posterior.slots
         precondition(w.count == weights.count, "MOPED: \(layer.name) has \(weights.count) weights, the source \(w.count)")
         guard slots.count == 2,
-              let loc = slots.firstIndex(where: { $0.parameter.name == "loc" && $0.parameter.transform == .identity }),
-              let scale = slots.firstIndex(where: { $0.parameter.name == "scale" }) else {
-            throw LayerError.invalidConfiguration("--init-from: MOPED sets a posterior's location and scale, but \(weights.posterior.family.id) has parameters \(slots.map(\.name).joined(separator: ", ")); use a location-scale posterior such as org.flipout3d.normal or org.flipout3d.laplace.")
+              let loc = slots.firstIndex(where: { $0.parameter.role == .location }),
+              let scale = slots.firstIndex(where: { $0.parameter.role == .scale }) else {
+            throw LayerError.invalidConfiguration("--init-from: MOPED sets a posterior's location and scale, but \(weights.posterior.family.id) has parameters \(slots.map { "\($0.name) (\($0.parameter.role))" }.joined(separator: ", ")); use a location-scale posterior such as org.flipout3d.normal or org.flipout3d.laplace.")
         }
         let transform = slots[scale].parameter.transform
         let locations = weights.parameters[loc].data, scales = weights.parameters[scale].data
