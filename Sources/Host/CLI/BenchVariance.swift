@@ -34,7 +34,7 @@ struct VarianceOptions: ParsableArguments {
     func run(registry: PluginRegistry, json: Bool) throws {
         let trained = try TrainedModel.load(checkpoint!, registry: registry, allowPluginChange: allowPluginChange, log: note)
         let dataset = try trained.training.makeDataset()
-        let rows = try GradientVariance.measure(trained: trained.model, dataset: dataset, seed: trained.training.seed, registry: registry,
+        let rows = try GradientVariance.measure(trained: try trained.binaryModel(), dataset: dataset, seed: trained.training.seed, registry: registry,
                                                 batches: parsedBatches!, draws: draws, kind: batchKind, progress: note)
         if json {
             let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
