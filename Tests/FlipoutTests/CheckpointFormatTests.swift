@@ -113,7 +113,7 @@ func refusal(_ bytes: [UInt8]) -> String {
             (training("epochs", "1", "0"), "flipout3d.epoch"),
             ({ c in c.metadata[CheckpointKey.model] = c.metadata[CheckpointKey.model]!.replacingOccurrences(of: "\"width\":4", with: "\"width\":-8") }, "width is -8"),
             ({ c in c.metadata[CheckpointKey.model] = c.metadata[CheckpointKey.model]!.replacingOccurrences(of: "\"width\":4", with: "\"width\":100000") }, "width is 100000"),
-            ({ c in c.metadata[CheckpointKey.model] = c.metadata[CheckpointKey.model]!.replacingOccurrences(of: "{", with: "{\"width\":4,", options: [], range: nil) }, "duplicate key \"width\""),
+            ({ c in c.metadata[CheckpointKey.model] = "{\"width\":4," + c.metadata[CheckpointKey.model]!.dropFirst() }, "duplicate key \"width\""),
         ] as [((inout Checkpoint) -> Void, String)] {
             let m = load(edit)
             #expect(m.contains(expected), "expected \(expected): \(m)")

@@ -40,7 +40,8 @@ struct Flipout: ParsableCommand {
         do { command = try parseAsRoot() } catch { exit(withError: error) }
         do {
             try command.run()
-        } catch let e where e is ExitCode || e is CleanExit || e is ValidationError {
+        } catch let e where String(reflecting: type(of: e)).hasPrefix("ArgumentParser.") {
+            // ArgumentParser's own: help, usage errors, ExitCode, ValidationError.
             exit(withError: e)
         } catch {
             FileHandle.standardError.write(Data("Error: \(error)\n".utf8))

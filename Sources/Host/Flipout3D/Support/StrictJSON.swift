@@ -3,7 +3,7 @@
 // keeps object keys in file order, and keeps integers exact (Int64) apart from other numbers.
 
 /// A parsed JSON value. Objects keep their keys in file order; keys are unique (the parser refuses duplicates).
-public enum JSONValue: Equatable, Sendable {
+public enum JSONValue: Equatable, Sendable, CustomStringConvertible {
     case null
     case bool(Bool)
     /// A number written without fraction or exponent that fits Int64.
@@ -36,6 +36,19 @@ public enum JSONValue: Equatable, Sendable {
     public var integerValue: Int64? { if case .integer(let i) = self { return i }; return nil }
     public var arrayValue: [JSONValue]? { if case .array(let a) = self { return a }; return nil }
     public var objectValue: [(key: String, value: JSONValue)]? { if case .object(let o) = self { return o }; return nil }
+
+    /// Compact JSON text of the value (strings made printable), for messages.
+    public var description: String {
+        switch self {
+        case .null: return "null"
+        case .bool(let b): return "\(b)"
+        case .integer(let i): return "\(i)"
+        case .number(let d): return "\(d)"
+        case .string(let s): return "\"\(StrictJSON.printable(s))\""
+        case .array(let a): return "[" + a.map(\.description).joined(separator: ",") + "]"
+        case .object(let o): return "{" + o.map { "\"\(StrictJSON.printable($0.key))\":\($0.value)" }.joined(separator: ",") + "}"
+        }
+    }
 
     /// A short name of the value's kind, for messages ("a string", "an object").
     public var kindName: String {
