@@ -32,7 +32,7 @@ func fillUp(_ dir: URL) {
         let checkpoint = dir + "/checkpoint.safetensors"
         let args = ["train", "--epochs", "100000", "--volume-size", "8", "--train-volumes", "2", "--test-volumes", "2",
                     "--samples", "1", "--width", "1", "--batch-size", "2", "--quiet"]
-        var kills = 0, duringWrite = 0, unloadable = 0, rounds = 0
+        var kills = 0, duringWrite = 0, unloadable = 0, rounds = 0, leftByKills = 0
         var rng = SystemRandomNumberGenerator()
         let registry = try SmallRun.registry()
         while kills < 24 && rounds < 80 {
@@ -41,23 +41,34 @@ func fillUp(_ dir: URL) {
             p.executableURL = URL(fileURLWithPath: BuildProducts.flipout)
             p.arguments = FileIO.exists(checkpoint) ? ["train", "--resume", checkpoint, "--epochs", "100000", "--quiet"] : args + ["--run", dir, "--overwrite"]
             p.environment = FlipoutCLI.hermeticEnvironment
-            p.standardOutput = FileHandle.nullDevice; p.standardError = FileHandle.nullDevice
+            let errPath = dir + ".stderr"
+            _ = FileManager.default.createFile(atPath: errPath, contents: nil)
+            let errHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
+            p.standardOutput = FileHandle.nullDevice; p.standardError = errHandle
+            let stale = Set(((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter(RunFolder.isTemporary))
             try p.run()
             // Wait for a temporary file of a save to appear (the write in progress), then kill after
             // a random 0–500 µs; if none shows within 3 s, kill anyway.
             let deadline = Date().addingTimeInterval(3)
             var sawTemporary = false
             while Date() < deadline && p.isRunning {
-                if ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).contains(where: RunFolder.isTemporary) {
+                // A new temporary (the previous kill's leftovers do not count) of a checkpoint save.
+                if ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).contains(where: {
+                    RunFolder.isTemporary($0) && $0.hasPrefix(".checkpoint.safetensors.tmp-") && !stale.contains($0) }) {
                     sawTemporary = true; break
                 }
             }
             if sawTemporary { usleep(UInt32.random(in: 0...500, using: &rng)) }
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
-            guard p.terminationReason == .uncaughtSignal else { continue }
+            try? errHandle.close()
+            guard p.terminationReason == .uncaughtSignal else {
+                Issue.record("round \(rounds): flipout exited \(p.terminationStatus) before the kill: \((try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")")
+                continue
+            }
             kills += 1
             if sawTemporary { duringWrite += 1 }
+            leftByKills += ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter(RunFolder.isTemporary).count
             if FileIO.exists(checkpoint) {
                 do { _ = try TrainedModel.load(checkpoint, registry: registry) } catch { unloadable += 1; Issue.record("unloadable after kill \(kills): \(error)") }
             }
@@ -67,7 +78,7 @@ func fillUp(_ dir: URL) {
         let done = try TrainedModel.load(checkpoint, registry: registry).epochs
         let finish = try FlipoutCLI.run(["train", "--resume", checkpoint, "--epochs", "\(done + 1)", "--quiet"])
         let leftAfter = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter(RunFolder.isTemporary)
-        print("kill test: \(kills) SIGKILLs (\(duringWrite) while a save's temporary file existed), \(unloadable) unloadable checkpoints, \(leftBefore.count) temporaries left by the kills, \(leftAfter.count) after the next start")
+        print("kill test: \(kills) SIGKILLs (\(duringWrite) while a save's temporary file existed), \(unloadable) unloadable checkpoints, \(leftByKills) temporaries left by the kills (each removed by the next start), \(leftAfter.count) after the final start")
         #expect(kills >= 20 && duringWrite >= 10)
         #expect(unloadable == 0)
         #expect(finish.status == 0, "\(finish.stderr)")
