@@ -33,7 +33,6 @@ public enum NIfTIError: Error, CustomStringConvertible {
     case badHeaderSize(path: String, found: Int32)
     case unsupportedDatatype(path: String, code: Int16)
     case notThreeD(path: String, dims: [Int])
-    case badDimensions(path: String, dims: [Int])
     case compression(path: String, reason: String)
     case shapeMismatch(path: String, tensorShape: [Int], headerDims: [Int])
     /// A header field whose value cannot be right (or exceeds a stated cap), with what is allowed.
@@ -55,8 +54,6 @@ public enum NIfTIError: Error, CustomStringConvertible {
             return "\(path): unsupported NIfTI datatype code \(code); supported: uint8 (2), int16 (4), int32 (8), float32 (16), float64 (64), int8 (256), uint16 (512)"
         case let .notThreeD(path, dims):
             return "\(path): expected a 3D volume, dims are \(dims); extract one 3D volume first (e.g. fslroi)"
-        case let .badDimensions(path, dims):
-            return "\(path): invalid dimensions \(dims) in the header (corrupt file?)"
         case let .compression(path, reason):
             return "\(path): gzip data is corrupt: \(reason); the file is damaged, copy or download it again"
         case let .shapeMismatch(path, shape, dims):
@@ -251,8 +248,8 @@ public enum NIfTI {
     public static let maxVoxels = 1 << 28
     /// Largest vox_offset accepted (header plus extensions), in bytes.
     public static let maxVoxOffset = 1 << 28
-    /// Largest file read (compressed or not), in bytes.
-    public static let maxFileBytes = 1 << 32
+    /// Largest file read (compressed or not), in bytes: zlib takes at most UInt32.max input bytes per call.
+    public static let maxFileBytes = Int(UInt32.max)
 
     /// Reads a 3D `.nii` or `.nii.gz` (gzip detected from the content, not the name).
     /// Dimensions beyond the third must be 1. Values come back as Float with scl_slope and
@@ -338,8 +335,7 @@ public enum NIfTI {
         return bad
     }
 
-    /// Reads only the header (of a .nii.gz, only its first 348 bytes are inflated); the header is
-    /// checked as `read` checks it, against the size of the file as it is stored.
+    /// Reads only the header (of a .nii.gz, only its first 348 bytes are inflated), checked as `read` checks it.
     public static func readHeader(_ path: String) throws -> NIfTIHeader {
         let raw: [UInt8]
         do { raw = try FileIO.read(path, limit: maxFileBytes) } catch let e as FileIOError { throw NIfTIError.file(e) }
@@ -447,7 +443,7 @@ public enum NIfTI {
     }
 
     /// Checks every header claim the reader relies on, with checked arithmetic: rank and dims,
-    /// the datatype, vox_offset (finite, whole, at least 348, within `maxFileBytes`), the voxel
+    /// the datatype, vox_offset (finite, whole, from 348 to `maxVoxOffset`), the voxel
     /// count (at most `maxVoxels`) and the finite geometry. Errors name the field and its value.
     static func validate(_ h: NIfTIHeader, path: String) throws {
         func bad(_ field: String, _ value: Any, _ allowed: String) -> NIfTIError {

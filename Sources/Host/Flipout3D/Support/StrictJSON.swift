@@ -123,7 +123,7 @@ public enum StrictJSON {
                     let keyOffset = i
                     let key = try string()
                     guard seen.insert(key).inserted else {
-                        throw JSONSyntaxError(offset: keyOffset, reason: "duplicate key \"\(Self.printable(key))\"")
+                        throw JSONSyntaxError(offset: keyOffset, reason: "duplicate key \"\(StrictJSON.printable(key))\"")
                     }
                     skipWhitespace()
                     guard i < b.count, b[i] == UInt8(ascii: ":") else { throw fail("expected ':' after a key") }
@@ -268,9 +268,6 @@ public enum StrictJSON {
             }
             return v
         }
-
-        /// `s` with control and non-ASCII characters escaped, for messages.
-        static func printable(_ s: String) -> String { StrictJSON.printable(s) }
     }
 
     /// `s` limited to 80 printable ASCII characters (others as \u{..}), safe to print on a terminal.
