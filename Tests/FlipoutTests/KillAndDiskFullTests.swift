@@ -35,7 +35,7 @@ func fillUp(_ dir: URL) {
         var kills = 0, duringWrite = 0, unloadable = 0, rounds = 0, leftByKills = 0
         var rng = SystemRandomNumberGenerator()
         let registry = try SmallRun.registry()
-        while kills < 24 && rounds < 80 {
+        while (kills < 20 || duringWrite < 20) && rounds < 60 {
             rounds += 1
             let p = Process()
             p.executableURL = URL(fileURLWithPath: BuildProducts.flipout)
@@ -48,8 +48,9 @@ func fillUp(_ dir: URL) {
             let stale = Set(((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter(RunFolder.isTemporary))
             try p.run()
             // Wait for a temporary file of a save to appear (the write in progress), then kill after
-            // a random 0–500 µs; if none shows within 3 s, kill anyway.
-            let deadline = Date().addingTimeInterval(3)
+            // a random 0–500 µs; if none shows within 10 s (the poll can miss a fast save on a busy
+            // machine), kill anyway.
+            let deadline = Date().addingTimeInterval(10)
             var sawTemporary = false
             while Date() < deadline && p.isRunning {
                 // A new temporary (the previous kill's leftovers do not count) of a checkpoint save.
