@@ -8,6 +8,11 @@ public func fuzzNIfTI(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     for policy in policies.dropFirst(policies.count == 1 ? 1 : 0) {
         check(try! NIfTI.decode(bytes, path: "fuzz.nii", nonFinite: policy))
     }
+    // The 4D path (T, D, H, W): the same checks with dim[4] frames.
+    if let v = try? NIfTI.decode(bytes, path: "fuzz.nii", allowFourD: true, nonFinite: .zero) {
+        precondition(v.data.shape == [Int(v.header.dim[4])] + v.header.shape, "4D shape \(v.data.shape) != header")
+        precondition(v.data.buffer.allSatisfy(\.isFinite), "non-finite voxel returned")
+    }
     return 0
 }
 

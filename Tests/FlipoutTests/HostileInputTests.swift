@@ -70,6 +70,19 @@ let headerLies: [(name: String, edit: (inout [UInt8]) -> Void, expected: String)
         #expect(niftiRefusal(swapped).contains("not finite"), "\(niftiRefusal(swapped))")
     }
 
+    @Test func fourDReadsAreCheckedTheSameWay() throws {
+        // 16 floats as (T, D, H, W) = (2, 2, 2, 2): dim = [4, 2, 2, 2, 2].
+        let four = try niftiBytes(dims: [2, 2, 4], values: (0..<16).map { $0 == 9 ? .nan : Double($0) }) { setI16(&$0, 40, 4); setI16(&$0, 46, 2); setI16(&$0, 48, 2) }
+        let v = try NIfTI.decode(four, path: "4d.nii", allowFourD: true, nonFinite: .zero)
+        #expect(v.data.shape == [2, 2, 2, 2] && v.data.array == (0..<16).map { $0 == 9 ? 0 : Float($0) })
+        #expect(niftiRefusal(four).contains("expected a 3D volume"))
+        let m = (try? NIfTI.decode(four, path: "4d.nii", allowFourD: true)).map { _ in "accepted" } ?? ""
+        #expect(m.isEmpty)
+        #expect { _ = try NIfTI.decode(four, path: "4d.nii", allowFourD: true) } throws: { "\($0)".contains("(i, j, k, t) = (1, 0, 0, 1)") }
+        let huge = try niftiBytes(dims: [2, 2, 4]) { setI16(&$0, 40, 4); setI16(&$0, 42, 32767); setI16(&$0, 44, 32767); setI16(&$0, 46, 2); setI16(&$0, 48, 32767) }
+        #expect { _ = try NIfTI.decode(huge, path: "4d.nii", allowFourD: true) } throws: { "\($0)".contains("dim[1...4] is 32767 x 32767 x 2 x 32767") }
+    }
+
     @Test func aGzipBombCostsOnlyWhatItsHeaderClaims() throws {
         // 8 MiB of zeros after a 4x4x4 float32 volume: only the 608 bytes the header needs are inflated.
         var raw = try niftiBytes()

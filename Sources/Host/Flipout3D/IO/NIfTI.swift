@@ -61,7 +61,7 @@ public enum NIfTIError: Error, CustomStringConvertible {
         case let .badField(path, field, value, allowed):
             return "\(path): header field \(field) is \(value); \(allowed) (corrupt or not a NIfTI-1 file?)"
         case let .nonFinite(path, count, index, value):
-            return "\(path): \(count) voxel\(count == 1 ? " is" : "s are") not finite (NaN or infinite after scl_slope/scl_inter), the first (i, j, k) = (\(index[0]), \(index[1]), \(index[2])) is \(value); fix the file, or pass --nonfinite zero (NaN and inf become 0) or --nonfinite clip (NaN becomes 0, inf the volume's finite extreme)"
+            return "\(path): \(count) voxel\(count == 1 ? " is" : "s are") not finite (NaN or infinite after scl_slope/scl_inter), the first (\(index.count == 4 ? "i, j, k, t" : "i, j, k")) = (\(index.map(String.init).joined(separator: ", "))) is \(value); fix the file, or pass --nonfinite zero (NaN and inf become 0) or --nonfinite clip (NaN becomes 0, inf the volume's finite extreme)"
         }
     }
 }
@@ -258,19 +258,30 @@ public enum NIfTI {
     /// file (and `maxVoxels`) before anything is allocated; a .nii.gz is inflated only up to the
     /// bytes its header needs, so a gzip bomb costs no more than the volume it claims.
     public static func read(_ path: String, nonFinite: NonFinitePolicy = .refuse) throws -> NIfTIVolume {
-        let raw: [UInt8]
-        do { raw = try FileIO.read(path, limit: maxFileBytes) } catch let e as FileIOError { throw NIfTIError.file(e) }
-        return try decode(raw, path: path, nonFinite: nonFinite)
+        try read(path, allowFourD: false, nonFinite: nonFinite)
     }
 
-    /// `read` on a file's bytes (gzip or not); `path` only names the file in errors.
-    public static func decode(_ raw: [UInt8], path: String, nonFinite: NonFinitePolicy = .refuse) throws -> NIfTIVolume {
+    /// Reads a 3D or 4D `.nii`/`.nii.gz` (e.g. per-class probabilities): data (T, D, H, W), T = dim[4]
+    /// (1 for a 3D file). Dimensions beyond the fourth must be 1. Checked as `read` is.
+    public static func read4D(_ path: String, nonFinite: NonFinitePolicy = .refuse) throws -> NIfTIVolume {
+        try read(path, allowFourD: true, nonFinite: nonFinite)
+    }
+
+    static func read(_ path: String, allowFourD: Bool, nonFinite: NonFinitePolicy) throws -> NIfTIVolume {
+        let raw: [UInt8]
+        do { raw = try FileIO.read(path, limit: maxFileBytes) } catch let e as FileIOError { throw NIfTIError.file(e) }
+        return try decode(raw, path: path, allowFourD: allowFourD, nonFinite: nonFinite)
+    }
+
+    /// `read` (or `read4D` when `allowFourD`) on a file's bytes (gzip or not); `path` only names the file in errors.
+    public static func decode(_ raw: [UInt8], path: String, allowFourD: Bool = false, nonFinite: NonFinitePolicy = .refuse) throws -> NIfTIVolume {
         let isGzip = raw.count >= 2 && raw[0] == 0x1f && raw[1] == 0x8b
         let head = isGzip ? try gunzip(raw, path: path, maxOutput: headerSize) : raw
-        let (header, swapped) = try parseHeader(head, path: path)
+        let (header, swapped) = try parseHeader(head, path: path, allowFourD: allowFourD)
         let type = NIfTIDatatype(rawValue: header.datatype)!
-        let count = header.nx * header.ny * header.nz // bounded by parseHeader
-        let offset = Int(header.voxOffset)            // bounded by parseHeader
+        let frames = allowFourD ? Int(header.dim[4]) : 1
+        let count = header.nx * header.ny * header.nz * frames // bounded by parseHeader
+        let offset = Int(header.voxOffset)                     // bounded by parseHeader
         let needed = offset + count * type.bytesPerVoxel
         let bytes = isGzip ? try gunzip(raw, path: path, maxOutput: needed) : raw
         guard bytes.count >= offset else {
@@ -280,7 +291,7 @@ public enum NIfTI {
         guard bytes.count >= needed else {
             throw NIfTIError.truncated(path: path, expectedBytes: needed, actualBytes: bytes.count)
         }
-        let t = Tensor(shape: header.shape) // (D, H, W)
+        let t = Tensor(shape: allowFourD ? [frames] + header.shape : header.shape) // (T, D, H, W) or (D, H, W)
         let out = t.data
         bytes.withUnsafeBytes { raw in
             let base = raw.baseAddress! + offset
@@ -324,8 +335,9 @@ public enum NIfTI {
         guard bad > 0 else { return 0 }
         switch policy {
         case .refuse:
-            let x = first % header.nx, y = (first / header.nx) % header.ny, z = first / (header.nx * header.ny)
-            throw NIfTIError.nonFinite(path: path, count: bad, firstIndex: [x, y, z], firstValue: v[first])
+            let x = first % header.nx, y = (first / header.nx) % header.ny, z = (first / (header.nx * header.ny)) % header.nz
+            let frame = first / (header.nx * header.ny * header.nz)
+            throw NIfTIError.nonFinite(path: path, count: bad, firstIndex: [x, y, z] + (frame > 0 ? [frame] : []), firstValue: v[first])
         case .zero:
             for i in 0..<v.count where !v[i].isFinite { v[i] = 0 }
         case .clip:
@@ -400,7 +412,7 @@ public enum NIfTI {
     // MARK: - Bytes
 
     /// Parses the 348-byte header; returns it and whether the file is big-endian.
-    static func parseHeader(_ bytes: [UInt8], path: String) throws -> (header: NIfTIHeader, swapped: Bool) {
+    static func parseHeader(_ bytes: [UInt8], path: String, allowFourD: Bool = false) throws -> (header: NIfTIHeader, swapped: Bool) {
         guard bytes.count >= headerSize else {
             throw NIfTIError.truncated(path: path, expectedBytes: headerSize, actualBytes: bytes.count)
         }
@@ -437,7 +449,7 @@ public enum NIfTI {
         h.srowZ = (0..<4).map { r.f32(312 + 4 * $0) }
         h.intentName = r.string(328, 16)
 
-        try validate(h, path: path)
+        try validate(h, path: path, allowFourD: allowFourD)
         for i in (Int(h.dim[0]) + 1)..<8 { h.dim[i] = 1 }
         return (h, swapped)
     }
@@ -445,7 +457,7 @@ public enum NIfTI {
     /// Checks every header claim the reader relies on, with checked arithmetic: rank and dims,
     /// the datatype, vox_offset (finite, whole, from 348 to `maxVoxOffset`), the voxel
     /// count (at most `maxVoxels`) and the finite geometry. Errors name the field and its value.
-    static func validate(_ h: NIfTIHeader, path: String) throws {
+    static func validate(_ h: NIfTIHeader, path: String, allowFourD: Bool = false) throws {
         func bad(_ field: String, _ value: Any, _ allowed: String) -> NIfTIError {
             NIfTIError.badField(path: path, field: field, value: "\(value)", allowed: allowed)
         }
@@ -454,16 +466,19 @@ public enum NIfTI {
         let dims = (0..<8).map { Int(h.dim[$0]) }
         for i in 1...rank where dims[i] < 1 { throw bad("dim[\(i)]", dims[i], "every size up to dim[0] must be at least 1") }
         let sizes = (1...rank).map { dims[$0] }
-        guard rank >= 3, sizes.dropFirst(3).allSatisfy({ $0 == 1 }) else {
+        guard rank >= 3, sizes.dropFirst(allowFourD ? 4 : 3).allSatisfy({ $0 == 1 }) else {
             throw NIfTIError.notThreeD(path: path, dims: sizes)
         }
         guard NIfTIDatatype(rawValue: h.datatype) != nil else {
             throw NIfTIError.unsupportedDatatype(path: path, code: h.datatype)
         }
+        let frames = allowFourD && rank >= 4 ? dims[4] : 1
         let (xy, o1) = dims[1].multipliedReportingOverflow(by: dims[2])
-        let (count, o2) = xy.multipliedReportingOverflow(by: dims[3])
-        guard !o1, !o2, count <= maxVoxels else {
-            throw bad("dim[1...3]", "\(dims[1]) x \(dims[2]) x \(dims[3])", "at most \(maxVoxels) voxels are read")
+        let (xyz, o2) = xy.multipliedReportingOverflow(by: dims[3])
+        let (count, o3) = xyz.multipliedReportingOverflow(by: frames)
+        guard !o1, !o2, !o3, count <= maxVoxels else {
+            throw bad(allowFourD ? "dim[1...4]" : "dim[1...3]", "\(dims[1]) x \(dims[2]) x \(dims[3])" + (allowFourD ? " x \(frames)" : ""),
+                      "at most \(maxVoxels) voxels are read")
         }
         // Float comparisons first: converting 9.2e18 or NaN to Int would trap or overflow later.
         guard h.voxOffset.isFinite, h.voxOffset >= Float(headerSize), h.voxOffset <= Float(maxVoxOffset),
