@@ -91,7 +91,7 @@ struct TinyDataset {
     /// One broken folder per inconsistency: (what to break, the file the error must name, a phrase of the advice).
     @Test(arguments: [
         "missing-channel", "label-shape", "label-affine", "channel-affine", "label-value", "label-4d", "label-fraction",
-        "duplicate-case", "bad-json", "num-training", "orphan-image", "stray-channel", "no-json", "labels-gap", "test-channel",
+        "duplicate-case", "bad-json", "num-training", "orphan-image", "stray-channel", "no-json", "labels-gap", "test-channel", "duplicate-key",
     ])
     func badFolderIsAClearErrorAndWritesNothing(_ kind: String) throws {
         let d = try TinyDataset("dataset-bad")
@@ -154,6 +154,11 @@ struct TinyDataset {
             try d.json(["channel_names": ["0": "T1", "1": "CT"], "labels": ["background": 0, "a": 1, "b": 3],
                         "numTraining": 3, "file_ending": ".nii.gz"])
             names = d.path("dataset.json"); advice = "consecutive 0, 1, ..., K-1"
+        case "duplicate-key":
+            // JSONSerialization keeps one of the two silently; StrictJSON refuses.
+            let text = try String(contentsOfFile: d.path("dataset.json"), encoding: .utf8)
+            try ("{\"numTraining\":1," + text.dropFirst()).write(toFile: d.path("dataset.json"), atomically: true, encoding: .utf8)
+            names = d.path("dataset.json"); advice = "duplicate key \"numTraining\""
         case "test-channel":
             try FileManager.default.removeItem(atPath: d.path("imagesTs/t1_0001.nii.gz"))
             names = d.path("imagesTs/t1_0001.nii.gz"); advice = "no file for channel 1"

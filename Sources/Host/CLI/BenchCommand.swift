@@ -37,6 +37,11 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "One JSON object per line.") var json = false
     @OptionGroup var varianceOptions: VarianceOptions
 
+    func validate() throws {
+        try Bounds.check(repeats, 1...10_000, option: "--repeats")
+        try Bounds.check(warmup, 0...10_000, option: "--warmup")
+    }
+
     func run() throws {
         try reportingInputErrors {
             ConvEngineChoice.current = convEngine

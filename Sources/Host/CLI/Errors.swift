@@ -1,25 +1,79 @@
-// How subcommands fail: exit codes, and user-input errors found after parsing.
+// How subcommands fail: the one exit-code table, and the mapping of every error type onto it.
 import ArgumentParser
 import Foundation
 import Flipout3D
 
-/// Exit codes every subcommand keeps:
-///   0   success
-///   1   a plugin failed to load or a plugin call failed (PluginLoadError / PluginCallError;
-///       ArgumentParser prints "Error: <description>", which names the file and the remedy)
-///   64  bad command-line input (ValidationError from `validate()`, or `InputError` from `run()`),
-///       including a bad dataset folder (`DatasetError`: it names the file and what to do)
+/// The exit codes of every subcommand (sysexits.h numbers where one fits). `flipout --help` prints
+/// `ExitCodes.table`; `exitCode(for:)` is the only place an error becomes a code.
 enum ExitCodes {
-    static let pluginFailure = ExitCode.failure
-    static let usage = ExitCode.validationFailure
+    static let success = ExitCode(0)
+    /// A plugin failed to load, or a plugin call failed or returned a non-finite value.
+    static let pluginFailure = ExitCode(1)
+    /// Bad command-line input: an unknown option, a value out of range, a malformed spec, a bad dataset folder.
+    static let usage = ExitCode(64)
+    /// An input file is corrupt or invalid: checkpoint, NIfTI volume (including non-finite voxels).
+    static let badInputFile = ExitCode(65)
+    /// An input file is missing or cannot be read (permission, not a regular file, too large).
+    static let missingInput = ExitCode(66)
+    /// An internal error (a bug; please report it) or a numerical failure during training.
+    static let internalError = ExitCode(70)
+    /// An output could not be written (disk full, read-only or missing folder, permission).
+    static let cannotWrite = ExitCode(74)
+
+    static let rows: [(code: ExitCode, meaning: String)] = [
+        (success, "success"),
+        (pluginFailure, "a plugin failed to load or to compute"),
+        (usage, "bad command-line input (also a bad dataset folder)"),
+        (badInputFile, "bad input file (corrupt or invalid checkpoint or volume)"),
+        (missingInput, "input file missing or unreadable"),
+        (internalError, "internal error or numerical failure"),
+        (cannotWrite, "cannot write an output (disk full, permission)"),
+    ]
+
+    /// The table as `--help` shows it.
+    static var table: String {
+        "Exit codes:\n" + rows.map { "  " + String($0.code.rawValue).padding(toLength: 4, withPad: " ", startingAt: 0) + $0.meaning }.joined(separator: "\n")
+    }
+
+    static func code(for e: FileIOError) -> ExitCode { e.kind == .write ? cannotWrite : missingInput }
+
+    /// The exit code of an error thrown by a subcommand's `run()`.
+    static func code(for error: Error) -> ExitCode {
+        switch error {
+        // A dataset folder is named on the command line (`--data`, `datasets check`): its layout and dataset.json are usage.
+        case is InputError, is RunFolderError, is ConfigError, is DatasetError: return usage
+        case let e as PluginLoadError:
+            return e.kind == .unknownID || e.kind == .badHyperparameter || e.kind == .badForeignSpec ? usage : pluginFailure
+        case is PluginCallError: return pluginFailure
+        case let e as LayerError:
+            switch e {
+            case .invalidConfiguration: return usage
+            case .pluginFailed: return pluginFailure
+            case .nonFinite: return internalError
+            }
+        case let e as FileIOError: return code(for: e)
+        case let e as CheckpointError: return e.file.map { code(for: $0) } ?? badInputFile
+        case let e as NIfTIError:
+            if case .file(let f) = e { return code(for: f) }
+            return badInputFile
+        case let e as Colin27Error:
+            if case .notInstalled = e { return missingInput }
+            return badInputFile
+        case let e as CocoaError where e.isFileError:
+            return [.fileWriteOutOfSpace, .fileWriteNoPermission, .fileWriteUnknown, .fileWriteVolumeReadOnly, .fileWriteFileExists].contains(e.code)
+                ? cannotWrite : missingInput
+        default: return internalError
+        }
+    }
 }
 
 /// Bad user input discovered in `run()` (e.g. a parameter name only the loaded plugin knows).
 /// `ValidationError` thrown from `run()` would print the root command's usage; this prints
 /// only the message and exits 64 like a `validate()` failure.
-struct InputError: Error {
+struct InputError: Error, CustomStringConvertible {
     let message: String
     init(_ message: String) { self.message = message }
+    var description: String { message }
 
     /// Print the message to stderr and return the exit code to throw.
     var exit: ExitCode {
@@ -28,17 +82,8 @@ struct InputError: Error {
     }
 }
 
-/// Run a subcommand body, turning user-input errors into exit 64 with just their message:
-/// `InputError`, and the PluginLoadError kinds that are about the command line (an unknown id,
-/// a bad hyperparameter, a malformed --foreign-prior spec). Every other error propagates (plugin failures exit 1).
+/// Run a subcommand body. Errors propagate to `Flipout.main`, which prints them and exits with
+/// `ExitCodes.code(for:)`; kept so every subcommand body reads the same.
 func reportingInputErrors(_ body: () throws -> Void) throws {
-    do {
-        try body()
-    } catch let e as InputError {
-        throw e.exit
-    } catch let e as DatasetError {
-        throw InputError(e.description).exit
-    } catch let e as PluginLoadError where e.kind == .unknownID || e.kind == .badHyperparameter || e.kind == .badForeignSpec {
-        throw InputError(e.description).exit
-    }
+    try body()
 }

@@ -24,6 +24,10 @@ struct EvaluateCommand: ParsableCommand {
     @Flag(help: "Print one JSON object instead of text.") var json = false
     @Flag(name: .customLong("allow-plugin-change"), help: "Use the checkpoint even if a plugin's SHA-256 changed.") var allowPluginChange = false
 
+    func validate() throws {
+        try Bounds.check(samples, Bounds.samples, option: "--samples")
+    }
+
     func run() throws {
         try reportingInputErrors {
             let registry = try plugins.registry()

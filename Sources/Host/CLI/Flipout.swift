@@ -1,5 +1,6 @@
 // The `flipout` command: its subcommand list is the table of contents.
 import ArgumentParser
+import Foundation
 import Flipout3D
 
 @main
@@ -18,8 +19,8 @@ struct Flipout: ParsableCommand {
           flipout plugins inspect org.flipout3d.normal
           flipout help plugins
 
-        Exit codes: 0 success, 1 a plugin failed to load or to compute (the
-        message names the file and what to do), 64 bad command-line input.
+        \(ExitCodes.table)
+        Every error message names the file, option or field and what to do.
         """,
         version: Flipout3DVersion.string,
         // One line per subcommand, one file per subcommand (train, predict, bench go here).
@@ -32,4 +33,19 @@ struct Flipout: ParsableCommand {
             PluginsCommand.self,
         ]
     )
+
+    /// Parses, runs, and turns every error into one line on stderr and a code of `ExitCodes`.
+    static func main() {
+        var command: ParsableCommand
+        do { command = try parseAsRoot() } catch { exit(withError: error) }
+        do {
+            try command.run()
+        } catch let e where String(reflecting: type(of: e)).hasPrefix("ArgumentParser.") {
+            // ArgumentParser's own: help, usage errors, ExitCode, ValidationError.
+            exit(withError: e)
+        } catch {
+            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+            Foundation.exit(ExitCodes.code(for: error).rawValue)
+        }
+    }
 }

@@ -62,9 +62,9 @@ struct ModelOptions: ParsableArguments {
         c.estimator = estimator.rawValue
         c.posterior = posterior
         c.prior = prior
-        c.posteriorHyperparameters = Dictionary(uniqueKeysWithValues: try KeyValue.parse(posteriorHyper, option: "--posterior-hyper").map { ($0.key, $0.value) })
-        c.priorHyperparameters = Dictionary(uniqueKeysWithValues: try KeyValue.parse(priorHyper, option: "--prior-hyper").map { ($0.key, $0.value) })
-        c.priorParameters = Dictionary(uniqueKeysWithValues: try KeyValue.parse(priorParam, option: "--prior-param").map { ($0.key, Float($0.value)) })
+        c.posteriorHyperparameters = try KeyValue.dictionary(posteriorHyper, option: "--posterior-hyper")
+        c.priorHyperparameters = try KeyValue.dictionary(priorHyper, option: "--prior-hyper")
+        c.priorParameters = try KeyValue.dictionary(priorParam, option: "--prior-param").mapValues { Float($0) }
         c.learnPrior = learnPrior
         c.customLayers = customLayers
         c.afterPositive = afterPositive
@@ -82,10 +82,14 @@ struct ModelOptions: ParsableArguments {
     }
 
     func validate() throws {
-        guard width >= 1 && width <= 64 else { throw ValidationError("--width must be between 1 and 64.") }
-        guard klSamples >= 1 else { throw ValidationError("--kl-samples must be at least 1.") }
         guard levels >= 1 && levels <= 6 else { throw ValidationError("--levels must be between 1 and 6.") }
+        try validating { try config().validate() }
     }
+
+    /// Every long option of this group (refused with --resume, which takes the model from the checkpoint).
+    static let longNames = ["--posterior", "--posterior-hyper", "--prior", "--prior-param", "--prior-hyper", "--estimator",
+                            "--custom-layers", "--learn-prior", "--kl-samples", "--mc-kl", "--deterministic", "--width", "--architecture",
+                            "--levels", "--norm", "--bayesian-layers"]
 }
 
 extension Estimator: ExpressibleByArgument {}

@@ -30,11 +30,13 @@ struct PredictCommand: ParsableCommand {
     @Option(help: "Output folder.") var output = "predictions"
     @Option(help: "Seed of the prediction draws.") var seed: UInt64 = 1
     @Flag(name: .customLong("no-normalise"), help: "Use the input intensities as they are.") var noNormalise = false
+    @Option(help: "NaN or infinite input voxels: refuse (default, exit 65), zero (make them 0), or clip (NaN to 0, inf to the volume's finite extreme).")
+    var nonfinite: NonFinitePolicy = .refuse
     @Flag(name: .customLong("allow-plugin-change"), help: "Use the checkpoint even if a plugin's SHA-256 changed.") var allowPluginChange = false
 
     func validate() throws {
         guard (input == nil) != (synthetic == nil) else { throw ValidationError("give exactly one of --input PATH or --synthetic SPLIT:INDEX.") }
-        guard samples >= 1 else { throw ValidationError("--samples must be at least 1.") }
+        try Bounds.check(samples, Bounds.samples, option: "--samples")
     }
 
     func run() throws {
@@ -44,7 +46,10 @@ struct PredictCommand: ParsableCommand {
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
             var image: Tensor, header: NIfTIHeader, stem: String, labels: Tensor?
             if let input {
-                let v = try NIfTI.read(input)
+                let v = try NIfTI.read(input, nonFinite: nonfinite)
+                if v.nonFiniteReplaced > 0 {
+                    note("note: \(input): replaced \(v.nonFiniteReplaced) NaN or infinite voxel\(v.nonFiniteReplaced == 1 ? "" : "s") (--nonfinite \(nonfinite.rawValue))")
+                }
                 image = v.data; header = v.header
                 let base = (input as NSString).lastPathComponent
                 stem = base.replacingOccurrences(of: ".nii.gz", with: "").replacingOccurrences(of: ".nii", with: "")
@@ -73,3 +78,5 @@ struct PredictCommand: ParsableCommand {
         }
     }
 }
+
+extension NonFinitePolicy: ExpressibleByArgument {}

@@ -26,7 +26,9 @@ struct TrainCommand: ParsableCommand {
         export-synthetic DIR` writes the multi-class synthetic set as a folder.
 
         Every epoch writes metrics.csv, metrics.json and checkpoint.safetensors
-        (atomically) in the run folder; --resume continues a run bit-exactly.
+        (atomically) in the run folder; --resume continues a run bit-exactly, and
+        with a larger --epochs extends it (also a finished one). A new run needs an
+        empty (or missing) run folder, or --overwrite.
 
         Examples:
           flipout datasets export-synthetic data/synthetic && flipout train --data data/synthetic
@@ -40,6 +42,7 @@ struct TrainCommand: ParsableCommand {
           flipout train --foreign-prior './libdens.so:my_logpdf(x:d,loc:d=0,scale:d=1)->d@org.example.cauchy' --prior org.example.cauchy
           flipout train --posterior org.flipout3d.gaussian-mixture --posterior-hyper components=2
           flipout train --resume runs/default/checkpoint.safetensors
+          flipout train --resume runs/default/checkpoint.safetensors --epochs 60
           OMP_NUM_THREADS=1 mpirun -np 2 --bind-to none flipout train --batch-size 4   (or scripts/train-mpi -np 2)
         """)
 
@@ -59,19 +62,33 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("test-volumes"), help: "Test and OOD volumes each.") var testVolumes = 12
     @Option(help: "Monte Carlo samples per volume at evaluation.") var samples = 8
     @Option(name: .customLong("run"), help: "Run folder for checkpoint and metrics.") var runFolder = "runs/default"
-    @Option(help: "Continue the run saved in this checkpoint.") var resume: String?
+    @Option(help: "Continue the run saved in this checkpoint (with --epochs N: train until epoch N).") var resume: String?
+    @Flag(help: "Replace the previous run's files in a non-empty run folder.") var overwrite = false
     @Flag(name: .customLong("allow-plugin-change"), help: "Resume even if a plugin's SHA-256 changed since the checkpoint.") var allowPluginChange = false
     @Flag(help: "No progress line.") var quiet = false
 
     @OptionGroup(title: "Dataset folder (--data)") var folder: FolderTrainingOptions
 
     func validate() throws {
-        guard epochs >= 0 else { throw ValidationError("--epochs must be >= 0.") }
-        guard (batchSize ?? 1) >= 1 else { throw ValidationError("--batch-size must be >= 1.") }
-        guard learningRate > 0 && learningRate.isFinite else { throw ValidationError("--lr must be a positive number.") }
-        guard beta >= 0 else { throw ValidationError("--beta must be >= 0.") }
-        guard volumeSize >= 8 && volumeSize % 2 == 0 else { throw ValidationError("--volume-size must be even and at least 8.") }
-        guard trainVolumes >= 1, testVolumes >= 1, samples >= 1 else { throw ValidationError("--train-volumes, --test-volumes and --samples must be >= 1.") }
+        try validating { try trainingConfig().validate() }
+        if resume != nil {
+            // Options that set what the checkpoint already fixes cannot be honoured on resume.
+            let fixed = GivenOptions.given(["--batch-size", "--lr", "--beta", "--beta-anneal", "--seed", "--dataset", "--volume-size",
+                                            "--train-volumes", "--test-volumes", "--samples", "--overwrite"] + ModelOptions.longNames)
+            guard fixed.isEmpty else {
+                throw ValidationError("--resume continues the run as its checkpoint stored it, so \(fixed.joined(separator: ", ")) cannot be changed; drop \(fixed.count == 1 ? "it" : "them"), or start a new run (--run DIR). --epochs, --run and the plugin options may be given.")
+            }
+        }
+    }
+
+    /// The training settings the options give (a resumed run takes them from its checkpoint).
+    func trainingConfig() -> TrainingConfig {
+        var t = TrainingConfig()
+        t.seed = seed; t.epochs = epochs; t.batchSize = batchSize; t.learningRate = learningRate
+        t.beta = beta; t.betaAnnealEpochs = betaAnneal; t.dataset = dataset; t.volumeSize = volumeSize
+        t.trainVolumes = trainVolumes; t.testVolumes = testVolumes; t.oodVolumes = testVolumes
+        t.validationVolumes = max(2, testVolumes / 2); t.evaluationSamples = samples
+        return t
     }
 
     func run() throws {
@@ -91,14 +108,17 @@ struct TrainCommand: ParsableCommand {
             }
             let trainer: Trainer
             if let resume {
-                trainer = try Trainer.resume(checkpoint: resume, registry: registry, allowPluginChange: allowPluginChange, communicator: comm, log: say)
-                say("resuming \(resume) after epoch \(trainer.epochsDone) of \(trainer.training.epochs)")
+                // Every rank checks the folder alike (so a refusal is the same on all); rank 0 speaks.
+                let folder = GivenOptions.contains("--run") ? runFolder : (resume as NSString).deletingLastPathComponent
+                RunFolder.removeStaleTemporaries(in: (resume as NSString).deletingLastPathComponent, log: say)
+                if folder != (resume as NSString).deletingLastPathComponent { try RunFolder.prepare(folder, policy: .fresh, log: say) }
+                trainer = try Trainer.resume(checkpoint: resume, registry: registry, runDirectory: folder, allowPluginChange: allowPluginChange,
+                                             epochs: GivenOptions.contains("--epochs") ? epochs : nil, communicator: comm, log: say)
+                say("resuming \(resume) after epoch \(trainer.epochsDone) of \(trainer.training.epochs)"
+                    + (trainer.epochsDone >= trainer.training.epochs ? " (the run is complete; --epochs N with N > \(trainer.epochsDone) extends it)" : ""))
             } else {
-                var t = TrainingConfig()
-                t.seed = seed; t.epochs = epochs; t.batchSize = batchSize; t.learningRate = learningRate
-                t.beta = beta; t.betaAnnealEpochs = betaAnneal; t.dataset = dataset; t.volumeSize = volumeSize
-                t.trainVolumes = trainVolumes; t.testVolumes = testVolumes; t.oodVolumes = testVolumes
-                t.validationVolumes = max(2, testVolumes / 2); t.evaluationSamples = samples
+                try RunFolder.prepare(runFolder, policy: overwrite ? .overwrite : .fresh, log: say)
+                let t = trainingConfig()
                 let config = try model.config()
                 let net = try SegmentationNet(config, registry: registry, seed: seed, log: say)
                 trainer = try Trainer(model: net, training: t, dataset: try t.makeDataset(), runDirectory: runFolder, communicator: comm, log: say)

@@ -35,7 +35,9 @@ public struct DatasetFolder: Sendable {
         guard FileManager.default.fileExists(atPath: jsonPath) else { throw DatasetError.missingDatasetJSON(path: jsonPath) }
         let json: [String: Any]
         do {
-            let bytes = try FileIO.read(jsonPath)
+            let bytes = try FileIO.read(jsonPath, limit: 1 << 26)
+            // Strict first: duplicate keys, a BOM, trailing bytes or bad UTF-8 (JSONSerialization accepts them).
+            do { _ = try StrictJSON.parse(bytes) } catch let e as JSONSyntaxError { throw DatasetError.badJSON(path: jsonPath, reason: e.description) }
             guard let object = try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
                 throw DatasetError.badJSON(path: jsonPath, reason: "the top level is not an object")
             }

@@ -26,9 +26,14 @@ public enum FileIO {
     /// The system's message for an errno value.
     static func message(_ code: Int32) -> String { String(cString: strerror(code)) }
 
-    /// Reads a whole file; throws `FileIOError` naming the file.
-    public static func read(_ path: String) throws -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+    /// Default bound of `read`: no file Flipout3D reads whole (checkpoint, NIfTI, JSON) is near it.
+    public static let defaultReadLimit = 1 << 32
+
+    /// Reads a whole regular file of at most `limit` bytes; throws `FileIOError` naming the file.
+    /// A FIFO, a device such as /dev/zero, a folder, or a file growing past `limit` is refused
+    /// without reading more than `limit + 1` bytes (and a FIFO is never waited on).
+    public static func read(_ path: String, limit: Int = defaultReadLimit) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         if fd < 0 {
             let e = errno
             throw FileIOError(kind: e == ENOENT || e == ENOTDIR ? .missing : e == EACCES ? .permission : .read,
@@ -37,7 +42,15 @@ public enum FileIO {
         defer { close(fd) }
         var st = stat()
         if fstat(fd, &st) != 0 { throw FileIOError(kind: .read, path: path, reason: message(errno)) }
-        if (st.st_mode & S_IFMT) == S_IFDIR { throw FileIOError(kind: .read, path: path, reason: "is a directory") }
+        switch st.st_mode & S_IFMT {
+        case S_IFREG: break
+        case S_IFDIR: throw FileIOError(kind: .read, path: path, reason: "is a directory")
+        case S_IFIFO: throw FileIOError(kind: .read, path: path, reason: "is a FIFO (named pipe), not a regular file")
+        default: throw FileIOError(kind: .read, path: path, reason: "is a device or socket, not a regular file")
+        }
+        let flags = fcntl(fd, F_GETFL)
+        if flags >= 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
+        guard st.st_size <= limit else { throw tooLarge(path, limit) }
         var bytes = [UInt8]()
         bytes.reserveCapacity(Int(st.st_size))
         var chunk = [UInt8](repeating: 0, count: 1 << 20)
@@ -48,9 +61,14 @@ public enum FileIO {
                 throw FileIOError(kind: .read, path: path, reason: message(errno))
             }
             if n == 0 { break }
+            guard bytes.count + n <= limit else { throw tooLarge(path, limit) }
             bytes.append(contentsOf: chunk[0..<n])
         }
         return bytes
+    }
+
+    static func tooLarge(_ path: String, _ limit: Int) -> FileIOError {
+        FileIOError(kind: .read, path: path, reason: "the file is larger than the \(limit)-byte limit for this kind of file")
     }
 
     /// Whether a regular file exists at `path`.

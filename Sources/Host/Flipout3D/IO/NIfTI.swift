@@ -33,9 +33,12 @@ public enum NIfTIError: Error, CustomStringConvertible {
     case badHeaderSize(path: String, found: Int32)
     case unsupportedDatatype(path: String, code: Int16)
     case notThreeD(path: String, dims: [Int])
-    case badDimensions(path: String, dims: [Int])
     case compression(path: String, reason: String)
     case shapeMismatch(path: String, tensorShape: [Int], headerDims: [Int])
+    /// A header field whose value cannot be right (or exceeds a stated cap), with what is allowed.
+    case badField(path: String, field: String, value: String, allowed: String)
+    /// Voxels that are NaN or ±inf (after scaling) under the `.refuse` policy.
+    case nonFinite(path: String, count: Int, firstIndex: [Int], firstValue: Float)
 
     public var description: String {
         switch self {
@@ -51,12 +54,14 @@ public enum NIfTIError: Error, CustomStringConvertible {
             return "\(path): unsupported NIfTI datatype code \(code); supported: uint8 (2), int16 (4), int32 (8), float32 (16), float64 (64), int8 (256), uint16 (512)"
         case let .notThreeD(path, dims):
             return "\(path): expected a 3D volume, dims are \(dims); extract one 3D volume first (e.g. fslroi)"
-        case let .badDimensions(path, dims):
-            return "\(path): invalid dimensions \(dims) in the header (corrupt file?)"
         case let .compression(path, reason):
             return "\(path): gzip data is corrupt: \(reason); the file is damaged, copy or download it again"
         case let .shapeMismatch(path, shape, dims):
             return "\(path): tensor of shape \(shape) does not match the header's (nz, ny, nx) \(dims)"
+        case let .badField(path, field, value, allowed):
+            return "\(path): header field \(field) is \(value); \(allowed) (corrupt or not a NIfTI-1 file?)"
+        case let .nonFinite(path, count, index, value):
+            return "\(path): \(count) voxel\(count == 1 ? " is" : "s are") not finite (NaN or infinite after scl_slope/scl_inter), the first (\(index.count == 4 ? "i, j, k, t" : "i, j, k")) = (\(index.map(String.init).joined(separator: ", "))) is \(value); fix the file, or pass --nonfinite zero (NaN and inf become 0) or --nonfinite clip (NaN becomes 0, inf the volume's finite extreme)"
         }
     }
 }
@@ -220,29 +225,73 @@ public struct NIfTIVolume {
     public var header: NIfTIHeader
     /// (D, H, W) = (nz, ny, nx), with scl_slope / scl_inter applied.
     public var data: Tensor
+    /// Voxels that were NaN or infinite and were replaced under `NonFinitePolicy.zero` or `.clip`.
+    public var nonFiniteReplaced = 0
+}
+
+/// What reading does with voxels that are NaN or ±inf (in the file, or after scl_slope/scl_inter,
+/// or a float64 beyond Float's range): refuse the file (the default), or replace them.
+public enum NonFinitePolicy: String, CaseIterable, Sendable {
+    /// Throw `NIfTIError.nonFinite` naming the count and the first voxel.
+    case refuse
+    /// NaN, +inf and -inf become 0.
+    case zero
+    /// NaN becomes 0, +inf the largest finite voxel value, -inf the smallest (0 if none is finite).
+    case clip
 }
 
 /// NIfTI-1 single-file reading and writing.
 public enum NIfTI {
     static let headerSize = 348
 
+    /// Largest volume read, in voxels (1 GiB of Float, 645³): a header claiming more is refused before any allocation.
+    public static let maxVoxels = 1 << 28
+    /// Largest vox_offset accepted (header plus extensions), in bytes.
+    public static let maxVoxOffset = 1 << 28
+    /// Largest file read (compressed or not), in bytes: zlib takes at most UInt32.max input bytes per call.
+    public static let maxFileBytes = Int(UInt32.max)
+
     /// Reads a 3D `.nii` or `.nii.gz` (gzip detected from the content, not the name).
     /// Dimensions beyond the third must be 1. Values come back as Float with scl_slope and
-    /// scl_inter applied (when scl_slope is nonzero and finite, as the standard says).
-    public static func read(_ path: String) throws -> NIfTIVolume {
-        let bytes = try fileBytes(path)
-        let (header, swapped) = try parseHeader(bytes, path: path)
-        guard let type = NIfTIDatatype(rawValue: header.datatype) else {
-            throw NIfTIError.unsupportedDatatype(path: path, code: header.datatype)
-        }
-        let nx = header.nx, ny = header.ny, nz = header.nz
-        let count = nx * ny * nz
-        let offset = Int(header.voxOffset)
+    /// scl_inter applied (when scl_slope is nonzero and finite, as the standard says); voxels that
+    /// are then not finite are handled by `nonFinite`. Every header claim is checked against the
+    /// file (and `maxVoxels`) before anything is allocated; a .nii.gz is inflated only up to the
+    /// bytes its header needs, so a gzip bomb costs no more than the volume it claims.
+    public static func read(_ path: String, nonFinite: NonFinitePolicy = .refuse) throws -> NIfTIVolume {
+        try read(path, allowFourD: false, nonFinite: nonFinite)
+    }
+
+    /// Reads a 3D or 4D `.nii`/`.nii.gz` (e.g. per-class probabilities): data (T, D, H, W), T = dim[4]
+    /// (1 for a 3D file). Dimensions beyond the fourth must be 1. Checked as `read` is.
+    public static func read4D(_ path: String, nonFinite: NonFinitePolicy = .refuse) throws -> NIfTIVolume {
+        try read(path, allowFourD: true, nonFinite: nonFinite)
+    }
+
+    static func read(_ path: String, allowFourD: Bool, nonFinite: NonFinitePolicy) throws -> NIfTIVolume {
+        let raw: [UInt8]
+        do { raw = try FileIO.read(path, limit: maxFileBytes) } catch let e as FileIOError { throw NIfTIError.file(e) }
+        return try decode(raw, path: path, allowFourD: allowFourD, nonFinite: nonFinite)
+    }
+
+    /// `read` (or `read4D` when `allowFourD`) on a file's bytes (gzip or not); `path` only names the file in errors.
+    public static func decode(_ raw: [UInt8], path: String, allowFourD: Bool = false, nonFinite: NonFinitePolicy = .refuse) throws -> NIfTIVolume {
+        let isGzip = raw.count >= 2 && raw[0] == 0x1f && raw[1] == 0x8b
+        let head = isGzip ? try gunzip(raw, path: path, maxOutput: headerSize) : raw
+        let (header, swapped) = try parseHeader(head, path: path, allowFourD: allowFourD)
+        let type = NIfTIDatatype(rawValue: header.datatype)!
+        let frames = allowFourD ? Int(header.dim[4]) : 1
+        let count = header.nx * header.ny * header.nz * frames // bounded by parseHeader
+        let offset = Int(header.voxOffset)                     // bounded by parseHeader
         let needed = offset + count * type.bytesPerVoxel
+        let bytes = isGzip ? try gunzip(raw, path: path, maxOutput: needed) : raw
+        guard bytes.count >= offset else {
+            throw NIfTIError.badField(path: path, field: "vox_offset", value: "\(offset)",
+                                      allowed: "the file holds only \(bytes.count) bytes\(isGzip ? " decompressed" : "")")
+        }
         guard bytes.count >= needed else {
             throw NIfTIError.truncated(path: path, expectedBytes: needed, actualBytes: bytes.count)
         }
-        let t = Tensor(shape: [nz, ny, nx]) // (D, H, W)
+        let t = Tensor(shape: allowFourD ? [frames] + header.shape : header.shape) // (T, D, H, W) or (D, H, W)
         let out = t.data
         bytes.withUnsafeBytes { raw in
             let base = raw.baseAddress! + offset
@@ -262,20 +311,48 @@ public enum NIfTI {
             case .uint16: for i in 0..<count { out[i] = Float(u16(i)) }
             case .int32: for i in 0..<count { out[i] = Float(Int32(bitPattern: u32(i))) }
             case .float32: for i in 0..<count { out[i] = Float(bitPattern: u32(i)) }
+            // Beyond Float's range becomes ±inf, which the non-finite policy below then sees.
             case .float64: for i in 0..<count { out[i] = Float(Double(bitPattern: u64(i))) }
             }
         }
         if header.sclSlope != 0 && header.sclSlope.isFinite && header.sclInter.isFinite
             && (header.sclSlope != 1 || header.sclInter != 0) {
-            let s = header.sclSlope, b = header.sclInter
-            for i in 0..<count { out[i] = out[i] * s + b }
+            // In Double, so only the final value can overflow Float (to ±inf, seen below).
+            let s = Double(header.sclSlope), b = Double(header.sclInter)
+            for i in 0..<count { out[i] = Float(Double(out[i]) * s + b) }
         }
-        return NIfTIVolume(header: header, data: t)
+        let replaced = try applyNonFinitePolicy(nonFinite, t, header: header, path: path)
+        return NIfTIVolume(header: header, data: t, nonFiniteReplaced: replaced)
     }
 
-    /// Reads only the header (the whole file is still decompressed for `.nii.gz`).
+    /// Finds the voxels that are NaN or ±inf and refuses or replaces them; returns how many were replaced.
+    static func applyNonFinitePolicy(_ policy: NonFinitePolicy, _ t: Tensor, header: NIfTIHeader, path: String) throws -> Int {
+        let v = t.buffer
+        var bad = 0, first = -1, lo = Float.infinity, hi = -Float.infinity
+        for i in 0..<v.count {
+            if v[i].isFinite { lo = min(lo, v[i]); hi = max(hi, v[i]) } else { bad += 1; if first < 0 { first = i } }
+        }
+        guard bad > 0 else { return 0 }
+        switch policy {
+        case .refuse:
+            let x = first % header.nx, y = (first / header.nx) % header.ny, z = (first / (header.nx * header.ny)) % header.nz
+            let frame = first / (header.nx * header.ny * header.nz)
+            throw NIfTIError.nonFinite(path: path, count: bad, firstIndex: [x, y, z] + (frame > 0 ? [frame] : []), firstValue: v[first])
+        case .zero:
+            for i in 0..<v.count where !v[i].isFinite { v[i] = 0 }
+        case .clip:
+            if lo > hi { lo = 0; hi = 0 }
+            for i in 0..<v.count where !v[i].isFinite { v[i] = v[i].isNaN ? 0 : v[i] > 0 ? hi : lo }
+        }
+        return bad
+    }
+
+    /// Reads only the header (of a .nii.gz, only its first 348 bytes are inflated), checked as `read` checks it.
     public static func readHeader(_ path: String) throws -> NIfTIHeader {
-        try parseHeader(try fileBytes(path), path: path).header
+        let raw: [UInt8]
+        do { raw = try FileIO.read(path, limit: maxFileBytes) } catch let e as FileIOError { throw NIfTIError.file(e) }
+        let isGzip = raw.count >= 2 && raw[0] == 0x1f && raw[1] == 0x8b
+        return try parseHeader(isGzip ? try gunzip(raw, path: path, maxOutput: headerSize) : raw, path: path).header
     }
 
     /// Writes `volume` (D, H, W) = (nz, ny, nx) with `header`'s geometry (dim[1..3] must match the
@@ -334,15 +411,8 @@ public enum NIfTI {
 
     // MARK: - Bytes
 
-    static func fileBytes(_ path: String) throws -> [UInt8] {
-        let raw: [UInt8]
-        do { raw = try FileIO.read(path) } catch let e as FileIOError { throw NIfTIError.file(e) }
-        if raw.count >= 2 && raw[0] == 0x1f && raw[1] == 0x8b { return try gunzip(raw, path: path) }
-        return raw
-    }
-
     /// Parses the 348-byte header; returns it and whether the file is big-endian.
-    static func parseHeader(_ bytes: [UInt8], path: String) throws -> (header: NIfTIHeader, swapped: Bool) {
+    static func parseHeader(_ bytes: [UInt8], path: String, allowFourD: Bool = false) throws -> (header: NIfTIHeader, swapped: Bool) {
         guard bytes.count >= headerSize else {
             throw NIfTIError.truncated(path: path, expectedBytes: headerSize, actualBytes: bytes.count)
         }
@@ -379,20 +449,52 @@ public enum NIfTI {
         h.srowZ = (0..<4).map { r.f32(312 + 4 * $0) }
         h.intentName = r.string(328, 16)
 
-        let rank = Int(h.dim[0])
-        let dims = (0..<8).map { Int(h.dim[$0]) }
-        guard (1...7).contains(rank), dims[1...rank].allSatisfy({ $0 >= 1 }) else {
-            throw NIfTIError.badDimensions(path: path, dims: Array(dims.prefix(max(1, min(rank + 1, 8)))))
+        try validate(h, path: path, allowFourD: allowFourD)
+        for i in (Int(h.dim[0]) + 1)..<8 { h.dim[i] = 1 }
+        return (h, swapped)
+    }
+
+    /// Checks every header claim the reader relies on, with checked arithmetic: rank and dims,
+    /// the datatype, vox_offset (finite, whole, from 348 to `maxVoxOffset`), the voxel
+    /// count (at most `maxVoxels`) and the finite geometry. Errors name the field and its value.
+    static func validate(_ h: NIfTIHeader, path: String, allowFourD: Bool = false) throws {
+        func bad(_ field: String, _ value: Any, _ allowed: String) -> NIfTIError {
+            NIfTIError.badField(path: path, field: field, value: "\(value)", allowed: allowed)
         }
+        let rank = Int(h.dim[0])
+        guard (1...7).contains(rank) else { throw bad("dim[0] (rank)", rank, "it must be 1 to 7") }
+        let dims = (0..<8).map { Int(h.dim[$0]) }
+        for i in 1...rank where dims[i] < 1 { throw bad("dim[\(i)]", dims[i], "every size up to dim[0] must be at least 1") }
         let sizes = (1...rank).map { dims[$0] }
-        guard rank >= 3, sizes.dropFirst(3).allSatisfy({ $0 == 1 }) else {
+        guard rank >= 3, sizes.dropFirst(allowFourD ? 4 : 3).allSatisfy({ $0 == 1 }) else {
             throw NIfTIError.notThreeD(path: path, dims: sizes)
         }
-        for i in (rank + 1)..<8 { h.dim[i] = 1 }
-        guard h.voxOffset.isFinite, h.voxOffset >= Float(headerSize) else {
-            throw NIfTIError.badDimensions(path: path, dims: sizes)
+        guard NIfTIDatatype(rawValue: h.datatype) != nil else {
+            throw NIfTIError.unsupportedDatatype(path: path, code: h.datatype)
         }
-        return (h, swapped)
+        let frames = allowFourD && rank >= 4 ? dims[4] : 1
+        let (xy, o1) = dims[1].multipliedReportingOverflow(by: dims[2])
+        let (xyz, o2) = xy.multipliedReportingOverflow(by: dims[3])
+        let (count, o3) = xyz.multipliedReportingOverflow(by: frames)
+        guard !o1, !o2, !o3, count <= maxVoxels else {
+            throw bad(allowFourD ? "dim[1...4]" : "dim[1...3]", "\(dims[1]) x \(dims[2]) x \(dims[3])" + (allowFourD ? " x \(frames)" : ""),
+                      "at most \(maxVoxels) voxels are read")
+        }
+        // Float comparisons first: converting 9.2e18 or NaN to Int would trap or overflow later.
+        guard h.voxOffset.isFinite, h.voxOffset >= Float(headerSize), h.voxOffset <= Float(maxVoxOffset),
+              h.voxOffset == h.voxOffset.rounded(.towardZero) else {
+            throw bad("vox_offset", h.voxOffset, "it must be a whole number of bytes from \(headerSize) to \(maxVoxOffset) and within the file")
+        }
+        for i in 1...3 where !h.pixdim[i].isFinite { throw bad("pixdim[\(i)]", h.pixdim[i], "voxel sizes must be finite") }
+        if h.sformCode > 0 {
+            for (name, row) in [("srow_x", h.srowX), ("srow_y", h.srowY), ("srow_z", h.srowZ)] where !row.allSatisfy(\.isFinite) {
+                throw bad(name, row, "the sform must be finite")
+            }
+        }
+        if h.qformCode > 0 {
+            let q = [h.quaternB, h.quaternC, h.quaternD, h.qoffsetX, h.qoffsetY, h.qoffsetZ]
+            guard q.allSatisfy(\.isFinite) else { throw bad("quatern_b/c/d, qoffset_x/y/z", q, "the qform must be finite") }
+        }
     }
 
     struct Reader {
@@ -440,18 +542,19 @@ public enum NIfTI {
 
     // MARK: - zlib
 
-    /// Inflates gzip (or zlib) data, including concatenated gzip members.
-    static func gunzip(_ input: [UInt8], path: String) throws -> [UInt8] {
+    /// Inflates gzip (or zlib) data, including concatenated gzip members, stopping after
+    /// `maxOutput` bytes (the rest is not inflated), so no more memory than that is ever used.
+    static func gunzip(_ input: [UInt8], path: String, maxOutput: Int = Int.max) throws -> [UInt8] {
         var out = [UInt8]()
-        // ISIZE (last 4 bytes) is the uncompressed size mod 2^32: a capacity hint only.
+        // ISIZE (last 4 bytes) is the uncompressed size mod 2^32: a capacity hint only, and bounded.
         if input.count >= 18 {
             let n = input.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: input.count - 4, as: UInt32.self) }
-            out.reserveCapacity(Int(UInt32(littleEndian: n)) + 16)
+            out.reserveCapacity(min(Int(UInt32(littleEndian: n)) + 16, maxOutput, 1 << 30))
         }
         var stream = z_stream()
         guard czlib_inflate_init_auto(&stream) == Z_OK else { throw NIfTIError.compression(path: path, reason: "inflateInit failed") }
         defer { inflateEnd(&stream) }
-        var chunk = [UInt8](repeating: 0, count: 1 << 18)
+        var chunk = [UInt8](repeating: 0, count: min(1 << 18, max(maxOutput, 1 << 12)))
         try input.withUnsafeBufferPointer { inBuf in
             stream.next_in = UnsafeMutablePointer(mutating: inBuf.baseAddress!)
             stream.avail_in = UInt32(inBuf.count)
@@ -460,9 +563,11 @@ public enum NIfTI {
                     stream.next_out = c.baseAddress
                     stream.avail_out = UInt32(c.count)
                     let s = inflate(&stream, Z_NO_FLUSH)
-                    out.append(contentsOf: c[0..<(c.count - Int(stream.avail_out))])
+                    let produced = c.count - Int(stream.avail_out)
+                    out.append(contentsOf: c[0..<min(produced, maxOutput - out.count)])
                     return s
                 }
+                if out.count >= maxOutput { return }
                 if status == Z_STREAM_END {
                     // Another gzip member may follow.
                     if stream.avail_in >= 2 && stream.next_in[0] == 0x1f && stream.next_in[1] == 0x8b {

@@ -42,7 +42,19 @@ enum ModelCheckpoint {
         return String(decoding: try e.encode(v), as: UTF8.self)
     }
 
+    /// Writes the run's state beside the previous checkpoint and renames it over (atomic). Refuses
+    /// (keeping the previous checkpoint) when any weight or optimizer value is not finite.
     static func save(model: SegmentationNet, optimizer: Adam, training: TrainingConfig, epoch: Int, worldSize: Int = 1, to path: String) throws {
+        for p in model.trainable {
+            if let i = p.value.buffer.firstIndex(where: { !$0.isFinite }) {
+                throw LayerError.nonFinite("epoch \(epoch): parameter \(p.name) became \(p.value.data[i]) at index \(i); the checkpoint \(path) of the previous epoch is kept. Lower --lr or check the prior's parameters.")
+            }
+        }
+        for (k, p) in optimizer.parameters.enumerated() {
+            for (kind, t) in [("m", optimizer.m[k]), ("v", optimizer.v[k])] where !t.buffer.allSatisfy(\.isFinite) {
+                throw LayerError.nonFinite("epoch \(epoch): Adam state \(kind) of \(p.name) is not finite; the checkpoint \(path) of the previous epoch is kept. Lower --lr.")
+            }
+        }
         var c = Checkpoint()
         for p in model.trainable { c.tensors.append((p.name, p.value)) }
         for (k, p) in optimizer.parameters.enumerated() {
@@ -71,7 +83,10 @@ enum ModelCheckpoint {
         let checkpoint: Checkpoint
     }
 
-    /// Rebuilds the model from a checkpoint, refusing changed plugins unless allowed.
+    /// Rebuilds the model from a checkpoint: the file is read by the safetensors rules and its
+    /// checksums verified (`Checkpoint.read`), its model and training configuration checked by the
+    /// same rules as the command line (`validate()`), and its plugin pins compared with the loaded
+    /// plugins. Missing or unreadable pins, or a changed plugin, are refused unless `allowPluginChange`.
     static func load(_ path: String, registry: PluginRegistry, allowPluginChange: Bool, log: (String) -> Void) throws -> Loaded {
         let c = try Checkpoint.read(path)
         func bad(_ why: String) -> CheckpointError { CheckpointError(path: path, reason: why) }
@@ -80,54 +95,99 @@ enum ModelCheckpoint {
         }
         guard c.metadata[CheckpointKey.format] == "1",
               let modelJSON = c.metadata[CheckpointKey.model], let trainingJSON = c.metadata[CheckpointKey.training],
-              let epoch = c.metadata[CheckpointKey.epoch].flatMap(Int.init) else {
+              let epochText = c.metadata[CheckpointKey.epoch] else {
             throw bad("it has no Flipout3D metadata (format, model, training, epoch). Was it written by `flipout train`?")
         }
-        let d = JSONDecoder()
-        guard let config = try? d.decode(ModelConfig.self, from: Data(modelJSON.utf8)),
-              let training = try? d.decode(TrainingConfig.self, from: Data(trainingJSON.utf8)) else {
-            throw bad("its model or training configuration cannot be decoded")
+        guard c.hasChecksums else {
+            throw bad("it has no tensor checksums (metadata \(Checkpoint.checksumKey)), so damaged weights could not be detected. Was it written by `flipout train`?")
         }
-        if config.bayesian { try checkPlugins(c, registry: registry, allowPluginChange: allowPluginChange, log: log, path: path) }
-        let model = try SegmentationNet(config, registry: registry, seed: training.seed)
+        let d = JSONDecoder()
+        func decode<T: Decodable>(_ type: T.Type, _ text: String, _ key: String) throws -> T {
+            // Strict first: duplicate keys, a BOM or trailing bytes are refused, as in the file header.
+            do { _ = try StrictJSON.parse(Array(text.utf8)) } catch { throw bad("metadata \(key) is not valid JSON: \(error)") }
+            do { return try d.decode(T.self, from: Data(text.utf8)) } catch { throw bad("metadata \(key) cannot be decoded: \(error)") }
+        }
+        let config = try decode(ModelConfig.self, modelJSON, CheckpointKey.model)
+        let training = try decode(TrainingConfig.self, trainingJSON, CheckpointKey.training)
+        do { try config.validate(); try training.validate() } catch let e as ConfigError {
+            throw bad("its stored configuration is invalid: \(e.storedDescription)")
+        }
+        guard let epoch = Int(epochText), (0...training.epochs).contains(epoch) else {
+            throw bad("metadata \(CheckpointKey.epoch) is \"\(StrictJSON.printable(epochText))\"; it must be a whole number from 0 to the run's \(training.epochs) epochs")
+        }
+        if config.bayesian {
+            try checkPlugins(c.metadata[CheckpointKey.plugins], registry: registry, allowPluginChange: allowPluginChange, bad: bad, log: log)
+        }
+        let model: SegmentationNet
+        do { model = try SegmentationNet(config, registry: registry, seed: training.seed) } catch let e as LayerError {
+            throw bad("its model configuration cannot be built: \(e)")
+        }
         try restoreParameters(model.trainable, from: c, path: path)
         model.parametersChanged()
         return Loaded(model: model, training: training, epoch: epoch, checkpoint: c)
     }
 
-    /// Refuses plugins whose SHA-256 changed since the checkpoint was written, unless allowed.
+    /// The plugin pins of checkpoint `c` (see the overload below), for callers holding a path.
     static func checkPlugins(_ c: Checkpoint, registry: PluginRegistry, allowPluginChange: Bool, log: (String) -> Void, path: String) throws {
-        let prints = (try? JSONDecoder().decode([PluginFingerprint].self, from: Data((c.metadata[CheckpointKey.plugins] ?? "[]").utf8))) ?? []
-        for p in prints {
-            let family = try registry.family(p.id)
-            if family.library.sha256 != p.sha256 {
-                let message = "the \(p.role) plugin \(p.id) changed since training: \(family.file) has SHA-256 \(family.library.sha256.prefix(16))…, the checkpoint recorded \(p.sha256.prefix(16))… (\(p.file), version \(p.version))."
-                if !allowPluginChange { throw CheckpointError(path: path, reason: message + " Load the original plugin with --plugin, or pass --allow-plugin-change to use this one anyway.") }
-                log("warning: " + message + " Continuing because of --allow-plugin-change.")
-            }
-        }
+        try checkPlugins(c.metadata[CheckpointKey.plugins], registry: registry, allowPluginChange: allowPluginChange,
+                         bad: { CheckpointError(path: path, reason: $0) }, log: log)
     }
 
-    /// Copies every parameter's values from the checkpoint, refusing missing, misshapen or non-finite tensors.
+    /// Copies every parameter's values from the checkpoint, refusing missing or misshapen tensors
+    /// (non-finite values were refused when the file was read).
     static func restoreParameters(_ parameters: [NamedParameter], from c: Checkpoint, path: String) throws {
         func bad(_ why: String) -> CheckpointError { CheckpointError(path: path, reason: why) }
         for p in parameters {
             guard let t = c.tensor(p.name) else { throw bad("it lacks the tensor \(p.name) that this model needs") }
             guard t.shape == p.value.shape else { throw bad("tensor \(p.name) has shape \(t.shape), the model needs \(p.value.shape)") }
-            for i in 0..<t.count where !t.data[i].isFinite { throw bad("tensor \(p.name) holds \(t.data[i]) at index \(i)") }
             p.value.data.update(from: t.data, count: t.count)
+        }
+    }
+
+    /// The plugin pins (`flipout3d.plugins`): required, a JSON list naming the posterior and the
+    /// prior, each matching the loaded plugin's SHA-256, unless `allowPluginChange`.
+    static func checkPlugins(_ text: String?, registry: PluginRegistry, allowPluginChange: Bool,
+                             bad: (String) -> CheckpointError, log: (String) -> Void) throws {
+        func refuse(_ message: String) throws {
+            if !allowPluginChange { throw bad(message + " Pass --allow-plugin-change to use the plugins loaded now anyway.") }
+            log("warning: " + message + " Continuing because of --allow-plugin-change.")
+        }
+        guard let text, !text.isEmpty else {
+            return try refuse("it has no plugin pins (metadata \(CheckpointKey.plugins)), so the plugins it was trained with cannot be checked.")
+        }
+        let prints: [PluginFingerprint]
+        do {
+            _ = try StrictJSON.parse(Array(text.utf8))
+            prints = try JSONDecoder().decode([PluginFingerprint].self, from: Data(text.utf8))
+        } catch {
+            return try refuse("its plugin pins (metadata \(CheckpointKey.plugins)) are not a valid list of plugin fingerprints.")
+        }
+        guard Set(prints.map(\.role)) == ["posterior", "prior"], prints.count == 2 else {
+            return try refuse("its plugin pins (metadata \(CheckpointKey.plugins)) do not name one posterior and one prior.")
+        }
+        for p in prints {
+            let family = try registry.family(p.id)
+            if family.library.sha256 != p.sha256 {
+                try refuse("the \(p.role) plugin \(StrictJSON.printable(p.id)) changed since training: \(family.file) has SHA-256 \(family.library.sha256.prefix(16))…, the checkpoint recorded \(StrictJSON.printable(String(p.sha256.prefix(16))))… (\(StrictJSON.printable(p.file)), version \(StrictJSON.printable(p.version))). Load the original plugin with --plugin, or")
+            }
         }
     }
 
     static func restoreOptimizer(_ optimizer: Adam, from c: Checkpoint, path: String) throws {
         for (k, p) in optimizer.parameters.enumerated() {
-            guard let m = c.tensor("adam.m.\(p.name)"), let v = c.tensor("adam.v.\(p.name)"), m.count == p.value.count, v.count == p.value.count else {
-                throw CheckpointError(path: path, reason: "it lacks Adam state for \(p.name), so the run cannot be resumed exactly")
+            guard let m = c.tensor("adam.m.\(p.name)"), let v = c.tensor("adam.v.\(p.name)"), m.shape == p.value.shape, v.shape == p.value.shape else {
+                throw CheckpointError(path: path, reason: "it lacks Adam state for \(p.name) of shape \(p.value.shape), so the run cannot be resumed exactly")
+            }
+            if let i = v.buffer.firstIndex(where: { $0 < 0 }) {
+                throw CheckpointError(path: path, reason: "tensor adam.v.\(p.name) holds \(v.data[i]) at index \(i); Adam's second moments cannot be negative")
             }
             optimizer.m[k].data.update(from: m.data, count: m.count)
             optimizer.v[k].data.update(from: v.data, count: v.count)
         }
-        optimizer.step = c.metadata[CheckpointKey.adamStep].flatMap(Int.init) ?? 0
+        guard let text = c.metadata[CheckpointKey.adamStep], let step = Int(text), step >= 0 else {
+            throw CheckpointError(path: path, reason: "metadata \(CheckpointKey.adamStep) is \(c.metadata[CheckpointKey.adamStep].map { "\"\(StrictJSON.printable($0))\"" } ?? "missing"); it must be the optimizer's step count, so the run cannot be resumed exactly")
+        }
+        optimizer.step = step
     }
 }
 

@@ -57,11 +57,22 @@ public final class Trainer {
     }
 
     /// Continue the run saved at `checkpoint` (bit-exactly: shuffles and noise depend only on seed and step).
+    /// `epochs`, when given, replaces the run's epoch count: larger extends a run (also a finished one),
+    /// fewer than the epochs already done is refused.
     public static func resume(checkpoint: String, registry: PluginRegistry, runDirectory: String? = nil, allowPluginChange: Bool = false,
-                              communicator: Communicator = SingleProcess(), log: @escaping (String) -> Void = { _ in }) throws -> Trainer {
+                              epochs: Int? = nil, communicator: Communicator = SingleProcess(),
+                              log: @escaping (String) -> Void = { _ in }) throws -> Trainer {
         let loaded = try ModelCheckpoint.load(checkpoint, registry: registry, allowPluginChange: allowPluginChange, log: log)
         let dir = runDirectory ?? (checkpoint as NSString).deletingLastPathComponent
-        let t = try Trainer(model: loaded.model, training: loaded.training, dataset: try loaded.training.makeDataset(), runDirectory: dir,
+        var training = loaded.training
+        if let epochs {
+            guard epochs >= loaded.epoch else {
+                throw ConfigError(field: "epochs", option: "--epochs", value: "\(epochs)",
+                                  allowed: "at least the \(loaded.epoch) epochs \(checkpoint) has already done (larger extends the run)")
+            }
+            training.epochs = epochs
+        }
+        let t = try Trainer(model: loaded.model, training: training, dataset: try loaded.training.makeDataset(), runDirectory: dir,
                             communicator: communicator, log: log)
         try ModelCheckpoint.restoreOptimizer(t.optimizer, from: loaded.checkpoint, path: checkpoint)
         if let trained = loaded.checkpoint.metadata[CheckpointKey.worldSize].flatMap(Int.init), trained != communicator.worldSize {
