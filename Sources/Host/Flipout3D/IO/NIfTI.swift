@@ -230,19 +230,29 @@ public enum NIfTI {
     /// Dimensions beyond the third must be 1. Values come back as Float with scl_slope and
     /// scl_inter applied (when scl_slope is nonzero and finite, as the standard says).
     public static func read(_ path: String) throws -> NIfTIVolume {
+        try read(path, allowFourD: false)
+    }
+
+    /// Reads a 3D or 4D `.nii`/`.nii.gz` (e.g. per-class probabilities): data (T, D, H, W), T = dim[4]
+    /// (1 for a 3D file). Dimensions beyond the fourth must be 1.
+    public static func read4D(_ path: String) throws -> NIfTIVolume {
+        try read(path, allowFourD: true)
+    }
+
+    static func read(_ path: String, allowFourD: Bool) throws -> NIfTIVolume {
         let bytes = try fileBytes(path)
-        let (header, swapped) = try parseHeader(bytes, path: path)
+        let (header, swapped) = try parseHeader(bytes, path: path, allowFourD: allowFourD)
         guard let type = NIfTIDatatype(rawValue: header.datatype) else {
             throw NIfTIError.unsupportedDatatype(path: path, code: header.datatype)
         }
-        let nx = header.nx, ny = header.ny, nz = header.nz
-        let count = nx * ny * nz
+        let nx = header.nx, ny = header.ny, nz = header.nz, nt = allowFourD ? max(Int(header.dim[4]), 1) : 1
+        let count = nx * ny * nz * nt
         let offset = Int(header.voxOffset)
         let needed = offset + count * type.bytesPerVoxel
         guard bytes.count >= needed else {
             throw NIfTIError.truncated(path: path, expectedBytes: needed, actualBytes: bytes.count)
         }
-        let t = Tensor(shape: [nz, ny, nx]) // (D, H, W)
+        let t = Tensor(shape: allowFourD ? [nt, nz, ny, nx] : [nz, ny, nx]) // (T, D, H, W) or (D, H, W)
         let out = t.data
         bytes.withUnsafeBytes { raw in
             let base = raw.baseAddress! + offset
@@ -279,19 +289,22 @@ public enum NIfTI {
     }
 
     /// Writes `volume` (D, H, W) = (nz, ny, nx) with `header`'s geometry (dim[1..3] must match the
-    /// shape; dims beyond 3 are reset to 1) as `datatype`. Writes `.nii.gz` when `path` ends in
+    /// shape; dims beyond 3 are reset to 1) as `datatype`. A (T, D, H, W) volume with T > 1 is written
+    /// as a 4D file (dim[4] = T, e.g. one volume per class). Writes `.nii.gz` when `path` ends in
     /// `.gz`, else `.nii`. scl_slope/scl_inter are reset to 1/0 and cal_min/cal_max to the data
     /// range; integer types round to nearest and clamp (NaN becomes 0). Atomic: nothing is left
     /// half-written at `path`.
     public static func write(_ volume: Tensor, header: NIfTIHeader, datatype: NIfTIDatatype = .float32,
                              to path: String) throws {
-        let shape = volume.shape.count == 4 && volume.shape[0] == 1 ? Array(volume.shape.dropFirst()) : volume.shape
-        guard shape == header.shape else {
+        let frames = volume.shape.count == 4 ? volume.shape[0] : 1
+        let shape = volume.shape.count == 4 ? Array(volume.shape.dropFirst()) : volume.shape
+        guard shape == header.shape, frames >= 1 && frames <= Int(Int16.max) else {
             throw NIfTIError.shapeMismatch(path: path, tensorShape: volume.shape, headerDims: header.shape)
         }
         var h = header
-        h.dim[0] = 3
+        h.dim[0] = frames > 1 ? 4 : 3
         for i in 4..<8 { h.dim[i] = 1 }
+        h.dim[4] = Int16(frames)
         h.datatype = datatype.rawValue
         h.bitpix = Int16(datatype.bytesPerVoxel * 8)
         h.voxOffset = 352
@@ -342,7 +355,7 @@ public enum NIfTI {
     }
 
     /// Parses the 348-byte header; returns it and whether the file is big-endian.
-    static func parseHeader(_ bytes: [UInt8], path: String) throws -> (header: NIfTIHeader, swapped: Bool) {
+    static func parseHeader(_ bytes: [UInt8], path: String, allowFourD: Bool = false) throws -> (header: NIfTIHeader, swapped: Bool) {
         guard bytes.count >= headerSize else {
             throw NIfTIError.truncated(path: path, expectedBytes: headerSize, actualBytes: bytes.count)
         }
@@ -385,7 +398,7 @@ public enum NIfTI {
             throw NIfTIError.badDimensions(path: path, dims: Array(dims.prefix(max(1, min(rank + 1, 8)))))
         }
         let sizes = (1...rank).map { dims[$0] }
-        guard rank >= 3, sizes.dropFirst(3).allSatisfy({ $0 == 1 }) else {
+        guard rank >= 3, sizes.dropFirst(allowFourD ? 4 : 3).allSatisfy({ $0 == 1 }) else {
             throw NIfTIError.notThreeD(path: path, dims: sizes)
         }
         for i in (rank + 1)..<8 { h.dim[i] = 1 }
