@@ -19,7 +19,7 @@ public struct ModelPredictor {
         precondition(draw >= 0 && draw < draws, "ModelPredictor: draw \(draw) of \(draws)")
         var ctx = Evaluator.predictionContext(seed: seed, draw: draw)
         if !model.config.bayesian { ctx.mode = .center }
-        let logits = try model.forward(x, ctx) // (B, 1, d, h, w)
+        let logits = try model.forward(x, ctx).logits // (B, 1, d, h, w)
         let b = x.shape[0], wn = logits.count / b
         let p = Tensor(uninitializedShape: [b, 2] + Array(x.shape.suffix(3)))
         for i in 0..<b { for v in 0..<wn {
