@@ -103,11 +103,13 @@ struct EvaluateCommand: ParsableCommand {
     func evaluateCheckpoint() throws {
         let registry = try plugins.registry()
         let trained = try TrainedModel.load(checkpoint!, registry: registry, allowPluginChange: allowPluginChange, log: note)
+        let model: SegmentationNet
+        do { model = try trained.binaryModel() } catch { throw InputError("\(error) Score a U-Net with flipout predict --input DIR, then flipout evaluate --predictions DIR --labels DIR.") }
         let data = try trained.training.makeDataset()
-        let t = trained.model.config.bayesian ? samples : 1
-        let test = try Evaluator.evaluate(trained.model, data, .test, samples: t, seed: seed)
+        let t = model.config.bayesian ? samples : 1
+        let test = try Evaluator.evaluate(model, data, .test, samples: t, seed: seed)
         var ood: SplitMetrics?
-        if data.count(.ood) > 0 { ood = try Evaluator.evaluate(trained.model, data, .ood, samples: t, seed: seed) }
+        if data.count(.ood) > 0 { ood = try Evaluator.evaluate(model, data, .ood, samples: t, seed: seed) }
         let auroc = ood.map { Evaluator.oodAUROC(inDistribution: test, outOfDistribution: $0) }
         if json {
             var o: [String: Any] = ["dice": test.dice, "nll": test.nll, "brier": test.brier, "ece": test.ece, "samples": t]

@@ -68,7 +68,11 @@ struct PredictCommand: ParsableCommand {
         try reportingInputErrors {
             let registry = try plugins.registry()
             let members = try checkpoint.map { try TrainedModel.load($0, registry: registry, allowPluginChange: allowPluginChange, log: note) }
-            let windows = Set(members.map { [$0.training.volumeSize, $0.training.volumeSize, $0.training.volumeSize] })
+            let predictors = members.map { ModelPredictor($0, samples: samples, seed: seed) }
+            for (p, path) in zip(predictors, checkpoint) where p.classes != predictors[0].classes || p.channels != predictors[0].channels {
+                throw InputError("\(path) predicts \(p.classes) classes from \(p.channels) channel(s); \(checkpoint[0]) predicts \(predictors[0].classes) from \(predictors[0].channels): ensemble members must agree.")
+            }
+            let windows = Set(members.map(\.patchSize))
             let size: [Int]
             if let window { size = try parsedWindow(window) } else {
                 guard windows.count == 1 else {
@@ -76,11 +80,11 @@ struct PredictCommand: ParsableCommand {
                 }
                 size = windows.first!
             }
-            let m = members[0].model.config.sizeMultiple
+            let m = predictors.map(\.sizeMultiple).max()!
             guard size.allSatisfy({ $0 >= 4 && $0 % m == 0 }) else {
                 throw InputError("--window \(size.map(String.init).joined(separator: ",")): every size must be at least 4 and a multiple of \(m) for this network.")
             }
-            let ensemble = EnsemblePredictor(members.map { ModelPredictor(model: $0.model, samples: samples, seed: seed) })
+            let ensemble = EnsemblePredictor(predictors)
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
 
             let cases: [CaseInput]
@@ -92,15 +96,21 @@ struct PredictCommand: ParsableCommand {
             } else {
                 cases = [try syntheticCase(members[0])]
             }
+            let plan = members[0].plan
             var settings = PredictionSettings(window: SlidingWindowOptions(window: size, overlap: overlap, batch: windowBatch, mirror: tta),
-                                              classNames: members[0].training.dataset == "colin27" ? ["background", "brain"] : ["background", "foreground"])
-            settings.normalise = input != nil && !noNormalise
+                                              classNames: members[0].training.dataset == "colin27" ? ["background", "brain"] : plan.classNames)
+            if case .unet = members[0].network {
+                settings.preprocessing = noNormalise ? .none : .plan(plan)
+                if noNormalise { note("predict: --no-normalise: the dataset plan's normalisation and resampling are skipped") }
+            } else {
+                settings.preprocessing = input == nil || noNormalise ? .none : .zScoreNonzero
+            }
             settings.members = checkpoint
             for (i, c) in cases.enumerated() {
                 var line: ProgressLine?
                 let report: CaseReport
                 do {
-                    report = try CasePredictor.run(c, channels: 1, classes: ensemble.members[0].classes, draws: ensemble.draws, settings: settings, folder: output,
+                    report = try CasePredictor.run(c, channels: predictors[0].channels, classes: predictors[0].classes, draws: ensemble.draws, settings: settings, folder: output,
                                                    progress: { p in
                                                        if line == nil { line = ProgressLine(total: p.windows, label: "case \(i + 1)/\(cases.count) \(c.id): windows") }
                                                        line!.update(done: p.windowsDone, "x \(p.draws) samples\(tta ? " x 8 mirrorings" : "")")
@@ -121,6 +131,9 @@ struct PredictCommand: ParsableCommand {
         let parts = synthetic!.split(separator: ":")
         guard parts.count == 2, let split = DataSplit(rawValue: String(parts[0])), let index = Int(parts[1]), index >= 0 else {
             throw InputError("--synthetic expects SPLIT:INDEX with SPLIT one of train, validation, test, ood (got \(synthetic!)).")
+        }
+        guard case .binary = trained.network else {
+            throw InputError("--synthetic takes a volume of a built-in binary checkpoint's dataset; this checkpoint holds a U-Net trained on a dataset folder: predict its imagesTs with --input.")
         }
         let data = try trained.training.makeDataset()
         guard index < data.count(split) else { throw InputError("--synthetic \(synthetic!): the \(split.rawValue) split has \(data.count(split)) volumes.") }

@@ -10,10 +10,20 @@
 //   CASE.json                      volumes per class (mm³, ml) and mean uncertainty in the predicted foreground
 import Foundation
 
+/// How a case's channel files become the network's input, and the outputs go back.
+public enum CasePreprocessing: Sendable {
+    /// As they are, on the source grid.
+    case none
+    /// Each channel z-scored over its nonzero voxels, on the source grid (the built-in binary models).
+    case zScoreNonzero
+    /// The dataset's plan (normalise, RAS, resample to its spacing); the maps are resampled back
+    /// onto the source grid (linear), and the label map is the argmax there (as nnU-Net).
+    case plan(PreprocessingPlan)
+}
+
 public struct PredictionSettings: Sendable {
     public var window: SlidingWindowOptions
-    /// z-score every channel over its nonzero voxels (as the models trained here expect).
-    public var normalise = true
+    public var preprocessing: CasePreprocessing = .zScoreNonzero
     /// Names of classes 0..<K (for CASE.json).
     public var classNames: [String]
     /// What produced the draws, for CASE.json (e.g. checkpoint paths).
@@ -68,13 +78,28 @@ public enum CasePredictor {
             throw CaseInputError("\(path): its grid (\(v.header.shape), affine \(v.header.sformMatrix)) differs from channel 0's (\(shape), \(header.sformMatrix)); resample the channels onto one grid")
         }
         let n = shape.reduce(1, *)
-        let image = Tensor(shape: [channels] + shape) // (C, D, H, W)
-        for (c, v) in volumes.enumerated() {
-            let src = settings.normalise ? Prediction.normalise(v.data) : v.data
-            (image.data + c * n).update(from: src.data, count: n)
-        }
-        let maps = try SlidingWindow.predict(image, classes: classes, draws: draws, options: settings.window,
+        var maps: PredictiveMaps
+        if case .plan(let plan) = settings.preprocessing {
+            let prepared = try plan.prepare(id: input.id, images: volumes, label: nil, paths: input.channels)
+            maps = try SlidingWindow.predict(prepared.image, classes: classes, draws: draws, options: settings.window,
                                              progress: progress, predictor: predictor)
+            func back(_ t: Tensor) -> Tensor {
+                plan.restore(t.rank == 3 ? t.reshaped([1] + t.shape) : t, to: prepared.geometry, interpolation: .linear)
+            }
+            maps.probabilities = back(maps.probabilities)
+            maps.predictiveEntropy = back(maps.predictiveEntropy).reshaped(shape)
+            maps.expectedEntropy = back(maps.expectedEntropy).reshaped(shape)
+            maps.mutualInformation = back(maps.mutualInformation).reshaped(shape)
+        } else {
+            let image = Tensor(shape: [channels] + shape) // (C, D, H, W)
+            for (c, v) in volumes.enumerated() {
+                var src = v.data
+                if case .zScoreNonzero = settings.preprocessing { src = Prediction.normalise(v.data) }
+                (image.data + c * n).update(from: src.data, count: n)
+            }
+            maps = try SlidingWindow.predict(image, classes: classes, draws: draws, options: settings.window,
+                                             progress: progress, predictor: predictor)
+        }
         let labels = maps.labels
         let labelTensor = Tensor(shape: shape, values: labels.map(Float.init))
         let stem = (folder as NSString).appendingPathComponent(input.id)
@@ -87,7 +112,7 @@ public enum CasePredictor {
         try NIfTI.write(maps.expectedEntropy, header: header, datatype: .float32, to: files[4])
         let point = PNGPreview.centroid(of: labelTensor, threshold: 1) ?? PNGPreview.center(of: shape)
         let maxEntropy = Float(Foundation.log(Double(classes)))
-        try PNGPreview.write([PNGPreview.Panel(image.copyChannel(0, n)),
+        try PNGPreview.write([PNGPreview.Panel(volumes[0].data),
                               PNGPreview.Panel(labelTensor, range: 0...Float(classes - 1)),
                               PNGPreview.Panel(maps.predictiveEntropy, colormap: .hot, range: 0...maxEntropy),
                               PNGPreview.Panel(maps.mutualInformation, colormap: .hot)],
@@ -130,14 +155,5 @@ public enum CasePredictor {
         guard a.shape == b.shape else { return false }
         let ma = a.sformCode > 0 ? a.sformMatrix : a.qformMatrix, mb = b.sformCode > 0 ? b.sformMatrix : b.qformMatrix
         return zip(ma.joined(), mb.joined()).allSatisfy { abs($0 - $1) <= 1e-3 }
-    }
-}
-
-extension Tensor {
-    /// Channel c of a (C, …) tensor whose channels hold `n` values each, as (1, …).
-    func copyChannel(_ c: Int, _ n: Int) -> Tensor {
-        let t = Tensor(uninitializedShape: [1] + Array(shape.suffix(3)))
-        t.data.update(from: data + c * n, count: n)
-        return t
     }
 }
