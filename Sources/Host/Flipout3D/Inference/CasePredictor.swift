@@ -19,6 +19,17 @@ public enum CasePreprocessing: Sendable {
     /// The dataset's plan (normalise, RAS, resample to its spacing); the maps are resampled back
     /// onto the source grid (linear), and the label map is the argmax there (as nnU-Net).
     case plan(PreprocessingPlan)
+
+    /// A copy z-scored over the nonzero voxels (all voxels if none is zero), as the built-in datasets are.
+    public static func zScoreOverNonzero(_ v: Tensor) -> Tensor {
+        let out = v.copy()
+        var s = 0.0, s2 = 0.0, n = 0.0
+        let anyZero = v.buffer.contains(0)
+        for x in v.buffer where !anyZero || x != 0 { s += Double(x); s2 += Double(x) * Double(x); n += 1 }
+        let mean = s / max(n, 1), std = max((s2 / max(n, 1) - mean * mean).squareRoot(), 1e-6)
+        for i in 0..<out.count { out.data[i] = Float((Double(v.data[i]) - mean) / std) }
+        return out
+    }
 }
 
 public struct PredictionSettings: Sendable {
@@ -94,7 +105,7 @@ public enum CasePredictor {
             let image = Tensor(shape: [channels] + shape) // (C, D, H, W)
             for (c, v) in volumes.enumerated() {
                 var src = v.data
-                if case .zScoreNonzero = settings.preprocessing { src = Prediction.normalise(v.data) }
+                if case .zScoreNonzero = settings.preprocessing { src = CasePreprocessing.zScoreOverNonzero(v.data) }
                 (image.data + c * n).update(from: src.data, count: n)
             }
             maps = try SlidingWindow.predict(image, classes: classes, draws: draws, options: settings.window,
