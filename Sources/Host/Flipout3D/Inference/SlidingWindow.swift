@@ -63,24 +63,9 @@ public enum SlidingWindow {
 
     /// The windows at `origins` (volume coordinates; outside the volume is 0): (B, C, d, h, w).
     static func cut(_ image: Tensor, origins: [[Int]], window: [Int]) -> Tensor {
-        let c = image.shape[0], (D, H, W) = (image.shape[1], image.shape[2], image.shape[3])
-        let (d, h, w) = (window[0], window[1], window[2])
+        let c = image.shape[0], wn = window.reduce(1, *)
         let x = Tensor(shape: [origins.count, c] + window)
-        for (b, o) in origins.enumerated() {
-            let x0 = max(0, -o[2]), x1 = min(w, W - o[2])
-            guard x0 < x1 else { continue }
-            for ch in 0..<c { for z in 0..<d {
-                let gz = o[0] + z
-                guard gz >= 0 && gz < D else { continue }
-                for y in 0..<h {
-                    let gy = o[1] + y
-                    guard gy >= 0 && gy < H else { continue }
-                    let dst = (((b * c + ch) * d + z) * h + y) * w + x0
-                    let src = ((ch * D + gz) * H + gy) * W + o[2] + x0
-                    (x.data + dst).update(from: image.data + src, count: x1 - x0)
-                }
-            } }
-        }
+        for (b, o) in origins.enumerated() { PatchSampler.crop(image, start: o, size: window, into: x.data + b * c * wn) }
         return x
     }
 
