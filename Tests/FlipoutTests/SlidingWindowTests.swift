@@ -83,6 +83,23 @@ private func volume(_ shape: [Int], seed: UInt64) -> Tensor {
         #expect(whole.mutualInformation.array.contains { $0 > 1e-4 }, "a Bayesian network's samples should disagree somewhere")
     }
 
+    /// The same for the multi-class U-Net (2 channels, 3 classes) against its whole-case tiled prediction.
+    @Test func slidingWindowEqualsWholeVolumeForTheUNet() throws {
+        var shape = UNetConfig()
+        shape.inputChannels = 2; shape.classCount = 3; shape.width = 4
+        var config = ModelConfig()
+        config.width = 4
+        let unet = try UNet(config, shape: shape, registry: try SmallRun.registry(), seed: 5)
+        let x = volume([2, 8, 12, 16], seed: 4)
+        let whole = try TiledPrediction.probabilities(unet, image: x, patchSize: [8, 12, 16], samples: 3, seed: 9)
+        let s = try SlidingWindow.predict(x, classes: 3, draws: 3, options: SlidingWindowOptions(window: [8, 12, 16])) { w, draw in
+            try unet.probabilities(w, Evaluator.predictionContext(seed: 9, draw: draw))
+        }
+        let worst = zip(s.probabilities.array, whole.array).map { abs($0 - $1) }.max()!
+        #expect(worst < 2e-6, "U-Net sliding window vs whole case: \(worst)")
+        #expect(s.mutualInformation.array.contains { $0 > 1e-5 })
+    }
+
     /// The maps come from sums over all (window, draw) pairs: checked against a per-voxel list of
     /// weighted samples, and shown to differ from averaging per-window MI maps.
     @Test func uncertaintyIsAggregatedAsSumsNotAsAveragedMaps() throws {
