@@ -84,7 +84,7 @@ struct TrainCommand: ParsableCommand {
     /// The training settings the options give (a resumed run takes them from its checkpoint).
     func trainingConfig() -> TrainingConfig {
         var t = TrainingConfig()
-        t.seed = seed; t.epochs = epochs; t.batchSize = batchSize; t.learningRate = learningRate
+        t.seed = seed; t.epochs = epochs; t.batchSize = batchSize ?? 4; t.learningRate = learningRate
         t.beta = beta; t.betaAnnealEpochs = betaAnneal; t.dataset = dataset; t.volumeSize = volumeSize
         t.trainVolumes = trainVolumes; t.testVolumes = testVolumes; t.oodVolumes = testVolumes
         t.validationVolumes = max(2, testVolumes / 2); t.evaluationSamples = samples

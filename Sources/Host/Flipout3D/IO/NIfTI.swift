@@ -356,19 +356,22 @@ public enum NIfTI {
     }
 
     /// Writes `volume` (D, H, W) = (nz, ny, nx) with `header`'s geometry (dim[1..3] must match the
-    /// shape; dims beyond 3 are reset to 1) as `datatype`. Writes `.nii.gz` when `path` ends in
+    /// shape; dims beyond 3 are reset to 1) as `datatype`. A (T, D, H, W) volume with T > 1 is written
+    /// as a 4D file (dim[4] = T, e.g. one volume per class). Writes `.nii.gz` when `path` ends in
     /// `.gz`, else `.nii`. scl_slope/scl_inter are reset to 1/0 and cal_min/cal_max to the data
     /// range; integer types round to nearest and clamp (NaN becomes 0). Atomic: nothing is left
     /// half-written at `path`.
     public static func write(_ volume: Tensor, header: NIfTIHeader, datatype: NIfTIDatatype = .float32,
                              to path: String) throws {
-        let shape = volume.shape.count == 4 && volume.shape[0] == 1 ? Array(volume.shape.dropFirst()) : volume.shape
-        guard shape == header.shape else {
+        let frames = volume.shape.count == 4 ? volume.shape[0] : 1
+        let shape = volume.shape.count == 4 ? Array(volume.shape.dropFirst()) : volume.shape
+        guard shape == header.shape, frames >= 1 && frames <= Int(Int16.max) else {
             throw NIfTIError.shapeMismatch(path: path, tensorShape: volume.shape, headerDims: header.shape)
         }
         var h = header
-        h.dim[0] = 3
+        h.dim[0] = frames > 1 ? 4 : 3
         for i in 4..<8 { h.dim[i] = 1 }
+        h.dim[4] = Int16(frames)
         h.datatype = datatype.rawValue
         h.bitpix = Int16(datatype.bytesPerVoxel * 8)
         h.voxOffset = 352

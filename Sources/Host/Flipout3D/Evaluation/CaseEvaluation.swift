@@ -1,0 +1,191 @@
+// One case scored: every metric of a prediction against its label map, and the aggregate over cases.
+import Foundation
+
+/// What a prediction of one case offers for scoring, on the label map's grid (D, H, W).
+public struct CasePrediction {
+    public var id: String
+    public var shape: [Int]
+    /// Voxel size in mm along (D, H, W).
+    public var spacing: [Double]
+    public var truth: [Int32]
+    public var prediction: [Int32]
+    /// (K, D, H, W) predictive probabilities, if the tool wrote them.
+    public var probabilities: Tensor?
+    /// (D, H, W) predictive entropy H[E p]; computed from `probabilities` when absent.
+    public var entropy: Tensor?
+    /// (D, H, W) mutual information (needs Monte Carlo samples: only Bayesian or ensemble tools have it).
+    public var mutualInformation: Tensor?
+
+    public init(id: String, shape: [Int], spacing: [Double], truth: [Int32], prediction: [Int32],
+                probabilities: Tensor? = nil, entropy: Tensor? = nil, mutualInformation: Tensor? = nil) {
+        self.id = id; self.shape = shape; self.spacing = spacing; self.truth = truth; self.prediction = prediction
+        self.probabilities = probabilities; self.entropy = entropy; self.mutualInformation = mutualInformation
+    }
+}
+
+/// How scoring is done; defaults as in the help text.
+public struct EvaluationSettings: Codable, Sendable {
+    /// ROI margin around the union of true and predicted foreground, mm.
+    public var roiMargin: Double = 5
+    public var calibrationBins = 15
+    public var retentionPoints = 21
+    public init() {}
+}
+
+/// Every metric of one case. Optional values are undefined for the case (see each).
+public struct CaseScore: Codable, Sendable {
+    public var id: String
+    /// Dice per foreground class 1..<K (index 0 = class 1).
+    public var dice: [Double]
+    public var meanDice: Double
+    /// HD95 in mm per foreground class; nil when exactly one of the two masks is empty.
+    public var hd95: [Double?]
+    public var nll: Double?
+    public var brier: Double?
+    /// ECE (top-label, equal-width bins) inside the ROI; nil without probabilities or with an empty ROI.
+    public var eceROI: Double?
+    /// AUROC of voxel errors (inside the ROI) ranked by predictive entropy / by mutual information.
+    public var aurocEntropy: Double?
+    public var aurocMI: Double?
+    /// Best Dice between {entropy ≥ τ} and the error mask, and its τ (nats).
+    public var uncertaintyErrorOverlap: Double?
+    public var overlapThreshold: Double?
+    /// Dice retention curve (entropy order) and its area.
+    public var retentionCurve: [Double]?
+    public var retentionArea: Double?
+    /// Mean predictive entropy / mutual information over the predicted foreground (nats).
+    public var meanEntropyForeground: Double?
+    public var meanMIForeground: Double?
+    public var roiVoxels: Int
+    public var errorVoxels: Int
+    public var calibration: CalibrationBins?
+}
+
+public enum CaseEvaluation {
+    public static func score(_ c: CasePrediction, classes k: Int, settings: EvaluationSettings = EvaluationSettings()) -> CaseScore {
+        let n = c.truth.count
+        precondition(c.prediction.count == n && c.shape.reduce(1, *) == n, "CaseEvaluation: \(c.id) sizes differ")
+        let counts = OverlapCounts(prediction: c.prediction, truth: c.truth, classes: k)
+        let dice = (1..<k).map { counts.dice($0) }
+        let hd = (1..<k).map { cls in
+            SurfaceDistance.hd95(c.prediction.map { $0 == cls }, c.truth.map { $0 == cls }, shape: c.shape, spacing: c.spacing)
+        }
+        let roi = UncertaintyMetrics.regionOfInterest(prediction: c.prediction, truth: c.truth, shape: c.shape,
+                                                      spacing: c.spacing, margin: settings.roiMargin)
+        let errors = (0..<n).map { c.prediction[$0] != c.truth[$0] }
+        var s = CaseScore(id: c.id, dice: dice, meanDice: counts.meanForegroundDice, hd95: hd,
+                          roiVoxels: roi.reduce(0) { $0 + ($1 ? 1 : 0) }, errorVoxels: errors.reduce(0) { $0 + ($1 ? 1 : 0) })
+        var entropy = c.entropy
+        if let p = c.probabilities {
+            precondition(p.shape == [k] + c.shape, "CaseEvaluation: \(c.id) probabilities \(p.shape), expected \([k] + c.shape)")
+            s.nll = ClassMetrics.nll(probabilities: p, truth: c.truth)
+            s.brier = ClassMetrics.brier(probabilities: p, truth: c.truth)
+            var bins = CalibrationBins(bins: settings.calibrationBins)
+            bins.add(probabilities: p, truth: c.truth, include: roi)
+            s.eceROI = bins.ece
+            s.calibration = bins
+            if entropy == nil { entropy = predictiveEntropy(p) }
+        }
+        let inROI = roi.indices.filter { roi[$0] }
+        let roiErrors = inROI.map { errors[$0] }
+        if let h = entropy {
+            h.checkShape(c.shape, "CaseEvaluation entropy of \(c.id)")
+            s.aurocEntropy = UncertaintyMetrics.auroc(scores: inROI.map { h.data[$0] }, positives: roiErrors)
+            let ueo = UncertaintyMetrics.uncertaintyErrorOverlap(uncertainty: h.array, errors: errors, maximum: Foundation.log(Double(k)))
+            s.uncertaintyErrorOverlap = ueo.overlap; s.overlapThreshold = ueo.threshold
+            let r = UncertaintyMetrics.retentionCurve(prediction: c.prediction, truth: c.truth, classes: k, uncertainty: h.array,
+                                                      roi: roi, points: settings.retentionPoints)
+            s.retentionCurve = r.curve; s.retentionArea = r.area
+            s.meanEntropyForeground = meanOverForeground(h, c.prediction)
+        }
+        if let mi = c.mutualInformation {
+            mi.checkShape(c.shape, "CaseEvaluation mutual information of \(c.id)")
+            s.aurocMI = UncertaintyMetrics.auroc(scores: inROI.map { mi.data[$0] }, positives: roiErrors)
+            s.meanMIForeground = meanOverForeground(mi, c.prediction)
+        }
+        return s
+    }
+
+    /// H[p] per voxel of (K, D, H, W) probabilities -> (D, H, W).
+    public static func predictiveEntropy(_ p: Tensor) -> Tensor {
+        let k = p.shape[0], n = p.count / k
+        let h = Tensor(shape: Array(p.shape.dropFirst()))
+        for v in 0..<n {
+            var e = 0.0
+            for c in 0..<k { e -= Entropy.term(Double(p.data[c * n + v])) }
+            h.data[v] = Float(e)
+        }
+        return h
+    }
+
+    static func meanOverForeground(_ u: Tensor, _ prediction: [Int32]) -> Double? {
+        var s = 0.0, m = 0
+        for v in 0..<prediction.count where prediction[v] != 0 { s += Double(u.data[v]); m += 1 }
+        return m == 0 ? nil : s / Double(m)
+    }
+}
+
+/// The shared entropy term, 0 ln 0 = 0.
+public enum Entropy {
+    /// p ln p for p in [0, 1] (clamped), 0 at 0.
+    @inline(__always)
+    public static func term(_ p: Double) -> Double {
+        let q = min(max(p, 0), 1)
+        return q > 0 ? q * Foundation.log(q) : 0
+    }
+}
+
+/// Means over cases (ignoring undefined values, with how many were defined) and pooled calibration.
+public struct EvaluationSummary: Codable, Sendable {
+    public struct Mean: Codable, Sendable {
+        public var mean: Double?
+        public var cases: Int
+        init(_ values: [Double?]) {
+            let v = values.compactMap { $0 }.filter(\.isFinite)
+            mean = v.isEmpty ? nil : v.reduce(0, +) / Double(v.count); cases = v.count
+        }
+    }
+    public var cases: Int
+    public var classes: [String]
+    public var dicePerClass: [Mean]
+    public var hd95PerClass: [Mean]
+    public var meanDice: Mean
+    public var meanHD95: Mean
+    public var nll: Mean
+    public var brier: Mean
+    public var eceROI: Mean
+    /// ECE over the ROI voxels of every case together.
+    public var pooledECEROI: Double?
+    public var aurocEntropy: Mean
+    public var aurocMI: Mean
+    public var uncertaintyErrorOverlap: Mean
+    public var retentionArea: Mean
+    /// The mean retention curve over cases that have one.
+    public var retentionCurve: [Double]?
+    /// The calibration bins of every case's ROI added up (the reliability diagram).
+    public var pooledCalibration: CalibrationBins?
+    public var settings: EvaluationSettings
+
+    public init(_ scores: [CaseScore], classNames: [String], settings: EvaluationSettings) {
+        cases = scores.count
+        classes = classNames
+        let k = scores.first?.dice.count ?? 0
+        dicePerClass = (0..<k).map { c in Mean(scores.map { $0.dice[c] }) }
+        hd95PerClass = (0..<k).map { c in Mean(scores.map { $0.hd95[c] }) }
+        meanDice = Mean(scores.map { $0.meanDice })
+        meanHD95 = Mean(scores.map { s in
+            let v = s.hd95.compactMap { $0 }
+            return v.isEmpty ? nil : v.reduce(0, +) / Double(v.count)
+        })
+        nll = Mean(scores.map(\.nll)); brier = Mean(scores.map(\.brier)); eceROI = Mean(scores.map(\.eceROI))
+        aurocEntropy = Mean(scores.map(\.aurocEntropy)); aurocMI = Mean(scores.map(\.aurocMI))
+        uncertaintyErrorOverlap = Mean(scores.map(\.uncertaintyErrorOverlap)); retentionArea = Mean(scores.map(\.retentionArea))
+        let curves = scores.compactMap(\.retentionCurve)
+        retentionCurve = curves.isEmpty ? nil : curves[0].indices.map { i in curves.reduce(0.0) { $0 + $1[i] } / Double(curves.count) }
+        var pooled: CalibrationBins?
+        for s in scores { if let b = s.calibration { if pooled == nil { pooled = b } else { pooled!.merge(b) } } }
+        pooledCalibration = pooled
+        pooledECEROI = pooled?.ece
+        self.settings = settings
+    }
+}

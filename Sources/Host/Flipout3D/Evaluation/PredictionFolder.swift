@@ -1,0 +1,174 @@
+// Scoring a folder of predictions (ours or another tool's) against a folder of label maps; summary.json, cases.csv, plots.
+//
+// Predictions: CASE.nii.gz (label map), optionally CASE_probabilities.nii.gz (4D, one volume per
+// class: needed for NLL, Brier and ECE), CASE_entropy.nii.gz (else computed from the
+// probabilities) and CASE_mi.nii.gz (mutual information; only Monte Carlo or ensemble tools have
+// it). Labels: CASE.nii.gz in the given folder, or in its labelsTr when it is a dataset folder.
+// A case is every prediction label map whose id has a label file.
+import Foundation
+
+public struct PredictionFolder {
+    public struct Pair: Sendable { public var id: String; public var prediction: String; public var label: String }
+    public let pairs: [Pair]
+    /// Prediction label maps without a label file (reported, not scored).
+    public let unmatched: [String]
+    public let classNames: [String]?
+
+    static let suffixes = ["_probabilities", "_entropy", "_mi", "_expected_entropy"]
+
+    public init(predictions: String, labels: String) throws {
+        var labelDir = labels
+        let tr = (labels as NSString).appendingPathComponent("labelsTr")
+        if FileManager.default.fileExists(atPath: (labels as NSString).appendingPathComponent("dataset.json")) && FileManager.default.fileExists(atPath: tr) {
+            labelDir = tr
+        }
+        func niftiStems(_ dir: String) throws -> [String: String] {
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+                throw CaseInputError("\(dir): no such folder")
+            }
+            var out: [String: String] = [:]
+            for name in try FileManager.default.contentsOfDirectory(atPath: dir).sorted() {
+                let stem = name.hasSuffix(".nii.gz") ? String(name.dropLast(7)) : name.hasSuffix(".nii") ? String(name.dropLast(4)) : nil
+                if let stem, !stem.hasPrefix("."), out[stem] == nil { out[stem] = (dir as NSString).appendingPathComponent(name) }
+            }
+            return out
+        }
+        let preds = try niftiStems(predictions), labs = try niftiStems(labelDir)
+        // Not our side outputs, nor input channel files (CASE_0000) that predict copies beside them.
+        let candidates = preds.keys.filter { k in
+            !Self.suffixes.contains { k.hasSuffix($0) } && CaseInputs.split(k + ".nii.gz")?.1 == nil
+        }.sorted()
+        pairs = candidates.compactMap { id in labs[id].map { Pair(id: id, prediction: preds[id]!, label: $0) } }
+        unmatched = candidates.filter { labs[$0] == nil }
+        guard !pairs.isEmpty else {
+            throw CaseInputError("no prediction in \(predictions) has a label map of the same name in \(labelDir) (predictions: \(candidates.prefix(5).joined(separator: ", "))\(candidates.count > 5 ? ", …" : ""); labels: \(labs.keys.sorted().prefix(5).joined(separator: ", ")))")
+        }
+        classNames = Self.classNames(near: labels)
+    }
+
+    /// Class names from a dataset.json in `folder` or its parent: nnU-Net v2 {"name": index} or MSD {"index": "name"}.
+    static func classNames(near folder: String) -> [String]? {
+        for dir in [folder, (folder as NSString).deletingLastPathComponent] {
+            let path = (dir as NSString).appendingPathComponent("dataset.json")
+            guard let data = FileManager.default.contents(atPath: path),
+                  let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                  let labels = json["labels"] as? [String: Any] else { continue }
+            var byIndex: [Int: String] = [:]
+            for (k, v) in labels {
+                if let i = v as? Int { byIndex[i] = byIndex[i] ?? k } else if let i = Int(k), let name = v as? String { byIndex[i] = byIndex[i] ?? name }
+            }
+            guard let top = byIndex.keys.max(), top >= 1 else { continue }
+            return (0...top).map { byIndex[$0] ?? "class \($0)" }
+        }
+        return nil
+    }
+
+    /// Reads one pair into what scoring needs; `classes` nil takes K from the probabilities or the label values.
+    public func load(_ p: Pair, classes: Int?) throws -> (CasePrediction, Int) {
+        let truthVolume = try NIfTI.read(p.label), predVolume = try NIfTI.read(p.prediction)
+        guard CasePredictor.sameGrid(truthVolume.header, predVolume.header) else {
+            throw CaseInputError("\(p.prediction): its grid (\(predVolume.header.shape)) differs from the label's \(p.label) (\(truthVolume.header.shape)); predictions must be on the label's grid")
+        }
+        func classIndices(_ t: Tensor, _ path: String) throws -> [Int32] {
+            try t.array.map { v in
+                guard v.isFinite, v >= 0, v < 65536 else { throw CaseInputError("\(path): value \(v) is not a class index") }
+                return Int32(v.rounded())
+            }
+        }
+        let truth = try classIndices(truthVolume.data, p.label), pred = try classIndices(predVolume.data, p.prediction)
+        let shape = truthVolume.header.shape
+        let base = (p.prediction.hasSuffix(".nii.gz") ? String(p.prediction.dropLast(7)) : String(p.prediction.dropLast(4)))
+        func optional(_ suffix: String, fourD: Bool = false) throws -> Tensor? {
+            for ext in [".nii.gz", ".nii"] where FileIO.exists(base + suffix + ext) {
+                return fourD ? try NIfTI.read4D(base + suffix + ext).data : try NIfTI.read(base + suffix + ext).data
+            }
+            return nil
+        }
+        let probabilities = try optional("_probabilities", fourD: true)
+        let top = Int(max(truth.max() ?? 0, pred.max() ?? 0))
+        let k = classes ?? probabilities?.shape[0] ?? classNames?.count ?? max(top + 1, 2)
+        guard top < k else {
+            throw CaseInputError("\(p.id): class index \(top) found, but there are \(k) classes; pass --classes \(top + 1)")
+        }
+        if let probabilities, probabilities.shape != [k] + shape {
+            throw CaseInputError("\(base)_probabilities: shape \(probabilities.shape), expected \(k) volumes of \(shape)")
+        }
+        let entropy = try optional("_entropy"), mi = try optional("_mi")
+        for (name, t) in [("_entropy", entropy), ("_mi", mi)] where t != nil && t!.shape != shape {
+            throw CaseInputError("\(base)\(name): shape \(t!.shape), expected \(shape)")
+        }
+        return (CasePrediction(id: p.id, shape: shape, spacing: CasePredictor.voxelSpacing(truthVolume.header), truth: truth, prediction: pred,
+                               probabilities: probabilities, entropy: entropy, mutualInformation: mi), k)
+    }
+}
+
+/// The files `flipout evaluate` writes: summary.json, cases.csv, and three plots.
+public enum EvaluationFiles {
+    public static func write(scores: [CaseScore], summary: EvaluationSummary, to folder: String) throws -> [String] {
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        func path(_ name: String) -> String { (folder as NSString).appendingPathComponent(name) }
+        struct Document: Encodable { var summary: EvaluationSummary; var cases: [CaseScore] }
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        try FileIO.writeAtomically(Array(try e.encode(Document(summary: summary, cases: scores))), to: path("summary.json"))
+        try FileIO.writeAtomically(Array(csv(scores, classNames: summary.classes).utf8), to: path("cases.csv"))
+        try plots(scores: scores, summary: summary, folder: folder)
+        return ["summary.json", "cases.csv", "reliability.png", "retention.png", "uncertainty_vs_dice.png"].map(path)
+    }
+
+    static func csv(_ scores: [CaseScore], classNames: [String]) -> String {
+        let fg = classNames.dropFirst()
+        var s = (["case"] + fg.map { "dice_\($0)" } + ["mean_dice"] + fg.map { "hd95_\($0)" }
+                 + ["nll", "brier", "ece_roi", "auroc_entropy", "auroc_mi", "uncertainty_error_overlap", "overlap_threshold",
+                    "retention_area", "mean_entropy_foreground", "mean_mi_foreground", "roi_voxels", "error_voxels"]).joined(separator: ",") + "\n"
+        func f(_ v: Double?) -> String { v.map { String(format: "%.6g", $0) } ?? "" }
+        for c in scores {
+            let row = [c.id] + c.dice.map(f) + [f(c.meanDice)] + c.hd95.map(f)
+                + [f(c.nll), f(c.brier), f(c.eceROI), f(c.aurocEntropy), f(c.aurocMI), f(c.uncertaintyErrorOverlap), f(c.overlapThreshold),
+                   f(c.retentionArea), f(c.meanEntropyForeground), f(c.meanMIForeground), String(c.roiVoxels), String(c.errorVoxels)]
+            s += row.joined(separator: ",") + "\n"
+        }
+        return s
+    }
+
+    static func plots(scores: [CaseScore], summary: EvaluationSummary, folder: String) throws {
+        func path(_ name: String) -> String { (folder as NSString).appendingPathComponent(name) }
+        // Reliability diagram of the pooled ROI voxels.
+        var r = PNGPlot(title: "Reliability (ROI)", xLabel: "confidence", yLabel: "accuracy", x: 0...1, y: 0...1)
+        if let bins = summary.pooledCalibration {
+            let k = bins.count.count
+            for b in 0..<k where bins.count[b] > 0 {
+                let lo = Double(b) / Double(k), hi = Double(b + 1) / Double(k)
+                r.bar(from: lo + 0.004, to: hi - 0.004, top: Double(bins.correct[b]) / Double(bins.count[b]), color: PNGPlot.lightBlue)
+                r.points([(bins.confidence[b] / Double(bins.count[b]), Double(bins.correct[b]) / Double(bins.count[b]))], color: PNGPlot.blue, radius: 2)
+            }
+            r.legend(summary.pooledECEROI.map { String(format: "ECE %.4f", $0) } ?? "ECE -", color: PNGPlot.lightBlue, row: 0)
+        } else {
+            r.legend("no probabilities given", color: PNGPlot.gray, row: 0)
+        }
+        r.line([(0, 0), (1, 1)], color: PNGPlot.gray, thickness: 1)
+        try r.write(to: path("reliability.png"))
+
+        // Dice retention curves: every case faint, the mean bold.
+        let curves = scores.compactMap(\.retentionCurve)
+        let lowest = curves.flatMap { $0 }.min() ?? 0
+        var ret = PNGPlot(title: "Dice retention", xLabel: "fraction of ROI referred (most uncertain first)", yLabel: "dice",
+                          x: 0...1, y: min(max(0, (lowest * 10).rounded(.down) / 10), 0.9)...1)
+        for c in curves { ret.line(c.indices.map { (Double($0) / Double(c.count - 1), c[$0]) }, color: PNGPlot.lightBlue, thickness: 1) }
+        if let m = summary.retentionCurve {
+            ret.line(m.indices.map { (Double($0) / Double(m.count - 1), m[$0]) }, color: PNGPlot.blue, thickness: 3)
+            ret.legend(String(format: "mean, area %.4f", summary.retentionArea.mean ?? .nan), color: PNGPlot.blue, row: 0)
+        }
+        try ret.write(to: path("retention.png"))
+
+        // Per-case uncertainty against Dice (failure detection).
+        let pts = scores.compactMap { s in s.meanEntropyForeground.map { ($0, s.meanDice) } }
+        let xMax = max(pts.map(\.0).max() ?? 0, 1e-3) * 1.1
+        var sc = PNGPlot(title: "Uncertainty vs Dice", xLabel: "mean predictive entropy in predicted foreground (nats)", yLabel: "dice",
+                         x: 0...xMax, y: 0...1)
+        sc.points(pts, color: PNGPlot.orange)
+        try sc.write(to: path("uncertainty_vs_dice.png"))
+    }
+}

@@ -1,0 +1,177 @@
+// One case predicted and written: read the channels, normalise, sliding-window Monte Carlo prediction, maps, preview, CASE.json.
+//
+// Outputs (all on the first channel's grid and header, so viewers overlay them on the input):
+//   CASE.nii.gz                    label map (argmax of the predictive probabilities; uint8)
+//   CASE_probabilities.nii.gz      4D float32, one volume per class (K)
+//   CASE_entropy.nii.gz            predictive entropy H[E p] (nats)
+//   CASE_mi.nii.gz                 mutual information H[E p] − E H[p] (epistemic)
+//   CASE_expected_entropy.nii.gz   expected entropy E H[p] (aleatoric)
+//   CASE_preview.png               orthogonal slices: input | labels | entropy | MI
+//   CASE.json                      volumes per class (mm³, ml) and mean uncertainty in the predicted foreground
+import Foundation
+
+/// How a case's channel files become the network's input, and the outputs go back.
+public enum CasePreprocessing: Sendable {
+    /// As they are, on the source grid.
+    case none
+    /// Each channel z-scored over its nonzero voxels, on the source grid (the built-in binary models).
+    case zScoreNonzero
+    /// The dataset's plan (normalise, RAS, resample to its spacing); the maps are resampled back
+    /// onto the source grid (linear), and the label map is the argmax there (as nnU-Net).
+    case plan(PreprocessingPlan)
+
+    /// A copy z-scored over the nonzero voxels (all voxels if none is zero), as the built-in datasets are.
+    public static func zScoreOverNonzero(_ v: Tensor) -> Tensor {
+        let out = v.copy()
+        var s = 0.0, s2 = 0.0, n = 0.0
+        let anyZero = v.buffer.contains(0)
+        for x in v.buffer where !anyZero || x != 0 { s += Double(x); s2 += Double(x) * Double(x); n += 1 }
+        let mean = s / max(n, 1), std = max((s2 / max(n, 1) - mean * mean).squareRoot(), 1e-6)
+        for i in 0..<out.count { out.data[i] = Float((Double(v.data[i]) - mean) / std) }
+        return out
+    }
+}
+
+public struct PredictionSettings: Sendable {
+    public var window: SlidingWindowOptions
+    public var preprocessing: CasePreprocessing = .zScoreNonzero
+    /// Names of classes 0..<K (for CASE.json).
+    public var classNames: [String]
+    /// What produced the draws, for CASE.json (e.g. checkpoint paths).
+    public var members: [String] = []
+    /// What to do with NaN or infinite input voxels (refused by default; see `NonFinitePolicy`).
+    public var nonFinite: NonFinitePolicy = .refuse
+    /// Told once per channel file whose non-finite voxels were replaced.
+    public var note: @Sendable (String) -> Void = { _ in }
+
+    public init(window: SlidingWindowOptions, classNames: [String]) {
+        self.window = window; self.classNames = classNames
+    }
+}
+
+/// What CASE.json holds.
+public struct CaseReport: Codable, Sendable {
+    public struct ClassVolume: Codable, Sendable {
+        public var index: Int
+        public var name: String
+        public var voxels: Int
+        public var volumeMM3: Double
+        public var volumeML: Double
+    }
+    public var id: String
+    public var inputs: [String]
+    /// (D, H, W) and voxel size in mm along (D, H, W).
+    public var shape: [Int]
+    public var spacing: [Double]
+    public var classes: [ClassVolume]
+    public var draws: Int
+    public var windows: Int
+    public var members: [String]
+    public var testTimeMirroring: Bool
+    /// Means over the predicted foreground (label != 0), nats; nil when nothing is foreground.
+    /// The quality-control / active-learning score: high = the model doubts its segmentation.
+    public var foregroundVoxels: Int
+    public var meanEntropyForeground: Double?
+    public var meanMutualInformationForeground: Double?
+    public var meanExpectedEntropyForeground: Double?
+    public var seconds: Double
+    public var files: [String]
+}
+
+public enum CasePredictor {
+    /// Predicts `input` with `draws` draws of `predictor` per window and writes every output into `folder`.
+    public static func run(_ input: CaseInput, channels: Int, classes: Int, draws: Int, settings: PredictionSettings,
+                           folder: String, progress: (SlidingWindowProgress) -> Void = { _ in },
+                           predictor: WindowPredictor) throws -> CaseReport {
+        let start = Date()
+        guard input.channels.count == channels else {
+            throw CaseInputError("case \(input.id) has \(input.channels.count) channel file(s) (\(input.channels.map { ($0 as NSString).lastPathComponent }.joined(separator: ", "))); the model takes \(channels)")
+        }
+        let volumes = try input.channels.map { try NIfTI.read($0, nonFinite: settings.nonFinite) }
+        for (v, path) in zip(volumes, input.channels) where v.nonFiniteReplaced > 0 {
+            settings.note("note: \(path): replaced \(v.nonFiniteReplaced) NaN or infinite voxel\(v.nonFiniteReplaced == 1 ? "" : "s") (--nonfinite \(settings.nonFinite.rawValue))")
+        }
+        let header = volumes[0].header, shape = header.shape
+        for (v, path) in zip(volumes, input.channels) where v.header.shape != shape || !sameGrid(v.header, header) {
+            throw CaseInputError("\(path): its grid (\(v.header.shape), affine \(v.header.sformMatrix)) differs from channel 0's (\(shape), \(header.sformMatrix)); resample the channels onto one grid")
+        }
+        let n = shape.reduce(1, *)
+        var maps: PredictiveMaps
+        if case .plan(let plan) = settings.preprocessing {
+            let prepared = try plan.prepare(id: input.id, images: volumes, label: nil, paths: input.channels)
+            maps = try SlidingWindow.predict(prepared.image, classes: classes, draws: draws, options: settings.window,
+                                             progress: progress, predictor: predictor)
+            func back(_ t: Tensor) -> Tensor {
+                plan.restore(t.rank == 3 ? t.reshaped([1] + t.shape) : t, to: prepared.geometry, interpolation: .linear)
+            }
+            maps.probabilities = back(maps.probabilities)
+            maps.predictiveEntropy = back(maps.predictiveEntropy).reshaped(shape)
+            maps.expectedEntropy = back(maps.expectedEntropy).reshaped(shape)
+            maps.mutualInformation = back(maps.mutualInformation).reshaped(shape)
+        } else {
+            let image = Tensor(shape: [channels] + shape) // (C, D, H, W)
+            for (c, v) in volumes.enumerated() {
+                var src = v.data
+                if case .zScoreNonzero = settings.preprocessing { src = CasePreprocessing.zScoreOverNonzero(v.data) }
+                (image.data + c * n).update(from: src.data, count: n)
+            }
+            maps = try SlidingWindow.predict(image, classes: classes, draws: draws, options: settings.window,
+                                             progress: progress, predictor: predictor)
+        }
+        let labels = maps.labels
+        let labelTensor = Tensor(shape: shape, values: labels.map(Float.init))
+        let stem = (folder as NSString).appendingPathComponent(input.id)
+        let files = [stem + ".nii.gz", stem + "_probabilities.nii.gz", stem + "_entropy.nii.gz", stem + "_mi.nii.gz",
+                     stem + "_expected_entropy.nii.gz", stem + "_preview.png", stem + ".json"]
+        try NIfTI.write(labelTensor, header: header, datatype: classes <= 256 ? .uint8 : .int16, to: files[0])
+        try NIfTI.write(maps.probabilities, header: header, datatype: .float32, to: files[1])
+        try NIfTI.write(maps.predictiveEntropy, header: header, datatype: .float32, to: files[2])
+        try NIfTI.write(maps.mutualInformation, header: header, datatype: .float32, to: files[3])
+        try NIfTI.write(maps.expectedEntropy, header: header, datatype: .float32, to: files[4])
+        let point = PNGPreview.centroid(of: labelTensor, threshold: 1) ?? PNGPreview.center(of: shape)
+        let maxEntropy = Float(Foundation.log(Double(classes)))
+        try PNGPreview.write([PNGPreview.Panel(volumes[0].data),
+                              PNGPreview.Panel(labelTensor, range: 0...Float(classes - 1)),
+                              PNGPreview.Panel(maps.predictiveEntropy, colormap: .hot, range: 0...maxEntropy),
+                              PNGPreview.Panel(maps.mutualInformation, colormap: .hot)],
+                             to: files[5], at: point, scale: max(1, 160 / max(shape[1], shape[2])))
+
+        // Volumes and the uncertainty score.
+        let spacing = voxelSpacing(header)
+        let voxelMM3 = spacing.reduce(1, *)
+        var counts = [Int](repeating: 0, count: classes)
+        var fg = 0, pe = 0.0, mi = 0.0, eh = 0.0
+        for v in 0..<n {
+            counts[Int(labels[v])] += 1
+            if labels[v] != 0 {
+                fg += 1
+                pe += Double(maps.predictiveEntropy.data[v]); mi += Double(maps.mutualInformation.data[v]); eh += Double(maps.expectedEntropy.data[v])
+            }
+        }
+        let report = CaseReport(
+            id: input.id, inputs: input.channels, shape: shape, spacing: spacing,
+            classes: (0..<classes).map { k in
+                CaseReport.ClassVolume(index: k, name: k < settings.classNames.count ? settings.classNames[k] : "class \(k)", voxels: counts[k],
+                                       volumeMM3: Double(counts[k]) * voxelMM3, volumeML: Double(counts[k]) * voxelMM3 / 1000)
+            },
+            draws: draws, windows: maps.windows, members: settings.members, testTimeMirroring: settings.window.mirror,
+            foregroundVoxels: fg, meanEntropyForeground: fg > 0 ? pe / Double(fg) : nil,
+            meanMutualInformationForeground: fg > 0 ? mi / Double(fg) : nil, meanExpectedEntropyForeground: fg > 0 ? eh / Double(fg) : nil,
+            seconds: Date().timeIntervalSince(start), files: files.map { ($0 as NSString).lastPathComponent })
+        let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try FileIO.writeAtomically(Array(try e.encode(report)), to: files[6])
+        return report
+    }
+
+    /// Voxel size in mm along (D, H, W) = (pixdim[3], pixdim[2], pixdim[1]) (absolute values).
+    public static func voxelSpacing(_ h: NIfTIHeader) -> [Double] {
+        [Double(abs(h.pixdim[3])), Double(abs(h.pixdim[2])), Double(abs(h.pixdim[1]))].map { $0 > 0 && $0.isFinite ? $0 : 1 }
+    }
+
+    /// Whether two headers place voxels at the same world positions (within 1e-3 mm).
+    public static func sameGrid(_ a: NIfTIHeader, _ b: NIfTIHeader) -> Bool {
+        guard a.shape == b.shape else { return false }
+        let ma = a.sformCode > 0 ? a.sformMatrix : a.qformMatrix, mb = b.sformCode > 0 ? b.sformMatrix : b.qformMatrix
+        return zip(ma.joined(), mb.joined()).allSatisfy { abs($0 - $1) <= 1e-3 }
+    }
+}

@@ -1,0 +1,91 @@
+// `flipout predict` on a folder with an ensemble, then `flipout evaluate` on its output: files, contents, exit codes.
+import Foundation
+import Testing
+import Flipout3D
+import TestSupport
+
+@Suite(.serialized) struct PredictEvaluateCLITests {
+    /// Two small trained checkpoints (seeds 42 and 43) and a folder of two 16³ cases with labels.
+    static func setUp() throws -> (checkpoints: [String], images: URL, labels: URL, dir: URL) {
+        let dir = try Fixtures.temporaryDirectory("flipout-predict")
+        var checkpoints: [String] = []
+        for seed in [UInt64(42), 43] {
+            var (m, t) = SmallRun.configs(epochs: 1)
+            m.width = 4
+            t.seed = seed
+            let model = try SegmentationNet(m, registry: try SmallRun.registry(), seed: seed)
+            let trainer = try Trainer(model: model, training: t, dataset: try t.makeDataset(), runDirectory: dir.appendingPathComponent("run\(seed)").path)
+            trainer.showProgress = false
+            _ = try trainer.trainEpoch()
+            checkpoints.append(trainer.checkpointPath)
+        }
+        let images = dir.appendingPathComponent("imagesTs"), labels = dir.appendingPathComponent("labelsTs")
+        for d in [images, labels] { try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true) }
+        let data = try SmallRun.configs(epochs: 1).1.makeDataset()
+        for i in 0..<2 {
+            let (x, y) = try data.batch(.test, indices: [i])
+            // An anisotropic grid, odd sizes: windows must be padded and shifted.
+            let header = NIfTIHeader(shape: [16, 16, 16], spacing: [0.8, 1, 2])
+            try NIfTI.write(x.reshaped([16, 16, 16]), header: header, to: images.appendingPathComponent("case\(i)_0000.nii.gz").path)
+            try NIfTI.write(y.reshaped([16, 16, 16]), header: header, datatype: .uint8, to: labels.appendingPathComponent("case\(i).nii.gz").path)
+        }
+        return (checkpoints, images, labels, dir)
+    }
+
+    @Test func predictFolderWithEnsembleThenEvaluate() throws {
+        let s = try Self.setUp()
+        let out = s.dir.appendingPathComponent("preds").path
+        let r = try FlipoutCLI.run(["predict", "--checkpoint", s.checkpoints[0], "--checkpoint", s.checkpoints[1], "--input", s.images.path,
+                                    "--output", out, "--samples", "3", "--window", "8,8,8", "--no-normalise"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stderr.contains("2 case(s)") && r.stderr.contains("6 draw(s) per window"), "\(r.stderr)")
+        for id in ["case0", "case1"] {
+            for suffix in [".nii.gz", "_probabilities.nii.gz", "_entropy.nii.gz", "_mi.nii.gz", "_expected_entropy.nii.gz", "_preview.png", ".json"] {
+                #expect(FileManager.default.fileExists(atPath: "\(out)/\(id)\(suffix)"), "\(id)\(suffix) missing")
+            }
+        }
+        let p = try NIfTI.read4D("\(out)/case0_probabilities.nii.gz")
+        #expect(p.data.shape == [2, 16, 16, 16] && p.header.dim[0] == 4 && p.header.spacing == [0.8, 1, 2])
+        for v in 0..<(16 * 16 * 16) { #expect(abs(p.data.data[v] + p.data.data[4096 + v] - 1) < 1e-5) }
+        let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(out)/case0.json"))) as! [String: Any]
+        #expect(report["draws"] as? Int == 6 && report["windows"] as? Int == 27)
+        let classes = report["classes"] as! [[String: Any]]
+        let voxels = classes.map { $0["voxels"] as! Int }
+        #expect(voxels.reduce(0, +) == 4096)
+        #expect(abs((classes[1]["volumeMM3"] as! Double) - Double(voxels[1]) * 1.6) < 1e-6 * Double(max(voxels[1], 1))) // spacing is Float in the header
+
+        let e = try FlipoutCLI.run(["evaluate", "--predictions", out, "--labels", s.labels.path])
+        #expect(e.status == 0, "\(e.stderr)")
+        #expect(e.stdout.contains("mean (2 cases)") && e.stdout.contains("ECE(ROI)") && e.stdout.contains("AUROC(MI)"), "\(e.stdout)")
+        for f in ["summary.json", "cases.csv", "reliability.png", "retention.png", "uncertainty_vs_dice.png"] {
+            #expect(FileManager.default.fileExists(atPath: "\(out)/\(f)"), "\(f) missing")
+        }
+        let csv = try String(contentsOfFile: "\(out)/cases.csv", encoding: .utf8).split(separator: "\n")
+        #expect(csv.count == 3 && csv[0].hasPrefix("case,dice_class 1,mean_dice,hd95_class 1,nll,brier,ece_roi,auroc_entropy,auroc_mi"))
+        // The evaluation agrees with scoring the files in-process.
+        let folder = try PredictionFolder(predictions: out, labels: s.labels.path)
+        let (c, k) = try folder.load(folder.pairs[0], classes: nil)
+        let score = CaseEvaluation.score(c, classes: k)
+        let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(out)/summary.json"))) as! [String: Any]
+        let first = (summary["cases"] as! [[String: Any]])[0]
+        #expect(first["id"] as? String == "case0" && abs((first["meanDice"] as! Double) - score.meanDice) < 1e-12)
+        #expect(score.aurocMI != nil && score.nll != nil)
+    }
+
+    @Test func badInputsExit64WithAMessage() throws {
+        let s = try Self.setUp()
+        let out = s.dir.appendingPathComponent("bad").path
+        let missing = try FlipoutCLI.run(["predict", "--checkpoint", s.checkpoints[0], "--input", s.dir.appendingPathComponent("nope").path, "--output", out])
+        #expect(missing.status == 64 && missing.stderr.contains("no such file or folder"), "\(missing.stderr)")
+        // Two channels for a one-channel model.
+        try FileManager.default.copyItem(atPath: s.images.appendingPathComponent("case0_0000.nii.gz").path, toPath: s.images.appendingPathComponent("case0_0001.nii.gz").path)
+        let channels = try FlipoutCLI.run(["predict", "--checkpoint", s.checkpoints[0], "--input", s.images.path, "--output", out])
+        #expect(channels.status == 64 && channels.stderr.contains("the model takes 1"), "\(channels.stderr)")
+        let noCheckpoint = try FlipoutCLI.run(["predict", "--input", s.images.path])
+        #expect(noCheckpoint.status == 64)
+        let noLabels = try FlipoutCLI.run(["evaluate", "--predictions", s.images.path, "--labels", s.dir.appendingPathComponent("run42").path])
+        #expect(noLabels.status == 64 && noLabels.stderr.contains("no prediction in"), "\(noLabels.stderr)")
+        let both = try FlipoutCLI.run(["evaluate", "--predictions", s.images.path, "--labels", s.labels.path, "--checkpoint", s.checkpoints[0]])
+        #expect(both.status == 64)
+    }
+}
