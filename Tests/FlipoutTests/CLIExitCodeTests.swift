@@ -99,8 +99,8 @@ let tinyCheckpoint: Result<String, Error> = Result {
         #expect(refused.status == 65 && refused.stderr.contains("1 voxel is not finite") && refused.stderr.contains("(6, 0, 1)"), "\(refused.stderr)")
         let zeroed = try predict(nan, ["--nonfinite", "zero"])
         #expect(zeroed.status == 0 && zeroed.stderr.contains("replaced 1 NaN or infinite voxel"), "\(zeroed.stderr)")
-        for map in ["nan_mean.nii.gz", "nan_entropy.nii.gz", "nan_mi.nii.gz"] {
-            let v = try NIfTI.read(dir.appendingPathComponent("out/\(map)").path)
+        for map in ["nan_probabilities.nii.gz", "nan_entropy.nii.gz", "nan_mi.nii.gz", "nan_expected_entropy.nii.gz"] {
+            let v = try NIfTI.read4D(dir.appendingPathComponent("out/\(map)").path)
             let finite = v.data.buffer.allSatisfy { $0.isFinite }
             #expect(finite, "\(map) has non-finite values")
         }

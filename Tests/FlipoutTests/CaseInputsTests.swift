@@ -30,7 +30,7 @@ import TestSupport
         let gap = root.appendingPathComponent("gap")
         try touch(gap, ["z_0000.nii.gz", "z_0002.nii.gz"])
         #expect(throws: CaseInputError.self) { try CaseInputs.discover(gap.path) }
-        #expect(throws: CaseInputError.self) { try CaseInputs.discover(root.appendingPathComponent("absent").path) }
+        #expect(throws: FileIOError.self) { try CaseInputs.discover(root.appendingPathComponent("absent").path) }
         #expect(throws: CaseInputError.self) { try CaseInputs.discover(loose.appendingPathComponent("notes.txt").path) }
     }
 

@@ -22,7 +22,8 @@ public enum CaseInputs {
     public static func discover(_ path: String) throws -> (cases: [CaseInput], source: String) {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
-            throw CaseInputError("\(path): no such file or folder (give a dataset folder, a folder of .nii.gz files, or one file)")
+            // A missing input is a file error (exit 66), not a command-line one; see CLI/Errors.swift.
+            throw FileIOError(kind: .missing, path: path, reason: "give a dataset folder, a folder of .nii.gz files, or one file")
         }
         if !isDir.boolValue {
             let folder = (path as NSString).deletingLastPathComponent, name = (path as NSString).lastPathComponent
