@@ -27,7 +27,6 @@ public struct PluginFingerprint: Codable, Equatable, Sendable {
 }
 
 enum ModelCheckpoint {
-    static func fingerprints(_ model: SegmentationNet) -> [PluginFingerprint] { fingerprints(model.flipoutLayers) }
 
     static func fingerprints(_ flipoutLayers: [FlipoutConv3D]) -> [PluginFingerprint] {
         guard let layer = flipoutLayers.first else { return [] }
@@ -45,7 +44,23 @@ enum ModelCheckpoint {
     /// Writes the run's state beside the previous checkpoint and renames it over (atomic). Refuses
     /// (keeping the previous checkpoint) when any weight or optimizer value is not finite.
     static func save(model: SegmentationNet, optimizer: Adam, training: TrainingConfig, epoch: Int, worldSize: Int = 1, to path: String) throws {
-        for p in model.trainable {
+        var c = try trainingState(model.trainable, optimizer: optimizer, flipoutLayers: model.flipoutLayers,
+                                  seed: training.seed, epoch: epoch, path: path)
+        c.metadata[CheckpointKey.model] = try json(model.config)
+        c.metadata[CheckpointKey.training] = try json(training)
+        c.metadata[CheckpointKey.worldSize] = String(worldSize)
+        if model.config.learnPrior, let l = model.flipoutLayers.first {
+            c.metadata[CheckpointKey.learnedPrior] = l.weights.priorValues.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+        }
+        try c.write(to: path)
+    }
+
+    /// What every run's checkpoint holds, whatever the network: its parameters and Adam state (refused
+    /// when not finite, so the previous epoch's checkpoint is kept), format, epoch, Adam step, plugin
+    /// pins, estimator and seed. Callers add their configs and write it.
+    static func trainingState(_ trainable: [NamedParameter], optimizer: Adam, flipoutLayers: [FlipoutConv3D],
+                              seed: UInt64, epoch: Int, path: String) throws -> Checkpoint {
+        for p in trainable {
             if let i = p.value.buffer.firstIndex(where: { !$0.isFinite }) {
                 throw LayerError.nonFinite("epoch \(epoch): parameter \(p.name) became \(p.value.data[i]) at index \(i); the checkpoint \(path) of the previous epoch is kept. Lower --lr or check the prior's parameters.")
             }
@@ -56,24 +71,18 @@ enum ModelCheckpoint {
             }
         }
         var c = Checkpoint()
-        for p in model.trainable { c.tensors.append((p.name, p.value)) }
+        for p in trainable { c.tensors.append((p.name, p.value)) }
         for (k, p) in optimizer.parameters.enumerated() {
             c.tensors.append(("adam.m.\(p.name)", optimizer.m[k]))
             c.tensors.append(("adam.v.\(p.name)", optimizer.v[k]))
         }
         c.metadata[CheckpointKey.format] = "1"
-        c.metadata[CheckpointKey.model] = try json(model.config)
-        c.metadata[CheckpointKey.training] = try json(training)
         c.metadata[CheckpointKey.epoch] = String(epoch)
         c.metadata[CheckpointKey.adamStep] = String(optimizer.step)
-        c.metadata[CheckpointKey.plugins] = try json(fingerprints(model))
-        c.metadata[CheckpointKey.estimator] = model.flipoutLayers.first.map { $0.estimator.rawValue } ?? "deterministic"
-        c.metadata[CheckpointKey.seed] = String(training.seed)
-        c.metadata[CheckpointKey.worldSize] = String(worldSize)
-        if model.config.learnPrior, let l = model.flipoutLayers.first {
-            c.metadata[CheckpointKey.learnedPrior] = l.weights.priorValues.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
-        }
-        try c.write(to: path)
+        c.metadata[CheckpointKey.plugins] = try json(fingerprints(flipoutLayers))
+        c.metadata[CheckpointKey.estimator] = flipoutLayers.first.map { $0.estimator.rawValue } ?? "deterministic"
+        c.metadata[CheckpointKey.seed] = String(seed)
+        return c
     }
 
     struct Loaded {

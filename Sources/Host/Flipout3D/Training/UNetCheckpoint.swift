@@ -17,13 +17,8 @@ enum UNetCheckpoint {
     static func holdsUNet(_ c: Checkpoint) -> Bool { c.metadata[UNetCheckpointKey.network] == "unet" }
 
     static func save(trainer t: PatchTrainer, to path: String) throws {
-        var c = Checkpoint()
-        for p in t.model.trainable { c.tensors.append((p.name, p.value)) }
-        for (k, p) in t.optimizer.parameters.enumerated() {
-            c.tensors.append(("adam.m.\(p.name)", t.optimizer.m[k]))
-            c.tensors.append(("adam.v.\(p.name)", t.optimizer.v[k]))
-        }
-        c.metadata[CheckpointKey.format] = "1"
+        var c = try ModelCheckpoint.trainingState(t.model.trainable, optimizer: t.optimizer, flipoutLayers: t.model.flipoutLayers,
+                                                  seed: t.training.seed, epoch: t.epochsDone, path: path)
         c.metadata[UNetCheckpointKey.network] = "unet"
         c.metadata[CheckpointKey.model] = try ModelCheckpoint.json(t.model.config)
         c.metadata[UNetCheckpointKey.unet] = try ModelCheckpoint.json(t.model.shape)
@@ -31,11 +26,6 @@ enum UNetCheckpoint {
         c.metadata[UNetCheckpointKey.patchTraining] = try ModelCheckpoint.json(t.patch)
         c.metadata[UNetCheckpointKey.plan] = t.plan.jsonString()
         c.metadata[UNetCheckpointKey.patchSize] = t.patch.patchSize.map(String.init).joined(separator: ",")
-        c.metadata[CheckpointKey.epoch] = String(t.epochsDone)
-        c.metadata[CheckpointKey.adamStep] = String(t.optimizer.step)
-        c.metadata[CheckpointKey.plugins] = try ModelCheckpoint.json(ModelCheckpoint.fingerprints(t.model.flipoutLayers))
-        c.metadata[CheckpointKey.estimator] = t.model.flipoutLayers.first.map { $0.estimator.rawValue } ?? "deterministic"
-        c.metadata[CheckpointKey.seed] = String(t.training.seed)
         try c.write(to: path)
     }
 
