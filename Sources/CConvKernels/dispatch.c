@@ -49,34 +49,7 @@ long fo_packed_weights_floats(int isa, const fo_conv_shape *s) {
     return (long)s->groups * fo_blocks(isa, s->cout) * s->cin * s->k_d * s->k_h * s->k_w * cb;
 }
 
-long fo_forward_scratch_floats(int isa, const fo_conv_shape *s) { (void)s; return 8L * 4 * fo_vl(isa); }
-
-long fo_padded_planes(const fo_conv_shape *s) { return (long)s->batch * s->groups * s->cin * fo_padded_d(s); }
-
-long fo_padded_floats(const fo_conv_shape *s) {
-    return fo_padded_planes(s) * fo_padded_h(s) * fo_padded_w(s) + 4L * 16 + s->k_w;   // + the zero tail
-}
-
-void fo_pad_input(const fo_conv_shape *s, const float *x, float *xpad, long begin, long end) {
-    const long Hp = fo_padded_h(s), Wr = fo_padded_w(s), Dp = fo_padded_d(s);
-    const long inPlane = (long)s->in_h * s->in_w;
-    for (long p = begin; p < end; p++) {   // p = ((n * groups + g) * cin + ci) * Dp + zd
-        const long channel = p / Dp;
-        const int id = (int)(p % Dp) - s->pad_d;
-        float *dst = xpad + p * Hp * Wr;
-        if (id < 0 || id >= s->in_d) { memset(dst, 0, sizeof(float) * Hp * Wr); continue; }
-        const float *src = x + (channel * s->in_d + id) * inPlane;
-        for (long zh = 0; zh < Hp; zh++) {
-            float *r = dst + zh * Wr;
-            const int ih = (int)zh - s->pad_h;
-            if (ih < 0 || ih >= s->in_h) { memset(r, 0, sizeof(float) * Wr); continue; }
-            memset(r, 0, sizeof(float) * s->pad_w);
-            memcpy(r + s->pad_w, src + (long)ih * s->in_w, sizeof(float) * s->in_w);
-            memset(r + s->pad_w + s->in_w, 0, sizeof(float) * (Wr - s->pad_w - s->in_w));
-        }
-    }
-    if (end == fo_padded_planes(s)) memset(xpad + end * Hp * Wr, 0, sizeof(float) * (4L * 16 + s->k_w));
-}
+long fo_forward_scratch_floats(int isa, const fo_conv_shape *s) { return fo_tile_floats(isa) + fo_ring_floats(s); }
 
 void fo_pack_weights(int isa, const fo_conv_shape *s, const float *w, int transposed, float *packed) {
     const int cb = fo_cb(isa, s->cout), nb = fo_blocks(isa, s->cout);
@@ -96,31 +69,32 @@ void fo_pack_weights(int isa, const fo_conv_shape *s, const float *w, int transp
                     }
 }
 
-void fo_forward(int isa, const fo_conv_shape *s, const float *xpad, const float *packed, const float *bias,
+void fo_forward(int isa, const fo_conv_shape *s, const float *x, const float *packed, const float *bias,
                 float *y, long begin, long end, float *scratch) {
 #if defined(__x86_64__)
-    if (isa == FO_ISA_AVX512) { fo_forward_avx512(s, xpad, packed, bias, y, begin, end, scratch); return; }
-    if (isa == FO_ISA_AVX2) { fo_forward_avx2(s, xpad, packed, bias, y, begin, end, scratch); return; }
+    if (isa == FO_ISA_AVX512) { fo_forward_avx512(s, x, packed, bias, y, begin, end, scratch); return; }
+    if (isa == FO_ISA_AVX2) { fo_forward_avx2(s, x, packed, bias, y, begin, end, scratch); return; }
 #endif
-    fo_forward_portable(s, xpad, packed, bias, y, begin, end, scratch);
+    fo_forward_portable(s, x, packed, bias, y, begin, end, scratch);
 }
 
-long fo_backward_weights_units(int isa, const fo_conv_shape *s) {
-    return (long)s->groups * fo_blocks(isa, s->cout) * s->cin;
+long fo_backward_weights_items(int isa, const fo_conv_shape *s) {
+    return (long)s->groups * fo_blocks(isa, s->cout) * s->batch * s->out_d;
 }
 
 long fo_backward_weights_scratch_floats(int isa, const fo_conv_shape *s) {
     const int cb = fo_cb(isa, s->cout);
-    return (long)cb * s->out_h * fo_bw_dy_row_floats(isa, s) + (long)s->k_d * s->k_h * cb * s->k_w * fo_vl(isa);
+    return (long)cb * s->out_h * fo_bw_dy_row_floats(isa, s) + (long)s->cin * s->k_d * s->k_h * cb * s->k_w * fo_vl(isa)
+        + fo_ring_floats(s);
 }
 
-void fo_backward_weights(int isa, const fo_conv_shape *s, const float *xpad, const float *dy, float *dw,
+void fo_backward_weights(int isa, const fo_conv_shape *s, const float *x, const float *dy, float *dw,
                          long begin, long end, float *scratch) {
 #if defined(__x86_64__)
-    if (isa == FO_ISA_AVX512) { fo_backward_weights_avx512(s, xpad, dy, dw, begin, end, scratch); return; }
-    if (isa == FO_ISA_AVX2) { fo_backward_weights_avx2(s, xpad, dy, dw, begin, end, scratch); return; }
+    if (isa == FO_ISA_AVX512) { fo_backward_weights_avx512(s, x, dy, dw, begin, end, scratch); return; }
+    if (isa == FO_ISA_AVX2) { fo_backward_weights_avx2(s, x, dy, dw, begin, end, scratch); return; }
 #endif
-    fo_backward_weights_portable(s, xpad, dy, dw, begin, end, scratch);
+    fo_backward_weights_portable(s, x, dy, dw, begin, end, scratch);
 }
 
 void fo_bias_gradient(const float *dy, int batch, int channels, long voxels, float *db) {

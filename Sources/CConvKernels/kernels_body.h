@@ -54,11 +54,11 @@ static fwd_tile_fn fwd_pick(int cb, int kw) {
 
 /// For one or two output channels (an 8->1 layer, or a 1->8 layer's backward-data): R output rows
 /// at once, so each loaded input vector feeds up to 3 rows (kh) and 2 * R * CB accumulators hide
-/// the FMA latency. xg: the padded input at (ci 0, plane od, row oh); pw as for fwd_tile; out:
-/// (CB, R, 2 * VL).
+/// the FMA latency. planes[ci * kD + kd]: the padded input planes of output plane od (fo_ring_planes),
+/// read from row offset rowOff (output row oh); pw as for fwd_tile; out: (CB, R, 2 * VL).
 #define FWD_ROWS (ISA == FO_ISA_AVX512 ? 4 : 2)
 static inline __attribute__((always_inline)) void fwd_rows_tile(const int CB, const int KW,
-        const float *xg, int cin, int kD, long volP, long planeP, long Wr, int ow0,
+        const float *const *planes, int cin, int kD, long rowOff, long Wr, int ow0,
         const float *pw, const float *bias, int nvalid, float *out) {
     enum { R = FWD_ROWS, NV = 2, KH = 3 };
     V acc[2][4][2];
@@ -69,7 +69,7 @@ static inline __attribute__((always_inline)) void fwd_rows_tile(const int CB, co
     }
     for (int ci = 0; ci < cin; ci++)
         for (int kd = 0; kd < kD; kd++) {
-            const float *base = xg + ci * volP + kd * planeP + ow0;
+            const float *base = planes[ci * kD + kd] + rowOff + ow0;
             const float *wt = pw + (long)(ci * kD + kd) * KH * KW * CB;
             for (int j = 0; j < R + KH - 1; j++) {
                 const float *row = base + j * Wr;
@@ -89,11 +89,11 @@ static inline __attribute__((always_inline)) void fwd_rows_tile(const int CB, co
             for (int v = 0; v < NV; v++) vstore(out + ((c * R + r) * NV + v) * VL, acc[c][r][v]);
 }
 
-typedef void (*fwd_rows_fn)(const float *, int, int, long, long, long, int, const float *, const float *, int, float *);
+typedef void (*fwd_rows_fn)(const float *const *, int, int, long, long, int, const float *, const float *, int, float *);
 #define FWD_ROWS_TILE(CB, KW) \
-    static void fwd_rows_##CB##_##KW(const float *xg, int cin, int kD, long volP, long planeP, long Wr, int ow0, \
+    static void fwd_rows_##CB##_##KW(const float *const *planes, int cin, int kD, long rowOff, long Wr, int ow0, \
                                      const float *pw, const float *bias, int nvalid, float *out) { \
-        fwd_rows_tile(CB, KW, xg, cin, kD, volP, planeP, Wr, ow0, pw, bias, nvalid, out); }
+        fwd_rows_tile(CB, KW, planes, cin, kD, rowOff, Wr, ow0, pw, bias, nvalid, out); }
 FWD_ROWS_TILE(1, 1) FWD_ROWS_TILE(1, 3) FWD_ROWS_TILE(2, 1) FWD_ROWS_TILE(2, 3)
 
 static fwd_rows_fn fwd_rows_pick(int cb, int kh, int kw) {
@@ -101,21 +101,25 @@ static fwd_rows_fn fwd_rows_pick(int cb, int kh, int kw) {
     return cb == 1 ? (kw == 1 ? fwd_rows_1_1 : fwd_rows_1_3) : (kw == 1 ? fwd_rows_2_1 : fwd_rows_2_3);
 }
 
-void FN(fo_forward)(const fo_conv_shape *s, const float *xpad, const float *packed, const float *bias,
+void FN(fo_forward)(const fo_conv_shape *s, const float *x, const float *packed, const float *bias,
                     float *y, long begin, long end, float *scratch) {
     const int G = s->groups, cin = s->cin, cout = s->cout, KW = s->k_w;
     const int CB = fo_cb(ISA, cout), NV = fo_nv(CB), OWT = NV * VL, nb = fo_blocks(ISA, cout);
     const int T = cin * s->k_d * s->k_h;
-    const long Hp = fo_padded_h(s), Wr = fo_padded_w(s), planeP = Hp * Wr, volP = fo_padded_d(s) * planeP;
+    const long Wr = fo_padded_w(s);
     const long outPlane = (long)s->out_h * s->out_w, outVol = s->out_d * outPlane;
     float *tile = scratch;   // (CB, OWT), or (CB, R, 2 * VL) for the row-blocked tile
+    float *ring = scratch + fo_tile_floats(ISA);
+    long held[s->k_d];
+    const float *planes[cin * s->k_d];
+    fo_ring_init(s, ring, held);
     const float *rows[T];
     fwd_tile_fn kernel = fwd_pick(CB, KW);
     fwd_rows_fn rowsKernel = nb == 1 ? fwd_rows_pick(CB, s->k_h, KW) : 0;
     const int R = FWD_ROWS, RW = 2 * VL;
     for (long item = begin; item < end; item++) {
         const int od = (int)(item % s->out_d), g = (int)(item / s->out_d % G), n = (int)(item / s->out_d / G);
-        const float *xg = xpad + ((long)n * G + g) * cin * volP;
+        fo_ring_planes(s, x, ring, held, (long)n * G + g, od, planes);
         float *yg = y + ((long)n * G + g) * cout * outVol + od * outPlane;
         const float *pg = packed + (long)g * nb * T * KW * CB;
         const float *bg = bias ? bias + g * cout : 0;
@@ -124,19 +128,19 @@ void FN(fo_forward)(const fo_conv_shape *s, const float *xpad, const float *pack
             for (; oh + R <= s->out_h; oh += R)
                 for (int ow0 = 0; ow0 < s->out_w; ow0 += RW) {
                     const int width = s->out_w - ow0 < RW ? s->out_w - ow0 : RW;
-                    rowsKernel(xg + od * planeP + oh * Wr, cin, s->k_d, volP, planeP, Wr, ow0, pg, bg, cout, tile);
+                    rowsKernel(planes, cin, s->k_d, oh * Wr, Wr, ow0, pg, bg, cout, tile);
                     for (int c = 0; c < cout; c++)
                         for (int r = 0; r < R; r++)
                             memcpy(yg + c * outVol + (long)(oh + r) * s->out_w + ow0, tile + (c * R + r) * RW, sizeof(float) * width);
                 }
         for (; oh < s->out_h; oh++) {
             // The padded input rows (ci, kd, kh) this output row reads. A tile past the row's end
-            // reads into the next row (or the buffer's zero tail): those columns are not stored.
+            // reads into the next row (or the plane's zero tail): those columns are not stored.
             int t = 0;
             for (int ci = 0; ci < cin; ci++)
                 for (int kd = 0; kd < s->k_d; kd++)
                     for (int kh = 0; kh < s->k_h; kh++, t++)
-                        rows[t] = xg + ci * volP + (od + kd) * planeP + (oh + kh) * Wr;
+                        rows[t] = planes[ci * s->k_d + kd] + (oh + kh) * Wr;
             for (int ow0 = 0; ow0 < s->out_w; ow0 += OWT) {
                 const int width = s->out_w - ow0 < OWT ? s->out_w - ow0 : OWT;
                 for (int b = 0; b < nb; b++) {
@@ -202,49 +206,67 @@ static bw_tile_fn bw_pick(int cb, int kh, int kw) {
     }
 }
 
-void FN(fo_backward_weights)(const fo_conv_shape *s, const float *xpad, const float *dy, float *dw,
+void FN(fo_backward_weights)(const fo_conv_shape *s, const float *x, const float *dy, float *dw,
                              long begin, long end, float *scratch) {
-    const int G = s->groups, cin = s->cin, cout = s->cout, KW = s->k_w;
+    const int G = s->groups, cin = s->cin, cout = s->cout, KW = s->k_w, kD = s->k_d;
     const int CB = fo_cb(ISA, cout), nb = fo_blocks(ISA, cout), KH = bw_rows(CB, s->k_h, KW);
-    const long Hp = fo_padded_h(s), Wr = fo_padded_w(s), planeP = Hp * Wr, volP = fo_padded_d(s) * planeP;
+    const long Wr = fo_padded_w(s);
     const long oWp = fo_bw_dy_row_floats(ISA, s);
     const long outPlane = (long)s->out_h * s->out_w, outVol = s->out_d * outPlane;
     const int K = s->k_d * s->k_h * s->k_w;
-    float *dyp = scratch;                                  // (CB, out_h, oWp) one dy plane, zero tails
-    float *acc = dyp + (long)CB * s->out_h * oWp;          // (k_d, k_h, CB, KW, VL) by tiles of KH rows
-    const long accFloats = (long)s->k_d * s->k_h * CB * KW * VL;
+    const long accFloats = (long)s->k_d * s->k_h * CB * KW * VL;   // per ci: (k_d, k_h, CB, KW, VL) by tiles of KH rows
+    float *dyp = scratch;                                          // (CB, out_h, oWp) one dy plane, zero tails
+    float *acc = dyp + (long)CB * s->out_h * oWp;                  // (cin) of the above
+    float *ring = acc + cin * accFloats;
+    long held[kD];
+    const float *planes[cin * kD];
+    fo_ring_init(s, ring, held);
+    memset(dw, 0, sizeof(float) * (long)G * cout * cin * K);
     bw_tile_fn kernel = bw_pick(CB, KH, KW);
+    // Adds the accumulators of block (g, b) into dw, lanes summed; acc holds tiles of KH kernel
+    // rows: (ci)(kd, kh0, c, h, kw) with kh = kh0 + h.
+    #define BW_FLUSH(g, b) do { \
+        const int nvalid_ = cout - (b) * CB < CB ? cout - (b) * CB : CB; \
+        for (int ci = 0; ci < cin; ci++) \
+            for (int c = 0; c < nvalid_; c++) \
+                for (int kd = 0; kd < kD; kd++) \
+                    for (int kh = 0; kh < s->k_h; kh++) \
+                        for (int k = 0; k < KW; k++) { \
+                            const int kh0 = kh / KH * KH, h = kh - kh0; \
+                            const float *a = acc + ci * accFloats + (long)(kd * s->k_h + kh0) * CB * KW * VL \
+                                + ((c * KH + h) * KW + k) * VL; \
+                            float sum = 0; \
+                            for (int l = 0; l < VL; l++) sum += a[l]; \
+                            dw[(((long)(g) * cout + (b) * CB + c) * cin + ci) * K + (kd * s->k_h + kh) * s->k_w + k] += sum; \
+                        } \
+    } while (0)
+    long block = -1;
     for (long u = begin; u < end; u++) {
-        const int ci = (int)(u % cin), b = (int)(u / cin % nb), g = (int)(u / cin / nb);
-        const int nvalid = cout - b * CB < CB ? cout - b * CB : CB;
-        memset(acc, 0, sizeof(float) * accFloats);
-        for (int n = 0; n < s->batch; n++) {
-            const float *xc = xpad + (((long)n * G + g) * cin + ci) * volP;
-            const float *dyb = dy + (((long)n * G + g) * cout + b * CB) * outVol;
-            for (int od = 0; od < s->out_d; od++) {
-                for (int c = 0; c < CB; c++)
-                    for (int oh = 0; oh < s->out_h; oh++) {
-                        float *r = dyp + ((long)c * s->out_h + oh) * oWp;
-                        if (c >= nvalid) { memset(r, 0, sizeof(float) * oWp); continue; }
-                        memcpy(r, dyb + c * outVol + od * outPlane + (long)oh * s->out_w, sizeof(float) * s->out_w);
-                        memset(r + s->out_w, 0, sizeof(float) * (oWp - s->out_w));
-                    }
-                for (int kd = 0; kd < s->k_d; kd++)
-                    for (int kh = 0; kh < s->k_h; kh += KH)
-                        kernel(acc + (long)(kd * s->k_h + kh) * CB * KW * VL, xc + (od + kd) * planeP + kh * Wr, Wr,
-                               dyp, oWp, s->out_h);
-            }
+        const int od = (int)(u % s->out_d), n = (int)(u / s->out_d % s->batch);
+        const long gb = u / s->out_d / s->batch;   // g * nb + b
+        const int b = (int)(gb % nb), g = (int)(gb / nb);
+        if (gb != block) {
+            if (block >= 0) BW_FLUSH((int)(block / nb), (int)(block % nb));
+            memset(acc, 0, sizeof(float) * cin * accFloats);
+            block = gb;
         }
-        // acc holds tiles of KH kernel rows: (kd, kh0, c, h, kw) with kh = kh0 + h.
-        for (int c = 0; c < nvalid; c++)
-            for (int kd = 0; kd < s->k_d; kd++)
-                for (int kh = 0; kh < s->k_h; kh++)
-                    for (int k = 0; k < KW; k++) {
-                        const int kh0 = kh / KH * KH, h = kh - kh0;
-                        const float *a = acc + (long)(kd * s->k_h + kh0) * CB * KW * VL + ((c * KH + h) * KW + k) * VL;
-                        float sum = 0;
-                        for (int l = 0; l < VL; l++) sum += a[l];
-                        dw[(((long)g * cout + b * CB + c) * cin + ci) * K + (kd * s->k_h + kh) * s->k_w + k] = sum;
-                    }
+        const int nvalid = cout - b * CB < CB ? cout - b * CB : CB;
+        // This output plane of dy for the block's channels, read once for every input channel.
+        const float *dyb = dy + (((long)n * G + g) * cout + b * CB) * outVol + od * outPlane;
+        for (int c = 0; c < CB; c++)
+            for (int oh = 0; oh < s->out_h; oh++) {
+                float *r = dyp + ((long)c * s->out_h + oh) * oWp;
+                if (c >= nvalid) { memset(r, 0, sizeof(float) * oWp); continue; }
+                memcpy(r, dyb + c * outVol + (long)oh * s->out_w, sizeof(float) * s->out_w);
+                memset(r + s->out_w, 0, sizeof(float) * (oWp - s->out_w));
+            }
+        fo_ring_planes(s, x, ring, held, (long)n * G + g, od, planes);
+        for (int ci = 0; ci < cin; ci++)
+            for (int kd = 0; kd < kD; kd++)
+                for (int kh = 0; kh < s->k_h; kh += KH)
+                    kernel(acc + ci * accFloats + (long)(kd * s->k_h + kh) * CB * KW * VL, planes[ci * kD + kd] + kh * Wr, Wr,
+                           dyp, oWp, s->out_h);
     }
+    if (block >= 0) BW_FLUSH((int)(block / nb), (int)(block % nb));
+    #undef BW_FLUSH
 }

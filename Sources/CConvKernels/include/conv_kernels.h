@@ -31,14 +31,11 @@ int fo_isa_best(void);
 /// Whether the kernels handle this shape (k_w 1 or 3, 1..16 output channels per group).
 int fo_supports(const fo_conv_shape *s);
 
-/// The zero-padded copy of x every kernel reads: (batch, groups, cin, out_d + k_d - 1,
-/// out_h + k_h - 1, out_w + k_w - 1) plus a zero tail, fo_padded_floats in all. Items are planes
-/// (n, g, ci, padded depth), count fo_padded_planes.
-long fo_padded_floats(const fo_conv_shape *s);
-long fo_padded_planes(const fo_conv_shape *s);
-void fo_pad_input(const fo_conv_shape *s, const float *x, float *xpad, long begin, long end);
+/// Every kernel reads x zero-padded, (batch, groups, cin, out_d + k_d - 1, out_h + k_h - 1,
+/// out_w + k_w - 1), but pads only the planes it needs, into a ring in its scratch: x itself is
+/// read in place, once per call and range.
 
-/// Forward: y = conv(x, w) + bias, from padded x. Items are (n, g, od), count fo_forward_items.
+/// Forward: y = conv(x, w) + bias. Items are (n, g, od), count fo_forward_items.
 long fo_forward_items(const fo_conv_shape *s);
 /// Floats of packed weights (fo_pack_weights) and of one call's scratch.
 long fo_packed_weights_floats(int isa, const fo_conv_shape *s);
@@ -47,15 +44,17 @@ long fo_forward_scratch_floats(int isa, const fo_conv_shape *s);
 /// the convolution this one is the backward-data of, (groups * cin, cout, k...), read flipped.
 void fo_pack_weights(int isa, const fo_conv_shape *s, const float *w, int transposed, float *packed);
 /// bias (groups * cout) or NULL.
-void fo_forward(int isa, const fo_conv_shape *s, const float *xpad, const float *packed, const float *bias,
+void fo_forward(int isa, const fo_conv_shape *s, const float *x, const float *packed, const float *bias,
                 float *y, long begin, long end, float *scratch);
 
-/// Backward-weights: dw (groups * cout, cin, k...) = sum over batch and voxels of dy * shifted x
-/// (padded x, as for the forward).
-/// Units are (g, output-channel block, ci), count fo_backward_weights_units.
-long fo_backward_weights_units(int isa, const fo_conv_shape *s);
+/// Backward-weights: dw (groups * cout, cin, k...) = sum over batch and voxels of dy * shifted x.
+/// Items are (g, output-channel block, n, od), count fo_backward_weights_items: each reads its
+/// dy plane once for every input channel. A range's call OVERWRITES dw with the sums over its
+/// items only (zeros elsewhere): the caller gives each range its own dw and adds them up, in a
+/// fixed order, so the result does not depend on the thread count.
+long fo_backward_weights_items(int isa, const fo_conv_shape *s);
 long fo_backward_weights_scratch_floats(int isa, const fo_conv_shape *s);
-void fo_backward_weights(int isa, const fo_conv_shape *s, const float *xpad, const float *dy, float *dw,
+void fo_backward_weights(int isa, const fo_conv_shape *s, const float *x, const float *dy, float *dw,
                          long begin, long end, float *scratch);
 
 /// db[c] = sum over n and voxels of dy (batch, channels, voxels).

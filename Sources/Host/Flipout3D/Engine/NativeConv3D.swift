@@ -113,27 +113,18 @@ final class NativeConv3D {
         let isa = Int32(level.rawValue)
         fo_pack_weights(isa, &s, w.data, transposedWeights ? 1 : 0, packed.data)
         let shape = s
-        let xpad = padded(x.data, shape)
         let scratch = Int(fo_forward_scratch_floats(isa, &s))
-        let (xp, pp, bp, yp) = (UnsafePointer(xpad.data), UnsafePointer(packed.data), bias.map { UnsafePointer($0.data) }, y.data)
+        let (xp, pp, bp, yp) = (UnsafePointer(x.data), UnsafePointer(packed.data), bias.map { UnsafePointer($0.data) }, y.data)
         parallel(Int(fo_forward_items(&s)), scratchFloats: scratch) { begin, end, sc in
             var s = shape
             fo_forward(isa, &s, xp, pp, bp, yp, begin, end, sc)
         }
-        withExtendedLifetime((x, w, bias, y, packed, xpad)) {}
+        withExtendedLifetime((x, w, bias, y, packed)) {}
     }
 
-    /// The zero-padded copy of x (N, groups * cin, D, H, W) that the kernels of `shape` read.
-    private func padded(_ x: UnsafePointer<Float>, _ shape: fo_conv_shape) -> Tensor {
-        var s = shape
-        let xpad = Tensor(uninitializedShape: [Int(fo_padded_floats(&s))])
-        let out = xpad.data
-        parallel(Int(fo_padded_planes(&s)), scratchFloats: 0) { begin, end, _ in
-            var s = shape
-            fo_pad_input(&s, x, out, begin, end)
-        }
-        return xpad
-    }
+    /// Ranges backward-weights is split into: a constant, so that dw (the ranges' partial sums
+    /// added in order) is the same for every thread count.
+    static let backwardWeightsRanges = 16
 
     /// dw (Cout, Cin/G, k...) and dbias (Cout) from plain x (N, Cin, D, H, W) and dy.
     func backwardWeights(x: UnsafePointer<Float>, dy: Tensor, dw: Tensor, dbias: Tensor?) {
@@ -141,13 +132,27 @@ final class NativeConv3D {
         let shape = self.shape
         var s = shape
         let scratch = Int(fo_backward_weights_scratch_floats(isa, &s))
-        let xpad = padded(x, shape)
-        let (xp, dyp, dwp) = (UnsafePointer(xpad.data), UnsafePointer(dy.data), dw.data)
-        parallel(Int(fo_backward_weights_units(isa, &s)), scratchFloats: scratch) { begin, end, sc in
+        let items = Int(fo_backward_weights_items(isa, &s))
+        let ranges = min(items, NativeConv3D.backwardWeightsRanges)
+        let partials = Tensor(uninitializedShape: [ranges, dw.count])
+        let (dyp, pp, dwCount) = (UnsafePointer(dy.data), partials.data, dw.count)
+        let range: (Int) -> Void = { r in
             var s = shape
-            fo_backward_weights(isa, &s, xp, dyp, dwp, begin, end, sc)
+            let sc = Tensor(uninitializedShape: [scratch])
+            fo_backward_weights(isa, &s, x, dyp, pp + r * dwCount, items * r / ranges, items * (r + 1) / ranges, sc.data)
+            withExtendedLifetime(sc) {}
         }
-        withExtendedLifetime(xpad) {}
+        if NativeConv3D.threads == 1 {
+            for r in 0..<ranges { range(r) }
+        } else {
+            DispatchQueue.concurrentPerform(iterations: ranges, execute: range)
+        }
+        dw.data.update(from: partials.data, count: dwCount)
+        for r in 1..<ranges {
+            let p = partials.data + r * dwCount
+            for i in 0..<dwCount { dw.data[i] += p[i] }
+        }
+        withExtendedLifetime(partials) {}
         if let dbias {
             let g = geometry
             fo_bias_gradient(dy.data, Int32(g.batch), Int32(g.outChannels), g.outputVoxels, dbias.data)
