@@ -38,3 +38,42 @@ private let w1 = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size:
     #expect(conv.implementations.forward == "native portable")
     #expect(conv.implementations.backwardWeights != "native portable")
 }
+
+@Test func onednnLayoutAndStrategyAreThePlans() {
+    let w4 = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size: 32, k: 3)
+    let wide = Conv3DGeometry(batch: 2, inChannels: 32, outChannels: 32, size: 8, k: 3)
+    let strided = Conv3DGeometry(batch: 2, inChannels: 32, outChannels: 32, size: 8, k: 3, stride: 2)
+    func pick(_ g: Conv3DGeometry, _ level: NativeLevel) -> (Conv3DPlan.Layout, Conv3DPlan.ForwardStrategy) {
+        let p = Conv3DPlan.choose(g, engine: .auto, level: level)
+        #expect(p.forward == .onednn, "\(g): \(p)")
+        return (p.layout, p.forwardStrategy)
+    }
+    // AVX-512 (measured there): channels-last for ungrouped 16->16, the transposed forward for
+    // 16k channels per group with stride 1, else oneDNN's own choice.
+    #expect(pick(w4, .avx512) == (.channelsLast, .direct))
+    #expect(pick(w1, .avx512) == (.blocked, .transposedBackwardData))
+    #expect(pick(wide, .avx512) == (.blocked, .transposedBackwardData))
+    #expect(pick(strided, .avx512) == (.blocked, .direct))
+    // Below AVX-512 (Zen 3): never measured, so oneDNN's defaults, whatever kernels it has there.
+    for level in [NativeLevel.avx2, .portable] {
+        for g in [w4, w1, wide, strided] { #expect(pick(g, level) == (.blocked, .direct)) }
+    }
+    // The description shows both, and why.
+    let d = "\(Conv3DPlan.choose(w4, engine: .auto, level: .avx512))"
+    #expect(d.contains("layout channels-last") && d.contains("ungrouped 16->16"), "\(d)")
+    #expect("\(Conv3DPlan.choose(w1, engine: .auto, level: .avx512))".contains("(transposed-backward-data)"))
+    // Native plans have no oneDNN layout to show.
+    #expect(!"\(Conv3DPlan.native(.avx2))".contains("layout"))
+}
+
+@Test func pinnedLayoutsBuildOnEveryCPU() throws {
+    // Both layouts and both strategies build and run wherever oneDNN runs, with or without a jit
+    // kernel for them (correctness: Conv3DEngineTests' sweep).
+    let g = Conv3DGeometry(batch: 1, inChannels: 16, outChannels: 16, size: 4, k: 3)
+    for layout in Conv3DPlan.Layout.allCases {
+        for strategy in Conv3DPlan.ForwardStrategy.allCases {
+            let conv = try Conv3D(g, plan: .onednn(strategy, layout: layout))
+            #expect(conv.forwardStrategy == strategy && conv.plan.layout == layout)
+        }
+    }
+}

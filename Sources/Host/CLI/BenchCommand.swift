@@ -17,6 +17,8 @@ struct BenchCommand: ParsableCommand {
         Under each workload: every convolution's plan (which engine runs each direction, and why)
         and its per-direction time and GFLOP/s, timed alone.
         Example: flipout bench --workloads W3 --estimators flipout --conv-engine onednn
+        --compare-plans times each oneDNN layer under every layout and forward strategy
+        (flipout bench --workloads W1,W4 --estimators flipout --compare-plans).
         Machines are shared and noisy: compare ratios from one run. scripts/bench runs this
         beside TFP's script.
 
@@ -34,6 +36,8 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "W3 only: batch size.") var batch = 8
     @Option(help: "Convolution engine: auto (the plan's measured rules), onednn, or native (the direct kernels where they apply).")
     var convEngine: ConvEngineChoice = .auto
+    @Flag(help: "Also time every oneDNN layout and forward strategy for each oneDNN layer (the measurements behind the plan's rules).")
+    var comparePlans = false
     @Flag(help: "One JSON object per line.") var json = false
     @OptionGroup var varianceOptions: VarianceOptions
 
@@ -83,8 +87,24 @@ struct BenchCommand: ParsableCommand {
                         }
                     }
                     fflush(stdout)
+                    if comparePlans { try printComparisons(r) }
                 }
             }
+        }
+    }
+
+    private func printComparisons(_ r: BenchResult) throws {
+        for c in try Workloads.comparePlans(r, repeats: repeats, warmup: warmup) {
+            if json {
+                let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
+                print(String(decoding: try e.encode(c), as: UTF8.self))
+            } else {
+                let l = c.timing
+                print("    compare \(l.geometry)\(c.chosen ? " (chosen)" : "")\n      plan: \(l.plan)\n"
+                      + String(format: "      step %7.2f ms | forward %7.2f ms | backward-data %7.2f ms | backward-weights %7.2f ms",
+                               c.stepMs, l.forwardMs, l.backwardDataMs, l.backwardWeightsMs))
+            }
+            fflush(stdout)
         }
     }
 }

@@ -38,6 +38,8 @@ public struct BenchResult: Codable, Sendable {
 /// One convolution of a workload, timed alone per direction with the plan its layer gets.
 public struct LayerTiming: Codable, Sendable {
     public var geometry: String
+    /// The geometry itself (not in the JSON), for `Workloads.comparePlans`.
+    public var convolution: Conv3DGeometry? = nil
     public var plan: String
     /// oneDNN implementation names or "native <level>", per direction.
     public var implementations: [String]
@@ -47,6 +49,7 @@ public struct LayerTiming: Codable, Sendable {
 
     init(_ t: EngineStepTiming) {
         geometry = "\(t.geometry)"
+        convolution = t.geometry
         plan = "\(t.plan)"
         implementations = t.implementations
         (forwardMs, backwardDataMs, backwardWeightsMs) = (t.forwardMs, t.backwardDataMs, t.backwardWeightsMs)
@@ -64,7 +67,37 @@ public struct LayerTiming: Codable, Sendable {
     }
 }
 
+/// One oneDNN plan variant of one layer, timed alone (`flipout bench --compare-plans`).
+public struct PlanComparison: Codable, Sendable {
+    public var workload: String
+    public var timing: LayerTiming
+    public var stepMs: Double
+    /// Whether `Conv3DPlan.choose` picks this variant.
+    public var chosen: Bool
+    enum CodingKeys: String, CodingKey { case workload, timing, chosen, stepMs = "step_ms" }
+}
+
 public enum Workloads {
+    /// Every oneDNN layout x forward strategy that applies to each oneDNN layer of `result`, timed
+    /// alone (step and per direction): the measurements behind `Conv3DPlan`'s oneDNN rules.
+    public static func comparePlans(_ result: BenchResult, repeats: Int, warmup: Int) throws -> [PlanComparison] {
+        var out: [PlanComparison] = []
+        for layer in result.layers {
+            guard let g = layer.convolution else { continue }
+            let chosen = Conv3DPlan.choose(g)
+            guard chosen.usesOneDNN else { continue }
+            for layout in Conv3DPlan.Layout.allCases {
+                for strategy in Conv3DPlan.ForwardStrategy.allCases where strategy == .direct || g.isTransposable {
+                    let plan = Conv3DPlan.onednn(strategy, layout: layout, reason: "--compare-plans")
+                    let t = try EngineBench.timeStep(geometry: g, plan: plan, repeats: repeats, warmup: warmup)
+                    out.append(PlanComparison(workload: result.workload, timing: LayerTiming(t), stepMs: t.stepMs,
+                                              chosen: chosen.layout == layout && chosen.forwardStrategy == strategy))
+                }
+            }
+        }
+        return out
+    }
+
     static func filled(_ shape: [Int], seed: UInt64) -> Tensor {
         let t = Tensor(shape: shape)
         var s = RandomStream(seed: seed, layer: 0, step: 0, purpose: .test)

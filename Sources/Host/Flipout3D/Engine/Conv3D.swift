@@ -58,15 +58,15 @@ public final class Conv3D {
             native = nil
         }
         dnnl = directions.contains(.onednn)
-            ? try DNNLConv3D(geometry, forward: plan.forwardStrategy, savePlain: plan.backwardWeights.isNative) : nil
+            ? try DNNLConv3D(geometry, layout: plan.layout, forward: plan.forwardStrategy, savePlain: plan.backwardWeights.isNative) : nil
     }
 
-    /// A oneDNN engine with a given forward strategy (tests compare strategies).
+    /// A oneDNN engine (blocked layout) with a given forward strategy (tests compare strategies).
     public convenience init(_ geometry: Conv3DGeometry, forward strategy: ForwardStrategy) throws {
         try self.init(geometry, plan: .onednn(strategy))
     }
 
-    /// The forward strategy in use (never `.automatic`); `.direct` for the native kernels.
+    /// The forward strategy in use: the plan's for a oneDNN forward, `.direct` for the native kernels.
     public var forwardStrategy: ForwardStrategy { plan.forward == .onednn ? dnnl!.forwardStrategy : .direct }
 
     /// Implementation names per direction, e.g. "jit:avx512_core" or "native avx2".

@@ -15,12 +15,13 @@ public enum ConvEngineChoice: String, CaseIterable, Sendable {
 /// The implementation, layout and strategy of each direction of one geometry.
 ///
 /// A plan is a value: `choose` computes it from the geometry, the engine choice and the CPU level
-/// alone (no measurement at run time), `Conv3D(geometry, plan:)` builds exactly it, tests pin
-/// one, and `flipout bench` prints it.
+/// alone (no measurement at run time, no question to oneDNN), `Conv3D(geometry, plan:)` builds
+/// exactly it, tests pin one, and `flipout bench` prints it. Every plan is valid on every x86-64:
+/// the layout and strategy only change which of oneDNN's kernels run, never what they compute.
 public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// Who computes one direction.
     public enum Implementation: Hashable, Sendable, CustomStringConvertible {
-        /// oneDNN 2.6 primitives, in the layouts oneDNN picks (format tag `any`; channels-last for 16->16).
+        /// oneDNN 2.6 primitives, on activations in the plan's `layout`.
         case onednn
         /// The direct C kernels at one instruction-set level, on plain NCDHW.
         case native(NativeLevel)
@@ -33,39 +34,50 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
         var isNative: Bool { if case .native = self { return true } else { return false } }
     }
 
+    /// The layout of x, y, dx and dy inside oneDNN's primitives (the caller's tensors are always
+    /// plain NCDHW: oneDNN reorders them in and out).
+    public enum Layout: String, Hashable, Sendable, CaseIterable {
+        /// Format tag `any`: oneDNN picks, usually channel-blocked (nCdhw16c with AVX-512,
+        /// nCdhw8c with AVX2).
+        case blocked
+        /// NDHWC (acdeb). With 16 channels, the same bytes as nCdhw16c.
+        case channelsLast = "channels-last"
+    }
+
     /// How oneDNN computes the forward pass.
-    public enum ForwardStrategy: Hashable, Sendable {
-        /// `.transposedBackwardData` where it is known to be faster (stride 1 and 16k channels per
-        /// group on both sides, and oneDNN has a jit kernel for it), else `.direct`.
-        case automatic
+    public enum ForwardStrategy: String, Hashable, Sendable, CaseIterable {
         /// oneDNN's forward convolution (with the bias fused).
         case direct
         /// The backward-data primitive of the transposed convolution (kernel flipped, in/out
-        /// channels swapped, padding k-1-p): the same sum, and oneDNN 2.6's backward-data kernel
-        /// runs about 25 % faster than its forward kernel at 16 channels. Stride 1 only.
-        case transposedBackwardData
+        /// channels swapped, padding k-1-p): the same sum. Stride 1 and padding below the kernel
+        /// only (`Conv3DGeometry.isTransposable`).
+        case transposedBackwardData = "transposed-backward-data"
     }
 
     public var forward: Implementation
     public var backwardData: Implementation
     public var backwardWeights: Implementation
+    /// For the directions on oneDNN.
+    public var layout: Layout
     /// For a oneDNN forward.
     public var forwardStrategy: ForwardStrategy
-    /// Why: the rule that chose this plan.
+    /// Why: the rules that chose this plan.
     public var reason: String
 
     public init(forward: Implementation, backwardData: Implementation, backwardWeights: Implementation,
-                forwardStrategy: ForwardStrategy = .automatic, reason: String = "pinned") {
+                layout: Layout = .blocked, forwardStrategy: ForwardStrategy = .direct, reason: String = "pinned") {
         self.forward = forward
         self.backwardData = backwardData
         self.backwardWeights = backwardWeights
+        self.layout = layout
         self.forwardStrategy = forwardStrategy
         self.reason = reason
     }
 
     /// Every direction on oneDNN.
-    public static func onednn(_ strategy: ForwardStrategy = .automatic, reason: String = "pinned") -> Conv3DPlan {
-        Conv3DPlan(forward: .onednn, backwardData: .onednn, backwardWeights: .onednn, forwardStrategy: strategy, reason: reason)
+    public static func onednn(_ strategy: ForwardStrategy = .direct, layout: Layout = .blocked, reason: String = "pinned") -> Conv3DPlan {
+        Conv3DPlan(forward: .onednn, backwardData: .onednn, backwardWeights: .onednn, layout: layout,
+                   forwardStrategy: strategy, reason: reason)
     }
 
     /// Every direction on the native kernels at `level`.
@@ -73,38 +85,80 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
         Conv3DPlan(forward: .native(level), backwardData: .native(level), backwardWeights: .native(level), reason: reason)
     }
 
+    // MARK: - Rules (each threshold with the measurement it came from)
+
     /// Native kernels are chosen for groups of at most this many input and output channels.
-    /// Measured with `scripts/bench` (`flipout bench --workloads W2,W3 --conv-engine native` against
-    /// `--conv-engine onednn`, report-issue8.md): native wins on 1->8, 8->8 and 8->1 in every
-    /// direction, where oneDNN 2.6.3 runs 4-60 GFLOP/s (../shared/notes/performance.md, "Debian
-    /// oneDNN 2.6.3 per primitive"); at 16 channels oneDNN's jit kernels run 175-232 GFLOP/s, above
-    /// what these kernels reach, so 16-channel layers stay on oneDNN.
+    /// Measured: `flipout bench --workloads W2,W3 --conv-engine native` against `--conv-engine
+    /// onednn` (report-issue8.md): native wins on 1->8, 8->8 and 8->1 in every direction, where
+    /// oneDNN 2.6.3 runs 4-60 GFLOP/s (../shared/notes/performance.md, "Debian oneDNN 2.6.3 per
+    /// primitive"). At 16 channels per group, re-measured with the current kernels (ring-padded,
+    /// report-perf8.md): `FLIPOUT_BENCH_CLOCK=cpu OMP_NUM_THREADS=1 flipout bench --workloads W4
+    /// --conv-engine native|onednn`, alternating, 2 runs each: step 34.0 / 35.2 ms native against
+    /// 31.1 / 31.5 ms oneDNN (native forward and backward-data are faster, its backward-weights
+    /// 14.4 against 9.5 ms is not), and W1 with 2 threads 33.2 / 35.4 against 32.4 / 31.4 ms:
+    /// 16-channel layers stay on oneDNN.
     public static let nativeMaxChannels = 8
+
+    /// Channels-last is chosen for ungrouped layers with exactly this many input and output
+    /// channels, on AVX-512. Measured (`flipout bench --workloads W4 --compare-plans`, and
+    /// report-issue8.md): oneDNN 2.6 then runs the forward as brgconv (bias fused, as fast as the
+    /// transposed backward-data) and backward-weights about 16 % faster than blocked, and the
+    /// reorders cost the same (16 channels: the same bytes). With 32 channels the reorder into
+    /// NDHWC is 3x slower; grouped layers get no brgconv and run slower channels-last; on AVX2
+    /// (Zen 3) it was never measured, so oneDNN's own choice stays.
+    public static let channelsLastChannels = 16
+
+    /// The transposed backward-data forward is chosen, on AVX-512 and with the blocked layout,
+    /// when the channels per group on both sides are a multiple of this. Measured
+    /// (`flipout bench --workloads W1 --compare-plans`): oneDNN 2.6's backward-data kernel runs
+    /// about 25 % faster than its forward kernel at 16 channels per group (W1's per-example
+    /// form). Not measured on AVX2: direct there.
+    public static let transposedForwardChannelMultiple = 16
 
     /// Whether the native kernels run `g` in every direction.
     public static func nativeSupports(_ g: Conv3DGeometry) -> Bool { NativeConv3D.supports(g) }
+
+    /// oneDNN's layout and forward strategy for `g` on a CPU of `level`, and why.
+    static func onednnChoice(_ g: Conv3DGeometry, level: NativeLevel) -> (Layout, ForwardStrategy, String) {
+        guard level == .avx512 else { return (.blocked, .direct, "blocked, direct: oneDNN's defaults below AVX-512") }
+        let c = channelsLastChannels
+        if g.groups == 1 && g.inChannels == c && g.outChannels == c {
+            return (.channelsLast, .direct, "channels-last: ungrouped \(c)->\(c) on AVX-512")
+        }
+        let m = transposedForwardChannelMultiple
+        if g.isTransposable && (g.inChannels / g.groups) % m == 0 && (g.outChannels / g.groups) % m == 0 {
+            return (.blocked, .transposedBackwardData, "forward as transposed backward-data: \(m)k channels per group, stride 1, on AVX-512")
+        }
+        return (.blocked, .direct, "blocked, direct")
+    }
 
     /// The plan for `g`: pure in (geometry, engine choice, CPU level).
     public static func choose(_ g: Conv3DGeometry, engine: ConvEngineChoice = .current,
                               level: NativeLevel = .best) -> Conv3DPlan {
         let supported = NativeConv3D.supports(g)
+        let (layout, strategy, why) = onednnChoice(g, level: level)
+        func onednn(_ reason: String) -> Conv3DPlan { .onednn(strategy, layout: layout, reason: "\(reason); \(why)") }
         switch engine {
         case .onednn:
-            return .onednn(reason: "--conv-engine onednn")
+            return onednn("--conv-engine onednn")
         case .native:
             return supported ? .native(level, reason: "--conv-engine native")
-                : .onednn(reason: "--conv-engine native, but the native kernels need stride 1, k_w 1 or 3, <= 16 channels per group and padding below the kernel")
+                : onednn("--conv-engine native, but the native kernels need stride 1, k_w 1 or 3, <= 16 channels per group and padding below the kernel")
         case .auto:
             let narrow = max(g.inChannels, g.outChannels) / g.groups <= nativeMaxChannels
             if supported && narrow {
                 return .native(level, reason: "auto: <= \(nativeMaxChannels) channels per group, stride 1")
             }
-            return .onednn(reason: supported ? "auto: more than \(nativeMaxChannels) channels per group" : "auto: native kernels do not apply")
+            return onednn(supported ? "auto: more than \(nativeMaxChannels) channels per group" : "auto: native kernels do not apply")
         }
     }
 
+    /// Whether some direction runs on oneDNN.
+    public var usesOneDNN: Bool { [forward, backwardData, backwardWeights].contains(.onednn) }
+
     public var description: String {
-        let strategy = forward == .onednn && forwardStrategy != .automatic ? " (\(forwardStrategy))" : ""
-        return "forward \(forward)\(strategy), backward-data \(backwardData), backward-weights \(backwardWeights) [\(reason)]"
+        let strategy = forward == .onednn && forwardStrategy != .direct ? " (\(forwardStrategy.rawValue))" : ""
+        let layout = usesOneDNN ? "; oneDNN layout \(self.layout.rawValue)" : ""
+        return "forward \(forward)\(strategy), backward-data \(backwardData), backward-weights \(backwardWeights)\(layout) [\(reason)]"
     }
 }

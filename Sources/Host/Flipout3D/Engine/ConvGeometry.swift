@@ -73,6 +73,12 @@ public struct Conv3DGeometry: Hashable, Sendable, CustomStringConvertible {
                               groups: batch)
     }
 
+    /// Whether this convolution is the backward-data of a stride-1 convolution with padding
+    /// k - 1 - p (its transposed convolution): stride 1 and padding below the kernel on every side.
+    public var isTransposable: Bool {
+        stride.allSatisfy { $0 == 1 } && zip(paddingFront + paddingBack, kernel + kernel).allSatisfy { $0 <= $1 - 1 }
+    }
+
     /// Padding before each spatial axis (D, H, W).
     public var paddingFront: [Int] { pads.front }
     /// Padding after each spatial axis (D, H, W).

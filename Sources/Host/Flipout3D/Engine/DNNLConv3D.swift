@@ -3,10 +3,12 @@ import CDNNL
 import Foundation
 
 /// One 3D convolution geometry compiled for oneDNN: three primitives (forward_training,
-/// backward-data, backward-weights with bias) in the layouts oneDNN prefers (format tag `any`,
-/// usually channel-blocked), and the reorders between those layouts and the caller's plain
-/// tensors, built once and reused on every call. The forward pass may run as the backward-data
-/// primitive of the transposed convolution (see `Conv3DPlan.ForwardStrategy`).
+/// backward-data, backward-weights with bias) on activations in the plan's layout (blocked:
+/// format tag `any`, oneDNN's choice; or channels-last), and the reorders between those layouts
+/// and the caller's plain tensors, built once and reused on every call. The forward pass runs as
+/// the plan says: direct, or as the backward-data primitive of the transposed convolution
+/// (`Conv3DPlan.ForwardStrategy`). Which layout and strategy is `Conv3DPlan.choose`'s decision;
+/// this class builds what it is given.
 ///
 /// Forward also fills the saved copy of x (`Conv3DSaved`) in `savedLayout`: backward-weights'
 /// own layout, or plain when another implementation reads it. Tensors, shapes and the
@@ -35,7 +37,6 @@ final class DNNLConv3D {
 
     typealias ForwardStrategy = Conv3DPlan.ForwardStrategy
 
-    /// The forward strategy in use (never `.automatic`).
     let forwardStrategy: ForwardStrategy
     /// (Cin, Cout / groups, kD, kH, kW): the flipped, transposed kernel for `.transposedBackwardData`.
     private let flippedWeights: Tensor?
@@ -44,10 +45,11 @@ final class DNNLConv3D {
     /// instead of a separate pass over the plain output. Nil when oneDNN has no jit kernel for it.
     private let biasAdd: BiasAdd?
 
-    /// Builds the primitives for `geometry`; throws a `GeometryError` for an invalid geometry and
-    /// an `EngineError` if oneDNN cannot run it (or `strategy` does not apply to it).
-    /// `savePlain`: the saved copy of x is plain NCDHW (another implementation reads it).
-    init(_ geometry: Conv3DGeometry, forward strategy: ForwardStrategy = .automatic, savePlain: Bool = false) throws {
+    /// Builds the primitives for `geometry` with activations in `layout`; throws a `GeometryError`
+    /// for an invalid geometry or a `strategy` that does not apply to it, and an `EngineError` if
+    /// oneDNN cannot run it. `savePlain`: the saved copy of x is plain NCDHW (another
+    /// implementation reads it).
+    init(_ geometry: Conv3DGeometry, layout: Conv3DPlan.Layout, forward strategy: ForwardStrategy, savePlain: Bool = false) throws {
         try geometry.validate()
         self.geometry = geometry
         let g = geometry
@@ -98,34 +100,17 @@ final class DNNLConv3D {
             return (anyX, anyY, fpd, bdpd, bwpd)
         }
 
-        // Channels-last (NDHWC) activations for ungrouped 16 -> 16 channels: oneDNN 2.6 then runs
-        // the forward as brgconv (bias fused, as fast as the transposed backward-data) and
-        // backward-weights about 16 % faster than in the 16-channel-blocked layout, and the
-        // reorders from and to NCDHW cost the same (with 16 channels the two layouts are the same
-        // bytes). Measured for 16 channels only (with 32 the reorder into NDHWC is 3x slower; grouped
-        // convolutions have no brgconv and run slower channels-last). Kept only when every
-        // primitive gets a jit kernel.
-        var described: (MemoryDesc, MemoryDesc, DNNLPrimitiveDesc, DNNLPrimitiveDesc, DNNLPrimitiveDesc)? = nil
-        if g.groups == 1 && g.inChannels == 16 && g.outChannels == 16 && strategy != .transposedBackwardData,
-           let cl = try? describe(dnnl_acdeb),
-           [cl.2, cl.3, cl.4].allSatisfy({ $0.implementation.hasPrefix("jit") || $0.implementation.hasPrefix("brg") }) {
-            described = cl
-        }
-        let channelsLast = described != nil
-        let (anyX, anyY, fpd, bdpd, bwpd) = try described ?? describe(dnnl_format_tag_any)
+        let (anyX, anyY, fpd, bdpd, bwpd) = try describe(layout == .channelsLast ? dnnl_acdeb : dnnl_format_tag_any)
 
         // The transposed convolution whose backward-data is this forward: src' y-shaped,
         // dst' x-shaped, weights' (Cin, Cout, k) (grouped (G, Cin/G, Cout/G, k)), pads k-1-p.
         var transposedPD: DNNLPrimitiveDesc?
-        let canTranspose = g.stride.allSatisfy { $0 == 1 }
-            && zip(g.paddingFront + g.paddingBack, g.kernel + g.kernel).allSatisfy { $0 <= $1 - 1 }
         let wtDims = g.groups == 1 ? [g.inChannels, g.outChannels] + g.kernel
             : [g.groups, g.inChannels / g.groups, g.outChannels / g.groups] + g.kernel
-        if strategy == .transposedBackwardData && !canTranspose {
-            throw GeometryError("forward strategy transposedBackwardData needs stride 1 and padding below the kernel size; use .automatic or .direct for \(g)")
-        }
-        let sixteens = (g.inChannels / g.groups) % 16 == 0 && (g.outChannels / g.groups) % 16 == 0
-        if strategy == .transposedBackwardData || (strategy == .automatic && canTranspose && sixteens && !channelsLast) {
+        if strategy == .transposedBackwardData {
+            guard g.isTransposable else {
+                throw GeometryError("forward strategy transposedBackwardData needs stride 1 and padding below the kernel size; use .direct for \(g)")
+            }
             let anyWT = try MemoryDesc(dims: wtDims, tag: dnnl_format_tag_any)
             let tPadL = zip(g.kernel, g.paddingFront).map { Int64($0 - 1 - $1) }
             let tPadR = zip(g.kernel, g.paddingBack).map { Int64($0 - 1 - $1) }
@@ -140,11 +125,10 @@ final class DNNLConv3D {
             try dnnlCheck(dnnl_convolution_backward_data_desc_init(&tbd, dnnl_convolution_direct,
                                                                    &s4, &w4, &d4, strides, tPadL, tPadR),
                           "describe the transposed backward-data convolution of \(name)")
-            let pd = try DNNLPrimitiveDesc(op: &tbd, context: ctx, hint: tfpd,
-                                           "create the transposed backward-data convolution of \(name)")
-            if strategy == .transposedBackwardData || pd.implementation.hasPrefix("jit") { transposedPD = pd }
+            transposedPD = try DNNLPrimitiveDesc(op: &tbd, context: ctx, hint: tfpd,
+                                                 "create the transposed backward-data convolution of \(name)")
         }
-        forwardStrategy = transposedPD == nil ? .direct : .transposedBackwardData
+        forwardStrategy = strategy
         flippedWeights = transposedPD == nil ? nil : Tensor(shape: wtDims)
 
         implementations = (transposedPD.map { "\($0.implementation) (backward-data of the transposed convolution)" }
