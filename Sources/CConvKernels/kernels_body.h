@@ -14,9 +14,10 @@ static inline void vstore(float *p, V v) { *(VU *)p = v; }
 // MARK: forward
 
 /// One tile: CB output channels x NV*VL outputs of one output row, from T zero-padded input rows
-/// (one per (ci, kd, kh)), packed weights pw[t][kw][CB]. out: (CB, NV*VL).
+/// (one per (ci, kd, kh)), packed weights pw[t][kw][CB]. out: CB rows of NV*VL floats, ldc apart
+/// (y itself for a whole tile, else the scratch tile).
 static inline __attribute__((always_inline)) void fwd_tile(const int CB, const int NV, const int KW,
-        const float *const *rows, int T, int ow0, const float *pw, const float *bias, int nvalid, float *out) {
+        const float *const *rows, int T, int ow0, const float *pw, const float *bias, int nvalid, float *out, long ldc) {
     V acc[8][4];
     for (int c = 0; c < CB; c++) {
         float b0 = (bias && c < nvalid) ? bias[c] : 0.0f;
@@ -35,13 +36,13 @@ static inline __attribute__((always_inline)) void fwd_tile(const int CB, const i
         }
     }
     for (int c = 0; c < CB; c++)
-        for (int j = 0; j < NV; j++) vstore(out + (c * NV + j) * VL, acc[c][j]);
+        for (int j = 0; j < NV; j++) vstore(out + c * ldc + j * VL, acc[c][j]);
 }
 
-typedef void (*fwd_tile_fn)(const float *const *, int, int, const float *, const float *, int, float *);
+typedef void (*fwd_tile_fn)(const float *const *, int, int, const float *, const float *, int, float *, long);
 #define FWD_TILE(CB, NV, KW) \
     static void fwd_##CB##_##KW(const float *const *rows, int T, int ow0, const float *pw, const float *bias, \
-                                int nvalid, float *out) { fwd_tile(CB, NV, KW, rows, T, ow0, pw, bias, nvalid, out); }
+                                int nvalid, float *out, long ldc) { fwd_tile(CB, NV, KW, rows, T, ow0, pw, bias, nvalid, out, ldc); }
 FWD_TILE(1, 4, 1) FWD_TILE(1, 4, 3) FWD_TILE(2, 4, 1) FWD_TILE(2, 4, 3)
 FWD_TILE(4, 2, 1) FWD_TILE(4, 2, 3) FWD_TILE(8, 2, 1) FWD_TILE(8, 2, 3)
 
@@ -55,11 +56,12 @@ static fwd_tile_fn fwd_pick(int cb, int kw) {
 /// For one or two output channels (an 8->1 layer, or a 1->8 layer's backward-data): R output rows
 /// at once, so each loaded input vector feeds up to 3 rows (kh) and 2 * R * CB accumulators hide
 /// the FMA latency. planes[ci * kD + kd]: the padded input planes of output plane od (fo_ring_planes),
-/// read from row offset rowOff (output row oh); pw as for fwd_tile; out: (CB, R, 2 * VL).
+/// read from row offset rowOff (output row oh); pw as for fwd_tile; out: CB x R rows of 2 * VL
+/// floats, channels ldc apart and rows ldr apart.
 #define FWD_ROWS (ISA == FO_ISA_AVX512 ? 4 : 2)
 static inline __attribute__((always_inline)) void fwd_rows_tile(const int CB, const int KW,
         const float *const *planes, int cin, int kD, long rowOff, long Wr, int ow0,
-        const float *pw, const float *bias, int nvalid, float *out) {
+        const float *pw, const float *bias, int nvalid, float *out, long ldc, long ldr) {
     enum { R = FWD_ROWS, NV = 2, KH = 3 };
     V acc[2][4][2];
     for (int c = 0; c < CB; c++) {
@@ -86,14 +88,14 @@ static inline __attribute__((always_inline)) void fwd_rows_tile(const int CB, co
         }
     for (int c = 0; c < CB; c++)
         for (int r = 0; r < R; r++)
-            for (int v = 0; v < NV; v++) vstore(out + ((c * R + r) * NV + v) * VL, acc[c][r][v]);
+            for (int v = 0; v < NV; v++) vstore(out + c * ldc + r * ldr + v * VL, acc[c][r][v]);
 }
 
-typedef void (*fwd_rows_fn)(const float *const *, int, int, long, long, int, const float *, const float *, int, float *);
+typedef void (*fwd_rows_fn)(const float *const *, int, int, long, long, int, const float *, const float *, int, float *, long, long);
 #define FWD_ROWS_TILE(CB, KW) \
     static void fwd_rows_##CB##_##KW(const float *const *planes, int cin, int kD, long rowOff, long Wr, int ow0, \
-                                     const float *pw, const float *bias, int nvalid, float *out) { \
-        fwd_rows_tile(CB, KW, planes, cin, kD, rowOff, Wr, ow0, pw, bias, nvalid, out); }
+                                     const float *pw, const float *bias, int nvalid, float *out, long ldc, long ldr) { \
+        fwd_rows_tile(CB, KW, planes, cin, kD, rowOff, Wr, ow0, pw, bias, nvalid, out, ldc, ldr); }
 FWD_ROWS_TILE(1, 1) FWD_ROWS_TILE(1, 3) FWD_ROWS_TILE(2, 1) FWD_ROWS_TILE(2, 3)
 
 static fwd_rows_fn fwd_rows_pick(int cb, int kh, int kw) {
@@ -128,10 +130,15 @@ void FN(fo_forward)(const fo_conv_shape *s, const float *x, const float *packed,
             for (; oh + R <= s->out_h; oh += R)
                 for (int ow0 = 0; ow0 < s->out_w; ow0 += RW) {
                     const int width = s->out_w - ow0 < RW ? s->out_w - ow0 : RW;
-                    rowsKernel(planes, cin, s->k_d, oh * Wr, Wr, ow0, pg, bg, cout, tile);
+                    float *yt = yg + (long)oh * s->out_w + ow0;
+                    if (width == RW) {   // a whole tile: straight into y
+                        rowsKernel(planes, cin, s->k_d, oh * Wr, Wr, ow0, pg, bg, cout, yt, outVol, s->out_w);
+                        continue;
+                    }
+                    rowsKernel(planes, cin, s->k_d, oh * Wr, Wr, ow0, pg, bg, cout, tile, R * RW, RW);
                     for (int c = 0; c < cout; c++)
                         for (int r = 0; r < R; r++)
-                            memcpy(yg + c * outVol + (long)(oh + r) * s->out_w + ow0, tile + (c * R + r) * RW, sizeof(float) * width);
+                            memcpy(yt + c * outVol + (long)r * s->out_w, tile + (c * R + r) * RW, sizeof(float) * width);
                 }
         for (; oh < s->out_h; oh++) {
             // The padded input rows (ci, kd, kh) this output row reads. A tile past the row's end
@@ -145,9 +152,14 @@ void FN(fo_forward)(const fo_conv_shape *s, const float *x, const float *packed,
                 const int width = s->out_w - ow0 < OWT ? s->out_w - ow0 : OWT;
                 for (int b = 0; b < nb; b++) {
                     const int nvalid = cout - b * CB < CB ? cout - b * CB : CB;
-                    kernel(rows, T, ow0, pg + (long)b * T * KW * CB, bg ? bg + b * CB : 0, nvalid, tile);
+                    float *yt = yg + (b * CB) * outVol + (long)oh * s->out_w + ow0;
+                    if (width == OWT && nvalid == CB) {   // a whole tile: straight into y
+                        kernel(rows, T, ow0, pg + (long)b * T * KW * CB, bg ? bg + b * CB : 0, nvalid, yt, outVol);
+                        continue;
+                    }
+                    kernel(rows, T, ow0, pg + (long)b * T * KW * CB, bg ? bg + b * CB : 0, nvalid, tile, OWT);
                     for (int c = 0; c < nvalid; c++)
-                        memcpy(yg + (b * CB + c) * outVol + (long)oh * s->out_w + ow0, tile + c * OWT, sizeof(float) * width);
+                        memcpy(yt + c * outVol, tile + c * OWT, sizeof(float) * width);
                 }
             }
         }
@@ -156,10 +168,11 @@ void FN(fo_forward)(const fo_conv_shape *s, const float *x, const float *packed,
 
 // MARK: backward-weights
 
-/// Adds, over one output plane, dy (CB rows per oh) times x shifted by (kh, kw) for KH kernel
-/// rows starting at xbase, into CB x KH x KW vector accumulators accp[((c * KH + kh) * KW + kw) * VL].
+/// Adds, over one output plane, dy (CB channels ldc apart, rows of oWp floats, whole vectors)
+/// times x shifted by (kh, kw) for KH kernel rows starting at xbase, into CB x KH x KW vector
+/// accumulators accp[((c * KH + kh) * KW + kw) * VL].
 static inline __attribute__((always_inline)) void bw_tile(const int CB, const int KH, const int KW, float *accp,
-        const float *xbase, long Wr, const float *dyp, long oWp, int outH) {
+        const float *xbase, long Wr, const float *dyp, long oWp, long ldc, int outH) {
     V acc[8][3][3];
     for (int c = 0; c < CB; c++)
         for (int h = 0; h < KH; h++)
@@ -168,7 +181,7 @@ static inline __attribute__((always_inline)) void bw_tile(const int CB, const in
         const float *dr = dyp + oh * oWp;
         for (long ow0 = 0; ow0 < oWp; ow0 += VL) {
             V d[8];
-            for (int c = 0; c < CB; c++) d[c] = vload(dr + c * outH * oWp + ow0);
+            for (int c = 0; c < CB; c++) d[c] = vload(dr + c * ldc + ow0);
             for (int h = 0; h < KH; h++) {
                 const float *xr = xbase + (oh + h) * Wr + ow0;
                 for (int k = 0; k < KW; k++) {
@@ -183,10 +196,10 @@ static inline __attribute__((always_inline)) void bw_tile(const int CB, const in
             for (int k = 0; k < KW; k++) vstore(accp + ((c * KH + h) * KW + k) * VL, acc[c][h][k]);
 }
 
-typedef void (*bw_tile_fn)(float *, const float *, long, const float *, long, int);
+typedef void (*bw_tile_fn)(float *, const float *, long, const float *, long, long, int);
 #define BW_TILE(CB, KH, KW) \
-    static void bw_##CB##_##KH##_##KW(float *accp, const float *xbase, long Wr, const float *dyp, long oWp, int outH) { \
-        bw_tile(CB, KH, KW, accp, xbase, Wr, dyp, oWp, outH); }
+    static void bw_##CB##_##KH##_##KW(float *accp, const float *xbase, long Wr, const float *dyp, long oWp, long ldc, int outH) { \
+        bw_tile(CB, KH, KW, accp, xbase, Wr, dyp, oWp, ldc, outH); }
 BW_TILE(1, 1, 1) BW_TILE(1, 1, 3) BW_TILE(2, 1, 1) BW_TILE(2, 1, 3) BW_TILE(4, 1, 1) BW_TILE(4, 1, 3) BW_TILE(8, 1, 1) BW_TILE(8, 1, 3)
 BW_TILE(1, 3, 1) BW_TILE(1, 3, 3) BW_TILE(2, 3, 1) BW_TILE(2, 3, 3) BW_TILE(4, 3, 1) BW_TILE(4, 3, 3)
 
@@ -251,21 +264,29 @@ void FN(fo_backward_weights)(const fo_conv_shape *s, const float *x, const float
             block = gb;
         }
         const int nvalid = cout - b * CB < CB ? cout - b * CB : CB;
-        // This output plane of dy for the block's channels, read once for every input channel.
+        // This output plane of dy for the block's channels, read once for every input channel:
+        // in place when its rows are whole vectors and the block has all CB channels, else
+        // copied with zero tails (and zero rows for the missing channels).
         const float *dyb = dy + (((long)n * G + g) * cout + b * CB) * outVol + od * outPlane;
-        for (int c = 0; c < CB; c++)
-            for (int oh = 0; oh < s->out_h; oh++) {
-                float *r = dyp + ((long)c * s->out_h + oh) * oWp;
-                if (c >= nvalid) { memset(r, 0, sizeof(float) * oWp); continue; }
-                memcpy(r, dyb + c * outVol + (long)oh * s->out_w, sizeof(float) * s->out_w);
-                memset(r + s->out_w, 0, sizeof(float) * (oWp - s->out_w));
-            }
+        const float *dplane = dyb;
+        long ldc = outVol;
+        if (oWp != s->out_w || nvalid != CB) {
+            for (int c = 0; c < CB; c++)
+                for (int oh = 0; oh < s->out_h; oh++) {
+                    float *r = dyp + ((long)c * s->out_h + oh) * oWp;
+                    if (c >= nvalid) { memset(r, 0, sizeof(float) * oWp); continue; }
+                    memcpy(r, dyb + c * outVol + (long)oh * s->out_w, sizeof(float) * s->out_w);
+                    memset(r + s->out_w, 0, sizeof(float) * (oWp - s->out_w));
+                }
+            dplane = dyp;
+            ldc = (long)s->out_h * oWp;
+        }
         fo_ring_planes(s, x, ring, held, (long)n * G + g, od, planes);
         for (int ci = 0; ci < cin; ci++)
             for (int kd = 0; kd < kD; kd++)
                 for (int kh = 0; kh < s->k_h; kh += KH)
                     kernel(acc + ci * accFloats + (long)(kd * s->k_h + kh) * CB * KW * VL, planes[ci * kD + kd] + kh * Wr, Wr,
-                           dyp, oWp, s->out_h);
+                           dplane, oWp, ldc, s->out_h);
     }
     if (block >= 0) BW_FLUSH((int)(block / nb), (int)(block % nb));
     #undef BW_FLUSH

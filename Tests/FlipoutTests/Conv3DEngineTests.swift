@@ -26,6 +26,10 @@ let engineCases: [Conv3DGeometry] = [
     .init(batch: 2, inChannels: 8, outChannels: 16, inputSize: [5, 7, 9], kernel: [3, 3, 3], groups: 2),
     .init(batch: 1, inChannels: 4, outChannels: 6, inputSize: [9, 9, 7], kernel: [3, 3, 3], stride: [2, 2, 2],
           padding: .valid, groups: 2),
+    // rows of whole vectors at every level (16 and 32 wide): the native kernels store whole
+    // tiles straight into y and read dy in place
+    Conv3DGeometry(batch: 2, inChannels: 2, outChannels: 8, inputSize: [4, 5, 16], kernel: [3, 3, 3]).foldedOverBatch(),
+    Conv3DGeometry(batch: 2, inChannels: 8, outChannels: 1, inputSize: [3, 6, 32], kernel: [3, 3, 3]).foldedOverBatch(),
     // per-example: (N, Cin) -> (N, Cout) as one grouped convolution with groups = N
     Conv3DGeometry(batch: 3, inChannels: 2, outChannels: 4, inputSize: [7, 5, 9], kernel: [3, 3, 3]).foldedOverBatch(),
     Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, inputSize: [5, 5, 5], kernel: [3, 3, 3]).foldedOverBatch(),
