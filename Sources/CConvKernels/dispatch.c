@@ -97,8 +97,8 @@ void fo_backward_weights(int isa, const fo_conv_shape *s, const float *x, const 
     fo_backward_weights_portable(s, x, dy, dw, begin, end, scratch);
 }
 
-void fo_bias_gradient(const float *dy, int batch, int channels, long voxels, float *db) {
-    for (int c = 0; c < channels; c++) {
+void fo_bias_gradient(const float *dy, int batch, int channels, long voxels, float *db, int begin, int end) {
+    for (int c = begin; c < end; c++) {
         double sum = 0;
         for (int n = 0; n < batch; n++) {
             const float *p = dy + ((long)n * channels + c) * voxels;

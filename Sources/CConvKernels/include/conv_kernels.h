@@ -57,8 +57,8 @@ long fo_backward_weights_scratch_floats(int isa, const fo_conv_shape *s);
 void fo_backward_weights(int isa, const fo_conv_shape *s, const float *x, const float *dy, float *dw,
                          long begin, long end, float *scratch);
 
-/// db[c] = sum over n and voxels of dy (batch, channels, voxels).
-void fo_bias_gradient(const float *dy, int batch, int channels, long voxels, float *db);
+/// db[c] = sum over n and voxels of dy (batch, channels, voxels), for c in [begin, end).
+void fo_bias_gradient(const float *dy, int batch, int channels, long voxels, float *db, int begin, int end);
 
 #ifdef __cplusplus
 }

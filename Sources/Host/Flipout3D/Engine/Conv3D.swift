@@ -102,7 +102,8 @@ public final class Conv3D {
                 try dnnl.save(x, into: copy)
             } else {
                 copy = Tensor(uninitializedShape: [x.count])
-                copy.data.update(from: x.data, count: x.count)
+                let (from, to) = (UnsafePointer(x.data), copy.data)
+                Parallel.ranges(x.count) { begin, end in (to + begin).update(from: from + begin, count: end - begin) }
             }
         } else {
             copy = try dnnl!.forward(x: x, w: w, bias: bias, y: y)

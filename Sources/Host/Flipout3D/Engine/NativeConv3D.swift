@@ -155,7 +155,15 @@ final class NativeConv3D {
         withExtendedLifetime(partials) {}
         if let dbias {
             let g = geometry
-            fo_bias_gradient(dy.data, Int32(g.batch), Int32(g.outChannels), g.outputVoxels, dbias.data)
+            let (dyp, dbp, channels) = (UnsafePointer(dy.data), dbias.data, g.outChannels)
+            // One channel per range (each sum in its own fixed order): the same bits for every thread count.
+            if NativeConv3D.threads > 1 && dy.count >= Parallel.minimumElements {
+                DispatchQueue.concurrentPerform(iterations: channels) { c in
+                    fo_bias_gradient(dyp, Int32(g.batch), Int32(channels), g.outputVoxels, dbp, Int32(c), Int32(c + 1))
+                }
+            } else {
+                fo_bias_gradient(dyp, Int32(g.batch), Int32(channels), g.outputVoxels, dbp, 0, Int32(channels))
+            }
         }
         withExtendedLifetime((dy, dw, dbias)) {}
     }

@@ -12,7 +12,11 @@ public enum ReLU {
         // Every element written (branch-free, vectorisable): y = v if v > 0 else +0 (also for NaN), m = 1 or 0.
         let y = Tensor(uninitializedShape: x.shape), m = Tensor(uninitializedShape: x.shape)
         let xs = x.data, ys = y.data, ms = m.data
-        for i in 0..<x.count { let v = xs[i]; let on = v > 0; ys[i] = on ? v : 0; ms[i] = on ? 1 : 0 }
+        // Memory-bound: split over the kernels' threads (a 96^3 activation is far past the caches).
+        Parallel.ranges(x.count) { begin, end in
+            for i in begin..<end { let v = xs[i]; let on = v > 0; ys[i] = on ? v : 0; ms[i] = on ? 1 : 0 }
+        }
+        withExtendedLifetime((x, y, m)) {}
         return (y, ReLUSaved(mask: m))
     }
 
@@ -21,7 +25,10 @@ public enum ReLU {
         dy.checkShape(m.shape, "ReLU.backward dy")
         let dx = Tensor(uninitializedShape: dy.shape)
         let gs = dy.data, ms = m.data, ds = dx.data
-        for i in 0..<dy.count { ds[i] = gs[i] * ms[i] }
+        Parallel.ranges(dy.count) { begin, end in
+            for i in begin..<end { ds[i] = gs[i] * ms[i] }
+        }
+        withExtendedLifetime((dy, m, dx)) {}
         return dx
     }
 }
