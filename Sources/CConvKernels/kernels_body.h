@@ -73,6 +73,15 @@ static inline __attribute__((always_inline)) void fwd_rows_tile(const int CB, co
         for (int kd = 0; kd < kD; kd++) {
             const float *base = planes[ci * kD + kd] + rowOff + ow0;
             const float *wt = pw + (long)(ci * kD + kd) * KH * KW * CB;
+            // The (ci, kd) slice's weights as broadcast vectors, when they fit in the registers
+            // beside the accumulators: each FMA then loads nothing but its share of x (else
+            // every FMA broadcasts its weight from memory, and loads, not FMAs, bound the tile).
+            const int HOIST = CB * KH * 3 + CB * R * NV <= (ISA == FO_ISA_AVX512 ? 30 : 14);
+            V wv[3][3][2];
+            if (HOIST)
+                for (int kh = 0; kh < KH; kh++)
+                    for (int k = 0; k < KW; k++)
+                        for (int c = 0; c < CB; c++) wv[kh][k][c] = (V){0} + wt[(kh * KW + k) * CB + c];
             for (int j = 0; j < R + KH - 1; j++) {
                 const float *row = base + j * Wr;
                 for (int k = 0; k < KW; k++)
@@ -81,7 +90,8 @@ static inline __attribute__((always_inline)) void fwd_rows_tile(const int CB, co
                         for (int r = 0; r < R; r++) {
                             const int kh = j - r;
                             if (kh < 0 || kh >= KH) continue;
-                            for (int c = 0; c < CB; c++) acc[c][r][v] += xv * wt[(kh * KW + k) * CB + c];
+                            for (int c = 0; c < CB; c++)
+                                acc[c][r][v] += xv * (HOIST ? wv[kh][k][c] : (V){0} + wt[(kh * KW + k) * CB + c]);
                         }
                     }
             }
