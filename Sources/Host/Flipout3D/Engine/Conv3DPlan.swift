@@ -103,7 +103,10 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// channels, on AVX-512. Measured (`flipout bench --workloads W4 --compare-plans`, and
     /// report-issue8.md): oneDNN 2.6 then runs the forward as brgconv (bias fused, as fast as the
     /// transposed backward-data) and backward-weights about 16 % faster than blocked, and the
-    /// reorders cost the same (16 channels: the same bytes). With 32 channels the reorder into
+    /// reorders cost the same (16 channels: the same bytes). Re-measured on one core
+    /// (`FLIPOUT_BENCH_CLOCK=cpu OMP_NUM_THREADS=1 flipout bench --workloads W1,W4 --estimators
+    /// flipout --compare-plans`, twice, report-perf8.md): W4 step 29.4 / 28.8 ms channels-last
+    /// against 30.7 / 30.7 blocked direct. With 32 channels the reorder into
     /// NDHWC is 3x slower; grouped layers get no brgconv and run slower channels-last; on AVX2
     /// (Zen 3) it was never measured, so oneDNN's own choice stays.
     public static let channelsLastChannels = 16
@@ -112,7 +115,8 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// when the channels per group on both sides are a multiple of this. Measured
     /// (`flipout bench --workloads W1 --compare-plans`): oneDNN 2.6's backward-data kernel runs
     /// about 25 % faster than its forward kernel at 16 channels per group (W1's per-example
-    /// form). Not measured on AVX2: direct there.
+    /// form), with 2 threads. On one core (the command above, twice) W1's step is a tie: 29.4 /
+    /// 29.1 ms transposed against 29.1 / 28.8 direct. Not measured on AVX2: direct there.
     public static let transposedForwardChannelMultiple = 16
 
     /// Whether the native kernels run `g` in every direction.
