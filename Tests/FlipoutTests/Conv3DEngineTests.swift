@@ -61,6 +61,8 @@ func enginePlans(_ g: Conv3DGeometry) -> [Conv3DPlan] {
     plans.append(Conv3DPlan(forward: .native(best), backwardData: .onednn, backwardWeights: .onednn))
     plans.append(Conv3DPlan(forward: .onednn, backwardData: .native(best), backwardWeights: .native(best)))
     plans.append(Conv3DPlan(forward: .onednn, backwardData: .onednn, backwardWeights: .native(.portable)))
+    // The auto rule's mixed plan for ungrouped 9-16 channels (Conv3DPlan.mixedMaxChannels), on any CPU.
+    plans.append(Conv3DPlan(forward: .native(best), backwardData: .native(best), backwardWeights: .onednn, layout: .channelsLast))
     return plans
 }
 

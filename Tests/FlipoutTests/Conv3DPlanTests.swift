@@ -50,7 +50,9 @@ private let w1 = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size:
     }
     // AVX-512 (measured there): channels-last for ungrouped 16->16, the transposed forward for
     // 16k channels per group with stride 1, else oneDNN's own choice.
-    #expect(pick(w4, .avx512) == (.channelsLast, .direct))
+    let w4Plan = Conv3DPlan.choose(w4, engine: .auto, level: .avx512)
+    #expect(w4Plan.forward == .native(.avx512) && w4Plan.backwardData == .native(.avx512) && w4Plan.backwardWeights == .onednn, "\(w4Plan)")
+    #expect(w4Plan.layout == .channelsLast)
     #expect(pick(w1, .avx512) == (.blocked, .transposedBackwardData))
     #expect(pick(wide, .avx512) == (.blocked, .transposedBackwardData))
     #expect(pick(strided, .avx512) == (.blocked, .direct))

@@ -99,6 +99,18 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// 16-channel layers stay on oneDNN.
     public static let nativeMaxChannels = 8
 
+    /// Ungrouped layers with more than `nativeMaxChannels` and at most this many channels run their
+    /// forward and backward-data natively and backward-weights on oneDNN, on AVX-512. The
+    /// measurement above shows native winning those two directions at 16 channels and losing
+    /// backward-weights; a mixed plan also halves oneDNN's NCDHW reorders (only x and dy go into its
+    /// layout, y and dx never come back). Measured on W4 (16->16, ungrouped), one core, process CPU
+    /// time, alternating builds three times (`FLIPOUT_BENCH_CLOCK=cpu OMP_NUM_THREADS=1
+    /// OMP_WAIT_POLICY=passive flipout bench --workloads W1,W4 --estimators flipout --repeats 10
+    /// --warmup 2`): step 30.00 / 30.19 / 30.15 ms all-oneDNN against 28.39 / 28.29 / 28.46 mixed.
+    /// W1's grouped per-example form (groups = batch) was a tie (30.35-30.62 against 30.34-30.65),
+    /// so grouped layers stay on oneDNN; AVX2 (Zen 3) was not measured, so it stays on oneDNN.
+    public static let mixedMaxChannels = 16
+
     /// Channels-last is chosen for ungrouped layers with exactly this many input and output
     /// channels, on AVX-512. Measured (`flipout bench --workloads W4 --compare-plans`, and
     /// report-issue8.md): oneDNN 2.6 then runs the forward as brgconv (bias fused, as fast as the
@@ -152,6 +164,10 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
             let narrow = max(g.inChannels, g.outChannels) / g.groups <= nativeMaxChannels
             if supported && narrow {
                 return .native(level, reason: "auto: <= \(nativeMaxChannels) channels per group, stride 1")
+            }
+            if supported && level == .avx512 && g.groups == 1 && max(g.inChannels, g.outChannels) <= mixedMaxChannels {
+                return Conv3DPlan(forward: .native(level), backwardData: .native(level), backwardWeights: .onednn, layout: layout,
+                                  forwardStrategy: .direct, reason: "auto: ungrouped, <= \(mixedMaxChannels) channels, AVX-512: native forward and backward-data, oneDNN backward-weights; \(why)")
             }
             return onednn(supported ? "auto: more than \(nativeMaxChannels) channels per group" : "auto: native kernels do not apply")
         }
