@@ -95,13 +95,20 @@ struct DatasetsExportSynthetic: ParsableCommand {
         background, structureA, structureB, on a RAS grid) and is resampled
         onto its own grid with a real affine: a random axis order and flips
         (LPS, ASR, ...), one thicker slice axis (1.3-2.0 mm, the others 0.9-1.3
-        mm). Test cases go to imagesTs/, their labels to labelsTs/. The folder
+        mm). Test cases go to imagesTs/, their labels to labelsTs/. --ood-cases N
+        adds N out-of-distribution cases in imagesOod/ (labels in labelsOod/):
+        the same kind of anatomy with inverted contrast, noise 0.9 instead of
+        0.35, finer texture and a stronger bias field (the built-in binary
+        task's OOD look); training and `datasets check` ignore them. The folder
         is built beside DIR and renamed into place, so it appears whole or not
         at all; DIR must not exist or be empty.
 
-        Example:
+        Examples:
           flipout datasets export-synthetic runs/synthetic --cases 32 --test-cases 8
           flipout datasets check runs/synthetic
+          flipout datasets export-synthetic runs/syn --ood-cases 8
+          flipout predict --input runs/syn/imagesOod --output preds-ood --checkpoint C
+          flipout evaluate --predictions preds --labels runs/syn/labelsTs --ood-predictions preds-ood
         """
     )
 
@@ -114,21 +121,26 @@ struct DatasetsExportSynthetic: ParsableCommand {
     @Option(help: "Test cases (imagesTs/labelsTs).")
     var testCases: Int = 8
 
+    @Option(help: "Out-of-distribution cases (imagesOod/labelsOod: inverted contrast, more noise).")
+    var oodCases: Int = 0
+
     @Option(help: "Seed of the generator (the same seed writes the same folder).")
     var seed: UInt64 = 1
 
     func validate() throws {
         guard cases >= 1 else { throw ValidationError("--cases must be at least 1, got \(cases)") }
         guard testCases >= 0 else { throw ValidationError("--test-cases must be 0 or more, got \(testCases)") }
+        guard oodCases >= 0 else { throw ValidationError("--ood-cases must be 0 or more, got \(oodCases)") }
     }
 
     func run() throws {
         try reportingInputErrors {
-            let progress = ProgressLine(total: cases + testCases, label: "writing")
-            try SyntheticExport.write(to: directory, trainingCount: cases, testCount: testCases, seed: seed) { done, _, id in
+            let progress = ProgressLine(total: cases + testCases + oodCases, label: "writing")
+            try SyntheticExport.write(to: directory, trainingCount: cases, testCount: testCases, oodCount: oodCases, seed: seed) { done, _, id in
                 progress.update(done: done, id)
             }
-            print("wrote \(directory): \(cases) training and \(testCases) test cases; next: flipout datasets check \(directory)")
+            print("wrote \(directory): \(cases) training and \(testCases) test cases"
+                  + (oodCases > 0 ? ", \(oodCases) out-of-distribution cases in imagesOod/" : "") + "; next: flipout datasets check \(directory)")
         }
     }
 }

@@ -21,12 +21,18 @@ struct EvaluateCommand: ParsableCommand {
           voxels referred, i.e. counted correct) and its area.
         Writes summary.json, cases.csv, reliability.png, retention.png and
         uncertainty_vs_dice.png into --output (default: the predictions folder).
+        --ood-predictions DIR adds case-level out-of-distribution detection: each case's
+        mean mutual information and mean predictive entropy over its whole volume (from
+        CASE_mi / CASE_entropy), and the AUROC with which each ranks the cases of DIR
+        (out of distribution) above the scored cases of --predictions; no labels needed
+        for DIR. In summary.json as "ood".
 
         With --checkpoint: Dice, NLL, Brier and ECE of the predictive mean on the
         checkpoint's test split, and the OOD AUROC of per-volume mutual information.
 
         Examples:
           flipout evaluate --predictions preds --labels Dataset001/labelsTr
+          flipout evaluate --predictions preds --labels syn/labelsTs --ood-predictions preds-ood
           flipout evaluate --checkpoint runs/default/checkpoint.safetensors --samples 16
         """)
 
@@ -35,6 +41,7 @@ struct EvaluateCommand: ParsableCommand {
     @Option(help: "Folder of label maps CASE.nii.gz (or a dataset folder: its labelsTr).") var labels: String?
     @Option(help: "Where summary.json, cases.csv and the plots go (default: --predictions).") var output: String?
     @Option(help: "Number of classes K, background included (default: from the probabilities, dataset.json or the labels).") var classes: Int?
+    @Option(name: .customLong("ood-predictions"), help: ArgumentHelp("Folder of predictions of out-of-distribution cases (flipout predict's output): report the case-level OOD AUROC by mean MI and mean entropy.", valueName: "dir")) var oodPredictions: String?
     @Option(name: .customLong("roi-margin"), help: "Margin in mm around the true and predicted foreground for ECE, AUROC and retention.") var roiMargin = 5.0
     @Option(help: "Checkpoint written by flipout train: evaluate on its dataset's test split instead.") var checkpoint: String?
     @Option(help: "Monte Carlo samples T per volume (with --checkpoint).") var samples = 8
@@ -49,6 +56,7 @@ struct EvaluateCommand: ParsableCommand {
             throw ValidationError("give either --predictions DIR --labels DIR, or --checkpoint PATH.")
         }
         if folder { guard predictions != nil && labels != nil else { throw ValidationError("--predictions and --labels go together.") } }
+        if oodPredictions != nil && predictions == nil { throw ValidationError("--ood-predictions compares with the cases of --predictions DIR --labels DIR; add them.") }
         if let classes { guard classes >= 2 else { throw ValidationError("--classes must be at least 2 (background and one class).") } }
         guard roiMargin >= 0 && roiMargin.isFinite else { throw ValidationError("--roi-margin must be a distance in mm >= 0.") }
     }
@@ -62,6 +70,18 @@ struct EvaluateCommand: ParsableCommand {
     func evaluateFolder() throws {
         let folder: PredictionFolder
         do { folder = try PredictionFolder(predictions: predictions!, labels: labels!) } catch let e as CaseInputError { throw InputError(e.description) }
+        // The OOD folder is read first, so a bad one fails before the long scoring.
+        let ood = try oodPredictions.map { dir in
+            let outside: [CaseUncertainty]
+            do { outside = try OODDetection.read(folder: dir) } catch let e as CaseInputError { throw InputError(e.description) }
+            let both = Set(outside.map(\.id)).intersection(folder.pairs.map(\.id))
+            guard both.isEmpty else {
+                throw InputError("--ood-predictions \(dir) and --predictions \(predictions!) share case(s) \(both.sorted().prefix(5).joined(separator: ", ")); a case is either in or out of distribution: give the OOD cases' own prediction folder.")
+            }
+            let inside: [CaseUncertainty]
+            do { inside = try OODDetection.read(folder: predictions!, ids: folder.pairs.map(\.id)) } catch let e as CaseInputError { throw InputError(e.description) }
+            return OODDetection(inDistribution: inside, outOfDistribution: outside)
+        }
         if !folder.unmatched.isEmpty { note("evaluate: \(folder.unmatched.count) prediction(s) without a label map skipped: \(folder.unmatched.prefix(5).joined(separator: ", "))") }
         var settings = EvaluationSettings()
         settings.roiMargin = roiMargin
@@ -76,7 +96,8 @@ struct EvaluateCommand: ParsableCommand {
             line.update(done: i + 1, pair.id)
         }
         let names = (0..<k!).map { i in folder.classNames.flatMap { i < $0.count ? $0[i] : nil } ?? (i == 0 ? "background" : "class \(i)") }
-        let summary = EvaluationSummary(scores, classNames: names, settings: settings)
+        var summary = EvaluationSummary(scores, classNames: names, settings: settings)
+        summary.ood = ood
         let files = try EvaluationFiles.write(scores: scores, summary: summary, to: output ?? predictions!)
         if json {
             let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
@@ -96,6 +117,10 @@ struct EvaluateCommand: ParsableCommand {
                      f(summary.uncertaintyErrorOverlap.mean), f(summary.retentionArea.mean)))
         for (i, name) in names.enumerated().dropFirst() {
             print("  \(name): dice \(f(summary.dicePerClass[i - 1].mean))  HD95 \(f(summary.hd95PerClass[i - 1].mean, "%.2f")) mm (\(summary.hd95PerClass[i - 1].cases) of \(scores.count) cases defined)")
+        }
+        if let ood {
+            print(String(format: "  OOD detection: AUROC %.4f by mean MI, %.4f by mean entropy (%d out-of-distribution cases against %d)",
+                         ood.aurocMutualInformation, ood.aurocEntropy, ood.outOfDistributionCases, ood.inDistributionCases))
         }
         print("  pooled ECE over all ROI voxels \(f(summary.pooledECEROI)) (ROI = foreground of label or prediction dilated by \(roiMargin) mm)")
         for p in files { print("wrote \(p)") }

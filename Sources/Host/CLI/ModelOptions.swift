@@ -21,8 +21,8 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Gradient estimator: flipout, reparam, per-example, or auto (flipout for symmetric posteriors, else per-example).")
     var estimator: Estimator = .auto
 
-    @Option(name: .customLong("custom-layers"), help: "Layers that take --posterior/--prior: all, or first (the others Normal/Normal), e.g. a non-negative first-layer filter bank.")
-    var customLayers: ModelConfig.CustomLayers = .all
+    @Option(name: .customLong("custom-layers"), help: "Layers that take --posterior/--prior: all, or first (the others Normal/Normal), e.g. a non-negative first-layer filter bank (default all; with --data and a positive posterior such as Beta, first: the recipe of docs/positive-weights.md).")
+    var customLayers: ModelConfig.CustomLayers?
 
     @Option(name: .customLong("after-positive"), help: "After each positive-weight (e.g. Beta) layer: none, scale (learnable per-channel sign and scale) or norm (instance normalisation); default: the recipe in docs/positive-weights.md.")
     var afterPositive: PositiveLayerOutput?
@@ -66,7 +66,7 @@ struct ModelOptions: ParsableArguments {
         c.priorHyperparameters = try KeyValue.dictionary(priorHyper, option: "--prior-hyper")
         c.priorParameters = try KeyValue.dictionary(priorParam, option: "--prior-param").mapValues { Float($0) }
         c.learnPrior = learnPrior
-        c.customLayers = customLayers
+        c.customLayers = customLayers ?? .all
         c.afterPositive = afterPositive
         c.klSamples = klSamples
         c.forceMonteCarloKL = monteCarloKL

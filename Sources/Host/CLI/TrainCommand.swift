@@ -50,9 +50,9 @@ struct TrainCommand: ParsableCommand {
     @OptionGroup var model: ModelOptions
     @OptionGroup var distribution: DistributedOptions
 
-    @Option(help: "Epochs to train.") var epochs = 30
+    @Option(help: "Epochs to train (default 30; with --data \(FolderTrainingDefaults.epochs)).") var epochs: Int?
     @Option(name: .customLong("batch-size"), help: "Volumes (or, with --data, patches) per step, over all ranks when distributed (default 4; with --data 2, as nnU-Net).") var batchSize: Int?
-    @Option(name: .customLong("lr"), help: "Adam learning rate.") var learningRate: Float = 3e-3
+    @Option(name: .customLong("lr"), help: "Adam learning rate (default 3e-3; with --data \(FolderTrainingDefaults.learningRate)).") var learningRate: Float?
     @Option(help: "Weight of the KL term in the ELBO.") var beta: Double = 1
     @Option(name: .customLong("beta-anneal"), help: "Anneal beta linearly from 0 over this many epochs (0: off).") var betaAnneal = 0
     @Option(help: "Seed of every random draw (data, init, noise, signs).") var seed: UInt64 = 1
@@ -71,6 +71,9 @@ struct TrainCommand: ParsableCommand {
 
     func validate() throws {
         try validating { try trainingConfig().validate() }
+        if folder.data != nil && model.afterPositive != nil {
+            throw ValidationError("--after-positive applies to the built-in binary network; the U-Net of --data already normalises after every convolution (instance norm, --norm), which is the positive-weight recipe.")
+        }
         if resume != nil {
             // Options that set what the checkpoint already fixes cannot be honoured on resume.
             let fixed = GivenOptions.given(["--batch-size", "--lr", "--beta", "--beta-anneal", "--seed", "--dataset", "--volume-size",
@@ -81,10 +84,15 @@ struct TrainCommand: ParsableCommand {
         }
     }
 
+    /// --epochs and --lr, or their defaults: the binary trainer's (TrainingConfig), or with --data
+    /// the U-Net's (FolderTrainingDefaults, measured separately).
+    var epochsToTrain: Int { epochs ?? (folder.data != nil ? FolderTrainingDefaults.epochs : TrainingConfig().epochs) }
+    var adamLearningRate: Float { learningRate ?? (folder.data != nil ? FolderTrainingDefaults.learningRate : TrainingConfig().learningRate) }
+
     /// The training settings the options give (a resumed run takes them from its checkpoint).
     func trainingConfig() -> TrainingConfig {
         var t = TrainingConfig()
-        t.seed = seed; t.epochs = epochs; t.batchSize = batchSize ?? 4; t.learningRate = learningRate
+        t.seed = seed; t.epochs = epochsToTrain; t.batchSize = batchSize ?? 4; t.learningRate = adamLearningRate
         t.beta = beta; t.betaAnnealEpochs = betaAnneal; t.dataset = dataset; t.volumeSize = volumeSize
         t.trainVolumes = trainVolumes; t.testVolumes = testVolumes; t.oodVolumes = testVolumes
         t.validationVolumes = max(2, testVolumes / 2); t.evaluationSamples = samples
@@ -113,7 +121,7 @@ struct TrainCommand: ParsableCommand {
                 RunFolder.removeStaleTemporaries(in: (resume as NSString).deletingLastPathComponent, log: say)
                 if folder != (resume as NSString).deletingLastPathComponent { try RunFolder.prepare(folder, policy: .fresh, log: say) }
                 trainer = try Trainer.resume(checkpoint: resume, registry: registry, runDirectory: folder, allowPluginChange: allowPluginChange,
-                                             epochs: GivenOptions.contains("--epochs") ? epochs : nil, communicator: comm, log: say)
+                                             epochs: epochs, communicator: comm, log: say)
                 say("resuming \(resume) after epoch \(trainer.epochsDone) of \(trainer.training.epochs)"
                     + (trainer.epochsDone >= trainer.training.epochs ? " (the run is complete; --epochs N with N > \(trainer.epochsDone) extends it)" : ""))
             } else {

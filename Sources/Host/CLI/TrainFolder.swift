@@ -105,10 +105,16 @@ struct FolderTraining {
         let validation = try folder.prepare(split.val.compactMap { byID[$0] }, plan: plan)
         note("dataset \(folder.name): \(train.count) training cases, \(validation.count) validation (fold \(options.fold)), \(plan.channels.count) channels \(plan.channelNames), \(plan.classCount) classes \(plan.classNames), spacing \(plan.spacing.map { String(format: "%.3g", $0) }.joined(separator: "x")) mm")
 
-        let config = try command.model.config()
+        var config = try command.model.config()
+        if command.model.customLayers == nil && config.bayesian,
+           try registry.family(config.posterior).capabilities.contains(.positiveSupport) {
+            // The positive-weight recipe (docs/positive-weights.md): POSITIVE_MEASUREMENT
+            config.customLayers = .first
+            note("note: \(config.posterior) has positive support, so it and --prior go on the first Bayesian convolution only (instance norm follows it), Normal/Normal elsewhere: the positive-weight recipe; --custom-layers all puts it on every layer")
+        }
         let shape = command.model.unet(inputChannels: plan.channels.count, classCount: plan.classCount)
         var t = TrainingConfig()
-        t.seed = command.seed; t.epochs = command.epochs; t.batchSize = command.batchSize ?? 2; t.learningRate = command.learningRate
+        t.seed = command.seed; t.epochs = command.epochsToTrain; t.batchSize = command.batchSize ?? 2; t.learningRate = command.adamLearningRate
         t.beta = command.beta; t.betaAnnealEpochs = command.betaAnneal; t.evaluationSamples = command.samples
         t.dataset = "folder"
         var p = PatchTrainingConfig()

@@ -26,14 +26,14 @@ struct DatasetFolderWriter {
         destination = dest
         staging = String(cString: made)
         chmod(staging, 0o755 & ~Self.umask) // mkdtemp makes 0700; a dataset folder is an ordinary folder
-        for sub in ["imagesTr", "labelsTr", "imagesTs", "labelsTs"] {
+        for sub in ["imagesTr", "labelsTr", "imagesTs", "labelsTs", "imagesOod", "labelsOod"] {
             try fm.createDirectory(atPath: staging + "/" + sub, withIntermediateDirectories: false)
         }
     }
 
     static var umask: mode_t { let m = Glibc.umask(0); _ = Glibc.umask(m); return m }
 
-    /// Writes a case's channels (float32) and label (uint8) under `split` ("Tr" or "Ts").
+    /// Writes a case's channels (float32) and label (uint8) under `split` ("Tr", "Ts" or "Ood").
     func write(id: String, image: Tensor, label: Tensor?, grid: VoxelGrid, split: String) throws {
         let header = NIfTIHeader(shape: grid.shape, affine: grid.affine)
         let plane = grid.shape.reduce(1, *)
@@ -60,7 +60,7 @@ struct DatasetFolderWriter {
         let data = try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys])
         try FileIO.writeAtomically(Array(data) + [0x0a], to: staging + "/dataset.json")
         let fm = FileManager.default
-        for sub in ["imagesTs", "labelsTs"] where (try? fm.contentsOfDirectory(atPath: staging + "/" + sub))?.isEmpty == true {
+        for sub in ["imagesTs", "labelsTs", "imagesOod", "labelsOod"] where (try? fm.contentsOfDirectory(atPath: staging + "/" + sub))?.isEmpty == true {
             try fm.removeItem(atPath: staging + "/" + sub)
         }
         if fm.fileExists(atPath: destination) { try fm.removeItem(atPath: destination) } // empty, checked in init
@@ -92,26 +92,33 @@ func crop(_ t: Tensor, _ grid: VoxelGrid, columns: ClosedRange<Int>) -> (Tensor,
 /// channels, 3 classes), each resampled from its RAS grid onto a random grid with a real affine:
 /// a random axis order and flips (the orientation codes of the files vary: LPS, ASR, ...), one
 /// thicker "slice" axis (1.3–2.0 mm, the others 0.9–1.3 mm) and the same field of view. Test cases
-/// go to imagesTs/ with their labels in labelsTs/ (for `flipout evaluate`).
+/// go to imagesTs/ with their labels in labelsTs/ (for `flipout evaluate`). Out-of-distribution
+/// cases (`SyntheticCases.Look.outOfDistribution`: the same anatomy, inverted contrast, more noise,
+/// finer texture) go to imagesOod/ and labelsOod/, outside what training and `datasets check` read,
+/// for `flipout predict --input DIR/imagesOod` and `flipout evaluate --ood-predictions`.
 public enum SyntheticExport {
-    public static func write(to path: String, trainingCount: Int, testCount: Int, seed: UInt64,
+    public static func write(to path: String, trainingCount: Int, testCount: Int, oodCount: Int = 0, seed: UInt64,
                              progress: ((Int, Int, String) -> Void)? = nil) throws {
-        precondition(trainingCount >= 1 && testCount >= 0, "SyntheticExport: \(trainingCount) training, \(testCount) test cases")
+        precondition(trainingCount >= 1 && testCount >= 0 && oodCount >= 0,
+                     "SyntheticExport: \(trainingCount) training, \(testCount) test, \(oodCount) OOD cases")
         let writer = try DatasetFolderWriter(destination: path)
         do {
             let generator = SyntheticCases(seed: seed, count: trainingCount + testCount)
-            let total = trainingCount + testCount
+            let ood = SyntheticCases(seed: seed, count: oodCount, look: .outOfDistribution)
+            let total = trainingCount + testCount + oodCount
             for index in 0..<total {
-                let c = generator.case(index)
+                let isOOD = index >= trainingCount + testCount
+                let c = isOOD ? ood.case(index - trainingCount - testCount) : generator.case(index)
                 let source = VoxelGrid(shape: Array(c.image.shape.dropFirst()), affine: Affine(c.affine))
                 let target = randomGrid(like: source, seed: seed, index: index)
                 let image = Resample.resample(c.image, from: source, to: target, interpolation: .linear)
                 let label = Resample.resample(c.label.reshaped(source.shape), from: source, to: target, interpolation: .nearest)
-                try writer.write(id: c.id, image: image, label: label, grid: target, split: index < trainingCount ? "Tr" : "Ts")
+                try writer.write(id: c.id, image: image, label: label, grid: target, split: isOOD ? "Ood" : index < trainingCount ? "Tr" : "Ts")
                 progress?(index + 1, total, c.id)
             }
             try writer.finish(name: "SyntheticMultiClass",
-                              description: "Flipout3D's synthetic generator (seed \(seed)): 2 channels, 3 classes, varied spacing and orientation",
+                              description: "Flipout3D's synthetic generator (seed \(seed)): 2 channels, 3 classes, varied spacing and orientation"
+                                + (oodCount > 0 ? "; imagesOod/ holds \(oodCount) out-of-distribution cases (inverted contrast, more noise, finer texture)" : ""),
                               channelNames: SyntheticCases.channelNames, classNames: SyntheticCases.classNames,
                               numTraining: trainingCount, numTest: testCount)
         } catch {

@@ -14,6 +14,13 @@
 // The contrasts are chosen so that each channel alone is ambiguous: class 1 and class 2 are
 // equally bright in channel 0 and differ only in channel 1, while class 1 and the background
 // look alike in channel 1. Telling all three classes apart needs both channels.
+//
+// `Look.outOfDistribution` (the binary task's OOD look, SyntheticVolumes.Appearance.outOfDistribution):
+// the same anatomy drawn with inverted intensities (image_c negated: structures darker than the
+// background), noise 0.9 instead of 0.35, finer texture (8 cosines of 2–5 cycles per field of view
+// instead of 6 of 0.5–1.5) and a stronger bias field (amplitudes 0.1–0.25 instead of 0.05–0.15).
+// Its cases are "synth_ood_000", … on their own sub-stream (layer 2), so they share no draws with
+// the in-distribution cases of the same seed.
 import Foundation
 
 public struct SyntheticCases: Sendable {
@@ -57,17 +64,41 @@ public struct SyntheticCases: Sendable {
     public let radiusRange: ClosedRange<Double>
     /// Standard deviation of the additive noise (texture std is 1).
     public let noiseSigma: Float
+    /// How the anatomy is rendered: the training look, or the out-of-distribution one.
+    public let look: Look
+
+    /// The rendering of a case apart from its anatomy.
+    public struct Look: Sendable, Equatable {
+        /// Cosines in each channel's texture and their frequency range, cycles per field of view.
+        public var textureComponents: Int
+        public var textureCycles: ClosedRange<Double>
+        /// Amplitude range of each of the 3 log-bias cosines.
+        public var biasAmplitude: ClosedRange<Double>
+        /// Negate every channel (structures darker than the background).
+        public var inverted: Bool
+        /// Noise standard deviation, replacing `noiseSigma` when set.
+        public var noiseSigma: Float?
+        /// Case id prefix and the RandomStream layer its cases are drawn on.
+        public var idPrefix: String
+        var streamLayer: Int
+
+        public static let inDistribution = Look(textureComponents: 6, textureCycles: 0.5...1.5, biasAmplitude: 0.05...0.15,
+                                                inverted: false, noiseSigma: nil, idPrefix: "synth_", streamLayer: 0)
+        public static let outOfDistribution = Look(textureComponents: 8, textureCycles: 2.0...5.0, biasAmplitude: 0.1...0.25,
+                                                   inverted: true, noiseSigma: 0.9, idPrefix: "synth_ood_", streamLayer: 2)
+    }
 
     public init(seed: UInt64, count: Int = 32, fieldOfView: [Double] = [40, 40, 40],
                 spacingRange: ClosedRange<Double> = 0.9...1.4, radiusRange: ClosedRange<Double> = 4...8,
-                noiseSigma: Float = 0.35) {
+                noiseSigma: Float = 0.35, look: Look = .inDistribution) {
         precondition(count >= 0, "SyntheticCases: negative count \(count)")
         precondition(fieldOfView.count == 3 && fieldOfView.allSatisfy { $0 > 0 }, "SyntheticCases: field of view must be 3 positive mm sizes, got \(fieldOfView)")
         precondition(spacingRange.lowerBound > 0, "SyntheticCases: spacing must be positive")
         precondition(fieldOfView.allSatisfy { $0 / spacingRange.upperBound >= 8 }, "SyntheticCases: fewer than 8 voxels per axis")
         precondition(radiusRange.lowerBound > 0 && 2 * radiusRange.upperBound < fieldOfView.min()!, "SyntheticCases: radii must fit in the field of view")
         self.seed = seed; self.count = count; self.fieldOfView = fieldOfView
-        self.spacingRange = spacingRange; self.radiusRange = radiusRange; self.noiseSigma = noiseSigma
+        self.spacingRange = spacingRange; self.radiusRange = radiusRange
+        self.noiseSigma = look.noiseSigma ?? noiseSigma; self.look = look
     }
 
     /// Every case, in index order.
@@ -76,7 +107,7 @@ public struct SyntheticCases: Sendable {
     /// Case `index`: a pure function of (seed, index).
     public func `case`(_ index: Int) -> Case {
         precondition(index >= 0, "SyntheticCases: negative index \(index)")
-        var rng = RandomStream(seed: seed, layer: 0, step: index, purpose: .syntheticCases)
+        var rng = RandomStream(seed: seed, layer: look.streamLayer, step: index, purpose: .syntheticCases)
         func uniform(_ r: ClosedRange<Double>) -> Double {
             var u: Float = 0; rng.fillUniform(&u, count: 1)
             return r.lowerBound + Double(u) * (r.upperBound - r.lowerBound)
@@ -96,8 +127,8 @@ public struct SyntheticCases: Sendable {
             return Cosine(f: v, phase: uniform(0...(2 * .pi)), amplitude: uniform(amplitude))
         }
         let channels = Self.channelCount
-        let textures = (0..<channels).map { _ in (0..<6).map { _ in randomCosine(0.5...1.5, amplitude: 0.5...1.0) } }
-        let biases = (0..<channels).map { _ in (0..<3).map { _ in randomCosine(0.2...0.9, amplitude: 0.05...0.15) } }
+        let textures = (0..<channels).map { _ in (0..<look.textureComponents).map { _ in randomCosine(look.textureCycles, amplitude: 0.5...1.0) } }
+        let biases = (0..<channels).map { _ in (0..<3).map { _ in randomCosine(0.2...0.9, amplitude: look.biasAmplitude) } }
         func ellipsoid(label: Int) -> Ellipsoid {
             let radii = (uniform(radiusRange), uniform(radiusRange), uniform(radiusRange))
             let margin = 2 + max(radii.0, radii.1, radii.2) * 0.6
@@ -146,7 +177,8 @@ public struct SyntheticCases: Sendable {
             for z in 0..<d { for y in 0..<h { for x in 0..<w {
                 let logBias = biases[c].reduce(0) { $0 + $1.value(world(z, y, x)) }
                 let clean = Self.base[c] + out[i] + Self.contrast[c][Int(label.data[i])]
-                out[i] = Self.scale[c] * (clean * Float(Foundation.exp(logBias)) + noiseSigma * noise[i])
+                let v = Self.scale[c] * (clean * Float(Foundation.exp(logBias)) + noiseSigma * noise[i])
+                out[i] = look.inverted ? -v : v
                 i += 1
             } } }
         }
@@ -154,12 +186,12 @@ public struct SyntheticCases: Sendable {
                                   [0, spacing[1], 0, origin[1]],
                                   [0, 0, spacing[0], origin[0]],
                                   [0, 0, 0, 1]]
-        return Case(id: Self.caseID(index), image: image, label: label, spacing: spacing, affine: affine)
+        return Case(id: look.idPrefix + Self.indexSuffix(index), image: image, label: label, spacing: spacing, affine: affine)
     }
 
-    public static func caseID(_ index: Int) -> String {
-        "synth_" + String(repeating: "0", count: max(0, 3 - String(index).count)) + String(index)
-    }
+    public static func caseID(_ index: Int) -> String { Look.inDistribution.idPrefix + indexSuffix(index) }
+
+    static func indexSuffix(_ index: Int) -> String { String(repeating: "0", count: max(0, 3 - String(index).count)) + String(index) }
 
     // MARK: - Rendering pieces (world coordinates in mm, ordered (z, y, x))
 

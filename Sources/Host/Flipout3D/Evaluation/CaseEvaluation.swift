@@ -165,6 +165,8 @@ public struct EvaluationSummary: Codable, Sendable {
     /// The calibration bins of every case's ROI added up (the reliability diagram).
     public var pooledCalibration: CalibrationBins?
     public var settings: EvaluationSettings
+    /// Case-level out-of-distribution detection (`flipout evaluate --ood-predictions`).
+    public var ood: OODDetection?
 
     public init(_ scores: [CaseScore], classNames: [String], settings: EvaluationSettings) {
         cases = scores.count

@@ -22,29 +22,34 @@ public struct PredictionFolder {
         if FileManager.default.fileExists(atPath: (labels as NSString).appendingPathComponent("dataset.json")) && FileManager.default.fileExists(atPath: tr) {
             labelDir = tr
         }
-        func niftiStems(_ dir: String) throws -> [String: String] {
-            var isDir: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
-                throw CaseInputError("\(dir): no such folder")
-            }
-            var out: [String: String] = [:]
-            for name in try FileManager.default.contentsOfDirectory(atPath: dir).sorted() {
-                let stem = name.hasSuffix(".nii.gz") ? String(name.dropLast(7)) : name.hasSuffix(".nii") ? String(name.dropLast(4)) : nil
-                if let stem, !stem.hasPrefix("."), out[stem] == nil { out[stem] = (dir as NSString).appendingPathComponent(name) }
-            }
-            return out
-        }
-        let preds = try niftiStems(predictions), labs = try niftiStems(labelDir)
-        // Not our side outputs, nor input channel files (CASE_0000) that predict copies beside them.
-        let candidates = preds.keys.filter { k in
-            !Self.suffixes.contains { k.hasSuffix($0) } && CaseInputs.split(k + ".nii.gz")?.1 == nil
-        }.sorted()
+        let preds = try Self.niftiStems(predictions), labs = try Self.niftiStems(labelDir)
+        let candidates = Self.predictionIDs(preds)
         pairs = candidates.compactMap { id in labs[id].map { Pair(id: id, prediction: preds[id]!, label: $0) } }
         unmatched = candidates.filter { labs[$0] == nil }
         guard !pairs.isEmpty else {
             throw CaseInputError("no prediction in \(predictions) has a label map of the same name in \(labelDir) (predictions: \(candidates.prefix(5).joined(separator: ", "))\(candidates.count > 5 ? ", …" : ""); labels: \(labs.keys.sorted().prefix(5).joined(separator: ", ")))")
         }
         classNames = Self.classNames(near: labels)
+    }
+
+    /// The NIfTI files of `dir` by stem (name without .nii.gz / .nii).
+    static func niftiStems(_ dir: String) throws -> [String: String] {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+            throw CaseInputError("\(dir): no such folder")
+        }
+        var out: [String: String] = [:]
+        for name in try FileManager.default.contentsOfDirectory(atPath: dir).sorted() {
+            let stem = name.hasSuffix(".nii.gz") ? String(name.dropLast(7)) : name.hasSuffix(".nii") ? String(name.dropLast(4)) : nil
+            if let stem, !stem.hasPrefix("."), out[stem] == nil { out[stem] = (dir as NSString).appendingPathComponent(name) }
+        }
+        return out
+    }
+
+    /// The stems that are prediction label maps: not our side outputs, nor input channel files
+    /// (CASE_0000) that predict copies beside them.
+    static func predictionIDs(_ files: [String: String]) -> [String] {
+        files.keys.filter { k in !suffixes.contains { k.hasSuffix($0) } && CaseInputs.split(k + ".nii.gz")?.1 == nil }.sorted()
     }
 
     /// Class names from a dataset.json in `folder` or its parent: nnU-Net v2 {"name": index} or MSD {"index": "name"}.

@@ -27,6 +27,13 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// The defaults of `flipout train --data` (the U-Net on patches), which differ from the binary
+/// trainer's (`TrainingConfig`): MEASURED_BUDGET
+public enum FolderTrainingDefaults {
+    public static let epochs = 60
+    public static let learningRate: Float = 1e-2
+}
+
 /// What training on a dataset folder adds to `TrainingConfig`: the folder, the patches, the fold, and
 /// the scale of the ELBO's KL term. Recorded in the checkpoint beside the preprocessing plan.
 public struct PatchTrainingConfig: Codable, Equatable, Sendable {
