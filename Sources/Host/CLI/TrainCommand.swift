@@ -53,6 +53,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Epochs to train (default 30; with --data \(FolderTrainingDefaults.epochs)).") var epochs: Int?
     @Option(name: .customLong("batch-size"), help: "Volumes (or, with --data, patches) per step, over all ranks when distributed (default 4; with --data 2, as nnU-Net).") var batchSize: Int?
     @Option(name: .customLong("lr"), help: "Adam learning rate (default 3e-3; with --data \(FolderTrainingDefaults.learningRate)).") var learningRate: Float?
+    @Option(name: .customLong("positive-lr-scale"), help: "With --data: learning-rate multiplier of positive-support (e.g. Beta) posterior parameters, which are learned as logarithms (default \(PositiveWeightPolicy.learningRateScale)).") var positiveLRScale: Float?
     @Option(help: "Weight of the KL term in the ELBO.") var beta: Double = 1
     @Option(name: .customLong("beta-anneal"), help: "Anneal beta linearly from 0 over this many epochs (0: off).") var betaAnneal = 0
     @Option(help: "Seed of every random draw (data, init, noise, signs).") var seed: UInt64 = 1
@@ -71,12 +72,15 @@ struct TrainCommand: ParsableCommand {
 
     func validate() throws {
         try validating { try trainingConfig().validate() }
+        if folder.data == nil && positiveLRScale != nil && resume == nil {
+            throw ValidationError("--positive-lr-scale applies to --data training (the U-Net); add --data DIR.")
+        }
         if folder.data != nil && model.afterPositive != nil {
             throw ValidationError("--after-positive applies to the built-in binary network; the U-Net of --data already normalises after every convolution (instance norm, --norm), which is the positive-weight recipe.")
         }
         if resume != nil {
             // Options that set what the checkpoint already fixes cannot be honoured on resume.
-            let fixed = GivenOptions.given(["--batch-size", "--lr", "--beta", "--beta-anneal", "--seed", "--dataset", "--volume-size",
+            let fixed = GivenOptions.given(["--batch-size", "--lr", "--positive-lr-scale", "--beta", "--beta-anneal", "--seed", "--dataset", "--volume-size",
                                             "--train-volumes", "--test-volumes", "--samples", "--overwrite"] + ModelOptions.longNames)
             guard fixed.isEmpty else {
                 throw ValidationError("--resume continues the run as its checkpoint stored it, so \(fixed.joined(separator: ", ")) cannot be changed; drop \(fixed.count == 1 ? "it" : "them"), or start a new run (--run DIR). --epochs, --run and the plugin options may be given.")
@@ -93,7 +97,7 @@ struct TrainCommand: ParsableCommand {
     func trainingConfig() -> TrainingConfig {
         var t = TrainingConfig()
         t.seed = seed; t.epochs = epochsToTrain; t.batchSize = batchSize ?? 4; t.learningRate = adamLearningRate
-        t.beta = beta; t.betaAnnealEpochs = betaAnneal; t.dataset = dataset; t.volumeSize = volumeSize
+        t.beta = beta; t.betaAnnealEpochs = betaAnneal; t.dataset = dataset; t.positiveLearningRateScale = positiveLRScale; t.volumeSize = volumeSize
         t.trainVolumes = trainVolumes; t.testVolumes = testVolumes; t.oodVolumes = testVolumes
         t.validationVolumes = max(2, testVolumes / 2); t.evaluationSamples = samples
         return t

@@ -116,6 +116,7 @@ struct FolderTraining {
         var t = TrainingConfig()
         t.seed = command.seed; t.epochs = command.epochsToTrain; t.batchSize = command.batchSize ?? 2; t.learningRate = command.adamLearningRate
         t.beta = command.beta; t.betaAnnealEpochs = command.betaAnneal; t.evaluationSamples = command.samples
+        t.positiveLearningRateScale = command.positiveLRScale
         t.dataset = "folder"
         var p = PatchTrainingConfig()
         p.data = dir; p.fold = options.fold; p.folds = options.folds; p.stepsPerEpoch = options.stepsPerEpoch

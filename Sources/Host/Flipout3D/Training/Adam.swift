@@ -14,6 +14,13 @@ public final class Adam {
     public let m: [Tensor]
     public let v: [Tensor]
     public var parameters: [NamedParameter] { arena.parameters }
+    /// A multiplier of the learning rate per parameter (in `parameters` order); nil: 1 for every one.
+    /// Set from a policy (e.g. `PositiveWeightPolicy`), never from saved state, so a resumed run
+    /// rebuilds it from its configuration.
+    public var learningRateScales: [Float]? {
+        didSet { precondition(learningRateScales.map { $0.count == arena.parameters.count && $0.allSatisfy { $0 > 0 && $0.isFinite } } ?? true,
+                              "Adam: \(learningRateScales?.count ?? 0) learning-rate scales for \(arena.parameters.count) parameters, each > 0") }
+    }
     private let mBlock: UnsafeMutablePointer<Float>, vBlock: UnsafeMutablePointer<Float>
     private let owners: [ArenaBlock]
 
@@ -29,7 +36,7 @@ public final class Adam {
 
     /// One update from the accumulated gradients. Throws (updating nothing) if a gradient is not finite.
     public func update() throws {
-        let n = arena.count, w = arena.values, g = arena.gradients
+        let n = arena.count, g = arena.gradients
         for i in 0..<n where !g[i].isFinite {
             let at = arena.locate(i)
             throw LayerError.nonFinite("gradient of \(at.name) is \(g[i]) at index \(at.index); nothing was updated. Lower the learning rate, or check the prior/posterior parameters (a scale near 0?).")
@@ -37,8 +44,17 @@ public final class Adam {
         step += 1
         let c1 = 1 - pow(Double(beta1), Double(step)), c2 = 1 - pow(Double(beta2), Double(step))
         let lr = learningRate * Float(c2.squareRoot() / c1)
-        let mk = mBlock, vk = vBlock
-        for i in 0..<n {
+        guard let scales = learningRateScales else { return move(0..<n, lr: lr) }
+        for (k, p) in arena.parameters.enumerated() {
+            move(arena.offsets[k]..<(arena.offsets[k] + p.value.count), lr: lr * scales[k])
+        }
+    }
+
+    /// The Adam step of the arena's floats `range` at (bias-corrected) rate `lr`.
+    @inline(__always)
+    private func move(_ range: Range<Int>, lr: Float) {
+        let w = arena.values, g = arena.gradients, mk = mBlock, vk = vBlock
+        for i in range {
             mk[i] = beta1 * mk[i] + (1 - beta1) * g[i]
             vk[i] = beta2 * vk[i] + (1 - beta2) * g[i] * g[i]
             w[i] -= lr * mk[i] / (vk[i].squareRoot() + epsilon)

@@ -86,6 +86,9 @@ extension TrainingConfig {
         guard learningRate.isFinite, learningRate > 0, learningRate <= 1 else {
             throw ConfigError(field: "learningRate", option: "--lr", value: "\(learningRate)", allowed: "a number above 0 and at most 1")
         }
+        if let s = positiveLearningRateScale, !(s.isFinite && s > 0 && s * learningRate <= 1) {
+            throw ConfigError(field: "positiveLearningRateScale", option: "--positive-lr-scale", value: "\(s)", allowed: "a number above 0 with scale * --lr at most 1")
+        }
         try Check.range(beta, ConfigLimits.beta, field: "beta", option: "--beta")
         try Check.range(betaAnnealEpochs, ConfigLimits.betaAnneal, field: "betaAnnealEpochs", option: "--beta-anneal")
         try Check.range(evaluationSamples, ConfigLimits.samples, field: "evaluationSamples", option: "--samples")

@@ -53,6 +53,9 @@ public final class PatchTrainer {
         self.patch = p
         sampler = PatchSampler(cases: train, patchSize: patch.patchSize, classCount: plan.classCount, seed: training.seed)
         optimizer = Adam(parameters: model.trainable, learningRate: training.learningRate)
+        let scales = PositiveWeightPolicy.learningRateScales(optimizer.parameters, layers: model.layers,
+                                                             scale: training.positiveLearningRateScale ?? PositiveWeightPolicy.learningRateScale)
+        if scales.contains(where: { $0 != 1 }) { optimizer.learningRateScales = scales }
         try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
     }
 

@@ -18,6 +18,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var oodVolumes: Int = 12
     /// "synthetic" (the embedded default) or "colin27" (Colin27 T1 brain extraction, 2 mm).
     public var dataset: String = "synthetic"
+    /// U-Net (--data): the learning-rate multiplier of positive-support (e.g. Beta) posterior
+    /// parameters; nil: `PositiveWeightPolicy.learningRateScale`. Optional so older checkpoints decode.
+    public var positiveLearningRateScale: Float? = nil
 
     public init() {}
 
@@ -32,6 +35,23 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
 public enum FolderTrainingDefaults {
     public static let epochs = 60
     public static let learningRate: Float = 1e-2
+}
+
+/// How fast a positive-support posterior learns. Its parameters are stored as logarithms (Beta's
+/// log alpha, log beta), so an Adam step of lr changes a weight's mean by about lr of its size;
+/// a Normal location's step of lr is an absolute one, lr / |mu| of its size: about 6.5 % for a
+/// first U-Net layer (He-normal sd sqrt(2/54) = 0.19, E|mu| = 0.15) against 1 % for Beta.
+/// SCALE_MEASUREMENT
+public enum PositiveWeightPolicy {
+    public static let learningRateScale: Float = 5
+
+    /// Per parameter of `parameters` (an optimizer's order): `scale` for the posterior parameters
+    /// of the positive-support Flipout layers in `layers`, 1 for everything else.
+    public static func learningRateScales(_ parameters: [NamedParameter], layers: [ConvLayer], scale: Float) -> [Float] {
+        let positive = layers.compactMap { $0 as? FlipoutConv3D }.filter { $0.weights.posterior.family.capabilities.contains(.positiveSupport) }
+        let ids = Set(positive.flatMap { $0.weights.parameters.map(ObjectIdentifier.init) })
+        return parameters.map { ids.contains(ObjectIdentifier($0.value)) ? scale : 1 }
+    }
 }
 
 /// What training on a dataset folder adds to `TrainingConfig`: the folder, the patches, the fold, and
