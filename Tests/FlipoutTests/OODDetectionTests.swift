@@ -68,6 +68,19 @@ import TestSupport
     }
 }
 
+/// A two-case exported folder and the options of a one-step U-Net run on it (for CLI tests).
+enum TinyFolderRun {
+    static let options = ["--steps-per-epoch", "1", "--patch", "16,16,16", "--width", "2", "--levels", "2", "--samples", "1", "--quiet", "--epochs", "1"]
+    static let beta = ["--posterior", "org.flipout3d.beta", "--prior", "org.flipout3d.gamma"]
+    static func folder(_ label: String) throws -> (URL, String) {
+        let dir = try Fixtures.temporaryDirectory(label)
+        let data = dir.appendingPathComponent("synth").path
+        let r = try FlipoutCLI.run(["datasets", "export-synthetic", data, "--cases", "2", "--test-cases", "0"])
+        precondition(r.status == 0, "export-synthetic failed: \(r.stderr)")
+        return (dir, data)
+    }
+}
+
 /// The OOD export and `flipout evaluate --ood-predictions` through the built binary.
 @Suite(.serialized) struct OODDetectionCLITests {
     /// Writes a prediction folder: per case a label map, an MI map filled with `mi`, and (if
@@ -141,12 +154,10 @@ import TestSupport
     }
 
     @Test func trainDataTakesItsOwnDefaultsAndThePositiveRecipe() throws {
-        let dir = try Fixtures.temporaryDirectory("train-data-defaults")
-        let data = dir.appendingPathComponent("synth").path
-        _ = try FlipoutCLI.run(["datasets", "export-synthetic", data, "--cases", "2", "--test-cases", "0"])
-        let small = ["--steps-per-epoch", "1", "--patch", "16,16,16", "--width", "2", "--levels", "2", "--samples", "1", "--quiet", "--epochs", "1"]
+        let (dir, data) = try TinyFolderRun.folder("train-data-defaults")
+        let small = TinyFolderRun.options
         let run = dir.appendingPathComponent("beta").path
-        let r = try FlipoutCLI.run(["train", "--data", data, "--run", run, "--posterior", "org.flipout3d.beta", "--prior", "org.flipout3d.gamma"] + small)
+        let r = try FlipoutCLI.run(["train", "--data", data, "--run", run] + TinyFolderRun.beta + small)
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stderr.contains("has positive support") && r.stderr.contains("first Bayesian convolution only"), "\(r.stderr)")
         // The checkpoint records the recipe and train --data's own learning rate (not the binary trainer's 3e-3).
@@ -156,8 +167,8 @@ import TestSupport
         #expect(model["customLayers"] as? String == "first" && model["posterior"] as? String == "org.flipout3d.beta")
         #expect(abs((training["learningRate"] as! Double) - Double(FolderTrainingDefaults.learningRate)) < 1e-9 && training["epochs"] as? Int == 1)
         // Asked for everywhere, it is honoured, without the note.
-        let all = try FlipoutCLI.run(["train", "--data", data, "--run", dir.appendingPathComponent("all").path, "--posterior", "org.flipout3d.beta",
-                                      "--prior", "org.flipout3d.gamma", "--custom-layers", "all"] + small)
+        let all = try FlipoutCLI.run(["train", "--data", data, "--run", dir.appendingPathComponent("all").path, "--custom-layers", "all"]
+                                     + TinyFolderRun.beta + small)
         #expect(all.status == 0 && !all.stderr.contains("has positive support"), "\(all.stderr)")
         // --after-positive is the binary network's; the U-Net refuses it with the reason.
         let after = try FlipoutCLI.run(["train", "--data", data, "--after-positive", "norm"] + small)
