@@ -108,7 +108,8 @@ struct FolderTraining {
         var config = try command.model.config()
         if command.model.customLayers == nil && config.bayesian,
            try registry.family(config.posterior).capabilities.contains(.positiveSupport) {
-            // The positive-weight recipe (docs/positive-weights.md): POSITIVE_MEASUREMENT
+            // The positive-weight recipe (docs/positive-weights.md): a positive bank everywhere
+            // cannot form a contrast before the network's end; first layer only is the measured option.
             config.customLayers = .first
             note("note: \(config.posterior) has positive support, so it and --prior go on the first Bayesian convolution only (instance norm follows it), Normal/Normal elsewhere: the positive-weight recipe; --custom-layers all puts it on every layer")
         }
