@@ -111,7 +111,8 @@ struct FolderTraining {
             // The positive-weight recipe (docs/positive-weights.md): a positive bank everywhere
             // cannot form a contrast before the network's end; first layer only is the measured option.
             config.customLayers = .first
-            note("note: \(config.posterior) has positive support, so it and --prior go on the first Bayesian convolution only (instance norm follows it), Normal/Normal elsewhere: the positive-weight recipe; --custom-layers all puts it on every layer")
+            let after = command.model.norm == .instance ? "instance norm follows it" : "--norm none: nothing normalises it, the recipe needs --norm instance"
+            note("note: \(config.posterior) has positive support, so it and --prior go on the first Bayesian convolution only (\(after)), Normal/Normal elsewhere: the positive-weight recipe; --custom-layers all puts it on every layer")
         }
         let shape = command.model.unet(inputChannels: plan.channels.count, classCount: plan.classCount)
         var t = TrainingConfig()
