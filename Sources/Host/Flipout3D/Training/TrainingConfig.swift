@@ -34,7 +34,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
 /// trainer's (`TrainingConfig`). Measured on the exported synthetic folder (32 cases, 16 steps per
 /// epoch), Normal/Normal, seeds 1-3 (docs/setups.md): 30 epochs at 3e-3 gave test Dice
 /// 0.818 ± 0.054 with the Dice loss still falling fast at epoch 30; 60 epochs at 1e-2 give
-/// 0.852 ± 0.017.
+/// 0.851 ± 0.017.
 public enum FolderTrainingDefaults {
     public static let epochs = 60
     public static let learningRate: Float = 1e-2
