@@ -16,6 +16,12 @@ import TestSupport
         #expect(r.stderr.contains("2 channels [\"T1\", \"T2\"], 3 classes"), "\(r.stderr)")
         let results = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: run + "/results.json"))) as? [String: Any]
         #expect((results?["test_dice"] as? [Any])?.count == 3 && results?["patch_size"] as? [Int] == [16, 16, 16])
+        // A new run refuses the folder of another run, touching nothing, and says what to do.
+        let before = try Data(contentsOf: URL(fileURLWithPath: run + "/checkpoint.safetensors"))
+        let again = try FlipoutCLI.run(["train", "--data", data, "--run", run, "--epochs", "1", "--quiet"])
+        #expect(again.status == 64 && again.stderr.contains("already holds") && again.stderr.contains("--overwrite")
+                && again.stderr.contains("--resume"), "\(again.stderr)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: run + "/checkpoint.safetensors")) == before)
         // A fold writes splits.json into the run folder and validates on the held-out cases.
         let fold = try FlipoutCLI.run(["train", "--data", data, "--run", run + "-fold", "--epochs", "1", "--steps-per-epoch", "1",
                                        "--patch", "16,16,16", "--width", "2", "--levels", "2", "--samples", "1", "--fold", "1", "--folds", "3", "--quiet"])

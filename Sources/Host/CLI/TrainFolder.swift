@@ -70,10 +70,13 @@ struct FolderTraining {
         let trainer: PatchTrainer
         let folder: DatasetFolder
         if let resume = command.resume {
+            RunFolder.removeStaleTemporaries(in: (resume as NSString).deletingLastPathComponent, log: note)
             trainer = try PatchTrainer.resume(checkpoint: resume, registry: registry, allowPluginChange: command.allowPluginChange, log: note)
             folder = try DatasetFolder(trainer.patch.data)
             note("resuming \(resume) after epoch \(trainer.epochsDone) of \(trainer.training.epochs)")
         } else {
+            // As the binary trainer: a new run never writes into a folder holding another run's files.
+            try RunFolder.prepare(command.runFolder, policy: command.overwrite ? .overwrite : .fresh, log: note)
             (trainer, folder) = try start()
         }
         trainer.showProgress = !command.quiet
