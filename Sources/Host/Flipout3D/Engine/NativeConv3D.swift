@@ -35,10 +35,10 @@ final class NativeConv3D {
     /// Whether the native kernels run this geometry in every direction (stride 1, k_w 1 or 3,
     /// at most 16 output and 64 input channels per group both ways, padding below the kernel).
     static func supports(_ g: Conv3DGeometry) -> Bool {
-        guard g.stride.allSatisfy({ $0 == 1 }) else { return false }
+        // Backward-data runs as the forward of the transposed convolution, so that must exist.
+        guard g.isTransposable else { return false }
         var s = shape(g), t = transposedShape(g)
         return fo_supports(&s) != 0 && fo_supports(&t) != 0
-            && zip(g.paddingFront + g.paddingBack, g.kernel + g.kernel).allSatisfy { $0 <= $1 - 1 }
     }
 
     init(_ g: Conv3DGeometry, level: NativeLevel) {
