@@ -6,13 +6,13 @@ import Flipout3D
 struct VarianceOptions: ParsableArguments {
     @Flag(help: "Measure gradient variance (flipout, reparam, per-example) instead of timing; needs --checkpoint.")
     var variance = false
-    @Option(help: "Trained checkpoint whose parameters the variance is measured at (--variance).")
+    @Option(help: "U-Net checkpoint of flipout train whose parameters the variance is measured at; its dataset folder supplies the patches (--variance).")
     var checkpoint: String?
     @Option(help: "Comma-separated batch sizes (--variance).")
     var batches = "1,4,8,16"
     @Option(help: "Noise draws per estimator and batch size (--variance).")
     var draws = 32
-    @Option(name: .customLong("variance-batch"), help: "distinct (the first N training volumes) or copies (N copies of one volume) (--variance).")
+    @Option(name: .customLong("variance-batch"), help: "distinct (N patches of N training cases) or copies (N copies of one patch) (--variance).")
     var batchKind: GradientVariance.BatchKind = .distinct
     @Flag(name: .customLong("allow-plugin-change"), help: "Load the checkpoint even if a plugin's SHA-256 changed since training (--variance).")
     var allowPluginChange = false
@@ -32,10 +32,17 @@ struct VarianceOptions: ParsableArguments {
 
     /// Prints one table row per (layer, parameter, batch): reparam's variance and the two ratios.
     func run(registry: PluginRegistry, json: Bool) throws {
-        let trained = try TrainedModel.load(checkpoint!, registry: registry, allowPluginChange: allowPluginChange, log: note)
-        let dataset = try trained.training.makeDataset()
-        let rows = try GradientVariance.measure(trained: try trained.binaryModel(), dataset: dataset, seed: trained.training.seed, registry: registry,
+        // The run as its checkpoint stored it: the U-Net, and the training cases of its dataset folder prepared by its plan.
+        let run = try PatchTrainer.resume(checkpoint: checkpoint!, registry: registry, allowPluginChange: allowPluginChange, log: note)
+        note("gradient variance of \(checkpoint!) (epoch \(run.epochsDone)): patches \(run.patch.patchSize.map(String.init).joined(separator: "x")) of \(run.sampler.cases.count) training cases, \(draws) draws per estimator and batch")
+        let rows: [GradientVarianceRow]
+        do {
+            rows = try GradientVariance.measure(trained: run.model, sampler: run.sampler, seed: run.training.seed, registry: registry,
                                                 batches: parsedBatches!, draws: draws, kind: batchKind, progress: note)
+        } catch let e as LayerError {
+            guard case .invalidConfiguration = e else { throw e }
+            throw InputError(e.description)
+        }
         if json {
             let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
             for r in rows { print(String(decoding: try e.encode(r), as: UTF8.self)) }

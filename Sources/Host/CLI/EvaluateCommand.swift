@@ -27,8 +27,11 @@ struct EvaluateCommand: ParsableCommand {
         (out of distribution) above the scored cases of --predictions; no labels needed
         for DIR. In summary.json as "ood".
 
-        With --checkpoint: Dice, NLL, Brier and ECE of the predictive mean on the
-        checkpoint's test split, and the OOD AUROC of per-volume mutual information.
+        With --checkpoint C: predicts the test cases (imagesTs) of the dataset folder C
+        was trained on, as `flipout predict` does, into --output (default: C's folder
+        /evaluation/test), and scores them against labelsTs as above; when the folder
+        has imagesOod/ (`datasets export-synthetic --ood-cases N`), those are predicted
+        too (evaluation/ood) and the case-level OOD AUROC is reported.
 
         Examples:
           flipout evaluate --predictions preds --labels Dataset001/labelsTr
@@ -43,7 +46,7 @@ struct EvaluateCommand: ParsableCommand {
     @Option(help: "Number of classes K, background included (default: from the probabilities, dataset.json or the labels).") var classes: Int?
     @Option(name: .customLong("ood-predictions"), help: ArgumentHelp("Folder of predictions of out-of-distribution cases (flipout predict's output): report the case-level OOD AUROC by mean MI and mean entropy.", valueName: "dir")) var oodPredictions: String?
     @Option(name: .customLong("roi-margin"), help: "Margin in mm around the true and predicted foreground for ECE, AUROC and retention.") var roiMargin = 5.0
-    @Option(help: "Checkpoint written by flipout train: evaluate on its dataset's test split instead.") var checkpoint: String?
+    @Option(help: "Checkpoint written by flipout train: predict and score its dataset folder's test cases (imagesTs/labelsTs) instead.") var checkpoint: String?
     @Option(help: "Monte Carlo samples T per volume (with --checkpoint).") var samples = 8
     @Option(help: "Seed of the prediction draws (with --checkpoint).") var seed: UInt64 = 1
     @Flag(help: "Print one JSON object instead of text.") var json = false
@@ -63,23 +66,25 @@ struct EvaluateCommand: ParsableCommand {
 
     func run() throws {
         try reportingInputErrors {
-            if checkpoint != nil { try evaluateCheckpoint() } else { try evaluateFolder() }
+            if checkpoint != nil { try evaluateCheckpoint() } else {
+                try evaluateFolder(predictions: predictions!, labels: labels!, ood: oodPredictions, output: output ?? predictions!)
+            }
         }
     }
 
-    func evaluateFolder() throws {
+    func evaluateFolder(predictions: String, labels: String, ood oodPredictions: String?, output: String) throws {
         let folder: PredictionFolder
-        do { folder = try PredictionFolder(predictions: predictions!, labels: labels!) } catch let e as CaseInputError { throw InputError(e.description) }
+        do { folder = try PredictionFolder(predictions: predictions, labels: labels) } catch let e as CaseInputError { throw InputError(e.description) }
         // The OOD folder is read first, so a bad one fails before the long scoring.
         let ood = try oodPredictions.map { dir in
             let outside: [CaseUncertainty]
             do { outside = try OODDetection.read(folder: dir) } catch let e as CaseInputError { throw InputError(e.description) }
             let both = Set(outside.map(\.id)).intersection(folder.pairs.map(\.id))
             guard both.isEmpty else {
-                throw InputError("--ood-predictions \(dir) and --predictions \(predictions!) share case(s) \(both.sorted().prefix(5).joined(separator: ", ")); a case is either in or out of distribution: give the OOD cases' own prediction folder.")
+                throw InputError("--ood-predictions \(dir) and --predictions \(predictions) share case(s) \(both.sorted().prefix(5).joined(separator: ", ")); a case is either in or out of distribution: give the OOD cases' own prediction folder.")
             }
             let inside: [CaseUncertainty]
-            do { inside = try OODDetection.read(folder: predictions!, ids: folder.pairs.map(\.id)) } catch let e as CaseInputError { throw InputError(e.description) }
+            do { inside = try OODDetection.read(folder: predictions, ids: folder.pairs.map(\.id)) } catch let e as CaseInputError { throw InputError(e.description) }
             return OODDetection(inDistribution: inside, outOfDistribution: outside)
         }
         if !folder.unmatched.isEmpty { note("evaluate: \(folder.unmatched.count) prediction(s) without a label map skipped: \(folder.unmatched.prefix(5).joined(separator: ", "))") }
@@ -98,7 +103,7 @@ struct EvaluateCommand: ParsableCommand {
         let names = (0..<k!).map { i in folder.classNames.flatMap { i < $0.count ? $0[i] : nil } ?? (i == 0 ? "background" : "class \(i)") }
         var summary = EvaluationSummary(scores, classNames: names, settings: settings)
         summary.ood = ood
-        let files = try EvaluationFiles.write(scores: scores, summary: summary, to: output ?? predictions!)
+        let files = try EvaluationFiles.write(scores: scores, summary: summary, to: output)
         if json {
             let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
             e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
@@ -126,26 +131,50 @@ struct EvaluateCommand: ParsableCommand {
         for p in files { print("wrote \(p)") }
     }
 
+    /// Predicts and scores the test cases (and OOD cases, if any) of the dataset folder the checkpoint was trained on.
     func evaluateCheckpoint() throws {
         let registry = try plugins.registry()
-        let trained = try TrainedModel.load(checkpoint!, registry: registry, allowPluginChange: allowPluginChange, log: note)
-        let model: SegmentationNet
-        do { model = try trained.binaryModel() } catch { throw InputError("\(error) Score a U-Net with flipout predict --input DIR, then flipout evaluate --predictions DIR --labels DIR.") }
-        let data = try trained.training.makeDataset()
-        let t = model.config.bayesian ? samples : 1
-        let test = try Evaluator.evaluate(model, data, .test, samples: t, seed: seed)
-        var ood: SplitMetrics?
-        if data.count(.ood) > 0 { ood = try Evaluator.evaluate(model, data, .ood, samples: t, seed: seed) }
-        let auroc = ood.map { Evaluator.oodAUROC(inDistribution: test, outOfDistribution: $0) }
-        if json {
-            var o: [String: Any] = ["dice": test.dice, "nll": test.nll, "brier": test.brier, "ece": test.ece, "samples": t]
-            if let auroc { o["ood_auroc_mi"] = auroc }
-            print(String(decoding: try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]), as: UTF8.self))
-        } else {
-            print(String(format: "test (%d volumes, T=%d): dice %.4f  nll %.4f  brier %.4f  ece %.4f", data.count(.test), t, test.dice, test.nll, test.brier, test.ece))
-            if let ood, let auroc {
-                print(String(format: "ood  (%d volumes): dice %.4f  nll %.4f  AUROC(mutual information) %.4f", data.count(.ood), ood.dice, ood.nll, auroc))
-            }
+        let path = checkpoint!
+        let trained = try TrainedModel.load(path, registry: registry, allowPluginChange: allowPluginChange, log: note)
+        // The dataset folder the run recorded (an absolute path).
+        let patch: PatchTrainingConfig
+        do {
+            patch = try JSONDecoder().decode(PatchTrainingConfig.self, from: Data((try Checkpoint.read(path).metadata[UNetCheckpointKey.patchTraining] ?? "").utf8))
+        } catch { throw CheckpointError(path: path, reason: "its \(UNetCheckpointKey.patchTraining) metadata cannot be decoded: \(error)") }
+        let data = try DatasetFolder(patch.data)
+        guard data.test.contains(where: { $0.labelPath != nil }) else {
+            throw InputError("\(patch.data), the dataset folder \(path) was trained on, has no labelled test cases (imagesTs/ with labelsTs/); predict other cases with flipout predict and score them with flipout evaluate --predictions DIR --labels DIR.")
+        }
+        let out = output ?? (((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent("evaluation"))
+        let test = (out as NSString).appendingPathComponent("test")
+        try predict(data.test.filter { $0.labelPath != nil }.map { CaseInput(id: $0.id, channels: $0.imagePaths) }, trained: trained, into: test)
+        let oodImages = (data.root as NSString).appendingPathComponent("imagesOod")
+        var ood: String?
+        if FileManager.default.fileExists(atPath: oodImages) {
+            let found: [CaseInput]
+            do { found = try CaseInputs.discover(oodImages).cases } catch let e as CaseInputError { throw InputError(e.description) }
+            ood = (out as NSString).appendingPathComponent("ood")
+            try predict(found, trained: trained, into: ood!)
+        }
+        try evaluateFolder(predictions: test, labels: (data.root as NSString).appendingPathComponent("labelsTs"), ood: ood, output: out)
+    }
+
+    /// `flipout predict`'s defaults: windows of the training patch size overlapping by half, the plan's preprocessing.
+    func predict(_ cases: [CaseInput], trained: TrainedModel, into folder: String) throws {
+        let predictor = ModelPredictor(trained, samples: samples, seed: seed)
+        var settings = PredictionSettings(window: SlidingWindowOptions(window: trained.patchSize, overlap: 0.5, batch: 2, mirror: false),
+                                          classNames: trained.plan.classNames)
+        settings.preprocessing = .plan(trained.plan)
+        settings.members = [checkpoint!]
+        settings.note = { note($0) }
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let line = ProgressLine(total: cases.count, label: "predict \((folder as NSString).lastPathComponent)")
+        for (i, c) in cases.enumerated() {
+            do {
+                _ = try CasePredictor.run(c, channels: predictor.channels, classes: predictor.classes, draws: predictor.draws, settings: settings,
+                                          folder: folder, predictor: predictor.callAsFunction)
+            } catch let e as CaseInputError { throw InputError(e.description) }
+            line.update(done: i + 1, c.id)
         }
     }
 }

@@ -21,11 +21,8 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Gradient estimator: flipout, reparam, per-example, or auto (flipout for symmetric posteriors, else per-example).")
     var estimator: Estimator = .auto
 
-    @Option(name: .customLong("custom-layers"), help: "Layers that take --posterior/--prior: all, or first (the others Normal/Normal), e.g. a non-negative first-layer filter bank (default all; with --data and a positive posterior such as Beta, first: the recipe of docs/positive-weights.md).")
+    @Option(name: .customLong("custom-layers"), help: "Layers that take --posterior/--prior: all, or first (the others Normal/Normal), e.g. a non-negative first-layer filter bank (default all; with a positive posterior such as Beta, first: the recipe of docs/positive-weights.md).")
     var customLayers: ModelConfig.CustomLayers?
-
-    @Option(name: .customLong("after-positive"), help: "After each positive-weight (e.g. Beta) layer: none, scale (learnable per-channel sign and scale) or norm (instance normalisation); default: the recipe in docs/positive-weights.md.")
-    var afterPositive: PositiveLayerOutput?
 
     @Flag(name: .customLong("learn-prior"), help: "Learn the prior's parameters (empirical Bayes) through the KL's gradients.")
     var learnPrior = false
@@ -39,24 +36,20 @@ struct ModelOptions: ParsableArguments {
     @Flag(help: "Train the same network with deterministic convolutions (the baseline).")
     var deterministic = false
 
-    @Option(help: "Channels of the first layer (the network has width and 2·width channels).")
+    @Option(help: "Channels of the U-Net's first level (level l has width·2^l, capped at 128).")
     var width = 8
 
-    @Option(help: "Network for the built-in binary datasets: encoder-decoder (default) or stack. (--data always trains a U-Net.)")
-    var architecture: ModelConfig.Architecture = .encoderDecoder
-
-    @Option(help: "U-Net (--data): resolution levels; level l has width·2^l channels at 1/2^l of the patch size.")
+    @Option(help: "U-Net resolution levels; level l has width·2^l channels at 1/2^l of the patch size.")
     var levels = 3
 
-    @Option(help: "U-Net (--data): normalisation after each convolution: instance (default) or none.")
+    @Option(help: "U-Net normalisation after each convolution: instance (default) or none.")
     var norm: UNetConfig.Normalization = .instance
 
-    @Option(name: .customLong("bayesian-layers"), help: ArgumentHelp("U-Net (--data): which convolutions are Flipout layers: all, none, encoder, decoder, or last:N (the last N, head included); the others are deterministic.", valueName: "which"))
+    @Option(name: .customLong("bayesian-layers"), help: ArgumentHelp("Which U-Net convolutions are Flipout layers: all, none, encoder, decoder, or last:N (the last N, head included); the others are deterministic.", valueName: "which"))
     var bayesianLayers: BayesianLayers = .all
 
     func config() throws -> ModelConfig {
         var c = ModelConfig()
-        c.architecture = architecture
         c.width = width
         c.bayesian = !deterministic
         c.estimator = estimator.rawValue
@@ -67,7 +60,6 @@ struct ModelOptions: ParsableArguments {
         c.priorParameters = try KeyValue.dictionary(priorParam, option: "--prior-param").mapValues { Float($0) }
         c.learnPrior = learnPrior
         c.customLayers = customLayers ?? .all
-        c.afterPositive = afterPositive
         c.klSamples = klSamples
         c.forceMonteCarloKL = monteCarloKL
         return c
@@ -88,14 +80,12 @@ struct ModelOptions: ParsableArguments {
 
     /// Every long option of this group (refused with --resume, which takes the model from the checkpoint).
     static let longNames = ["--posterior", "--posterior-hyper", "--prior", "--prior-param", "--prior-hyper", "--estimator",
-                            "--custom-layers", "--learn-prior", "--kl-samples", "--mc-kl", "--deterministic", "--width", "--architecture",
+                            "--custom-layers", "--learn-prior", "--kl-samples", "--mc-kl", "--deterministic", "--width",
                             "--levels", "--norm", "--bayesian-layers"]
 }
 
 extension Estimator: ExpressibleByArgument {}
-extension ModelConfig.Architecture: ExpressibleByArgument {}
 extension ModelConfig.CustomLayers: ExpressibleByArgument {}
-extension PositiveLayerOutput: ExpressibleByArgument {}
 extension UNetConfig.Normalization: ExpressibleByArgument {}
 extension BayesianLayers: ExpressibleByArgument {
     public init?(argument: String) { self.init(argument) }

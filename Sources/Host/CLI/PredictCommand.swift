@@ -31,14 +31,11 @@ struct PredictCommand: ParsableCommand {
         Examples:
           flipout predict --checkpoint runs/default/checkpoint.safetensors --input Dataset001/imagesTs --output preds
           flipout predict --checkpoint a.safetensors --checkpoint b.safetensors --checkpoint c.safetensors --input t1.nii.gz --output ens
-          flipout predict --checkpoint runs/default/checkpoint.safetensors --synthetic ood:0 --output preds
         """)
 
     @OptionGroup var plugins: PluginOptions
     @Option(help: "Checkpoint written by flipout train; repeat for a deep ensemble.") var checkpoint: [String] = []
-    @Option(help: "Dataset folder, folder of NIfTI files, or one file.") var input: String?
-    @Option(help: "Instead of --input, a volume of the checkpoint's synthetic dataset: SPLIT:INDEX (train, validation, test, ood).")
-    var synthetic: String?
+    @Option(help: "Dataset folder, folder of NIfTI files, or one file.") var input: String
     @Option(help: "Output folder.") var output = "predictions"
     @Option(help: "Monte Carlo samples per checkpoint (a deterministic checkpoint uses 1).") var samples = 16
     @Option(help: "Fraction by which neighbouring windows overlap, in [0, 1).") var overlap = 0.5
@@ -53,7 +50,6 @@ struct PredictCommand: ParsableCommand {
 
     func validate() throws {
         guard !checkpoint.isEmpty else { throw ValidationError("give at least one --checkpoint PATH (repeat it for an ensemble).") }
-        guard (input == nil) != (synthetic == nil) else { throw ValidationError("give exactly one of --input PATH or --synthetic SPLIT:INDEX.") }
         try Bounds.check(samples, Bounds.samples, option: "--samples")
         guard overlap >= 0 && overlap < 1 else { throw ValidationError("--overlap must be in [0, 1), e.g. 0.5.") }
         guard windowBatch >= 1 else { throw ValidationError("--window-batch must be at least 1.") }
@@ -89,24 +85,15 @@ struct PredictCommand: ParsableCommand {
             let ensemble = EnsemblePredictor(predictors)
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
 
-            let cases: [CaseInput]
-            if let input {
-                let found: (cases: [CaseInput], source: String)
-                do { found = try CaseInputs.discover(input) } catch let e as CaseInputError { throw InputError(e.description) }
-                cases = found.cases
-                note("predict: \(cases.count) case(s) from \(input) (\(found.source)); \(members.count) checkpoint(s), \(ensemble.draws) draw(s) per window\(tta ? " x 8 mirrorings" : ""), window \(size.map(String.init).joined(separator: "x")), overlap \(overlap)")
-            } else {
-                cases = [try syntheticCase(members[0])]
-            }
+            let found: (cases: [CaseInput], source: String)
+            do { found = try CaseInputs.discover(input) } catch let e as CaseInputError { throw InputError(e.description) }
+            let cases = found.cases
+            note("predict: \(cases.count) case(s) from \(input) (\(found.source)); \(members.count) checkpoint(s), \(ensemble.draws) draw(s) per window\(tta ? " x 8 mirrorings" : ""), window \(size.map(String.init).joined(separator: "x")), overlap \(overlap)")
             let plan = members[0].plan
             var settings = PredictionSettings(window: SlidingWindowOptions(window: size, overlap: overlap, batch: windowBatch, mirror: tta),
-                                              classNames: members[0].training.dataset == "colin27" ? ["background", "brain"] : plan.classNames)
-            if case .unet = members[0].network {
-                settings.preprocessing = noNormalise ? .none : .plan(plan)
-                if noNormalise { note("predict: --no-normalise: the dataset plan's normalisation and resampling are skipped") }
-            } else {
-                settings.preprocessing = input == nil || noNormalise ? .none : .zScoreNonzero
-            }
+                                              classNames: plan.classNames)
+            settings.preprocessing = noNormalise ? .none : .plan(plan)
+            if noNormalise { note("predict: --no-normalise: the dataset plan's normalisation and resampling are skipped") }
             settings.members = checkpoint
             settings.nonFinite = nonfinite
             settings.note = { note($0) }
@@ -128,29 +115,6 @@ struct PredictCommand: ParsableCommand {
             }
             print("wrote \(cases.count) case(s) to \(output)")
         }
-    }
-
-    /// Writes a volume of the checkpoint's synthetic dataset (image and the generator's labels) and returns it as a case.
-    func syntheticCase(_ trained: TrainedModel) throws -> CaseInput {
-        let parts = synthetic!.split(separator: ":")
-        guard parts.count == 2, let split = DataSplit(rawValue: String(parts[0])), let index = Int(parts[1]), index >= 0 else {
-            throw InputError("--synthetic expects SPLIT:INDEX with SPLIT one of train, validation, test, ood (got \(synthetic!)).")
-        }
-        guard case .binary = trained.network else {
-            throw InputError("--synthetic takes a volume of a built-in binary checkpoint's dataset; this checkpoint holds a U-Net trained on a dataset folder: predict its imagesTs with --input.")
-        }
-        let data = try trained.training.makeDataset()
-        guard index < data.count(split) else { throw InputError("--synthetic \(synthetic!): the \(split.rawValue) split has \(data.count(split)) volumes.") }
-        let (x, y) = try data.batch(split, indices: [index])
-        let header = NIfTIHeader(shape: data.volumeSize)
-        let id = "\(data.name)_\(split.rawValue)_\(index)"
-        let image = (output as NSString).appendingPathComponent(id + "_0000.nii.gz")
-        try NIfTI.write(x.reshaped(data.volumeSize), header: header, to: image)
-        let truth = (output as NSString).appendingPathComponent("labels")
-        try FileManager.default.createDirectory(atPath: truth, withIntermediateDirectories: true)
-        try NIfTI.write(y.reshaped(data.volumeSize), header: header, datatype: .uint8, to: (truth as NSString).appendingPathComponent(id + ".nii.gz"))
-        note("wrote the input \(image) and the generator's labels to \(truth)/ (score with flipout evaluate --predictions \(output) --labels \(truth))")
-        return CaseInput(id: id, channels: [image])
     }
 }
 

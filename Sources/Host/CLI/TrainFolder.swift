@@ -1,4 +1,4 @@
-// `flipout train --data DIR`: a U-Net on a dataset folder, on patches, with per-class Dice on validation and test cases.
+// `flipout train`: the U-Net on a dataset folder (--data, or the exported synthetic default), on patches, over one or several ranks; resume; per-class Dice on validation and test cases.
 import ArgumentParser
 import Foundation
 import Flipout3D
@@ -26,7 +26,7 @@ struct FolderTrainingOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Cross-validation fold to train: 0..<--folds (validating on its held-out cases), or all (every case, no validation).", valueName: "k|all"))
     var fold = "all"
 
-    @Option(help: "Number of folds of splits.json (written into the run folder, reused if present).")
+    @Option(help: "Number of folds (DIR/splits_final.json if present, else a fixed partition of the dataset's case ids; copied into the run folder as splits.json).")
     var folds = 5
 
     @Option(name: .customLong("steps-per-epoch"), help: "Optimizer steps per epoch (0: one patch per training case).")
@@ -50,63 +50,136 @@ struct FolderTrainingOptions: ParsableArguments {
         guard stepsPerEpoch >= 0 else { throw ValidationError("--steps-per-epoch must be >= 0.") }
         guard memoryBudget >= 16 else { throw ValidationError("--memory-budget must be at least 16 MiB.") }
         guard mopedDelta > 0 && mopedDelta.isFinite else { throw ValidationError("--moped-delta must be a positive number.") }
-        if data == nil && (patch != nil || spacing != nil || initFrom != nil || fold != "all") {
-            throw ValidationError("--patch, --spacing, --fold and --init-from apply to --data DIR training; add --data.")
-        }
     }
+
+    /// Every long option of this group (refused with --resume, which takes them from the checkpoint).
+    static let longNames = ["--patch", "--spacing", "--fold", "--folds", "--steps-per-epoch", "--memory-budget", "--init-from", "--moped-delta"]
 }
 
-/// The --data path of `flipout train`.
+/// The one training path of `flipout train`: a new run on a dataset folder, or a resumed one.
+/// Every rank runs it alike (so a refusal is the same on all); rank 0 speaks and writes.
 struct FolderTraining {
     let command: TrainCommand
     let registry: PluginRegistry
+    let communicator: Communicator
     var options: FolderTrainingOptions { command.folder }
+    var isRoot: Bool { communicator.isRoot }
+    /// Rank 0 speaks for the job.
+    var say: (String) -> Void { isRoot ? { note($0) } : { _ in } }
 
-    static func isUNetCheckpoint(_ path: String) -> Bool {
-        (try? Checkpoint.read(path)).map { $0.metadata[UNetCheckpointKey.network] == "unet" } ?? false
-    }
+    /// The embedded default: the synthetic generator's folder, as `datasets export-synthetic` writes it.
+    static let defaultCases = (training: 32, test: 8, ood: 8)
 
     func run() throws {
-        let trainer: PatchTrainer
-        let folder: DatasetFolder
-        if let resume = command.resume {
-            RunFolder.removeStaleTemporaries(in: (resume as NSString).deletingLastPathComponent, log: note)
-            trainer = try PatchTrainer.resume(checkpoint: resume, registry: registry, allowPluginChange: command.allowPluginChange, log: note)
-            folder = try DatasetFolder(trainer.patch.data)
-            note("resuming \(resume) after epoch \(trainer.epochsDone) of \(trainer.training.epochs)")
-        } else {
-            // As the binary trainer: a new run never writes into a folder holding another run's files.
-            try RunFolder.prepare(command.runFolder, policy: command.overwrite ? .overwrite : .fresh, log: note)
-            (trainer, folder) = try start()
-        }
+        let trainer = try command.resume != nil ? resume() : start()
         trainer.showProgress = !command.quiet
-        let start = Date()
+        let started = Date()
         try trainer.run()
-        let seconds = Date().timeIntervalSince(start)
-        try report(trainer, folder: folder, trainSeconds: seconds)
+        let seconds = Date().timeIntervalSince(started)
+        if trainer.stepsTimed > 0 {
+            let perStep = trainer.stepSeconds / Double(trainer.stepsTimed)
+            say(String(format: "throughput: %.3f steps/s (%.1f ms per step over %d steps after the first, patch cutting included)",
+                       1 / perStep, perStep * 1e3, trainer.stepsTimed) +
+                (communicator.worldSize > 1 ? "; \(communicator.worldSize) ranks, " + trainer.parallel.reduceSummary(stepSeconds: perStep) : ""))
+        }
+        // Test cases are scored on rank 0 alone; the others are done.
+        guard isRoot else { return }
+        try report(trainer, folder: try DatasetFolder(trainer.patch.data), trainSeconds: seconds)
     }
 
-    func start() throws -> (PatchTrainer, DatasetFolder) {
-        guard let dir = options.data else { preconditionFailure("FolderTraining without --data") }
+    /// Rank 0 runs `body` (writing files); the others wait until it is done.
+    func onRoot(_ body: () throws -> Void) throws {
+        if isRoot { try body() }
+        if communicator.worldSize > 1 { try communicator.barrier() }
+    }
+
+    /// Continues the run of --resume C: in C's folder, or in --run DIR after copying the run there.
+    func resume() throws -> PatchTrainer {
+        let checkpoint = command.resume!
+        let source = (checkpoint as NSString).deletingLastPathComponent.isEmpty ? "." : (checkpoint as NSString).deletingLastPathComponent
+        let same = { (a: String, b: String) in URL(fileURLWithPath: a).standardizedFileURL.path == URL(fileURLWithPath: b).standardizedFileURL.path }
+        let target = GivenOptions.contains("--run") ? command.runFolder : source
+        let own = (target as NSString).appendingPathComponent("checkpoint.safetensors")
+        if same(target, source) {
+            // The run continues where its checkpoint lies, writing checkpoint.safetensors there: refuse to
+            // replace another checkpoint (a backup copy resumed beside its run's own checkpoint).
+            if !same(own, checkpoint) && FileIO.exists(own) {
+                throw InputError("--resume \(checkpoint): the run continues in \(source), which holds another checkpoint (\(own)) that it would replace; continue into a new folder with --run DIR, or resume \(own).")
+            }
+            try onRoot { RunFolder.removeStaleTemporaries(in: source, log: say) }
+        } else {
+            // A new folder receives a copy of the run (checkpoint, metrics, splits) before it continues there.
+            try RunFolder.prepare(target, policy: .fresh, log: { _ in })
+            _ = try Checkpoint.read(checkpoint)   // a damaged checkpoint is refused before anything is copied
+            try onRoot {
+                try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
+                try FileIO.writeAtomically(try FileIO.read(checkpoint), to: own)
+                for name in ["metrics.csv", "metrics.json", Splits.fileName] {
+                    let from = (source as NSString).appendingPathComponent(name)
+                    if FileIO.exists(from) { try FileIO.writeAtomically(try FileIO.read(from), to: (target as NSString).appendingPathComponent(name)) }
+                }
+                say("copied the run of \(checkpoint) into \(target); it continues there")
+            }
+        }
+        let trainer: PatchTrainer
+        do {
+            trainer = try PatchTrainer.resume(checkpoint: checkpoint, registry: registry, runDirectory: target, allowPluginChange: command.allowPluginChange,
+                                              epochs: command.epochs, communicator: communicator, log: say)
+        } catch let e as ConfigError {
+            throw InputError(e.description)
+        }
+        say("resuming \(checkpoint) after epoch \(trainer.epochsDone) of \(trainer.training.epochs)"
+            + (trainer.epochsDone >= trainer.training.epochs ? " (the run is complete; --epochs N with N > \(trainer.epochsDone) extends it)" : "")
+            + (same(target, source) ? "" : " in \(target)"))
+        return trainer
+    }
+
+    /// The dataset folder of a new run: --data, or the embedded synthetic data exported into RUN/dataset
+    /// (rank 0 writes it; an existing export of the same data is reused).
+    func datasetFolder() throws -> String {
+        if let data = options.data { return URL(fileURLWithPath: data).standardizedFileURL.path }
+        let dir = URL(fileURLWithPath: (command.runFolder as NSString).appendingPathComponent("dataset")).standardizedFileURL.path
+        try onRoot {
+            guard !FileIO.exists((dir as NSString).appendingPathComponent("dataset.json")) else {
+                say("dataset: the embedded synthetic data already exported in \(dir)")
+                return
+            }
+            let n = Self.defaultCases
+            say("dataset: exporting the embedded synthetic data to \(dir) (\(n.training) training, \(n.test) test, \(n.ood) out-of-distribution cases; `flipout datasets export-synthetic` writes the same)")
+            try FileManager.default.createDirectory(atPath: command.runFolder, withIntermediateDirectories: true)
+            try SyntheticExport.write(to: dir, trainingCount: n.training, testCount: n.test, oodCount: n.ood, seed: 1)
+        }
+        return dir
+    }
+
+    /// A new run: checks the options and the data, then (and only then) clears the run folder for
+    /// --overwrite, and builds the trainer.
+    func start() throws -> PatchTrainer {
+        // A fresh run refuses a folder holding another run before any work (it changes nothing).
+        if !command.overwrite { try RunFolder.prepare(command.runFolder, policy: .fresh, log: say) }
+        let dir = try datasetFolder()
         let folder = try DatasetFolder(dir)
-        let quiet = command.quiet
+        let quiet = command.quiet || !isRoot
         func progress(_ what: String) -> (Int, Int, String) -> Void {
             { done, total, id in if !quiet && (done == total || done % max(1, total / 4) == 0) { note("\(what) \(done)/\(total) (\(id))") } }
         }
         let fingerprint = try DatasetFingerprint(folder: folder, progress: progress("fingerprint"))
         let plan = PreprocessingPlan(fingerprint: fingerprint, spacing: options.spacing?.values)
         let ids = folder.training.map(\.id)
+        let splits: [FoldSplit]
         let split: FoldSplit
         switch options.foldSelection {
-        case .all: split = try Splits.cases(.all, caseIDs: ids, splits: [])
+        case .all:
+            splits = []
+            split = try Splits.cases(.all, caseIDs: ids, splits: [])
         case .fold:
-            let splits = try Splits.loadOrCreate(directory: command.runFolder, caseIDs: ids, folds: options.folds, seed: command.seed)
+            splits = try Splits.forDataset(root: folder.root, caseIDs: ids, folds: options.folds)
             split = try Splits.cases(options.foldSelection, caseIDs: ids, splits: splits)
         }
         let byID = Dictionary(folder.training.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         let train = try folder.prepare(split.train.compactMap { byID[$0] }, plan: plan, progress: progress("preparing"))
         let validation = try folder.prepare(split.val.compactMap { byID[$0] }, plan: plan)
-        note("dataset \(folder.name): \(train.count) training cases, \(validation.count) validation (fold \(options.fold)), \(plan.channels.count) channels \(plan.channelNames), \(plan.classCount) classes \(plan.classNames), spacing \(plan.spacing.map { String(format: "%.3g", $0) }.joined(separator: "x")) mm")
+        say("dataset \(folder.name): \(train.count) training cases, \(validation.count) validation (fold \(options.fold)), \(plan.channels.count) channels \(plan.channelNames), \(plan.classCount) classes \(plan.classNames), spacing \(plan.spacing.map { String(format: "%.3g", $0) }.joined(separator: "x")) mm")
 
         var config = try command.model.config()
         if command.model.customLayers == nil && config.bayesian,
@@ -115,14 +188,10 @@ struct FolderTraining {
             // cannot form a contrast before the network's end; first layer only is the measured option.
             config.customLayers = .first
             let after = command.model.norm == .instance ? "instance norm follows it" : "--norm none: nothing normalises it, the recipe needs --norm instance"
-            note("note: \(config.posterior) has positive support, so it and --prior go on the first Bayesian convolution only (\(after)), Normal/Normal elsewhere: the positive-weight recipe; --custom-layers all puts it on every layer")
+            say("note: \(config.posterior) has positive support, so it and --prior go on the first Bayesian convolution only (\(after)), Normal/Normal elsewhere: the positive-weight recipe; --custom-layers all puts it on every layer")
         }
         let shape = command.model.unet(inputChannels: plan.channels.count, classCount: plan.classCount)
-        var t = TrainingConfig()
-        t.seed = command.seed; t.epochs = command.epochsToTrain; t.batchSize = command.batchSize ?? 2; t.learningRate = command.adamLearningRate
-        t.beta = command.beta; t.betaAnnealEpochs = command.betaAnneal; t.evaluationSamples = command.samples
-        t.positiveLearningRateScale = command.positiveLRScale
-        t.dataset = "folder"
+        let t = command.trainingConfig()
         var p = PatchTrainingConfig()
         p.data = dir; p.fold = options.fold; p.folds = options.folds; p.stepsPerEpoch = options.stepsPerEpoch
         let shapes = train.map { Array($0.image.shape.dropFirst()) }
@@ -132,26 +201,37 @@ struct FolderTraining {
         } else {
             p.patchSize = PatchSizePlan.patchSize(medianShape: median, spacing: plan.spacing, shape: shape, batchSize: t.batchSize, budgetMiB: options.memoryBudget)
         }
-        note("patches \(p.patchSize.map(String.init).joined(separator: "x")) (median case \(median.map(String.init).joined(separator: "x")))" + (options.patch == nil ? ", from --memory-budget \(options.memoryBudget) MiB" : "") + ", batch \(t.batchSize)")
+        say("patches \(p.patchSize.map(String.init).joined(separator: "x")) (median case \(median.map(String.init).joined(separator: "x")))" + (options.patch == nil ? ", from --memory-budget \(options.memoryBudget) MiB" : "") + ", batch \(t.batchSize)" + (communicator.worldSize > 1 ? " over \(communicator.worldSize) ranks" : ""))
         let model: UNet
         do {
             try UNet.checkPatch(p.patchSize, shape: shape)
-            model = try UNet(config, shape: shape, registry: registry, seed: t.seed, log: note)
+            model = try UNet(config, shape: shape, registry: registry, seed: t.seed, log: say)
         } catch let e as LayerError {
             throw InputError(e.description)
         }
         if let source = options.initFrom {
-            let trained = try TrainedModel.load(source, registry: registry, allowPluginChange: command.allowPluginChange, log: note)
-            guard case .unet(let det) = trained.network else {
-                throw InputError("--init-from \(source): it holds the built-in binary network; MOPED needs a deterministic U-Net checkpoint of `flipout train --data ... --deterministic`.")
-            }
+            let det = try TrainedModel.load(source, registry: registry, allowPluginChange: command.allowPluginChange, log: say).model
             do { try MOPED.initialize(model, from: det, delta: options.mopedDelta) } catch let e as LayerError { throw InputError(e.description) }
-            p.initFrom = source; p.mopedDelta = options.mopedDelta
-            note("MOPED: posterior means from \(source), scales \(options.mopedDelta) * |mean|")
+            p.initFrom = URL(fileURLWithPath: source).standardizedFileURL.path; p.mopedDelta = options.mopedDelta
+            say("MOPED: posterior means from \(source), scales \(options.mopedDelta) * |mean|")
         }
-        let trainer = try PatchTrainer(model: model, training: t, patch: p, plan: plan, train: train, validation: validation,
-                                       runDirectory: command.runFolder, log: note)
-        return (trainer, folder)
+        // Everything is checked: only now may --overwrite replace the previous run's files.
+        if command.overwrite { try RunFolder.prepare(command.runFolder, policy: .overwrite, log: say) }
+        let trainer: PatchTrainer
+        do {
+            trainer = try PatchTrainer(model: model, training: t, patch: p, plan: plan, train: train, validation: validation,
+                                       runDirectory: command.runFolder, communicator: communicator, log: say)
+        } catch let e as LayerError {
+            guard case .invalidConfiguration = e else { throw e }
+            throw InputError(e.description)
+        }
+        if !splits.isEmpty {
+            try onRoot {
+                let encoder = JSONEncoder(); encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                try FileIO.writeAtomically(Array(try encoder.encode(splits)) + [0x0a], to: (command.runFolder as NSString).appendingPathComponent(Splits.fileName))
+            }
+        }
+        return trainer
     }
 
     /// Per-class Dice on the test cases that have labels (labelsTs), written to results.json.
@@ -167,6 +247,9 @@ struct FolderTraining {
         func json(_ d: [Double]) -> [Any] { d.map { $0.isNaN ? NSNull() : $0 as Any } }
         if !dice.isEmpty { o["test_dice"] = json(dice) }
         if !validation.isEmpty { o["validation_dice"] = json(validation) }
+        if let priors = trainer.learnedPriors {
+            o["learned_priors"] = priors.map { l in ["layer": l.layer, "family": l.family, "values": Dictionary(uniqueKeysWithValues: l.values.map { ($0.name, Double($0.value)) })] as [String: Any] }
+        }
         let data = try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys])
         try FileIO.writeAtomically(Array(data), to: (trainer.runDirectory as NSString).appendingPathComponent("results.json"))
         if !dice.isEmpty {
@@ -177,6 +260,7 @@ struct FolderTraining {
         if !validation.isEmpty && !dice.isEmpty { print("validation dice: " + TiledPrediction.describe(validation, names: names)) }
         print(String(format: "train time %.1f s, %d epochs (%@)", trainSeconds, trainer.epochsDone,
                      trainer.model.flipoutLayers.isEmpty ? "deterministic" : "Bayesian, Flipout on \(trainer.model.flipoutLayers.count)/\(trainer.model.layers.count) convolutions"))
+        if let learned = trainer.learnedPriorSummary { print(learned) }
         note("run folder: \(trainer.runDirectory) (checkpoint.safetensors, metrics.csv, metrics.json, results.json)")
     }
 }

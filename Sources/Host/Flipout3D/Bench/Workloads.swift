@@ -139,28 +139,21 @@ public enum Workloads {
     public static func network(bayesian: Bool, estimator: Estimator, registry: PluginRegistry, repeats: Int, warmup: Int,
                                size: Int = 32, batch: Int = 8) throws -> BenchResult {
         var config = ModelConfig()
-        config.architecture = .stack
-        config.width = 8
         config.bayesian = bayesian
         config.estimator = estimator.rawValue
-        let net = try SegmentationNet(config, registry: registry, seed: 1)
+        let net = try ConvStack(config, width: 8, registry: registry, seed: 1)
         let adam = Adam(parameters: net.trainable, learningRate: 1e-3)
+        let parallel = DataParallel()
         let x = filled([batch, 1, size, size, size], seed: 4)
         let y = Tensor(shape: x.shape)
         for i in 0..<y.count { y.data[i] = x.data[i] > 1 ? 1 : 0 }
         var step = 0
         let ms = try EngineBench.median(repeats: repeats, warmup: warmup) {
             step += 1
-            let ctx = StepContext(seed: 1, step: step)
-            net.zeroGradients()
-            let (logits, saved) = try net.forward(x, ctx)
-            let grad = Tensor(shape: logits.shape)
-            _ = ELBO.bceWithLogits(logits, y, grad: grad)
-            try net.backward(grad, saved)
-            _ = try net.kl(gradientScale: 1e-3, ctx)
-            net.finishBackward()
-            try adam.update()
-            net.parametersChanged()
+            _ = try TrainingStep.run(net, optimizer: adam, parallel: parallel, x: x, ctx: StepContext(seed: 1, step: step), klScale: 1e-3) { logits in
+                let grad = Tensor(shape: logits.shape)
+                return (ELBO.bceWithLogits(logits, y, grad: grad), grad)
+            }
         }
         // Raw kernels: the three convolutions' forward + backward (no input gradient for the first).
         // Workload GFLOP in the peers' counting: two-convolution Flipout, three passes per layer, the
@@ -185,4 +178,48 @@ public enum Workloads {
         return BenchResult(workload: "W4", estimator: "none", medianMs: t.stepMs, gflops: t.stepGFLOPS, workloadGFLOP: t.stepGFLOP,
                            rawMs: t.stepMs, ratioToRaw: 1, repeats: repeats, layers: [LayerTiming(t)], input: [4, 32, 32, 32])
     }
+}
+
+/// W3's network: conv(1->w) ReLU conv(w->w) ReLU conv(w->1), Flipout (Normal/Normal) or deterministic,
+/// one sigmoid logit per voxel. A benchmark fixture, trained through `TrainingStep` like the U-Net.
+final class ConvStack: TrainableNetwork {
+    let layers: [ConvLayer]
+
+    init(_ config: ModelConfig, width w: Int, registry: PluginRegistry, seed: UInt64) throws {
+        let specs = [("conv0", 1, w), ("conv1", w, w), ("conv2", w, 1)]
+        layers = try specs.enumerated().map { i, s -> ConvLayer in
+            config.bayesian
+                ? try UNet.flipoutLayer(config, registry: registry, name: s.0, index: i, inChannels: s.1, outChannels: s.2, kernel: 3, stride: 1,
+                                        custom: true, seed: seed, log: { _ in })
+                : DeterministicConv3D(name: s.0, index: i, inChannels: s.1, outChannels: s.2, kernel: 3, stride: 1, seed: seed)
+        }
+        layers[0].needsInputGradient = false
+    }
+
+    /// x (N, 1, D, H, W) -> logits (N, 1, D, H, W).
+    func forward(_ x: Tensor, _ ctx: StepContext) throws -> (logits: Tensor, saved: ([ConvSaved], [ReLUSaved])) {
+        var h = x, convs: [ConvSaved] = [], relus: [ReLUSaved] = []
+        for (i, l) in layers.enumerated() {
+            let (y, c) = try l.forward(h, ctx)
+            convs.append(c)
+            if i < layers.count - 1 { let (a, r) = ReLU.forward(y); relus.append(r); h = a } else { h = y }
+        }
+        return (h, (convs, relus))
+    }
+
+    func backward(_ dLogits: Tensor, _ saved: ([ConvSaved], [ReLUSaved])) throws {
+        var g = dLogits
+        for i in stride(from: layers.count - 1, through: 0, by: -1) {
+            if i < saved.1.count { g = ReLU.backward(g, saved.1[i]) }
+            g = try layers[i].backward(g, saved.0[i])
+        }
+    }
+
+    func kl(gradientScale: Float, _ ctx: StepContext) throws -> Double {
+        try layers.reduce(0.0) { $0 + (try $1.kl(gradientScale: gradientScale, ctx)) }
+    }
+    func finishBackward() { layers.forEach { $0.finishBackward() } }
+    func zeroGradients() { layers.forEach { $0.zeroGradients() } }
+    func parametersChanged() { layers.compactMap { $0 as? FlipoutConv3D }.forEach { $0.weights.refresh() } }
+    var trainable: [NamedParameter] { layers.flatMap(\.trainable) }
 }

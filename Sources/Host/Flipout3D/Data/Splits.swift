@@ -1,5 +1,4 @@
-// Cross-validation folds: nnU-Net's splits_final.json shape (a list of {"train": [...], "val": [...]}),
-// written once into the run folder and reused, so every fold of a run sees the same partition.
+// Cross-validation folds, a property of the dataset: its splits_final.json (nnU-Net's file) or a fixed partition of its case ids, the same for every seed and run.
 import Foundation
 
 /// One fold: the case ids to train on and to validate on.
@@ -26,16 +25,21 @@ public enum FoldSelection: Equatable, Sendable, CustomStringConvertible {
 }
 
 public enum Splits {
-    /// The file a run folder keeps its split in.
+    /// The copy a run folder keeps of the split it used.
     public static let fileName = "splits.json"
+    /// nnU-Net's file of a dataset's folds, read from the dataset folder when present.
+    public static let datasetFileName = "splits_final.json"
+    /// The key of the partition's shuffle: fixed (nnU-Net's KFold random_state), never the run's seed,
+    /// so fold k holds the same cases for every seed and run.
+    public static let key: UInt64 = 12345
 
     /// `folds` folds over `caseIDs`: the sorted ids permuted by a Fisher–Yates shuffle keyed by
-    /// (seed, purpose .folds), then dealt round-robin, so fold k validates on every folds-th case
+    /// (`key`, purpose .folds), then dealt round-robin, so fold k validates on every folds-th case
     /// of the permutation (sizes differ by at most one), as nnU-Net's KFold(shuffle=True).
-    public static func make(caseIDs: [String], folds: Int, seed: UInt64) -> [FoldSplit] {
+    public static func make(caseIDs: [String], folds: Int) -> [FoldSplit] {
         precondition(folds >= 2 && folds <= caseIDs.count, "Splits.make: \(folds) folds for \(caseIDs.count) cases")
         var order = caseIDs.sorted()
-        var rng = RandomStream(seed: seed, layer: 0, step: 0, purpose: .folds)
+        var rng = RandomStream(seed: key, layer: 0, step: 0, purpose: .folds)
         for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, rng.nextInt(below: i + 1)) }
         return (0..<folds).map { k in
             let val = order.enumerated().filter { $0.offset % folds == k }.map(\.element).sorted()
@@ -44,10 +48,10 @@ public enum Splits {
         }
     }
 
-    /// The splits of the run folder `directory`: read from its splits.json when there is one
-    /// (it must have `folds` folds over exactly `caseIDs`), else made and written atomically.
-    public static func loadOrCreate(directory: String, caseIDs: [String], folds: Int, seed: UInt64) throws -> [FoldSplit] {
-        let path = directory + "/" + fileName
+    /// The folds of the dataset folder `root`: its splits_final.json when there is one (it must have
+    /// `folds` folds over exactly `caseIDs`), else `make(caseIDs:folds:)`.
+    public static func forDataset(root: String, caseIDs: [String], folds: Int) throws -> [FoldSplit] {
+        let path = (root as NSString).appendingPathComponent(datasetFileName)
         if FileIO.exists(path) {
             let splits: [FoldSplit]
             do {
@@ -61,12 +65,7 @@ public enum Splits {
         guard folds >= 2 && folds <= caseIDs.count else {
             throw DatasetError.badSplits(path: path, reason: "\(folds) folds need at least \(max(folds, 2)) cases, the dataset has \(caseIDs.count)")
         }
-        let splits = make(caseIDs: caseIDs, folds: folds, seed: seed)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try FileIO.writeAtomically(Array(try encoder.encode(splits)) + [0x0a], to: path)
-        return splits
+        return make(caseIDs: caseIDs, folds: folds)
     }
 
     /// A split read from disk must partition exactly the dataset's cases in every fold.

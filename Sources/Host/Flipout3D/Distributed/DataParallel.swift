@@ -3,12 +3,12 @@ import Foundation
 
 /// What the trainer asks of the ranks. With `SingleProcess` every call is (nearly) free.
 ///
-/// The gradient convention: every rank computes the gradient of ITS batch's loss (its mean NLL
-/// plus the same scaled KL as every other rank), then `averageGradients` sums over ranks and
-/// divides by R. Ranks hold equally many examples each step (DistributedSampler pads), so this is
-/// the gradient of the global batch's mean NLL plus the scaled KL counted once: the KL gradient
-/// is identical on every rank (its noise is keyed by step, not rank), and averaging R copies of
-/// it gives it back unchanged. See Training/ELBO.swift.
+/// The gradient convention: every rank computes R times the gradient of the GLOBAL batch's data
+/// loss with respect to its own examples (the loss's sufficient statistics are summed over the
+/// ranks first, `sum`), plus the same scaled KL gradient as every other rank; `averageGradients`
+/// then sums over ranks and divides by R. That is the global batch's data gradient plus the KL
+/// gradient counted once: the KL gradient is identical on every rank (its noise is keyed by step,
+/// not rank), and averaging R copies of it gives it back unchanged. See Training/ELBO.swift.
 public final class DataParallel {
     public let communicator: Communicator
     /// Seconds spent in `averageGradients` and the calls timed, after the first (which sets up
@@ -45,6 +45,12 @@ public final class DataParallel {
             reduceSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
             reducedSteps += 1
         }
+    }
+
+    /// Sums over ranks of per-rank values (sufficient statistics: Dice sums, voxel counts).
+    public func sum(_ values: [Double]) throws -> [Double] {
+        guard worldSize > 1 else { return values }
+        return try communicator.allReduceSum(values)
     }
 
     /// Means over ranks of per-rank values (each rank's mean over equally many examples).

@@ -1,6 +1,6 @@
 // Networks as window predictors: one trained model's Monte Carlo draws, and a deep ensemble pooling several models' draws.
 
-/// Draws of one network: draw t is Monte Carlo sample t (`Evaluator.predictionContext(seed, t)`);
+/// Draws of one network: draw t is Monte Carlo sample t (`StepContext.prediction(seed, t)`);
 /// a network without Flipout layers has one draw (posterior centers).
 public struct ModelPredictor {
     public let draws: Int
@@ -14,33 +14,10 @@ public struct ModelPredictor {
 
     /// A checkpoint's network (contract C3: `TrainedModel.probabilities`, K = plan.classCount).
     public init(_ trained: TrainedModel, samples: Int, seed: UInt64) {
-        switch trained.network {
-        case .binary(let m):
-            bayesian = m.config.bayesian; sizeMultiple = m.config.sizeMultiple
-        case .unet(let u):
-            bayesian = !u.flipoutLayers.isEmpty; sizeMultiple = u.shape.sizeMultiple
-        }
+        let u = trained.model
+        bayesian = !u.flipoutLayers.isEmpty; sizeMultiple = u.shape.sizeMultiple
         classes = trained.plan.classCount; channels = trained.plan.channels.count
         probabilities = trained.probabilities
-        draws = bayesian && samples > 0 ? samples : 1
-        self.seed = seed
-    }
-
-    /// The built-in binary network: K = 2, (1 − σ, σ).
-    public init(model: SegmentationNet, samples: Int, seed: UInt64) {
-        bayesian = model.config.bayesian; sizeMultiple = model.config.sizeMultiple
-        classes = 2; channels = 1
-        probabilities = { x, ctx in
-            let logits = try model.forward(x, ctx).logits // (B, 1, d, h, w)
-            let b = x.shape[0], wn = logits.count / b
-            let p = Tensor(uninitializedShape: [b, 2] + Array(x.shape.suffix(3)))
-            for i in 0..<b { for v in 0..<wn {
-                let q = ELBO.sigmoid(logits.data[i * wn + v])
-                p.data[(2 * i + 1) * wn + v] = q
-                p.data[2 * i * wn + v] = 1 - q
-            } }
-            return p
-        }
         draws = bayesian && samples > 0 ? samples : 1
         self.seed = seed
     }
@@ -48,7 +25,7 @@ public struct ModelPredictor {
     /// windows (B, C, d, h, w) -> probabilities (B, K, d, h, w)
     public func callAsFunction(_ x: Tensor, _ draw: Int) throws -> Tensor {
         precondition(draw >= 0 && draw < draws, "ModelPredictor: draw \(draw) of \(draws)")
-        var ctx = Evaluator.predictionContext(seed: seed, draw: draw)
+        var ctx = StepContext.prediction(seed: seed, draw: draw)
         if !bayesian { ctx.mode = .center }
         return try probabilities(x, ctx)
     }

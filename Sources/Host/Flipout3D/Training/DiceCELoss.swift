@@ -10,6 +10,8 @@ public struct DiceCESaved {
     /// Per class k: I_k = Σ p·g and S_k = Σ p + Σ g over the batch and every voxel (Double sums).
     let intersection: [Double]
     let total: [Double]
+    /// M, the voxels the cross-entropy averages over (every rank's batch together when reduced).
+    let voxels: Double
     /// Mean cross-entropy (nats per voxel) and the soft Dice term 1 − mean_k D_k.
     public let crossEntropy: Double
     public let diceLoss: Double
@@ -28,13 +30,18 @@ public struct DiceCESaved {
 /// foreground classes 1..<K only (nnU-Net's `do_bg=False`; MONAI's `include_background=False`).
 /// Binary segmentation is K = 2: the Dice of class 1 and a two-class softmax cross-entropy.
 ///
+/// Data-parallel ranks each hold part of the batch. `reduce` sums the sufficient statistics
+/// (I_k, Σp, Σg, the cross-entropy sum and M) over the ranks before the loss is formed, so every
+/// rank computes the loss of the GLOBAL batch (nnU-Net's batch Dice over all GPUs) and, in
+/// backward, its share of that loss's gradient; never a mean of per-rank Dice.
+///
 /// The cross-entropy is the per-voxel negative log-likelihood of a categorical model, the term the
 /// ELBO scales (`ELBO.swift`); the Dice term is an auxiliary objective outside the likelihood.
 public enum DiceCELoss {
     public static let smooth = 1e-5
 
     /// logits (N, K, D, H, W), labels (N, 1, D, H, W) with values in 0..<K -> the loss terms and what backward needs.
-    public static func forward(logits: Tensor, labels: Tensor) -> DiceCESaved {
+    public static func forward(logits: Tensor, labels: Tensor, reduce: ([Double]) throws -> [Double] = { $0 }) rethrows -> DiceCESaved {
         precondition(logits.rank == 5 && logits.shape[1] >= 2, "DiceCELoss: logits \(logits.shape), expected (N, K >= 2, D, H, W)")
         labels.checkShape([logits.shape[0], 1] + logits.shape[2...], "DiceCELoss labels")
         let (n, k) = (logits.shape[0], logits.shape[1])
@@ -61,11 +68,17 @@ public enum DiceCELoss {
             }
             for c in 0..<k { inter[c] += hits[c]; sumP[c] += pSums[c] }
         }
+        let local = inter + sumP + sumG + [ce, Double(n * v)]
+        let sums = try reduce(local)
+        precondition(sums.count == local.count, "DiceCELoss: the reduction returned \(sums.count) values for \(local.count)")
+        inter = Array(sums[0..<k]); sumP = Array(sums[k..<(2 * k)]); sumG = Array(sums[(2 * k)..<(3 * k)])
+        ce = sums[3 * k]
+        let voxels = sums[3 * k + 1]
         let total = (0..<k).map { sumP[$0] + sumG[$0] }
         let dice = (0..<k).map { (2 * inter[$0] + smooth) / (total[$0] + smooth) }
         let foreground = dice[1...].reduce(0, +) / Double(k - 1)
-        return DiceCESaved(probabilities: p, labels: labels, intersection: inter, total: total,
-                           crossEntropy: ce / Double(n * v), diceLoss: 1 - foreground, softDice: dice)
+        return DiceCESaved(probabilities: p, labels: labels, intersection: inter, total: total, voxels: voxels,
+                           crossEntropy: ce / voxels, diceLoss: 1 - foreground, softDice: dice)
     }
 
     /// dL/dlogits (N, K, D, H, W), times `scale`.
@@ -74,7 +87,7 @@ public enum DiceCELoss {
         let (n, k) = (p.shape[0], p.shape[1])
         let v = p.shape[2...].reduce(1, *)
         let dz = Tensor(uninitializedShape: p.shape)
-        let ceScale = Double(scale) / Double(n * v)
+        let ceScale = Double(scale) / saved.voxels
         // dL_dice/dp_vk = −(1/|F|) (2 g_vk / (S_k + s) − (2 I_k + s) / (S_k + s)²) for k in F = 1..<K.
         let f = Double(k - 1)
         var dPlain = [Float](repeating: 0, count: k), dHit = [Float](repeating: 0, count: k)

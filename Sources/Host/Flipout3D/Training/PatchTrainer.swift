@@ -16,6 +16,18 @@ public struct PatchEpochRecord: Codable, Sendable {
     public var seconds: Double
 }
 
+/// One layer's prior after --learn-prior: constrained values in slot order.
+public struct LayerPrior: Codable, Sendable, Equatable {
+    public struct Value: Codable, Sendable, Equatable { public var name: String; public var value: Float }
+    public var layer: String
+    public var family: String
+    public var values: [Value]
+    init(_ w: VariationalWeights) {
+        layer = w.name; family = w.prior.family.id
+        values = w.priorValues.map { Value(name: $0.0, value: $0.1) }
+    }
+}
+
 /// Trains `model` on patches of `train`; validates on whole `validation` cases, tile by tile.
 /// Every random draw is keyed by (seed, step): patches by `PatchSampler`, weights by the layers,
 /// the case order by RandomStream(seed, 0, epoch, .shuffle). Same seed, same run, bit for bit.
@@ -30,15 +42,27 @@ public final class PatchTrainer {
     public let runDirectory: String
     public private(set) var epochsDone = 0
     public private(set) var records: [PatchEpochRecord] = []
+    /// Epochs trained by this object (a resumed run counts from its resumption).
+    public private(set) var epochsRun = 0
+    /// Training steps timed by this object, after its first (warm-up: oneDNN builds its kernels),
+    /// and the seconds spent in them (patch cutting included; validation and writing excluded).
+    public private(set) var stepsTimed = 0
+    public private(set) var stepSeconds = 0.0
     public var showProgress = true
+    /// The ranks training together (one process by default); rank 0 validates, writes and logs.
+    public let parallel: DataParallel
     let log: (String) -> Void
 
     public var checkpointPath: String { (runDirectory as NSString).appendingPathComponent("checkpoint.safetensors") }
 
     public init(model: UNet, training: TrainingConfig, patch: PatchTrainingConfig, plan: PreprocessingPlan,
-                train: [PreparedCase], validation: [PreparedCase], runDirectory: String, log: @escaping (String) -> Void = { _ in }) throws {
+                train: [PreparedCase], validation: [PreparedCase], runDirectory: String, communicator: Communicator = SingleProcess(),
+                log: @escaping (String) -> Void = { _ in }) throws {
         guard training.batchSize >= 1, training.epochs >= 0, training.learningRate > 0 else {
             throw LayerError.invalidConfiguration("batch size must be >= 1, epochs >= 0 and the learning rate > 0.")
+        }
+        guard training.batchSize % communicator.worldSize == 0 else {
+            throw LayerError.invalidConfiguration("the batch size \(training.batchSize) (patches per step over all ranks) is not a multiple of the \(communicator.worldSize) ranks; use a multiple of \(communicator.worldSize).")
         }
         guard !train.isEmpty else { throw LayerError.invalidConfiguration("there are no training cases.") }
         guard plan.classCount == model.shape.classCount, plan.channels.count == model.shape.inputChannels else {
@@ -46,7 +70,9 @@ public final class PatchTrainer {
         }
         try model.checkInput([1, model.shape.inputChannels] + patch.patchSize)
         self.model = model; self.training = training; self.plan = plan; self.validation = validation
-        self.runDirectory = runDirectory; self.log = log
+        self.runDirectory = runDirectory
+        parallel = DataParallel(communicator)
+        self.log = communicator.isRoot ? log : { _ in }
         var p = patch
         p.trainCases = train.map(\.id); p.validationCases = validation.map(\.id)
         p.trainingVoxels = train.reduce(0) { $0 + $1.image.count / $1.image.shape[0] }
@@ -56,6 +82,8 @@ public final class PatchTrainer {
         let scales = PositiveWeightPolicy.learningRateScales(optimizer.parameters, layers: model.layers,
                                                              scale: training.positiveLearningRateScale ?? PositiveWeightPolicy.learningRateScale)
         if scales.contains(where: { $0 != 1 }) { optimizer.learningRateScales = scales }
+        try parallel.broadcastParameters(optimizer.arena)
+        model.parametersChanged()
         try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
     }
 
@@ -78,19 +106,21 @@ public final class PatchTrainer {
         return Array(out.prefix(needed))
     }
 
-    /// One step on a batch of patches; returns the Dice-CE terms and the raw and scaled KL.
-    public func step(x: Tensor, y: Tensor, step: Int, beta: Double) throws -> (loss: DiceCESaved, kl: Double, scaledKL: Double) {
-        let ctx = StepContext(seed: training.seed, step: step)
-        model.zeroGradients()
-        let (logits, saved) = try model.forward(x, ctx)
-        let terms = DiceCELoss.forward(logits: logits, labels: y)
-        guard terms.value.isFinite else { throw LayerError.nonFinite("step \(step): the loss is \(terms.value); the network output is not finite. Lower --lr.") }
-        try model.backward(DiceCELoss.backward(terms), saved)
+    /// One step on this rank's part (`shard`) of a global batch of patches; returns the Dice-CE
+    /// terms of the GLOBAL batch (the per-class Dice sums and the cross-entropy are summed over
+    /// the ranks before the loss is formed) and the raw and scaled KL.
+    public func step(x: Tensor, y: Tensor, step: Int, beta: Double, shard: BatchShard = .whole) throws -> (loss: DiceCESaved, kl: Double, scaledKL: Double) {
+        var ctx = StepContext(seed: training.seed, step: step)
+        ctx.shard = shard
         let scale = ELBO.klScale(beta: beta, trainingVoxels: patch.trainingVoxels)
-        let kl = try model.kl(gradientScale: Float(scale), ctx)
-        model.finishBackward()
-        try optimizer.update()
-        model.parametersChanged()
+        let ranks = Float(parallel.worldSize)
+        let (terms, kl) = try TrainingStep.run(model, optimizer: optimizer, parallel: parallel, x: x, ctx: ctx, klScale: scale) { logits in
+            let terms = try DiceCELoss.forward(logits: logits, labels: y, reduce: parallel.sum)
+            guard terms.value.isFinite else { throw LayerError.nonFinite("step \(step): the loss is \(terms.value); the network output is not finite. Lower --lr.") }
+            // Each rank's gradient of the global loss w.r.t. its own logits, times R: the ranks'
+            // average (DataParallel) is then the global gradient, with the KL counted once.
+            return (terms, DiceCELoss.backward(terms, scale: ranks))
+        }
         return (terms, kl, scale * kl)
     }
 
@@ -101,43 +131,53 @@ public final class PatchTrainer {
         let beta = training.beta(epoch: epoch)
         var ce = 0.0, dice = 0.0, kl = 0.0, scaled = 0.0
         let progress = ProgressLine(total: steps, label: "epoch \(epoch + 1)/\(training.epochs)")
-        progress.enabled = showProgress
+        progress.enabled = showProgress && parallel.isWriter
+        let shard = parallel.worldSize == 1 ? BatchShard.whole
+            : BatchShard.interleaved(globalCount: batch, rank: parallel.rank, worldSize: parallel.worldSize)
         for s in 0..<steps {
             let global = epoch * steps + s + 1
-            let (x, y) = sampler.batch(sampler.draws(step: global, caseIndices: Array(order[(s * batch)..<((s + 1) * batch)])))
-            let t = try step(x: x, y: y, step: global, beta: beta)
+            // Patches are drawn for the whole global batch (keyed by step and row) and each rank cuts its rows.
+            let stepStart = Date()
+            let draws = sampler.draws(step: global, caseIndices: Array(order[(s * batch)..<((s + 1) * batch)]))
+            let (x, y) = sampler.batch(shard.localElements(draws))
+            let t = try step(x: x, y: y, step: global, beta: beta, shard: shard)
+            if epochsRun > 0 || s > 0 { stepSeconds += Date().timeIntervalSince(stepStart); stepsTimed += 1 }
             ce += t.loss.crossEntropy; dice += t.loss.diceLoss; kl += t.kl; scaled += t.scaledKL
             progress.update(done: s + 1, String(format: "loss %.4f  ce %.4f  dice %.4f  kl %.1f", t.loss.value + t.scaledKL, t.loss.crossEntropy, t.loss.diceLoss, t.kl))
         }
         let n = Double(steps)
-        let val = validation.isEmpty ? [] : try TiledPrediction.meanDice(model, validation, patchSize: patch.patchSize,
+        // Rank 0 validates (whole cases, tile by tile) and writes; the others wait at the barrier.
+        let val = validation.isEmpty || !parallel.isWriter ? [] : try TiledPrediction.meanDice(model, validation, patchSize: patch.patchSize,
                                                                          samples: min(training.evaluationSamples, 2), seed: training.seed)
         let record = PatchEpochRecord(epoch: epoch + 1, loss: (ce + dice + scaled) / n, crossEntropy: ce / n, diceLoss: dice / n,
                                       kl: kl / n, scaledKL: scaled / n, beta: beta, validationDice: val,
                                       seconds: Date().timeIntervalSince(start))
         epochsDone += 1
+        epochsRun += 1
         records.append(record)
-        try writeMetrics()
-        try UNetCheckpoint.save(trainer: self, to: checkpointPath)
+        try parallel.onWriter {
+            try writeMetrics()
+            try UNetCheckpoint.save(trainer: self, to: checkpointPath)
+        }
         let valText = val.isEmpty ? "" : "  val dice " + TiledPrediction.describe(val, names: plan.classNames)
         log(String(format: "epoch %d: loss %.4f  ce %.4f  dice-loss %.4f  kl %.1f (scaled %.5f, beta %.2f)  %.1fs",
                    record.epoch, record.loss, record.crossEntropy, record.diceLoss, record.kl, record.scaledKL, beta, record.seconds) + valText)
         return record
     }
 
+    /// With --learn-prior: every Flipout layer's learned prior values; nil otherwise.
+    public var learnedPriors: [LayerPrior]? {
+        model.config.learnPrior ? model.flipoutLayers.map { LayerPrior($0.weights) } : nil
+    }
+
+    /// One line per layer, "learned prior NAME (FAMILY): slot=value ...", or nil without --learn-prior.
+    public var learnedPriorSummary: String? {
+        learnedPriors.map { $0.map { l in "learned prior \(l.layer) (\(l.family)): " + l.values.map { "\($0.name)=\($0.value)" }.joined(separator: " ") }.joined(separator: "\n") }
+    }
+
     /// Train until `training.epochs` epochs are done.
     public func run() throws {
         while epochsDone < training.epochs { _ = try trainEpoch() }
-    }
-
-    /// Continue where a checkpoint left off (Adam state, epoch count, metrics so far).
-    func restore(optimizerFrom c: Checkpoint, path: String, epoch: Int) throws {
-        try ModelCheckpoint.restoreOptimizer(optimizer, from: c, path: path)
-        epochsDone = epoch
-        let metricsPath = (runDirectory as NSString).appendingPathComponent("metrics.json")
-        if let bytes = try? FileIO.read(metricsPath), let r = try? JSONDecoder().decode([PatchEpochRecord].self, from: Data(bytes)) {
-            records = Array(r.prefix(epoch))
-        }
     }
 
     func writeMetrics() throws {
@@ -156,11 +196,24 @@ public final class PatchTrainer {
 extension PatchTrainer {
     /// Continue the run saved at `checkpoint` (bit-exactly: patches, shuffles and noise depend only
     /// on seed and step): re-reads the dataset folder the checkpoint records and prepares the same
-    /// training and validation cases with the recorded plan.
+    /// training and validation cases with the recorded plan. `epochs`, when given, replaces the
+    /// run's epoch count: larger extends the run (also a finished one); fewer than the epochs
+    /// already done is refused. `runDirectory` (default: the checkpoint's folder) receives the
+    /// continued run's files.
     public static func resume(checkpoint: String, registry: PluginRegistry, runDirectory: String? = nil, allowPluginChange: Bool = false,
+                              epochs: Int? = nil, communicator: Communicator = SingleProcess(),
                               log: @escaping (String) -> Void = { _ in }) throws -> PatchTrainer {
         let c = try Checkpoint.read(checkpoint)
         let l = try UNetCheckpoint.load(c, path: checkpoint, registry: registry, allowPluginChange: allowPluginChange, log: log)
+        let done = l.trained.epochs
+        var training = l.trained.training
+        if let epochs {
+            guard epochs >= done, ConfigLimits.epochs.contains(epochs) else {
+                throw ConfigError(field: "epochs", option: "--epochs", value: "\(epochs)",
+                                  allowed: "at least the \(done) epochs \(checkpoint) has already done and at most \(ConfigLimits.epochs.upperBound) (larger extends the run)")
+            }
+            training.epochs = epochs
+        }
         let folder = try DatasetFolder(l.patch.data)
         var byID: [String: DatasetCase] = [:]
         for dc in folder.training where byID[dc.id] == nil { byID[dc.id] = dc }
@@ -173,11 +226,28 @@ extension PatchTrainer {
             }
         }
         let plan = l.trained.plan
-        let t = try PatchTrainer(model: l.model, training: l.trained.training, patch: l.patch, plan: plan,
+        let t = try PatchTrainer(model: l.model, training: training, patch: l.patch, plan: plan,
                                  train: try folder.prepare(try cases(l.patch.trainCases), plan: plan),
                                  validation: try folder.prepare(try cases(l.patch.validationCases), plan: plan),
-                                 runDirectory: runDirectory ?? (checkpoint as NSString).deletingLastPathComponent, log: log)
-        try t.restore(optimizerFrom: c, path: checkpoint, epoch: l.trained.epochs)
+                                 runDirectory: runDirectory ?? (checkpoint as NSString).deletingLastPathComponent,
+                                 communicator: communicator, log: log)
+        guard t.patch == l.patch else {
+            throw CheckpointError(path: checkpoint, reason: "the dataset folder \(l.patch.data) no longer gives the cases it was trained on (training voxels \(t.patch.trainingVoxels), the checkpoint recorded \(l.patch.trainingVoxels)); resume with the original dataset folder")
+        }
+        try t.restore(optimizerFrom: c, path: checkpoint, epoch: done)
+        // Every rank continues from rank 0's state.
+        try t.parallel.broadcastParameters(t.optimizer.arena)
+        t.model.parametersChanged()
         return t
+    }
+
+    /// Continue where a checkpoint left off (Adam state, epoch count, metrics so far).
+    func restore(optimizerFrom c: Checkpoint, path: String, epoch: Int) throws {
+        try ModelCheckpoint.restoreOptimizer(optimizer, from: c, path: path)
+        epochsDone = epoch
+        let sourceMetrics = ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent("metrics.json")
+        if let bytes = try? FileIO.read(sourceMetrics), let r = try? JSONDecoder().decode([PatchEpochRecord].self, from: Data(bytes)) {
+            records = Array(r.prefix(epoch))
+        }
     }
 }

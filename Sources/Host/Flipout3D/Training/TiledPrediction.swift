@@ -16,7 +16,7 @@ public enum TiledPrediction {
     }
 
     /// image (C, D, H, W) -> the mean over `samples` Monte Carlo draws of the softmax, (K, D, H, W).
-    /// Draw t uses `Evaluator.predictionContext(seed, t)` for every tile (one weight sample per draw);
+    /// Draw t uses `StepContext.prediction(seed, t)` for every tile (one weight sample per draw);
     /// a network without Flipout layers runs once with the posterior centres.
     public static func probabilities(_ model: UNet, image: Tensor, patchSize: [Int], samples: Int, seed: UInt64) throws -> Tensor {
         let shape = Array(image.shape.dropFirst()), c = image.shape[0], k = model.shape.classCount
@@ -30,7 +30,7 @@ public enum TiledPrediction {
             PatchSampler.crop(image, start: start, size: patchSize, into: x.data)
             let mean = Tensor(shape: [k] + patchSize)
             for t in 0..<draws {
-                var ctx = Evaluator.predictionContext(seed: seed, draw: t)
+                var ctx = StepContext.prediction(seed: seed, draw: t)
                 if !bayesian { ctx.mode = .center }
                 let p = try model.probabilities(x, ctx)
                 for i in 0..<mean.count { mean.data[i] += p.data[i] / Float(draws) }
@@ -92,5 +92,12 @@ public enum TiledPrediction {
     /// "structureA 0.912  structureB 0.874" (foreground classes).
     public static func describe(_ dice: [Double], names: [String]) -> String {
         (1..<dice.count).map { String(format: "%@ %.3f", names[$0], dice[$0]) }.joined(separator: "  ")
+    }
+}
+
+extension StepContext {
+    /// The context of Monte Carlo prediction draw t: negative steps, so they never coincide with training steps.
+    public static func prediction(seed: UInt64, draw: Int) -> StepContext {
+        StepContext(seed: seed, step: -(draw + 1), mode: .sample)
     }
 }
