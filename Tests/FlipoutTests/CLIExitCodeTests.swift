@@ -5,8 +5,15 @@ import Foundation
 import Flipout3D
 import TestSupport
 
-/// The smallest run the CLI trains (about a second): width 2, 8³ volumes.
-let tinyTrain = ["train", "--epochs", "1", "--volume-size", "8", "--train-volumes", "2", "--test-volumes", "2",
+/// A one-channel, two-class dataset folder of 16³ cases shared by the tests (see `writeBinaryDataset`).
+let tinyData: String = {
+    let root = (try? Fixtures.temporaryDirectory("tiny-data"))!.appendingPathComponent("binary")
+    do { try writeBinaryDataset(root, training: 2, test: 2) } catch { return "/nonexistent/tiny-data: \(error)" }
+    return root.path
+}()
+
+/// The smallest run the CLI trains (about a second): a width-2, 2-level U-Net, one step of 16³ patches.
+let tinyTrain = ["train", "--data", tinyData, "--epochs", "1", "--steps-per-epoch", "1", "--patch", "16,16,16", "--levels", "2",
                  "--samples", "1", "--width", "2", "--batch-size", "2", "--quiet"]
 
 /// One trained checkpoint shared by the tests that only read it.
@@ -41,19 +48,11 @@ let tinyCheckpoint: Result<String, Error> = Result {
             (["train", "--beta=-1"], "--beta must be a number from 0.0 to 1000000.0"),
             (["train", "--beta", "inf"], "--beta must be"),
             (["train", "--beta-anneal=-1"], "--beta-anneal must be an integer from 0 to 100000"),
-            (["train", "--volume-size", "7"], "--volume-size must be an even number from 8 to 256 (got 7)"),
-            (["train", "--volume-size=-32"], "--volume-size must be an even number"),
-            (["train", "--volume-size", "2097152"], "--volume-size must be an even number from 8 to 256 (got 2097152)"),
-            (["train", "--train-volumes", "0"], "--train-volumes must be an integer from 1 to 100000"),
-            (["train", "--train-volumes", "1000000000000"], "--train-volumes must be an integer from 1 to 100000"),
-            (["train", "--train-volumes", "100000", "--volume-size", "256"], "--train-volumes must be small enough"),
-            (["train", "--test-volumes=-1"], "--test-volumes must be an integer from 1 to 100000"),
             (["train", "--samples", "0"], "--samples must be an integer from 1 to 10000"),
             (["train", "--samples", "100000"], "--samples must be an integer from 1 to 10000"),
             (["train", "--width=-8"], "--width must be an integer from 1 to 64 (got -8)"),
             (["train", "--width", "100000"], "--width must be an integer from 1 to 64"),
             (["train", "--kl-samples", "0"], "--kl-samples must be an integer from 1 to 1000"),
-            (["train", "--dataset", "mnist"], "--dataset must be one of synthetic, colin27"),
             (["train", "--estimator", "bogus"], "--estimator"),
             (["train", "--seed=-1"], "--seed"),
             (["train", "--prior-param", "scale=0.1", "--prior-param", "scale=0.2"], "--prior-param scale is given twice"),

@@ -245,23 +245,24 @@ struct TinyDataset {
         #expect(test.count == 1 && test[0].label == nil && test[0].id == "t1")
     }
 
-    @Test func splitsAreWrittenOnceAndReused() throws {
+    @Test func splitsAreAPropertyOfTheDataset() throws {
         let dir = try Fixtures.temporaryDirectory("splits")
         defer { try? FileManager.default.removeItem(at: dir) }
         let ids = (0..<12).map { String(format: "case_%02d", $0) }
-        let s = try Splits.loadOrCreate(directory: dir.path, caseIDs: ids, folds: 5, seed: 3)
+        let s = try Splits.forDataset(root: dir.path, caseIDs: ids, folds: 5)
         #expect(s.count == 5)
         // Every case validates exactly once over the folds; fold sizes differ by at most one.
         #expect(s.flatMap(\.val).sorted() == ids && Set(s.map(\.val.count)) == [2, 3])
         for f in s { #expect(Set(f.train).isDisjoint(with: f.val) && f.train.count + f.val.count == 12) }
-        // nnU-Net's splits_final.json shape.
-        let raw = try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("splits.json"))) as? [[String: [String]]]
-        #expect(raw?.count == 5 && raw?[0]["val"] == s[0].val)
-        // Reused (another seed would permute differently), and checked against the dataset.
-        #expect(try Splits.loadOrCreate(directory: dir.path, caseIDs: ids, folds: 5, seed: 99) == s)
-        #expect(Splits.make(caseIDs: ids, folds: 5, seed: 99) != s)
-        #expect(throws: DatasetError.self) { try Splits.loadOrCreate(directory: dir.path, caseIDs: ids, folds: 4, seed: 3) }
-        #expect(throws: DatasetError.self) { try Splits.loadOrCreate(directory: dir.path, caseIDs: Array(ids.dropLast()), folds: 5, seed: 3) }
+        // Derived from the case list alone (any order of the ids), never from a run's seed; shuffled, not dealt in order.
+        #expect(try Splits.forDataset(root: dir.path, caseIDs: ids.reversed(), folds: 5) == s)
+        #expect(s[0].val != ["case_00", "case_05", "case_10"])
+        // The dataset's own splits_final.json (nnU-Net's file) wins, and is checked against the dataset.
+        let mine = [FoldSplit(train: Array(ids[6...]), val: Array(ids[..<6])), FoldSplit(train: Array(ids[..<6]), val: Array(ids[6...]))]
+        try JSONEncoder().encode(mine).write(to: dir.appendingPathComponent("splits_final.json"))
+        #expect(try Splits.forDataset(root: dir.path, caseIDs: ids, folds: 2) == mine)
+        #expect(throws: DatasetError.self) { try Splits.forDataset(root: dir.path, caseIDs: ids, folds: 5) }
+        #expect(throws: DatasetError.self) { try Splits.forDataset(root: dir.path, caseIDs: Array(ids.dropLast()), folds: 2) }
         #expect(try Splits.cases(.all, caseIDs: ids, splits: s) == FoldSplit(train: ids, val: []))
         #expect(try Splits.cases(.fold(2), caseIDs: ids, splits: s) == s[2])
         #expect(throws: DatasetError.self) { try Splits.cases(.fold(5), caseIDs: ids, splits: s) }

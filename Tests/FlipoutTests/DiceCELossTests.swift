@@ -59,3 +59,29 @@ func diceCEValueAndGradientMatchTheDefinition(_ n: Int, _ k: Int, _ edge: Int) {
     let w = DiceCELoss.forward(logits: wrong, labels: Tensor(shape: [1, 1, 2, 2, 2], values: labels))
     #expect(abs(w.crossEntropy - 40) < 1e-3 && w.softDice[1] < 1e-5 && abs(w.diceLoss - 1) < 1e-5)
 }
+
+/// The data-parallel convention: two halves of a batch whose statistics are summed before the loss give
+/// the whole batch's loss, and R = 2 times each half's gradient, averaged over the halves, is the whole's.
+@Test func reducedHalvesGiveTheWholeBatchsLossAndGradient() throws {
+    let (n, k, v) = (4, 3, 2 * 4 * 4)
+    let z = testValues(n * k * v, seed: 77).map { $0 * 2 }
+    var state: UInt64 = 11
+    let labels = (0..<(n * v)).map { _ -> Float in state = state &* 6364136223846793005 &+ 1; return Float(Int(state >> 33) % k) }
+    let whole = DiceCELoss.forward(logits: Tensor(shape: [n, k, 2, 4, 4], values: z), labels: Tensor(shape: [n, 1, 2, 4, 4], values: labels))
+    func half(_ h: Int) -> (Tensor, Tensor) {
+        (Tensor(shape: [2, k, 2, 4, 4], values: Array(z[(h * 2 * k * v)..<((h + 1) * 2 * k * v)])),
+         Tensor(shape: [2, 1, 2, 4, 4], values: Array(labels[(h * 2 * v)..<((h + 1) * 2 * v)])))
+    }
+    let (x0, y0) = half(0), (x1, y1) = half(1)
+    var local1: [Double] = []
+    _ = DiceCELoss.forward(logits: x1, labels: y1, reduce: { local1 = $0; return $0 })
+    var local0: [Double] = []
+    let a = DiceCELoss.forward(logits: x0, labels: y0, reduce: { s in local0 = s; return zip(s, local1).map(+) })
+    let b = DiceCELoss.forward(logits: x1, labels: y1, reduce: { zip($0, local0).map(+) })
+    #expect(abs(a.value - whole.value) < 1e-12 && abs(b.value - whole.value) < 1e-12, "\(a.value) \(b.value) vs \(whole.value)")
+    let unreduced = DiceCELoss.forward(logits: x0, labels: y0)
+    #expect(abs(unreduced.diceLoss - whole.diceLoss) > 1e-4, "one half alone has another Dice: the check can fail")
+    let g = DiceCELoss.backward(whole).array
+    let ga = DiceCELoss.backward(a, scale: 2).array.map { $0 / 2 }, gb = DiceCELoss.backward(b, scale: 2).array.map { $0 / 2 }
+    assertClose(ga + gb, g, rtol: 1e-5, atol: 1e-8, "the halves' gradients are the whole batch's rows")
+}

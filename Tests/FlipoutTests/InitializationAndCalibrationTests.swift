@@ -83,16 +83,16 @@ private func std(_ v: [Double]) -> Double {
 }
 
 @Suite struct GradientVarianceTests {
-    /// On N copies of one volume, per-example samples average N independent gradients: Var ratio to
+    /// On N copies of one patch, per-example samples average N independent gradients: Var ratio to
     /// reparam (one shared sample) is 1/N in expectation. Deterministic (fixed seeds); 48 draws.
     @Test func perExampleVarianceFallsLikeOneOverNOnCopies() throws {
         var m = ModelConfig()
-        m.width = 2; m.architecture = .stack
-        var t = TrainingConfig()
-        t.seed = 5; t.volumeSize = 8; t.trainVolumes = 2; t.validationVolumes = 1; t.testVolumes = 1; t.oodVolumes = 1
+        m.width = 2
+        var u = UNetConfig(); u.levels = 1; u.width = 2; u.inputChannels = 2; u.classCount = 3
         let registry = try SmallRun.registry()
-        let net = try SegmentationNet(m, registry: registry, seed: t.seed)
-        let rows = try GradientVariance.measure(trained: net, dataset: try t.makeDataset(), seed: t.seed, registry: registry,
+        let net = try UNet(m, shape: u, registry: registry, seed: 5)
+        let sampler = PatchSampler(cases: preparedSyntheticCases(1), patchSize: [8, 8, 8], classCount: 3, seed: 5)
+        let rows = try GradientVariance.measure(trained: net, sampler: sampler, seed: 5, registry: registry,
                                                 estimators: [.reparam, .perExample], batches: [1, 4], draws: 48, kind: .copies)
         #expect(rows.count == 2 * 2 * 3 * 2) // estimators x batches x layers x (loc, scale)
         for r in rows where r.estimator == Estimator.perExample.rawValue {
@@ -100,57 +100,5 @@ private func std(_ v: [Double]) -> Double {
             if r.batch == 1 { #expect(ratio > 0.6 && ratio < 1.6, "\(r.layer) \(r.parameter) N=1: \(ratio)") }
             if r.batch == 4 { #expect(ratio > 0.12 && ratio < 0.45, "\(r.layer) \(r.parameter) N=4: \(ratio)") }
         }
-    }
-}
-
-@Suite struct PositiveLayerOutputTests {
-    /// L = sum(w * y) for fixed random w: dL/dx, dL/dgamma, dL/dbeta against central differences in
-    /// Double-accumulated Float (both modes), and norm's output having zero mean and unit variance per (n, c).
-    @Test(arguments: [PositiveLayerOutput.scale, .norm])
-    func gradientsMatchFiniteDifferences(mode: PositiveLayerOutput) throws {
-        let shape = [2, 3, 2, 3, 2], count = shape.reduce(1, *), per = 12
-        var s = RandomStream(seed: 9, layer: 0, step: 0, purpose: .test)
-        let x = Tensor(shape: shape, values: s.normals(count).map { 2 * $0 + 0.5 })
-        let w = Tensor(shape: shape, values: s.normals(count))
-        let a = ChannelAffine(name: "t", channels: 3, mode: mode)
-        for c in 0..<3 { a.gamma[c] += 0.3 * Float(c); a.beta[c] = 0.1 * Float(c) }
-        func loss() -> Double {
-            let y = a.forward(x).y
-            return (0..<count).reduce(0.0) { $0 + Double(y.data[$1]) * Double(w.data[$1]) }
-        }
-        let (y, saved) = a.forward(x)
-        if mode == .norm {
-            for k in 0..<6 {
-                let c = k % 3, v = (0..<per).map { (Double(y.data[k * per + $0]) - Double(a.beta[c])) / Double(a.gamma[c]) }
-                let m = v.reduce(0, +) / Double(per)
-                #expect(abs(m) < 1e-5 && abs(v.map { $0 * $0 }.reduce(0, +) / Double(per) - 1) < 1e-3)
-            }
-        }
-        let dx = a.backward(w, saved)
-        func fd(_ t: Tensor, _ i: Int) -> Double {
-            let h: Float = 1e-2, old = t.data[i]
-            t.data[i] = old + h; let p = loss()
-            t.data[i] = old - h; let m = loss()
-            t.data[i] = old
-            return (p - m) / Double(2 * h)
-        }
-        for i in stride(from: 0, to: count, by: 5) {
-            #expect(isClose(Double(dx.data[i]), fd(x, i), rtol: 2e-2, atol: 2e-3), "dx[\(i)]")
-        }
-        for c in 0..<3 {
-            #expect(isClose(Double(a.gammaGradient[c]), fd(a.gamma, c), rtol: 1e-2, atol: 1e-3), "dgamma[\(c)]")
-            #expect(isClose(Double(a.betaGradient[c]), fd(a.beta, c), rtol: 1e-2, atol: 1e-3), "dbeta[\(c)]")
-        }
-    }
-
-    /// The Beta first layer gets the recipe's operation; Normal layers and the head never do.
-    @Test func onlyPositiveNonHeadLayersGetOne() throws {
-        var m = ModelConfig()
-        m.width = 2; m.posterior = "org.flipout3d.beta"; m.prior = "org.flipout3d.gamma"; m.customLayers = .first; m.afterPositive = .norm
-        let net = try SegmentationNet(m, registry: try SmallRun.registry(), seed: 1)
-        #expect(net.afterPositive.map { $0 != nil } == [true, false, false, false, false])
-        #expect(net.trainable.contains { $0.name == "enc0.after_positive.gamma" })
-        m.posterior = "org.flipout3d.normal"; m.prior = "org.flipout3d.normal"
-        #expect(try SegmentationNet(m, registry: try SmallRun.registry(), seed: 1).afterPositive.allSatisfy { $0 == nil })
     }
 }

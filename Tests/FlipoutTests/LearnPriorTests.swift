@@ -29,29 +29,30 @@ import TestSupport
     }
 
     @Test func learnedPriorTrainsAndIsRestoredFromTheCheckpoint() throws {
-        var (m, t) = SmallRun.configs(epochs: 2)
+        var (m, _, _, _) = SmallRun.configs(epochs: 2)
         m.learnPrior = true
         m.priorParameters = ["scale": 1]
         let registry = try SmallRun.registry()
-        let model = try SegmentationNet(m, registry: registry, seed: t.seed)
-        let trainer = try Trainer(model: model, training: t, dataset: try t.makeDataset(), runDirectory: SmallRun.tempDir())
-        trainer.showProgress = false
+        let trainer = try SmallRun.trainer(epochs: 2, dir: SmallRun.tempDir(), model: m)
         try trainer.run()
+        let model = trainer.model
         let learned = model.flipoutLayers[0].weights.priorValues
         let scale = learned.first { $0.0 == "scale" }!.1
         #expect(scale != 1, "the prior scale did not move from its initial value")
         let c = try Checkpoint.read(trainer.checkpointPath)
-        #expect(c.tensor("enc0.prior_unconstrained") != nil)
-        #expect(c.metadata["flipout3d.learned_prior"]?.contains("scale=") == true)
+        #expect(c.tensor("enc0a.prior_unconstrained") != nil)
         let restored = try TrainedModel.load(trainer.checkpointPath, registry: registry)
-        #expect(try restored.binaryModel().flipoutLayers[0].weights.priorValues.map(\.1) == learned.map(\.1))
+        #expect(restored.model.flipoutLayers[0].weights.priorValues.map(\.1) == learned.map(\.1))
         // The report names every layer's learned prior, not only the first.
-        let report = try RunReport.evaluate(trainer: trainer, trainSeconds: 0)
-        let layers = try #require(report.learnedPriors)
+        let layers = try #require(trainer.learnedPriors)
+        let text = try #require(trainer.learnedPriorSummary)
         #expect(layers.map(\.layer) == model.flipoutLayers.map(\.weights.name))
+        #expect(Set(layers.flatMap { $0.values.map(\.value) }).count > 1, "the layers' priors moved apart")
         for (l, layer) in zip(layers, model.flipoutLayers) {
             #expect(l.values.map(\.value) == layer.weights.priorValues.map(\.1))
-            #expect(report.text.contains("learned prior \(l.layer) (\(l.family)): ") && report.text.contains("scale="), "\(report.text)")
+            #expect(text.contains("learned prior \(l.layer) (\(l.family)): ") && text.contains("scale="), "\(text)")
         }
+        // Without --learn-prior there is nothing to report.
+        #expect(try SmallRun.trainer(epochs: 1, dir: SmallRun.tempDir()).learnedPriors == nil)
     }
 }

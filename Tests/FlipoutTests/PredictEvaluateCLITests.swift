@@ -5,25 +5,39 @@ import Flipout3D
 import TestSupport
 
 @Suite(.serialized) struct PredictEvaluateCLITests {
-    /// Two small trained checkpoints (seeds 42 and 43) and a folder of two 16³ cases with labels.
+    /// Synthetic cases reduced to one channel (T1) and two classes (any structure is foreground).
+    static func binaryCases(_ n: Int) -> [PreparedCase] {
+        preparedSyntheticCases(n).map { c in
+            let shape = Array(c.image.shape.dropFirst()), v = shape.reduce(1, *)
+            let image = Tensor(shape: [1] + shape, values: Array(c.image.array[..<v]))
+            let label = Tensor(shape: [1] + shape, values: c.label!.array.map { $0 > 0 ? 1 : 0 })
+            return PreparedCase(id: c.id, image: image, label: label, geometry: c.geometry)
+        }
+    }
+
+    /// Two small trained one-channel, two-class U-Net checkpoints (seeds 42 and 43) and a folder of two 16³ cases with labels.
     static func setUp() throws -> (checkpoints: [String], images: URL, labels: URL, dir: URL) {
         let dir = try Fixtures.temporaryDirectory("flipout-predict")
         var checkpoints: [String] = []
+        let plan = PreprocessingPlan(spacing: [1, 1, 1], channelNames: ["image"], channels: [.zScore(mean: 0, std: 1)],
+                                     labels: ["background": 0, "foreground": 1], classCount: 2)
+        let cases = binaryCases(3)
         for seed in [UInt64(42), 43] {
-            var (m, t) = SmallRun.configs(epochs: 1)
-            m.width = 4
-            t.seed = seed
-            let model = try SegmentationNet(m, registry: try SmallRun.registry(), seed: seed)
-            let trainer = try Trainer(model: model, training: t, dataset: try t.makeDataset(), runDirectory: dir.appendingPathComponent("run\(seed)").path)
+            var (m, u, t, p) = SmallRun.configs(epochs: 1, seed: seed)
+            m.width = 4; u.inputChannels = 1; u.classCount = 2
+            let model = try UNet(m, shape: u, registry: try SmallRun.registry(), seed: seed)
+            let trainer = try PatchTrainer(model: model, training: t, patch: p, plan: plan, train: cases, validation: [],
+                                           runDirectory: dir.appendingPathComponent("run\(seed)").path)
             trainer.showProgress = false
             _ = try trainer.trainEpoch()
             checkpoints.append(trainer.checkpointPath)
         }
         let images = dir.appendingPathComponent("imagesTs"), labels = dir.appendingPathComponent("labelsTs")
         for d in [images, labels] { try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true) }
-        let data = try SmallRun.configs(epochs: 1).1.makeDataset()
-        for i in 0..<2 {
-            let (x, y) = try data.batch(.test, indices: [i])
+        for (i, c) in binaryCases(5).suffix(2).enumerated() {
+            let x = Tensor(shape: [1, 16, 16, 16]), y = Tensor(shape: [1, 16, 16, 16])
+            PatchSampler.crop(c.image, start: [8, 8, 8], size: [16, 16, 16], into: x.data)
+            PatchSampler.crop(c.label!, start: [8, 8, 8], size: [16, 16, 16], into: y.data)
             // An anisotropic grid, odd sizes: windows must be padded and shifted.
             let header = NIfTIHeader(shape: [16, 16, 16], spacing: [0.8, 1, 2])
             try NIfTI.write(x.reshaped([16, 16, 16]), header: header, to: images.appendingPathComponent("case\(i)_0000.nii.gz").path)

@@ -62,28 +62,8 @@ private func volume(_ shape: [Int], seed: UInt64) -> Tensor {
         #expect(whole.mutualInformation.array.contains { $0 > 0.01 })
     }
 
-    /// Must show: with the window covering the volume, sliding-window prediction of the real network
-    /// equals whole-volume prediction (Evaluator.predict, one pass per sample over the volume).
-    @Test func slidingWindowEqualsWholeVolumeForTheNetwork() throws {
-        let (m, t) = SmallRun.configs(epochs: 1)
-        let model = try SegmentationNet(m, registry: try SmallRun.registry(), seed: t.seed)
-        let x = volume([1, 1, 16, 12, 20], seed: 2)
-        let whole = try Evaluator.predict(model, x, samples: 4, seed: 7)
-        let predictor = ModelPredictor(model: model, samples: 4, seed: 7)
-        let s = try SlidingWindow.predict(x.reshaped([1, 16, 12, 20]), classes: 2, draws: predictor.draws,
-                                          options: SlidingWindowOptions(window: [16, 12, 20]), predictor: predictor.callAsFunction)
-        let n = 16 * 12 * 20
-        let fg = Array(s.probabilities.array[n...])
-        for (name, a, b) in [("mean", fg, whole.mean.array), ("entropy", s.predictiveEntropy.array, whole.predictiveEntropy.array),
-                             ("expected entropy", s.expectedEntropy.array, whole.expectedEntropy.array),
-                             ("MI", s.mutualInformation.array, whole.mutualInformation.array)] {
-            let worst = zip(a, b).map { abs($0 - $1) }.max()!
-            #expect(worst < 2e-6, "\(name) differs by \(worst)")
-        }
-        #expect(whole.mutualInformation.array.contains { $0 > 1e-4 }, "a Bayesian network's samples should disagree somewhere")
-    }
-
-    /// The same for the multi-class U-Net (2 channels, 3 classes) against its whole-case tiled prediction.
+    /// Must show: with the window covering the volume, sliding-window prediction of the U-Net
+    /// (2 channels, 3 classes) equals its whole-case tiled prediction.
     @Test func slidingWindowEqualsWholeVolumeForTheUNet() throws {
         var shape = UNetConfig()
         shape.inputChannels = 2; shape.classCount = 3; shape.width = 4
@@ -93,7 +73,7 @@ private func volume(_ shape: [Int], seed: UInt64) -> Tensor {
         let x = volume([2, 8, 12, 16], seed: 4)
         let whole = try TiledPrediction.probabilities(unet, image: x, patchSize: [8, 12, 16], samples: 3, seed: 9)
         let s = try SlidingWindow.predict(x, classes: 3, draws: 3, options: SlidingWindowOptions(window: [8, 12, 16])) { w, draw in
-            try unet.probabilities(w, Evaluator.predictionContext(seed: 9, draw: draw))
+            try unet.probabilities(w, StepContext.prediction(seed: 9, draw: draw))
         }
         let worst = zip(s.probabilities.array, whole.array).map { abs($0 - $1) }.max()!
         #expect(worst < 2e-6, "U-Net sliding window vs whole case: \(worst)")

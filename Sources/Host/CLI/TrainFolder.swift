@@ -157,6 +157,16 @@ struct FolderTraining {
     func start() throws -> PatchTrainer {
         // A fresh run refuses a folder holding another run before any work (it changes nothing).
         if !command.overwrite { try RunFolder.prepare(command.runFolder, policy: .fresh, log: say) }
+        // The plugin options (ids, hyperparameters, prior parameters) are checked on a one-level network
+        // before any data work, so a typo costs nothing.
+        do {
+            var probe = command.model.unet(inputChannels: 1, classCount: 2)
+            probe.levels = 1; probe.width = 1
+            _ = try UNet(try command.model.config(), shape: probe, registry: registry, seed: command.seed)
+        } catch let e as LayerError {
+            guard case .invalidConfiguration = e else { throw e }
+            throw InputError(e.description)
+        }
         let dir = try datasetFolder()
         let folder = try DatasetFolder(dir)
         let quiet = command.quiet || !isRoot

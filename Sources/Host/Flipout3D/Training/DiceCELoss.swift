@@ -41,7 +41,12 @@ public enum DiceCELoss {
     public static let smooth = 1e-5
 
     /// logits (N, K, D, H, W), labels (N, 1, D, H, W) with values in 0..<K -> the loss terms and what backward needs.
-    public static func forward(logits: Tensor, labels: Tensor, reduce: ([Double]) throws -> [Double] = { $0 }) rethrows -> DiceCESaved {
+    public static func forward(logits: Tensor, labels: Tensor) -> DiceCESaved {
+        forward(logits: logits, labels: labels, reduce: { $0 })
+    }
+
+    /// As `forward(logits:labels:)`, with the sufficient statistics passed through `reduce` (a sum over ranks) first.
+    public static func forward(logits: Tensor, labels: Tensor, reduce: ([Double]) throws -> [Double]) rethrows -> DiceCESaved {
         precondition(logits.rank == 5 && logits.shape[1] >= 2, "DiceCELoss: logits \(logits.shape), expected (N, K >= 2, D, H, W)")
         labels.checkShape([logits.shape[0], 1] + logits.shape[2...], "DiceCELoss labels")
         let (n, k) = (logits.shape[0], logits.shape[1])

@@ -53,6 +53,16 @@ enum UNetCheckpoint {
         let shape = try decode(UNetCheckpointKey.unet, UNetConfig.self)
         let training = try decode(CheckpointKey.training, TrainingConfig.self)
         let patch = try decode(UNetCheckpointKey.patchTraining, PatchTrainingConfig.self)
+        // Stored configurations are checked by the command line's rules (strict JSON, bounded values).
+        for key in [CheckpointKey.model, CheckpointKey.training] {
+            do { _ = try StrictJSON.parse(Array((c.metadata[key] ?? "").utf8)) } catch { throw bad("metadata \(key) is not valid JSON: \(error)") }
+        }
+        do { try config.validate(); try training.validate() } catch let e as ConfigError {
+            throw bad("its stored configuration is invalid: \(e.storedDescription)")
+        }
+        guard (0...training.epochs).contains(epoch) else {
+            throw bad("metadata \(CheckpointKey.epoch) is \(epoch); it must be a whole number from 0 to the run's \(training.epochs) epochs")
+        }
         guard let planText = c.metadata[UNetCheckpointKey.plan], let plan = PreprocessingPlan(jsonString: planText) else {
             throw bad("its preprocessing plan (\(UNetCheckpointKey.plan)) is missing or cannot be decoded")
         }
