@@ -1,6 +1,6 @@
 // The loss convention, stated once: the negative ELBO of the training set per training voxel.
 
-/// Both training paths minimise the negative ELBO of the training set divided by its voxel count:
+/// The trainer minimises the negative ELBO of the training set divided by its voxel count:
 ///
 ///     -ELBO / V_train = NLL_dataset / V_train + beta * KL / V_train
 ///
@@ -8,44 +8,31 @@
 /// voxels, KL the sum over all Bayesian weights of KL(q || p) (analytic or Monte Carlo, never a
 /// mean over weights), so `klScale` = beta / V_train.
 ///
-/// - Built-in binary datasets (`Trainer`): NLL is the sigmoid's binary cross-entropy, and
-///   V_train = D * V (D training volumes of V voxels):
-///       loss = NLL_batch / (B * V)  +  beta * KL / (D * V).
-/// - Dataset folders (`PatchTrainer`): NLL is the softmax cross-entropy over K classes, averaged
-///   over the patch voxels of the batch, and V_train is the voxel count of all training cases on
-///   the prepared grid (patches are unbiased samples of their voxels; the third centred on
-///   foreground reweights classes as nnU-Net does, a deliberate bias we accept). The soft Dice
-///   term of `DiceCELoss` is added with weight 1 outside the likelihood, as MONAI and nnU-Net do:
-///       loss = CE_batch + (1 − mean foreground soft Dice)  +  beta * KL / V_train.
+/// NLL is the softmax cross-entropy over K classes, averaged over the patch voxels of the batch,
+/// and V_train is the voxel count of all training cases on the prepared grid (patches are unbiased
+/// samples of their voxels; the third centred on foreground reweights classes as nnU-Net does, a
+/// deliberate bias we accept). The soft Dice term of `DiceCELoss` is added with weight 1 outside
+/// the likelihood, as MONAI and nnU-Net do:
+///
+///     loss = CE_batch + (1 − mean foreground soft Dice)  +  beta * KL / V_train.
 ///
 /// `kl` is reported raw (nats, whole network) and `scaledKL` = beta * KL / V_train is what the loss adds.
 ///
-/// Data-parallel training over R ranks (`Distributed/DataParallel.swift`): B is the GLOBAL batch,
-/// each rank holds B / R of its volumes and computes the gradient of its own mean NLL plus
-/// beta * KL / V_train; the gradients are then summed over ranks and divided by R. The KL term is
-/// identical on every rank (same weights, its Monte Carlo noise keyed by step, never by rank), so
-/// the average of its R copies is the KL gradient itself: it is counted once, not R times, and
-/// the NLL part averages to the global batch's mean NLL. The logged `kl` and `scaledKL` are that
-/// single KL, and the logged NLL is the mean over ranks.
-public struct ELBOTerms: Sendable {
-    public var nll: Double          // mean per-voxel cross-entropy of the batch (binary or softmax)
-    public var kl: Double           // sum over weights, nats
-    public var scaledKL: Double     // beta * kl / V_train
-    public var loss: Double { nll + scaledKL }
-}
-
+/// Data-parallel training over R ranks (`Distributed/DataParallel.swift`): the batch is the GLOBAL
+/// batch; each rank holds B / R of its patches. The loss's sufficient statistics (cross-entropy
+/// sum, voxel count, per-class Dice sums) are summed over the ranks first, so every rank computes
+/// the global batch's loss; each rank's gradient is R times that loss's gradient for its own
+/// patches plus beta * KL / V_train's, and the gradients are then summed over ranks and divided by
+/// R. The KL term is identical on every rank (same weights, its Monte Carlo noise keyed by step,
+/// never by rank), so the average of its R copies is the KL gradient itself: counted once.
 public enum ELBO {
-    /// The KL factor of the loss: beta / (D * V).
-    public static func klScale(beta: Double, trainingVolumes: Int, voxelsPerVolume: Int) -> Double {
-        klScale(beta: beta, trainingVoxels: trainingVolumes * voxelsPerVolume)
-    }
-
     /// The KL factor of the loss: beta / V_train.
     public static func klScale(beta: Double, trainingVoxels: Int) -> Double {
         beta / Double(trainingVoxels)
     }
 
-    /// Mean binary cross-entropy with logits z and labels y in {0, 1}; writes dL/dz into `grad`.
+    /// Mean binary cross-entropy with logits z and labels y in {0, 1}; writes dL/dz into `grad`
+    /// (the W3 benchmark network's loss).
     /// (N, 1, D, H, W) each.
     public static func bceWithLogits(_ z: Tensor, _ y: Tensor, grad: Tensor) -> Double {
         precondition(z.shape == y.shape && z.shape == grad.shape, "bceWithLogits: shapes \(z.shape), \(y.shape), \(grad.shape)")
