@@ -126,6 +126,37 @@ let tinyUNet = ["--steps-per-epoch", "1", "--patch", "16,16,16", "--width", "2",
         #expect(try folderBytes(mine) == folderBytes(run + "/dataset"))
     }
 
+    /// `evaluate --checkpoint` and `bench --variance` read a U-Net checkpoint: the test (and OOD) cases of its
+    /// dataset folder are predicted and scored; the gradient variance is measured per layer at its weights.
+    @Test func evaluateAndBenchVarianceReadAUNetCheckpoint() throws {
+        let dir = try Fixtures.temporaryDirectory("train-evaluate")
+        let data = dir.appendingPathComponent("synth").path, run = dir.appendingPathComponent("run").path
+        let export = try FlipoutCLI.run(["datasets", "export-synthetic", data, "--cases", "3", "--test-cases", "1", "--ood-cases", "1"])
+        try #require(export.status == 0, "\(export.stderr)")
+        let t = try FlipoutCLI.run(["train", "--data", data, "--run", run, "--epochs", "1"] + tinyUNet)
+        try #require(t.status == 0, "\(t.stderr)")
+        let e = try FlipoutCLI.run(["evaluate", "--checkpoint", run + "/checkpoint.safetensors", "--samples", "2", "--json"])
+        try #require(e.status == 0, "\(e.stderr)")
+        let summary = try JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as! [String: Any]
+        #expect(summary["ood"] != nil && summary["dicePerClass"] != nil, "\(e.stdout)")
+        for f in ["test/synth_003.nii.gz", "ood/synth_ood_000.nii.gz", "summary.json", "cases.csv"] {
+            #expect(FileManager.default.fileExists(atPath: run + "/evaluation/" + f), "\(f) missing: \((try? FileManager.default.subpathsOfDirectory(atPath: run + "/evaluation")) ?? [])")
+        }
+        let v = try FlipoutCLI.run(["bench", "--variance", "--checkpoint", run + "/checkpoint.safetensors", "--batches", "1,2", "--draws", "4", "--json"])
+        try #require(v.status == 0, "\(v.stderr)")
+        let rows = v.stdout.split(separator: "\n").map { try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        // 3 estimators x 2 batches x 7 Flipout convolutions (2 levels) x (loc, scale).
+        #expect(rows.count == 3 * 2 * 7 * 2, "\(rows.count) rows")
+        #expect(Set(rows.map { $0["layer"] as! String }) == ["enc0a", "enc0b", "enc1a", "enc1b", "up0", "dec0", "head"])
+        #expect(rows.allSatisfy { ($0["variance"] as! Double) > 0 })
+        // At N = 1 per-example draws exactly reparam's sample: the ratio is 1.
+        for r in rows where r["estimator"] as? String == "per-example" && r["batch"] as? Int == 1 {
+            let reparam = rows.first { $0["estimator"] as? String == "reparam" && $0["batch"] as? Int == 1 && $0["layer"] as? String == r["layer"] as? String
+                                       && $0["parameter"] as? String == r["parameter"] as? String }!
+            #expect(r["variance"] as! Double == reparam["variance"] as! Double)
+        }
+    }
+
     @Test func badDataOptionsExit64WithAdvice() throws {
         let dir = try Fixtures.temporaryDirectory("train-data-bad")
         let data = dir.appendingPathComponent("synth").path
