@@ -35,10 +35,25 @@ private func patchTrainer(dir: String, seed: UInt64 = 9, epochs: Int = 1, valida
     #expect(p.shape == [1, 3, 16, 16, 16])
     #expect(p.array == (try t.model.probabilities(x, ctx)).array)
     for i in 0..<4096 { #expect(abs(p.data[i] + p.data[4096 + i] + p.data[8192 + i] - 1) < 1e-5) }
-    // Tiled prediction of a whole case equals the network on the zero-padded case where one tile covers it.
+    // Tiled prediction of a whole case equals the network on the zero-padded case where one tile covers it:
+    // the case centred in a 48³ zero volume, the mean of 2 draws' softmax, cut back to the case.
     let small = preparedSyntheticCases(1)[0]
-    let whole = try TiledPrediction.probabilities(t.model, image: small.image, patchSize: [48, 48, 48], samples: 1, seed: 2)
-    #expect(whole.shape == [3] + Array(small.image.shape.dropFirst()))
+    let shape = Array(small.image.shape.dropFirst())
+    let whole = try TiledPrediction.probabilities(t.model, image: small.image, patchSize: [48, 48, 48], samples: 2, seed: 2)
+    #expect(whole.shape == [3] + shape)
+    let offset = shape.map { (48 - $0) / 2 }
+    let padded = Tensor(shape: [1, 2, 48, 48, 48])
+    PatchSampler.crop(small.image, start: offset.map { -$0 }, size: [48, 48, 48], into: padded.data)
+    let p0 = try t.model.probabilities(padded, StepContext.prediction(seed: 2, draw: 0))
+    let p1 = try t.model.probabilities(padded, StepContext.prediction(seed: 2, draw: 1))
+    var worst: Float = 0
+    for c in 0..<3 { for z in 0..<shape[0] { for y in 0..<shape[1] { for x in 0..<shape[2] {
+        let i = ((c * 48 + z + offset[0]) * 48 + y + offset[1]) * 48 + x + offset[2]
+        let reference = p0.data[i] / 2 + p1.data[i] / 2
+        worst = max(worst, abs(whole.data[((c * shape[0] + z) * shape[1] + y) * shape[2] + x] - reference))
+    } } } }
+    #expect(worst < 1e-6, "tiled vs whole padded case: \(worst)")
+    #expect(p0.array != p1.array, "the two draws differ: the mean is over real samples")
 }
 
 @Test func defaultPatchSizeFollowsTheMedianShapeAndTheBudget() {
