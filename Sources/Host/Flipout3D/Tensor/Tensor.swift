@@ -55,6 +55,17 @@ public final class Tensor: @unchecked Sendable {
 
     deinit { if storageOwner == nil { TensorStorage.release(data, max(count, 1)) } }
 
+    /// Calls `body` with the values; the pointer is valid only inside `body` (the tensor is kept
+    /// alive for the call). Prefer this to `data` wherever a pointer is held across statements.
+    public func withUnsafeValues<R>(_ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) { try body(UnsafeBufferPointer(start: data, count: count)) }
+    }
+
+    /// Calls `body` with the values to change; the pointer is valid only inside `body`.
+    public func withUnsafeMutableValues<R>(_ body: (UnsafeMutableBufferPointer<Float>) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) { try body(UnsafeMutableBufferPointer(start: data, count: count)) }
+    }
+
     public var rank: Int { shape.count }
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: data, count: count) }
     public var array: [Float] { Array(buffer) }

@@ -132,7 +132,7 @@ public final class PatchTrainer {
 
     /// Continue where a checkpoint left off (Adam state, epoch count, metrics so far).
     func restore(optimizerFrom c: Checkpoint, path: String, epoch: Int) throws {
-        try ModelCheckpoint.restoreOptimizer(optimizer, from: c, path: path)
+        try UNetCheckpoint.restoreOptimizer(optimizer, from: c, path: path)
         epochsDone = epoch
         let metricsPath = (runDirectory as NSString).appendingPathComponent("metrics.json")
         if let bytes = try? FileIO.read(metricsPath), let r = try? JSONDecoder().decode([PatchEpochRecord].self, from: Data(bytes)) {
