@@ -196,9 +196,6 @@ public enum UNetCheckpoint {
             } catch let e as ConfigError {
                 throw bad("its stored configuration is invalid: \(e.storedDescription)")
             }
-            guard config.width == shape.width else {
-                throw bad("its model width \(config.width) and U-Net width \(shape.width) differ")
-            }
             guard plan.classCount == shape.classCount, plan.channels.count == shape.inputChannels else {
                 throw bad("its plan (\(plan.channels.count) channels, \(plan.classCount) classes) does not fit its network (\(shape.inputChannels), \(shape.classCount))")
             }
