@@ -3,7 +3,11 @@
 /// The model's parameters moved into one block of memory, and their gradients into a second,
 /// so that averaging gradients over ranks is ONE all-reduce and broadcasting the initial weights
 /// is ONE broadcast, and the optimizer is one flat loop. The parameters' own `Tensor`s keep
-/// working: their storage now points into the arena (`Tensor.moveStorage`), values unchanged.
+/// working: their storage now points into the arena's blocks (`Tensor.moveStorage`), values unchanged.
+///
+/// Ownership: the two blocks are `ArenaBlock`s that the arena and every moved tensor hold; the
+/// tensors never hold the arena, so an arena (and the optimizer holding it) is freed when its last
+/// user lets go, while the model's tensors keep their values alive.
 ///
 /// Layout: parameter k occupies `offsets[k] ..< offsets[k] + count_k` of both blocks; offsets are
 /// rounded up to 16 floats so every tensor stays 64-byte aligned. The padding is zero and stays
@@ -15,8 +19,10 @@ public final class ParameterArena {
     /// Floats in each block, padding included.
     public let count: Int
     /// (count) the values, and (count) the gradients.
-    public let values: UnsafeMutablePointer<Float>
-    public let gradients: UnsafeMutablePointer<Float>
+    public var values: UnsafeMutablePointer<Float> { valueBlock.pointer }
+    public var gradients: UnsafeMutablePointer<Float> { gradientBlock.pointer }
+    private let valueBlock: ArenaBlock
+    private let gradientBlock: ArenaBlock
 
     static let alignment = 16
 
@@ -36,11 +42,11 @@ public final class ParameterArena {
         self.parameters = parameters
         self.offsets = offsets
         count = max(end, Self.alignment)
-        values = Self.allocate(count)
-        gradients = Self.allocate(count)
+        valueBlock = ArenaBlock(count: count)
+        gradientBlock = ArenaBlock(count: count)
         for (k, p) in parameters.enumerated() {
-            p.value.moveStorage(to: values + offsets[k], owner: self)
-            p.gradient.moveStorage(to: gradients + offsets[k], owner: self)
+            p.value.moveStorage(to: valueBlock.pointer + offsets[k], owner: valueBlock)
+            p.gradient.moveStorage(to: gradientBlock.pointer + offsets[k], owner: gradientBlock)
         }
     }
 
@@ -48,11 +54,6 @@ public final class ParameterArena {
         let p = UnsafeMutableRawPointer.allocate(byteCount: n * 4, alignment: 64).bindMemory(to: Float.self, capacity: n)
         p.initialize(repeating: 0, count: n)
         return p
-    }
-
-    deinit {
-        UnsafeMutableRawPointer(values).deallocate()
-        UnsafeMutableRawPointer(gradients).deallocate()
     }
 
     public var valueBuffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: values, count: count) }
