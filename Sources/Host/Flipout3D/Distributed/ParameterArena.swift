@@ -45,8 +45,8 @@ public final class ParameterArena {
         valueBlock = ArenaBlock(count: count)
         gradientBlock = ArenaBlock(count: count)
         for (k, p) in parameters.enumerated() {
-            p.value.moveStorage(to: valueBlock.pointer + offsets[k], owner: valueBlock)
-            p.gradient.moveStorage(to: gradientBlock.pointer + offsets[k], owner: gradientBlock)
+            p.value.moveStorage(to: valueBlock, offset: offsets[k])
+            p.gradient.moveStorage(to: gradientBlock, offset: offsets[k])
         }
     }
 
@@ -62,7 +62,7 @@ public final class ParameterArena {
     /// A zero block of the arena's layout with one view per parameter (Adam's moments).
     public func makeState() -> (block: UnsafeMutablePointer<Float>, views: [Tensor], owner: ArenaBlock) {
         let block = ArenaBlock(count: count)
-        let views = parameters.enumerated().map { Tensor(viewing: block.pointer + offsets[$0.offset], shape: $0.element.value.shape, owner: block) }
+        let views = parameters.enumerated().map { Tensor(viewing: block, offset: offsets[$0.offset], shape: $0.element.value.shape) }
         return (block.pointer, views, block)
     }
 

@@ -227,13 +227,15 @@ public struct Checkpoint {
         }
         for (name, shape, start, _) in entries.sorted(by: { $0.start < $1.start }) {
             let shown = StrictJSON.printable(name)
-            let t = Tensor(shape: shape)
-            for i in 0..<t.count {
-                let b = headerEnd + start + 4 * i
-                let bits = UInt32(bytes[b]) | UInt32(bytes[b + 1]) << 8 | UInt32(bytes[b + 2]) << 16 | UInt32(bytes[b + 3]) << 24
-                let v = Float(bitPattern: bits)
-                guard v.isFinite else { throw corrupt("tensor \(shown) holds \(v) at index \(i); weights and optimizer state must be finite") }
-                t.data[i] = v
+            let t = Tensor(uninitializedShape: shape)
+            try t.withUnsafeMutableValues { out in
+                for i in 0..<out.count {
+                    let b = headerEnd + start + 4 * i
+                    let bits = UInt32(bytes[b]) | UInt32(bytes[b + 1]) << 8 | UInt32(bytes[b + 2]) << 16 | UInt32(bytes[b + 3]) << 24
+                    let v = Float(bitPattern: bits)
+                    guard v.isFinite else { throw corrupt("tensor \(shown) holds \(v) at index \(i); weights and optimizer state must be finite") }
+                    out[i] = v
+                }
             }
             c.tensors.append((name, t))
         }
