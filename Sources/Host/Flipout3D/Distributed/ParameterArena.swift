@@ -50,12 +50,6 @@ public final class ParameterArena {
         }
     }
 
-    static func allocate(_ n: Int) -> UnsafeMutablePointer<Float> {
-        let p = UnsafeMutableRawPointer.allocate(byteCount: n * 4, alignment: 64).bindMemory(to: Float.self, capacity: n)
-        p.initialize(repeating: 0, count: n)
-        return p
-    }
-
     public var valueBuffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: values, count: count) }
     public var gradientBuffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: gradients, count: count) }
 
@@ -72,15 +66,4 @@ public final class ParameterArena {
         while k + 1 < offsets.count && offsets[k + 1] <= i { k += 1 }
         return parameters.isEmpty ? ("padding", i) : (parameters[k].name, i - offsets[k])
     }
-}
-
-/// A zeroed, 64-byte aligned block of floats with the lifetime of this object.
-public final class ArenaBlock {
-    public let pointer: UnsafeMutablePointer<Float>
-    public let count: Int
-    init(count: Int) {
-        self.count = count
-        pointer = ParameterArena.allocate(count)
-    }
-    deinit { UnsafeMutableRawPointer(pointer).deallocate() }
 }

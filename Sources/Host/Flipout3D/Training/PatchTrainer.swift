@@ -51,6 +51,8 @@ public final class PatchTrainer {
         p.trainCases = train.map(\.id); p.validationCases = validation.map(\.id)
         p.trainingVoxels = train.reduce(0) { $0 + $1.image.count / $1.image.shape[0] }
         self.patch = p
+        // The rules a checkpoint is loaded by (UNetCheckpoint), checked before any work: every run saves a loadable checkpoint.
+        try training.validate(); try p.validate(shape: model.shape); try plan.validate()
         sampler = PatchSampler(cases: train, patchSize: patch.patchSize, classCount: plan.classCount, seed: training.seed)
         optimizer = Adam(parameters: model.trainable, learningRate: training.learningRate)
         let scales = PositiveWeightPolicy.learningRateScales(optimizer.parameters, layers: model.layers,
