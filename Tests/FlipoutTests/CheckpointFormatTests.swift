@@ -1,11 +1,11 @@
-// The safetensors reader against the format's rules (as Python's safetensors), checksums, non-finite
-// state, plugin pins and the stored configuration's validation.
+// The safetensors reader against the format's rules (as Python's safetensors), the content digest and
+// tensor checksums, non-finite state; strict JSON. (U-Net metadata checks: UNetCheckpointTests.)
 import Testing
 import Foundation
 import Flipout3D
 import TestSupport
 
-/// A safetensors file from a header text and data bytes (no padding, no checksums).
+/// A safetensors file from a header text and data bytes (no padding, no digest, no checksums).
 func safetensors(_ header: String, _ data: [UInt8] = [], headerBytes: [UInt8]? = nil) -> [UInt8] {
     let h = headerBytes ?? Array(header.utf8)
     var out = [UInt8]()
@@ -15,15 +15,18 @@ func safetensors(_ header: String, _ data: [UInt8] = [], headerBytes: [UInt8]? =
 
 func floats(_ v: [Float]) -> [UInt8] { v.flatMap { f in withUnsafeBytes(of: f.bitPattern.littleEndian) { Array($0) } } }
 
-func refusal(_ bytes: [UInt8]) -> String {
-    do { _ = try Checkpoint.decode(bytes, path: "x.safetensors"); return "accepted" } catch { return "\(error)" }
+/// Why the reader refuses `bytes` (read as another writer's file: no digest needed), or "accepted".
+func refusal(_ bytes: [UInt8], requireDigest: Bool = false) -> String {
+    do { _ = try Checkpoint.decode(bytes, path: "x.safetensors", requireDigest: requireDigest); return "accepted" } catch { return "\(error)" }
 }
 
 @Suite struct CheckpointFormatTests {
     @Test func wellFormedFilesAreAccepted() throws {
         let ok = safetensors(#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[0,3],"data_offsets":[8,8]},"__metadata__":{"k":"v"}}  "#, floats([1, 2]))
-        let c = try Checkpoint.decode(ok, path: "ok")
-        #expect(c.tensor("a")?.array == [1, 2] && c.tensor("b")?.shape == [0, 3] && c.metadata["k"] == "v")
+        let c = try Checkpoint.decode(ok, path: "ok", requireDigest: false)
+        #expect(c.tensor("a")?.array == [1, 2] && c.tensor("b")?.shape == [0, 3] && c.metadata["k"] == "v" && !c.digestVerified)
+        // A Flipout3D checkpoint needs the digest.
+        #expect(refusal(ok, requireDigest: true).contains("no content digest"))
     }
 
     @Test func eachFormatRuleIsEnforced() throws {
@@ -63,60 +66,27 @@ func refusal(_ bytes: [UInt8]) -> String {
 
     @Test func oneFlippedBitIsRefusedNamingTheTensor() throws {
         var c = Checkpoint()
+        c.metadata = ["k": "v"]
         c.tensors = [("layer1.loc", Tensor(shape: [8], values: (0..<8).map { Float($0) / 8 })),
                      ("layer2.scale", Tensor(shape: [2, 2], values: [0.1, 0.2, 0.3, 0.4]))]
         let bytes = try c.encoded()
         #expect(try Checkpoint.decode(bytes, path: "ok").tensor("layer2.scale")?.array == [0.1, 0.2, 0.3, 0.4])
-        // Flip each bit of the data section of layer2.scale (the last 16 bytes): every flip is caught.
+        // Flip each bit of the data section of layer2.scale (the last 16 bytes): every flip is caught
+        // by the digest and named by the tensor's checksum.
         for byte in (bytes.count - 16)..<bytes.count {
             for bit in 0..<8 {
                 var bad = bytes; bad[byte] ^= UInt8(1 << bit)
-                let m = refusal(bad)
+                let m = refusal(bad, requireDigest: true)
                 #expect(m.contains("tensor layer2.scale does not match its SHA-256 checksum"), "byte \(byte) bit \(bit): \(m)")
             }
         }
         var first = bytes; first[bytes.count - 17] ^= 0x10
-        #expect(refusal(first).contains("tensor layer1.loc does not match its SHA-256"))
-    }
-
-    @Test func aFlipoutCheckpointNeedsPinsChecksumsAndAValidConfiguration() throws {
-        let t = try SmallRun.trainer(epochs: 1, dir: SmallRun.tempDir())
-        _ = try t.trainEpoch()
-        let registry = try SmallRun.registry()
-        let good = try Checkpoint.read(t.checkpointPath)
-        func load(_ edit: (inout Checkpoint) -> Void, allow: Bool = false) -> String {
-            var c = good
-            edit(&c)
-            let path = t.runDirectory + "/edited.safetensors"
-            do {
-                try c.write(to: path)
-                _ = try TrainedModel.load(path, registry: registry, allowPluginChange: allow)
-                return "accepted"
-            } catch { return "\(error)" }
-        }
-        #expect(load { _ in } == "accepted")
-        // Plugin pins: missing, empty, not JSON, incomplete; each refused, each accepted with the flag.
-        for value in [nil, "", "not json", "[]", #"[{"role":"prior"}]"#] as [String?] {
-            let m = load { $0.metadata[CheckpointKey.plugins] = value }
-            #expect(m.contains(CheckpointKey.plugins) && m.contains("--allow-plugin-change"), "pins \(value ?? "nil"): \(m)")
-            #expect(load({ $0.metadata[CheckpointKey.plugins] = value }, allow: true) == "accepted")
-        }
-        // Stored configurations are checked by the CLI's rules.
-        func training(_ key: String, _ from: String, _ to: String) -> (inout Checkpoint) -> Void {
-            { c in c.metadata[CheckpointKey.training] = c.metadata[CheckpointKey.training]!.replacingOccurrences(of: "\"\(key)\":\(from)", with: "\"\(key)\":\(to)") }
-        }
-        for (edit, expected) in [
-            (training("batchSize", "2", "0"), "batchSize is 0"),
-            (training("batchSize", "2", "1000000000000"), "batchSize is 1000000000000"),
-            (training("evaluationSamples", "1", "-1"), "evaluationSamples is -1"),
-            (training("epochs", "1", "0"), "flipout3d.epoch"),
-            ({ c in c.metadata[CheckpointKey.model] = c.metadata[CheckpointKey.model]!.replacingOccurrences(of: "\"width\":4", with: "\"width\":-8") }, "width is -8"),
-            ({ c in c.metadata[CheckpointKey.model] = c.metadata[CheckpointKey.model]!.replacingOccurrences(of: "\"width\":4", with: "\"width\":100000") }, "width is 100000"),
-            ({ c in c.metadata[CheckpointKey.model] = "{\"width\":4," + c.metadata[CheckpointKey.model]!.dropFirst() }, "duplicate key \"width\""),
-        ] as [((inout Checkpoint) -> Void, String)] {
-            let m = load(edit)
-            #expect(m.contains(expected), "expected \(expected): \(m)")
-        }
+        #expect(refusal(first, requireDigest: true).contains("tensor layer1.loc does not match its SHA-256"))
+        // A changed checksum entry (the metadata) with intact tensors: the digest names the metadata.
+        let pattern = Array(#""k":"v""#.utf8)
+        let at = try #require((0...(bytes.count - pattern.count)).first { Array(bytes[$0..<($0 + pattern.count)]) == pattern })
+        var edited = bytes; edited[at + 5] = UInt8(ascii: "w")
+        #expect(refusal(edited, requireDigest: true).contains("does not match its SHA-256 digest"))
     }
 
     @Test func aRunThatGoesNonFiniteKeepsThePreviousCheckpoint() throws {

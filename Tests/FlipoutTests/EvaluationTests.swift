@@ -113,8 +113,10 @@ private let pythonHasScipy: Bool = {
         let pred: [Int32] = [0, 1, 0, 1, 2, 0]
         let d = ClassMetrics.dice(prediction: pred, truth: truth, classes: 3)
         #expect(abs(d[1] - 0.5) < 1e-12 && abs(d[2] - 2.0 / 3) < 1e-12)
-        // A class absent from both counts 1, present in one only 0.
-        #expect(ClassMetrics.dice(prediction: [0, 0], truth: [0, 0], classes: 2)[1] == 1)
+        // A class absent from both is NaN (nnU-Net's rule; means leave it out), present in one only 0.
+        #expect(ClassMetrics.dice(prediction: [0, 0], truth: [0, 0], classes: 2)[1].isNaN)
+        #expect(ClassMetrics.meanIgnoringAbsent([0.5, .nan, 1]) == 0.75 && ClassMetrics.meanIgnoringAbsent([.nan]).isNaN)
+        #expect(OverlapCounts(prediction: [0, 2], truth: [0, 2], classes: 3).meanForegroundDice == 1)
         #expect(ClassMetrics.dice(prediction: [1, 1], truth: [0, 0], classes: 2)[1] == 0)
         // Two voxels, K = 3: p = (0.7, 0.2, 0.1) with y = 0, p = (0.1, 0.3, 0.6) with y = 2.
         let p = Tensor(shape: [3, 1, 1, 2], values: [0.7, 0.1, 0.2, 0.3, 0.1, 0.6])
@@ -180,7 +182,9 @@ private let pythonHasScipy: Bool = {
 
         let zeros = [Int32](repeating: 0, count: n)
         let empty = CaseEvaluation.score(CasePrediction(id: "e", shape: shape, spacing: [1, 1, 1], truth: zeros, prediction: zeros), classes: 2)
-        #expect(empty.dice == [1] && empty.hd95 == [0] && empty.roiVoxels == 0 && empty.eceROI == nil)
+        #expect(empty.dice.count == 1 && empty.dice[0].isNaN && empty.meanDice.isNaN && empty.hd95 == [0] && empty.roiVoxels == 0 && empty.eceROI == nil)
+        let withEmpty = EvaluationSummary([perfect, empty], classNames: ["background", "blob"], settings: EvaluationSettings())
+        #expect(withEmpty.dicePerClass[0].mean == 1 && withEmpty.dicePerClass[0].cases == 1 && withEmpty.meanDice.mean == 1)
         let missed = CaseEvaluation.score(CasePrediction(id: "m", shape: shape, spacing: [1, 1, 1], truth: truth, prediction: zeros), classes: 2)
         #expect(missed.dice == [0] && missed.hd95 == [nil])
 

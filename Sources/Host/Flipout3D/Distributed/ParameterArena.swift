@@ -3,7 +3,11 @@
 /// The model's parameters moved into one block of memory, and their gradients into a second,
 /// so that averaging gradients over ranks is ONE all-reduce and broadcasting the initial weights
 /// is ONE broadcast, and the optimizer is one flat loop. The parameters' own `Tensor`s keep
-/// working: their storage now points into the arena (`Tensor.moveStorage`), values unchanged.
+/// working: their storage now points into the arena's blocks (`Tensor.moveStorage`), values unchanged.
+///
+/// Ownership: the two blocks are `ArenaBlock`s that the arena and every moved tensor hold; the
+/// tensors never hold the arena, so an arena (and the optimizer holding it) is freed when its last
+/// user lets go, while the model's tensors keep their values alive.
 ///
 /// Layout: parameter k occupies `offsets[k] ..< offsets[k] + count_k` of both blocks; offsets are
 /// rounded up to 16 floats so every tensor stays 64-byte aligned. The padding is zero and stays
@@ -15,8 +19,10 @@ public final class ParameterArena {
     /// Floats in each block, padding included.
     public let count: Int
     /// (count) the values, and (count) the gradients.
-    public let values: UnsafeMutablePointer<Float>
-    public let gradients: UnsafeMutablePointer<Float>
+    public var values: UnsafeMutablePointer<Float> { valueBlock.pointer }
+    public var gradients: UnsafeMutablePointer<Float> { gradientBlock.pointer }
+    private let valueBlock: ArenaBlock
+    private let gradientBlock: ArenaBlock
 
     static let alignment = 16
 
@@ -36,23 +42,12 @@ public final class ParameterArena {
         self.parameters = parameters
         self.offsets = offsets
         count = max(end, Self.alignment)
-        values = Self.allocate(count)
-        gradients = Self.allocate(count)
+        valueBlock = ArenaBlock(count: count)
+        gradientBlock = ArenaBlock(count: count)
         for (k, p) in parameters.enumerated() {
-            p.value.moveStorage(to: values + offsets[k], owner: self)
-            p.gradient.moveStorage(to: gradients + offsets[k], owner: self)
+            p.value.moveStorage(to: valueBlock, offset: offsets[k])
+            p.gradient.moveStorage(to: gradientBlock, offset: offsets[k])
         }
-    }
-
-    static func allocate(_ n: Int) -> UnsafeMutablePointer<Float> {
-        let p = UnsafeMutableRawPointer.allocate(byteCount: n * 4, alignment: 64).bindMemory(to: Float.self, capacity: n)
-        p.initialize(repeating: 0, count: n)
-        return p
-    }
-
-    deinit {
-        UnsafeMutableRawPointer(values).deallocate()
-        UnsafeMutableRawPointer(gradients).deallocate()
     }
 
     public var valueBuffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: values, count: count) }
@@ -61,7 +56,7 @@ public final class ParameterArena {
     /// A zero block of the arena's layout with one view per parameter (Adam's moments).
     public func makeState() -> (block: UnsafeMutablePointer<Float>, views: [Tensor], owner: ArenaBlock) {
         let block = ArenaBlock(count: count)
-        let views = parameters.enumerated().map { Tensor(viewing: block.pointer + offsets[$0.offset], shape: $0.element.value.shape, owner: block) }
+        let views = parameters.enumerated().map { Tensor(viewing: block, offset: offsets[$0.offset], shape: $0.element.value.shape) }
         return (block.pointer, views, block)
     }
 
@@ -71,15 +66,4 @@ public final class ParameterArena {
         while k + 1 < offsets.count && offsets[k + 1] <= i { k += 1 }
         return parameters.isEmpty ? ("padding", i) : (parameters[k].name, i - offsets[k])
     }
-}
-
-/// A zeroed, 64-byte aligned block of floats with the lifetime of this object.
-public final class ArenaBlock {
-    public let pointer: UnsafeMutablePointer<Float>
-    public let count: Int
-    init(count: Int) {
-        self.count = count
-        pointer = ParameterArena.allocate(count)
-    }
-    deinit { UnsafeMutableRawPointer(pointer).deallocate() }
 }

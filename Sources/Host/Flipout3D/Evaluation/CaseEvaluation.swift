@@ -95,7 +95,8 @@ public enum CaseEvaluation {
             s.uncertaintyErrorOverlap = ueo.overlap; s.overlapThreshold = ueo.threshold
             let r = UncertaintyMetrics.retentionCurve(prediction: c.prediction, truth: c.truth, classes: k, uncertainty: h.array,
                                                       roi: roi, points: settings.retentionPoints)
-            s.retentionCurve = r.curve; s.retentionArea = r.area
+            // Undefined (NaN) when the case has no foreground class in either map (ClassMetrics' Dice rule).
+            if !r.area.isNaN { s.retentionCurve = r.curve; s.retentionArea = r.area }
             s.meanEntropyForeground = meanOverForeground(h, c.prediction)
         }
         if let mi = c.mutualInformation {

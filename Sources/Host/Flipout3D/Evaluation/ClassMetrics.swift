@@ -3,10 +3,30 @@
 // Conventions, stated once: label maps hold class indices 0..<K (0 = background) per voxel of a
 // (D, H, W) grid; probabilities are (K, D, H, W), class-major; logs are natural; probabilities are
 // clamped to [1e-7, 1] before logs (`Metrics.probabilityEpsilon`).
+//
+// Dice of a class absent from both prediction and label: NaN (undefined), and means over classes
+// or cases leave NaN out; a mean of nothing but NaN is NaN. This is nnU-Net's rule
+// (`compute_metrics`: Dice = NaN when TP + FP + FN = 0, summaries by `np.nanmean`). Every Dice in
+// Flipout3D goes through `ClassMetrics.dice(tp:fp:fn:)` and `ClassMetrics.meanIgnoringAbsent`.
 import Foundation
 
 public enum ClassMetrics {
-    /// Dice of class c: 2|P_c ∩ L_c| / (|P_c| + |L_c|); 1 when the class is absent from both.
+    /// THE Dice rule: 2·TP / (2·TP + FP + FN); NaN when the class is absent from both prediction
+    /// and label (TP + FP + FN = 0), since nothing was there to find.
+    public static func dice(tp: Int, fp: Int, fn: Int) -> Double {
+        precondition(tp >= 0 && fp >= 0 && fn >= 0, "ClassMetrics.dice: negative count (\(tp), \(fp), \(fn))")
+        let den = 2 * tp + fp + fn
+        return den == 0 ? .nan : 2 * Double(tp) / Double(den)
+    }
+
+    /// The mean of the defined values (NaN ones, absent classes or cases, left out); NaN when none is defined.
+    public static func meanIgnoringAbsent<S: Sequence>(_ values: S) -> Double where S.Element == Double {
+        var sum = 0.0, n = 0
+        for v in values where !v.isNaN { sum += v; n += 1 }
+        return n == 0 ? .nan : sum / Double(n)
+    }
+
+    /// Dice of each class c: 2|P_c ∩ L_c| / (|P_c| + |L_c|), NaN when the class is absent from both.
     public static func dice(prediction: [Int32], truth: [Int32], classes: Int) -> [Double] {
         precondition(prediction.count == truth.count, "ClassMetrics.dice: sizes differ")
         let c = OverlapCounts(prediction: prediction, truth: truth, classes: classes)
@@ -56,15 +76,12 @@ public struct OverlapCounts: Sendable {
         }
     }
 
-    public func dice(_ c: Int) -> Double {
-        let den = 2 * tp[c] + fp[c] + fn[c]
-        return den == 0 ? 1 : 2 * Double(tp[c]) / Double(den)
-    }
+    /// `ClassMetrics.dice(tp:fp:fn:)` of class c (NaN when absent from both maps).
+    public func dice(_ c: Int) -> Double { ClassMetrics.dice(tp: tp[c], fp: fp[c], fn: fn[c]) }
 
-    /// The mean Dice over the foreground classes 1..<K.
+    /// The mean Dice over the foreground classes 1..<K present in either map; NaN when none is.
     public var meanForegroundDice: Double {
-        let k = tp.count
-        return k < 2 ? 1 : (1..<k).reduce(0.0) { $0 + dice($1) } / Double(k - 1)
+        ClassMetrics.meanIgnoringAbsent((1..<max(tp.count, 1)).map { dice($0) })
     }
 
     /// Counts after voxel v (predicted p, true t) is referred to an expert, i.e. becomes correct.

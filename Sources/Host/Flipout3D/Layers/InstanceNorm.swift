@@ -40,19 +40,21 @@ public final class InstanceNorm {
         let v = x.shape[2...].reduce(1, *)
         let y = Tensor(uninitializedShape: x.shape), xh = Tensor(uninitializedShape: x.shape)
         var rstd = [Float](repeating: 0, count: x.shape[0] * channels)
-        for nc in 0..<x.shape[0] * channels {
-            let c = nc % channels
-            let src = x.data + nc * v, dst = y.data + nc * v, hat = xh.data + nc * v
-            var s = 0.0
-            for i in 0..<v { s += Double(src[i]) }
-            let mean = s / Double(v)
-            var s2 = 0.0
-            for i in 0..<v { let d = Double(src[i]) - mean; s2 += d * d }
-            let r = Float(1 / (s2 / Double(v) + Double(epsilon)).squareRoot())
-            rstd[nc] = r
-            let m = Float(mean), g = scale.data[c], b = shift.data[c]
-            for i in 0..<v { let h = (src[i] - m) * r; hat[i] = h; dst[i] = g * h + b }
-        }
+        x.withUnsafeValues { xs in y.withUnsafeMutableValues { ys in xh.withUnsafeMutableValues { hs in
+            for nc in 0..<x.shape[0] * channels {
+                let c = nc % channels
+                let src = xs.baseAddress! + nc * v, dst = ys.baseAddress! + nc * v, hat = hs.baseAddress! + nc * v
+                var s = 0.0
+                for i in 0..<v { s += Double(src[i]) }
+                let mean = s / Double(v)
+                var s2 = 0.0
+                for i in 0..<v { let d = Double(src[i]) - mean; s2 += d * d }
+                let r = Float(1 / (s2 / Double(v) + Double(epsilon)).squareRoot())
+                rstd[nc] = r
+                let m = Float(mean), g = scale[c], b = shift[c]
+                for i in 0..<v { let h = (src[i] - m) * r; hat[i] = h; dst[i] = g * h + b }
+            }
+        } } }
         return (y, InstanceNormSaved(normalized: xh, rstd: rstd))
     }
 
@@ -62,17 +64,19 @@ public final class InstanceNorm {
         dy.checkShape(saved.normalized.shape, "\(name).backward dy")
         let v = dy.shape[2...].reduce(1, *)
         let dx = Tensor(uninitializedShape: dy.shape)
-        for nc in 0..<dy.shape[0] * channels {
-            let c = nc % channels
-            let g = dy.data + nc * v, hat = saved.normalized.data + nc * v, out = dx.data + nc * v
-            var sumG = 0.0, sumGH = 0.0
-            for i in 0..<v { sumG += Double(g[i]); sumGH += Double(g[i]) * Double(hat[i]) }
-            scaleGradient.data[c] += Float(sumGH)
-            shiftGradient.data[c] += Float(sumG)
-            let gamma = scale.data[c], r = saved.rstd[nc]
-            let meanG = Float(sumG / Double(v)) * gamma, meanGH = Float(sumGH / Double(v)) * gamma
-            for i in 0..<v { out[i] = r * (gamma * g[i] - meanG - hat[i] * meanGH) }
-        }
+        dy.withUnsafeValues { gs in saved.normalized.withUnsafeValues { hs in dx.withUnsafeMutableValues { ds in
+            for nc in 0..<dy.shape[0] * channels {
+                let c = nc % channels
+                let g = gs.baseAddress! + nc * v, hat = hs.baseAddress! + nc * v, out = ds.baseAddress! + nc * v
+                var sumG = 0.0, sumGH = 0.0
+                for i in 0..<v { sumG += Double(g[i]); sumGH += Double(g[i]) * Double(hat[i]) }
+                scaleGradient[c] += Float(sumGH)
+                shiftGradient[c] += Float(sumG)
+                let gamma = scale[c], r = saved.rstd[nc]
+                let meanG = Float(sumG / Double(v)) * gamma, meanGH = Float(sumGH / Double(v)) * gamma
+                for i in 0..<v { out[i] = r * (gamma * g[i] - meanG - hat[i] * meanGH) }
+            }
+        } } }
         return dx
     }
 }

@@ -38,10 +38,7 @@ public final class UNet {
     public let norms: [InstanceNorm?]
 
     public init(_ config: ModelConfig, shape: UNetConfig, registry: PluginRegistry, seed: UInt64, log: (String) -> Void = { _ in }) throws {
-        guard shape.levels >= 1 && shape.levels <= 6 else { throw LayerError.invalidConfiguration("--levels must be between 1 and 6; got \(shape.levels).") }
-        guard shape.width >= 1, shape.inputChannels >= 1, shape.classCount >= 2 else {
-            throw LayerError.invalidConfiguration("the U-Net needs width >= 1, at least one input channel and at least 2 classes; got width \(shape.width), \(shape.inputChannels) channels, \(shape.classCount) classes.")
-        }
+        do { try shape.validate() } catch let e as ConfigError { throw LayerError.invalidConfiguration(e.description) }
         self.config = config; self.shape = shape
         // name, in, out, kernel, stride, in encoder
         var specs: [(String, Int, Int, Int, Int, Bool)] = []
@@ -60,6 +57,7 @@ public final class UNet {
         var built: [ConvLayer] = []
         let bayesian = config.bayesian ? shape.bayesianLayers : .none
         var firstBayesian = true
+        precondition(specs.count == shape.convolutionCount && specs.map(\.5) == (0..<specs.count).map(shape.isEncoder), "UNet: layer table disagrees with UNetConfig")
         for (i, s) in specs.enumerated() {
             if bayesian.isBayesian(index: i, count: specs.count, inEncoder: s.5) {
                 built.append(try Self.flipoutLayer(config, registry: registry, name: s.0, index: i, inChannels: s.1, outChannels: s.2,
@@ -105,11 +103,12 @@ public final class UNet {
         try Self.checkPatch(Array(s[2...]), shape: shape)
     }
 
-    /// Throws unless every size of `patch` (d, h, w) is a positive multiple of 2^(levels−1).
+    /// Throws unless `patch` is three sizes (d, h, w), each a positive multiple of 2^(levels−1) of at
+    /// most `ConfigLimits.patchEdge` voxels.
     public static func checkPatch(_ patch: [Int], shape: UNetConfig) throws {
         let m = shape.sizeMultiple
-        guard patch.count == 3, patch.allSatisfy({ $0 >= m && $0 % m == 0 }) else {
-            throw LayerError.invalidConfiguration("a U-Net with \(shape.levels) levels needs every patch size to be a positive multiple of \(m); got \(patch). Choose --patch accordingly (e.g. \(patch.map { max(m, ($0 + m - 1) / m * m) }.map(String.init).joined(separator: ","))).")
+        guard patch.count == 3, patch.allSatisfy({ $0 >= m && $0 % m == 0 && $0 <= ConfigLimits.patchEdge.upperBound }) else {
+            throw LayerError.invalidConfiguration("a U-Net with \(shape.levels) levels needs every patch size to be a positive multiple of \(m); got \(patch)\(patch.count == 3 ? "" : " (\(patch.count) sizes, not 3)"). Choose --patch accordingly (e.g. \((patch + [m, m, m]).prefix(3).map { (min(max($0, m), ConfigLimits.patchEdge.upperBound / m * m) + m - 1) / m * m }.map(String.init).joined(separator: ","))), each at most \(ConfigLimits.patchEdge.upperBound).")
         }
     }
 
@@ -201,5 +200,17 @@ public enum Softmax {
             }
         }
         return p
+    }
+}
+
+extension UNetConfig {
+    /// Convolutions of the network: two per level, two per decoder level, and the head.
+    public var convolutionCount: Int { 4 * levels - 1 }
+    /// Whether convolution `index` (forward order) belongs to the encoder.
+    public func isEncoder(_ index: Int) -> Bool { index < 2 * levels }
+    /// How many convolutions are Flipout layers (0: a deterministic network, which pins no plugins).
+    public func flipoutLayerCount(bayesian: Bool) -> Int {
+        guard bayesian else { return 0 }
+        return (0..<convolutionCount).filter { bayesianLayers.isBayesian(index: $0, count: convolutionCount, inEncoder: isEncoder($0)) }.count
     }
 }

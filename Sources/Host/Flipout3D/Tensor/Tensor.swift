@@ -4,6 +4,15 @@ import Foundation
 /// A dense Float32 tensor with value semantics on its shape and reference semantics on its
 /// storage (like a class-held buffer): copying a `Tensor` shares storage; use `copy()` to clone.
 /// Storage is 64-byte aligned so oneDNN and SIMD loops can use it directly.
+///
+/// Ownership, which the types enforce: a tensor either owns its storage (from `TensorStorage`,
+/// returned to its pool only by the tensor's `deinit` or `moveStorage`) or shares an `ArenaBlock`
+/// (a `ParameterArena`'s parameters and optimizer state; never pooled, freed with its last
+/// tensor). Only this module makes views, and only into an `ArenaBlock` they retain; so no live
+/// tensor ever points to a pooled block. A pointer taken from `data` is valid while the tensor is
+/// alive, which Swift guarantees only up to the tensor's last use: hold pointers inside
+/// `withUnsafeValues` / `withUnsafeMutableValues` (or `withExtendedLifetime`). TensorTests keeps
+/// the count of raw `data` bindings in Sources from growing.
 public final class Tensor: @unchecked Sendable {
     public let shape: [Int]
     public let count: Int
@@ -11,8 +20,8 @@ public final class Tensor: @unchecked Sendable {
     /// once, before training (layers must not keep this pointer across calls).
     /// (A `var` read in a loop costs the same as a `let`: measured 2.5 ms for 4 Mi elements either way.)
     public private(set) var data: UnsafeMutablePointer<Float>
-    /// Set when the storage belongs to something else (a `ParameterArena`): then not released here.
-    private var storageOwner: AnyObject?
+    /// Set when the storage is a shared `ArenaBlock`: then not released here.
+    private var arenaBlock: ArenaBlock?
 
     /// A zero-filled tensor of the given shape.
     public convenience init(shape: [Int]) {
@@ -37,23 +46,38 @@ public final class Tensor: @unchecked Sendable {
         values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: count) }
     }
 
-    /// A tensor over `count` floats at `storage` that `owner` keeps alive (a view into an arena).
-    public init(viewing storage: UnsafeMutablePointer<Float>, shape: [Int], owner: AnyObject) {
+    /// A view of `block` from float `offset` (the tensor keeps the block alive).
+    init(viewing block: ArenaBlock, offset: Int, shape: [Int]) {
         self.shape = shape
         self.count = shape.reduce(1, *)
-        data = storage
-        storageOwner = owner
+        precondition(offset >= 0 && offset + count <= block.count, "Tensor view \(shape) at \(offset) outside a block of \(block.count)")
+        data = block.pointer + offset
+        arenaBlock = block
     }
 
-    /// Copies the values to `storage` (count floats kept alive by `owner`) and uses it from now on.
-    func moveStorage(to storage: UnsafeMutablePointer<Float>, owner: AnyObject) {
+    /// Copies the values into `block` from float `offset` and uses that storage from now on (its
+    /// own pooled storage goes back to the pool: nothing else points to it).
+    func moveStorage(to block: ArenaBlock, offset: Int) {
+        precondition(offset >= 0 && offset + count <= block.count, "Tensor.moveStorage: \(count) floats at \(offset) outside a block of \(block.count)")
+        let storage = block.pointer + offset
         storage.update(from: data, count: count)
-        if storageOwner == nil { TensorStorage.release(data, max(count, 1)) }
+        if arenaBlock == nil { TensorStorage.release(data, max(count, 1)) }
         data = storage
-        storageOwner = owner
+        arenaBlock = block
     }
 
-    deinit { if storageOwner == nil { TensorStorage.release(data, max(count, 1)) } }
+    deinit { if arenaBlock == nil { TensorStorage.release(data, max(count, 1)) } }
+
+    /// Calls `body` with the values; the pointer is valid only inside `body` (the tensor is kept
+    /// alive for the call). Prefer this to `data` wherever a pointer is held across statements.
+    public func withUnsafeValues<R>(_ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) { try body(UnsafeBufferPointer(start: data, count: count)) }
+    }
+
+    /// Calls `body` with the values to change; the pointer is valid only inside `body`.
+    public func withUnsafeMutableValues<R>(_ body: (UnsafeMutableBufferPointer<Float>) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) { try body(UnsafeMutableBufferPointer(start: data, count: count)) }
+    }
 
     public var rank: Int { shape.count }
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: data, count: count) }

@@ -1,14 +1,24 @@
 // Checkpoints in the safetensors layout: 8-byte little-endian header length, JSON header, raw F32 data,
-// read by the format's rules exactly (as Python's safetensors) and verified against per-tensor SHA-256.
+// read by the format's rules exactly (as Python's safetensors) and verified against a SHA-256 digest of
+// their whole content (metadata and tensors).
 import Foundation
 
 /// A checkpoint file: named F32 tensors plus string metadata (safetensors' `__metadata__`), readable
-/// by Python's `safetensors`. Written atomically (temporary file, fsync, rename). Every tensor's
-/// SHA-256 is stored in the metadata under `Checkpoint.checksumKey` and verified on reading.
+/// by Python's `safetensors`. Written atomically (temporary file, fsync, rename).
+///
+/// Integrity: the metadata holds, under `digestKey`, the SHA-256 of the file's whole content (every
+/// other metadata entry and every tensor, `contentDigest`), and, under `checksumKey`, each tensor's
+/// SHA-256 (which names the damaged tensor when the digest fails). `read` and `decode` refuse a
+/// file without the digest or whose content does not match it.
 public struct Checkpoint {
     public var tensors: [(name: String, tensor: Tensor)] = []
     public var metadata: [String: String] = [:]
+    /// Whether this value was decoded from bytes whose content digest was present and matched.
+    /// `UNetCheckpoint.load` builds a network only from such a checkpoint.
+    public private(set) var digestVerified = false
 
+    /// Metadata key holding the SHA-256 hex of the whole content (`contentDigest`).
+    public static let digestKey = "flipout3d.digest"
     /// Metadata key holding a JSON object `{tensor name: SHA-256 hex of its little-endian bytes}`.
     public static let checksumKey = "flipout3d.sha256"
     /// The safetensors reference reader refuses headers above 100 MB; so do we.
@@ -20,21 +30,26 @@ public struct Checkpoint {
 
     public func tensor(_ name: String) -> Tensor? { tensors.first { $0.name == name }?.tensor }
 
-    /// The file's bytes: header (with the checksums added to the metadata) and data.
+    /// The file's bytes: header (with the tensor checksums and the content digest added to the
+    /// metadata) and data.
     public func encoded() throws -> [UInt8] {
         var data = [UInt8]()
         data.reserveCapacity(tensors.reduce(0) { $0 + 4 * $1.tensor.count })
         var entries: [String: Any] = [:]
         var sums: [String: String] = [:]
+        var ranges: [String: Range<Int>] = [:]
         for (name, t) in tensors {
             precondition(entries[name] == nil && name != "__metadata__", "Checkpoint: tensor name \(name) used twice")
             let start = data.count
-            for i in 0..<t.count { withUnsafeBytes(of: t.data[i].bitPattern.littleEndian) { data.append(contentsOf: $0) } }
+            t.withUnsafeValues { v in for x in v { withUnsafeBytes(of: x.bitPattern.littleEndian) { data.append(contentsOf: $0) } } }
             entries[name] = ["dtype": "F32", "shape": t.shape, "data_offsets": [start, data.count]]
             sums[name] = SHA256.hex(Data(data[start...]))
+            ranges[name] = start..<data.count
         }
         var meta = metadata
+        meta[Self.digestKey] = nil
         meta[Self.checksumKey] = String(decoding: try JSONSerialization.data(withJSONObject: sums, options: [.sortedKeys]), as: UTF8.self)
+        meta[Self.digestKey] = Self.contentDigest(metadata: meta, tensors: tensors.map { ($0.name, $0.tensor.shape, data[ranges[$0.name]!]) })
         entries["__metadata__"] = meta
         var json = try JSONSerialization.data(withJSONObject: entries, options: [.sortedKeys])
         // Pad the header with spaces to a multiple of 8 bytes (as the reference writer does).
@@ -47,6 +62,39 @@ public struct Checkpoint {
         return bytes
     }
 
+    /// The content digest (`digestKey`): SHA-256, as lower-case hex, of this byte string, where
+    /// `u64` is an unsigned 64-bit little-endian integer, strings are UTF-8, and keys and names are
+    /// sorted by their UTF-8 bytes:
+    ///
+    ///     "flipout3d-digest-1\n"
+    ///     u64(metadata entries other than digestKey)
+    ///       for each: u64(key bytes) key u64(value bytes) value
+    ///     u64(tensors)
+    ///       for each: u64(name bytes) name u64(rank) u64(dim)... u64(data bytes) data (F32 little-endian)
+    ///
+    /// It covers what the file means, not how its JSON header is spelled, so any safetensors writer
+    /// (e.g. Python's, see scripts/read-checkpoint.py) can produce or check it.
+    public static func contentDigest<Bytes: Collection>(metadata: [String: String], tensors: [(name: String, shape: [Int], data: Bytes)]) -> String
+    where Bytes.Element == UInt8 {
+        var h = SHA256.Hasher()
+        func u64(_ v: Int) { withUnsafeBytes(of: UInt64(v).littleEndian) { h.update($0) } }
+        func string(_ s: String) { u64(s.utf8.count); h.update(Array(s.utf8)) }
+        func byBytes(_ a: String, _ b: String) -> Bool { a.utf8.lexicographicallyPrecedes(b.utf8) }
+        h.update(Array("flipout3d-digest-1\n".utf8))
+        let keys = metadata.keys.filter { $0 != digestKey }.sorted(by: byBytes)
+        u64(keys.count)
+        for k in keys { string(k); string(metadata[k]!) }
+        u64(tensors.count)
+        for t in tensors.sorted(by: { byBytes($0.name, $1.name) }) {
+            string(t.name)
+            u64(t.shape.count)
+            for d in t.shape { u64(d) }
+            u64(t.data.count)
+            h.update(t.data)
+        }
+        return SHA256.hex(h.finalize())
+    }
+
     /// Writes the checkpoint atomically; the bytes are decoded and verified before they replace
     /// `path`, so a good checkpoint is never replaced by one that would not load.
     public func write(to path: String) throws {
@@ -55,6 +103,7 @@ public struct Checkpoint {
         try FileIO.writeAtomically(bytes, to: path)
     }
 
+    /// Reads and decodes `path` (`decode`): the digest is required.
     public static func read(_ path: String) throws -> Checkpoint {
         let bytes: [UInt8]
         do { bytes = try FileIO.read(path, limit: maxFileBytes) } catch let e as FileIOError { throw CheckpointError(path: path, file: e) }
@@ -66,9 +115,10 @@ public struct Checkpoint {
     /// mapping strings to strings; every tensor exactly {dtype, shape, data_offsets}, dtype F32,
     /// shape of non-negative integers, byte count = elements × 4 (checked arithmetic); tensors
     /// tile the data section from 0 to its end with no gap and no overlap; no trailing bytes.
-    /// Then each tensor is checked against its SHA-256 (when the metadata has them) and for
-    /// non-finite values. Every refusal names the field or tensor.
-    public static func decode(_ bytes: [UInt8], path: String) throws -> Checkpoint {
+    /// Then the content digest is checked (required unless `requireDigest` is false, for reading
+    /// safetensors files of other writers), naming the damaged tensor when its own checksum fails
+    /// or else the metadata; then every value must be finite. Every refusal names the field or tensor.
+    public static func decode(_ bytes: [UInt8], path: String, requireDigest: Bool = true) throws -> Checkpoint {
         func corrupt(_ why: String) -> CheckpointError {
             CheckpointError(path: path, reason: "\(why). The file is damaged or not a Flipout3D checkpoint; use another checkpoint (each run folder keeps checkpoint.safetensors).")
         }
@@ -157,18 +207,35 @@ public struct Checkpoint {
             }
             sums = s
         }
-        for (name, shape, start, end) in entries.sorted(by: { $0.start < $1.start }) {
-            let shown = StrictJSON.printable(name)
-            if let sums, SHA256.hex(Data(bytes[(headerEnd + start)..<(headerEnd + end)])) != sums[name] {
-                throw corrupt("tensor \(shown) does not match its SHA-256 checksum: its data were changed or damaged")
+        func data(_ e: (name: String, shape: [Int], start: Int, end: Int)) -> ArraySlice<UInt8> { bytes[(headerEnd + e.start)..<(headerEnd + e.end)] }
+        if let stored = c.metadata[digestKey] {
+            let actual = contentDigest(metadata: c.metadata, tensors: entries.map { ($0.name, $0.shape, data($0)) })
+            if actual != stored {
+                // Name what changed: a tensor whose own checksum fails, else the metadata.
+                for e in entries.sorted(by: { $0.start < $1.start }) where sums.map({ SHA256.hex(Data(data(e))) != $0[e.name] }) ?? false {
+                    throw corrupt("tensor \(StrictJSON.printable(e.name)) does not match its SHA-256 checksum: its data were changed or damaged")
+                }
+                throw corrupt("its content does not match its SHA-256 digest (metadata \(digestKey)): its metadata (configuration, plan or plugin pins) or tensors were changed or damaged")
             }
-            let t = Tensor(shape: shape)
-            for i in 0..<t.count {
-                let b = headerEnd + start + 4 * i
-                let bits = UInt32(bytes[b]) | UInt32(bytes[b + 1]) << 8 | UInt32(bytes[b + 2]) << 16 | UInt32(bytes[b + 3]) << 24
-                let v = Float(bitPattern: bits)
-                guard v.isFinite else { throw corrupt("tensor \(shown) holds \(v) at index \(i); weights and optimizer state must be finite") }
-                t.data[i] = v
+            c.digestVerified = true
+        } else if requireDigest {
+            throw corrupt("it has no content digest (metadata \(digestKey)), so a changed configuration or damaged weights could not be detected. Checkpoints of `flipout train` always have one")
+        } else if let sums {
+            for e in entries.sorted(by: { $0.start < $1.start }) where SHA256.hex(Data(data(e))) != sums[e.name] {
+                throw corrupt("tensor \(StrictJSON.printable(e.name)) does not match its SHA-256 checksum: its data were changed or damaged")
+            }
+        }
+        for (name, shape, start, _) in entries.sorted(by: { $0.start < $1.start }) {
+            let shown = StrictJSON.printable(name)
+            let t = Tensor(uninitializedShape: shape)
+            try t.withUnsafeMutableValues { out in
+                for i in 0..<out.count {
+                    let b = headerEnd + start + 4 * i
+                    let bits = UInt32(bytes[b]) | UInt32(bytes[b + 1]) << 8 | UInt32(bytes[b + 2]) << 16 | UInt32(bytes[b + 3]) << 24
+                    let v = Float(bitPattern: bits)
+                    guard v.isFinite else { throw corrupt("tensor \(shown) holds \(v) at index \(i); weights and optimizer state must be finite") }
+                    out[i] = v
+                }
             }
             c.tensors.append((name, t))
         }

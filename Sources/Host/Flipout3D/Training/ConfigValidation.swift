@@ -35,6 +35,29 @@ public enum ConfigLimits {
     /// All synthetic volumes are held in memory (image and label, 8 bytes per voxel): at most 2³⁰
     /// voxels (8 GiB) in all splits together.
     public static let datasetVoxels = 1 << 30
+
+    // The U-Net (`flipout train --data`) and what its checkpoint records.
+    /// Resolution levels: 6 halves a 128-voxel patch down to 4 voxels at the bottleneck.
+    public static let levels = 1...6
+    /// nnU-Net caps 3D feature maps at 320 channels.
+    public static let maxChannels = 1...320
+    /// Input channels (modalities): MSD and BraTS cases have at most 4; 64 leaves room for multi-echo series.
+    public static let inputChannels = 1...64
+    /// Classes, background included: TotalSegmentator's 118 fit with room to spare.
+    public static let classCount = 2...1000
+    /// `last:N`: the U-Net has at most 4 × 6 − 1 = 23 convolutions; N beyond that means all of them.
+    public static let lastLayers = 1...100
+    /// A patch edge in voxels: the default plan caps patches at 128 (PatchSizePlan); 512³ floats
+    /// are already 512 MiB per channel.
+    public static let patchEdge = 1...512
+    public static let stepsPerEpoch = 0...1_000_000
+    public static let folds = 2...1000
+    /// Voxels of all training cases (the N of the KL scale beta / N): at least one, at most 2⁴⁰.
+    public static let trainingVoxels = 1...(1 << 40)
+    /// Target spacing in mm: from high-resolution MRI (0.2 mm) to thick CT slices (10 mm), with margin.
+    public static let spacing = 0.05...50.0
+    /// Case ids and the dataset folder's path, in bytes.
+    public static let textBytes = 1...4096
 }
 
 /// Range checks that produce `ConfigError`s.
@@ -92,6 +115,12 @@ extension TrainingConfig {
         try Check.range(beta, ConfigLimits.beta, field: "beta", option: "--beta")
         try Check.range(betaAnnealEpochs, ConfigLimits.betaAnneal, field: "betaAnnealEpochs", option: "--beta-anneal")
         try Check.range(evaluationSamples, ConfigLimits.samples, field: "evaluationSamples", option: "--samples")
+        let datasets = ["synthetic", "colin27", "folder"]
+        guard datasets.contains(dataset) else {
+            throw ConfigError(field: "dataset", option: "--dataset", value: StrictJSON.printable(dataset), allowed: "one of " + datasets.joined(separator: ", "))
+        }
+        // The built-in datasets' volumes; a dataset folder ("folder") has its own cases.
+        guard dataset != "folder" else { return }
         guard ConfigLimits.volumeSize.contains(volumeSize), volumeSize % 2 == 0 else {
             throw ConfigError(field: "volumeSize", option: "--volume-size", value: "\(volumeSize)",
                               allowed: "an even number from \(ConfigLimits.volumeSize.lowerBound) to \(ConfigLimits.volumeSize.upperBound)")
@@ -100,15 +129,95 @@ extension TrainingConfig {
         try Check.range(testVolumes, ConfigLimits.volumes, field: "testVolumes", option: "--test-volumes")
         try Check.range(validationVolumes, 0...ConfigLimits.volumes.upperBound, field: "validationVolumes", option: "--test-volumes")
         try Check.range(oodVolumes, 0...ConfigLimits.volumes.upperBound, field: "oodVolumes", option: "--test-volumes")
-        let datasets = ["synthetic", "colin27"]
-        guard datasets.contains(dataset) else {
-            throw ConfigError(field: "dataset", option: "--dataset", value: StrictJSON.printable(dataset), allowed: "one of " + datasets.joined(separator: ", "))
-        }
         // Bounded above, so no overflow: 4 × 100 000 volumes × 256³ voxels < 2⁶³.
         let voxels = (trainVolumes + validationVolumes + testVolumes + oodVolumes) * volumeSize * volumeSize * volumeSize
         guard voxels <= ConfigLimits.datasetVoxels else {
             throw ConfigError(field: "trainVolumes", option: "--train-volumes", value: "\(trainVolumes) (with --test-volumes \(testVolumes) and --volume-size \(volumeSize): \(voxels) voxels in memory)",
                               allowed: "small enough that all splits hold at most \(ConfigLimits.datasetVoxels) voxels")
+        }
+    }
+}
+
+extension UNetConfig {
+    /// Throws the first setting outside `ConfigLimits` (`UNet.init` and checkpoint loading call this).
+    public func validate() throws {
+        try Check.range(levels, ConfigLimits.levels, field: "levels", option: "--levels")
+        try Check.range(width, ConfigLimits.width, field: "width", option: "--width")
+        try Check.range(maxChannels, ConfigLimits.maxChannels, field: "maxChannels", option: "(the channel cap)")
+        try Check.range(inputChannels, ConfigLimits.inputChannels, field: "inputChannels", option: "(the dataset's channels)")
+        try Check.range(classCount, ConfigLimits.classCount, field: "classCount", option: "(the dataset's classes)")
+        if case .last(let n) = bayesianLayers {
+            try Check.range(n, ConfigLimits.lastLayers, field: "bayesianLayers", option: "--bayesian-layers last:N")
+        }
+    }
+}
+
+extension PatchTrainingConfig {
+    /// Throws the first setting outside `ConfigLimits` or unfit for `shape` (checkpoint loading and
+    /// saving call this; the CLI checks the patch with `UNet.checkPatch`, the same rule).
+    public func validate(shape: UNetConfig) throws {
+        func text(_ s: String, field: String, option: String) throws {
+            guard ConfigLimits.textBytes.contains(s.utf8.count), !s.utf8.contains(0) else {
+                throw ConfigError(field: field, option: option, value: "\"\(StrictJSON.printable(String(s.prefix(80))))\"",
+                                  allowed: "a non-empty text of at most \(ConfigLimits.textBytes.upperBound) bytes without NUL")
+            }
+        }
+        try text(data, field: "data", option: "--data")
+        do { try UNet.checkPatch(patchSize, shape: shape) } catch let e as LayerError {
+            throw ConfigError(field: "patchSize", option: "--patch", value: "\(patchSize)", allowed: "three sizes, each a multiple of \(shape.sizeMultiple) from \(shape.sizeMultiple) to \(ConfigLimits.patchEdge.upperBound) (\(e))")
+        }
+        try Check.range(stepsPerEpoch, ConfigLimits.stepsPerEpoch, field: "stepsPerEpoch", option: "--steps-per-epoch")
+        try Check.range(folds, ConfigLimits.folds, field: "folds", option: "--folds")
+        guard let selection = FoldSelection(fold) else {
+            throw ConfigError(field: "fold", option: "--fold", value: "\"\(StrictJSON.printable(fold))\"", allowed: "all or a fold index")
+        }
+        if case .fold(let k) = selection { try Check.range(k, 0...(folds - 1), field: "fold", option: "--fold") }
+        guard !trainCases.isEmpty else {
+            throw ConfigError(field: "trainCases", option: "--data", value: "[]", allowed: "at least one training case")
+        }
+        for id in trainCases + validationCases { try text(id, field: "trainCases", option: "--data") }
+        try Check.range(trainingVoxels, ConfigLimits.trainingVoxels, field: "trainingVoxels", option: "--data")
+        if let initFrom { try text(initFrom, field: "initFrom", option: "--init-from") }
+        if let d = mopedDelta, !(d.isFinite && d > 0 && d <= 1e6) {
+            throw ConfigError(field: "mopedDelta", option: "--moped-delta", value: "\(d)", allowed: "a positive number up to 1e6")
+        }
+    }
+}
+
+extension PreprocessingPlan {
+    /// Throws the first entry outside `ConfigLimits` or inconsistent with the others (checkpoint
+    /// loading and saving call this; `--spacing` takes the same range).
+    public func validate() throws {
+        guard orientation == "RAS" else {
+            throw ConfigError(field: "plan.orientation", option: "(the plan)", value: "\"\(StrictJSON.printable(orientation))\"", allowed: "RAS")
+        }
+        guard spacing.count == 3, spacing.allSatisfy({ $0.isFinite && ConfigLimits.spacing.contains($0) }) else {
+            throw ConfigError(field: "plan.spacing", option: "--spacing", value: "\(spacing)",
+                              allowed: "three spacings in mm, each from \(ConfigLimits.spacing.lowerBound) to \(ConfigLimits.spacing.upperBound)")
+        }
+        try Check.range(channels.count, ConfigLimits.inputChannels, field: "plan.channels", option: "(the dataset's channels)")
+        guard channelNames.count == channels.count else {
+            throw ConfigError(field: "plan.channelNames", option: "(the dataset's channels)", value: "\(channelNames.count) names",
+                              allowed: "one name per channel (\(channels.count))")
+        }
+        for (name, n) in zip(channelNames, channels) {
+            let (values, std): ([Double], Double)
+            switch n {
+            case .zScore(let mean, let s): (values, std) = ([mean, s], s)
+            case .ct(let lo, let hi, let mean, let s):
+                (values, std) = ([lo, hi, mean, s], s)
+                guard lo <= hi else {
+                    throw ConfigError(field: "plan.channels", option: "(the plan)", value: "clip [\(lo), \(hi)] of channel \(StrictJSON.printable(name))", allowed: "a clip range with low <= high")
+                }
+            }
+            guard values.allSatisfy({ $0.isFinite && abs($0) <= 1e12 }), std > 0 else {
+                throw ConfigError(field: "plan.channels", option: "(the plan)", value: "\(values) for channel \(StrictJSON.printable(name))",
+                                  allowed: "finite statistics (|x| <= 1e12) with a positive standard deviation")
+            }
+        }
+        try Check.range(classCount, ConfigLimits.classCount, field: "plan.classCount", option: "(the dataset's classes)")
+        for (name, index) in labels.sorted(by: { $0.key < $1.key }) where !(0..<classCount).contains(index) {
+            throw ConfigError(field: "plan.labels", option: "(the dataset's labels)", value: "\(StrictJSON.printable(name))=\(index)", allowed: "class indices from 0 to \(classCount - 1)")
         }
     }
 }

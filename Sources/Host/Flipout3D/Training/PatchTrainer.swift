@@ -77,6 +77,8 @@ public final class PatchTrainer {
         p.trainCases = train.map(\.id); p.validationCases = validation.map(\.id)
         p.trainingVoxels = train.reduce(0) { $0 + $1.image.count / $1.image.shape[0] }
         self.patch = p
+        // The rules a checkpoint is loaded by (UNetCheckpoint), checked before any work: every run saves a loadable checkpoint.
+        try training.validate(); try p.validate(shape: model.shape); try plan.validate()
         sampler = PatchSampler(cases: train, patchSize: patch.patchSize, classCount: plan.classCount, seed: training.seed)
         optimizer = Adam(parameters: model.trainable, learningRate: training.learningRate)
         let scales = PositiveWeightPolicy.learningRateScales(optimizer.parameters, layers: model.layers,
@@ -243,7 +245,7 @@ extension PatchTrainer {
 
     /// Continue where a checkpoint left off (Adam state, epoch count, metrics so far).
     func restore(optimizerFrom c: Checkpoint, path: String, epoch: Int) throws {
-        try ModelCheckpoint.restoreOptimizer(optimizer, from: c, path: path)
+        try UNetCheckpoint.restoreOptimizer(optimizer, from: c, path: path)
         epochsDone = epoch
         let sourceMetrics = ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent("metrics.json")
         if let bytes = try? FileIO.read(sourceMetrics), let r = try? JSONDecoder().decode([PatchEpochRecord].self, from: Data(bytes)) {
