@@ -22,10 +22,15 @@ struct PredictCommand: ParsableCommand {
                                         predicted foreground (a quality-control score)
         Windows have the training patch size and overlap by --overlap, blended with
         Gaussian weights (MONAI's sliding_window_inference, mode="gaussian",
-        sigma_scale=0.125). Per voxel the sums of p and of H(p) over windows and
-        samples are kept; entropy, expected entropy and MI are computed once at the
-        end. Repeat --checkpoint for a deep ensemble: every member's samples pool into
-        the same sums. Inputs are z-scored per channel over their nonzero voxels
+        sigma_scale=0.125). Windows blend, samples aggregate: each Monte Carlo sample's
+        windows are blended into p_t first, then per voxel the sums of p_t and of H(p_t)
+        over samples are kept; entropy, expected entropy and MI are computed once at the
+        end, so window disagreement never counts as epistemic (a deterministic model has
+        MI 0). On a case the dataset plan resamples, each sample p_t goes back to the
+        input's grid (trilinear) before its entropy is taken: the entropy map is H of the
+        probability map written, and interpolation adds to the expected entropy, not MI.
+        Repeat --checkpoint for a deep ensemble: every member's samples pool into the
+        same sums. Inputs are z-scored per channel over their nonzero voxels
         unless --no-normalise.
 
         Examples:
@@ -116,8 +121,8 @@ struct PredictCommand: ParsableCommand {
                 do {
                     report = try CasePredictor.run(c, channels: predictors[0].channels, classes: predictors[0].classes, draws: ensemble.draws, settings: settings, folder: output,
                                                    progress: { p in
-                                                       if line == nil { line = ProgressLine(total: p.windows, label: "case \(i + 1)/\(cases.count) \(c.id): windows") }
-                                                       line!.update(done: p.windowsDone, "x \(p.draws) samples\(tta ? " x 8 mirrorings" : "")")
+                                                       if line == nil { line = ProgressLine(total: p.total, label: "case \(i + 1)/\(cases.count) \(c.id): windows") }
+                                                       line!.update(done: p.windowsDone, "(\(p.windows) per sample x \(p.draws) samples\(tta ? " x 8 mirrorings" : ""))")
                                                    },
                                                    predictor: ensemble.callAsFunction)
                 } catch let e as CaseInputError { throw InputError(e.description) }

@@ -16,8 +16,15 @@ public enum CasePreprocessing: Sendable {
     case none
     /// Each channel z-scored over its nonzero voxels, on the source grid (the built-in binary models).
     case zScoreNonzero
-    /// The dataset's plan (normalise, RAS, resample to its spacing); the maps are resampled back
-    /// onto the source grid (linear), and the label map is the argmax there (as nnU-Net).
+    /// The dataset's plan (normalise, RAS, resample to its spacing). Each Monte Carlo sample's
+    /// window-blended probabilities p_t are resampled back onto the source grid (trilinear, convex
+    /// weights) and the maps are computed there: the probabilities written are the mean of the
+    /// resampled samples (= the resampled mean, resampling being linear), the entropy is H of them,
+    /// the expected entropy is the mean of H(resampled p_t), and MI their difference. Interpolation
+    /// thus mixes neighbouring prepared voxels inside each sample: at a class boundary that raises
+    /// H(p_t) of every sample alike (a partial-volume effect) and lands in the expected (aleatoric)
+    /// entropy, never in MI, which stays ≥ 0 (Jensen over samples) and is 0 for a model without
+    /// weight uncertainty. The label map is the argmax on the source grid (as nnU-Net).
     case plan(PreprocessingPlan)
 
     /// A copy z-scored over the nonzero voxels (all voxels if none is zero), as the built-in datasets are.
@@ -99,15 +106,11 @@ public enum CasePredictor {
         var maps: PredictiveMaps
         if case .plan(let plan) = settings.preprocessing {
             let prepared = try plan.prepare(id: input.id, images: volumes, label: nil, paths: input.channels)
+            // Each sample's blended probabilities go back to the source grid before the entropies
+            // are taken there (see `CasePreprocessing.plan`).
             maps = try SlidingWindow.predict(prepared.image, classes: classes, draws: draws, options: settings.window,
+                                             output: (shape: shape, map: { plan.restore($0, to: prepared.geometry, interpolation: .linear) }),
                                              progress: progress, predictor: predictor)
-            func back(_ t: Tensor) -> Tensor {
-                plan.restore(t.rank == 3 ? t.reshaped([1] + t.shape) : t, to: prepared.geometry, interpolation: .linear)
-            }
-            maps.probabilities = back(maps.probabilities)
-            maps.predictiveEntropy = back(maps.predictiveEntropy).reshaped(shape)
-            maps.expectedEntropy = back(maps.expectedEntropy).reshaped(shape)
-            maps.mutualInformation = back(maps.mutualInformation).reshaped(shape)
         } else {
             let image = Tensor(shape: [channels] + shape) // (C, D, H, W)
             for (c, v) in volumes.enumerated() {

@@ -45,12 +45,28 @@ public struct ModelPredictor {
         self.seed = seed
     }
 
-    /// windows (B, C, d, h, w) -> probabilities (B, K, d, h, w)
+    /// windows (B, C, d, h, w) -> probabilities (B, K, d, h, w).
+    /// Draw t is one weight sample for every window of the volume: Flipout's signs (and
+    /// per-example weight noise) are drawn per batch row, so a Bayesian network's windows run one
+    /// at a time, each as row 0 of draw t's stream. Batching them would give row b its own weight
+    /// sample, make the result depend on --window-batch, and blending windows of different weight
+    /// samples would average epistemic variation away (mean MI falling as the overlap grows).
     public func callAsFunction(_ x: Tensor, _ draw: Int) throws -> Tensor {
         precondition(draw >= 0 && draw < draws, "ModelPredictor: draw \(draw) of \(draws)")
         var ctx = Evaluator.predictionContext(seed: seed, draw: draw)
         if !bayesian { ctx.mode = .center }
-        return try probabilities(x, ctx)
+        let b = x.shape[0]
+        guard bayesian && b > 1 else { return try probabilities(x, ctx) }
+        let row = x.count / b
+        var out: Tensor?
+        for i in 0..<b {
+            let xi = Tensor(uninitializedShape: [1] + Array(x.shape.dropFirst())) // (1, C, d, h, w)
+            xi.data.update(from: x.data + i * row, count: row)
+            let p = try probabilities(xi, ctx) // (1, K, d, h, w)
+            if out == nil { out = Tensor(uninitializedShape: [b] + Array(p.shape.dropFirst())) }
+            (out!.data + i * p.count).update(from: p.data, count: p.count)
+        }
+        return out!
     }
 }
 

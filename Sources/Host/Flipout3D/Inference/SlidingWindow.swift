@@ -1,7 +1,9 @@
-// Sliding-window Monte Carlo inference: windows of the training patch size, Gaussian-weighted, sums of samples.
+// Sliding-window Monte Carlo inference: windows of the training patch size, Gaussian-blended per sample, samples summed.
 //
-// Memory is the input, the sums ((K + 2) floats per voxel) and one batch of windows: never a copy of
-// the volume per sample. Loop order: for each batch of windows, every draw (so a window is cut once).
+// Loop order: for each Monte Carlo sample t, every window (in batches), blended into p_t; then p_t
+// (moved onto the output grid, if the caller resamples) enters the per-voxel sums. Memory is the
+// input, one blended volume (K floats per voxel), the weight sums (1), the sample sums (K + 1 on
+// the output grid) and one batch of windows: never a volume per sample.
 import Foundation
 
 /// One network evaluation: windows (B, C, d, h, w) and a draw index -> probabilities (B, K, d, h, w).
@@ -24,16 +26,24 @@ public struct SlidingWindowOptions: Sendable {
     }
 }
 
-/// Where a prediction is: windows done of all, for a progress line.
+/// Where a prediction is: network calls done of all, for a progress line.
 public struct SlidingWindowProgress {
+    /// Windows done over all samples so far, of windows × draws.
     public var windowsDone: Int
+    /// Windows per sample.
     public var windows: Int
     public var draws: Int
+    public var total: Int { windows * draws }
 }
 
 public enum SlidingWindow {
-    /// Predicts `image` (C, D, H, W) with `draws` draws of `predictor` per window; `classes` = K.
+    /// Predicts `image` (C, D, H, W) with `draws` Monte Carlo samples of `predictor`; `classes` = K.
+    /// Each sample's windows are blended (Gaussian weights) into p_t before it is summed (see
+    /// UncertaintySums.swift). `output`, if given, maps each blended p_t (K, D, H, W) onto the
+    /// output grid (K, outputShape) before summation (e.g. resampling back to the source grid),
+    /// so the entropies are taken per sample on the grid the maps are written on.
     public static func predict(_ image: Tensor, classes: Int, draws: Int, options o: SlidingWindowOptions,
+                               output: (shape: [Int], map: (Tensor) -> Tensor)? = nil,
                                progress: (SlidingWindowProgress) -> Void = { _ in },
                                predictor: WindowPredictor) throws -> PredictiveMaps {
         precondition(image.rank == 4, "SlidingWindow.predict: image must be (C, D, H, W), got \(image.shape)")
@@ -41,24 +51,34 @@ public enum SlidingWindow {
         let volume = Array(image.shape.dropFirst())
         let grid = WindowGrid(volume: volume, window: o.window, overlap: o.overlap)
         let weights = WindowGrid.gaussianWeights(o.window, sigmaScale: o.sigmaScale)
-        let sums = UncertaintySums(shape: volume, classes: classes)
+        let blend = WindowBlend(grid: grid, classes: classes, weights: weights)
+        let sums = UncertaintySums(shape: output?.shape ?? volume, classes: classes)
         let wn = o.window.reduce(1, *)
         var done = 0
-        for first in stride(from: 0, to: grid.starts.count, by: o.batch) {
-            let starts = Array(grid.starts[first..<min(first + o.batch, grid.starts.count)])
-            let origins = starts.map { s in (0..<3).map { s[$0] - grid.padBefore[$0] } }
-            let x = cut(image, origins: origins, window: o.window) // (B, C, d, h, w)
-            for t in 0..<draws {
+        for t in 0..<draws {
+            if t > 0 { blend.reset() }
+            for first in stride(from: 0, to: grid.starts.count, by: o.batch) {
+                let starts = Array(grid.starts[first..<min(first + o.batch, grid.starts.count)])
+                let origins = starts.map { s in (0..<3).map { s[$0] - grid.padBefore[$0] } }
+                let x = cut(image, origins: origins, window: o.window) // (B, C, d, h, w)
                 let p = o.mirror ? try mirrored(x, t, predictor) : try predictor(x, t)
                 p.checkShape([starts.count, classes] + o.window, "SlidingWindow: the predictor's output")
                 for b in 0..<starts.count {
-                    sums.add(p.data + b * classes * wn, window: o.window, origin: origins[b], weights: weights)
+                    blend.add(p.data + b * classes * wn, window: o.window, origin: origins[b], weights: weights)
                 }
+                done += starts.count
+                progress(SlidingWindowProgress(windowsDone: done, windows: grid.starts.count, draws: draws))
             }
-            done += starts.count
-            progress(SlidingWindowProgress(windowsDone: done, windows: grid.starts.count, draws: draws))
+            let sample = blend.finishSample() // (K, D, H, W) on the window grid
+            if let output {
+                let moved = output.map(sample)
+                moved.checkShape([classes] + output.shape, "SlidingWindow: the output map")
+                sums.add(moved)
+            } else {
+                sums.add(sample)
+            }
         }
-        return sums.finish(draws: draws, windows: grid.starts.count)
+        return sums.finish(windows: grid.starts.count)
     }
 
     /// The windows at `origins` (volume coordinates; outside the volume is 0): (B, C, d, h, w).
