@@ -73,7 +73,7 @@ public struct PredictionFolder {
     public func load(_ p: Pair, classes: Int?) throws -> (CasePrediction, Int) {
         let truthVolume = try NIfTI.read(p.label), predVolume = try NIfTI.read(p.prediction)
         guard CasePredictor.sameGrid(truthVolume.header, predVolume.header) else {
-            throw CaseInputError("\(p.prediction): its grid (\(predVolume.header.shape)) differs from the label's \(p.label) (\(truthVolume.header.shape)); predictions must be on the label's grid")
+            throw CaseInputError(CasePredictor.gridMismatch(p.prediction, predVolume.header, p.label, truthVolume.header) + "; predictions are scored on the label's grid")
         }
         func classIndices(_ t: Tensor, _ path: String) throws -> [Int32] {
             try t.array.map { v in

@@ -86,41 +86,15 @@ public struct CaseReport: Codable, Sendable {
 }
 
 public enum CasePredictor {
-    /// Predicts `input` with `draws` draws of `predictor` per window and writes every output into `folder`.
+    /// Predicts `input` with `draws` Monte Carlo samples of `predictor` and writes every output into `folder`.
     public static func run(_ input: CaseInput, channels: Int, classes: Int, draws: Int, settings: PredictionSettings,
                            folder: String, progress: (SlidingWindowProgress) -> Void = { _ in },
                            predictor: WindowPredictor) throws -> CaseReport {
         let start = Date()
-        guard input.channels.count == channels else {
-            throw CaseInputError("case \(input.id) has \(input.channels.count) channel file(s) (\(input.channels.map { ($0 as NSString).lastPathComponent }.joined(separator: ", "))); the model takes \(channels)")
-        }
-        let volumes = try input.channels.map { try NIfTI.read($0, nonFinite: settings.nonFinite) }
-        for (v, path) in zip(volumes, input.channels) where v.nonFiniteReplaced > 0 {
-            settings.note("note: \(path): replaced \(v.nonFiniteReplaced) NaN or infinite voxel\(v.nonFiniteReplaced == 1 ? "" : "s") (--nonfinite \(settings.nonFinite.rawValue))")
-        }
+        let (maps, volumes) = try predictMaps(input, channels: channels, classes: classes, draws: draws, settings: settings,
+                                              progress: progress, predictor: predictor)
         let header = volumes[0].header, shape = header.shape
-        for (v, path) in zip(volumes, input.channels) where v.header.shape != shape || !sameGrid(v.header, header) {
-            throw CaseInputError("\(path): its grid (\(v.header.shape), affine \(v.header.sformMatrix)) differs from channel 0's (\(shape), \(header.sformMatrix)); resample the channels onto one grid")
-        }
         let n = shape.reduce(1, *)
-        var maps: PredictiveMaps
-        if case .plan(let plan) = settings.preprocessing {
-            let prepared = try plan.prepare(id: input.id, images: volumes, label: nil, paths: input.channels)
-            // Each sample's blended probabilities go back to the source grid before the entropies
-            // are taken there (see `CasePreprocessing.plan`).
-            maps = try SlidingWindow.predict(prepared.image, classes: classes, draws: draws, options: settings.window,
-                                             output: (shape: shape, map: { plan.restore($0, to: prepared.geometry, interpolation: .linear) }),
-                                             progress: progress, predictor: predictor)
-        } else {
-            let image = Tensor(shape: [channels] + shape) // (C, D, H, W)
-            for (c, v) in volumes.enumerated() {
-                var src = v.data
-                if case .zScoreNonzero = settings.preprocessing { src = CasePreprocessing.zScoreOverNonzero(v.data) }
-                (image.data + c * n).update(from: src.data, count: n)
-            }
-            maps = try SlidingWindow.predict(image, classes: classes, draws: draws, options: settings.window,
-                                             progress: progress, predictor: predictor)
-        }
         let labels = maps.labels
         let labelTensor = Tensor(shape: shape, values: labels.map(Float.init))
         let stem = (folder as NSString).appendingPathComponent(input.id)
@@ -164,6 +138,55 @@ public enum CasePredictor {
         let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]
         try FileIO.writeAtomically(Array(try e.encode(report)), to: files[6])
         return report
+    }
+
+    /// The maps of `input` on its first channel's grid (no file written), and the channel volumes read.
+    public static func predictMaps(_ input: CaseInput, channels: Int, classes: Int, draws: Int, settings: PredictionSettings,
+                                   progress: (SlidingWindowProgress) -> Void = { _ in },
+                                   predictor: WindowPredictor) throws -> (maps: PredictiveMaps, volumes: [NIfTIVolume]) {
+        guard input.channels.count == channels else {
+            throw CaseInputError("case \(input.id) has \(input.channels.count) channel file(s) (\(input.channels.map { ($0 as NSString).lastPathComponent }.joined(separator: ", "))); the model takes \(channels)")
+        }
+        let volumes = try input.channels.map { try NIfTI.read($0, nonFinite: settings.nonFinite) }
+        for (v, path) in zip(volumes, input.channels) where v.nonFiniteReplaced > 0 {
+            settings.note("note: \(path): replaced \(v.nonFiniteReplaced) NaN or infinite voxel\(v.nonFiniteReplaced == 1 ? "" : "s") (--nonfinite \(settings.nonFinite.rawValue))")
+        }
+        let header = volumes[0].header, shape = header.shape
+        for (v, path) in zip(volumes, input.channels) where v.header.shape != shape || !sameGrid(v.header, header) {
+            throw CaseInputError(gridMismatch(path, v.header, input.channels[0], header))
+        }
+        let n = shape.reduce(1, *)
+        let maps: PredictiveMaps
+        if case .plan(let plan) = settings.preprocessing {
+            let prepared = try plan.prepare(id: input.id, images: volumes, label: nil, paths: input.channels)
+            // Each sample's blended probabilities go back to the source grid before the entropies
+            // are taken there (see `CasePreprocessing.plan`).
+            maps = try SlidingWindow.predict(prepared.image, classes: classes, draws: draws, options: settings.window,
+                                             output: (shape: shape, map: { plan.restore($0, to: prepared.geometry, interpolation: .linear) }),
+                                             progress: progress, predictor: predictor)
+        } else {
+            let image = Tensor(shape: [channels] + shape) // (C, D, H, W)
+            for (c, v) in volumes.enumerated() {
+                var src = v.data
+                if case .zScoreNonzero = settings.preprocessing { src = CasePreprocessing.zScoreOverNonzero(v.data) }
+                (image.data + c * n).update(from: src.data, count: n)
+            }
+            maps = try SlidingWindow.predict(image, classes: classes, draws: draws, options: settings.window,
+                                             progress: progress, predictor: predictor)
+        }
+        return (maps, volumes)
+    }
+
+    /// "PATH: its grid differs from REFERENCE's", naming what differs: the shapes, or (equal shapes) the affines.
+    public static func gridMismatch(_ path: String, _ h: NIfTIHeader, _ reference: String, _ r: NIfTIHeader) -> String {
+        func affine(_ x: NIfTIHeader) -> String {
+            let m = x.sformCode > 0 ? x.sformMatrix : x.qformMatrix
+            return "[" + m.map { row in row.map { String(format: "%.4g", $0) }.joined(separator: " ") }.joined(separator: "; ") + "]"
+        }
+        if h.shape != r.shape {
+            return "\(path): its grid (shape \(h.shape)) differs from \((reference as NSString).lastPathComponent)'s (shape \(r.shape)); resample it onto that grid"
+        }
+        return "\(path): same shape \(h.shape) as \((reference as NSString).lastPathComponent), but its voxel-to-world affine \(affine(h)) differs from \(affine(r)) (more than 1e-3 mm): the volumes are not aligned; resample it onto that grid (or fix its header if only the header is wrong)"
     }
 
     /// Voxel size in mm along (D, H, W) = (pixdim[3], pixdim[2], pixdim[1]) (absolute values).

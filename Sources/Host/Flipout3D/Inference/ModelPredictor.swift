@@ -26,6 +26,15 @@ public struct ModelPredictor {
         self.seed = seed
     }
 
+    /// A U-Net in memory (e.g. the trainer's, for its test report): K = its class count.
+    public init(unet: UNet, samples: Int, seed: UInt64) {
+        bayesian = !unet.flipoutLayers.isEmpty; sizeMultiple = unet.shape.sizeMultiple
+        classes = unet.shape.classCount; channels = unet.shape.inputChannels
+        probabilities = { x, ctx in try unet.probabilities(x, ctx) }
+        draws = bayesian && samples > 0 ? samples : 1
+        self.seed = seed
+    }
+
     /// The built-in binary network: K = 2, (1 − σ, σ).
     public init(model: SegmentationNet, samples: Int, seed: UInt64) {
         bayesian = model.config.bayesian; sizeMultiple = model.config.sizeMultiple
