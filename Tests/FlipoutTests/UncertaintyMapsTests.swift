@@ -178,4 +178,20 @@ private func entropy(_ q: [Double]) -> Double { q.reduce(0) { $0 - ($1 > 0 ? $1 
             }
         }
     }
+
+    /// Channels on the same shape but another affine: the message names the affines, not two equal shapes.
+    @Test func affineOnlyChannelMismatchNamesTheAffines() throws {
+        let dir = try Fixtures.temporaryDirectory("maps-affine")
+        let a = dir.appendingPathComponent("c_0000.nii.gz").path, b = dir.appendingPathComponent("c_0001.nii.gz").path
+        try NIfTI.write(Tensor(shape: [8, 8, 8]), header: NIfTIHeader(shape: [8, 8, 8], spacing: [1, 1, 1]), to: a)
+        try NIfTI.write(Tensor(shape: [8, 8, 8]), header: NIfTIHeader(shape: [8, 8, 8], spacing: [1, 1, 1], origin: [0, 2, 0]), to: b)
+        let settings = PredictionSettings(window: SlidingWindowOptions(window: [8, 8, 8]), classNames: ["a", "b", "c"])
+        #expect {
+            _ = try CasePredictor.predictMaps(CaseInput(id: "c", channels: [a, b]), channels: 2, classes: 3, draws: 1, settings: settings,
+                                              predictor: contextPredictor(noise: 0))
+        } throws: { e in
+            let m = "\(e)"
+            return m.contains("same shape [8, 8, 8] as c_0000.nii.gz") && m.contains("[1 0 0 0; 0 1 0 2; 0 0 1 0] differs from [1 0 0 0; 0 1 0 0; 0 0 1 0]")
+        }
+    }
 }

@@ -12,7 +12,10 @@ struct EvaluateCommand: ParsableCommand {
         label map is scored (any tool's output; labels may be a dataset folder's labelsTr).
         Optional beside it: CASE_probabilities.nii.gz (4D, one volume per class) for NLL,
         Brier and ECE; CASE_entropy.nii.gz (else computed from the probabilities);
-        CASE_mi.nii.gz (mutual information). Per case and on average:
+        CASE_mi.nii.gz (mutual information). A label map without a prediction is an
+        error naming the case, unless --missing empty (scored as an all-background
+        prediction) or --missing skip (left out); both list it in summary.json.
+        Per case and on average:
           Dice per class; HD95 in mm (voxel spacing; MONAI's definition); NLL; Brier
           (sum over classes); ECE (15 bins, top label) inside the ROI = true or predicted
           foreground dilated by --roi-margin mm; AUROC of voxel errors in the ROI ranked by
@@ -42,6 +45,8 @@ struct EvaluateCommand: ParsableCommand {
     @Option(help: "Where summary.json, cases.csv and the plots go (default: --predictions).") var output: String?
     @Option(help: "Number of classes K, background included (default: from the probabilities, dataset.json or the labels).") var classes: Int?
     @Option(name: .customLong("ood-predictions"), help: ArgumentHelp("Folder of predictions of out-of-distribution cases (flipout predict's output): report the case-level OOD AUROC by mean MI and mean entropy.", valueName: "dir")) var oodPredictions: String?
+    @Option(help: ArgumentHelp("A labelled case without a prediction: error (default; names the cases), empty (scored as an all-background prediction), or skip (left out); empty and skip list them in summary.json.", valueName: "policy"))
+    var missing: MissingPredictions = .error
     @Option(name: .customLong("roi-margin"), help: "Margin in mm around the true and predicted foreground for ECE, AUROC and retention.") var roiMargin = 5.0
     @Option(help: "Checkpoint written by flipout train: evaluate on its dataset's test split instead.") var checkpoint: String?
     @Option(help: "Monte Carlo samples T per volume (with --checkpoint).") var samples = 8
@@ -82,6 +87,15 @@ struct EvaluateCommand: ParsableCommand {
             do { inside = try OODDetection.read(folder: predictions!, ids: folder.pairs.map(\.id)) } catch let e as CaseInputError { throw InputError(e.description) }
             return OODDetection(inDistribution: inside, outOfDistribution: outside)
         }
+        if !folder.missing.isEmpty {
+            let list = folder.missing.prefix(10).joined(separator: ", ") + (folder.missing.count > 10 ? ", …" : "")
+            switch missing {
+            case .error:
+                throw InputError("\(folder.missing.count) labelled case(s) in \(labels!) have no prediction in \(predictions!): \(list). Predict them, or pass --missing empty to score them as empty predictions, or --missing skip to leave them out (either lists them in summary.json).")
+            case .empty: note("evaluate: \(folder.missing.count) labelled case(s) without a prediction scored as empty predictions: \(list)")
+            case .skip: note("evaluate: \(folder.missing.count) labelled case(s) without a prediction left out: \(list)")
+            }
+        }
         if !folder.unmatched.isEmpty { note("evaluate: \(folder.unmatched.count) prediction(s) without a label map skipped: \(folder.unmatched.prefix(5).joined(separator: ", "))") }
         var settings = EvaluationSettings()
         settings.roiMargin = roiMargin
@@ -95,9 +109,20 @@ struct EvaluateCommand: ParsableCommand {
             scores.append(CaseEvaluation.score(c, classes: kc, settings: settings))
             line.update(done: i + 1, pair.id)
         }
+        if missing == .empty {
+            for id in folder.missing {
+                let (c, kc): (CasePrediction, Int)
+                do { (c, kc) = try folder.loadMissing(id, classes: k) } catch let e as CaseInputError { throw InputError(e.description) }
+                k = kc
+                scores.append(CaseEvaluation.score(c, classes: kc, settings: settings))
+            }
+            scores.sort { $0.id < $1.id }
+        }
         let names = (0..<k!).map { i in folder.classNames.flatMap { i < $0.count ? $0[i] : nil } ?? (i == 0 ? "background" : "class \(i)") }
         var summary = EvaluationSummary(scores, classNames: names, settings: settings)
         summary.ood = ood
+        summary.missing = folder.missing
+        summary.missingPolicy = missing
         let files = try EvaluationFiles.write(scores: scores, summary: summary, to: output ?? predictions!)
         if json {
             let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
@@ -111,6 +136,9 @@ struct EvaluateCommand: ParsableCommand {
             let id = s.id.count > 24 ? String(s.id.prefix(23)) + "…" : s.id.padding(toLength: 24, withPad: " ", startingAt: 0)
             let hd = s.hd95.compactMap { $0 }
             print("\(id)  \(f(s.meanDice))  \(f(hd.isEmpty ? nil : hd.reduce(0, +) / Double(hd.count), "%6.2f"))  \(f(s.nll))  \(f(s.brier))  \(f(s.eceROI))   \(f(s.aurocEntropy))   \(f(s.aurocMI))    \(f(s.uncertaintyErrorOverlap))  \(f(s.retentionArea))")
+        }
+        if !folder.missing.isEmpty {
+            print("\(folder.missing.count) labelled case(s) without a prediction \(missing == .empty ? "scored as empty" : "left out"): \(folder.missing.joined(separator: ", "))")
         }
         print(String(format: "mean (%d cases)            %@  %@  %@  %@  %@   %@   %@    %@  %@", scores.count, f(summary.meanDice.mean), f(summary.meanHD95.mean, "%6.2f"),
                      f(summary.nll.mean), f(summary.brier.mean), f(summary.eceROI.mean), f(summary.aurocEntropy.mean), f(summary.aurocMI.mean),
@@ -149,3 +177,4 @@ struct EvaluateCommand: ParsableCommand {
         }
     }
 }
+extension MissingPredictions: ExpressibleByArgument {}

@@ -91,6 +91,7 @@ struct PredictCommand: ParsableCommand {
             guard size.allSatisfy({ $0 >= 4 && $0 % m == 0 }) else {
                 throw InputError("--window \(size.map(String.init).joined(separator: ",")): every size must be at least 4 and a multiple of \(m) for this network.")
             }
+            try checkWindow(size, members: members, predictors: predictors)
             let ensemble = EnsemblePredictor(predictors)
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
 
@@ -132,6 +133,24 @@ struct PredictCommand: ParsableCommand {
                              report.meanMutualInformationForeground.map { String(format: "%.5f", $0) } ?? "-", report.windows, report.draws, report.seconds))
             }
             print("wrote \(cases.count) case(s) to \(output)")
+        }
+    }
+
+    /// Refuses a window smaller than both the network's receptive field and its training patch
+    /// along an axis (each output voxel would depend mostly on zero padding: a 16³ window on a
+    /// network trained on 48³ patches loses classes and inflates MI); warns when the window
+    /// differs from the training patch (the network then sees other context than in training).
+    func checkWindow(_ size: [Int], members: [TrainedModel], predictors: [ModelPredictor]) throws {
+        func text(_ s: [Int]) -> String { s.map(String.init).joined(separator: "x") }
+        for (i, (trained, p)) in zip(members, predictors).enumerated() {
+            let tooSmall = (0..<3).filter { size[$0] < min(p.receptiveField, trained.patchSize[$0]) }
+            if !tooSmall.isEmpty {
+                let fix = (0..<3).map { max(size[$0], min(p.receptiveField, trained.patchSize[$0])) }
+                throw InputError("--window \(text(size)) is smaller than the receptive field of \(checkpoint[i]) (\(p.receptiveField) voxels per axis) and than its training patch \(text(trained.patchSize)) along \(tooSmall.map { ["D", "H", "W"][$0] }.joined(separator: ", ")): every output voxel would depend mostly on zero padding. Use the training patch (leave out --window) or at least --window \(fix.map { ($0 + p.sizeMultiple - 1) / p.sizeMultiple * p.sizeMultiple }.map(String.init).joined(separator: ",")).")
+            }
+            if size != trained.patchSize {
+                note("warning: --window \(text(size)) differs from the training patch \(text(trained.patchSize)) of \(checkpoint[i]): the network sees \(size.reduce(1, *) < trained.patchSize.reduce(1, *) ? "less" : "more") context than it was trained with, which changes its predictions and uncertainty; leave out --window to use the training patch.")
+            }
         }
     }
 

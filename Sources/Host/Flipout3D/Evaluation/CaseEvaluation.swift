@@ -167,6 +167,9 @@ public struct EvaluationSummary: Codable, Sendable {
     public var settings: EvaluationSettings
     /// Case-level out-of-distribution detection (`flipout evaluate --ood-predictions`).
     public var ood: OODDetection?
+    /// Labelled cases without a prediction, and what was done with them (`--missing`).
+    public var missing: [String] = []
+    public var missingPolicy: MissingPredictions = .error
 
     public init(_ scores: [CaseScore], classNames: [String], settings: EvaluationSettings) {
         cases = scores.count

@@ -4,14 +4,28 @@
 // class: needed for NLL, Brier and ECE), CASE_entropy.nii.gz (else computed from the
 // probabilities) and CASE_mi.nii.gz (mutual information; only Monte Carlo or ensemble tools have
 // it). Labels: CASE.nii.gz in the given folder, or in its labelsTr when it is a dataset folder.
-// A case is every prediction label map whose id has a label file.
+// A case is every prediction label map whose id has a label file. A label file without a
+// prediction is an error by default (`MissingPredictions`), never silently dropped.
 import Foundation
+
+/// What `flipout evaluate` does with a labelled case that has no prediction.
+public enum MissingPredictions: String, Codable, Sendable, CaseIterable {
+    /// Refuse, naming the cases (the default).
+    case error
+    /// Score it as an empty prediction (all background): Dice 0 for every class its label holds.
+    case empty
+    /// Leave it out of the means; listed in summary.json.
+    case skip
+}
 
 public struct PredictionFolder {
     public struct Pair: Sendable { public var id: String; public var prediction: String; public var label: String }
     public let pairs: [Pair]
     /// Prediction label maps without a label file (reported, not scored).
     public let unmatched: [String]
+    /// Label files without a prediction, by id, and their paths (an error unless `MissingPredictions` says otherwise).
+    public let missing: [String]
+    let missingLabels: [String: String]
     public let classNames: [String]?
 
     static let suffixes = ["_probabilities", "_entropy", "_mi", "_expected_entropy"]
@@ -26,6 +40,9 @@ public struct PredictionFolder {
         let candidates = Self.predictionIDs(preds)
         pairs = candidates.compactMap { id in labs[id].map { Pair(id: id, prediction: preds[id]!, label: $0) } }
         unmatched = candidates.filter { labs[$0] == nil }
+        let predicted = Set(candidates)
+        missing = labs.keys.filter { !predicted.contains($0) }.sorted()
+        missingLabels = labs.filter { !predicted.contains($0.key) }
         guard !pairs.isEmpty else {
             throw CaseInputError("no prediction in \(predictions) has a label map of the same name in \(labelDir) (predictions: \(candidates.prefix(5).joined(separator: ", "))\(candidates.count > 5 ? ", …" : ""); labels: \(labs.keys.sorted().prefix(5).joined(separator: ", ")))")
         }
@@ -67,6 +84,22 @@ public struct PredictionFolder {
             return (0...top).map { byIndex[$0] ?? "class \($0)" }
         }
         return nil
+    }
+
+    /// A labelled case without a prediction, as an empty prediction (every voxel background, no
+    /// probabilities or uncertainty): what `--missing empty` scores.
+    public func loadMissing(_ id: String, classes: Int?) throws -> (CasePrediction, Int) {
+        guard let path = missingLabels[id] else { preconditionFailure("PredictionFolder.loadMissing: \(id) is not a missing case") }
+        let truthVolume = try NIfTI.read(path)
+        let truth = try truthVolume.data.array.map { v -> Int32 in
+            guard v.isFinite, v >= 0, v < 65536 else { throw CaseInputError("\(path): value \(v) is not a class index") }
+            return Int32(v.rounded())
+        }
+        let top = Int(truth.max() ?? 0)
+        let k = classes ?? classNames?.count ?? max(top + 1, 2)
+        guard top < k else { throw CaseInputError("\(id): class index \(top) found, but there are \(k) classes; pass --classes \(top + 1)") }
+        return (CasePrediction(id: id, shape: truthVolume.header.shape, spacing: CasePredictor.voxelSpacing(truthVolume.header), truth: truth,
+                               prediction: [Int32](repeating: 0, count: truth.count)), k)
     }
 
     /// Reads one pair into what scoring needs; `classes` nil takes K from the probabilities or the label values.

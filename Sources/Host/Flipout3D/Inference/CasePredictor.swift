@@ -144,8 +144,15 @@ public enum CasePredictor {
     public static func predictMaps(_ input: CaseInput, channels: Int, classes: Int, draws: Int, settings: PredictionSettings,
                                    progress: (SlidingWindowProgress) -> Void = { _ in },
                                    predictor: WindowPredictor) throws -> (maps: PredictiveMaps, volumes: [NIfTIVolume]) {
+        // A 4D file (the Medical Segmentation Decathlon keeps all channels in one) is refused with what to do.
+        for path in input.channels {
+            // The reader refuses a 4D header (NIfTIError.notThreeD, dims (nx, ny, nz, T, ...)); say what to do with it.
+            guard case .notThreeD(_, let dims)? = (Result { try NIfTI.readHeader(path) }.failure as? NIfTIError), dims.count >= 4, dims[3] > 1 else { continue }
+            let stem = (path as NSString).lastPathComponent.replacingOccurrences(of: ".nii.gz", with: "").replacingOccurrences(of: ".nii", with: "")
+            throw CaseInputError("\(path) is a 4D image with \(dims[3]) volumes (the Medical Segmentation Decathlon layout, one volume per channel); the model takes \(channels) channel(s) as separate 3D files. Split it into \(stem)_0000.nii.gz, \(stem)_0001.nii.gz\(dims[3] > 2 ? ", …" : "") (one 3D file per channel, in the order of dataset.json's channel_names; nnUNetv2_convert_MSD_dataset does this for a whole MSD task).")
+        }
         guard input.channels.count == channels else {
-            throw CaseInputError("case \(input.id) has \(input.channels.count) channel file(s) (\(input.channels.map { ($0 as NSString).lastPathComponent }.joined(separator: ", "))); the model takes \(channels)")
+            throw CaseInputError("case \(input.id) has \(input.channels.count) channel file(s) (\(input.channels.map { ($0 as NSString).lastPathComponent }.joined(separator: ", "))); the model takes \(channels): give one file per channel, CASE_0000.nii.gz … CASE_\(String(format: "%04d", channels - 1)).nii.gz")
         }
         let volumes = try input.channels.map { try NIfTI.read($0, nonFinite: settings.nonFinite) }
         for (v, path) in zip(volumes, input.channels) where v.nonFiniteReplaced > 0 {
@@ -200,4 +207,9 @@ public enum CasePredictor {
         let ma = a.sformCode > 0 ? a.sformMatrix : a.qformMatrix, mb = b.sformCode > 0 ? b.sformMatrix : b.qformMatrix
         return zip(ma.joined(), mb.joined()).allSatisfy { abs($0 - $1) <= 1e-3 }
     }
+}
+
+extension Result {
+    /// The error, or nil on success.
+    var failure: Failure? { if case .failure(let e) = self { return e } else { return nil } }
 }

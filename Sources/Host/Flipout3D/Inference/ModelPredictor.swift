@@ -9,6 +9,8 @@ public struct ModelPredictor {
     public let channels: Int
     /// Window sizes must be multiples of this.
     public let sizeMultiple: Int
+    /// Voxels along an axis that one output voxel depends on (the theoretical receptive field).
+    public let receptiveField: Int
     let bayesian: Bool
     let probabilities: (Tensor, StepContext) throws -> Tensor
 
@@ -17,8 +19,10 @@ public struct ModelPredictor {
         switch trained.network {
         case .binary(let m):
             bayesian = m.config.bayesian; sizeMultiple = m.config.sizeMultiple
+            receptiveField = Self.receptiveField(m.config)
         case .unet(let u):
             bayesian = !u.flipoutLayers.isEmpty; sizeMultiple = u.shape.sizeMultiple
+            receptiveField = Self.receptiveField(u.shape)
         }
         classes = trained.plan.classCount; channels = trained.plan.channels.count
         probabilities = trained.probabilities
@@ -29,6 +33,7 @@ public struct ModelPredictor {
     /// A U-Net in memory (e.g. the trainer's, for its test report): K = its class count.
     public init(unet: UNet, samples: Int, seed: UInt64) {
         bayesian = !unet.flipoutLayers.isEmpty; sizeMultiple = unet.shape.sizeMultiple
+        receptiveField = Self.receptiveField(unet.shape)
         classes = unet.shape.classCount; channels = unet.shape.inputChannels
         probabilities = { x, ctx in try unet.probabilities(x, ctx) }
         draws = bayesian && samples > 0 ? samples : 1
@@ -38,6 +43,7 @@ public struct ModelPredictor {
     /// The built-in binary network: K = 2, (1 − σ, σ).
     public init(model: SegmentationNet, samples: Int, seed: UInt64) {
         bayesian = model.config.bayesian; sizeMultiple = model.config.sizeMultiple
+        receptiveField = Self.receptiveField(model.config)
         classes = 2; channels = 1
         probabilities = { x, ctx in
             let logits = try model.forward(x, ctx).logits // (B, 1, d, h, w)
@@ -52,6 +58,29 @@ public struct ModelPredictor {
         }
         draws = bayesian && samples > 0 ? samples : 1
         self.seed = seed
+    }
+
+    /// The U-Net's receptive field along an axis (UNet.swift's layout): r grows by (k − 1)·j for
+    /// each k³ convolution applied where one voxel spans j input voxels; a stride-2 convolution
+    /// doubles j after it, nearest upsampling halves j and adds nothing.
+    /// 3 levels: 35 voxels; 4 levels: 75; 5: 155.
+    public static func receptiveField(_ u: UNetConfig) -> Int {
+        var r = 1, j = 1
+        for l in 0..<u.levels {
+            r += 2 * j                  // enc_l a (stride 2 for l > 0: its taps are at the finer spacing)
+            if l > 0 { j *= 2 }
+            r += 2 * j                  // enc_l b
+        }
+        for _ in stride(from: u.levels - 2, through: 0, by: -1) {
+            j /= 2                      // nearest upsampling
+            r += 2 * j + 2 * j          // up_l, dec_l
+        }
+        return r                        // the head is 1³
+    }
+
+    /// The built-in binary network's receptive field: encoder–decoder 13 voxels, stack 7.
+    public static func receptiveField(_ c: ModelConfig) -> Int {
+        c.architecture == .encoderDecoder ? 1 + 2 + 2 + 2 * 2 + 2 + 2 : 1 + 2 + 2 + 2
     }
 
     /// windows (B, C, d, h, w) -> probabilities (B, K, d, h, w).
