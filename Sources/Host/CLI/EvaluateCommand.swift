@@ -21,9 +21,17 @@ struct EvaluateCommand: ParsableCommand {
           foreground dilated by --roi-margin mm; AUROC of voxel errors in the ROI ranked by
           predictive entropy and by MI; uncertainty-error overlap (best Dice of
           {entropy >= t} with the errors); the Dice retention curve (the most uncertain ROI
-          voxels referred, i.e. counted correct) and its area.
-        Writes summary.json, cases.csv, reliability.png, retention.png and
-        uncertainty_vs_dice.png into --output (default: the predictions folder).
+          voxels referred, i.e. counted correct) and its area; nDSC per class and its
+          retention curve's R-AAC (Shifts, mswml/metrics.py; every voxel, entropy order);
+          the QU-BraTS score per class region (Dice, filtered-TP and filtered-TN AUCs over
+          41 thresholds of 100 x the region's binary entropy in bits; mask = the ROI).
+        Over cases: failure detection (a case fails below --failure-dice): AUROC, the
+          risk-coverage curve, AURC and E-AURC of the case scores mean entropy and mean MI
+          in the predicted foreground, and 1 - the pairwise Dice between Monte Carlo
+          samples (CASE.json of flipout predict).
+        Writes summary.json, cases.csv, reliability.png, retention.png,
+        uncertainty_vs_dice.png, ndsc_retention.png, qubrats.png and risk_coverage.png
+        into --output (default: the predictions folder).
         --ood-predictions DIR adds case-level out-of-distribution detection: each case's
         mean mutual information and mean predictive entropy over its whole volume (from
         CASE_mi / CASE_entropy), and the AUROC with which each ranks the cases of DIR
@@ -47,6 +55,7 @@ struct EvaluateCommand: ParsableCommand {
     @Option(name: .customLong("ood-predictions"), help: ArgumentHelp("Folder of predictions of out-of-distribution cases (flipout predict's output): report the case-level OOD AUROC by mean MI and mean entropy.", valueName: "dir")) var oodPredictions: String?
     @Option(help: ArgumentHelp("A labelled case without a prediction: error (default; names the cases), empty (scored as an all-background prediction), or skip (left out); empty and skip list them in summary.json.", valueName: "policy"))
     var missing: MissingPredictions = .error
+    @Option(name: .customLong("failure-dice"), help: "Case-level failure detection: a case whose mean Dice is below this failed.") var failureDice = 0.5
     @Option(name: .customLong("roi-margin"), help: "Margin in mm around the true and predicted foreground for ECE, AUROC and retention.") var roiMargin = 5.0
     @Option(help: "Checkpoint written by flipout train: evaluate on its dataset's test split instead.") var checkpoint: String?
     @Option(help: "Monte Carlo samples T per volume (with --checkpoint).") var samples = 8
@@ -64,6 +73,7 @@ struct EvaluateCommand: ParsableCommand {
         if oodPredictions != nil && predictions == nil { throw ValidationError("--ood-predictions compares with the cases of --predictions DIR --labels DIR; add them.") }
         if let classes { guard classes >= 2 else { throw ValidationError("--classes must be at least 2 (background and one class).") } }
         guard roiMargin >= 0 && roiMargin.isFinite else { throw ValidationError("--roi-margin must be a distance in mm >= 0.") }
+        guard failureDice > 0 && failureDice <= 1 else { throw ValidationError("--failure-dice must be in (0, 1], e.g. 0.5.") }
     }
 
     func run() throws {
@@ -99,6 +109,7 @@ struct EvaluateCommand: ParsableCommand {
         if !folder.unmatched.isEmpty { note("evaluate: \(folder.unmatched.count) prediction(s) without a label map skipped: \(folder.unmatched.prefix(5).joined(separator: ", "))") }
         var settings = EvaluationSettings()
         settings.roiMargin = roiMargin
+        settings.failureDice = failureDice
         var scores: [CaseScore] = []
         var k = classes
         let line = ProgressLine(total: folder.pairs.count, label: "evaluate")
@@ -149,6 +160,11 @@ struct EvaluateCommand: ParsableCommand {
         if let ood {
             print(String(format: "  OOD detection: AUROC %.4f by mean MI, %.4f by mean entropy (%d out-of-distribution cases against %d)",
                          ood.aurocMutualInformation, ood.aurocEntropy, ood.outOfDistributionCases, ood.inDistributionCases))
+        }
+        print("  nDSC \(f(summary.meanNDSC.mean))  nDSC R-AAC \(f(summary.ndscRAAC.mean)) (Shifts; lower is better)  QU-BraTS score \(f(summary.quBraTSScore.mean)) (higher is better)")
+        if let fd = summary.failureDetection {
+            let parts = fd.scores.map { "\($0.score): AUROC \(f($0.auroc)), AURC \(f($0.aurc)), E-AURC \(f($0.eaurc))" }
+            print("  failure detection (\(fd.failures) of \(fd.cases) cases below Dice \(fd.diceThreshold)): " + parts.joined(separator: "; "))
         }
         print("  pooled ECE over all ROI voxels \(f(summary.pooledECEROI)) (ROI = foreground of label or prediction dilated by \(roiMargin) mm)")
         for p in files { print("wrote \(p)") }

@@ -81,6 +81,12 @@ public struct CaseReport: Codable, Sendable {
     public var meanEntropyForeground: Double?
     public var meanMutualInformationForeground: Double?
     public var meanExpectedEntropyForeground: Double?
+    /// Per foreground class, the Dice between two Monte Carlo samples' (or ensemble members')
+    /// label maps, pooled over all pairs (nil: one sample, or the class never predicted), and its
+    /// mean over the classes that have one (1 when no sample predicts any foreground): a case-level
+    /// quality-control score, low = the samples disagree.
+    public var sampleDice: [Double?]?
+    public var meanSampleDice: Double?
     public var seconds: Double
     public var files: [String]
 }
@@ -134,6 +140,7 @@ public enum CasePredictor {
             draws: draws, windows: maps.windows, members: settings.members, testTimeMirroring: settings.window.mirror,
             foregroundVoxels: fg, meanEntropyForeground: fg > 0 ? pe / Double(fg) : nil,
             meanMutualInformationForeground: fg > 0 ? mi / Double(fg) : nil, meanExpectedEntropyForeground: fg > 0 ? eh / Double(fg) : nil,
+            sampleDice: maps.draws > 1 ? maps.sampleDice : nil, meanSampleDice: Self.meanSampleDice(maps),
             seconds: Date().timeIntervalSince(start), files: files.map { ($0 as NSString).lastPathComponent })
         let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]
         try FileIO.writeAtomically(Array(try e.encode(report)), to: files[6])
@@ -194,6 +201,13 @@ public enum CasePredictor {
             return "\(path): its grid (shape \(h.shape)) differs from \((reference as NSString).lastPathComponent)'s (shape \(r.shape)); resample it onto that grid"
         }
         return "\(path): same shape \(h.shape) as \((reference as NSString).lastPathComponent), but its voxel-to-world affine \(affine(h)) differs from \(affine(r)) (more than 1e-3 mm): the volumes are not aligned; resample it onto that grid (or fix its header if only the header is wrong)"
+    }
+
+    /// The mean over foreground classes of the pooled pairwise sample Dice; nil for one sample.
+    static func meanSampleDice(_ m: PredictiveMaps) -> Double? {
+        guard m.draws > 1 else { return nil }
+        let d = m.sampleDice.compactMap { $0 }
+        return d.isEmpty ? 1 : d.reduce(0, +) / Double(d.count)
     }
 
     /// Voxel size in mm along (D, H, W) = (pixdim[3], pixdim[2], pixdim[1]) (absolute values).

@@ -27,6 +27,10 @@ public struct PredictiveMaps {
     public var draws: Int
     /// Windows per sample.
     public var windows: Int
+    /// Per foreground class 1..<K, the Dice between the argmax label maps of two samples, pooled
+    /// over all sample pairs: Σ_pairs 2|A_a ∩ A_b| / Σ_pairs (|A_a| + |A_b|) = Σ_v n_v(n_v − 1) / ((T − 1) Σ_v n_v),
+    /// n_v = samples labelling v with the class. nil for T = 1 or a class no sample predicts.
+    public var sampleDice: [Double?] = []
 
     /// argmax_k E p_k per voxel (ties to the lower class), (D, H, W) as class indices.
     public var labels: [Int32] {
@@ -120,27 +124,36 @@ public final class UncertaintySums {
     public private(set) var samples = 0
     let sumP: Tensor   // (K, D, H, W)
     let sumH: Tensor   // (D, H, W)
+    /// Per foreground class and voxel, the samples whose argmax is that class: (K − 1, D, H, W).
+    var votes: [UInt16]
 
     public init(shape: [Int], classes: Int) {
         precondition(shape.count == 3 && classes >= 2, "UncertaintySums: shape \(shape), classes \(classes)")
         self.shape = shape; self.classes = classes
         sumP = Tensor(shape: [classes] + shape); sumH = Tensor(shape: shape)
+        votes = [UInt16](repeating: 0, count: (classes - 1) * shape.reduce(1, *))
     }
 
     /// Adds one sample p_t (K, D, H, W).
     public func add(_ p: Tensor) {
         p.checkShape([classes] + shape, "UncertaintySums.add")
         let n = sumH.count, k = classes
+        precondition(samples < Int(UInt16.max), "UncertaintySums: more than \(UInt16.max) samples")
         let src = p.data, sp = sumP.data, sh = sumH.data
-        DispatchQueue.concurrentPerform(iterations: Self.chunks(n)) { chunk in
-            for v in Self.range(chunk, n) {
-                var h = 0.0
-                for c in 0..<k {
-                    let q = src[c * n + v]
-                    sp[c * n + v] += q
-                    h -= Entropy.term(Double(q))
+        votes.withUnsafeMutableBufferPointer { vb in
+            let votes = vb.baseAddress!
+            DispatchQueue.concurrentPerform(iterations: Self.chunks(n)) { chunk in
+                for v in Self.range(chunk, n) {
+                    var h = 0.0, best = 0, top = src[v]
+                    for c in 0..<k {
+                        let q = src[c * n + v]
+                        sp[c * n + v] += q
+                        h -= Entropy.term(Double(q))
+                        if q > top { top = q; best = c }
+                    }
+                    sh[v] += Float(h)
+                    if best > 0 { votes[(best - 1) * n + v] += 1 }
                 }
-                sh[v] += Float(h)
             }
         }
         samples += 1
@@ -173,7 +186,14 @@ public final class UncertaintySums {
                 mid[v] = max(h - eh, 0) // Jensen: H[E p] >= E H[p]; clamp rounding
             }
         }
-        return PredictiveMaps(probabilities: sumP, predictiveEntropy: pe, expectedEntropy: sumH, mutualInformation: mi,
-                              draws: samples, windows: windows)
+        var maps = PredictiveMaps(probabilities: sumP, predictiveEntropy: pe, expectedEntropy: sumH, mutualInformation: mi,
+                                  draws: samples, windows: windows)
+        maps.sampleDice = (1..<k).map { c -> Double? in
+            guard samples > 1 else { return nil }
+            var pairs = 0.0, total = 0.0
+            for v in 0..<n { let m = Double(votes[(c - 1) * n + v]); pairs += m * (m - 1); total += m }
+            return total > 0 ? pairs / (Double(samples - 1) * total) : nil
+        }
+        return maps
     }
 }
