@@ -58,7 +58,9 @@ import TestSupport
         let e = try FlipoutCLI.run(["evaluate", "--predictions", out, "--labels", s.labels.path])
         #expect(e.status == 0, "\(e.stderr)")
         #expect(e.stdout.contains("mean (2 cases)") && e.stdout.contains("ECE(ROI)") && e.stdout.contains("AUROC(MI)"), "\(e.stdout)")
-        for f in ["summary.json", "cases.csv", "reliability.png", "retention.png", "uncertainty_vs_dice.png"] {
+        #expect(e.stdout.contains("nDSC") && e.stdout.contains("QU-BraTS score") && e.stdout.contains("failure detection"), "\(e.stdout)")
+        #expect(report["meanSampleDice"] is Double, "CASE.json holds the pooled pairwise Dice between the 6 samples")
+        for f in ["summary.json", "cases.csv", "reliability.png", "retention.png", "uncertainty_vs_dice.png", "ndsc_retention.png", "qubrats.png", "risk_coverage.png"] {
             #expect(FileManager.default.fileExists(atPath: "\(out)/\(f)"), "\(f) missing")
         }
         let csv = try String(contentsOfFile: "\(out)/cases.csv", encoding: .utf8).split(separator: "\n")
@@ -70,7 +72,10 @@ import TestSupport
         let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(out)/summary.json"))) as! [String: Any]
         let first = (summary["cases"] as! [[String: Any]])[0]
         #expect(first["id"] as? String == "case0" && abs((first["meanDice"] as! Double) - score.meanDice) < 1e-12)
-        #expect(score.aurocMI != nil && score.nll != nil)
+        #expect(score.aurocMI != nil && score.nll != nil && score.quBraTSScore != nil && score.ndscRAAC != nil && score.sampleDice != nil)
+        let fd = try #require((summary["summary"] as! [String: Any])["failureDetection"] as? [String: Any])
+        #expect((fd["scores"] as! [[String: Any]]).map { $0["score"] as! String } == ["mean_entropy_foreground", "mean_mi_foreground", "sample_disagreement"])
+        #expect(csv[0].contains(",ndsc_class 1,mean_ndsc,ndsc_raac,qubrats_class 1,qubrats_score,sample_dice"), "\(csv[0])")
     }
 
     @Test func badInputsExit64WithAMessage() throws {
