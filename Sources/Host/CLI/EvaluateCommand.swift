@@ -11,7 +11,8 @@ struct EvaluateCommand: ParsableCommand {
         With --predictions DIR --labels DIR, every prediction CASE.nii.gz whose CASE has a
         label map is scored (any tool's output; labels may be a dataset folder's labelsTr).
         Optional beside it: CASE_probabilities.nii.gz (4D, one volume per class) for NLL,
-        Brier and ECE; CASE_entropy.nii.gz (else computed from the probabilities);
+        Brier and ECE; CASE_probabilities_untempered.nii.gz (predict with a calibrated
+        checkpoint) for NLL and ECE before temperature scaling; CASE_entropy.nii.gz (else computed from the probabilities);
         CASE_mi.nii.gz (mutual information). A label map without a prediction is an
         error naming the case, unless --missing empty (scored as an all-background
         prediction) or --missing skip (left out); both list it in summary.json.
@@ -160,6 +161,9 @@ struct EvaluateCommand: ParsableCommand {
         if let ood {
             print(String(format: "  OOD detection: AUROC %.4f by mean MI, %.4f by mean entropy (%d out-of-distribution cases against %d)",
                          ood.aurocMutualInformation, ood.aurocEntropy, ood.outOfDistributionCases, ood.inDistributionCases))
+        }
+        if summary.nllUntempered.cases > 0 {
+            print("  temperature scaling: NLL \(f(summary.nllUntempered.mean)) before, \(f(summary.nll.mean)) after; ECE(ROI) \(f(summary.eceROIUntempered.mean)) before, \(f(summary.eceROI.mean)) after (pooled \(f(summary.pooledECEROIUntempered)) -> \(f(summary.pooledECEROI)))")
         }
         print("  nDSC \(f(summary.meanNDSC.mean))  nDSC R-AAC \(f(summary.ndscRAAC.mean)) (Shifts; lower is better)  QU-BraTS score \(f(summary.quBraTSScore.mean)) (higher is better)")
         if let fd = summary.failureDetection {

@@ -30,7 +30,9 @@ struct PredictCommand: ParsableCommand {
         input's grid (trilinear) before its entropy is taken: the entropy map is H of the
         probability map written, and interpolation adds to the expected entropy, not MI.
         Repeat --checkpoint for a deep ensemble: every member's samples pool into the
-        same sums. Inputs are z-scored per channel over their nonzero voxels
+        same sums. A checkpoint calibrated by flipout calibrate has its temperature
+        applied to each of its samples (CASE_probabilities_untempered.nii.gz keeps the
+        mean without it, so flipout evaluate reports NLL and ECE before and after). Inputs are z-scored per channel over their nonzero voxels
         unless --no-normalise.
 
         Examples:
@@ -54,6 +56,7 @@ struct PredictCommand: ParsableCommand {
     @Flag(name: .customLong("no-normalise"), help: "Use the input intensities as they are.") var noNormalise = false
     @Option(help: "NaN or infinite input voxels: refuse (default, exit 65), zero (make them 0), or clip (NaN to 0, inf to the volume's finite extreme).")
     var nonfinite: NonFinitePolicy = .refuse
+    @Flag(name: .customLong("no-temperature"), help: "Ignore a temperature stored by flipout calibrate.") var noTemperature = false
     @Flag(name: .customLong("allow-plugin-change"), help: "Use the checkpoint even if a plugin's SHA-256 changed.") var allowPluginChange = false
 
     func validate() throws {
@@ -112,6 +115,14 @@ struct PredictCommand: ParsableCommand {
                 if noNormalise { note("predict: --no-normalise: the dataset plan's normalisation and resampling are skipped") }
             } else {
                 settings.preprocessing = input == nil || noNormalise ? .none : .zScoreNonzero
+            }
+            // Temperatures stored by flipout calibrate: each member's samples are tempered with its own.
+            if !noTemperature {
+                let temps = try checkpoint.map { try TemperatureScaling.stored(in: $0) }
+                if temps.contains(where: { $0 != nil }) {
+                    settings.window.temperatures = zip(temps, predictors).flatMap { t, p in [Double](repeating: t ?? 1, count: p.draws) }
+                    note("predict: temperature scaling \(zip(checkpoint, temps).map { "\(($0 as NSString).lastPathComponent) T=\($1.map { String(format: "%.3f", $0) } ?? "1")" }.joined(separator: ", ")) applied to every sample (--no-temperature to skip); the untempered mean goes to CASE_probabilities_untempered.nii.gz")
+                }
             }
             settings.members = checkpoint
             settings.nonFinite = nonfinite

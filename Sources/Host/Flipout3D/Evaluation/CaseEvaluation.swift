@@ -17,6 +17,8 @@ public struct CasePrediction {
     public var mutualInformation: Tensor?
     /// The pooled pairwise Dice between Monte Carlo samples (CASE.json's meanSampleDice), if known.
     public var sampleDice: Double?
+    /// (K, D, H, W) the predictive mean before temperature scaling (flipout predict with a calibrated checkpoint).
+    public var untemperedProbabilities: Tensor?
 
     public init(id: String, shape: [Int], spacing: [Double], truth: [Int32], prediction: [Int32],
                 probabilities: Tensor? = nil, entropy: Tensor? = nil, mutualInformation: Tensor? = nil) {
@@ -78,6 +80,10 @@ public struct CaseScore: Codable, Sendable {
     public var ndscRAAC: Double?
     /// The pooled pairwise Dice between Monte Carlo samples (from CASE.json), if known.
     public var sampleDice: Double?
+    /// NLL and ROI ECE before temperature scaling (when the untempered probabilities are given).
+    public var nllUntempered: Double?
+    public var eceROIUntempered: Double?
+    public var calibrationUntempered: CalibrationBins?
 }
 
 public enum CaseEvaluation {
@@ -104,6 +110,14 @@ public enum CaseEvaluation {
             s.eceROI = bins.ece
             s.calibration = bins
             if entropy == nil { entropy = predictiveEntropy(p) }
+        }
+        if let p = c.untemperedProbabilities {
+            precondition(p.shape == [k] + c.shape, "CaseEvaluation: \(c.id) untempered probabilities \(p.shape)")
+            s.nllUntempered = ClassMetrics.nll(probabilities: p, truth: c.truth)
+            var bins = CalibrationBins(bins: settings.calibrationBins)
+            bins.add(probabilities: p, truth: c.truth, include: roi)
+            s.eceROIUntempered = bins.ece
+            s.calibrationUntempered = bins
         }
         let inROI = roi.indices.filter { roi[$0] }
         let roiErrors = inROI.map { errors[$0] }
@@ -204,6 +218,10 @@ public struct EvaluationSummary: Codable, Sendable {
     /// Case-level out-of-distribution detection (`flipout evaluate --ood-predictions`).
     public var ood: OODDetection?
     public var quBraTSScore: Mean
+    /// Before temperature scaling (calibrated checkpoints): NLL, ROI ECE, pooled ROI ECE.
+    public var nllUntempered: Mean
+    public var eceROIUntempered: Mean
+    public var pooledECEROIUntempered: Double?
     public var meanNDSC: Mean
     public var ndscRAAC: Mean
     /// The mean nDSC retention curve over cases that have one (at NormalisedDice.fractions).
@@ -237,6 +255,10 @@ public struct EvaluationSummary: Codable, Sendable {
         pooledCalibration = pooled
         pooledECEROI = pooled?.ece
         self.settings = settings
+        nllUntempered = Mean(scores.map(\.nllUntempered)); eceROIUntempered = Mean(scores.map(\.eceROIUntempered))
+        var pooledU: CalibrationBins?
+        for s in scores { if let b = s.calibrationUntempered { if pooledU == nil { pooledU = b } else { pooledU!.merge(b) } } }
+        pooledECEROIUntempered = pooledU?.ece
         quBraTSScore = Mean(scores.map(\.quBraTSScore)); meanNDSC = Mean(scores.map(\.meanNDSC)); ndscRAAC = Mean(scores.map(\.ndscRAAC))
         let nc = scores.compactMap(\.ndscRetentionCurve)
         ndscRetentionCurve = nc.isEmpty ? nil : nc[0].indices.map { i in nc.reduce(0.0) { $0 + $1[i] } / Double(nc.count) }

@@ -28,7 +28,7 @@ public struct PredictionFolder {
     let missingLabels: [String: String]
     public let classNames: [String]?
 
-    static let suffixes = ["_probabilities", "_entropy", "_mi", "_expected_entropy"]
+    static let suffixes = ["_probabilities", "_entropy", "_mi", "_expected_entropy", "_probabilities_untempered"]
 
     public init(predictions: String, labels: String) throws {
         var labelDir = labels
@@ -132,12 +132,17 @@ public struct PredictionFolder {
         if let probabilities, probabilities.shape != [k] + shape {
             throw CaseInputError("\(base)_probabilities: shape \(probabilities.shape), expected \(k) volumes of \(shape)")
         }
+        let untempered = try optional("_probabilities_untempered", fourD: true)
+        if let untempered, untempered.shape != [k] + shape {
+            throw CaseInputError("\(base)_probabilities_untempered: shape \(untempered.shape), expected \(k) volumes of \(shape)")
+        }
         let entropy = try optional("_entropy"), mi = try optional("_mi")
         for (name, t) in [("_entropy", entropy), ("_mi", mi)] where t != nil && t!.shape != shape {
             throw CaseInputError("\(base)\(name): shape \(t!.shape), expected \(shape)")
         }
         var c = CasePrediction(id: p.id, shape: shape, spacing: CasePredictor.voxelSpacing(truthVolume.header), truth: truth, prediction: pred,
                                probabilities: probabilities, entropy: entropy, mutualInformation: mi)
+        c.untemperedProbabilities = untempered
         // flipout predict's CASE.json: the pooled pairwise Dice between samples (a case score).
         if let data = FileManager.default.contents(atPath: base + ".json"),
            let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let d = json["meanSampleDice"] as? Double {
@@ -168,14 +173,15 @@ public enum EvaluationFiles {
         var s = (["case"] + fg.map { "dice_\($0)" } + ["mean_dice"] + fg.map { "hd95_\($0)" }
                  + ["nll", "brier", "ece_roi", "auroc_entropy", "auroc_mi", "uncertainty_error_overlap", "overlap_threshold",
                     "retention_area", "mean_entropy_foreground", "mean_mi_foreground", "roi_voxels", "error_voxels"]
-                 + fg.map { "ndsc_\($0)" } + ["mean_ndsc", "ndsc_raac"] + fg.map { "qubrats_\($0)" } + ["qubrats_score", "sample_dice"]).joined(separator: ",") + "\n"
+                 + fg.map { "ndsc_\($0)" } + ["mean_ndsc", "ndsc_raac"] + fg.map { "qubrats_\($0)" } + ["qubrats_score", "sample_dice",
+                    "nll_untempered", "ece_roi_untempered"]).joined(separator: ",") + "\n"
         func f(_ v: Double?) -> String { v.map { String(format: "%.6g", $0) } ?? "" }
         for c in scores {
             let row = [c.id] + c.dice.map(f) + [f(c.meanDice)] + c.hd95.map(f)
                 + [f(c.nll), f(c.brier), f(c.eceROI), f(c.aurocEntropy), f(c.aurocMI), f(c.uncertaintyErrorOverlap), f(c.overlapThreshold),
                    f(c.retentionArea), f(c.meanEntropyForeground), f(c.meanMIForeground), String(c.roiVoxels), String(c.errorVoxels)]
                 + c.ndsc.map(f) + [f(c.meanNDSC), f(c.ndscRAAC)] + fg.indices.map { i in f(c.quBraTS.map { $0[i - fg.startIndex].score }) }
-                + [f(c.quBraTSScore), f(c.sampleDice)]
+                + [f(c.quBraTSScore), f(c.sampleDice), f(c.nllUntempered), f(c.eceROIUntempered)]
             s += row.joined(separator: ",") + "\n"
         }
         return s

@@ -6,6 +6,7 @@
 //   CASE_entropy.nii.gz            predictive entropy H[E p] (nats)
 //   CASE_mi.nii.gz                 mutual information H[E p] − E H[p] (epistemic)
 //   CASE_expected_entropy.nii.gz   expected entropy E H[p] (aleatoric)
+//   CASE_probabilities_untempered.nii.gz  the mean before temperature scaling (calibrated checkpoints only)
 //   CASE_preview.png               orthogonal slices: input | labels | entropy | MI
 //   CASE.json                      volumes per class (mm³, ml) and mean uncertainty in the predicted foreground
 import Foundation
@@ -87,6 +88,8 @@ public struct CaseReport: Codable, Sendable {
     /// quality-control score, low = the samples disagree.
     public var sampleDice: [Double?]?
     public var meanSampleDice: Double?
+    /// The temperatures the samples were tempered with (TemperatureScaling), nil if none.
+    public var temperatures: [Double]?
     public var seconds: Double
     public var files: [String]
 }
@@ -111,6 +114,12 @@ public enum CasePredictor {
         try NIfTI.write(maps.predictiveEntropy, header: header, datatype: .float32, to: files[2])
         try NIfTI.write(maps.mutualInformation, header: header, datatype: .float32, to: files[3])
         try NIfTI.write(maps.expectedEntropy, header: header, datatype: .float32, to: files[4])
+        var written = files
+        if let raw = maps.untemperedProbabilities {
+            let path = stem + "_probabilities_untempered.nii.gz"
+            try NIfTI.write(raw, header: header, datatype: .float32, to: path)
+            written.insert(path, at: 2)
+        }
         let point = PNGPreview.centroid(of: labelTensor, threshold: 1) ?? PNGPreview.center(of: shape)
         let maxEntropy = Float(Foundation.log(Double(classes)))
         try PNGPreview.write([PNGPreview.Panel(volumes[0].data),
@@ -141,7 +150,8 @@ public enum CasePredictor {
             foregroundVoxels: fg, meanEntropyForeground: fg > 0 ? pe / Double(fg) : nil,
             meanMutualInformationForeground: fg > 0 ? mi / Double(fg) : nil, meanExpectedEntropyForeground: fg > 0 ? eh / Double(fg) : nil,
             sampleDice: maps.draws > 1 ? maps.sampleDice : nil, meanSampleDice: Self.meanSampleDice(maps),
-            seconds: Date().timeIntervalSince(start), files: files.map { ($0 as NSString).lastPathComponent })
+            temperatures: settings.window.temperatures.contains { $0 != 1 } ? Array(Set(settings.window.temperatures)).sorted() : nil,
+            seconds: Date().timeIntervalSince(start), files: written.map { ($0 as NSString).lastPathComponent })
         let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]
         try FileIO.writeAtomically(Array(try e.encode(report)), to: files[6])
         return report
@@ -150,6 +160,7 @@ public enum CasePredictor {
     /// The maps of `input` on its first channel's grid (no file written), and the channel volumes read.
     public static func predictMaps(_ input: CaseInput, channels: Int, classes: Int, draws: Int, settings: PredictionSettings,
                                    progress: (SlidingWindowProgress) -> Void = { _ in },
+                                   sampleHook: ((Int, Tensor) -> Void)? = nil,
                                    predictor: WindowPredictor) throws -> (maps: PredictiveMaps, volumes: [NIfTIVolume]) {
         // A 4D file (the Medical Segmentation Decathlon keeps all channels in one) is refused with what to do.
         for path in input.channels {
@@ -177,7 +188,7 @@ public enum CasePredictor {
             // are taken there (see `CasePreprocessing.plan`).
             maps = try SlidingWindow.predict(prepared.image, classes: classes, draws: draws, options: settings.window,
                                              output: (shape: shape, map: { plan.restore($0, to: prepared.geometry, interpolation: .linear) }),
-                                             progress: progress, predictor: predictor)
+                                             progress: progress, sampleHook: sampleHook, predictor: predictor)
         } else {
             let image = Tensor(shape: [channels] + shape) // (C, D, H, W)
             for (c, v) in volumes.enumerated() {
@@ -186,7 +197,7 @@ public enum CasePredictor {
                 (image.data + c * n).update(from: src.data, count: n)
             }
             maps = try SlidingWindow.predict(image, classes: classes, draws: draws, options: settings.window,
-                                             progress: progress, predictor: predictor)
+                                             progress: progress, sampleHook: sampleHook, predictor: predictor)
         }
         return (maps, volumes)
     }

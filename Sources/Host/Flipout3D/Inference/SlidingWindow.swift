@@ -20,6 +20,9 @@ public struct SlidingWindowOptions: Sendable {
     public var batch: Int = 2
     /// Test-time mirroring: each draw is the mean of the 8 mirrorings along (D, H, W) (as nnU-Net).
     public var mirror = false
+    /// Per draw, the temperature its blended sample is tempered with (TemperatureScaling.swift);
+    /// empty: none. With any temperature ≠ 1 the untempered mean is kept too.
+    public var temperatures: [Double] = []
 
     public init(window: [Int], overlap: Double = 0.5, batch: Int = 2, mirror: Bool = false) {
         self.window = window; self.overlap = overlap; self.batch = batch; self.mirror = mirror
@@ -45,6 +48,7 @@ public enum SlidingWindow {
     public static func predict(_ image: Tensor, classes: Int, draws: Int, options o: SlidingWindowOptions,
                                output: (shape: [Int], map: (Tensor) -> Tensor)? = nil,
                                progress: (SlidingWindowProgress) -> Void = { _ in },
+                               sampleHook: ((Int, Tensor) -> Void)? = nil,
                                predictor: WindowPredictor) throws -> PredictiveMaps {
         precondition(image.rank == 4, "SlidingWindow.predict: image must be (C, D, H, W), got \(image.shape)")
         precondition(draws >= 1 && o.batch >= 1, "SlidingWindow.predict: draws \(draws), batch \(o.batch)")
@@ -52,7 +56,10 @@ public enum SlidingWindow {
         let grid = WindowGrid(volume: volume, window: o.window, overlap: o.overlap)
         let weights = WindowGrid.gaussianWeights(o.window, sigmaScale: o.sigmaScale)
         let blend = WindowBlend(grid: grid, classes: classes, weights: weights)
-        let sums = UncertaintySums(shape: output?.shape ?? volume, classes: classes)
+        let outShape = output?.shape ?? volume
+        precondition(o.temperatures.isEmpty || o.temperatures.count == draws, "SlidingWindow: \(o.temperatures.count) temperatures for \(draws) draws")
+        let sums = UncertaintySums(shape: outShape, classes: classes)
+        let untempered = o.temperatures.contains { $0 != 1 } ? Tensor(shape: [classes] + outShape) : nil
         let wn = o.window.reduce(1, *)
         var done = 0
         for t in 0..<draws {
@@ -70,15 +77,27 @@ public enum SlidingWindow {
                 progress(SlidingWindowProgress(windowsDone: done, windows: grid.starts.count, draws: draws))
             }
             let sample = blend.finishSample() // (K, D, H, W) on the window grid
-            if let output {
-                let moved = output.map(sample)
-                moved.checkShape([classes] + output.shape, "SlidingWindow: the output map")
-                sums.add(moved)
+            func moved() -> Tensor {
+                guard let output else { return sample }
+                let m = output.map(sample)
+                m.checkShape([classes] + output.shape, "SlidingWindow: the output map")
+                return m
+            }
+            if let untempered {
+                let raw = moved()
+                sampleHook?(t, raw)
+                for i in 0..<raw.count { untempered.data[i] += raw.data[i] / Float(draws) }
+                TemperatureScaling.apply(sample, temperature: o.temperatures[t])
+                sums.add(moved())
             } else {
-                sums.add(sample)
+                let m = moved()
+                sampleHook?(t, m)
+                sums.add(m)
             }
         }
-        return sums.finish(windows: grid.starts.count)
+        var maps = sums.finish(windows: grid.starts.count)
+        maps.untemperedProbabilities = untempered
+        return maps
     }
 
     /// The windows at `origins` (volume coordinates; outside the volume is 0): (B, C, d, h, w).

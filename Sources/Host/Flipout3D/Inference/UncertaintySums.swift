@@ -31,6 +31,8 @@ public struct PredictiveMaps {
     /// over all sample pairs: Σ_pairs 2|A_a ∩ A_b| / Σ_pairs (|A_a| + |A_b|) = Σ_v n_v(n_v − 1) / ((T − 1) Σ_v n_v),
     /// n_v = samples labelling v with the class. nil for T = 1 or a class no sample predicts.
     public var sampleDice: [Double?] = []
+    /// (K, D, H, W) the predictive mean before temperature scaling, when a temperature was applied.
+    public var untemperedProbabilities: Tensor?
 
     /// argmax_k E p_k per voxel (ties to the lower class), (D, H, W) as class indices.
     public var labels: [Int32] {
