@@ -49,7 +49,7 @@ struct PredictCommand: ParsableCommand {
     @Option(help: "Output folder.") var output = "predictions"
     @Option(help: "Monte Carlo samples per checkpoint (a deterministic checkpoint uses 1).") var samples = 16
     @Option(help: "Fraction by which neighbouring windows overlap, in [0, 1).") var overlap = 0.5
-    @Option(name: .customLong("window-batch"), help: "Windows per network call (memory grows with it).") var windowBatch = 2
+    @Option(name: .customLong("window-batch"), help: "Windows per network call for a deterministic network (memory grows with it); a Bayesian network runs its windows one at a time, so that each sample is one weight sample.") var windowBatch = 2
     @Option(help: "Window size D,H,W (default: the training patch size).") var window: String?
     @Flag(help: "Test-time mirroring: every sample is the mean over the 8 flips along D, H, W.") var tta = false
     @Option(help: "Seed of the prediction draws.") var seed: UInt64 = 1
