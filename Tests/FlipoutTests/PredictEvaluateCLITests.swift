@@ -50,8 +50,9 @@ import TestSupport
         let s = try Self.setUp()
         let out = s.dir.appendingPathComponent("preds").path
         let r = try FlipoutCLI.run(["predict", "--checkpoint", s.checkpoints[0], "--checkpoint", s.checkpoints[1], "--input", s.images.path,
-                                    "--output", out, "--samples", "3", "--window", "8,8,8", "--no-normalise"])
+                                    "--output", out, "--samples", "3", "--window", "14,14,14", "--no-normalise"])
         #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stderr.contains("warning: --window 14x14x14 differs from the training patch 16x16x16"), "\(r.stderr)")
         #expect(r.stderr.contains("2 case(s)") && r.stderr.contains("6 draw(s) per window"), "\(r.stderr)")
         for id in ["case0", "case1"] {
             for suffix in [".nii.gz", "_probabilities.nii.gz", "_entropy.nii.gz", "_mi.nii.gz", "_expected_entropy.nii.gz", "_preview.png", ".json"] {
@@ -62,7 +63,7 @@ import TestSupport
         #expect(p.data.shape == [2, 16, 16, 16] && p.header.dim[0] == 4 && p.header.spacing == [0.8, 1, 2])
         for v in 0..<(16 * 16 * 16) { #expect(abs(p.data.data[v] + p.data.data[4096 + v] - 1) < 1e-5) }
         let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(out)/case0.json"))) as! [String: Any]
-        #expect(report["draws"] as? Int == 6 && report["windows"] as? Int == 27)
+        #expect(report["draws"] as? Int == 6 && report["windows"] as? Int == 8)
         let classes = report["classes"] as! [[String: Any]]
         let voxels = classes.map { $0["voxels"] as! Int }
         #expect(voxels.reduce(0, +) == 4096)
@@ -71,7 +72,9 @@ import TestSupport
         let e = try FlipoutCLI.run(["evaluate", "--predictions", out, "--labels", s.labels.path])
         #expect(e.status == 0, "\(e.stderr)")
         #expect(e.stdout.contains("mean (2 cases)") && e.stdout.contains("ECE(ROI)") && e.stdout.contains("AUROC(MI)"), "\(e.stdout)")
-        for f in ["summary.json", "cases.csv", "reliability.png", "retention.png", "uncertainty_vs_dice.png"] {
+        #expect(e.stdout.contains("nDSC") && e.stdout.contains("QU-BraTS score") && e.stdout.contains("failure detection"), "\(e.stdout)")
+        #expect(report["meanSampleDice"] is Double, "CASE.json holds the pooled pairwise Dice between the 6 samples")
+        for f in ["summary.json", "cases.csv", "reliability.png", "retention.png", "uncertainty_vs_dice.png", "ndsc_retention.png", "qubrats.png", "risk_coverage.png"] {
             #expect(FileManager.default.fileExists(atPath: "\(out)/\(f)"), "\(f) missing")
         }
         let csv = try String(contentsOfFile: "\(out)/cases.csv", encoding: .utf8).split(separator: "\n")
@@ -83,7 +86,10 @@ import TestSupport
         let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(out)/summary.json"))) as! [String: Any]
         let first = (summary["cases"] as! [[String: Any]])[0]
         #expect(first["id"] as? String == "case0" && abs((first["meanDice"] as! Double) - score.meanDice) < 1e-12)
-        #expect(score.aurocMI != nil && score.nll != nil)
+        #expect(score.aurocMI != nil && score.nll != nil && score.quBraTSScore != nil && score.ndscRAAC != nil && score.sampleDice != nil)
+        let fd = try #require((summary["summary"] as! [String: Any])["failureDetection"] as? [String: Any])
+        #expect((fd["scores"] as! [[String: Any]]).map { $0["score"] as! String } == ["mean_entropy_foreground", "mean_mi_foreground", "sample_disagreement"])
+        #expect(csv[0].contains(",ndsc_class 1,mean_ndsc,ndsc_raac,qubrats_class 1,qubrats_score,sample_dice"), "\(csv[0])")
     }
 
     @Test func badInputsExit64WithAMessage() throws {
@@ -101,5 +107,60 @@ import TestSupport
         #expect(noLabels.status == 64 && noLabels.stderr.contains("no prediction in"), "\(noLabels.stderr)")
         let both = try FlipoutCLI.run(["evaluate", "--predictions", s.images.path, "--labels", s.labels.path, "--checkpoint", s.checkpoints[0]])
         #expect(both.status == 64)
+    }
+
+    /// predict refuses a window smaller than the receptive field and the training patch (exit 64),
+    /// and a 4D (MSD) image with what to do; evaluate names an affine-only grid mismatch.
+    @Test func windowFourDAndGridMessages() throws {
+        let s = try Self.setUp()
+        let out = s.dir.appendingPathComponent("msg").path
+        let small = try FlipoutCLI.run(["predict", "--checkpoint", s.checkpoints[0], "--input", s.images.path, "--output", out, "--window", "8,8,8"])
+        #expect(small.status == 64 && small.stderr.contains("smaller than the receptive field") && small.stderr.contains("(13 voxels per axis)")
+                && small.stderr.contains("training patch 16x16x16"), "\(small.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: out + "/case0.nii.gz"))
+
+        let msd = s.dir.appendingPathComponent("msd")
+        try FileManager.default.createDirectory(at: msd, withIntermediateDirectories: true)
+        try NIfTI.write(Tensor(shape: [2, 16, 16, 16]), header: NIfTIHeader(shape: [16, 16, 16]), to: msd.appendingPathComponent("BRATS_001.nii.gz").path)
+        let four = try FlipoutCLI.run(["predict", "--checkpoint", s.checkpoints[0], "--input", msd.path, "--output", out])
+        #expect(four.status == 64 && four.stderr.contains("is a 4D image with 2 volumes")
+                && four.stderr.contains("Split it into BRATS_001_0000.nii.gz, BRATS_001_0001.nii.gz"), "\(four.stderr)")
+
+        // A prediction on the label's shape but another affine (shifted 3 mm).
+        let preds = s.dir.appendingPathComponent("shifted")
+        try FileManager.default.createDirectory(at: preds, withIntermediateDirectories: true)
+        let label = try NIfTI.read(s.labels.appendingPathComponent("case0.nii.gz").path)
+        try NIfTI.write(label.data, header: NIfTIHeader(shape: [16, 16, 16], spacing: [0.8, 1, 2], origin: [3, 0, 0]), datatype: .uint8,
+                        to: preds.appendingPathComponent("case0.nii.gz").path)
+        let grid = try FlipoutCLI.run(["evaluate", "--predictions", preds.path, "--labels", s.labels.path, "--missing", "skip"])
+        #expect(grid.status == 64 && grid.stderr.contains("same shape [16, 16, 16]") && grid.stderr.contains("voxel-to-world affine")
+                && grid.stderr.contains("[0.8 0 0 3; 0 1 0 0; 0 0 2 0] differs from [0.8 0 0 0; 0 1 0 0; 0 0 2 0]"), "\(grid.stderr)")
+    }
+
+    /// evaluate refuses a labelled case without a prediction, naming it; --missing empty scores it
+    /// as an empty prediction and --missing skip leaves it out, both listing it in summary.json.
+    @Test func labelledCaseWithoutPredictionIsNamed() throws {
+        let s = try Self.setUp()
+        let out = s.dir.appendingPathComponent("preds").path
+        let r = try FlipoutCLI.run(["predict", "--checkpoint", s.checkpoints[0], "--input", s.images.appendingPathComponent("case0_0000.nii.gz").path,
+                                    "--output", out, "--samples", "2", "--no-normalise"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let refused = try FlipoutCLI.run(["evaluate", "--predictions", out, "--labels", s.labels.path])
+        #expect(refused.status == 64 && refused.stderr.contains("1 labelled case(s)") && refused.stderr.contains("no prediction in")
+                && refused.stderr.contains(": case1.") && refused.stderr.contains("--missing empty"), "\(refused.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: out + "/summary.json"))
+
+        let empty = try FlipoutCLI.run(["evaluate", "--predictions", out, "--labels", s.labels.path, "--missing", "empty", "--json"])
+        #expect(empty.status == 0, "\(empty.stderr)")
+        let doc = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/summary.json"))) as! [String: Any]
+        let summary = doc["summary"] as! [String: Any], cases = doc["cases"] as! [[String: Any]]
+        #expect(summary["missing"] as? [String] == ["case1"] && summary["missingPolicy"] as? String == "empty" && summary["cases"] as? Int == 2)
+        let c1 = try #require(cases.first { $0["id"] as? String == "case1" })
+        #expect(c1["meanDice"] as? Double == 0, "an empty prediction of a case with foreground scores Dice 0")
+
+        let skip = try FlipoutCLI.run(["evaluate", "--predictions", out, "--labels", s.labels.path, "--missing", "skip"])
+        #expect(skip.status == 0 && skip.stdout.contains("mean (1 cases)") && skip.stdout.contains("left out: case1"), "\(skip.stdout)\(skip.stderr)")
+        let doc2 = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/summary.json"))) as! [String: Any]
+        #expect((doc2["summary"] as! [String: Any])["missing"] as? [String] == ["case1"])
     }
 }

@@ -1,5 +1,5 @@
 // Sliding-window inference: MONAI's window scan, Gaussian weights, agreement with whole-volume prediction,
-// and uncertainty aggregated as sums (not as averaged per-window maps).
+// and uncertainty from samples blended across windows first (not from (window, sample) pairs or averaged per-window maps).
 import Foundation
 import Testing
 import Flipout3D
@@ -80,9 +80,10 @@ private func volume(_ shape: [Int], seed: UInt64) -> Tensor {
         #expect(s.mutualInformation.array.contains { $0 > 1e-5 })
     }
 
-    /// The maps come from sums over all (window, draw) pairs: checked against a per-voxel list of
-    /// weighted samples, and shown to differ from averaging per-window MI maps.
-    @Test func uncertaintyIsAggregatedAsSumsNotAsAveragedMaps() throws {
+    /// Windows blend, samples aggregate: each draw's windows are blended with the Gaussian weights
+    /// into p_t, then the maps come from the samples p_t. Checked against a per-voxel reference,
+    /// and shown to differ from pooling every (window, draw) pair as a sample.
+    @Test func samplesAreBlendedAcrossWindowsBeforeEntropies() throws {
         let shape = [1, 6, 5, 7]
         let x = volume(shape, seed: 3)
         // Depends on the whole window (its mean) and the draw: overlapping windows disagree.
@@ -102,11 +103,10 @@ private func volume(_ shape: [Int], seed: UInt64) -> Tensor {
         }
         let opts = SlidingWindowOptions(window: [4, 4, 4], overlap: 0.5, batch: 2)
         let maps = try SlidingWindow.predict(x, classes: 2, draws: 2, options: opts, predictor: predictor)
-        // Reference: every voxel's list of (weight, p) from each window and draw.
+        // Reference: every voxel's list of (weight, draw, p) from each window and draw.
         let grid = WindowGrid(volume: [6, 5, 7], window: [4, 4, 4], overlap: 0.5)
         let wts = WindowGrid.gaussianWeights([4, 4, 4])
-        var samples = [[(Double, Double)]](repeating: [], count: 6 * 5 * 7)
-        var windowMI = [[(Double, Double)]](repeating: [], count: 6 * 5 * 7) // (weight, MI of that window's draws)
+        var samples = [[(Double, Int, Double)]](repeating: [], count: 6 * 5 * 7)
         func h(_ q: Double) -> Double { -(q > 0 ? q * log(q) : 0) - (q < 1 ? (1 - q) * log(1 - q) : 0) }
         for s in grid.starts {
             let o = (0..<3).map { s[$0] - grid.padBefore[$0] }
@@ -122,24 +122,26 @@ private func volume(_ shape: [Int], seed: UInt64) -> Tensor {
                 let g = [o[0] + z, o[1] + y, o[2] + xx]
                 guard (0..<3).allSatisfy({ g[$0] >= 0 && g[$0] < [6, 5, 7][$0] }) else { continue }
                 let v = (g[0] * 5 + g[1]) * 7 + g[2], wv = (z * 4 + y) * 4 + xx, wt = Double(wts[wv])
-                let qs = ps.map { Double($0.data[64 + wv]) }
-                for q in qs { samples[v].append((wt, q)) }
-                let mean = qs.reduce(0, +) / 2
-                windowMI[v].append((wt, h(mean) - qs.map(h).reduce(0, +) / 2))
+                for t in 0..<2 { samples[v].append((wt, t, Double(ps[t].data[64 + wv]))) }
             } } }
         }
         var maxGap = 0.0
         for v in samples.indices {
-            let w = samples[v].reduce(0.0) { $0 + $1.0 }
-            let mean = samples[v].reduce(0.0) { $0 + $1.0 * $1.1 } / w
-            let eh = samples[v].reduce(0.0) { $0 + $1.0 * h($1.1) } / w
+            // p_t = Σ_w g q / Σ_w g per draw, then the Monte Carlo maps over the two samples.
+            let pt = (0..<2).map { t in
+                let mine = samples[v].filter { $0.1 == t }
+                return mine.reduce(0.0) { $0 + $1.0 * $1.2 } / mine.reduce(0.0) { $0 + $1.0 }
+            }
+            let mean = pt.reduce(0, +) / 2, eh = pt.map(h).reduce(0, +) / 2
             #expect(abs(Double(maps.probabilities.data[6 * 5 * 7 + v]) - mean) < 1e-5)
             #expect(abs(Double(maps.expectedEntropy.data[v]) - eh) < 1e-5)
             #expect(abs(Double(maps.mutualInformation.data[v]) - max(h(mean) - eh, 0)) < 1e-5)
-            let averagedMI = windowMI[v].reduce(0.0) { $0 + $1.0 * $1.1 } / windowMI[v].reduce(0.0) { $0 + $1.0 }
-            maxGap = max(maxGap, abs(averagedMI - Double(maps.mutualInformation.data[v])))
+            // Pooling every (window, draw) pair as a sample counts window disagreement as MI.
+            let w = samples[v].reduce(0.0) { $0 + $1.0 }
+            let pooledEH = samples[v].reduce(0.0) { $0 + $1.0 * h($1.2) } / w
+            maxGap = max(maxGap, abs((h(mean) - pooledEH) - Double(maps.mutualInformation.data[v])))
         }
-        #expect(maxGap > 1e-2, "averaging per-window MI should differ from MI of the pooled samples here (gap \(maxGap))")
+        #expect(maxGap > 1e-2, "pooling (window, draw) pairs should differ from blending per sample here (gap \(maxGap))")
     }
 }
 

@@ -11,16 +11,28 @@ struct EvaluateCommand: ParsableCommand {
         With --predictions DIR --labels DIR, every prediction CASE.nii.gz whose CASE has a
         label map is scored (any tool's output; labels may be a dataset folder's labelsTr).
         Optional beside it: CASE_probabilities.nii.gz (4D, one volume per class) for NLL,
-        Brier and ECE; CASE_entropy.nii.gz (else computed from the probabilities);
-        CASE_mi.nii.gz (mutual information). Per case and on average:
+        Brier and ECE; CASE_probabilities_untempered.nii.gz (predict with a calibrated
+        checkpoint) for NLL and ECE before temperature scaling; CASE_entropy.nii.gz (else computed from the probabilities);
+        CASE_mi.nii.gz (mutual information). A label map without a prediction is an
+        error naming the case, unless --missing empty (scored as an all-background
+        prediction) or --missing skip (left out); both list it in summary.json.
+        Per case and on average:
           Dice per class; HD95 in mm (voxel spacing; MONAI's definition); NLL; Brier
           (sum over classes); ECE (15 bins, top label) inside the ROI = true or predicted
           foreground dilated by --roi-margin mm; AUROC of voxel errors in the ROI ranked by
           predictive entropy and by MI; uncertainty-error overlap (best Dice of
           {entropy >= t} with the errors); the Dice retention curve (the most uncertain ROI
-          voxels referred, i.e. counted correct) and its area.
-        Writes summary.json, cases.csv, reliability.png, retention.png and
-        uncertainty_vs_dice.png into --output (default: the predictions folder).
+          voxels referred, i.e. counted correct) and its area; nDSC per class and its
+          retention curve's R-AAC (Shifts, mswml/metrics.py; every voxel, entropy order);
+          the QU-BraTS score per class region (Dice, filtered-TP and filtered-TN AUCs over
+          41 thresholds of 100 x the region's binary entropy in bits; mask = the ROI).
+        Over cases: failure detection (a case fails below --failure-dice): AUROC, the
+          risk-coverage curve, AURC and E-AURC of the case scores mean entropy and mean MI
+          in the predicted foreground, and 1 - the pairwise Dice between Monte Carlo
+          samples (CASE.json of flipout predict).
+        Writes summary.json, cases.csv, reliability.png, retention.png,
+        uncertainty_vs_dice.png, ndsc_retention.png, qubrats.png and risk_coverage.png
+        into --output (default: the predictions folder).
         --ood-predictions DIR adds case-level out-of-distribution detection: each case's
         mean mutual information and mean predictive entropy over its whole volume (from
         CASE_mi / CASE_entropy), and the AUROC with which each ranks the cases of DIR
@@ -45,6 +57,9 @@ struct EvaluateCommand: ParsableCommand {
     @Option(help: "Where summary.json, cases.csv and the plots go (default: --predictions).") var output: String?
     @Option(help: "Number of classes K, background included (default: from the probabilities, dataset.json or the labels).") var classes: Int?
     @Option(name: .customLong("ood-predictions"), help: ArgumentHelp("Folder of predictions of out-of-distribution cases (flipout predict's output): report the case-level OOD AUROC by mean MI and mean entropy.", valueName: "dir")) var oodPredictions: String?
+    @Option(help: ArgumentHelp("A labelled case without a prediction: error (default; names the cases), empty (scored as an all-background prediction), or skip (left out); empty and skip list them in summary.json.", valueName: "policy"))
+    var missing: MissingPredictions = .error
+    @Option(name: .customLong("failure-dice"), help: "Case-level failure detection: a case whose mean Dice is below this failed.") var failureDice = 0.5
     @Option(name: .customLong("roi-margin"), help: "Margin in mm around the true and predicted foreground for ECE, AUROC and retention.") var roiMargin = 5.0
     @Option(help: "Checkpoint written by flipout train: predict and score its dataset folder's test cases (imagesTs/labelsTs) instead.") var checkpoint: String?
     @Option(help: "Monte Carlo samples T per volume (with --checkpoint).") var samples = 8
@@ -62,6 +77,7 @@ struct EvaluateCommand: ParsableCommand {
         if oodPredictions != nil && predictions == nil { throw ValidationError("--ood-predictions compares with the cases of --predictions DIR --labels DIR; add them.") }
         if let classes { guard classes >= 2 else { throw ValidationError("--classes must be at least 2 (background and one class).") } }
         guard roiMargin >= 0 && roiMargin.isFinite else { throw ValidationError("--roi-margin must be a distance in mm >= 0.") }
+        guard failureDice > 0 && failureDice <= 1 else { throw ValidationError("--failure-dice must be in (0, 1], e.g. 0.5.") }
     }
 
     func run() throws {
@@ -87,9 +103,19 @@ struct EvaluateCommand: ParsableCommand {
             do { inside = try OODDetection.read(folder: predictions, ids: folder.pairs.map(\.id)) } catch let e as CaseInputError { throw InputError(e.description) }
             return OODDetection(inDistribution: inside, outOfDistribution: outside)
         }
+        if !folder.missing.isEmpty {
+            let list = folder.missing.prefix(10).joined(separator: ", ") + (folder.missing.count > 10 ? ", …" : "")
+            switch missing {
+            case .error:
+                throw InputError("\(folder.missing.count) labelled case(s) in \(labels) have no prediction in \(predictions): \(list). Predict them, or pass --missing empty to score them as empty predictions, or --missing skip to leave them out (either lists them in summary.json).")
+            case .empty: note("evaluate: \(folder.missing.count) labelled case(s) without a prediction scored as empty predictions: \(list)")
+            case .skip: note("evaluate: \(folder.missing.count) labelled case(s) without a prediction left out: \(list)")
+            }
+        }
         if !folder.unmatched.isEmpty { note("evaluate: \(folder.unmatched.count) prediction(s) without a label map skipped: \(folder.unmatched.prefix(5).joined(separator: ", "))") }
         var settings = EvaluationSettings()
         settings.roiMargin = roiMargin
+        settings.failureDice = failureDice
         var scores: [CaseScore] = []
         var k = classes
         let line = ProgressLine(total: folder.pairs.count, label: "evaluate")
@@ -100,9 +126,20 @@ struct EvaluateCommand: ParsableCommand {
             scores.append(CaseEvaluation.score(c, classes: kc, settings: settings))
             line.update(done: i + 1, pair.id)
         }
+        if missing == .empty {
+            for id in folder.missing {
+                let (c, kc): (CasePrediction, Int)
+                do { (c, kc) = try folder.loadMissing(id, classes: k) } catch let e as CaseInputError { throw InputError(e.description) }
+                k = kc
+                scores.append(CaseEvaluation.score(c, classes: kc, settings: settings))
+            }
+            scores.sort { $0.id < $1.id }
+        }
         let names = (0..<k!).map { i in folder.classNames.flatMap { i < $0.count ? $0[i] : nil } ?? (i == 0 ? "background" : "class \(i)") }
         var summary = EvaluationSummary(scores, classNames: names, settings: settings)
         summary.ood = ood
+        summary.missing = folder.missing
+        summary.missingPolicy = missing
         let files = try EvaluationFiles.write(scores: scores, summary: summary, to: output)
         if json {
             let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
@@ -117,6 +154,9 @@ struct EvaluateCommand: ParsableCommand {
             let hd = s.hd95.compactMap { $0 }
             print("\(id)  \(f(s.meanDice))  \(f(hd.isEmpty ? nil : hd.reduce(0, +) / Double(hd.count), "%6.2f"))  \(f(s.nll))  \(f(s.brier))  \(f(s.eceROI))   \(f(s.aurocEntropy))   \(f(s.aurocMI))    \(f(s.uncertaintyErrorOverlap))  \(f(s.retentionArea))")
         }
+        if !folder.missing.isEmpty {
+            print("\(folder.missing.count) labelled case(s) without a prediction \(missing == .empty ? "scored as empty" : "left out"): \(folder.missing.joined(separator: ", "))")
+        }
         print(String(format: "mean (%d cases)            %@  %@  %@  %@  %@   %@   %@    %@  %@", scores.count, f(summary.meanDice.mean), f(summary.meanHD95.mean, "%6.2f"),
                      f(summary.nll.mean), f(summary.brier.mean), f(summary.eceROI.mean), f(summary.aurocEntropy.mean), f(summary.aurocMI.mean),
                      f(summary.uncertaintyErrorOverlap.mean), f(summary.retentionArea.mean)))
@@ -126,6 +166,14 @@ struct EvaluateCommand: ParsableCommand {
         if let ood {
             print(String(format: "  OOD detection: AUROC %.4f by mean MI, %.4f by mean entropy (%d out-of-distribution cases against %d)",
                          ood.aurocMutualInformation, ood.aurocEntropy, ood.outOfDistributionCases, ood.inDistributionCases))
+        }
+        if summary.nllUntempered.cases > 0 {
+            print("  temperature scaling: NLL \(f(summary.nllUntempered.mean)) before, \(f(summary.nll.mean)) after; ECE(ROI) \(f(summary.eceROIUntempered.mean)) before, \(f(summary.eceROI.mean)) after (pooled \(f(summary.pooledECEROIUntempered)) -> \(f(summary.pooledECEROI)))")
+        }
+        print("  nDSC \(f(summary.meanNDSC.mean))  nDSC R-AAC \(f(summary.ndscRAAC.mean)) (Shifts; lower is better)  QU-BraTS score \(f(summary.quBraTSScore.mean)) (higher is better)")
+        if let fd = summary.failureDetection {
+            let parts = fd.scores.map { "\($0.score): AUROC \(f($0.auroc)), AURC \(f($0.aurc)), E-AURC \(f($0.eaurc))" }
+            print("  failure detection (\(fd.failures) of \(fd.cases) cases below Dice \(fd.diceThreshold)): " + parts.joined(separator: "; "))
         }
         print("  pooled ECE over all ROI voxels \(f(summary.pooledECEROI)) (ROI = foreground of label or prediction dilated by \(roiMargin) mm)")
         for p in files { print("wrote \(p)") }
@@ -178,3 +226,4 @@ struct EvaluateCommand: ParsableCommand {
         }
     }
 }
+extension MissingPredictions: ExpressibleByArgument {}

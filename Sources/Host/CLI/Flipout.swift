@@ -28,6 +28,7 @@ struct Flipout: ParsableCommand {
             TrainCommand.self,
             PredictCommand.self,
             EvaluateCommand.self,
+            CalibrateCommand.self,
             DatasetsCommand.self,
             BenchCommand.self,
             PluginsCommand.self,

@@ -22,10 +22,17 @@ struct PredictCommand: ParsableCommand {
                                         predicted foreground (a quality-control score)
         Windows have the training patch size and overlap by --overlap, blended with
         Gaussian weights (MONAI's sliding_window_inference, mode="gaussian",
-        sigma_scale=0.125). Per voxel the sums of p and of H(p) over windows and
-        samples are kept; entropy, expected entropy and MI are computed once at the
-        end. Repeat --checkpoint for a deep ensemble: every member's samples pool into
-        the same sums. Inputs are z-scored per channel over their nonzero voxels
+        sigma_scale=0.125). Windows blend, samples aggregate: each Monte Carlo sample's
+        windows are blended into p_t first, then per voxel the sums of p_t and of H(p_t)
+        over samples are kept; entropy, expected entropy and MI are computed once at the
+        end, so window disagreement never counts as epistemic (a deterministic model has
+        MI 0). On a case the dataset plan resamples, each sample p_t goes back to the
+        input's grid (trilinear) before its entropy is taken: the entropy map is H of the
+        probability map written, and interpolation adds to the expected entropy, not MI.
+        Repeat --checkpoint for a deep ensemble: every member's samples pool into the
+        same sums. A checkpoint calibrated by flipout calibrate has its temperature
+        applied to each of its samples (CASE_probabilities_untempered.nii.gz keeps the
+        mean without it, so flipout evaluate reports NLL and ECE before and after). Inputs are z-scored per channel over their nonzero voxels
         unless --no-normalise.
 
         Examples:
@@ -39,13 +46,14 @@ struct PredictCommand: ParsableCommand {
     @Option(help: "Output folder.") var output = "predictions"
     @Option(help: "Monte Carlo samples per checkpoint (a deterministic checkpoint uses 1).") var samples = 16
     @Option(help: "Fraction by which neighbouring windows overlap, in [0, 1).") var overlap = 0.5
-    @Option(name: .customLong("window-batch"), help: "Windows per network call (memory grows with it).") var windowBatch = 2
+    @Option(name: .customLong("window-batch"), help: "Windows per network call for a deterministic network (memory grows with it); a Bayesian network runs its windows one at a time, so that each sample is one weight sample.") var windowBatch = 2
     @Option(help: "Window size D,H,W (default: the training patch size).") var window: String?
     @Flag(help: "Test-time mirroring: every sample is the mean over the 8 flips along D, H, W.") var tta = false
     @Option(help: "Seed of the prediction draws.") var seed: UInt64 = 1
     @Flag(name: .customLong("no-normalise"), help: "Use the input intensities as they are.") var noNormalise = false
     @Option(help: "NaN or infinite input voxels: refuse (default, exit 65), zero (make them 0), or clip (NaN to 0, inf to the volume's finite extreme).")
     var nonfinite: NonFinitePolicy = .refuse
+    @Flag(name: .customLong("no-temperature"), help: "Ignore a temperature stored by flipout calibrate.") var noTemperature = false
     @Flag(name: .customLong("allow-plugin-change"), help: "Use the checkpoint even if a plugin's SHA-256 changed.") var allowPluginChange = false
 
     func validate() throws {
@@ -82,6 +90,7 @@ struct PredictCommand: ParsableCommand {
             guard size.allSatisfy({ $0 >= 4 && $0 % m == 0 }) else {
                 throw InputError("--window \(size.map(String.init).joined(separator: ",")): every size must be at least 4 and a multiple of \(m) for this network.")
             }
+            try checkWindow(size, members: members, predictors: predictors)
             let ensemble = EnsemblePredictor(predictors)
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
 
@@ -94,6 +103,14 @@ struct PredictCommand: ParsableCommand {
                                               classNames: plan.classNames)
             settings.preprocessing = noNormalise ? .none : .plan(plan)
             if noNormalise { note("predict: --no-normalise: the dataset plan's normalisation and resampling are skipped") }
+            // Temperatures stored by flipout calibrate: each member's samples are tempered with its own.
+            if !noTemperature {
+                let temps = try checkpoint.map { try TemperatureScaling.stored(in: $0) }
+                if temps.contains(where: { $0 != nil }) {
+                    settings.window.temperatures = zip(temps, predictors).flatMap { t, p in [Double](repeating: t ?? 1, count: p.draws) }
+                    note("predict: temperature scaling \(zip(checkpoint, temps).map { "\(($0 as NSString).lastPathComponent) T=\($1.map { String(format: "%.3f", $0) } ?? "1")" }.joined(separator: ", ")) applied to every sample (--no-temperature to skip); the untempered mean goes to CASE_probabilities_untempered.nii.gz")
+                }
+            }
             settings.members = checkpoint
             settings.nonFinite = nonfinite
             settings.note = { note($0) }
@@ -103,8 +120,8 @@ struct PredictCommand: ParsableCommand {
                 do {
                     report = try CasePredictor.run(c, channels: predictors[0].channels, classes: predictors[0].classes, draws: ensemble.draws, settings: settings, folder: output,
                                                    progress: { p in
-                                                       if line == nil { line = ProgressLine(total: p.windows, label: "case \(i + 1)/\(cases.count) \(c.id): windows") }
-                                                       line!.update(done: p.windowsDone, "x \(p.draws) samples\(tta ? " x 8 mirrorings" : "")")
+                                                       if line == nil { line = ProgressLine(total: p.total, label: "case \(i + 1)/\(cases.count) \(c.id): windows") }
+                                                       line!.update(done: p.windowsDone, "(\(p.windows) per sample x \(p.draws) samples\(tta ? " x 8 mirrorings" : ""))")
                                                    },
                                                    predictor: ensemble.callAsFunction)
                 } catch let e as CaseInputError { throw InputError(e.description) }
@@ -116,6 +133,25 @@ struct PredictCommand: ParsableCommand {
             print("wrote \(cases.count) case(s) to \(output)")
         }
     }
+
+    /// Refuses a window smaller than both the network's receptive field and its training patch
+    /// along an axis (each output voxel would depend mostly on zero padding: a 16³ window on a
+    /// network trained on 48³ patches loses classes and inflates MI); warns when the window
+    /// differs from the training patch (the network then sees other context than in training).
+    func checkWindow(_ size: [Int], members: [TrainedModel], predictors: [ModelPredictor]) throws {
+        func text(_ s: [Int]) -> String { s.map(String.init).joined(separator: "x") }
+        for (i, (trained, p)) in zip(members, predictors).enumerated() {
+            let tooSmall = (0..<3).filter { size[$0] < min(p.receptiveField, trained.patchSize[$0]) }
+            if !tooSmall.isEmpty {
+                let fix = (0..<3).map { max(size[$0], min(p.receptiveField, trained.patchSize[$0])) }
+                throw InputError("--window \(text(size)) is smaller than the receptive field of \(checkpoint[i]) (\(p.receptiveField) voxels per axis) and than its training patch \(text(trained.patchSize)) along \(tooSmall.map { ["D", "H", "W"][$0] }.joined(separator: ", ")): every output voxel would depend mostly on zero padding. Use the training patch (leave out --window) or at least --window \(fix.map { ($0 + p.sizeMultiple - 1) / p.sizeMultiple * p.sizeMultiple }.map(String.init).joined(separator: ",")).")
+            }
+            if size != trained.patchSize {
+                note("warning: --window \(text(size)) differs from the training patch \(text(trained.patchSize)) of \(checkpoint[i]): the network sees \(size.reduce(1, *) < trained.patchSize.reduce(1, *) ? "less" : "more") context than it was trained with, which changes its predictions and uncertainty; leave out --window to use the training patch.")
+            }
+        }
+    }
+
 }
 
 extension NonFinitePolicy: ExpressibleByArgument {}

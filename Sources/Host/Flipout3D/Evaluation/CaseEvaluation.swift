@@ -15,6 +15,10 @@ public struct CasePrediction {
     public var entropy: Tensor?
     /// (D, H, W) mutual information (needs Monte Carlo samples: only Bayesian or ensemble tools have it).
     public var mutualInformation: Tensor?
+    /// The pooled pairwise Dice between Monte Carlo samples (CASE.json's meanSampleDice), if known.
+    public var sampleDice: Double?
+    /// (K, D, H, W) the predictive mean before temperature scaling (flipout predict with a calibrated checkpoint).
+    public var untemperedProbabilities: Tensor?
 
     public init(id: String, shape: [Int], spacing: [Double], truth: [Int32], prediction: [Int32],
                 probabilities: Tensor? = nil, entropy: Tensor? = nil, mutualInformation: Tensor? = nil) {
@@ -29,6 +33,12 @@ public struct EvaluationSettings: Codable, Sendable {
     public var roiMargin: Double = 5
     public var calibrationBins = 15
     public var retentionPoints = 21
+    /// QU-BraTS thresholds: 100, 100 − 100/n, …, 0 (the script's default n = 40).
+    public var quBraTSPoints = 40
+    /// Retained fractions of the nDSC retention curve (Shifts: 200).
+    public var ndscPoints = 200
+    /// A case with mean foreground Dice below this is a failure (case-level failure detection).
+    public var failureDice = 0.5
     public init() {}
 }
 
@@ -59,6 +69,21 @@ public struct CaseScore: Codable, Sendable {
     public var roiVoxels: Int
     public var errorVoxels: Int
     public var calibration: CalibrationBins?
+    /// QU-BraTS per foreground class (one-vs-rest region; mask = the ROI) and the mean score.
+    public var quBraTS: [QUBraTSScore]?
+    public var quBraTSScore: Double?
+    /// nDSC per foreground class and its mean; the nDSC retention curve (predictive entropy
+    /// order, mean over classes) and its R-AAC (lower is better).
+    public var ndsc: [Double] = []
+    public var meanNDSC: Double = 0
+    public var ndscRetentionCurve: [Double]?
+    public var ndscRAAC: Double?
+    /// The pooled pairwise Dice between Monte Carlo samples (from CASE.json), if known.
+    public var sampleDice: Double?
+    /// NLL and ROI ECE before temperature scaling (when the untempered probabilities are given).
+    public var nllUntempered: Double?
+    public var eceROIUntempered: Double?
+    public var calibrationUntempered: CalibrationBins?
 }
 
 public enum CaseEvaluation {
@@ -86,6 +111,14 @@ public enum CaseEvaluation {
             s.calibration = bins
             if entropy == nil { entropy = predictiveEntropy(p) }
         }
+        if let p = c.untemperedProbabilities {
+            precondition(p.shape == [k] + c.shape, "CaseEvaluation: \(c.id) untempered probabilities \(p.shape)")
+            s.nllUntempered = ClassMetrics.nll(probabilities: p, truth: c.truth)
+            var bins = CalibrationBins(bins: settings.calibrationBins)
+            bins.add(probabilities: p, truth: c.truth, include: roi)
+            s.eceROIUntempered = bins.ece
+            s.calibrationUntempered = bins
+        }
         let inROI = roi.indices.filter { roi[$0] }
         let roiErrors = inROI.map { errors[$0] }
         if let h = entropy {
@@ -99,6 +132,23 @@ public enum CaseEvaluation {
             if !r.area.isNaN { s.retentionCurve = r.curve; s.retentionArea = r.area }
             s.meanEntropyForeground = meanOverForeground(h, c.prediction)
         }
+        // nDSC per class; its retention curve and QU-BraTS by uncertainty.
+        let fg = (1..<k).map { cls in (truth: c.truth.map { $0 == cls }, prediction: c.prediction.map { $0 == cls }) }
+        s.ndsc = fg.map { NormalisedDice.ndsc(truth: $0.truth, prediction: $0.prediction) }
+        s.meanNDSC = s.ndsc.reduce(0, +) / Double(s.ndsc.count)
+        if let h = entropy {
+            let curves = fg.map { NormalisedDice.retention(truth: $0.truth, prediction: $0.prediction, uncertainty: h.array, points: settings.ndscPoints) }
+            s.ndscRetentionCurve = curves[0].curve.indices.map { i in curves.reduce(0.0) { $0 + $1.curve[i] } / Double(curves.count) }
+            s.ndscRAAC = curves.reduce(0.0) { $0 + $1.aac } / Double(curves.count)
+        }
+        var regions: [QUBraTSScore] = []
+        for (i, m) in fg.enumerated() {
+            guard let u = QUBraTS.regionUncertainty(probabilities: c.probabilities, entropy: entropy, class: i + 1, classes: k) else { break }
+            regions.append(QUBraTS.score(region: "class \(i + 1)", truth: m.truth, prediction: m.prediction, uncertainty: u, mask: roi,
+                                         points: settings.quBraTSPoints))
+        }
+        if !regions.isEmpty { s.quBraTS = regions; s.quBraTSScore = regions.reduce(0.0) { $0 + $1.score } / Double(regions.count) }
+        s.sampleDice = c.sampleDice
         if let mi = c.mutualInformation {
             mi.checkShape(c.shape, "CaseEvaluation mutual information of \(c.id)")
             s.aurocMI = UncertaintyMetrics.auroc(scores: inROI.map { mi.data[$0] }, positives: roiErrors)
@@ -168,6 +218,22 @@ public struct EvaluationSummary: Codable, Sendable {
     public var settings: EvaluationSettings
     /// Case-level out-of-distribution detection (`flipout evaluate --ood-predictions`).
     public var ood: OODDetection?
+    public var quBraTSScore: Mean
+    /// Before temperature scaling (calibrated checkpoints): NLL, ROI ECE, pooled ROI ECE.
+    public var nllUntempered: Mean
+    public var eceROIUntempered: Mean
+    public var pooledECEROIUntempered: Double?
+    public var meanNDSC: Mean
+    public var ndscRAAC: Mean
+    /// The mean nDSC retention curve over cases that have one (at NormalisedDice.fractions).
+    public var ndscRetentionCurve: [Double]?
+    /// Per QU-BraTS region, the mean curves over cases (Dice, FTP, FTN per threshold 100 → 0).
+    public var quBraTSCurves: [QUBraTSScore]?
+    /// Does case uncertainty flag the failed cases? (mean Dice < settings.failureDice)
+    public var failureDetection: FailureDetection?
+    /// Labelled cases without a prediction, and what was done with them (`--missing`).
+    public var missing: [String] = []
+    public var missingPolicy: MissingPredictions = .error
 
     public init(_ scores: [CaseScore], classNames: [String], settings: EvaluationSettings) {
         cases = scores.count
@@ -190,5 +256,34 @@ public struct EvaluationSummary: Codable, Sendable {
         pooledCalibration = pooled
         pooledECEROI = pooled?.ece
         self.settings = settings
+        nllUntempered = Mean(scores.map(\.nllUntempered)); eceROIUntempered = Mean(scores.map(\.eceROIUntempered))
+        var pooledU: CalibrationBins?
+        for s in scores { if let b = s.calibrationUntempered { if pooledU == nil { pooledU = b } else { pooledU!.merge(b) } } }
+        pooledECEROIUntempered = pooledU?.ece
+        quBraTSScore = Mean(scores.map(\.quBraTSScore)); meanNDSC = Mean(scores.map(\.meanNDSC)); ndscRAAC = Mean(scores.map(\.ndscRAAC))
+        let nc = scores.compactMap(\.ndscRetentionCurve)
+        ndscRetentionCurve = nc.isEmpty ? nil : nc[0].indices.map { i in nc.reduce(0.0) { $0 + $1[i] } / Double(nc.count) }
+        let qs = scores.compactMap(\.quBraTS)
+        if let first = qs.first {
+            func avg(_ f: (QUBraTSScore) -> Double, _ r: Int) -> Double { qs.reduce(0.0) { $0 + f($1[r]) } / Double(qs.count) }
+            func avgCurve(_ f: (QUBraTSScore) -> [Double], _ r: Int) -> [Double] {
+                f(first[r]).indices.map { i in qs.reduce(0.0) { $0 + f($1[r])[i] } / Double(qs.count) }
+            }
+            quBraTSCurves = first.indices.map { r in
+                QUBraTSScore(region: first[r].region, diceAUC: avg(\.diceAUC, r), ftpAUC: avg(\.ftpAUC, r), ftnAUC: avg(\.ftnAUC, r),
+                             score: avg(\.score, r), dice: avgCurve(\.dice, r), ftp: avgCurve(\.ftp, r), ftn: avgCurve(\.ftn, r))
+            }
+        }
+        if scores.count >= 2 {
+            var named: [(String, [Double?])] = []
+            if scores.contains(where: { $0.meanEntropyForeground != nil }) || scores.allSatisfy({ $0.retentionArea != nil }) {
+                named.append(("mean_entropy_foreground", scores.map(\.meanEntropyForeground)))
+            }
+            if scores.contains(where: { $0.meanMIForeground != nil }) { named.append(("mean_mi_foreground", scores.map(\.meanMIForeground))) }
+            if scores.allSatisfy({ $0.sampleDice != nil }) { named.append(("sample_disagreement", scores.map { $0.sampleDice.map { 1 - $0 } })) }
+            if !named.isEmpty {
+                failureDetection = FailureDetection(dice: scores.map(\.meanDice), scores: named, threshold: settings.failureDice)
+            }
+        }
     }
 }

@@ -4,17 +4,31 @@
 // class: needed for NLL, Brier and ECE), CASE_entropy.nii.gz (else computed from the
 // probabilities) and CASE_mi.nii.gz (mutual information; only Monte Carlo or ensemble tools have
 // it). Labels: CASE.nii.gz in the given folder, or in its labelsTr when it is a dataset folder.
-// A case is every prediction label map whose id has a label file.
+// A case is every prediction label map whose id has a label file. A label file without a
+// prediction is an error by default (`MissingPredictions`), never silently dropped.
 import Foundation
+
+/// What `flipout evaluate` does with a labelled case that has no prediction.
+public enum MissingPredictions: String, Codable, Sendable, CaseIterable {
+    /// Refuse, naming the cases (the default).
+    case error
+    /// Score it as an empty prediction (all background): Dice 0 for every class its label holds.
+    case empty
+    /// Leave it out of the means; listed in summary.json.
+    case skip
+}
 
 public struct PredictionFolder {
     public struct Pair: Sendable { public var id: String; public var prediction: String; public var label: String }
     public let pairs: [Pair]
     /// Prediction label maps without a label file (reported, not scored).
     public let unmatched: [String]
+    /// Label files without a prediction, by id, and their paths (an error unless `MissingPredictions` says otherwise).
+    public let missing: [String]
+    let missingLabels: [String: String]
     public let classNames: [String]?
 
-    static let suffixes = ["_probabilities", "_entropy", "_mi", "_expected_entropy"]
+    static let suffixes = ["_probabilities", "_entropy", "_mi", "_expected_entropy", "_probabilities_untempered"]
 
     public init(predictions: String, labels: String) throws {
         var labelDir = labels
@@ -26,6 +40,9 @@ public struct PredictionFolder {
         let candidates = Self.predictionIDs(preds)
         pairs = candidates.compactMap { id in labs[id].map { Pair(id: id, prediction: preds[id]!, label: $0) } }
         unmatched = candidates.filter { labs[$0] == nil }
+        let predicted = Set(candidates)
+        missing = labs.keys.filter { !predicted.contains($0) }.sorted()
+        missingLabels = labs.filter { !predicted.contains($0.key) }
         guard !pairs.isEmpty else {
             throw CaseInputError("no prediction in \(predictions) has a label map of the same name in \(labelDir) (predictions: \(candidates.prefix(5).joined(separator: ", "))\(candidates.count > 5 ? ", …" : ""); labels: \(labs.keys.sorted().prefix(5).joined(separator: ", ")))")
         }
@@ -69,11 +86,27 @@ public struct PredictionFolder {
         return nil
     }
 
+    /// A labelled case without a prediction, as an empty prediction (every voxel background, no
+    /// probabilities or uncertainty): what `--missing empty` scores.
+    public func loadMissing(_ id: String, classes: Int?) throws -> (CasePrediction, Int) {
+        guard let path = missingLabels[id] else { preconditionFailure("PredictionFolder.loadMissing: \(id) is not a missing case") }
+        let truthVolume = try NIfTI.read(path)
+        let truth = try truthVolume.data.array.map { v -> Int32 in
+            guard v.isFinite, v >= 0, v < 65536 else { throw CaseInputError("\(path): value \(v) is not a class index") }
+            return Int32(v.rounded())
+        }
+        let top = Int(truth.max() ?? 0)
+        let k = classes ?? classNames?.count ?? max(top + 1, 2)
+        guard top < k else { throw CaseInputError("\(id): class index \(top) found, but there are \(k) classes; pass --classes \(top + 1)") }
+        return (CasePrediction(id: id, shape: truthVolume.header.shape, spacing: CasePredictor.voxelSpacing(truthVolume.header), truth: truth,
+                               prediction: [Int32](repeating: 0, count: truth.count)), k)
+    }
+
     /// Reads one pair into what scoring needs; `classes` nil takes K from the probabilities or the label values.
     public func load(_ p: Pair, classes: Int?) throws -> (CasePrediction, Int) {
         let truthVolume = try NIfTI.read(p.label), predVolume = try NIfTI.read(p.prediction)
         guard CasePredictor.sameGrid(truthVolume.header, predVolume.header) else {
-            throw CaseInputError("\(p.prediction): its grid (\(predVolume.header.shape)) differs from the label's \(p.label) (\(truthVolume.header.shape)); predictions must be on the label's grid")
+            throw CaseInputError(CasePredictor.gridMismatch(p.prediction, predVolume.header, p.label, truthVolume.header) + "; predictions are scored on the label's grid")
         }
         func classIndices(_ t: Tensor, _ path: String) throws -> [Int32] {
             try t.array.map { v in
@@ -99,12 +132,23 @@ public struct PredictionFolder {
         if let probabilities, probabilities.shape != [k] + shape {
             throw CaseInputError("\(base)_probabilities: shape \(probabilities.shape), expected \(k) volumes of \(shape)")
         }
+        let untempered = try optional("_probabilities_untempered", fourD: true)
+        if let untempered, untempered.shape != [k] + shape {
+            throw CaseInputError("\(base)_probabilities_untempered: shape \(untempered.shape), expected \(k) volumes of \(shape)")
+        }
         let entropy = try optional("_entropy"), mi = try optional("_mi")
         for (name, t) in [("_entropy", entropy), ("_mi", mi)] where t != nil && t!.shape != shape {
             throw CaseInputError("\(base)\(name): shape \(t!.shape), expected \(shape)")
         }
-        return (CasePrediction(id: p.id, shape: shape, spacing: CasePredictor.voxelSpacing(truthVolume.header), truth: truth, prediction: pred,
-                               probabilities: probabilities, entropy: entropy, mutualInformation: mi), k)
+        var c = CasePrediction(id: p.id, shape: shape, spacing: CasePredictor.voxelSpacing(truthVolume.header), truth: truth, prediction: pred,
+                               probabilities: probabilities, entropy: entropy, mutualInformation: mi)
+        c.untemperedProbabilities = untempered
+        // flipout predict's CASE.json: the pooled pairwise Dice between samples (a case score).
+        if let data = FileManager.default.contents(atPath: base + ".json"),
+           let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let d = json["meanSampleDice"] as? Double {
+            c.sampleDice = d
+        }
+        return (c, k)
     }
 }
 
@@ -120,19 +164,24 @@ public enum EvaluationFiles {
         try FileIO.writeAtomically(Array(try e.encode(Document(summary: summary, cases: scores))), to: path("summary.json"))
         try FileIO.writeAtomically(Array(csv(scores, classNames: summary.classes).utf8), to: path("cases.csv"))
         try plots(scores: scores, summary: summary, folder: folder)
-        return ["summary.json", "cases.csv", "reliability.png", "retention.png", "uncertainty_vs_dice.png"].map(path)
+        return ["summary.json", "cases.csv", "reliability.png", "retention.png", "uncertainty_vs_dice.png",
+                "ndsc_retention.png", "qubrats.png", "risk_coverage.png"].map(path)
     }
 
     static func csv(_ scores: [CaseScore], classNames: [String]) -> String {
         let fg = classNames.dropFirst()
         var s = (["case"] + fg.map { "dice_\($0)" } + ["mean_dice"] + fg.map { "hd95_\($0)" }
                  + ["nll", "brier", "ece_roi", "auroc_entropy", "auroc_mi", "uncertainty_error_overlap", "overlap_threshold",
-                    "retention_area", "mean_entropy_foreground", "mean_mi_foreground", "roi_voxels", "error_voxels"]).joined(separator: ",") + "\n"
+                    "retention_area", "mean_entropy_foreground", "mean_mi_foreground", "roi_voxels", "error_voxels"]
+                 + fg.map { "ndsc_\($0)" } + ["mean_ndsc", "ndsc_raac"] + fg.map { "qubrats_\($0)" } + ["qubrats_score", "sample_dice",
+                    "nll_untempered", "ece_roi_untempered"]).joined(separator: ",") + "\n"
         func f(_ v: Double?) -> String { v.map { String(format: "%.6g", $0) } ?? "" }
         for c in scores {
             let row = [c.id] + c.dice.map(f) + [f(c.meanDice)] + c.hd95.map(f)
                 + [f(c.nll), f(c.brier), f(c.eceROI), f(c.aurocEntropy), f(c.aurocMI), f(c.uncertaintyErrorOverlap), f(c.overlapThreshold),
                    f(c.retentionArea), f(c.meanEntropyForeground), f(c.meanMIForeground), String(c.roiVoxels), String(c.errorVoxels)]
+                + c.ndsc.map(f) + [f(c.meanNDSC), f(c.ndscRAAC)] + fg.indices.map { i in f(c.quBraTS.map { $0[i - fg.startIndex].score }) }
+                + [f(c.quBraTSScore), f(c.sampleDice), f(c.nllUntempered), f(c.eceROIUntempered)]
             s += row.joined(separator: ",") + "\n"
         }
         return s
@@ -175,5 +224,51 @@ public enum EvaluationFiles {
                          x: 0...xMax, y: 0...1)
         sc.points(pts, color: PNGPlot.orange)
         try sc.write(to: path("uncertainty_vs_dice.png"))
+
+        // nDSC retention (Shifts): every case faint, the mean bold.
+        let fr = NormalisedDice.fractions(points: summary.settings.ndscPoints)
+        let nCurves = scores.compactMap(\.ndscRetentionCurve)
+        var nd = PNGPlot(title: "nDSC retention", xLabel: "fraction of voxels retained (most certain first)", yLabel: "nDSC", x: 0...1, y: 0...1)
+        for c in nCurves { nd.line(zip(fr, c).map { ($0, $1) }, color: PNGPlot.lightBlue, thickness: 1) }
+        if let m = summary.ndscRetentionCurve {
+            nd.line(zip(fr, m).map { ($0, $1) }, color: PNGPlot.blue, thickness: 3)
+            nd.legend(String(format: "mean, R-AAC %.4f", summary.ndscRAAC.mean ?? .nan), color: PNGPlot.blue, row: 0)
+        } else {
+            nd.legend("no uncertainty given", color: PNGPlot.gray, row: 0)
+        }
+        try nd.write(to: path("ndsc_retention.png"))
+
+        // QU-BraTS: mean Dice, FTP and FTN ratios against 100 − threshold, first region's curves per class region.
+        var q = PNGPlot(title: "QU-BraTS (mean over cases)", xLabel: "100 - uncertainty threshold", yLabel: "ratio", x: 0...100, y: 0...1)
+        let taus = QUBraTS.thresholds(points: summary.settings.quBraTSPoints)
+        if let regions = summary.quBraTSCurves {
+            for (i, r) in regions.enumerated() {
+                q.line(zip(taus, r.dice).map { (100 - $0, $1) }, color: PNGPlot.blue, thickness: i == 0 ? 3 : 1)
+                q.line(zip(taus, r.ftp).map { (100 - $0, $1) }, color: PNGPlot.orange, thickness: i == 0 ? 3 : 1)
+                q.line(zip(taus, r.ftn).map { (100 - $0, $1) }, color: PNGPlot.gray, thickness: i == 0 ? 3 : 1)
+            }
+            q.legend(String(format: "Dice (AUC %.3f)", regions[0].diceAUC), color: PNGPlot.blue, row: 0)
+            q.legend(String(format: "filtered TP (AUC %.3f)", regions[0].ftpAUC), color: PNGPlot.orange, row: 1)
+            q.legend(String(format: "filtered TN (AUC %.3f)", regions[0].ftnAUC), color: PNGPlot.gray, row: 2)
+        } else {
+            q.legend("no uncertainty given", color: PNGPlot.gray, row: 0)
+        }
+        try q.write(to: path("qubrats.png"))
+
+        // Risk–coverage of case-level failure detection, one curve per case score, and the ideal one.
+        var rc = PNGPlot(title: "Risk-coverage (cases)", xLabel: "coverage (most certain cases first)", yLabel: "risk = 1 - dice", x: 0...1, y: 0...1)
+        if let f = summary.failureDetection {
+            let colors = [PNGPlot.blue, PNGPlot.orange, PNGPlot.lightBlue]
+            let risk = scores.map { 1 - $0.meanDice }
+            let ideal = FailureDetection.riskCoverage(risk: risk, score: risk)
+            rc.line(ideal.indices.map { (Double($0 + 1) / Double(ideal.count), ideal[$0]) }, color: PNGPlot.gray, thickness: 1)
+            for (i, s) in f.scores.enumerated() {
+                rc.line(s.riskCoverage.indices.map { (Double($0 + 1) / Double(s.riskCoverage.count), s.riskCoverage[$0]) }, color: colors[i % 3], thickness: 2)
+                rc.legend(String(format: "%@: AURC %.3f", s.score, s.aurc), color: colors[i % 3], row: i)
+            }
+        } else {
+            rc.legend("needs 2 cases and a case score", color: PNGPlot.gray, row: 0)
+        }
+        try rc.write(to: path("risk_coverage.png"))
     }
 }

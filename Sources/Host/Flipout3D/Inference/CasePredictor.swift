@@ -6,6 +6,7 @@
 //   CASE_entropy.nii.gz            predictive entropy H[E p] (nats)
 //   CASE_mi.nii.gz                 mutual information H[E p] − E H[p] (epistemic)
 //   CASE_expected_entropy.nii.gz   expected entropy E H[p] (aleatoric)
+//   CASE_probabilities_untempered.nii.gz  the mean before temperature scaling (calibrated checkpoints only)
 //   CASE_preview.png               orthogonal slices: input | labels | entropy | MI
 //   CASE.json                      volumes per class (mm³, ml) and mean uncertainty in the predicted foreground
 import Foundation
@@ -16,8 +17,15 @@ public enum CasePreprocessing: Sendable {
     case none
     /// Each channel z-scored over its nonzero voxels, on the source grid (the built-in binary models).
     case zScoreNonzero
-    /// The dataset's plan (normalise, RAS, resample to its spacing); the maps are resampled back
-    /// onto the source grid (linear), and the label map is the argmax there (as nnU-Net).
+    /// The dataset's plan (normalise, RAS, resample to its spacing). Each Monte Carlo sample's
+    /// window-blended probabilities p_t are resampled back onto the source grid (trilinear, convex
+    /// weights) and the maps are computed there: the probabilities written are the mean of the
+    /// resampled samples (= the resampled mean, resampling being linear), the entropy is H of them,
+    /// the expected entropy is the mean of H(resampled p_t), and MI their difference. Interpolation
+    /// thus mixes neighbouring prepared voxels inside each sample: at a class boundary that raises
+    /// H(p_t) of every sample alike (a partial-volume effect) and lands in the expected (aleatoric)
+    /// entropy, never in MI, which stays ≥ 0 (Jensen over samples) and is 0 for a model without
+    /// weight uncertainty. The label map is the argmax on the source grid (as nnU-Net).
     case plan(PreprocessingPlan)
 
     /// A copy z-scored over the nonzero voxels (all voxels if none is zero), as the built-in datasets are.
@@ -74,50 +82,28 @@ public struct CaseReport: Codable, Sendable {
     public var meanEntropyForeground: Double?
     public var meanMutualInformationForeground: Double?
     public var meanExpectedEntropyForeground: Double?
+    /// Per foreground class, the Dice between two Monte Carlo samples' (or ensemble members')
+    /// label maps, pooled over all pairs (nil: one sample, or the class never predicted), and its
+    /// mean over the classes that have one (1 when no sample predicts any foreground): a case-level
+    /// quality-control score, low = the samples disagree.
+    public var sampleDice: [Double?]?
+    public var meanSampleDice: Double?
+    /// The temperatures the samples were tempered with (TemperatureScaling), nil if none.
+    public var temperatures: [Double]?
     public var seconds: Double
     public var files: [String]
 }
 
 public enum CasePredictor {
-    /// Predicts `input` with `draws` draws of `predictor` per window and writes every output into `folder`.
+    /// Predicts `input` with `draws` Monte Carlo samples of `predictor` and writes every output into `folder`.
     public static func run(_ input: CaseInput, channels: Int, classes: Int, draws: Int, settings: PredictionSettings,
                            folder: String, progress: (SlidingWindowProgress) -> Void = { _ in },
                            predictor: WindowPredictor) throws -> CaseReport {
         let start = Date()
-        guard input.channels.count == channels else {
-            throw CaseInputError("case \(input.id) has \(input.channels.count) channel file(s) (\(input.channels.map { ($0 as NSString).lastPathComponent }.joined(separator: ", "))); the model takes \(channels)")
-        }
-        let volumes = try input.channels.map { try NIfTI.read($0, nonFinite: settings.nonFinite) }
-        for (v, path) in zip(volumes, input.channels) where v.nonFiniteReplaced > 0 {
-            settings.note("note: \(path): replaced \(v.nonFiniteReplaced) NaN or infinite voxel\(v.nonFiniteReplaced == 1 ? "" : "s") (--nonfinite \(settings.nonFinite.rawValue))")
-        }
+        let (maps, volumes) = try predictMaps(input, channels: channels, classes: classes, draws: draws, settings: settings,
+                                              progress: progress, predictor: predictor)
         let header = volumes[0].header, shape = header.shape
-        for (v, path) in zip(volumes, input.channels) where v.header.shape != shape || !sameGrid(v.header, header) {
-            throw CaseInputError("\(path): its grid (\(v.header.shape), affine \(v.header.sformMatrix)) differs from channel 0's (\(shape), \(header.sformMatrix)); resample the channels onto one grid")
-        }
         let n = shape.reduce(1, *)
-        var maps: PredictiveMaps
-        if case .plan(let plan) = settings.preprocessing {
-            let prepared = try plan.prepare(id: input.id, images: volumes, label: nil, paths: input.channels)
-            maps = try SlidingWindow.predict(prepared.image, classes: classes, draws: draws, options: settings.window,
-                                             progress: progress, predictor: predictor)
-            func back(_ t: Tensor) -> Tensor {
-                plan.restore(t.rank == 3 ? t.reshaped([1] + t.shape) : t, to: prepared.geometry, interpolation: .linear)
-            }
-            maps.probabilities = back(maps.probabilities)
-            maps.predictiveEntropy = back(maps.predictiveEntropy).reshaped(shape)
-            maps.expectedEntropy = back(maps.expectedEntropy).reshaped(shape)
-            maps.mutualInformation = back(maps.mutualInformation).reshaped(shape)
-        } else {
-            let image = Tensor(shape: [channels] + shape) // (C, D, H, W)
-            for (c, v) in volumes.enumerated() {
-                var src = v.data
-                if case .zScoreNonzero = settings.preprocessing { src = CasePreprocessing.zScoreOverNonzero(v.data) }
-                (image.data + c * n).update(from: src.data, count: n)
-            }
-            maps = try SlidingWindow.predict(image, classes: classes, draws: draws, options: settings.window,
-                                             progress: progress, predictor: predictor)
-        }
         let labels = maps.labels
         let labelTensor = Tensor(shape: shape, values: labels.map(Float.init))
         let stem = (folder as NSString).appendingPathComponent(input.id)
@@ -128,6 +114,12 @@ public enum CasePredictor {
         try NIfTI.write(maps.predictiveEntropy, header: header, datatype: .float32, to: files[2])
         try NIfTI.write(maps.mutualInformation, header: header, datatype: .float32, to: files[3])
         try NIfTI.write(maps.expectedEntropy, header: header, datatype: .float32, to: files[4])
+        var written = files
+        if let raw = maps.untemperedProbabilities {
+            let path = stem + "_probabilities_untempered.nii.gz"
+            try NIfTI.write(raw, header: header, datatype: .float32, to: path)
+            written.insert(path, at: 2)
+        }
         let point = PNGPreview.centroid(of: labelTensor, threshold: 1) ?? PNGPreview.center(of: shape)
         let maxEntropy = Float(Foundation.log(Double(classes)))
         try PNGPreview.write([PNGPreview.Panel(volumes[0].data),
@@ -157,10 +149,76 @@ public enum CasePredictor {
             draws: draws, windows: maps.windows, members: settings.members, testTimeMirroring: settings.window.mirror,
             foregroundVoxels: fg, meanEntropyForeground: fg > 0 ? pe / Double(fg) : nil,
             meanMutualInformationForeground: fg > 0 ? mi / Double(fg) : nil, meanExpectedEntropyForeground: fg > 0 ? eh / Double(fg) : nil,
-            seconds: Date().timeIntervalSince(start), files: files.map { ($0 as NSString).lastPathComponent })
+            sampleDice: maps.draws > 1 ? maps.sampleDice : nil, meanSampleDice: Self.meanSampleDice(maps),
+            temperatures: settings.window.temperatures.contains { $0 != 1 } ? Array(Set(settings.window.temperatures)).sorted() : nil,
+            seconds: Date().timeIntervalSince(start), files: written.map { ($0 as NSString).lastPathComponent })
         let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]
         try FileIO.writeAtomically(Array(try e.encode(report)), to: files[6])
         return report
+    }
+
+    /// The maps of `input` on its first channel's grid (no file written), and the channel volumes read.
+    public static func predictMaps(_ input: CaseInput, channels: Int, classes: Int, draws: Int, settings: PredictionSettings,
+                                   progress: (SlidingWindowProgress) -> Void = { _ in },
+                                   sampleHook: ((Int, Tensor) -> Void)? = nil,
+                                   predictor: WindowPredictor) throws -> (maps: PredictiveMaps, volumes: [NIfTIVolume]) {
+        // A 4D file (the Medical Segmentation Decathlon keeps all channels in one) is refused with what to do.
+        for path in input.channels {
+            // The reader refuses a 4D header (NIfTIError.notThreeD, dims (nx, ny, nz, T, ...)); say what to do with it.
+            guard case .notThreeD(_, let dims)? = (Result { try NIfTI.readHeader(path) }.failure as? NIfTIError), dims.count >= 4, dims[3] > 1 else { continue }
+            let stem = (path as NSString).lastPathComponent.replacingOccurrences(of: ".nii.gz", with: "").replacingOccurrences(of: ".nii", with: "")
+            throw CaseInputError("\(path) is a 4D image with \(dims[3]) volumes (the Medical Segmentation Decathlon layout, one volume per channel); the model takes \(channels) channel(s) as separate 3D files. Split it into \(stem)_0000.nii.gz, \(stem)_0001.nii.gz\(dims[3] > 2 ? ", …" : "") (one 3D file per channel, in the order of dataset.json's channel_names; nnUNetv2_convert_MSD_dataset does this for a whole MSD task).")
+        }
+        guard input.channels.count == channels else {
+            throw CaseInputError("case \(input.id) has \(input.channels.count) channel file(s) (\(input.channels.map { ($0 as NSString).lastPathComponent }.joined(separator: ", "))); the model takes \(channels): give one file per channel, CASE_0000.nii.gz … CASE_\(String(format: "%04d", channels - 1)).nii.gz")
+        }
+        let volumes = try input.channels.map { try NIfTI.read($0, nonFinite: settings.nonFinite) }
+        for (v, path) in zip(volumes, input.channels) where v.nonFiniteReplaced > 0 {
+            settings.note("note: \(path): replaced \(v.nonFiniteReplaced) NaN or infinite voxel\(v.nonFiniteReplaced == 1 ? "" : "s") (--nonfinite \(settings.nonFinite.rawValue))")
+        }
+        let header = volumes[0].header, shape = header.shape
+        for (v, path) in zip(volumes, input.channels) where v.header.shape != shape || !sameGrid(v.header, header) {
+            throw CaseInputError(gridMismatch(path, v.header, input.channels[0], header))
+        }
+        let n = shape.reduce(1, *)
+        let maps: PredictiveMaps
+        if case .plan(let plan) = settings.preprocessing {
+            let prepared = try plan.prepare(id: input.id, images: volumes, label: nil, paths: input.channels)
+            // Each sample's blended probabilities go back to the source grid before the entropies
+            // are taken there (see `CasePreprocessing.plan`).
+            maps = try SlidingWindow.predict(prepared.image, classes: classes, draws: draws, options: settings.window,
+                                             output: (shape: shape, map: { plan.restore($0, to: prepared.geometry, interpolation: .linear) }),
+                                             progress: progress, sampleHook: sampleHook, predictor: predictor)
+        } else {
+            let image = Tensor(shape: [channels] + shape) // (C, D, H, W)
+            for (c, v) in volumes.enumerated() {
+                var src = v.data
+                if case .zScoreNonzero = settings.preprocessing { src = CasePreprocessing.zScoreOverNonzero(v.data) }
+                (image.data + c * n).update(from: src.data, count: n)
+            }
+            maps = try SlidingWindow.predict(image, classes: classes, draws: draws, options: settings.window,
+                                             progress: progress, sampleHook: sampleHook, predictor: predictor)
+        }
+        return (maps, volumes)
+    }
+
+    /// "PATH: its grid differs from REFERENCE's", naming what differs: the shapes, or (equal shapes) the affines.
+    public static func gridMismatch(_ path: String, _ h: NIfTIHeader, _ reference: String, _ r: NIfTIHeader) -> String {
+        func affine(_ x: NIfTIHeader) -> String {
+            let m = x.sformCode > 0 ? x.sformMatrix : x.qformMatrix
+            return "[" + m.map { row in row.map { String(format: "%.4g", $0) }.joined(separator: " ") }.joined(separator: "; ") + "]"
+        }
+        if h.shape != r.shape {
+            return "\(path): its grid (shape \(h.shape)) differs from \((reference as NSString).lastPathComponent)'s (shape \(r.shape)); resample it onto that grid"
+        }
+        return "\(path): same shape \(h.shape) as \((reference as NSString).lastPathComponent), but its voxel-to-world affine \(affine(h)) differs from \(affine(r)) (more than 1e-3 mm): the volumes are not aligned; resample it onto that grid (or fix its header if only the header is wrong)"
+    }
+
+    /// The mean over foreground classes of the pooled pairwise sample Dice; nil for one sample.
+    static func meanSampleDice(_ m: PredictiveMaps) -> Double? {
+        guard m.draws > 1 else { return nil }
+        let d = m.sampleDice.compactMap { $0 }
+        return d.isEmpty ? 1 : d.reduce(0, +) / Double(d.count)
     }
 
     /// Voxel size in mm along (D, H, W) = (pixdim[3], pixdim[2], pixdim[1]) (absolute values).
@@ -174,4 +232,9 @@ public enum CasePredictor {
         let ma = a.sformCode > 0 ? a.sformMatrix : a.qformMatrix, mb = b.sformCode > 0 ? b.sformMatrix : b.qformMatrix
         return zip(ma.joined(), mb.joined()).allSatisfy { abs($0 - $1) <= 1e-3 }
     }
+}
+
+extension Result {
+    /// The error, or nil on success.
+    var failure: Failure? { if case .failure(let e) = self { return e } else { return nil } }
 }

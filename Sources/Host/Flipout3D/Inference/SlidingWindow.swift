@@ -1,7 +1,9 @@
-// Sliding-window Monte Carlo inference: windows of the training patch size, Gaussian-weighted, sums of samples.
+// Sliding-window Monte Carlo inference: windows of the training patch size, Gaussian-blended per sample, samples summed.
 //
-// Memory is the input, the sums ((K + 2) floats per voxel) and one batch of windows: never a copy of
-// the volume per sample. Loop order: for each batch of windows, every draw (so a window is cut once).
+// Loop order: for each Monte Carlo sample t, every window (in batches), blended into p_t; then p_t
+// (moved onto the output grid, if the caller resamples) enters the per-voxel sums. Memory is the
+// input, one blended volume (K floats per voxel), the weight sums (1), the sample sums (K + 1 on
+// the output grid) and one batch of windows: never a volume per sample.
 import Foundation
 
 /// One network evaluation: windows (B, C, d, h, w) and a draw index -> probabilities (B, K, d, h, w).
@@ -18,47 +20,84 @@ public struct SlidingWindowOptions: Sendable {
     public var batch: Int = 2
     /// Test-time mirroring: each draw is the mean of the 8 mirrorings along (D, H, W) (as nnU-Net).
     public var mirror = false
+    /// Per draw, the temperature its blended sample is tempered with (TemperatureScaling.swift);
+    /// empty: none. With any temperature ≠ 1 the untempered mean is kept too.
+    public var temperatures: [Double] = []
 
     public init(window: [Int], overlap: Double = 0.5, batch: Int = 2, mirror: Bool = false) {
         self.window = window; self.overlap = overlap; self.batch = batch; self.mirror = mirror
     }
 }
 
-/// Where a prediction is: windows done of all, for a progress line.
+/// Where a prediction is: network calls done of all, for a progress line.
 public struct SlidingWindowProgress {
+    /// Windows done over all samples so far, of windows × draws.
     public var windowsDone: Int
+    /// Windows per sample.
     public var windows: Int
     public var draws: Int
+    public var total: Int { windows * draws }
 }
 
 public enum SlidingWindow {
-    /// Predicts `image` (C, D, H, W) with `draws` draws of `predictor` per window; `classes` = K.
+    /// Predicts `image` (C, D, H, W) with `draws` Monte Carlo samples of `predictor`; `classes` = K.
+    /// Each sample's windows are blended (Gaussian weights) into p_t before it is summed (see
+    /// UncertaintySums.swift). `output`, if given, maps each blended p_t (K, D, H, W) onto the
+    /// output grid (K, outputShape) before summation (e.g. resampling back to the source grid),
+    /// so the entropies are taken per sample on the grid the maps are written on.
     public static func predict(_ image: Tensor, classes: Int, draws: Int, options o: SlidingWindowOptions,
+                               output: (shape: [Int], map: (Tensor) -> Tensor)? = nil,
                                progress: (SlidingWindowProgress) -> Void = { _ in },
+                               sampleHook: ((Int, Tensor) -> Void)? = nil,
                                predictor: WindowPredictor) throws -> PredictiveMaps {
         precondition(image.rank == 4, "SlidingWindow.predict: image must be (C, D, H, W), got \(image.shape)")
         precondition(draws >= 1 && o.batch >= 1, "SlidingWindow.predict: draws \(draws), batch \(o.batch)")
         let volume = Array(image.shape.dropFirst())
         let grid = WindowGrid(volume: volume, window: o.window, overlap: o.overlap)
         let weights = WindowGrid.gaussianWeights(o.window, sigmaScale: o.sigmaScale)
-        let sums = UncertaintySums(shape: volume, classes: classes)
+        let blend = WindowBlend(grid: grid, classes: classes, weights: weights)
+        let outShape = output?.shape ?? volume
+        precondition(o.temperatures.isEmpty || o.temperatures.count == draws, "SlidingWindow: \(o.temperatures.count) temperatures for \(draws) draws")
+        let sums = UncertaintySums(shape: outShape, classes: classes)
+        let untempered = o.temperatures.contains { $0 != 1 } ? Tensor(shape: [classes] + outShape) : nil
         let wn = o.window.reduce(1, *)
         var done = 0
-        for first in stride(from: 0, to: grid.starts.count, by: o.batch) {
-            let starts = Array(grid.starts[first..<min(first + o.batch, grid.starts.count)])
-            let origins = starts.map { s in (0..<3).map { s[$0] - grid.padBefore[$0] } }
-            let x = cut(image, origins: origins, window: o.window) // (B, C, d, h, w)
-            for t in 0..<draws {
+        for t in 0..<draws {
+            if t > 0 { blend.reset() }
+            for first in stride(from: 0, to: grid.starts.count, by: o.batch) {
+                let starts = Array(grid.starts[first..<min(first + o.batch, grid.starts.count)])
+                let origins = starts.map { s in (0..<3).map { s[$0] - grid.padBefore[$0] } }
+                let x = cut(image, origins: origins, window: o.window) // (B, C, d, h, w)
                 let p = o.mirror ? try mirrored(x, t, predictor) : try predictor(x, t)
                 p.checkShape([starts.count, classes] + o.window, "SlidingWindow: the predictor's output")
                 for b in 0..<starts.count {
-                    sums.add(p.data + b * classes * wn, window: o.window, origin: origins[b], weights: weights)
+                    blend.add(p.data + b * classes * wn, window: o.window, origin: origins[b], weights: weights)
                 }
+                done += starts.count
+                progress(SlidingWindowProgress(windowsDone: done, windows: grid.starts.count, draws: draws))
             }
-            done += starts.count
-            progress(SlidingWindowProgress(windowsDone: done, windows: grid.starts.count, draws: draws))
+            let sample = blend.finishSample() // (K, D, H, W) on the window grid
+            func moved() -> Tensor {
+                guard let output else { return sample }
+                let m = output.map(sample)
+                m.checkShape([classes] + output.shape, "SlidingWindow: the output map")
+                return m
+            }
+            if let untempered {
+                let raw = moved()
+                sampleHook?(t, raw)
+                for i in 0..<raw.count { untempered.data[i] += raw.data[i] / Float(draws) }
+                TemperatureScaling.apply(sample, temperature: o.temperatures[t])
+                sums.add(moved())
+            } else {
+                let m = moved()
+                sampleHook?(t, m)
+                sums.add(m)
+            }
         }
-        return sums.finish(draws: draws, windows: grid.starts.count)
+        var maps = sums.finish(windows: grid.starts.count)
+        maps.untemperedProbabilities = untempered
+        return maps
     }
 
     /// The windows at `origins` (volume coordinates; outside the volume is 0): (B, C, d, h, w).

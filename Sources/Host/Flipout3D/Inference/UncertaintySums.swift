@@ -1,15 +1,21 @@
-// Per-voxel sums over windows and Monte Carlo draws, turned into predictive maps once at the end.
+// Monte Carlo samples blended across windows, then summed per voxel and turned into predictive maps once at the end.
 //
-// For every voxel v, over every window covering it and every draw t (weight w = the window's
-// Gaussian importance at v):  S_k = Σ w·p_k,  S_H = Σ w·H(p),  W = Σ w.  At the end
-//   E p_k = S_k / W                 (the predictive distribution)
+// Windows blend, samples aggregate. For Monte Carlo sample t (a draw of the weights, or one
+// ensemble member's draw), its windows are blended with the Gaussian importance weights g_w:
+//   p_t(v) = Σ_w g_w(v) p_{t,w}(v) / Σ_w g_w(v)        (WindowBlend)
+// and only then does the sample enter the per-voxel sums (UncertaintySums):
+//   S_k = Σ_t p_{t,k},   S_H = Σ_t H(p_t).
+// At the end, over T samples:
+//   E p_k = S_k / T                 (the predictive distribution)
 //   H[E p] = −Σ_k E p_k ln E p_k   (predictive entropy: total uncertainty)
-//   E H[p] = S_H / W                (expected entropy: aleatoric)
+//   E H[p] = S_H / T                (expected entropy: aleatoric)
 //   MI = H[E p] − E H[p] ≥ 0        (mutual information: epistemic)
-// Averaging per-window MI maps instead would be wrong: MI is not linear in the samples.
+// Disagreement between overlapping windows is blended away inside each sample, so it never counts
+// as epistemic: a model without weight uncertainty (T = 1) has MI exactly 0 at every voxel.
+// Averaging per-window MI maps, or counting each (window, sample) pair as a sample, would be wrong.
 import Foundation
 
-/// Uncertainty maps of one case on its (prepared) grid.
+/// Uncertainty maps of one case on its output grid.
 public struct PredictiveMaps {
     /// (K, D, H, W)
     public var probabilities: Tensor
@@ -17,9 +23,16 @@ public struct PredictiveMaps {
     public var predictiveEntropy: Tensor
     public var expectedEntropy: Tensor
     public var mutualInformation: Tensor
-    /// Draws per window (Monte Carlo samples, pooled over ensemble members).
+    /// Monte Carlo samples (pooled over ensemble members).
     public var draws: Int
+    /// Windows per sample.
     public var windows: Int
+    /// Per foreground class 1..<K, the Dice between the argmax label maps of two samples, pooled
+    /// over all sample pairs: Σ_pairs 2|A_a ∩ A_b| / Σ_pairs (|A_a| + |A_b|) = Σ_v n_v(n_v − 1) / ((T − 1) Σ_v n_v),
+    /// n_v = samples labelling v with the class. nil for T = 1 or a class no sample predicts.
+    public var sampleDice: [Double?] = []
+    /// (K, D, H, W) the predictive mean before temperature scaling, when a temperature was applied.
+    public var untemperedProbabilities: Tensor?
 
     /// argmax_k E p_k per voxel (ties to the lower class), (D, H, W) as class indices.
     public var labels: [Int32] {
@@ -33,26 +46,35 @@ public struct PredictiveMaps {
     }
 }
 
-public final class UncertaintySums {
+/// One Monte Carlo sample's windows blended into p_t (K, D, H, W): Σ_w g_w p_{t,w} / Σ_w g_w.
+/// The weight sums depend only on the window layout, so they are computed once; the probability
+/// buffer is reused sample after sample (one blended volume in flight).
+public final class WindowBlend {
     /// (D, H, W)
     public let shape: [Int]
     public let classes: Int
-    let sumP: Tensor   // (K, D, H, W)
-    let sumH: Tensor   // (D, H, W)
-    let sumW: Tensor   // (D, H, W)
+    let sum: Tensor     // (K, D, H, W)
+    let weight: Tensor  // (D, H, W)
 
-    public init(shape: [Int], classes: Int) {
-        precondition(shape.count == 3 && classes >= 2, "UncertaintySums: shape \(shape), classes \(classes)")
-        self.shape = shape; self.classes = classes
-        sumP = Tensor(shape: [classes] + shape); sumH = Tensor(shape: shape); sumW = Tensor(shape: shape)
+    /// The blend of windows of `grid` with importance `weights` (d, h, w).
+    public init(grid: WindowGrid, classes: Int, weights: [Float]) {
+        precondition(classes >= 2, "WindowBlend: classes \(classes)")
+        shape = grid.volume; self.classes = classes
+        sum = Tensor(shape: [classes] + shape); weight = Tensor(shape: shape)
+        for s in grid.starts {
+            let origin = (0..<3).map { s[$0] - grid.padBefore[$0] }
+            Self.visit(window: grid.window, origin: origin, shape: shape) { src, dst in weight.data[dst] += weights[src] }
+        }
+        for v in 0..<weight.count {
+            precondition(weight.data[v] > 0, "WindowBlend: voxel \(v) is covered by no window")
+        }
     }
 
-    /// Adds one draw of one window: `p` points at (K, d, h, w) probabilities, `origin` is the
-    /// window's first voxel in this grid (parts outside the grid are skipped), `weights` (d, h, w).
-    public func add(_ p: UnsafePointer<Float>, window: [Int], origin: [Int], weights: [Float]) {
+    /// Calls body(window index, volume index) for every window voxel inside the volume.
+    @inline(__always)
+    static func visit(window: [Int], origin: [Int], shape: [Int], _ body: (Int, Int) -> Void) {
         let (d, h, w) = (window[0], window[1], window[2])
         let (D, H, W) = (shape[0], shape[1], shape[2])
-        let wn = d * h * w, n = D * H * W, k = classes
         let x0 = max(0, -origin[2]), x1 = min(w, W - origin[2])
         guard x0 < x1 else { return }
         for z in 0..<d {
@@ -62,40 +84,118 @@ public final class UncertaintySums {
                 let gy = origin[1] + y
                 guard gy >= 0 && gy < H else { continue }
                 let src = (z * h + y) * w, dst = (gz * H + gy) * W + origin[2]
-                for x in x0..<x1 {
-                    let wt = weights[src + x]
-                    var ent: Float = 0
-                    for c in 0..<k {
-                        let q = p[c * wn + src + x]
-                        sumP.data[c * n + dst + x] += wt * q
-                        if q > 0 { ent -= q * logf(q) }
-                    }
-                    sumH.data[dst + x] += wt * ent
-                    sumW.data[dst + x] += wt
-                }
+                for x in x0..<x1 { body(src + x, dst + x) }
             }
         }
     }
 
-    /// The maps, computed once from the sums (this object's storage is reused: call once).
-    public func finish(draws: Int, windows: Int) -> PredictiveMaps {
-        let n = sumW.count, k = classes
-        let pe = sumW, mi = Tensor(shape: shape) // H[E p] overwrites W voxel by voxel
-        for v in 0..<n {
-            let wsum = Double(sumW.data[v])
-            precondition(wsum > 0, "UncertaintySums.finish: voxel \(v) was covered by no window")
-            var hMean = 0.0
-            for c in 0..<k {
-                let m = Double(sumP.data[c * n + v]) / wsum
-                sumP.data[c * n + v] = Float(m)
-                hMean -= Entropy.term(m)
-            }
-            let eh = Double(sumH.data[v]) / wsum
-            sumH.data[v] = Float(eh)
-            pe.data[v] = Float(hMean)
-            mi.data[v] = Float(max(hMean - eh, 0)) // Jensen: H[E p] >= E H[p]; clamp rounding
+    /// Adds one window of the current sample: `p` points at (K, d, h, w) probabilities, `origin` is
+    /// the window's first voxel in this grid (parts outside the grid are skipped), `weights` (d, h, w).
+    public func add(_ p: UnsafePointer<Float>, window: [Int], origin: [Int], weights: [Float]) {
+        let wn = window.reduce(1, *), n = sum.count / classes, k = classes
+        let s = sum.data
+        Self.visit(window: window, origin: origin, shape: shape) { src, dst in
+            let wt = weights[src]
+            for c in 0..<k { s[c * n + dst] += wt * p[c * wn + src] }
         }
-        return PredictiveMaps(probabilities: sumP, predictiveEntropy: pe, expectedEntropy: sumH, mutualInformation: mi,
-                              draws: draws, windows: windows)
+    }
+
+    /// The current sample's blended probabilities p_t (K, D, H, W). The tensor is this blend's
+    /// buffer: use it before the next `add`, which starts the next sample.
+    public func finishSample() -> Tensor {
+        let n = weight.count
+        for c in 0..<classes {
+            let s = sum.data + c * n
+            for v in 0..<n { s[v] /= weight.data[v] }
+        }
+        return sum
+    }
+
+    /// Clears the buffer for the next sample.
+    public func reset() {
+        sum.data.update(repeating: 0, count: sum.count)
+    }
+}
+
+/// Per-voxel sums over Monte Carlo samples p_t (each already blended across windows, and already
+/// on the output grid): Σ_t p_t per class and Σ_t H(p_t).
+public final class UncertaintySums {
+    /// (D, H, W)
+    public let shape: [Int]
+    public let classes: Int
+    public private(set) var samples = 0
+    let sumP: Tensor   // (K, D, H, W)
+    let sumH: Tensor   // (D, H, W)
+    /// Per foreground class and voxel, the samples whose argmax is that class: (K − 1, D, H, W).
+    var votes: [UInt16]
+
+    public init(shape: [Int], classes: Int) {
+        precondition(shape.count == 3 && classes >= 2, "UncertaintySums: shape \(shape), classes \(classes)")
+        self.shape = shape; self.classes = classes
+        sumP = Tensor(shape: [classes] + shape); sumH = Tensor(shape: shape)
+        votes = [UInt16](repeating: 0, count: (classes - 1) * shape.reduce(1, *))
+    }
+
+    /// Adds one sample p_t (K, D, H, W).
+    public func add(_ p: Tensor) {
+        p.checkShape([classes] + shape, "UncertaintySums.add")
+        let n = sumH.count, k = classes
+        precondition(samples < Int(UInt16.max), "UncertaintySums: more than \(UInt16.max) samples")
+        let src = p.data, sp = sumP.data, sh = sumH.data
+        votes.withUnsafeMutableBufferPointer { vb in
+            let votes = vb.baseAddress!
+            DispatchQueue.concurrentPerform(iterations: Self.chunks(n)) { chunk in
+                for v in Self.range(chunk, n) {
+                    var h = 0.0, best = 0, top = src[v]
+                    for c in 0..<k {
+                        let q = src[c * n + v]
+                        sp[c * n + v] += q
+                        h -= Entropy.term(Double(q))
+                        if q > top { top = q; best = c }
+                    }
+                    sh[v] += Float(h)
+                    if best > 0 { votes[(best - 1) * n + v] += 1 }
+                }
+            }
+        }
+        samples += 1
+    }
+
+    static func chunks(_ n: Int) -> Int { max(1, min(64, n / 4096)) }
+    static func range(_ chunk: Int, _ n: Int) -> Range<Int> {
+        let c = chunks(n)
+        return (n * chunk / c)..<(n * (chunk + 1) / c)
+    }
+
+    /// The maps, computed once from the sums (this object's storage is reused: call once).
+    /// H[E p] and E H[p] are rounded to Float before their difference, so one sample gives MI = 0 exactly.
+    public func finish(windows: Int) -> PredictiveMaps {
+        precondition(samples > 0, "UncertaintySums.finish: no samples added")
+        let n = sumH.count, k = classes, t = Double(samples)
+        let pe = Tensor(uninitializedShape: shape), mi = Tensor(uninitializedShape: shape)
+        let sp = sumP.data, sh = sumH.data, ped = pe.data, mid = mi.data
+        DispatchQueue.concurrentPerform(iterations: Self.chunks(n)) { chunk in
+            for v in Self.range(chunk, n) {
+                var hMean = 0.0
+                for c in 0..<k {
+                    let m = Double(sp[c * n + v]) / t
+                    sp[c * n + v] = Float(m)
+                    hMean -= Entropy.term(m)
+                }
+                let h = Float(hMean), eh = Float(Double(sh[v]) / t)
+                sh[v] = eh
+                ped[v] = h
+                mid[v] = max(h - eh, 0) // Jensen: H[E p] >= E H[p]; clamp rounding
+            }
+        }
+        var maps = PredictiveMaps(probabilities: sumP, predictiveEntropy: pe, expectedEntropy: sumH, mutualInformation: mi,
+                                  draws: samples, windows: windows)
+        maps.sampleDice = (1..<k).map { c -> Double? in
+            guard samples > 1 else { return nil }
+            var pairs = 0.0, total = 0.0
+            for v in 0..<n { let m = Double(votes[(c - 1) * n + v]); pairs += m * (m - 1); total += m }
+            return total > 0 ? pairs / (Double(samples - 1) * total) : nil
+        }
+        return maps
     }
 }
