@@ -12,7 +12,8 @@
  *             "org.fixture.faulty: <function> call <k>" on every call instead of failing.
  *   function  entry, log_prob, log_prob_vjp, sample, sample_vjp, center, kl (kl and kl_vjp)
  *
- * The fault fires on the k-th call (default the first) of that function in the process. Family id org.fixture.faulty,
+ * The fault fires on the k-th call (default the first) of that function in the process (nan: on
+ * every call from the k-th on). Family id org.fixture.faulty,
  * samplable and symmetric, with an analytic KL against itself and org.flipout3d.normal.
  */
 #define _GNU_SOURCE
@@ -55,6 +56,7 @@ static int strike(const char *function) {
         return 0;
     }
     if (++calls < fire_at) return 0;
+    if (!strcmp(fault, "nan")) return 1; /* every call from the k-th on */
     where[0] = 0; /* only once */
     if (!strcmp(fault, "trap")) __builtin_trap();
     if (!strcmp(fault, "segv")) { volatile int *p = NULL; *p = 1; }
@@ -75,6 +77,16 @@ static int strike(const char *function) {
 #define AT(a, i) ((a).data[(i) * (a).stride])
 static void add(const flipout_out_array *o, size_t i, double v) { if (o->data) o->data[i * o->stride] += (float)v; }
 
+/* DOMAIN_ERROR unless every scalar's loc is finite and scale > 0 (finite). */
+static int outside(const flipout_in_array *p, size_t n, flipout_error *err) {
+    for (size_t i = 0; i < n; i++) {
+        float m = AT(p[0], i), s = AT(p[1], i);
+        if (!isfinite(m) || !isfinite(s) || !(s > 0)) { snprintf(err->message, err->capacity, "loc must be finite and scale > 0"); return 1; }
+    }
+    return 0;
+}
+#define CHECK(p) do { if (outside((p), n, err)) return FLIPOUT_STATUS_DOMAIN_ERROR; } while (0)
+
 typedef struct flipout_instance { int unused; } inst_t;
 static inst_t the_instance;
 
@@ -87,7 +99,8 @@ static void layout(const flipout_instance *i, uint32_t *slots, uint32_t *normals
 }
 
 static flipout_status log_prob(const flipout_instance *inst, size_t n, const flipout_in_array *p, const float *x, float *out, flipout_error *err) {
-    (void)inst; (void)err;
+    (void)inst;
+    CHECK(p);
     int poison = strike("log_prob");
     for (size_t i = 0; i < n; i++) {
         double m = AT(p[0], i), s = AT(p[1], i), z = (x[i] - m) / s;
@@ -99,7 +112,8 @@ static flipout_status log_prob(const flipout_instance *inst, size_t n, const fli
 
 static flipout_status log_prob_vjp(const flipout_instance *inst, size_t n, const flipout_in_array *p, const float *x, const float *g,
                                    float *gx, const flipout_out_array *gp, flipout_error *err) {
-    (void)inst; (void)err;
+    (void)inst;
+    CHECK(p);
     int poison = strike("log_prob_vjp");
     for (size_t i = 0; i < n; i++) {
         double m = AT(p[0], i), s = AT(p[1], i), d = x[i] - m;
@@ -113,7 +127,8 @@ static flipout_status log_prob_vjp(const flipout_instance *inst, size_t n, const
 
 static flipout_status sample(const flipout_instance *inst, size_t n, const flipout_in_array *p, const float *normals, const float *uniforms,
                              float *x, flipout_error *err) {
-    (void)inst; (void)uniforms; (void)err;
+    (void)inst; (void)uniforms;
+    CHECK(p);
     int poison = strike("sample");
     for (size_t i = 0; i < n; i++) x[i] = (float)(AT(p[0], i) + AT(p[1], i) * (double)normals[i]);
     if (poison && n > 0) x[0] = INFINITY;
@@ -122,7 +137,8 @@ static flipout_status sample(const flipout_instance *inst, size_t n, const flipo
 
 static flipout_status sample_vjp(const flipout_instance *inst, size_t n, const flipout_in_array *p, const float *normals, const float *uniforms,
                                  const float *x, const float *g, const flipout_out_array *gp, flipout_error *err) {
-    (void)inst; (void)p; (void)uniforms; (void)x; (void)err;
+    (void)inst; (void)uniforms; (void)x;
+    CHECK(p);
     int poison = strike("sample_vjp");
     for (size_t i = 0; i < n; i++) { add(&gp[0], i, g[i]); add(&gp[1], i, (double)g[i] * normals[i]); }
     if (poison && n > 0 && gp[1].data) gp[1].data[0] = NAN;
@@ -130,7 +146,8 @@ static flipout_status sample_vjp(const flipout_instance *inst, size_t n, const f
 }
 
 static flipout_status center(const flipout_instance *inst, size_t n, const flipout_in_array *p, float *out, flipout_error *err) {
-    (void)inst; (void)err;
+    (void)inst;
+    CHECK(p);
     int poison = strike("center");
     for (size_t i = 0; i < n; i++) out[i] = AT(p[0], i);
     if (poison && n > 0) out[0] = NAN;
@@ -139,7 +156,8 @@ static flipout_status center(const flipout_instance *inst, size_t n, const flipo
 
 static flipout_status center_vjp(const flipout_instance *inst, size_t n, const flipout_in_array *p, const float *g, const flipout_out_array *gp,
                                  flipout_error *err) {
-    (void)inst; (void)p; (void)err;
+    (void)inst;
+    CHECK(p);
     for (size_t i = 0; i < n; i++) add(&gp[0], i, g[i]);
     return FLIPOUT_STATUS_OK;
 }
@@ -150,6 +168,7 @@ static flipout_status kl(const flipout_instance *inst, size_t n, const char *q_f
     if (strcmp(q_family, "org.fixture.faulty") && strcmp(q_family, "org.flipout3d.normal")) {
         snprintf(err->message, err->capacity, "no KL from %s", q_family); return FLIPOUT_STATUS_UNSUPPORTED;
     }
+    CHECK(q); CHECK(p);
     int poison = strike("kl");
     for (size_t i = 0; i < n; i++) {
         double mq = AT(q[0], i), sq = AT(q[1], i), mp = AT(p[0], i), sp = AT(p[1], i), d = mq - mp;
@@ -161,7 +180,8 @@ static flipout_status kl(const flipout_instance *inst, size_t n, const char *q_f
 
 static flipout_status kl_vjp(const flipout_instance *inst, size_t n, const char *q_family, const flipout_in_array *q, const flipout_in_array *p,
                              const float *g, const flipout_out_array *gq, const flipout_out_array *gp, flipout_error *err) {
-    (void)inst; (void)q_family; (void)err;
+    (void)inst; (void)q_family;
+    CHECK(q); CHECK(p);
     for (size_t i = 0; i < n; i++) {
         double mq = AT(q[0], i), sq = AT(q[1], i), mp = AT(p[0], i), sp = AT(p[1], i), d = mq - mp;
         add(&gq[0], i, g[i] * d / (sp * sp));

@@ -140,8 +140,13 @@ public final class Distribution: @unchecked Sendable {
         do {
             reply = try remote.plugin.call(op, family: remote.index, instance: instance, n: n, frame: frame, arguments: arguments)
         } catch let f as PluginProcessFailure {
+            if case .earlier = f {
+                throw PluginCallError(family: family.id, function: op.function, status: PluginCallError.processFailed, message: "\(f)", file: family.file)
+            }
+            let at = point()
+            remote.plugin.noteFailure(function: op.function, family: family.id, point: at)
             throw PluginCallError(family: family.id, function: op.function, status: PluginCallError.processFailed,
-                                  message: "\(f)\(remote.plugin.failureContext())", file: family.file, point: point())
+                                  message: "\(f)\(remote.plugin.failureContext())", file: family.file, point: at)
         }
         if reply.status != Status.ok.rawValue {
             throw PluginCallError(family: family.id, function: op.function, status: reply.status,

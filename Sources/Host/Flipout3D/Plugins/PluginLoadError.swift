@@ -46,8 +46,11 @@ public struct PluginCallError: Error, CustomStringConvertible {
     public var isProcessFailure: Bool { status == PluginCallError.processFailed }
     public var description: String {
         var text = "\(family) \(function) failed (\(statusName)): \(message)"
-        if !point.isEmpty { text += "; \(point)" }
-        if !file.isEmpty { text += " [plugin \(file), family \(family), function \(function)]" }
+        guard !file.isEmpty || !point.isEmpty else { return text }
+        while text.hasSuffix(".") { text.removeLast() }
+        text += "."
+        if !file.isEmpty { text += " Plugin \(file), family \(family), function \(function)" + (point.isEmpty ? "" : ",") }
+        if !point.isEmpty { text += " \(point)" }
         return text
     }
 }

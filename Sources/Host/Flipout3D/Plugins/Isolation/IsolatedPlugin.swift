@@ -7,7 +7,9 @@ import CPluginIsolation
 import PluginABI
 
 /// How a plugin's child process failed. Once failed, every later call fails the same way.
-public enum PluginProcessFailure: Sendable, Equatable, CustomStringConvertible {
+public indirect enum PluginProcessFailure: Sendable, Equatable, CustomStringConvertible {
+    /// The process had already failed in an earlier call (of this function, family and point).
+    case earlier(function: String, family: String, point: String, PluginProcessFailure)
     case signal(Int32, refusedSyscall: String?)
     case exited(Int32)
     case timeout(Double)
@@ -15,6 +17,8 @@ public enum PluginProcessFailure: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
+        case .earlier(let function, let family, let point, let first):
+            return "the plugin's process had already stopped in an earlier call, family \(family), function \(function)\(point.isEmpty ? "" : " " + point): \(first)"
         case .signal(_, let syscall?):
             return "the sandbox refused the system call \(syscall) (\(Self.refusal(syscall))) and stopped the plugin's process. Isolated plugins may not write files, use the network or start processes; compute from the buffers you are given"
         case .signal(let s, nil):
@@ -63,6 +67,8 @@ public final class IsolatedPlugin: @unchecked Sendable {
     public let file: String
     public let timeout: Double
     private let pid: pid_t
+    /// The child's process id (for diagnostics and tests).
+    public var processID: Int32 { pid }
     private let channel: Int32
     private let output: Int32
     private let shm: SharedMemory
@@ -100,8 +106,7 @@ public final class IsolatedPlugin: @unchecked Sendable {
             throw PluginLoadError(.isolationFailed, file: file, "cannot run it isolated: \(error).")
         }
         let argv = [exe] + (foreignSpec.map { ["--foreign-prior", $0] } ?? ["--plugin", file])
-        // A clean environment: only what keeps the Swift runtime from spawning its backtracer.
-        let env = ["SWIFT_BACKTRACE=enable=no"]
+        let env = PluginSandbox.childEnvironment
         let cargs = argv.map { strdup($0) } + [nil]
         let cenv = env.map { strdup($0) } + [nil]
         defer { for a in cargs { free(a) }; for e in cenv { free(e) } }
@@ -167,6 +172,25 @@ public final class IsolatedPlugin: @unchecked Sendable {
               arguments: (inout WireWriter) -> Void = { _ in }) throws -> Reply {
         lock.lock(); defer { lock.unlock() }
         if let failed { throw failed }
+        do { return try exchange(op, family: family, instance: instance, n: n, frame: frame, arguments: arguments) }
+        catch let f as PluginProcessFailure {
+            failed = f
+            throw f
+        }
+    }
+
+    /// Records where the process failed (family id and parameter point, which only the caller
+    /// knows), so that later calls name that call instead of their own.
+    func noteFailure(function: String, family: String, point: String) {
+        lock.withLock {
+            if let f = failed, case .earlier = f {} else if let f = failed {
+                failed = .earlier(function: function, family: family, point: point, f)
+            }
+        }
+    }
+
+    private func exchange(_ op: WireOp, family: UInt32, instance: UInt64, n: Int, frame: CallFrame,
+                          arguments: (inout WireWriter) -> Void) throws -> Reply {
         do {
             try shm.ensure(frame.size)
             frame.copyIn(shm)
@@ -179,13 +203,9 @@ public final class IsolatedPlugin: @unchecked Sendable {
             let message = try r.string(limit: 4096)
             if status == 0 { frame.copyOut(shm) }
             return Reply(status: status, message: PluginString.escaped(message), reader: r)
-        } catch let f as PluginProcessFailure {
-            failed = f
-            throw f
         } catch is WireReader.Truncated {
-            let f = PluginProcessFailure.channel("a truncated reply")
-            failed = f; kill(pid, SIGKILL)
-            throw f
+            kill(pid, SIGKILL)
+            throw PluginProcessFailure.channel("a truncated reply")
         } catch let e as SharedMemoryError {
             throw PluginProcessFailure.channel("shared memory: \(e)")
         }

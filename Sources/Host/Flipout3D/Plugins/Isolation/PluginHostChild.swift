@@ -22,9 +22,8 @@ public enum PluginHostChild {
             fputs("flipout-plugin-host: the child process of an isolated plugin; flipout starts it (usage: flipout-plugin-host --plugin PATH | --foreign-prior SPEC).\n", stderr)
             return 64
         }
-        var message = [CChar](repeating: 0, count: 512)
-        if flipout_sandbox_apply(&message, message.count) != 0 {
-            refuse(.isolationFailed, "cannot install the plugin sandbox: \(String(cString: message))")
+        do { try PluginSandbox.apply() } catch {
+            refuse(.isolationFailed, "\(error)")
             return 1
         }
         let library: PluginLibrary
