@@ -65,6 +65,7 @@ private func train(_ data: String, run: String, epochs: Int, plugin: String, rol
     @Test func everyFaultInEveryFunctionIsAnErrorNamingThePluginAndKeepsTheCheckpoint() throws {
         let (dir, data) = try TinyFolderRun.folder("isolation-matrix")
         var failures: [String] = []
+        var slowest = (seconds: 0.0, cell: ""), cells = 0
         for role in Self.roles {
             let base = try Self.baseRun(role, data: data, dir: dir)
             let checkpoint = try Data(contentsOf: base.appendingPathComponent("checkpoint.safetensors"))
@@ -81,6 +82,8 @@ private func train(_ data: String, run: String, epochs: Int, plugin: String, rol
                     let r = try FlipoutCLI.run(["train", "--resume", run.appendingPathComponent("checkpoint.safetensors").path, "--quiet",
                                                 "--plugin", plugin, "--plugin-timeout", String(Self.watchdog)])
                     let seconds = Date().timeIntervalSince(start)
+                    cells += 1
+                    if seconds > slowest.seconds { slowest = (seconds, cell) }
                     let after = try Data(contentsOf: run.appendingPathComponent("checkpoint.safetensors"))
                     if seconds > Self.watchdog + 8 { failures.append("\(cell): took \(seconds) s") }
                     if role.unused.contains(function) {
@@ -100,6 +103,7 @@ private func train(_ data: String, run: String, epochs: Int, plugin: String, rol
                 }
             }
         }
+        print("isolation matrix: \(cells) cells, slowest \(String(format: "%.1f", slowest.seconds)) s (\(slowest.cell)), watchdog \(Self.watchdog) s")
         #expect(failures.isEmpty, "\(failures.count) cells failed:\n\(failures.joined(separator: "\n"))")
     }
 
