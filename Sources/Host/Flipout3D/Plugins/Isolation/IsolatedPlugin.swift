@@ -106,7 +106,8 @@ public final class IsolatedPlugin: @unchecked Sendable {
             throw PluginLoadError(.isolationFailed, file: file, "cannot run it isolated: \(error).")
         }
         let argv = [exe] + (foreignSpec.map { ["--foreign-prior", $0] } ?? ["--plugin", file])
-        let env = PluginSandbox.childEnvironment
+        // A clean environment; FLIPOUT_DEBUG passes on so that plugins' debug log lines still show.
+        let env = PluginSandbox.childEnvironment + (getenv("FLIPOUT_DEBUG") != nil ? ["FLIPOUT_DEBUG=1"] : [])
         let cargs = argv.map { strdup($0) } + [nil]
         let cenv = env.map { strdup($0) } + [nil]
         defer { for a in cargs { free(a) }; for e in cenv { free(e) } }
