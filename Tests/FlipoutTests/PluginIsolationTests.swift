@@ -2,7 +2,7 @@
 import Foundation
 import Testing
 import TestSupport
-@testable import Flipout3D
+import Flipout3D
 
 /// Tests/Fixtures/faulty_plugin.c built once; copies named libfaulty-<fault>-<function>[-<k>].so choose the fault.
 enum FaultyFixture {
