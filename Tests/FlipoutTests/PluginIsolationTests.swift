@@ -64,8 +64,8 @@ private func train(_ data: String, run: String, epochs: Int, plugin: String, rol
 
     @Test func everyFaultInEveryFunctionIsAnErrorNamingThePluginAndKeepsTheCheckpoint() throws {
         let (dir, data) = try TinyFolderRun.folder("isolation-matrix")
-        var failures: [String] = []
-        var slowest = (seconds: 0.0, cell: ""), cells = 0
+        struct Cell { let name: String; let role: Role; let function: String; let run: URL; let plugin: String; let checkpoint: Data }
+        var cells: [Cell] = []
         for role in Self.roles {
             let base = try Self.baseRun(role, data: data, dir: dir)
             let checkpoint = try Data(contentsOf: base.appendingPathComponent("checkpoint.safetensors"))
@@ -74,36 +74,55 @@ private func train(_ data: String, run: String, epochs: Int, plugin: String, rol
                 if role.name == "prior-analytic" && function != "kl" { continue }
                 if role.name == "prior-mc" && function == "kl" { continue }
                 for fault in Self.faults {
-                    let cell = "\(role.name) \(fault) in \(function)"
                     let run = dir.appendingPathComponent("\(role.name)-\(fault)-\(function)")
                     try FileManager.default.copyItem(at: base, to: run)
-                    let plugin = try FaultyFixture.copy(fault, function)
-                    let start = Date()
-                    let r = try FlipoutCLI.run(["train", "--resume", run.appendingPathComponent("checkpoint.safetensors").path, "--quiet",
-                                                "--plugin", plugin, "--plugin-timeout", String(Self.watchdog)])
-                    let seconds = Date().timeIntervalSince(start)
-                    cells += 1
-                    if seconds > slowest.seconds { slowest = (seconds, cell) }
-                    let after = try Data(contentsOf: run.appendingPathComponent("checkpoint.safetensors"))
-                    if seconds > Self.watchdog + 8 { failures.append("\(cell): took \(seconds) s") }
-                    if role.unused.contains(function) {
-                        // Never called in this role: the run finishes epoch 2 and writes its checkpoint.
-                        if r.status != 0 || after == checkpoint { failures.append("\(cell): expected a finished epoch 2, got \(r.status): \(r.stderr)") }
-                        continue
-                    }
-                    let named = r.stderr.contains((plugin as NSString).lastPathComponent) && r.stderr.contains("org.fixture.faulty")
-                        && (function == "entry" ? r.stderr.contains("entry") || r.stderr.contains("default_value") : r.stderr.contains("function \(function)"))
-                    if r.status != 1 { failures.append("\(cell): exit \(r.status), expected 1: \(r.stderr)") }
-                    if function != "entry" && !named { failures.append("\(cell): message does not name plugin, family and function: \(r.stderr)") }
-                    if function == "entry" && !(r.stderr.contains((plugin as NSString).lastPathComponent) && (r.stderr.contains("flipout_plugin_entry_v1") || r.stderr.contains("org.fixture.faulty"))) {
-                        failures.append("\(cell): message does not name the plugin and its entry point: \(r.stderr)")
-                    }
-                    if function != "entry" && fault != "nan" && !r.stderr.contains(" at ") { failures.append("\(cell): no parameter point: \(r.stderr)") }
-                    if after != checkpoint { failures.append("\(cell): the checkpoint changed") }
+                    cells.append(Cell(name: "\(role.name) \(fault) in \(function)", role: role, function: function, run: run,
+                                      plugin: try FaultyFixture.copy(fault, function), checkpoint: checkpoint))
                 }
             }
         }
-        print("isolation matrix: \(cells) cells, slowest \(String(format: "%.1f", slowest.seconds)) s (\(slowest.cell)), watchdog \(Self.watchdog) s")
+        // Cells are independent processes and folders: two at a time (the machine's 2 cores).
+        let lock = NSLock()
+        var failures: [String] = []
+        var slowest = (seconds: 0.0, cell: "")
+        DispatchQueue.concurrentPerform(iterations: 2) { lane in
+            for cell in stride(from: lane, to: cells.count, by: 2).map({ cells[$0] }) {
+                var problems: [String] = []
+                let start = Date()
+                let r: Subprocess.Result
+                do {
+                    r = try FlipoutCLI.run(["train", "--resume", cell.run.appendingPathComponent("checkpoint.safetensors").path, "--quiet",
+                                            "--plugin", cell.plugin, "--plugin-timeout", String(Self.watchdog)])
+                } catch { lock.withLock { failures.append("\(cell.name): \(error)") }; continue }
+                let seconds = Date().timeIntervalSince(start)
+                let after = try? Data(contentsOf: cell.run.appendingPathComponent("checkpoint.safetensors"))
+                let file = (cell.plugin as NSString).lastPathComponent
+                if seconds > Self.watchdog + 15 { problems.append("took \(seconds) s") }
+                if cell.role.unused.contains(cell.function) {
+                    // Never called in this role: the run finishes epoch 2 and writes its checkpoint.
+                    if r.status != 0 || after == cell.checkpoint { problems.append("expected a finished epoch 2, got \(r.status): \(r.stderr)") }
+                } else {
+                    if r.status != 1 { problems.append("exit \(r.status), expected 1: \(r.stderr)") }
+                    if cell.function == "entry" {
+                        if !(r.stderr.contains(file) && (r.stderr.contains("flipout_plugin_entry_v1") || r.stderr.contains("org.fixture.faulty"))) {
+                            problems.append("message does not name the plugin and its entry point: \(r.stderr)")
+                        }
+                    } else {
+                        if !(r.stderr.contains(file) && r.stderr.contains("org.fixture.faulty") && r.stderr.contains("function \(cell.function)")) {
+                            problems.append("message does not name plugin, family and function: \(r.stderr)")
+                        }
+                        if !r.stderr.contains(" at ") { problems.append("no parameter point: \(r.stderr)") }
+                    }
+                    if after != cell.checkpoint { problems.append("the checkpoint changed") }
+                }
+                lock.withLock {
+                    failures += problems.map { "\(cell.name): \($0)" }
+                    if seconds > slowest.seconds { slowest = (seconds, cell.name) }
+                }
+            }
+        }
+        print("isolation matrix: \(cells.count) cells, slowest \(String(format: "%.1f", slowest.seconds)) s (\(slowest.cell)), watchdog \(Self.watchdog) s")
+        #expect(cells.count == 84)
         #expect(failures.isEmpty, "\(failures.count) cells failed:\n\(failures.joined(separator: "\n"))")
     }
 
