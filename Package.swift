@@ -26,6 +26,7 @@ let pluginLinkerSettings: [LinkerSetting] = [
 
 var products: [Product] = [
     .executable(name: "flipout", targets: ["flipout"]),
+    .executable(name: "flipout-plugin-host", targets: ["flipout-plugin-host"]),
     .library(name: "Flipout3D", targets: ["Flipout3D"]),
 ]
 var targets: [Target] = [
@@ -40,6 +41,9 @@ var targets: [Target] = [
     .systemLibrary(name: "CommABI", path: "Sources/CommABI"),
     // libffi (Debian libffi-dev): a tiny C shim that hands out its ffi_type globals, for foreign priors.
     .target(name: "CFFI", path: "Sources/CFFI", linkerSettings: [.linkedLibrary("ffi")]),
+    // Plugin isolation (libseccomp, Debian libseccomp-dev): the child's seccomp-bpf sandbox, spawning
+    // the child with only its channel, memfd shared memory, and the in-process crash guard.
+    .target(name: "CPluginIsolation", path: "Sources/CPluginIsolation", linkerSettings: [.linkedLibrary("seccomp")]),
     // The ABI's constants as Swift types and the versioned-struct reader, shared by host and SDK.
     .target(name: "FlipoutABI", dependencies: ["PluginABI"]),
     // Native direct Conv3D kernels for narrow layers: one C body compiled for AVX-512, AVX2 and
@@ -50,7 +54,7 @@ var targets: [Target] = [
     // The host library: tensors, Conv3D engine, layers, plugin loader, training, prediction.
     .target(
         name: "Flipout3D",
-        dependencies: ["PluginABI", "FlipoutABI", "CDNNL", "CZlib", "CPNG", "CFFI", "CommABI", "CConvKernels"],
+        dependencies: ["PluginABI", "FlipoutABI", "CDNNL", "CZlib", "CPNG", "CFFI", "CommABI", "CConvKernels", "CPluginIsolation"],
         path: "Sources/Host/Flipout3D"
     ),
     // The `flipout` command line.
@@ -59,6 +63,9 @@ var targets: [Target] = [
         dependencies: ["Flipout3D", .product(name: "ArgumentParser", package: "swift-argument-parser")],
         path: "Sources/Host/CLI"
     ),
+    // The child process of an isolated (out-of-process) plugin: `flipout` starts one per plugin
+    // library from the folder it runs from (docs/plugin-isolation.md).
+    .executableTarget(name: "flipout-plugin-host", dependencies: ["Flipout3D"], path: "Sources/Host/PluginHost"),
     // One data-parallel step under mpirun, dumped for DistributedTests (needs no MPI to build).
     .executableTarget(name: "flipout-mpi-probe", dependencies: ["Flipout3D"], path: "Tests/MPIProbe"),
     .target(name: "TestSupport", dependencies: ["Flipout3D"], path: "Tests/TestSupport"),

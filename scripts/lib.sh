@@ -21,7 +21,7 @@ ensure_packages() {
     DEBIAN_FRONTEND=noninteractive "${sudo[@]+"${sudo[@]}"}" apt-get install -y "${missing[@]}"
 }
 
-build_packages=(libdnnl-dev libffi-dev libpng-dev zlib1g-dev binutils gcc)
+build_packages=(libdnnl-dev libffi-dev libpng-dev zlib1g-dev libseccomp-dev binutils gcc)
 # Optional: data-parallel training (scripts/build-mpi-backend, scripts/train-mpi, the MPI tests).
 mpi_packages=(openmpi-bin libopenmpi-dev)
 

@@ -1,5 +1,6 @@
 // The options every plugin-loading subcommand shares (`@OptionGroup var plugins: PluginOptions`).
 import ArgumentParser
+import Foundation
 import Flipout3D
 
 /// Where plugins come from: the bundled ones beside the executable, FLIPOUT_PLUGIN_PATH, and --plugin.
@@ -17,15 +18,51 @@ struct PluginOptions: ParsableArguments {
         valueName: "spec"))
     var foreignPriors: [String] = []
 
+    @Option(name: .customLong("isolate-plugins"), help: ArgumentHelp(
+        "Which plugins run in their own sandboxed process (no network, no file writes, no new processes), so that a crash, a hang or an exit is an error naming the plugin: third-party (every plugin not bundled with flipout, and every --foreign-prior), all, or none (in-process). Default: $\(PluginIsolation.environmentVariable), else third-party.",
+        valueName: "all|third-party|none"))
+    var isolatePlugins: PluginIsolation?
+
+    @Option(name: .customLong("plugin-timeout"), help: ArgumentHelp(
+        "Seconds one call of an isolated plugin (or loading it) may take before its process is killed and the command fails. Default: $\(IsolationSettings.timeoutVariable), else \(Int(IsolationSettings.defaultTimeout)).",
+        valueName: "seconds"))
+    var pluginTimeout: Double?
+
+    func validate() throws {
+        if let t = pluginTimeout, let problem = IsolationSettings.timeoutProblem(t) { throw ValidationError("--plugin-timeout \(problem).") }
+    }
+
     /// Every plugin from --plugin, FLIPOUT_PLUGIN_PATH and (unless --no-bundled) the bundled folder,
     /// then every --foreign-prior. Throws PluginLoadError, whose message names the file and the remedy.
-    func registry() throws -> PluginRegistry {
+    /// `forcing` overrides the isolation policy (the `plugins check` worker loads in-process: it is
+    /// itself the sandboxed child).
+    func registry(forcing policy: PluginIsolation? = nil) throws -> PluginRegistry {
         try PluginRegistry(PluginSearch(
             explicitPaths: paths,
             bundledDirectory: noBundled ? nil : PluginSearch.executableDirectory,
-            foreignPriors: foreignPriors))
+            foreignPriors: foreignPriors,
+            isolation: isolation(forcing: policy)))
+    }
+
+    /// The plugin file at `path` alone, isolated or not as the policy says for a library that is
+    /// bundled (beside the executable, libFlipout*.so) or not.
+    func library(at path: String) throws -> PluginLibrary {
+        let settings = try isolation()
+        let resolved = DynamicLibrary.resolve(path)
+        let bundled = (resolved as NSString).deletingLastPathComponent == PluginSearch.executableDirectory
+            && (resolved as NSString).lastPathComponent.hasPrefix("libFlipout")
+        return settings.policy.isolates(bundled: bundled)
+            ? try PluginLibrary.loadIsolated(path, timeout: settings.callTimeout) : try PluginLibrary.load(path)
+    }
+
+    /// The isolation settings: options, then FLIPOUT_ISOLATE_PLUGINS / FLIPOUT_PLUGIN_TIMEOUT.
+    func isolation(forcing policy: PluginIsolation? = nil) throws -> IsolationSettings {
+        do { return try IsolationSettings.resolve(policy: policy ?? isolatePlugins, timeout: pluginTimeout) }
+        catch let e as PluginLoadError { throw InputError(e.reason) }
     }
 }
+
+extension PluginIsolation: ExpressibleByArgument {}
 
 /// `k=v` pairs from repeatable options such as `--param loc=1`.
 enum KeyValue {

@@ -97,16 +97,19 @@ struct PluginsCheckWorker: ParsableCommand {
     func run() throws { try reportingInputErrors(work) }
 
     private func work() throws {
+        // The worker is the plugin's process: it runs the plugin in-process, under the sandbox
+        // isolated plugins get (docs/plugin-isolation.md), installed before anything is loaded.
+        try PluginSandbox.apply()
         let families: [DistributionFamily]
         let partner: (String) -> DistributionFamily?
         if target.contains("/") || target.hasSuffix(".so") {
             // The file alone; posterior families for its KL checks come from it, then the bundled ones.
             let library = try PluginLibrary.load(target)
             families = library.families
-            let others = try? plugins.registry()
+            let others = try? plugins.registry(forcing: PluginIsolation.none)
             partner = { id in library.families.first { $0.id == id } ?? others?.families.first { $0.id == id } }
         } else {
-            let registry = try plugins.registry()
+            let registry = try plugins.registry(forcing: PluginIsolation.none)
             families = [try registry.family(target)]
             partner = { id in registry.families.first { $0.id == id } }
         }

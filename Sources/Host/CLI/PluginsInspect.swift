@@ -43,7 +43,7 @@ struct PluginsInspect: ParsableCommand {
         let library: PluginLibrary
         let families: [DistributionFamily]
         if isPath {
-            library = try PluginLibrary.load(target)
+            library = try plugins.library(at: target)
             families = library.families
         } else {
             let family = try plugins.registry().family(target)

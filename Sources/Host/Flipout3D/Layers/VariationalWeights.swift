@@ -169,7 +169,7 @@ public final class VariationalWeights {
     /// Runs plugin calls, naming this layer in any plugin failure (a NaN from a density, a domain error).
     func inLayer<T>(_ body: () throws -> T) throws -> T {
         do { return try body() } catch let e as PluginCallError {
-            throw LayerError.pluginFailed("layer \(name): \(e). Check this layer's prior and posterior parameters, or lower the learning rate.")
+            throw LayerError.pluginFailed("layer \(name): \(e). " + (e.isProcessFailure ? "The run folder keeps the checkpoint of the last finished epoch (--resume continues from it)." : "Check this layer's prior and posterior parameters, or lower the learning rate."))
         }
     }
 

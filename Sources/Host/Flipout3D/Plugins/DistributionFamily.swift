@@ -2,6 +2,13 @@
 import PluginABI
 @_exported import FlipoutABI
 import Foundation
+import CPluginIsolation
+
+/// Where an isolated family's calls go: its library's child process and its index there.
+public struct RemoteFamily {
+    let plugin: IsolatedPlugin
+    let index: UInt32
+}
 
 /// The ABI's capability flags (FlipoutABI.Capabilities, shared with the SDK).
 public typealias FamilyCapabilities = Capabilities
@@ -44,6 +51,12 @@ public final class DistributionFamily: @unchecked Sendable {
     public let stdlib: String
     public unowned let library: PluginLibrary
     let descriptor: UnsafePointer<flipout_distribution>
+    /// Set when the family lives in a child process: every call goes there (the descriptor is then
+    /// the host's copy of the child's description, its function pointers never called).
+    public let remote: RemoteFamily?
+    public var isIsolated: Bool { remote != nil }
+    /// Per function, the line the crash guard prints if an in-process call dies (never freed).
+    private let crashLines: [String: UnsafePointer<CChar>]
 
     public var file: String { library.path }
     public var isSymmetric: Bool { capabilities.contains(.symmetric) }
@@ -52,8 +65,9 @@ public final class DistributionFamily: @unchecked Sendable {
     /// The descriptor as its writer sized it (fields of later minors read as absent), copied once.
     let table: flipout_distribution
 
-    init(descriptor d: UnsafePointer<flipout_distribution>, library: PluginLibrary) throws {
+    init(descriptor d: UnsafePointer<flipout_distribution>, library: PluginLibrary, remote: RemoteFamily? = nil) throws {
         let file = library.path
+        self.remote = remote
         guard let read = Versioned<flipout_distribution>(UnsafeRawPointer(d)) else {
             throw PluginLoadError(.structTooSmall, file: file, "flipout_distribution is \(Versioned<flipout_distribution>.declaredSize(UnsafeRawPointer(d))) bytes; this host needs at least \(flipout_distribution.minimumSize) (ABI 1.0). Rebuild the plugin against this host's header.")
         }
@@ -91,6 +105,13 @@ public final class DistributionFamily: @unchecked Sendable {
         self.library = library
         descriptor = d
         table = v
+        var lines: [String: UnsafePointer<CChar>] = [:]
+        if remote == nil && PluginLibrary.installsCrashGuard {
+            for fn in ["create", "destroy", "layout", "log_prob", "log_prob_vjp", "sample", "sample_vjp", "center", "center_vjp", "kl", "kl_vjp"] {
+                lines[fn] = UnsafePointer(strdup("flipout: the process died inside a plugin call: plugin \(file), family \(id), function \(fn)")!)
+            }
+        }
+        crashLines = lines
 
         guard v.parameter_count > 0 else { throw PluginLoadError(.invalidDescriptor, file: file, "\(id): declares no parameters.") }
         guard v.parameter_count <= UInt32(HostLimits.parameters), v.hyperparameter_count <= UInt32(HostLimits.parameters) else {
@@ -109,6 +130,10 @@ public final class DistributionFamily: @unchecked Sendable {
                 throw PluginLoadError(.invalidDescriptor, file: file, "\(id): parameter \(i) has unknown transform \(p.transform).")
             }
             let pname = try text(p.name, "parameters[\(i)].name")
+            guard p.default_value.isFinite, t.accepts(p.default_value), p.init_jitter.isFinite, p.init_jitter >= 0,
+                  p.prior_value.isNaN || (p.prior_value.isFinite && t.accepts(p.prior_value)) else {
+                throw PluginLoadError(.invalidDescriptor, file: file, "\(id): parameter \(pname) declares default_value \(p.default_value), init_jitter \(p.init_jitter), prior_value \(p.prior_value); the default and prior value must be finite and inside the \(t) transform's range (prior_value NaN means \"use the default\"), the jitter finite and >= 0.")
+            }
             let role = roles?[i] ?? (pname == "loc" && t == .identity ? .location : .unspecified)
             guard role != .location || t == .identity else {
                 throw PluginLoadError(.invalidDescriptor, file: file, "\(id): parameter \(pname) has role location but transform \(t); a location is unconstrained (identity).")
@@ -177,6 +202,14 @@ public final class DistributionFamily: @unchecked Sendable {
         }
         // The declared capabilities against the layout of an instance with default hyperparameters.
         _ = try instantiate()
+    }
+
+    /// Runs an in-process call with the crash guard naming this family and `function`.
+    func guarded<R>(_ function: String, _ body: () throws -> R) rethrows -> R {
+        guard let line = crashLines[function] else { return try body() }
+        let previous = flipout_crash_guard_enter(line)
+        defer { flipout_crash_guard_leave(previous) }
+        return try body()
     }
 
     /// Values for every hyperparameter: declared defaults overridden by `values` (by name), checked.

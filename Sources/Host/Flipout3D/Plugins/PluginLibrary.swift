@@ -2,6 +2,7 @@
 import PluginABI
 import FlipoutABI
 import Foundation
+import CPluginIsolation
 
 /// A validated plugin: the file, its library name and the families it provides.
 public final class PluginLibrary: @unchecked Sendable {
@@ -9,6 +10,9 @@ public final class PluginLibrary: @unchecked Sendable {
     public let name: String
     public let abiMinor: Int
     public private(set) var families: [DistributionFamily] = []
+    /// The child process running this library, when it is isolated (docs/plugin-isolation.md).
+    public private(set) var isolated: IsolatedPlugin?
+    public var isIsolated: Bool { isolated != nil }
     private var cachedSHA: String?
 
     /// SHA-256 of the file's bytes (hex), recorded in checkpoints.
@@ -19,8 +23,46 @@ public final class PluginLibrary: @unchecked Sendable {
         return digest
     }
 
+    /// Whether in-process loads install the crash guard (not in an isolated plugin's child, whose
+    /// host names the plugin itself).
+    nonisolated(unsafe) public static var installsCrashGuard = true
+
     private static let lock = NSLock()
     nonisolated(unsafe) private static var loaded: [String: PluginLibrary] = [:]
+    nonisolated(unsafe) private static var loadedIsolated: [String: PluginLibrary] = [:]
+
+    /// Load (once per process) the plugin at `path` in its own sandboxed child process, which
+    /// validates it as `load` does; the families forward every call there.
+    public static func loadIsolated(_ path: String, timeout: Double) throws -> PluginLibrary {
+        let resolved = DynamicLibrary.resolve(path)
+        lock.lock(); defer { lock.unlock() }
+        if let lib = loadedIsolated[resolved] { return lib }
+        try ELFHeader.check(resolved)
+        try PluginFileSecurity.check(resolved)
+        let (plugin, description) = try IsolatedPlugin.start(file: resolved, foreignSpec: nil, timeout: timeout)
+        let lib = try PluginLibrary(isolated: plugin, description: description, path: resolved)
+        loadedIsolated[resolved] = lib
+        return lib
+    }
+
+    /// The library a child described, its descriptors rebuilt in host memory and validated again.
+    init(isolated plugin: IsolatedPlugin, description: WireLibrary, path: String) throws {
+        self.path = path
+        name = description.name
+        abiMinor = description.abiMinor
+        isolated = plugin
+        guard !description.families.isEmpty, description.families.count <= Int(HostLimits.families) else {
+            throw PluginLoadError(.invalidDescriptor, file: path, "its process described \(description.families.count) families; a library has 1...\(HostLimits.families).")
+        }
+        for (i, wire) in description.families.enumerated() {
+            families.append(try DistributionFamily(descriptor: IsolatedDescriptor.make(wire), library: self,
+                                                   remote: RemoteFamily(plugin: plugin, index: UInt32(i))))
+        }
+        let ids = families.map(\.id)
+        if let dup = ids.first(where: { id in ids.filter { $0 == id }.count > 1 }) {
+            throw PluginLoadError(.duplicateID, file: path, "declares the id \(dup) twice.")
+        }
+    }
 
     /// Load (once per process) and validate the plugin at `path`.
     public static func load(_ path: String) throws -> PluginLibrary {
@@ -52,7 +94,14 @@ public final class PluginLibrary: @unchecked Sendable {
             throw PluginLoadError(.missingEntry, file: path, "does not export \(FLIPOUT_ENTRY_SYMBOL), so it is not a Flipout3D plugin. Export it with @_cdecl(\"\(FLIPOUT_ENTRY_SYMBOL)\") (see the README, \"Write your own prior\").")
         }
         let entry = unsafeBitCast(entryAddress, to: flipout_entry_fn.self)
-        guard let lib = entry(HostServices.table) else {
+        // A crash in the entry point or any later in-process call names the plugin first.
+        let guarding = PluginLibrary.installsCrashGuard
+        if guarding { flipout_crash_guard_install() }
+        let entryLine = UnsafePointer(strdup("flipout: the process died inside a plugin call: plugin \(path), family (none yet), function \(FLIPOUT_ENTRY_SYMBOL) (the entry point)")!)
+        let previous = flipout_crash_guard_enter(guarding ? entryLine : nil)
+        let returned = entry(HostServices.table)
+        flipout_crash_guard_leave(previous)
+        guard let lib = returned else {
             throw PluginLoadError(.entryFailed, file: path, "its entry point returned NULL (refused to initialise; see its log lines above).")
         }
         guard let read = Versioned<flipout_library>(UnsafeRawPointer(lib)) else {

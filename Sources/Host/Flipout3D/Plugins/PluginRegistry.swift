@@ -12,13 +12,17 @@ public struct PluginSearch: Sendable {
     /// `--foreign-prior SPEC` values, in order: plain C log densities made into prior families
     /// (see ForeignPriorSpec for the syntax). Loaded after every plugin.
     public var foreignPriors: [String]
+    /// Which libraries run in a sandboxed child process, and the watchdog of their calls.
+    public var isolation: IsolationSettings
 
     public init(explicitPaths: [String] = [], environmentPath: String? = ProcessInfo.processInfo.environment["FLIPOUT_PLUGIN_PATH"],
-                bundledDirectory: String? = PluginSearch.executableDirectory, foreignPriors: [String] = []) {
+                bundledDirectory: String? = PluginSearch.executableDirectory, foreignPriors: [String] = [],
+                isolation: IsolationSettings = .default) {
         self.explicitPaths = explicitPaths
         self.environmentPath = environmentPath
         self.bundledDirectory = bundledDirectory
         self.foreignPriors = foreignPriors
+        self.isolation = isolation
     }
 
     /// The running executable (children of `plugins check` run it again).
@@ -61,8 +65,10 @@ public final class PluginRegistry: @unchecked Sendable {
 
     public init(_ search: PluginSearch = PluginSearch()) throws {
         var seen = Set<String>()
+        let policy = search.isolation.policy, timeout = search.isolation.callTimeout
         for c in try search.candidates() {
-            let lib = try PluginLibrary.load(c.path)
+            let lib = policy.isolates(bundled: c.origin == "bundled")
+                ? try PluginLibrary.loadIsolated(c.path, timeout: timeout) : try PluginLibrary.load(c.path)
             if !seen.insert(lib.path).inserted { continue }
             try add(lib)
         }
@@ -70,7 +76,7 @@ public final class PluginRegistry: @unchecked Sendable {
         // name one .so: tell them apart by object (one spec loads once per process).
         var seenForeign = Set<ObjectIdentifier>()
         for spec in search.foreignPriors {
-            let lib = try ForeignDensityFamily.load(spec)
+            let lib = policy == .none ? try ForeignDensityFamily.load(spec) : try ForeignDensityFamily.loadIsolated(spec, timeout: timeout)
             if !seenForeign.insert(ObjectIdentifier(lib)).inserted { continue }
             try add(lib)
         }

@@ -77,7 +77,8 @@ public struct ConformanceRunner {
                 results += got
                 for r in got where r.outcome == .fail { progress("  \(r.check): FAIL") }
                 next += got.count
-                guard let ending = child.ending else {
+                // A worker that exits 0 inside a check (a plugin calling exit) did not finish it.
+                guard let ending = child.ending ?? (current != nil ? "exited with status 0 during the check (a plugin must return, never call exit)" : nil) else {
                     if got.isEmpty { break }  // clean exit: the worker ran everything from `next`
                     continue
                 }
@@ -118,7 +119,11 @@ struct Child {
         var pid: pid_t = 0
         let cargs = argv.map { strdup($0) } + [nil]
         defer { for a in cargs { free(a) } }
-        let rc = posix_spawn(&pid, argv[0], &actions, nil, cargs, environ)
+        // The worker's environment, without the Swift crash backtracer (a new process the sandbox refuses).
+        var env = ProcessInfo.processInfo.environment.filter { $0.key != "SWIFT_BACKTRACE" }.map { "\($0.key)=\($0.value)" } + PluginSandbox.childEnvironment
+        let cenv = env.map { strdup($0) } + [nil]
+        defer { for e in cenv { free(e) }; env.removeAll() }
+        let rc = posix_spawn(&pid, argv[0], &actions, nil, cargs, cenv)
         close(fds[1])
         guard rc == 0 else { close(fds[0]); child.ending = "could not start \(argv[0]) (errno \(rc))"; return child }
 
@@ -177,6 +182,7 @@ struct Child {
         case SIGBUS: return "SIGBUS"
         case SIGFPE: return "SIGFPE"
         case SIGKILL: return "SIGKILL"
+        case SIGSYS: return "SIGSYS: the plugin sandbox refused a file write, network access or a new process"
         default: return "signal \(s)"
         }
     }

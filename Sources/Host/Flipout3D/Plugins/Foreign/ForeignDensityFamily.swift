@@ -61,6 +61,26 @@ public final class ForeignDensityFamily: @unchecked Sendable {
         return library
     }
 
+    nonisolated(unsafe) private static var loadedIsolated: [String: PluginLibrary] = [:]
+
+    /// As `load`, but the function runs in a sandboxed child process (docs/plugin-isolation.md):
+    /// the spec is parsed here (a malformed one is a usage error), the child resolves the symbol,
+    /// prepares libffi and answers every call.
+    public static func loadIsolated(_ specText: String, timeout: Double) throws -> PluginLibrary {
+        let spec = try ForeignPriorSpec(parsing: specText)
+        let resolved = DynamicLibrary.resolve(spec.path)
+        let key = "\(resolved)\u{0}\(spec.signature)\u{0}\(spec.id)"
+        lock.lock(); defer { lock.unlock() }
+        if let hit = loadedIsolated[key] { return hit }
+        try ELFHeader.check(resolved)
+        try PluginFileSecurity.check(resolved)
+        let childSpec = "\(resolved):\(spec.signature)@\(spec.id)"
+        let (plugin, description) = try IsolatedPlugin.start(file: resolved, foreignSpec: childSpec, timeout: timeout)
+        let library = try PluginLibrary(isolated: plugin, description: description, path: resolved)
+        loadedIsolated[key] = library
+        return library
+    }
+
     // MARK: The descriptor
 
     init(function: ForeignFunction) throws {

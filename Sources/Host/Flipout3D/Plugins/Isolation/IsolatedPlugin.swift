@@ -1,0 +1,312 @@
+// The host's side of one out-of-process plugin library: the child, its channel, the watchdog, and failures as errors.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import CPluginIsolation
+import PluginABI
+
+/// How a plugin's child process failed. Once failed, every later call fails the same way.
+public indirect enum PluginProcessFailure: Sendable, Equatable, CustomStringConvertible {
+    /// The process had already failed in an earlier call (of this function, family and point).
+    case earlier(function: String, family: String, point: String, PluginProcessFailure)
+    case signal(Int32, refusedSyscall: String?)
+    case exited(Int32)
+    case timeout(Double)
+    case channel(String)
+
+    public var description: String {
+        switch self {
+        case .earlier(let function, let family, let point, let first):
+            return "the plugin's process had already stopped in an earlier call, family \(family), function \(function)\(point.isEmpty ? "" : " " + point): \(first)"
+        case .signal(_, let syscall?):
+            return "the sandbox refused the system call \(syscall) (\(Self.refusal(syscall))) and stopped the plugin's process. Isolated plugins may not write files, use the network or start processes; compute from the buffers you are given"
+        case .signal(let s, nil):
+            return "the plugin's process was killed by \(Self.signalName(s)) (a crash inside the plugin)"
+        case .exited(let code):
+            return "the plugin's process exited with status \(code) in the middle of the call (a plugin must return a status, never call exit)"
+        case .timeout(let t):
+            return "no answer within \(IsolatedPlugin.format(t)) s, so the watchdog killed the plugin's process (a hang? raise the limit with --plugin-timeout or \(IsolationSettings.timeoutVariable))"
+        case .channel(let why):
+            return "the plugin's process broke the host protocol (\(why))"
+        }
+    }
+
+    static func refusal(_ syscall: String) -> String {
+        switch syscall {
+        case "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4": return "network access"
+        case "fork", "vfork", "clone", "execve", "execveat": return "starting a process"
+        case "open", "openat", "creat", "truncate", "ftruncate", "fallocate", "rename", "renameat", "renameat2", "unlink", "unlinkat",
+             "rmdir", "mkdir", "mkdirat", "link", "linkat", "symlink", "symlinkat", "mknod", "mknodat", "chmod", "fchmod", "fchmodat",
+             "chown", "fchown", "lchown", "fchownat", "utime", "utimes", "utimensat", "futimesat":
+            return "a file-system write: \(syscall == "open" || syscall == "openat" ? "opening a file for writing" : syscall)"
+        case "kill", "tgkill", "tkill", "ptrace", "process_vm_readv", "process_vm_writev": return "reaching another process"
+        default: return "a forbidden kernel interface"
+        }
+    }
+
+    public static func signalName(_ s: Int32) -> String {
+        switch s {
+        case SIGSEGV: return "SIGSEGV"
+        case SIGILL: return "SIGILL (a trap)"
+        case SIGTRAP: return "SIGTRAP"
+        case SIGABRT: return "SIGABRT (abort)"
+        case SIGBUS: return "SIGBUS"
+        case SIGFPE: return "SIGFPE"
+        case SIGKILL: return "SIGKILL"
+        case SIGSYS: return "SIGSYS"
+        default: return "signal \(s)"
+        }
+    }
+}
+
+/// One plugin library loaded in a child process (`flipout-plugin-host`). Calls are serialised
+/// (one request in flight); training makes one call per layer and function, never concurrently.
+public final class IsolatedPlugin: @unchecked Sendable {
+    /// The library file (resolved), named in every message.
+    public let file: String
+    public let timeout: Double
+    private let pid: pid_t
+    /// The child's process id (for diagnostics and tests).
+    public var processID: Int32 { pid }
+    private let channel: Int32
+    private let output: Int32
+    private let shm: SharedMemory
+    private let lock = NSLock()
+    private var failed: PluginProcessFailure?
+    private var pendingOutput: [UInt8] = []
+    private var outputTail: [String] = []
+    private var refusedSyscall: Int32?
+
+    /// The child executable: beside the running flipout binary.
+    public static var hostExecutable: String { (PluginSearch.executableDirectory as NSString).appendingPathComponent("flipout-plugin-host") }
+
+    static func format(_ t: Double) -> String { t == t.rounded() ? String(Int(t)) : String(format: "%.1f", t) }
+
+    /// Starts the child for `file` (a plugin, or with `foreignSpec` a --foreign-prior's library),
+    /// waits for it to load the library inside its sandbox, and returns it with the description
+    /// of what it loaded. A load error in the child is rethrown as the same PluginLoadError.
+    static func start(file: String, foreignSpec: String?, timeout: Double) throws -> (IsolatedPlugin, WireLibrary) {
+        let exe = hostExecutable
+        guard access(exe, X_OK) == 0 else {
+            throw PluginLoadError(.isolationFailed, file: file, "cannot run it isolated: \(exe) is missing (it is built with flipout: `swift build` builds every product). Or load plugins in-process with --isolate-plugins none.")
+        }
+        var pair: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            throw PluginLoadError(.isolationFailed, file: file, "cannot run it isolated: socketpair failed: \(String(cString: strerror(errno))).")
+        }
+        var pipeFDs: [Int32] = [0, 0]
+        guard flipout_pipe_cloexec(&pipeFDs) == 0 else {
+            close(pair[0]); close(pair[1])
+            throw PluginLoadError(.isolationFailed, file: file, "cannot run it isolated: pipe failed: \(String(cString: strerror(errno))).")
+        }
+        let shm: SharedMemory
+        do { shm = try SharedMemory(); try shm.ensure(1 << 20) } catch {
+            close(pair[0]); close(pair[1]); close(pipeFDs[0]); close(pipeFDs[1])
+            throw PluginLoadError(.isolationFailed, file: file, "cannot run it isolated: \(error).")
+        }
+        let argv = [exe] + (foreignSpec.map { ["--foreign-prior", $0] } ?? ["--plugin", file])
+        // A clean environment; FLIPOUT_DEBUG passes on so that plugins' debug log lines still show.
+        let env = PluginSandbox.childEnvironment + (getenv("FLIPOUT_DEBUG") != nil ? ["FLIPOUT_DEBUG=1"] : [])
+        let cargs = argv.map { strdup($0) } + [nil]
+        let cenv = env.map { strdup($0) } + [nil]
+        defer { for a in cargs { free(a) }; for e in cenv { free(e) } }
+        var pid: pid_t = 0
+        let rc = flipout_spawn_isolated(exe, cargs, cenv, pair[1], shm.fd, pipeFDs[1], &pid)
+        close(pair[1]); close(pipeFDs[1])
+        guard rc == 0 else {
+            close(pair[0]); close(pipeFDs[0])
+            throw PluginLoadError(.isolationFailed, file: file, "cannot start \(exe): \(String(cString: strerror(rc))).")
+        }
+        _ = fcntl(pipeFDs[0], F_SETFL, fcntl(pipeFDs[0], F_GETFL) | O_NONBLOCK)
+        let plugin = IsolatedPlugin(file: file, timeout: timeout, pid: pid, channel: pair[0], output: pipeFDs[0], shm: shm)
+        // The hello: 0 + JSON of the library, or 1 + kind + reason of a load error.
+        let reply: [UInt8]
+        do { reply = try plugin.lock.withLock { try plugin.receiveLarge(deadline: Date().addingTimeInterval(timeout)) } } catch let f as PluginProcessFailure {
+            throw PluginLoadError(.isolationFailed, file: file, "while loading it (the entry point \(FLIPOUT_ENTRY_SYMBOL), before any family exists): \(f)\(plugin.context)")
+        }
+        guard let kind = reply.first else { throw PluginLoadError(.isolationFailed, file: file, "its process sent an empty hello") }
+        let body = Array(reply.dropFirst())
+        if kind == 1 {
+            var r = WireReader(body)
+            let k = (try? r.string()).flatMap(PluginLoadError.Kind.init(rawValue:)) ?? .entryFailed
+            let reason = (try? r.string()) ?? "(unreadable reason)"
+            throw PluginLoadError(k, file: file, PluginString.escaped(reason))
+        }
+        guard kind == 0, let library = try? WireFamily.decoder.decode(WireLibrary.self, from: Data(body)) else {
+            throw PluginLoadError(.isolationFailed, file: file, "its process sent a hello the host cannot read")
+        }
+        return (plugin, library)
+    }
+
+    private init(file: String, timeout: Double, pid: pid_t, channel: Int32, output: Int32, shm: SharedMemory) {
+        self.file = file; self.timeout = timeout; self.pid = pid; self.channel = channel; self.output = output; self.shm = shm
+    }
+
+    deinit {
+        // Closing the channel ends the child (its recv returns 0); reap it if it is already gone.
+        close(channel); close(output)
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, WNOHANG)
+    }
+
+    /// The last lines the child printed (a Swift "Fatal error: ..." names the cause), for messages.
+    var context: String {
+        let lines = outputTail.filter { !$0.isEmpty }.suffix(3)
+        return lines.isEmpty ? "" : ". It printed: " + lines.joined(separator: " | ")
+    }
+
+    // MARK: Calls
+
+    /// A reply: the plugin's status and message, and what the operation returns.
+    struct Reply {
+        var status: Int32
+        var message: String
+        var reader: WireReader
+    }
+
+    /// Sends `op` with the arrays `frame` lays out (copied in before, copied back after an OK
+    /// status) and the op's scalar `arguments`, and waits for the reply within the watchdog.
+    /// Throws `PluginProcessFailure` if the child dies, hangs or breaks the protocol.
+    func call(_ op: WireOp, family: UInt32, instance: UInt64, n: Int, frame: CallFrame = CallFrame(),
+              arguments: (inout WireWriter) -> Void = { _ in }) throws -> Reply {
+        lock.lock(); defer { lock.unlock() }
+        if let failed { throw failed }
+        do { return try exchange(op, family: family, instance: instance, n: n, frame: frame, arguments: arguments) }
+        catch let f as PluginProcessFailure {
+            failed = f
+            throw f
+        }
+    }
+
+    /// Records where the process failed (family id and parameter point, which only the caller
+    /// knows), so that later calls name that call instead of their own.
+    func noteFailure(function: String, family: String, point: String) {
+        lock.withLock {
+            if let f = failed, case .earlier = f {} else if let f = failed {
+                failed = .earlier(function: function, family: family, point: point, f)
+            }
+        }
+    }
+
+    private func exchange(_ op: WireOp, family: UInt32, instance: UInt64, n: Int, frame: CallFrame,
+                          arguments: (inout WireWriter) -> Void) throws -> Reply {
+        do {
+            try shm.ensure(frame.size)
+            frame.copyIn(shm)
+            var w = WireWriter()
+            w.u32(op.rawValue); w.u32(family); w.u64(instance); w.u64(UInt64(n)); w.u64(UInt64(shm.size))
+            arguments(&w)
+            try send(w.bytes)
+            var r = WireReader(try receive(deadline: Date().addingTimeInterval(timeout)))
+            let status = try r.i32()
+            let message = try r.string(limit: 4096)
+            if status == 0 { frame.copyOut(shm) }
+            return Reply(status: status, message: PluginString.escaped(message), reader: r)
+        } catch is WireReader.Truncated {
+            kill(pid, SIGKILL)
+            throw PluginProcessFailure.channel("a truncated reply")
+        } catch let e as SharedMemoryError {
+            throw PluginProcessFailure.channel("shared memory: \(e)")
+        }
+    }
+
+    /// `context` of the failure, for the message of the call that saw it.
+    func failureContext() -> String { lock.withLock { context } }
+
+    private func send(_ bytes: [UInt8]) throws {
+        let sent = bytes.withUnsafeBytes { Glibc.send(channel, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if sent != bytes.count { throw ended() }
+    }
+
+    /// One packet from the child within `deadline`, relaying what it prints meanwhile.
+    private func receive(deadline: Date) throws -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let left = deadline.timeIntervalSinceNow
+            if left <= 0 {
+                kill(pid, SIGKILL)
+                reap()
+                throw PluginProcessFailure.timeout(timeout)
+            }
+            var fds = [pollfd(fd: channel, events: Int16(POLLIN), revents: 0), pollfd(fd: output, events: Int16(POLLIN), revents: 0)]
+            let ready = poll(&fds, 2, Int32(min(left, 1) * 1000) + 1)
+            if ready < 0 { if errno == EINTR { continue }; throw PluginProcessFailure.channel("poll: \(String(cString: strerror(errno)))") }
+            if fds[1].revents != 0 { drainOutput() }
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                let got = buffer.withUnsafeMutableBytes { recv(channel, $0.baseAddress, $0.count, 0) }
+                if got > 0 { return Array(buffer[0..<got]) }
+                if got < 0 && errno == EINTR { continue }
+                throw ended()
+            }
+            if fds[0].revents & Int16(POLLHUP | POLLERR) != 0 { throw ended() }
+        }
+    }
+
+    /// A message the child split into packets: [u64 total] + data, then data.
+    private func receiveLarge(deadline: Date) throws -> [UInt8] {
+        var r = WireReader(try receive(deadline: deadline))
+        let total = Int(try r.u64())
+        guard total <= 64 << 20 else { throw PluginProcessFailure.channel("a hello of \(total) bytes") }
+        var out = Array(r.bytes[r.at...])
+        while out.count < total { out += try receive(deadline: deadline) }
+        return out
+    }
+
+    /// The child is gone: wait for it and say how it ended.
+    private func ended() -> PluginProcessFailure {
+        let status = reap()
+        drainOutput(final: true)
+        if let status {
+            if status & 0x7f == 0 { return .exited((status >> 8) & 0xff) }
+            let sig = status & 0x7f
+            return .signal(sig, refusedSyscall: sig == SIGSYS ? refusedSyscall.map { String(cString: flipout_syscall_name($0)) } ?? "(unknown)" : nil)
+        }
+        return .channel("the channel closed but the process is still running")
+    }
+
+    @discardableResult
+    private func reap() -> Int32? {
+        var status: Int32 = 0
+        for attempt in 0..<200 {
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid { return status }
+            if r < 0 && errno != EINTR { return nil }
+            if attempt == 100 { kill(pid, SIGKILL) }
+            usleep(10_000)
+        }
+        return nil
+    }
+
+    /// Reads what the child printed; relays it to stderr (escaped, prefixed with the file) and keeps the tail.
+    private func drainOutput(final: Bool = false) {
+        var buffer = [UInt8](repeating: 0, count: 8192)
+        while true {
+            let got = buffer.withUnsafeMutableBytes { read(output, $0.baseAddress, $0.count) }
+            if got > 0 { pendingOutput += buffer[0..<got]; continue }
+            if got < 0 && errno == EINTR { continue }
+            break
+        }
+        while let nl = pendingOutput.firstIndex(of: 0x0a) {
+            line(String(decoding: pendingOutput[..<nl], as: UTF8.self))
+            pendingOutput.removeSubrange(...nl)
+        }
+        if final && !pendingOutput.isEmpty { line(String(decoding: pendingOutput, as: UTF8.self)); pendingOutput = [] }
+    }
+
+    private func line(_ text: String) {
+        if text.hasPrefix(FLIPOUT_SANDBOX_MARKER) {
+            refusedSyscall = Int32(text.dropFirst(FLIPOUT_SANDBOX_MARKER.count).trimmingCharacters(in: .whitespaces))
+            return
+        }
+        guard !text.isEmpty else { return }
+        let shown = PluginString.escaped(String(text.prefix(2000)))
+        outputTail.append(shown)
+        if outputTail.count > 10 { outputTail.removeFirst() }
+        // The child's own log lines already start with "flipout: plugin ..."; other output is labelled.
+        FileHandle.standardError.write(Data((shown.hasPrefix("flipout: ") ? shown : "flipout: plugin \((file as NSString).lastPathComponent) printed: \(shown)").utf8 + [0x0a]))
+    }
+}
+
+extension PluginProcessFailure: Error {}

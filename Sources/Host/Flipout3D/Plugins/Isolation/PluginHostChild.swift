@@ -1,0 +1,165 @@
+// The child's side of an isolated plugin (`flipout-plugin-host`): sandbox, load, then forward each request to the ABI.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import PluginABI
+import CPluginIsolation
+
+/// The main loop of `flipout-plugin-host`. It starts with fds 0 (/dev/null), 1 and 2 (a pipe the
+/// host relays), 3 (the channel) and 4 (the shared memory), in "/", with a clean environment.
+/// It installs the seccomp sandbox BEFORE loading the library, so the entry point, static
+/// constructors and every call run sandboxed; then loads and validates the library exactly as
+/// the host does in-process, sends the description, and answers requests until the host closes
+/// the channel.
+public enum PluginHostChild {
+    static let channel: Int32 = 3
+
+    public static func run(_ arguments: [String]) -> Int32 {
+        flipout_child_harden(5)
+        PluginLibrary.installsCrashGuard = false
+        guard arguments.count == 3, ["--plugin", "--foreign-prior"].contains(arguments[1]) else {
+            fputs("flipout-plugin-host: the child process of an isolated plugin; flipout starts it (usage: flipout-plugin-host --plugin PATH | --foreign-prior SPEC).\n", stderr)
+            return 64
+        }
+        do { try PluginSandbox.apply() } catch {
+            refuse(.isolationFailed, "\(error)")
+            return 1
+        }
+        let library: PluginLibrary
+        do {
+            library = arguments[1] == "--plugin" ? try PluginLibrary.load(arguments[2]) : try ForeignDensityFamily.load(arguments[2])
+        } catch let e as PluginLoadError {
+            refuse(e.kind, e.reason); return 0
+        } catch {
+            refuse(.invalidDescriptor, "\(error)"); return 0
+        }
+        let description = WireLibrary(name: library.name, abiMinor: library.abiMinor, families: library.families.map(describe))
+        guard let json = try? WireFamily.encoder.encode(description) else { refuse(.invalidDescriptor, "its descriptors cannot be encoded"); return 0 }
+        sendLarge([0] + Array(json))
+        return serve(library.families)
+    }
+
+    static func describe(_ f: DistributionFamily) -> WireFamily {
+        let t = f.table
+        var functions: [String] = []
+        if t.create != nil { functions.append("create") }
+        if t.destroy != nil { functions.append("destroy") }
+        if t.layout != nil { functions.append("layout") }
+        if t.log_prob != nil { functions.append("log_prob") }
+        if t.log_prob_vjp != nil { functions.append("log_prob_vjp") }
+        if t.sample != nil { functions.append("sample") }
+        if t.sample_vjp != nil { functions.append("sample_vjp") }
+        if t.center != nil { functions.append("center") }
+        if t.center_vjp != nil { functions.append("center_vjp") }
+        if t.kl != nil { functions.append("kl") }
+        if t.kl_vjp != nil { functions.append("kl_vjp") }
+        return WireFamily(
+            id: f.id, name: f.name, version: f.version, description: f.summary, capabilities: f.capabilities.rawValue,
+            parameters: f.parameters.map { .init(name: $0.name, description: $0.description, transform: $0.transform.rawValue,
+                                                 defaultValue: $0.defaultValue, initJitter: $0.initJitter,
+                                                 countHyperparameter: $0.countHyperparameter, priorValue: $0.priorValue) },
+            roles: f.parameters.map { $0.role.rawValue },
+            hyperparameters: f.hyperparameters.map { .init(name: $0.name, description: $0.description, defaultValue: $0.defaultValue,
+                                                           minimum: $0.minimum, maximum: $0.maximum, isInteger: $0.isInteger) },
+            klFamilies: f.klFamilies, toolchain: f.toolchain, stdlib: f.stdlib, functions: functions)
+    }
+
+    static func refuse(_ kind: PluginLoadError.Kind, _ reason: String) {
+        var w = WireWriter()
+        w.string(kind.rawValue); w.string(reason)
+        sendLarge([1] + w.bytes)
+    }
+
+    static func send(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.send(channel, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    static func sendLarge(_ bytes: [UInt8]) {
+        var w = WireWriter(); w.u64(UInt64(bytes.count))
+        let chunk = 32 * 1024
+        send(w.bytes + bytes.prefix(chunk))
+        var at = min(chunk, bytes.count)
+        while at < bytes.count { send(Array(bytes[at..<min(at + chunk, bytes.count)])); at += chunk }
+    }
+
+    /// Answers requests until the host closes the channel (or dies).
+    static func serve(_ families: [DistributionFamily]) -> Int32 {
+        let shm = SharedMemory(inherited: 4)
+        var instances: [UInt64: OpaquePointer] = [:]
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: 1024)
+        while true {
+            let got = buffer.withUnsafeMutableBytes { recv(channel, $0.baseAddress, $0.count, 0) }
+            if got < 0 && errno == EINTR { continue }
+            if got <= 0 { return 0 }
+            var r = WireReader(Array(buffer[0..<got]))
+            var reply = WireWriter()
+            do {
+                guard let op = WireOp(rawValue: try r.u32()) else { return 70 }
+                let familyIndex = Int(try r.u32()), instanceID = try r.u64(), n = Int(try r.u64()), size = Int(try r.u64())
+                guard familyIndex < families.count, case let t = families[familyIndex].table else { return 70 }
+                if size != shm.size { try shm.map(size) }
+                errorBuffer[0] = 0
+                var err = flipout_error(struct_size: UInt32(MemoryLayout<flipout_error>.size), capacity: 1024, message: errorBuffer)
+                var extras = WireWriter()
+                func input(_ a: WireArray) -> flipout_in_array { flipout_in_array(data: a.isAbsent ? nil : UnsafePointer(shm.floats(at: a.offset)), stride: Int(a.stride)) }
+                func output(_ a: WireArray) -> flipout_out_array { flipout_out_array(data: a.isAbsent ? nil : shm.floats(at: a.offset), stride: Int(a.stride)) }
+                func pointer(_ a: WireArray) -> UnsafeMutablePointer<Float>? { a.isAbsent ? nil : shm.floats(at: a.offset) }
+                let instance = instances[instanceID]
+                if op != .create && instance == nil { return 70 }
+                var status: Int32 = 0
+                switch op {
+                case .create:
+                    let count = Int(try r.u32())
+                    guard count <= Int(HostLimits.parameters) else { return 70 }
+                    let hypers = try (0..<count).map { _ in try r.f64() }
+                    var made: OpaquePointer?
+                    status = hypers.withUnsafeBufferPointer { t.create(families[familyIndex].descriptor, $0.baseAddress, &made, &err) }
+                    let id = made.map { UInt64(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer($0)))) } ?? 0
+                    if let made { instances[id] = made }
+                    extras.u64(id)
+                case .destroy:
+                    t.destroy(instance)
+                    instances[instanceID] = nil
+                case .layout:
+                    var a: UInt32 = 0, b: UInt32 = 0, c: UInt32 = 0
+                    t.layout(instance, &a, &b, &c)
+                    extras.u32(a); extras.u32(b); extras.u32(c)
+                case .logProb:
+                    let p = try r.arrays().map(input), x = try r.array(), out = try r.array()
+                    status = t.log_prob(instance, n, p, pointer(x), pointer(out), &err)
+                case .logProbVJP:
+                    let p = try r.arrays().map(input), x = try r.array(), g = try r.array(), gx = try r.array(), gp = try r.arrays().map(output)
+                    status = t.log_prob_vjp(instance, n, p, pointer(x), pointer(g), pointer(gx), gp, &err)
+                case .sample:
+                    let p = try r.arrays().map(input), nz = try r.array(), u = try r.array(), x = try r.array()
+                    status = t.sample!(instance, n, p, pointer(nz), pointer(u), pointer(x), &err)
+                case .sampleVJP:
+                    let p = try r.arrays().map(input), nz = try r.array(), u = try r.array(), x = try r.array(), g = try r.array(), gp = try r.arrays().map(output)
+                    status = t.sample_vjp!(instance, n, p, pointer(nz), pointer(u), pointer(x), pointer(g), gp, &err)
+                case .center:
+                    let p = try r.arrays().map(input), out = try r.array()
+                    status = t.center!(instance, n, p, pointer(out), &err)
+                case .centerVJP:
+                    let p = try r.arrays().map(input), g = try r.array(), gp = try r.arrays().map(output)
+                    status = t.center_vjp!(instance, n, p, pointer(g), gp, &err)
+                case .kl:
+                    let q = try r.string(limit: Int(HostLimits.nameLength)), qp = try r.arrays().map(input), pp = try r.arrays().map(input), out = try r.array()
+                    status = q.withCString { t.kl!(instance, n, $0, qp, pp, pointer(out), &err) }
+                case .klVJP:
+                    let q = try r.string(limit: Int(HostLimits.nameLength)), qp = try r.arrays().map(input), pp = try r.arrays().map(input)
+                    let g = try r.array(), gq = try r.arrays().map(output), gp = try r.arrays().map(output)
+                    status = q.withCString { t.kl_vjp!(instance, n, $0, qp, pp, pointer(g), gq, gp, &err) }
+                }
+                errorBuffer[1023] = 0
+                reply.i32(status)
+                reply.string(status == 0 ? "" : String(cString: errorBuffer))
+                reply.bytes += extras.bytes
+            } catch {
+                return 70
+            }
+            send(reply.bytes)
+        }
+    }
+}

@@ -1,0 +1,105 @@
+// A memfd both processes map: where every float array of an isolated plugin call travels.
+#if canImport(Glibc)
+import Glibc
+#endif
+import CPluginIsolation
+
+/// A growable in-memory file mapped shared. The host creates and sizes it (ftruncate); the child,
+/// which may not truncate files, remaps it when a request announces a larger size.
+final class SharedMemory {
+    let fd: Int32
+    private(set) var base: UnsafeMutableRawPointer?
+    private(set) var size = 0
+
+    /// The host's side: a new memfd.
+    init() throws {
+        fd = flipout_memfd("flipout-plugin-arrays")
+        guard fd >= 0 else { throw SharedMemoryError(what: "memfd_create", errno: errno) }
+    }
+
+    /// The child's side: the memfd it inherited.
+    init(inherited fd: Int32) { self.fd = fd }
+
+    deinit {
+        if let base { munmap(base, size) }
+        close(fd)
+    }
+
+    /// Host: make the file at least `bytes` long (grown by doubling, whole pages) and map it.
+    func ensure(_ bytes: Int) throws {
+        guard bytes > size || base == nil else { return }
+        var newSize = max(size * 2, 1 << 20)
+        while newSize < bytes { newSize *= 2 }
+        guard ftruncate(fd, off_t(newSize)) == 0 else { throw SharedMemoryError(what: "ftruncate to \(newSize) bytes", errno: errno) }
+        try map(newSize)
+    }
+
+    /// Map the first `bytes` of the file (both sides), replacing the previous mapping.
+    func map(_ bytes: Int) throws {
+        if let base { munmap(base, size); self.base = nil; size = 0 }
+        guard bytes > 0 else { return }
+        let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard let p, p != MAP_FAILED else { throw SharedMemoryError(what: "mmap of \(bytes) bytes", errno: errno) }
+        base = p
+        size = bytes
+    }
+
+    func floats(at offset: UInt64) -> UnsafeMutablePointer<Float> {
+        (base! + Int(offset)).assumingMemoryBound(to: Float.self)
+    }
+}
+
+struct SharedMemoryError: Error, CustomStringConvertible {
+    let what: String
+    let errno: Int32
+    var description: String { "\(what) failed: \(String(cString: strerror(errno)))" }
+}
+
+/// The arrays of one call, laid out in shared memory (64-byte aligned), with what to copy in and
+/// back. Host arrays with any stride are packed contiguous (stride 1), or one value (stride 0).
+struct CallFrame {
+    enum Direction { case input, output, update }
+    struct Entry {
+        let host: UnsafeMutablePointer<Float>
+        let hostStride: Int
+        let count: Int
+        let offset: Int
+        let direction: Direction
+    }
+    private(set) var entries: [Entry] = []
+    private(set) var size = 0
+
+    private mutating func add(_ p: UnsafeMutablePointer<Float>?, stride: Int, n: Int, _ direction: Direction) -> WireArray {
+        guard let p else { return .absent }
+        let count = stride == 0 ? 1 : n
+        let offset = size
+        size += (count * MemoryLayout<Float>.size + 63) & ~63
+        entries.append(Entry(host: p, hostStride: stride, count: count, offset: offset, direction: direction))
+        return WireArray(offset: UInt64(offset), stride: stride == 0 ? 0 : 1)
+    }
+
+    /// An array the plugin reads.
+    mutating func input(_ p: UnsafePointer<Float>?, stride: Int = 1, n: Int) -> WireArray {
+        add(p.map { UnsafeMutablePointer(mutating: $0) }, stride: stride, n: n, .input)
+    }
+    /// An array the plugin writes (never read back in).
+    mutating func output(_ p: UnsafeMutablePointer<Float>?, n: Int) -> WireArray { add(p, stride: 1, n: n, .output) }
+    /// A gradient the plugin ADDS into: copied in and back.
+    mutating func update(_ p: UnsafeMutablePointer<Float>?, stride: Int, n: Int) -> WireArray { add(p, stride: stride, n: n, .update) }
+
+    func copyIn(_ shm: SharedMemory) {
+        for e in entries where e.direction != .output {
+            let dst = shm.floats(at: UInt64(e.offset))
+            if e.hostStride == 1 || e.count == 1 { dst.update(from: e.host, count: e.count) }
+            else { for i in 0..<e.count { dst[i] = e.host[i * e.hostStride] } }
+        }
+    }
+
+    func copyOut(_ shm: SharedMemory) {
+        for e in entries where e.direction != .input {
+            let src = shm.floats(at: UInt64(e.offset))
+            if e.hostStride == 1 || e.count == 1 { e.host.update(from: src, count: e.count) }
+            else { for i in 0..<e.count { e.host[i * e.hostStride] = src[i] } }
+        }
+    }
+}
