@@ -62,7 +62,7 @@ private func entropy(_ q: [Double]) -> Double { q.reduce(0) { $0 - ($1 > 0 ? $1 
         func meanMI(_ overlap: Double, seed: UInt64) throws -> Double {
             // One window per call, as ModelPredictor runs a Bayesian network: draw t is one weight sample.
             let maps = try SlidingWindow.predict(x, classes: 3, draws: 4, options: SlidingWindowOptions(window: [8, 8, 8], overlap: overlap, batch: 1)) { w, t in
-                try unet.probabilities(w, Evaluator.predictionContext(seed: seed, draw: t))
+                try unet.probabilities(w, StepContext.prediction(seed: seed, draw: t))
             }
             return maps.mutualInformation.array.reduce(0.0) { $0 + Double($1) } / 4096
         }
@@ -82,12 +82,12 @@ private func entropy(_ q: [Double]) -> Double { q.reduce(0) { $0 - ($1 > 0 ? $1 
     /// A draw is one weight sample for the whole volume: the maps do not depend on how many
     /// windows go into one network call (Flipout draws its signs per batch row).
     @Test func modelPredictorMapsDoNotDependOnTheWindowBatch() throws {
-        let (m, t) = SmallRun.configs(epochs: 1)
-        let model = try SegmentationNet(m, registry: try SmallRun.registry(), seed: t.seed)
-        let predictor = ModelPredictor(model: model, samples: 3, seed: 7)
-        let x = Tensor(shape: [1, 16, 12, 20], values: TestNoise.normals(16 * 12 * 20, seed: 2))
+        let (m, u, t, _) = SmallRun.configs(epochs: 1)
+        let model = try UNet(m, shape: u, registry: try SmallRun.registry(), seed: t.seed)
+        let predictor = ModelPredictor(unet: model, samples: 3, seed: 7)
+        let x = Tensor(shape: [2, 16, 12, 20], values: TestNoise.normals(2 * 16 * 12 * 20, seed: 2))
         let maps = try [1, 3].map { batch in
-            try SlidingWindow.predict(x, classes: 2, draws: predictor.draws, options: SlidingWindowOptions(window: [8, 8, 8], overlap: 0.5, batch: batch),
+            try SlidingWindow.predict(x, classes: 3, draws: predictor.draws, options: SlidingWindowOptions(window: [8, 8, 8], overlap: 0.5, batch: batch),
                                       predictor: predictor.callAsFunction)
         }
         #expect(maps[0].probabilities.array == maps[1].probabilities.array)
