@@ -32,7 +32,7 @@ struct Gamma: ScalarDistribution {
 
     func logProb(_ x: Double, _ p: Params) -> Double {
         let a = p[0], r = p[1]
-        guard x > 0 else { return -.infinity }
+        guard x > 0, x < .infinity else { return -.infinity }
         return a * log(r) + (a - 1) * log(x) - r * x - Special.lgamma(a)
     }
 

@@ -12,8 +12,9 @@
  *   -DTRAP                  log_prob_vjp executes a trap instruction when scale < 0.01
  *   -DHANG                  sample never returns when scale < 0.01
  *   -DNAN_OK                no parameter check: scale <= 0 gives NaN with status OK
- *   -DNONFINITE_OK          no check of results: at scale 1e-40 d log_prob/d scale overflows to
- *                           +inf, a +inf normal gives a +inf sample, both with status OK
+ *   -DNONFINITE_OK          no check of results: log_prob(NaN) is NaN, at scale 1e-40 d log_prob/
+ *                           d scale overflows to +inf, a +inf normal gives a +inf sample, all with
+ *                           status OK (the valid build answers FLIPOUT_STATUS_DOMAIN_ERROR)
  *   -DREFUSES_TAIL_NOISE    sample refuses (DOMAIN_ERROR) normals beyond +-6, which the host draws
  *   -DKL_UNSUPPORTED        kl and kl_vjp answer FLIPOUT_STATUS_UNSUPPORTED (the host must fall
  *                           back to Monte Carlo)

@@ -38,6 +38,8 @@ enum ExtremeInputs {
 /// Counts and the violations one probe run found.
 struct ExtremesTally {
     var calls = 0, finite = 0, refused = 0
+    /// Calls per ABI function, in the order first called.
+    var perFunction: [(String, Int)] = []
     var violations: [String] = []
     var refusedOrdinary: [String] = []
 }
@@ -49,6 +51,7 @@ extension ConformanceSuite {
     func underRule(_ tally: inout ExtremesTally, _ function: String, _ at: @autoclosure () -> String, minusInfinity: Bool = false,
                    _ call: () throws -> [Float]) -> [Float]? {
         tally.calls += 1
+        if let i = tally.perFunction.firstIndex(where: { $0.0 == function }) { tally.perFunction[i].1 += 1 } else { tally.perFunction.append((function, 1)) }
         do {
             let out = try call()
             if let bad = out.first(where: { !($0.isFinite || (minusInfinity && $0 == -.infinity)) }) {
@@ -201,7 +204,7 @@ extension ConformanceSuite {
             throw CheckFailure("\(t.refusedOrdinary.count) draws at ordinary parameters failed with noise the host's generator draws; first: \(first). A valid draw must not be refused (compute in log space where it underflows).")
         }
         let ordinary = canSample ? "; sample and sample_vjp accept all \(ordinaryCount) (ordinary point, host noise) settings" : ""
-        return "\(t.calls) calls with denormal, huge, ±inf and NaN inputs at \(pts.count) parameter points: \(t.finite) finite with OK, \(t.refused) refused with an error status, none non-finite with OK\(ordinary)"
+        return "\(t.calls) calls with denormal, huge, ±inf and NaN inputs at \(pts.count) parameter points: \(t.finite) finite with OK, \(t.refused) refused with an error status, none non-finite with OK (\(t.perFunction.map { "\($0.0) \($0.1)" }.joined(separator: ", ")))\(ordinary)"
     }
 
     /// The error a call gives, for a message.
