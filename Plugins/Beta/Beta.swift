@@ -7,8 +7,8 @@ import Glibc
 
 struct Beta: ScalarDistribution {
     static let family = FamilyInfo(
-        id: "org.flipout3d.beta", name: "Beta", version: "1.1.0",
-        description: "Beta(alpha, beta) on (0, 1), density x^(alpha-1) (1-x)^(beta-1) / B(alpha, beta). A posterior for positive weights (defaults 20 and 200 start them small, mean 1/11, sd/mean 0.21; alpha and beta are learned in log space, and log alpha starts with N(0, 0.4^2) jitter so the weights start at different means). Sampled as G1/(G1 + G2) with G1 = P^-1(alpha, u1), G2 = P^-1(beta, u2) from two uniforms (inverse incomplete gamma), with implicit reparameterization gradients through both Gammas (dP/da by a central difference in a, in Double). Not symmetric: Flipout does not apply. Pair it with the Gamma prior for an analytic KL.",
+        id: "org.flipout3d.beta", name: "Beta", version: "1.2.0",
+        description: "Beta(alpha, beta) on (0, 1), density x^(alpha-1) (1-x)^(beta-1) / B(alpha, beta). A posterior for positive weights (defaults 20 and 200 start them small, mean 1/11, sd/mean 0.21; alpha and beta are learned in log space, and log alpha starts with N(0, 0.4^2) jitter so the weights start at different means). Sampled as G1/(G1 + G2) with G1 = P^-1(alpha, u1), G2 = P^-1(beta, u2) from two uniforms (inverse incomplete gamma), with implicit reparameterization gradients through both Gammas (dP/da analytic: P's series differentiated term by term, or the derivative of its continued fraction), in log space where the Gammas underflow (Beta(0.005, 0.005) samples). Not symmetric: Flipout does not apply. Pair it with the Gamma prior for an analytic KL.",
         capabilities: [.sample, .implicitReparameterization, .uniformNoise, .positiveSupport],
         parameters: [
             // exp, not softplus: softplus is the identity for large values, so beta = 20 would move by
@@ -47,27 +47,35 @@ struct Beta: ScalarDistribution {
         return (a - 1) / x - (b - 1) / (1 - x)
     }
 
-    /// The two standard Gamma draws behind a sample; NaN for uniforms outside (0, 1).
-    private func gammas(_ p: Params, _ uniforms: UnsafePointer<Float>) -> (Double, Double) {
+    /// The two uniforms of a scalar; nil outside (0, 1) (a NaN sample, so a domain error).
+    private func uniformPair(_ uniforms: UnsafePointer<Float>) -> (Double, Double)? {
         let u1 = Double(uniforms[0]), u2 = Double(uniforms[1])
-        guard u1 > 0, u1 < 1, u2 > 0, u2 < 1 else { return (.nan, .nan) }
-        return (Special.gammaPInverse(p[0], u1), Special.gammaPInverse(p[1], u2))
+        guard u1 > 0, u1 < 1, u2 > 0, u2 < 1 else { return nil }
+        return (u1, u2)
     }
 
+    /// x = G1/(G1 + G2) with G1 = P^-1(alpha, u1), G2 = P^-1(beta, u2). Where both Gammas fall below
+    /// Double's normal range (alpha = beta = 0.005 puts half of each Gamma's mass below e^-139), in
+    /// log space: x = 1/(1 + exp(log G2 - log G1)).
     func sample(_ p: Params, normals: UnsafePointer<Float>, uniforms: UnsafePointer<Float>) -> Double {
-        let (g1, g2) = gammas(p, uniforms)
-        return g1 / (g1 + g2)
+        guard let (u1, u2) = uniformPair(uniforms) else { return .nan }
+        let g1 = Special.gammaPInverse(p[0], u1), g2 = Special.gammaPInverse(p[1], u2)
+        if max(g1, g2) >= Double.leastNormalMagnitude { return g1 / (g1 + g2) }
+        return 1 / (1 + exp(Special.logGammaPInverse(p[1], u2) - Special.logGammaPInverse(p[0], u1)))
     }
 
-    /// x = G1/(G1 + G2): dx/dalpha = G2/(G1 + G2)^2 dG1/dalpha, dx/dbeta = -G1/(G1 + G2)^2 dG2/dbeta, with
-    /// dG/da = -(dP/da)(a, G) / p(G; a) (Figurnov et al. 2018). The Gammas are recomputed from the
-    /// uniforms (x alone does not determine them).
+    /// x = 1/(1 + exp(L2 - L1)) with L = log G: dx/dalpha = x (1 - x) dL1/dalpha and
+    /// dx/dbeta = -x (1 - x) dL2/dbeta, with d log G/da = -(dP/da)(a, G) / (G p(G; a)), the implicit
+    /// derivative of the Gamma quantile (Figurnov et al. 2018; `Special.gammaQuantileLogDerivativeA`,
+    /// analytic, from log G so that it holds where G underflows). The Gammas are recomputed from the
+    /// uniforms (x alone does not determine them). 0 where x rounds to 0 or 1 (the limit).
     func sampleGradient(_ x: Double, _ p: Params, normals: UnsafePointer<Float>, uniforms: UnsafePointer<Float>, _ dp: ParamGradient) {
-        let (g1, g2) = gammas(p, uniforms)
-        let s = g1 + g2
-        guard s > 0 else { return }
-        dp[0] = g2 / (s * s) * Special.gammaSampleDerivativeA(p[0], g1)
-        dp[1] = -g1 / (s * s) * Special.gammaSampleDerivativeA(p[1], g2)
+        guard let (u1, u2) = uniformPair(uniforms) else { dp[0] = .nan; dp[1] = .nan; return }
+        let l1 = Special.logGammaPInverse(p[0], u1), l2 = Special.logGammaPInverse(p[1], u2)
+        let e = exp(-abs(l1 - l2)), w = e / ((1 + e) * (1 + e))  // x (1 - x)
+        guard w > 0 else { return }
+        dp[0] = w * Special.gammaQuantileLogDerivativeA(p[0], logZ: l1)
+        dp[1] = -w * Special.gammaQuantileLogDerivativeA(p[1], logZ: l2)
     }
 
     func center(_ p: Params) -> Double { p[0] / (p[0] + p[1]) }

@@ -10,8 +10,8 @@ struct Gamma: ScalarDistribution {
     static let gammaID = "org.flipout3d.gamma"
 
     static let family = FamilyInfo(
-        id: gammaID, name: "Gamma", version: "1.0.0",
-        description: "Gamma(concentration a, rate r) on x > 0, density r^a x^(a-1) exp(-r x) / Gamma(a). A prior for positive weights (e.g. a non-negative filter bank); as a posterior it is sampled by inverting the regularized incomplete gamma function at one uniform, x = P^-1(a, u) / r, with implicit reparameterization gradients dx/da = -(dP/da)(r x) / (r p(r x)) (dP/da by a central difference in a, in Double) and dx/dr = -x/r. Not symmetric: Flipout does not apply. Analytic KL(Beta || Gamma) (PyTorch _kl_beta_gamma) and KL(Gamma || Gamma).",
+        id: gammaID, name: "Gamma", version: "1.1.0",
+        description: "Gamma(concentration a, rate r) on x > 0, density r^a x^(a-1) exp(-r x) / Gamma(a). A prior for positive weights (e.g. a non-negative filter bank); as a posterior it is sampled by inverting the regularized incomplete gamma function at one uniform, x = P^-1(a, u) / r, with implicit reparameterization gradients dx/da = -(dP/da)(r x) / (r p(r x)) (dP/da analytic: P's series differentiated term by term, or the derivative of its continued fraction; Wilson-Hilferty above a = 1e8) and dx/dr = -x/r. Not symmetric: Flipout does not apply. Analytic KL(Beta || Gamma) (PyTorch _kl_beta_gamma) and KL(Gamma || Gamma).",
         capabilities: [.sample, .implicitReparameterization, .uniformNoise, .positiveSupport],
         parameters: [
             ParameterSpec("concentration", "shape a > 0", transform: .softplus, default: 2),
@@ -32,7 +32,7 @@ struct Gamma: ScalarDistribution {
 
     func logProb(_ x: Double, _ p: Params) -> Double {
         let a = p[0], r = p[1]
-        guard x > 0 else { return -.infinity }
+        guard x > 0, x < .infinity else { return -.infinity }
         return a * log(r) + (a - 1) * log(x) - r * x - Special.lgamma(a)
     }
 
@@ -45,17 +45,31 @@ struct Gamma: ScalarDistribution {
         return (a - 1) / x - r
     }
 
+    /// x = P^-1(a, u) / r; in log space where the standard Gamma draw underflows Double.
     func sample(_ p: Params, normals: UnsafePointer<Float>, uniforms: UnsafePointer<Float>) -> Double {
         let u = Double(uniforms[0])
         guard u > 0, u < 1 else { return .nan }
-        return Special.gammaPInverse(p[0], u) / p[1]
+        let z = Special.gammaPInverse(p[0], u)
+        if z >= Double.leastNormalMagnitude { return z / p[1] }
+        return exp(Special.logGammaPInverse(p[0], u) - log(p[1]))
     }
 
-    /// Implicit reparameterization (Figurnov et al. 2018) at the standard-Gamma point z = r x.
+    /// Implicit reparameterization (Figurnov et al. 2018) at the standard-Gamma point z = r x:
+    /// dx/da = x d log z/da with d log z/da = -(dP/da)(a, z) / (z p(z; a)) analytic
+    /// (`Special.gammaQuantileLogDerivativeA`), and dx/dr = -x/r. Where x is not a normal float
+    /// (it underflowed), log z is recomputed from the uniform.
     func sampleGradient(_ x: Double, _ p: Params, normals: UnsafePointer<Float>, uniforms: UnsafePointer<Float>, _ dp: ParamGradient) {
         let a = p[0], r = p[1]
-        dp[0] = Special.gammaSampleDerivativeA(a, r * x) / r
         dp[1] = -x / r
+        if !(x >= 0) { dp[0] = .nan; return }
+        if x >= Double(Float.leastNormalMagnitude) {
+            dp[0] = x * Special.gammaQuantileLogDerivativeA(a, logZ: log(r) + log(x))
+            return
+        }
+        let u = Double(uniforms[0])
+        guard u > 0, u < 1 else { dp[0] = .nan; return }
+        let logZ = Special.logGammaPInverse(a, u), scale = exp(logZ - log(r))
+        dp[0] = scale == 0 ? 0 : scale * Special.gammaQuantileLogDerivativeA(a, logZ: logZ)
     }
 
     func center(_ p: Params) -> Double { p[0] / p[1] }

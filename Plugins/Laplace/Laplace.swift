@@ -10,7 +10,7 @@ struct Laplace: ScalarDistribution {
     static let laplaceID = "org.flipout3d.laplace"
 
     static let family = FamilyInfo(
-        id: laplaceID, name: "Laplace", version: "1.1.0",
+        id: laplaceID, name: "Laplace", version: "1.1.1",
         description: "Laplace(loc, scale), density exp(-|x - loc| / scale) / (2 scale). As a prior it favours sparse weights; as a posterior it is sampled by the inverse CDF of one uniform, x = loc - scale * sign(u - 1/2) * log(1 - 2|u - 1/2|), and is symmetric about loc, so Flipout is valid. Analytic KL(Normal || Laplace) (PyTorch _kl_normal_laplace) and KL(Laplace || Laplace).",
         capabilities: [.sample, .symmetric, .uniformNoise],
         parameters: [
@@ -42,18 +42,25 @@ struct Laplace: ScalarDistribution {
         return -sg / b
     }
 
+    /// The standard Laplace draw at u in (0, 1), -sign(u - 1/2) log(1 - 2|u - 1/2|): log(2u) below
+    /// u = 1/4, where 2u - 1 would lose u's digits in Double (u = 1e-38 gave log1p(-1) = -inf).
+    @inline(__always) private func standardDraw(_ u: Double) -> Double {
+        let c = u - 0.5
+        if u < 0.25 { return log(2 * u) }
+        return -(c > 0 ? 1 : (c < 0 ? -1 : 0)) * log1p(-2 * abs(c))
+    }
+
     /// Inverse CDF of one uniform u in (0, 1); NaN (a domain error) for u outside (0, 1).
     func sample(_ p: Params, normals: UnsafePointer<Float>, uniforms: UnsafePointer<Float>) -> Double {
         let u = Double(uniforms[0])
         guard u > 0, u < 1 else { return .nan }
-        let c = u - 0.5
-        return p[0] - p[1] * (c > 0 ? 1 : (c < 0 ? -1 : 0)) * log1p(-2 * abs(c))
+        return p[0] + p[1] * standardDraw(u)
     }
 
     func sampleGradient(_ x: Double, _ p: Params, normals: UnsafePointer<Float>, uniforms: UnsafePointer<Float>, _ dp: ParamGradient) {
-        let c = Double(uniforms[0]) - 0.5
+        let u = Double(uniforms[0])
         dp[0] = 1
-        dp[1] = -(c > 0 ? 1 : (c < 0 ? -1 : 0)) * log1p(-2 * abs(c)) // (x - loc) / scale
+        dp[1] = u > 0 && u < 1 ? standardDraw(u) : .nan // (x - loc) / scale
     }
 
     func center(_ p: Params) -> Double { p[0] }

@@ -48,17 +48,23 @@ struct Normal: ScalarDistribution {
     func center(_ p: Params) -> Double { p[0] }
     func centerGradient(_ p: Params, _ dp: ParamGradient) { dp[0] = 1 }
 
+    private func checkQ(_ q: Params) throws {
+        guard q[0].isFinite, q[1] > 0, q[1].isFinite else {
+            throw PluginError.domain("Normal KL: the posterior needs a finite loc and a finite scale > 0 (got loc \(q[0]), scale \(q[1]))")
+        }
+    }
+
     // KL(N(mu, s^2) || N(m, t^2)) = log(t/s) + (s^2 + (mu - m)^2) / (2 t^2) - 1/2
     func kl(qFamily: String, q: Params, p: Params) throws -> Double {
         let mu = q[0], s = q[1], m = p[0], t = p[1]
-        guard s > 0 else { throw PluginError.domain("Normal KL: posterior scale must be > 0 (got \(s))") }
+        try checkQ(q)
         let d = mu - m
         return log(t / s) + (s * s + d * d) / (2 * t * t) - 0.5
     }
 
     func klGradient(qFamily: String, q: Params, p: Params, dq: ParamGradient, dp: ParamGradient) throws {
         let mu = q[0], s = q[1], m = p[0], t = p[1]
-        guard s > 0 else { throw PluginError.domain("Normal KL: posterior scale must be > 0 (got \(s))") }
+        try checkQ(q)
         let d = mu - m, t2 = t * t
         dq[0] = d / t2
         dq[1] = -1 / s + s / t2

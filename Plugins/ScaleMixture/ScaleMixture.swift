@@ -7,7 +7,7 @@ import Glibc
 
 struct ScaleMixture: ScalarDistribution {
     static let family = FamilyInfo(
-        id: "org.flipout3d.scale-mixture", name: "Scale mixture", version: "1.0.0",
+        id: "org.flipout3d.scale-mixture", name: "Scale mixture", version: "1.1.0",
         description: "The scale-mixture prior of Blundell et al. (2015), p(w) = pi N(w; 0, sigma1^2) + (1 - pi) N(w; 0, sigma2^2) with sigma1 > sigma2 and sigma2 << 1 (paper grid: -log sigma1 in {0, 1, 2}, -log sigma2 in {6, 7, 8}, pi in {1/4, 1/2, 3/4}). Evaluated exactly with log-sum-exp, with no epsilon inside the log (which would cap the penalty). A prior only: it cannot be sampled as a posterior.",
         capabilities: [],
         parameters: [
@@ -29,26 +29,30 @@ struct ScaleMixture: ScalarDistribution {
         return -0.5 * z * z - log(s) - Special.logSqrt2Pi
     }
 
-    /// (log N1, log N2, log p) with log p = logsumexp(log pi + log N1, log(1 - pi) + log N2).
-    @inline(__always) private func parts(_ w: Double, _ p: Params) -> (Double, Double, Double) {
+    /// (log N1, log N2, t1 = log(pi N1), t2 = log((1 - pi) N2), log p = logsumexp(t1, t2)); log 0 = -inf
+    /// is fine in log-sum-exp (pi = 0 or 1), and log p is -inf where both terms are (x infinite).
+    @inline(__always) private func parts(_ w: Double, _ p: Params) -> (n1: Double, n2: Double, t1: Double, t2: Double, lp: Double) {
         let n1 = logNormal(w, p[1]), n2 = logNormal(w, p[2])
-        let t1 = log(p[0]) + n1, t2 = log1p(-p[0]) + n2 // log 0 = -inf is fine in log-sum-exp
+        let t1 = log(p[0]) + n1, t2 = log1p(-p[0]) + n2
         let m = max(t1, t2)
-        return (n1, n2, m + log(exp(t1 - m) + exp(t2 - m)))
+        guard m > -.infinity else { return (n1, n2, t1, t2, -.infinity) }
+        return (n1, n2, t1, t2, m + log(exp(t1 - m) + exp(t2 - m)))
     }
 
-    func logProb(_ x: Double, _ p: Params) -> Double { parts(x, p).2 }
+    func logProb(_ x: Double, _ p: Params) -> Double { parts(x, p).lp }
 
-    /// d/dpi = (N1 - N2) / p (finite also at pi = 0 or 1); with responsibilities r1 = pi N1 / p,
-    /// r2 = (1 - pi) N2 / p: d/dsigma_k = r_k (w^2/sigma_k^2 - 1) / sigma_k, d/dw = -w (r1/sigma1^2 + r2/sigma2^2).
+    /// Everything in log space: responsibilities r1 = exp(t1 - log p), r2 = exp(t2 - log p) (0 for a
+    /// component of weight 0, where pi N1 / p would be 0 * inf), d/dpi = (N1 - N2) / p =
+    /// exp(log N1 - log p) - exp(log N2 - log p), d/dsigma_k = r_k (w^2/sigma_k^2 - 1) / sigma_k,
+    /// d/dw = -w (r1/sigma1^2 + r2/sigma2^2). At pi = 0, sigma2 = e^-6, w = 0.1: d/dw = -16275.5
+    /// while d/dpi = N1/N2 - 1 = e^808 is beyond Double (a domain error if it is wanted).
     func logProbGradient(_ x: Double, _ p: Params, _ dp: ParamGradient) -> Double {
-        let (n1, n2, lp) = parts(x, p)
-        let a1 = exp(n1 - lp), a2 = exp(n2 - lp)
-        let r1 = p[0] * a1, r2 = (1 - p[0]) * a2
+        let (n1, n2, t1, t2, lp) = parts(x, p)
+        let r1 = exp(t1 - lp), r2 = exp(t2 - lp)
         let s1 = p[1], s2 = p[2]
-        dp[0] = a1 - a2
-        dp[1] = r1 * (x * x / (s1 * s1) - 1) / s1
-        dp[2] = r2 * (x * x / (s2 * s2) - 1) / s2
+        dp[0] = exp(n1 - lp) - exp(n2 - lp)
+        dp[1] = r1 == 0 ? 0 : r1 * (x * x / (s1 * s1) - 1) / s1
+        dp[2] = r2 == 0 ? 0 : r2 * (x * x / (s2 * s2) - 1) / s2
         return -x * (r1 / (s1 * s1) + r2 / (s2 * s2))
     }
 }

@@ -39,6 +39,15 @@ private struct Scratch {
         for k in 0..<count { values[k] = Double(p[k].data[i * p[k].stride]) }
     }
     func clearPartials() { partials.update(repeating: 0, count: count) }
+    /// The first wanted slot of `out` whose contribution g * partial_k is not finite in Float.
+    func firstNonFinite(_ out: UnsafePointer<flipout_out_array>?, _ g: Double) -> (slot: Int, value: Double)? {
+        guard let out else { return nil }
+        for k in 0..<count where out[k].data != nil {
+            let v = g * partials[k]
+            if !Float(v).isFinite { return (k, v) }
+        }
+        return nil
+    }
     /// Add g * partial_k into slot k of `out` (stride 0: into the Double sum).
     func scatter(_ out: UnsafePointer<flipout_out_array>?, _ i: Int, _ g: Double) {
         guard let out else { return }
@@ -46,10 +55,14 @@ private struct Scratch {
             if out[k].stride == 0 { sums[k] += g * partials[k] } else { out[k].data[i * out[k].stride] += Float(g * partials[k]) }
         }
     }
-    func flush(_ out: UnsafePointer<flipout_out_array>?) {
-        guard let out else { return }
+    /// Adds the broadcast sums; returns the first slot whose sum is not finite in Float (nothing is added then).
+    func flush(_ out: UnsafePointer<flipout_out_array>?) -> (slot: Int, value: Double)? {
+        guard let out else { return nil }
+        for k in 0..<count where out[k].data != nil && out[k].stride == 0 && !Float(sums[k]).isFinite { return (k, sums[k]) }
         for k in 0..<count where out[k].data != nil && out[k].stride == 0 { out[k].data[0] += Float(sums[k]) }
+        return nil
     }
+    var described: String { (0..<count).map { String(values[$0]) }.joined(separator: ", ") }
 }
 
 final class Instance<D: ScalarDistribution>: AnyInstance {
@@ -59,43 +72,97 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
     override var normals: Int { d.normalsPerScalar }
     override var uniforms: Int { d.uniformsPerScalar }
 
-    private func checked(_ value: Double, _ what: String, _ i: Int, _ s: Scratch) throws -> Float {
-        if value.isNaN {
-            let ps = (0..<s.count).map { String(s.values[$0]) }.joined(separator: ", ")
-            throw PluginError.domain("\(D.family.id): \(what) is NaN at index \(i) (parameters: \(ps))")
+    /// The header's rule: a result that would not be finite is FLIPOUT_STATUS_DOMAIN_ERROR, never a
+    /// NaN or an infinity with status OK. `value` is the Double result; its Float must be finite
+    /// (log_prob alone may be -inf: x outside the support, or a log density below Float's range).
+    private func checked(_ value: Double, _ what: String, _ i: Int, _ s: Scratch, x: Double? = nil, allowMinusInfinity: Bool = false) throws -> Float {
+        let f = Float(value)
+        if f.isFinite || (allowMinusInfinity && f == -.infinity && !value.isNaN) { return f }
+        throw nonFinite(value, what, i, s, x: x)
+    }
+
+    private func nonFinite(_ value: Double, _ what: String, _ i: Int, _ s: Scratch, x: Double? = nil, q: Scratch? = nil) -> PluginError {
+        let shown = value.isNaN ? "NaN" : value.isInfinite ? (value > 0 ? "+inf" : "-inf") : "\(value), beyond float range,"
+        let at = x.map { "x = \($0), " } ?? ""
+        let qs = q.map { "posterior parameters: \($0.described); " } ?? ""
+        return PluginError.domain("\(D.family.id): \(what) is \(shown) at index \(i) (\(at)\(qs)parameters: \(s.described))")
+    }
+
+    private func slotName(_ k: Int) -> String {
+        // Slots of parameters that repeat (mixture components) are named "loc[1]".
+        let ps = D.family.parameters, slots = d.parameterSlotCount
+        if ps.count == slots { return ps[k].name }
+        if ps.allSatisfy({ $0.countHyperparameter != nil }) && slots % ps.count == 0 {
+            let c = slots / ps.count
+            return "\(ps[k / c].name)[\(k % c)]"
         }
-        return Float(value)
+        return "parameter slot \(k)"
+    }
+
+    /// Scatter g * partials into `out`, or DOMAIN_ERROR naming the gradient that is not finite.
+    private func scatter(_ s: Scratch, _ out: UnsafePointer<flipout_out_array>?, _ i: Int, _ g: Double, _ what: String,
+                         x: Double? = nil, q: Scratch? = nil, names: (Int) -> String) throws {
+        if let (k, v) = s.firstNonFinite(out, g) { throw nonFinite(v, "\(what)/d \(names(k))", i, s, x: x, q: q) }
+        s.scatter(out, i, g)
+    }
+
+    private func flush(_ s: Scratch, _ out: UnsafePointer<flipout_out_array>?, _ n: Int, _ what: String, names: (Int) -> String) throws {
+        if let (k, v) = s.flush(out) {
+            let shown = v.isNaN ? "NaN" : v.isInfinite ? (v > 0 ? "+inf" : "-inf") : "\(v), beyond float range"
+            throw PluginError.domain("\(D.family.id): the sum over \(n) scalars of \(what)/d \(names(k)) (a stride-0 gradient) is \(shown)")
+        }
     }
 
     /// Run `body` for each scalar with its parameters gathered and validated.
-    /// Broadcast gradient sums accumulated in the scratch are flushed into `flush` at the end.
-    private func each(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ slots: Int, flush: UnsafePointer<flipout_out_array>? = nil,
-                      _ body: (Int, Scratch) throws -> Void) throws {
+    /// The scratch is returned (its broadcast gradient sums to flush); the caller frees it.
+    private func eachKeeping(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ slots: Int, _ body: (Int, Scratch) throws -> Void) throws -> Scratch {
         let s = Scratch(slots)
-        defer { s.free() }
-        for i in 0..<n {
-            s.gather(p, i)
-            do { try d.validate(s.params) } catch PluginError.domain(let m) {
-                throw PluginError.domain("\(m) (scalar \(i))")
+        do {
+            for i in 0..<n {
+                s.gather(p, i)
+                do { try d.validate(s.params) } catch PluginError.domain(let m) {
+                    throw PluginError.domain("\(m) (scalar \(i))")
+                }
+                try body(i, s)
             }
-            try body(i, s)
+        } catch {
+            s.free()
+            throw error
         }
-        s.flush(flush)
+        return s
+    }
+
+    private func each(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ slots: Int, _ body: (Int, Scratch) throws -> Void) throws {
+        try eachKeeping(n, p, slots, body).free()
+    }
+
+    /// x must be a number: log_prob(NaN) has no value (the header's "result that would not be finite").
+    private func checkX(_ x: Double, _ i: Int, _ s: Scratch, _ what: String) throws {
+        if x.isNaN { throw PluginError.domain("\(D.family.id): \(what) at x = NaN (index \(i), parameters: \(s.described)); x must be a number") }
     }
 
     override func logProb(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>) throws {
-        try each(n, p, slots) { i, s in out[i] = try checked(d.logProb(Double(x[i]), s.params), "log_prob", i, s) }
+        try each(n, p, slots) { i, s in
+            let xi = Double(x[i])
+            try checkX(xi, i, s, "log_prob")
+            out[i] = try checked(d.logProb(xi, s.params), "log_prob", i, s, x: xi, allowMinusInfinity: true)
+        }
     }
 
     override func logProbVJP(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ x: UnsafePointer<Float>, _ g: UnsafePointer<Float>,
                              _ gx: UnsafeMutablePointer<Float>?, _ gp: UnsafePointer<flipout_out_array>?) throws {
-        try each(n, p, slots, flush: gp) { i, s in
+        let s = try eachKeeping(n, p, slots) { i, s in
             s.clearPartials()
-            let dx = d.logProbGradient(Double(x[i]), s.params, s.gradient)
+            let xi = Double(x[i])
+            try checkX(xi, i, s, "log_prob_vjp")
+            let dx = d.logProbGradient(xi, s.params, s.gradient)
             let gi = Double(g[i])
-            if let gx { gx[i] += try checked(gi * dx, "d log_prob/dx", i, s) }
-            s.scatter(gp, i, gi)
+            let gxi = try gx.map { _ in try checked(gi * dx, "g * d log_prob/dx", i, s, x: xi) }
+            try scatter(s, gp, i, gi, "g * d log_prob", x: xi, names: slotName)
+            if let gx, let gxi { gx[i] += gxi }
         }
+        defer { s.free() }
+        try flush(s, gp, n, "g * d log_prob", names: slotName)
     }
 
     override func sample(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ z: UnsafePointer<Float>?, _ u: UnsafePointer<Float>?, _ x: UnsafeMutablePointer<Float>) throws {
@@ -105,6 +172,7 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
         try each(n, p, slots) { i, s in
             x[i] = try checked(d.sample(s.params, normals: z.map { $0 + i * nz } ?? UnsafePointer(dummy),
                                         uniforms: u.map { $0 + i * nu } ?? UnsafePointer(dummy)), "sample", i, s)
+            // A draw the noise made infinite (+inf normal) is caught above: samples are finite numbers.
         }
     }
 
@@ -113,13 +181,14 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
         let nz = normals, nu = uniforms
         guard nz == 0 || z != nil, nu == 0 || u != nil else { throw PluginError.invalidArgument("sample_vjp needs \(nz) normals and \(nu) uniforms per scalar") }
         let dummy = UnsafeMutablePointer<Float>.allocate(capacity: 1); defer { dummy.deallocate() }
-        try each(n, p, slots, flush: gp) { i, s in
+        let s = try eachKeeping(n, p, slots) { i, s in
             s.clearPartials()
             d.sampleGradient(Double(x[i]), s.params, normals: z.map { $0 + i * nz } ?? UnsafePointer(dummy),
                              uniforms: u.map { $0 + i * nu } ?? UnsafePointer(dummy), s.gradient)
-            for k in 0..<s.count where s.partials[k].isNaN { _ = try checked(.nan, "d sample/d parameter \(k)", i, s) }
-            s.scatter(gp, i, Double(g[i]))
+            try scatter(s, gp, i, Double(g[i]), "g * d sample", x: Double(x[i]), names: slotName)
         }
+        defer { s.free() }
+        try flush(s, gp, n, "g * d sample", names: slotName)
     }
 
     override func center(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ out: UnsafeMutablePointer<Float>) throws {
@@ -127,11 +196,13 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
     }
 
     override func centerVJP(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ g: UnsafePointer<Float>, _ gp: UnsafePointer<flipout_out_array>?) throws {
-        try each(n, p, slots, flush: gp) { i, s in
+        let s = try eachKeeping(n, p, slots) { i, s in
             s.clearPartials()
             d.centerGradient(s.params, s.gradient)
-            s.scatter(gp, i, Double(g[i]))
+            try scatter(s, gp, i, Double(g[i]), "g * d center", names: slotName)
         }
+        defer { s.free() }
+        try flush(s, gp, n, "g * d center", names: slotName)
     }
 
     private func qSlots(_ family: String) throws -> Int {
@@ -145,21 +216,29 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
         let qs = Scratch(try qSlots(family)); defer { qs.free() }
         try each(n, p, slots) { i, s in
             qs.gather(q, i)
-            out[i] = try checked(try d.kl(qFamily: family, q: qs.params, p: s.params), "KL", i, s)
+            let v = try d.kl(qFamily: family, q: qs.params, p: s.params)
+            if !Float(v).isFinite { throw nonFinite(v, "KL(\(family) || \(D.family.id))", i, s, q: qs) }
+            out[i] = Float(v)
         }
     }
 
     override func klVJP(_ n: Int, _ family: String, _ q: UnsafePointer<flipout_in_array>, _ p: UnsafePointer<flipout_in_array>,
                         _ g: UnsafePointer<Float>, _ gq: UnsafePointer<flipout_out_array>?, _ gp: UnsafePointer<flipout_out_array>?) throws {
         let qs = Scratch(try qSlots(family)); defer { qs.free() }
-        try each(n, p, slots, flush: gp) { i, s in
+        let kl = "g * d KL(\(family) || \(D.family.id))"
+        let qName: (Int) -> String = { "posterior slot \($0)" }
+        let s = try eachKeeping(n, p, slots) { i, s in
             qs.gather(q, i)
             qs.clearPartials(); s.clearPartials()
             try d.klGradient(qFamily: family, q: qs.params, p: s.params, dq: qs.gradient, dp: s.gradient)
             let gi = Double(g[i])
+            // Both checked before either is written.
+            if let (k, v) = qs.firstNonFinite(gq, gi) { throw nonFinite(v, "\(kl)/d \(qName(k))", i, s, q: qs) }
+            try scatter(s, gp, i, gi, kl, q: qs, names: { "prior \(self.slotName($0))" })
             qs.scatter(gq, i, gi)
-            s.scatter(gp, i, gi)
         }
-        qs.flush(gq)
+        defer { s.free() }
+        try flush(qs, gq, n, kl, names: qName)
+        try flush(s, gp, n, kl, names: { "prior \(self.slotName($0))" })
     }
 }

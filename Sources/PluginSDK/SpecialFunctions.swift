@@ -1,5 +1,5 @@
-// Special functions plugins share: log-gamma, digamma, trigamma, the normal CDF, softplus, log-sum-exp,
-// the regularized incomplete gamma function, its inverse and its derivative in the shape.
+// Special functions plugins share: log-gamma, digamma, trigamma, the normal CDF and quantile, softplus,
+// log-sum-exp, the log Gamma density and log Beta (the incomplete gamma function is in IncompleteGamma.swift).
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -69,7 +69,7 @@ public enum Special {
         return m + Glibc.log(s)
     }
 
-    // MARK: Regularized incomplete gamma function
+    // MARK: Log densities
 
     /// log of the standard Gamma(a, 1) density at x > 0: (a - 1) log x - x - lgamma(a).
     @inlinable public static func logGammaDensity(_ a: Double, _ x: Double) -> Double {
@@ -79,114 +79,5 @@ public enum Special {
     /// Log of the Beta function, lgamma(a) + lgamma(b) - lgamma(a + b).
     @inlinable public static func logBeta(_ a: Double, _ b: Double) -> Double {
         lgamma(a) + lgamma(b) - lgamma(a + b)
-    }
-
-    /// The regularized lower and upper incomplete gamma functions (P(a, x), Q(a, x) = 1 - P) for
-    /// a > 0, each computed directly where it is the small one: the power series of P for
-    /// x < a + 1, the Legendre continued fraction of Q (modified Lentz) otherwise
-    /// (Abramowitz & Stegun 6.5.29 and 6.5.31). NaN for a <= 0 or NaN inputs.
-    public static func regularizedGamma(_ a: Double, _ x: Double) -> (p: Double, q: Double) {
-        guard a > 0, a.isFinite, !x.isNaN else { return (.nan, .nan) }
-        if x <= 0 { return (0, 1) }
-        if x == .infinity { return (1, 0) }
-        let logPrefactor = a * Glibc.log(x) - x - lgamma(a)
-        if x < a + 1 {
-            var term = 1 / a, sum = term, n = a
-            for _ in 0..<100_000 {
-                n += 1
-                term *= x / n
-                sum += term
-                if Swift.abs(term) < Swift.abs(sum) * 1e-17 { break }
-            }
-            let p = Swift.min(1, sum * Glibc.exp(logPrefactor))
-            return (p, 1 - p)
-        }
-        let tiny = 1e-300
-        var b = x + 1 - a, c = 1 / tiny, d = 1 / b, h = d
-        for i in 1..<100_000 {
-            let an = -Double(i) * (Double(i) - a)
-            b += 2
-            d = an * d + b
-            if Swift.abs(d) < tiny { d = tiny }
-            c = b + an / c
-            if Swift.abs(c) < tiny { c = tiny }
-            d = 1 / d
-            let delta = d * c
-            h *= delta
-            if Swift.abs(delta - 1) < 1e-16 { break }
-        }
-        let q = Swift.min(1, Glibc.exp(logPrefactor) * h)
-        return (1 - q, q)
-    }
-
-    /// P(a, x), the CDF of the standard Gamma(a, 1) distribution at x.
-    @inlinable public static func gammaP(_ a: Double, _ x: Double) -> Double { regularizedGamma(a, x).p }
-
-    /// dP(a, x)/da by a central difference in a with step h = 1e-4 a, in Double. Uses the smaller of
-    /// P and Q (dP/da = -dQ/da) so the derivative keeps its relative accuracy in the upper tail.
-    public static func gammaPDerivativeA(_ a: Double, _ x: Double) -> Double {
-        if x <= 0 || x == .infinity { return 0 }
-        let h = 1e-4 * a
-        let plus = regularizedGamma(a + h, x), minus = regularizedGamma(a - h, x)
-        if x < a + 1 { return (plus.p - minus.p) / (2 * h) }
-        return -(plus.q - minus.q) / (2 * h)
-    }
-
-    /// The inverse of P(a, .): the x >= 0 with P(a, x) = p, for a > 0 and p in [0, 1].
-    /// Starts from the Wilson-Hilferty approximation (a > 1) or the small-x power law
-    /// x ~ (p Gamma(a + 1))^(1/a) (a <= 1), then Halley steps kept inside a bracket [lo, hi]
-    /// that every evaluation tightens; a step leaving the bracket is replaced by bisection
-    /// (geometric when the bracket spans orders of magnitude). Relative accuracy about 1e-14.
-    /// NaN for a <= 0 or p outside [0, 1].
-    public static func gammaPInverse(_ a: Double, _ p: Double) -> Double {
-        guard a > 0, a.isFinite, p >= 0, p <= 1 else { return .nan }
-        if p == 0 { return 0 }
-        if p == 1 { return .infinity }
-        let lgammaA = lgamma(a)
-        var x: Double
-        if a > 1 {
-            let z = normalQuantile(p)
-            let c = 1 - 1 / (9 * a) + z / (3 * Glibc.sqrt(a))
-            x = Swift.max(1e-3 * a, a * c * c * c)
-        } else {
-            let logX = (Glibc.log(p) + lgamma(a + 1)) / a
-            x = logX < 0 ? Swift.max(Glibc.exp(logX), 1e-300) : 1 - Glibc.log1p(-p)
-        }
-        var lo = 0.0, hi = Double.infinity
-        for _ in 0..<300 {
-            let (pp, qq) = regularizedGamma(a, x)
-            // Residual in whichever tail keeps precision.
-            let err = p < 0.5 ? pp - p : (1 - p) - qq
-            if err < 0 { lo = x } else if err > 0 { hi = x } else { return x }
-            let logDensity = (a - 1) * Glibc.log(x) - x - lgammaA
-            let density = Glibc.exp(logDensity)
-            var next = x
-            if density > 0 && density.isFinite {
-                let u = err / density
-                // Halley: f''/f' = (a - 1)/x - 1 for the Gamma density.
-                let correction = Swift.max(-0.5, Swift.min(0.5, 0.5 * u * ((a - 1) / x - 1)))
-                next = x - u / (1 - correction)
-            } else {
-                next = .nan
-            }
-            if !(next > lo && next < hi) {
-                if hi == .infinity { next = Swift.max(2 * x, 1) }
-                else if lo > 0 && hi / lo > 4 { next = Glibc.sqrt(lo * hi) }
-                else if lo == 0 { next = hi / 16 }
-                else { next = 0.5 * (lo + hi) }
-            }
-            if Swift.abs(next - x) <= 1e-15 * x || (hi.isFinite && hi - lo <= 1e-15 * hi) { return next }
-            x = next
-        }
-        return x
-    }
-
-    /// dz/da for a standard Gamma(a, 1) sample z by implicit reparameterization (Figurnov et al. 2018):
-    /// -(dP/da)(a, z) / p(z; a). 0 where z is 0 or infinite or the density underflows.
-    public static func gammaSampleDerivativeA(_ a: Double, _ z: Double) -> Double {
-        guard z > 0, z.isFinite else { return 0 }
-        let density = Glibc.exp(logGammaDensity(a, z))
-        guard density > 0 else { return 0 }
-        return -gammaPDerivativeA(a, z) / density
     }
 }

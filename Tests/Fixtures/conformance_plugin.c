@@ -12,6 +12,10 @@
  *   -DTRAP                  log_prob_vjp executes a trap instruction when scale < 0.01
  *   -DHANG                  sample never returns when scale < 0.01
  *   -DNAN_OK                no parameter check: scale <= 0 gives NaN with status OK
+ *   -DNONFINITE_OK          no check of results: log_prob(NaN) is NaN, at scale 1e-40 d log_prob/
+ *                           d scale overflows to +inf, a +inf normal gives a +inf sample, all with
+ *                           status OK (the valid build answers FLIPOUT_STATUS_DOMAIN_ERROR)
+ *   -DREFUSES_TAIL_NOISE    sample refuses (DOMAIN_ERROR) normals beyond +-6, which the host draws
  *   -DKL_UNSUPPORTED        kl and kl_vjp answer FLIPOUT_STATUS_UNSUPPORTED (the host must fall
  *                           back to Monte Carlo)
  *   -DHEADER_MINOR_AT_LEAST_2  built against a header of a future minor (a test generates one):
@@ -20,8 +24,13 @@
  * Build: cc -std=c99 -shared -fPIC -I Sources/PluginABI [-D...] conformance_plugin.c -o lib.so -lm
  */
 #include "flipout_plugin.h"
+#include <float.h>
 #include <math.h>
 #include <string.h>
+
+#if defined(NAN_OK) && !defined(NONFINITE_OK)
+#define NONFINITE_OK /* NaN from invalid parameters must reach the host with status OK */
+#endif
 
 #if defined(__GNUC__)
 #define EXPORT __attribute__((visibility("default")))
@@ -40,6 +49,19 @@ static void write_error(flipout_error *err, const char *message) {
     if (n + 1 > err->capacity) n = err->capacity - 1;
     memcpy(err->message, message, n);
     err->message[n] = '\0';
+}
+
+/* The header's rule: a result that would not be finite (in float) is FLIPOUT_STATUS_DOMAIN_ERROR,
+   never NaN or an infinity with status OK; log_prob alone may be -inf (x outside the support). */
+static int not_finite(double v, int minus_infinity_ok, flipout_error *err, const char *what) {
+#if defined(NONFINITE_OK)
+    (void)v; (void)minus_infinity_ok; (void)err; (void)what;
+    return 0;
+#else
+    if (fabs(v) <= FLT_MAX || (minus_infinity_ok && v == -INFINITY)) return 0;
+    write_error(err, what);
+    return 1;
+#endif
 }
 
 static int instance_token;
@@ -123,8 +145,9 @@ static flipout_status log_prob(const flipout_instance *instance, size_t n, const
     (void)instance;
     if (invalid(params, n, err)) return FLIPOUT_STATUS_DOMAIN_ERROR;
     for (size_t i = 0; i < n; i++) {
-        double a, b, c;
-        out[i] = (float)logp(x[i], param(params, 0, i), param(params, 1, i), &a, &b, &c);
+        double a, b, c, v = logp(x[i], param(params, 0, i), param(params, 1, i), &a, &b, &c);
+        if (not_finite(v, 1, err, "log_prob is not finite (is x NaN?)")) return FLIPOUT_STATUS_DOMAIN_ERROR;
+        out[i] = (float)v;
     }
     return FLIPOUT_STATUS_OK;
 }
@@ -141,12 +164,19 @@ static flipout_status log_prob_vjp(const flipout_instance *instance, size_t n, c
         if (s < 0.01) __builtin_trap();
 #endif
         logp(x[i], param(params, 0, i), s, &dx, &dloc, &ds);
-        if (grad_x) grad_x[i] += (float)(g[i] * dx);
         double d[2] = {g[i] * dloc, g[i] * ds};
+        if ((grad_x && not_finite(g[i] * dx, 0, err, "g * d log_prob/dx is not finite")) ||
+            (grad_params[0].data && not_finite(d[0], 0, err, "g * d log_prob/d loc is not finite")) ||
+            (grad_params[1].data && not_finite(d[1], 0, err, "g * d log_prob/d scale is not finite")))
+            return FLIPOUT_STATUS_DOMAIN_ERROR;
+        if (grad_x) grad_x[i] += (float)(g[i] * dx);
         for (int k = 0; k < 2; k++) {
             if (grad_params[k].stride == 0 && grad_params[k].data) sums[k] += d[k]; else add(grad_params, k, i, d[k]);
         }
     }
+    for (int k = 0; k < 2; k++)
+        if (grad_params[k].stride == 0 && grad_params[k].data && not_finite(sums[k], 0, err, "a broadcast gradient sum is not finite"))
+            return FLIPOUT_STATUS_DOMAIN_ERROR;
     for (int k = 0; k < 2; k++) if (grad_params[k].stride == 0 && grad_params[k].data) add(grad_params, k, 0, sums[k]);
 #if defined(WRITES_NULL)
     if (n > 0 && !grad_params[1].data) add(grad_params, 1, 0, 0);
@@ -176,7 +206,12 @@ static flipout_status sample(const flipout_instance *instance, size_t n, const f
 #if defined(HANG)
         if (param(params, 1, i) < 0.01) { for (volatile int spin = 1; spin;) {} }
 #endif
-        x[i] = (float)(param(params, 0, i) + param(params, 1, i) * noise_term(normals, uniforms, i));
+#if defined(REFUSES_TAIL_NOISE)
+        if (fabs(noise_term(normals, uniforms, i)) > 6) { write_error(err, "noise beyond 6"); return FLIPOUT_STATUS_DOMAIN_ERROR; }
+#endif
+        double v = param(params, 0, i) + param(params, 1, i) * noise_term(normals, uniforms, i);
+        if (not_finite(v, 0, err, "sample is not finite (noise not finite?)")) return FLIPOUT_STATUS_DOMAIN_ERROR;
+        x[i] = (float)v;
     }
     return FLIPOUT_STATUS_OK;
 }
@@ -189,10 +224,15 @@ static flipout_status sample_vjp(const flipout_instance *instance, size_t n, con
     double sums[2] = {0, 0};
     for (size_t i = 0; i < n; i++) {
         double d[2] = {g[i], g[i] * noise_term(normals, uniforms, i)};
+        for (int k = 0; k < 2; k++)
+            if (grad_params[k].data && not_finite(d[k], 0, err, "g * d sample/d parameter is not finite")) return FLIPOUT_STATUS_DOMAIN_ERROR;
         for (int k = 0; k < 2; k++) {
             if (grad_params[k].stride == 0 && grad_params[k].data) sums[k] += d[k]; else if (grad_params[k].data) grad_params[k].data[i * grad_params[k].stride] += (float)d[k];
         }
     }
+    for (int k = 0; k < 2; k++)
+        if (grad_params[k].stride == 0 && grad_params[k].data && not_finite(sums[k], 0, err, "a broadcast gradient sum is not finite"))
+            return FLIPOUT_STATUS_DOMAIN_ERROR;
     for (int k = 0; k < 2; k++) if (grad_params[k].stride == 0 && grad_params[k].data) grad_params[k].data[0] += (float)sums[k];
     return FLIPOUT_STATUS_OK;
 }
@@ -211,9 +251,13 @@ static flipout_status center_vjp(const flipout_instance *instance, size_t n, con
     if (invalid(params, n, err)) return FLIPOUT_STATUS_DOMAIN_ERROR;
     double sum = 0;
     for (size_t i = 0; i < n; i++) {
+        if (grad_params[0].data && not_finite(g[i], 0, err, "g * d center/d loc is not finite")) return FLIPOUT_STATUS_DOMAIN_ERROR;
         if (grad_params[0].stride == 0) sum += g[i]; else if (grad_params[0].data) grad_params[0].data[i * grad_params[0].stride] += g[i];
     }
-    if (grad_params[0].stride == 0 && grad_params[0].data) grad_params[0].data[0] += (float)sum;
+    if (grad_params[0].stride == 0 && grad_params[0].data) {
+        if (not_finite(sum, 0, err, "a broadcast gradient sum is not finite")) return FLIPOUT_STATUS_DOMAIN_ERROR;
+        grad_params[0].data[0] += (float)sum;
+    }
     return FLIPOUT_STATUS_OK;
 }
 
@@ -230,7 +274,9 @@ static flipout_status kl(const flipout_instance *instance, size_t n, const char 
     if (invalid(q, n, err) || invalid(p, n, err)) return FLIPOUT_STATUS_DOMAIN_ERROR;
     for (size_t i = 0; i < n; i++) {
         double mu = param(q, 0, i), s = param(q, 1, i), m = param(p, 0, i), t = param(p, 1, i), d = mu - m;
-        out[i] = (float)(log(t / s) + (s * s + d * d) / (2 * t * t) - 0.5);
+        double v = log(t / s) + (s * s + d * d) / (2 * t * t) - 0.5;
+        if (not_finite(v, 0, err, "KL is not finite")) return FLIPOUT_STATUS_DOMAIN_ERROR;
+        out[i] = (float)v;
     }
     return FLIPOUT_STATUS_OK;
 #endif
@@ -252,11 +298,18 @@ static flipout_status kl_vjp(const flipout_instance *instance, size_t n, const c
         double mu = param(q, 0, i), s = param(q, 1, i), m = param(p, 0, i), t = param(p, 1, i), d = mu - m, t2 = t * t;
         double dq[2] = {g[i] * d / t2, g[i] * (-1 / s + s / t2)};
         double dp[2] = {-g[i] * d / t2, g[i] * (1 / t - (s * s + d * d) / (t2 * t))};
+        for (int k = 0; k < 2; k++)
+            if ((gq[k].data && not_finite(dq[k], 0, err, "g * dKL/dq is not finite")) || (gp[k].data && not_finite(dp[k], 0, err, "g * dKL/dp is not finite")))
+                return FLIPOUT_STATUS_DOMAIN_ERROR;
         for (int k = 0; k < 2; k++) {
             if (gq[k].data) { if (gq[k].stride == 0) sq[k] += dq[k]; else gq[k].data[i * gq[k].stride] += (float)dq[k]; }
             if (gp[k].data) { if (gp[k].stride == 0) sp[k] += dp[k]; else gp[k].data[i * gp[k].stride] += (float)dp[k]; }
         }
     }
+    for (int k = 0; k < 2; k++)
+        if ((gq[k].data && gq[k].stride == 0 && not_finite(sq[k], 0, err, "a broadcast gradient sum is not finite")) ||
+            (gp[k].data && gp[k].stride == 0 && not_finite(sp[k], 0, err, "a broadcast gradient sum is not finite")))
+            return FLIPOUT_STATUS_DOMAIN_ERROR;
     for (int k = 0; k < 2; k++) {
         if (gq[k].data && gq[k].stride == 0) gq[k].data[0] += (float)sq[k];
         if (gp[k].data && gp[k].stride == 0) gp[k].data[0] += (float)sp[k];

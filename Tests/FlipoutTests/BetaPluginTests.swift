@@ -133,6 +133,41 @@ enum BetaReference {
         }
     }
 
+    /// Issue 20, must show: Beta(0.005, 0.005) draws 10^6 samples through the C ABI (its Gammas fall
+    /// below e^-3000; G1/(G1 + G2) was 0/0 for 7 in 20,000 draws). Every draw is in [0, 1]; the
+    /// mean is 1/2; the mass below t (t^a / (a B(a, a)) to O(t), from Foundation's lgamma) and, by
+    /// symmetry, above 1 - 1e-7 match within 5 standard errors.
+    @Test func tinyShapesSampleAMillionDraws() throws {
+        let n = 1_000_000, a = 0.005
+        let u = TestNoise.uniforms(2 * n, seed: 20)
+        let x = try beta.sample([[Float(a)], [Float(a)]], n: n, normals: [], uniforms: u)
+        #expect(x.allSatisfy { $0 >= 0 && $0 <= 1 })
+        let mean = x.reduce(0.0) { $0 + Double($1) } / Double(n)
+        #expect(abs(mean - 0.5) < 5 * 0.5 / Double(n).squareRoot(), "mean \(mean)")
+        let logB = 2 * lgamma(a) - lgamma(2 * a)
+        for t in [1e-10, 1e-30] {
+            let expected = exp(a * log(t) - log(a) - logB)
+            let got = Double(x.filter { Double($0) < t }.count) / Double(n)
+            let se = (expected * (1 - expected) / Double(n)).squareRoot()
+            #expect(abs(got - expected) < 5 * se, "P(X < \(t)) = \(got) vs \(expected) ± \(se)")
+        }
+        let upper = Double(x.filter { $0 > 1 - 1e-7 }.count) / Double(n)
+        let expectedUpper = exp(a * log(1e-7) - log(a) - logB)
+        #expect(abs(upper - expectedUpper) < 5 * (expectedUpper * (1 - expectedUpper) / Double(n)).squareRoot(), "P(X > 1 - 1e-7) = \(upper) vs \(expectedUpper)")
+        // Their gradients are finite too (0 where the draw rounded to 0 or 1).
+        let dp = try beta.sampleVJP([[Float(a)], [Float(a)]], n: 20_000, normals: [], uniforms: Array(u[0..<40_000]), x: Array(x[0..<20_000]), g: [Float](repeating: 1, count: 20_000))
+        #expect(dp.allSatisfy { $0.allSatisfy(\.isFinite) })
+    }
+
+    /// `flipout plugins sample` draws the same million through the binary.
+    @Test func tinyShapesSampleThroughTheCLI() throws {
+        let r = try FlipoutCLI.run(["plugins", "sample", "org.flipout3d.beta", "--param", "alpha=0.005", "--param", "beta=0.005", "-n", "1000000"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("draws     1000000"), "\(r.stdout)")
+        let mean = r.stdout.split(separator: "\n").first { $0.hasPrefix("mean") }.flatMap { Double($0.split(separator: " ")[1]) }
+        #expect(mean.map { abs($0 - 0.5) < 0.0025 } == true, "\(r.stdout)")
+    }
+
     @Test func invalidParametersAreDomainErrors() throws {
         #expect {
             _ = try beta.logProb([0.1], [[1], [-2]])

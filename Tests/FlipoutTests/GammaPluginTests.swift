@@ -113,6 +113,45 @@ enum GammaDistReference {
         #expect(abs(same[0]) < 1e-5)
     }
 
+    /// Issue 20, must show: through the C ABI, sample_vjp's dx/dconcentration within 1e-6 relative
+    /// of the implicit derivative -(dP/da)(a, r x) / (r p(r x)) computed by quadrature
+    /// (GammaQuantileReference), from a = 0.3 to a = 1e6 and u = 1e-30 to 1 - 2^-24 (rate = a, so x
+    /// is near 1; draws that underflow float are counted, not compared). dx/drate = -x/rate.
+    @Test func sampleGradientIsTheImplicitDerivativeUpToAMillion() throws {
+        var compared = 0, worst = 0.0
+        for a: Float in [0.3, 2, 30, 1e3, 1e5, 1e6] {
+            for u: Float in [1e-30, 1e-10, 0.01, 0.5, 0.99, 1 - .ulpOfOne / 2] {
+                let params: [[Float]] = [[a], [a]]
+                let x = try gamma.sample(params, n: 1, normals: [], uniforms: [u])
+                guard x[0] >= .leastNormalMagnitude else { continue }
+                let dp = try gamma.sampleVJP(params, n: 1, normals: [], uniforms: [u], x: x, g: [1])
+                let z = Double(a) * Double(x[0])
+                let ref = Double(x[0]) * GammaQuantileReference.logDerivative(Double(a), logZ: log(z))
+                let rel = abs(Double(dp[0][0]) - ref) / abs(ref)
+                worst = max(worst, rel)
+                compared += 1
+                #expect(rel < 1e-6, "a=\(a) u=\(u) x=\(x[0]): dx/da = \(dp[0][0]) vs implicit \(ref) (relative \(rel))")
+                #expect(isClose(Double(dp[1][0]), -Double(x[0]) / Double(a), rtol: 1e-6, atol: 0))
+            }
+        }
+        #expect(compared >= 34, "only \(compared) of 36 draws were normal floats")
+        #expect(worst < 1e-6, "worst relative error \(worst)")
+    }
+
+    /// A draw below float's range (a = 0.005: half the mass under e^-139) is 0, with a 0 gradient
+    /// (the limit x d log z/da), not NaN; a tiny rate brings it back into range.
+    @Test func drawsBelowFloatRangeAreZeroNotNaN() throws {
+        let params: [[Float]] = [[0.005, 0.005, 0.005], [1, 1, 1]]
+        let x = try gamma.sample(params, n: 3, normals: [], uniforms: [1e-7, 0.5, 0.9])
+        #expect(x[0] == 0 && x[1] == 0 && x[2] > 0, "\(x)")
+        let dp = try gamma.sampleVJP(params, n: 3, normals: [], uniforms: [1e-7, 0.5, 0.9], x: x, g: [1, 1, 1])
+        #expect(dp.allSatisfy { $0.allSatisfy(\.isFinite) } && dp[0][0] == 0 && dp[0][1] == 0 && dp[0][2] > 0, "\(dp)")
+        // z = P^-1(0.005, 0.5) = e^-139.2: with rate 1e-38 the draw is e^-139.2 / 1e-38 = 3.4e-23.
+        let small = try gamma.sample([[0.005], [1e-38]], n: 1, normals: [], uniforms: [0.5])
+        let logZ = (log(0.5) + lgamma(1.005)) / 0.005
+        #expect(isClose(Double(small[0]), exp(logZ + 38 * log(10.0)), rtol: 1e-5, atol: 0), "\(small)")
+    }
+
     /// Gradients (finite differences over a parameter grid with extremes), sentinels, NULL outputs,
     /// broadcast, n = 0, domain errors, sampling, KL and threads: `flipout plugins check`.
     @Test func passesTheConformanceSuite() throws { try expectConformance("FlipoutGamma") }

@@ -29,7 +29,7 @@ func expectConformance(_ target: String, sourceLocation: SourceLocation = #_sour
     #expect(status == 0, sourceLocation: sourceLocation)
     // The checks the capabilities call for all ran: gradients, statistics, contracts.
     let ran = Set(report.results.filter { $0.outcome == .pass }.map(\.check))
-    #expect(ran.isSuperset(of: ["log_prob", "log_prob_vjp", "add-not-overwrite", "null-gradients", "broadcast", "n=0", "domain-errors", "threads"]), sourceLocation: sourceLocation)
+    #expect(ran.isSuperset(of: ["log_prob", "log_prob_vjp", "add-not-overwrite", "null-gradients", "broadcast", "n=0", "domain-errors", "extremes", "threads"]), sourceLocation: sourceLocation)
     if report.results.contains(where: { $0.check == "sample" }) {
         #expect(ran.isSuperset(of: ["sample", "sample_vjp", "center", "center_vjp", "noise"]), sourceLocation: sourceLocation)
     }
@@ -50,7 +50,7 @@ func expectConformance(_ target: String, sourceLocation: SourceLocation = #_sour
         #expect(table.status == 0)
         #expect(table.stdout.hasPrefix("FAMILY"))
         #expect(table.stdout.contains("org.test.cnormal  kl_vjp"))
-        #expect(table.stdout.contains("17 passed, 0 failed\n"))
+        #expect(table.stdout.contains("18 passed, 0 failed\n"))
     }
 
     /// (defines, the check that must fail, text its detail must hold)
@@ -63,6 +63,8 @@ func expectConformance(_ target: String, sourceLocation: SourceLocation = #_sour
         ("-DTRAP", "log_prob_vjp", ["crashed (SIGILL) in log_prob_vjp at loc=0, scale=0.001"]),
         ("-DHANG", "log_prob", ["hung (no answer within 2.0 s; killed) in sample at loc=0, scale=0.001"]),
         ("-DNAN_OK", "domain-errors", ["with status OK", "must give FLIPOUT_STATUS_DOMAIN_ERROR"]),
+        ("-DNONFINITE_OK", "extremes", ["calls returned NaN or an infinity with status OK", "must be FLIPOUT_STATUS_DOMAIN_ERROR"]),
+        ("-DREFUSES_TAIL_NOISE", "extremes", ["draws at ordinary parameters failed with noise the host's generator draws", "normals 6.5", "noise beyond 6"]),
     ]
 
     @Test(arguments: broken.indices)

@@ -52,6 +52,26 @@ enum ScaleMixtureReference {
         }
     }
 
+    /// At pi = 0 the narrow component alone is the density: pi = 0, sigma2 = e^-6, w = 0.1 has
+    /// d log p/dw = -w / sigma2^2 = -16275.5 (it was "NaN", from 0 * inf), while d log p/dpi =
+    /// N1/N2 - 1 = e^808 is beyond Double: asked for, it is a domain error naming pi, never +inf.
+    @Test func piZeroGivesTheNarrowComponentsGradient() throws {
+        let x: [Float] = [0.1], s2 = Float(exp(-6.0)), params: [[Float]] = [[0], [1], [s2]]
+        var dx: [Float] = [0]
+        let pi: [Float] = [0], s1: [Float] = [1], s2s: [Float] = [s2]
+        try pi.withUnsafeBufferPointer { a in try s1.withUnsafeBufferPointer { b in try s2s.withUnsafeBufferPointer { c in
+            let p = [InArray(a.baseAddress!), InArray(b.baseAddress!), InArray(c.baseAddress!)]
+            try prior.dist.logProbVJP(n: 1, params: p, x: x, g: [1], gradX: &dx, gradParams: [.skip, .skip, .skip])
+        } } }
+        let ref = -Double(x[0]) / (Double(s2) * Double(s2))
+        #expect(isClose(Double(dx[0]), ref, rtol: 1e-6, atol: 0), "\(dx[0]) vs \(ref)")
+        #expect(abs(ref + 16275.5) < 0.1)
+        #expect { _ = try prior.logProbVJP(x, params, g: [1]) } throws: { error in
+            guard let e = error as? PluginCallError else { return false }
+            return e.status == 3 && e.message.contains("d pi") && e.message.contains("+inf")
+        }
+    }
+
     /// Gradients (finite differences over a parameter grid with extremes), sentinels, NULL outputs,
     /// broadcast, n = 0, domain errors, sampling, KL and threads: `flipout plugins check`.
     @Test func passesTheConformanceSuite() throws { try expectConformance("FlipoutScaleMixture") }

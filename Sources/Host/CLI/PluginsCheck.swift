@@ -22,6 +22,10 @@ struct PluginsCheck: ParsableCommand {
           broadcast         stride-0 parameters equal the expanded form
           n=0               every function with n = 0 touches no buffer
           domain-errors     invalid parameters give DOMAIN_ERROR, not NaN with OK
+          extremes          denormal, huge, ±inf and NaN parameters, x, noise and
+                            upstream gradients through every function: no NaN
+                            or infinity with status OK; ordinary parameters
+                            sample for every noise value the host draws
           sample            20000 draws against exp(log_prob): mean, variance and
                             a Kolmogorov-Smirnov distance
           center            the center is the mean

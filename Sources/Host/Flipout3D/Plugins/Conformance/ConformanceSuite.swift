@@ -21,7 +21,7 @@ public final class ConformanceSuite {
 
     /// Every check, in the order they run. `applicable` filters by capability.
     public static let allChecks = ["layout", "log_prob", "log_prob_vjp", "add-not-overwrite", "null-gradients", "broadcast", "n=0",
-                                   "domain-errors", "sample", "sample_vjp", "center", "center_vjp", "symmetry", "noise",
+                                   "domain-errors", "extremes", "sample", "sample_vjp", "center", "center_vjp", "symmetry", "noise",
                                    "kl", "kl_vjp", "threads"]
 
     public init(family: DistributionFamily, partner: @escaping (String) -> DistributionFamily?, probe: @escaping (String) -> Void) throws {
@@ -57,6 +57,7 @@ public final class ConformanceSuite {
         case "broadcast": return try checkBroadcast()
         case "n=0": return try checkEmpty()
         case "domain-errors": return try checkDomainErrors()
+        case "extremes": return try checkExtremes()
         case "sample": return try checkSampleDistribution()
         case "sample_vjp": return try checkSampleVJP()
         case "center": return try checkCenter()

@@ -228,6 +228,7 @@ public final class ForeignDensityFamily: @unchecked Sendable {
                     }
                     f.set(j, v)
                     let contribution = gi * (fUp - fDown) / (up - down)
+                    guard Float(contribution).isFinite else { return fail(err, "\(callText(f)): g * d/d\(spec.arguments[j].name) is \(contribution) with g = \(gi) (scalar \(i) of \(n)): a result that would not be finite is a domain error.") }
                     if j == 0 {
                         gradX![i] += Float(contribution)
                     } else {
@@ -239,6 +240,7 @@ public final class ForeignDensityFamily: @unchecked Sendable {
             return Status.ok.rawValue
         }
         guard status == Status.ok.rawValue else { return status }
+        if let j = (1..<arity).first(where: { wanted[$0] && gradParams[$0 - 1].stride == 0 && !Float(sums[$0]).isFinite }) { return fail(err, "\(spec.id) log_prob_vjp: the sum over \(n) scalars of g * d/d\(spec.arguments[j].name) is \(sums[j]), not a finite float.") }
         for j in 1..<arity where wanted[j] && gradParams[j - 1].stride == 0 { gradParams[j - 1].data![0] += Float(sums[j]) }
         return status
     }
