@@ -59,6 +59,7 @@ struct EvaluateCommand: ParsableCommand {
         if oodPredictions != nil && predictions == nil { throw ValidationError("--ood-predictions compares with the cases of --predictions DIR --labels DIR; add them.") }
         if let classes { guard classes >= 2 else { throw ValidationError("--classes must be at least 2 (background and one class).") } }
         guard roiMargin >= 0 && roiMargin.isFinite else { throw ValidationError("--roi-margin must be a distance in mm >= 0.") }
+        try OptionRanges.check(self)
     }
 
     func run() throws {

@@ -41,9 +41,9 @@ struct PredictCommand: ParsableCommand {
     var synthetic: String?
     @Option(help: "Output folder.") var output = "predictions"
     @Option(help: "Monte Carlo samples per checkpoint (a deterministic checkpoint uses 1).") var samples = 16
-    @Option(help: "Fraction by which neighbouring windows overlap, in [0, 1).") var overlap = 0.5
-    @Option(name: .customLong("window-batch"), help: "Windows per network call (memory grows with it).") var windowBatch = 2
-    @Option(help: "Window size D,H,W (default: the training patch size).") var window: String?
+    @Option(help: "Fraction by which neighbouring windows overlap, from 0 to 0.9.") var overlap = 0.5
+    @Option(name: .customLong("window-batch"), help: "Windows per network call, 1 to 64 (memory grows with it).") var windowBatch = 2
+    @Option(help: "Window size D,H,W, each 4 to 512, at most 256³ voxels (default: the training patch size).") var window: String?
     @Flag(help: "Test-time mirroring: every sample is the mean over the 8 flips along D, H, W.") var tta = false
     @Option(help: "Seed of the prediction draws.") var seed: UInt64 = 1
     @Flag(name: .customLong("no-normalise"), help: "Use the input intensities as they are.") var noNormalise = false
@@ -58,6 +58,7 @@ struct PredictCommand: ParsableCommand {
         guard overlap >= 0 && overlap < 1 else { throw ValidationError("--overlap must be in [0, 1), e.g. 0.5.") }
         guard windowBatch >= 1 else { throw ValidationError("--window-batch must be at least 1.") }
         if let window { _ = try parsedWindow(window) }
+        try OptionRanges.check(self)
     }
 
     func parsedWindow(_ s: String) throws -> [Int] {
@@ -144,11 +145,11 @@ struct PredictCommand: ParsableCommand {
         let (x, y) = try data.batch(split, indices: [index])
         let header = NIfTIHeader(shape: data.volumeSize)
         let id = "\(data.name)_\(split.rawValue)_\(index)"
-        let image = (output as NSString).appendingPathComponent(id + "_0000.nii.gz")
+        let image = Paths.join(output, id + "_0000.nii.gz")
         try NIfTI.write(x.reshaped(data.volumeSize), header: header, to: image)
-        let truth = (output as NSString).appendingPathComponent("labels")
+        let truth = Paths.join(output, "labels")
         try FileManager.default.createDirectory(atPath: truth, withIntermediateDirectories: true)
-        try NIfTI.write(y.reshaped(data.volumeSize), header: header, datatype: .uint8, to: (truth as NSString).appendingPathComponent(id + ".nii.gz"))
+        try NIfTI.write(y.reshaped(data.volumeSize), header: header, datatype: .uint8, to: Paths.join(truth, id + ".nii.gz"))
         note("wrote the input \(image) and the generator's labels to \(truth)/ (score with flipout evaluate --predictions \(output) --labels \(truth))")
         return CaseInput(id: id, channels: [image])
     }

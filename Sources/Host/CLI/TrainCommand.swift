@@ -71,6 +71,7 @@ struct TrainCommand: ParsableCommand {
     @OptionGroup(title: "Dataset folder (--data)") var folder: FolderTrainingOptions
 
     func validate() throws {
+        try OptionRanges.check(self)
         try validating { try trainingConfig().validate() }
         if folder.data == nil && positiveLRScale != nil && resume == nil {
             throw ValidationError("--positive-lr-scale applies to --data training (the U-Net); add --data DIR.")
@@ -121,9 +122,9 @@ struct TrainCommand: ParsableCommand {
             let trainer: Trainer
             if let resume {
                 // Every rank checks the folder alike (so a refusal is the same on all); rank 0 speaks.
-                let folder = GivenOptions.contains("--run") ? runFolder : (resume as NSString).deletingLastPathComponent
-                RunFolder.removeStaleTemporaries(in: (resume as NSString).deletingLastPathComponent, log: say)
-                if folder != (resume as NSString).deletingLastPathComponent { try RunFolder.prepare(folder, policy: .fresh, log: say) }
+                let folder = GivenOptions.contains("--run") ? runFolder : Paths.parent(resume)
+                RunFolder.removeStaleTemporaries(in: Paths.parent(resume), log: say)
+                if folder != Paths.parent(resume) { try RunFolder.prepare(folder, policy: .fresh, log: say) }
                 trainer = try Trainer.resume(checkpoint: resume, registry: registry, runDirectory: folder, allowPluginChange: allowPluginChange,
                                              epochs: epochs, communicator: comm, log: say)
                 say("resuming \(resume) after epoch \(trainer.epochsDone) of \(trainer.training.epochs)"

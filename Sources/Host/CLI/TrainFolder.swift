@@ -17,10 +17,10 @@ struct FolderTrainingOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Train on this dataset folder (dataset.json, imagesTr/, labelsTr/, optional imagesTs/ + labelsTs/).", valueName: "dir"))
     var data: String?
 
-    @Option(help: ArgumentHelp("Training patch size in voxels along (D, H, W) = (S, A, R), each a multiple of 2^(levels-1) (default: the median case shape within --memory-budget).", valueName: "d,h,w"))
+    @Option(help: ArgumentHelp("Training patch size in voxels along (D, H, W) = (S, A, R), each a multiple of 2^(levels-1), 1 to 512, at most 256³ voxels (default: the median case shape within --memory-budget).", valueName: "d,h,w"))
     var patch: PatchArgument?
 
-    @Option(help: ArgumentHelp("Target spacing in mm along (D, H, W) = (S, A, R) (default: the dataset's median).", valueName: "d,h,w"))
+    @Option(help: ArgumentHelp("Target spacing in mm along (D, H, W) = (S, A, R), each 0.001 to 100 (default: the dataset's median).", valueName: "d,h,w"))
     var spacing: SpacingArgument?
 
     @Option(help: ArgumentHelp("Cross-validation fold to train: 0..<--folds (validating on its held-out cases), or all (every case, no validation).", valueName: "k|all"))
@@ -70,7 +70,7 @@ struct FolderTraining {
         let trainer: PatchTrainer
         let folder: DatasetFolder
         if let resume = command.resume {
-            RunFolder.removeStaleTemporaries(in: (resume as NSString).deletingLastPathComponent, log: note)
+            RunFolder.removeStaleTemporaries(in: Paths.parent(resume), log: note)
             trainer = try PatchTrainer.resume(checkpoint: resume, registry: registry, allowPluginChange: command.allowPluginChange, log: note)
             folder = try DatasetFolder(trainer.patch.data)
             note("resuming \(resume) after epoch \(trainer.epochsDone) of \(trainer.training.epochs)")
@@ -94,7 +94,7 @@ struct FolderTraining {
             { done, total, id in if !quiet && (done == total || done % max(1, total / 4) == 0) { note("\(what) \(done)/\(total) (\(id))") } }
         }
         let fingerprint = try DatasetFingerprint(folder: folder, progress: progress("fingerprint"))
-        let plan = PreprocessingPlan(fingerprint: fingerprint, spacing: options.spacing?.values)
+        let plan = try fingerprint.checkedPlan(spacing: options.spacing?.values)
         let ids = folder.training.map(\.id)
         let split: FoldSplit
         switch options.foldSelection {
@@ -168,7 +168,7 @@ struct FolderTraining {
         if !dice.isEmpty { o["test_dice"] = json(dice) }
         if !validation.isEmpty { o["validation_dice"] = json(validation) }
         let data = try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys])
-        try FileIO.writeAtomically(Array(data), to: (trainer.runDirectory as NSString).appendingPathComponent("results.json"))
+        try FileIO.writeAtomically(Array(data), to: Paths.join(trainer.runDirectory, "results.json"))
         if !dice.isEmpty {
             print("test dice (\(test.count) cases, \(samples) samples): " + TiledPrediction.describe(dice, names: names))
         } else {

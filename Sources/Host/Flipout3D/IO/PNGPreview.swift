@@ -89,15 +89,17 @@ public enum PNGPreview {
         var pixels = [UInt8](repeating: 0, count: width * height * 3)
         for (pi, panel) in panels.enumerated() {
             let range = panel.range ?? valueRange(panel.volume)
-            let lo = range.lowerBound, span = range.upperBound - range.lowerBound
-            let inv: Float = span > 0 ? 1 / span : 0
+            // In Double: any finite Float range (wider than Float.greatestFiniteMagnitude, or
+            // narrower than the smallest normal Float) has a finite, nonzero span and inverse there.
+            let lo = Double(range.lowerBound), span = Double(range.upperBound) - Double(range.lowerBound)
+            let inv = span > 0 && span.isFinite ? 1 / span : 0
             var top = gap
             for view in views {
                 let left = gap + pi * (cellW + gap) + (cellW - view.cols * scale) / 2
                 for r in 0..<(view.rows * scale) {
                     for q in 0..<(view.cols * scale) {
                         let v = panel.volume.data[view.index(r / scale, q / scale)]
-                        let t = v.isFinite ? min(max((v - lo) * inv, 0), 1) : 0
+                        let t = v.isFinite ? Float(min(max((Double(v) - lo) * inv, 0), 1)) : 0
                         let rgb = color(t, panel.colormap)
                         let o = ((top + r) * width + left + q) * 3
                         pixels[o] = rgb.0; pixels[o + 1] = rgb.1; pixels[o + 2] = rgb.2
@@ -172,7 +174,7 @@ public enum PNGPreview {
 
     /// Gray, or "hot" (black → red → yellow → white) for uncertainty maps; t in [0, 1].
     static func color(_ t: Float, _ map: Colormap) -> (UInt8, UInt8, UInt8) {
-        func byte(_ x: Float) -> UInt8 { UInt8(min(max(x, 0), 1) * 255 + 0.5) }
+        func byte(_ x: Float) -> UInt8 { x.isNaN ? 0 : UInt8(min(max(x, 0), 1) * 255 + 0.5) }
         switch map {
         case .gray: let g = byte(t); return (g, g, g)
         case .hot: return (byte(3 * t), byte(3 * t - 1), byte(3 * t - 2))

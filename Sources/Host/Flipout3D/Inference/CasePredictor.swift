@@ -85,7 +85,7 @@ public enum CasePredictor {
                            predictor: WindowPredictor) throws -> CaseReport {
         let start = Date()
         guard input.channels.count == channels else {
-            throw CaseInputError("case \(input.id) has \(input.channels.count) channel file(s) (\(input.channels.map { ($0 as NSString).lastPathComponent }.joined(separator: ", "))); the model takes \(channels)")
+            throw CaseInputError("case \(input.id) has \(input.channels.count) channel file(s) (\(input.channels.map { Paths.lastComponent($0) }.joined(separator: ", "))); the model takes \(channels)")
         }
         let volumes = try input.channels.map { try NIfTI.read($0, nonFinite: settings.nonFinite) }
         for (v, path) in zip(volumes, input.channels) where v.nonFiniteReplaced > 0 {
@@ -120,7 +120,7 @@ public enum CasePredictor {
         }
         let labels = maps.labels
         let labelTensor = Tensor(shape: shape, values: labels.map(Float.init))
-        let stem = (folder as NSString).appendingPathComponent(input.id)
+        let stem = Paths.join(folder, input.id)
         let files = [stem + ".nii.gz", stem + "_probabilities.nii.gz", stem + "_entropy.nii.gz", stem + "_mi.nii.gz",
                      stem + "_expected_entropy.nii.gz", stem + "_preview.png", stem + ".json"]
         try NIfTI.write(labelTensor, header: header, datatype: classes <= 256 ? .uint8 : .int16, to: files[0])
@@ -157,7 +157,7 @@ public enum CasePredictor {
             draws: draws, windows: maps.windows, members: settings.members, testTimeMirroring: settings.window.mirror,
             foregroundVoxels: fg, meanEntropyForeground: fg > 0 ? pe / Double(fg) : nil,
             meanMutualInformationForeground: fg > 0 ? mi / Double(fg) : nil, meanExpectedEntropyForeground: fg > 0 ? eh / Double(fg) : nil,
-            seconds: Date().timeIntervalSince(start), files: files.map { ($0 as NSString).lastPathComponent })
+            seconds: Date().timeIntervalSince(start), files: files.map { Paths.lastComponent($0) })
         let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]
         try FileIO.writeAtomically(Array(try e.encode(report)), to: files[6])
         return report

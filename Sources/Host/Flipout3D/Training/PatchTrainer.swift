@@ -33,7 +33,7 @@ public final class PatchTrainer {
     public var showProgress = true
     let log: (String) -> Void
 
-    public var checkpointPath: String { (runDirectory as NSString).appendingPathComponent("checkpoint.safetensors") }
+    public var checkpointPath: String { Paths.join(runDirectory, "checkpoint.safetensors") }
 
     public init(model: UNet, training: TrainingConfig, patch: PatchTrainingConfig, plan: PreprocessingPlan,
                 train: [PreparedCase], validation: [PreparedCase], runDirectory: String, log: @escaping (String) -> Void = { _ in }) throws {
@@ -134,7 +134,7 @@ public final class PatchTrainer {
     func restore(optimizerFrom c: Checkpoint, path: String, epoch: Int) throws {
         try ModelCheckpoint.restoreOptimizer(optimizer, from: c, path: path)
         epochsDone = epoch
-        let metricsPath = (runDirectory as NSString).appendingPathComponent("metrics.json")
+        let metricsPath = Paths.join(runDirectory, "metrics.json")
         if let bytes = try? FileIO.read(metricsPath), let r = try? JSONDecoder().decode([PatchEpochRecord].self, from: Data(bytes)) {
             records = Array(r.prefix(epoch))
         }
@@ -147,9 +147,9 @@ public final class PatchTrainer {
             let dice = (0..<k).map { r.validationDice.count == k ? String(r.validationDice[$0]) : "" }.joined(separator: ",")
             csv += "\(r.epoch),\(r.loss),\(r.crossEntropy),\(r.diceLoss),\(r.kl),\(r.scaledKL),\(r.beta),\(dice),\(r.seconds)\n"
         }
-        try FileIO.writeAtomically(Array(csv.utf8), to: (runDirectory as NSString).appendingPathComponent("metrics.csv"))
+        try FileIO.writeAtomically(Array(csv.utf8), to: Paths.join(runDirectory, "metrics.csv"))
         let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try FileIO.writeAtomically(Array(try e.encode(records)), to: (runDirectory as NSString).appendingPathComponent("metrics.json"))
+        try FileIO.writeAtomically(Array(try e.encode(records)), to: Paths.join(runDirectory, "metrics.json"))
     }
 }
 
@@ -176,7 +176,7 @@ extension PatchTrainer {
         let t = try PatchTrainer(model: l.model, training: l.trained.training, patch: l.patch, plan: plan,
                                  train: try folder.prepare(try cases(l.patch.trainCases), plan: plan),
                                  validation: try folder.prepare(try cases(l.patch.validationCases), plan: plan),
-                                 runDirectory: runDirectory ?? (checkpoint as NSString).deletingLastPathComponent, log: log)
+                                 runDirectory: runDirectory ?? Paths.parent(checkpoint), log: log)
         try t.restore(optimizerFrom: c, path: checkpoint, epoch: l.trained.epochs)
         return t
     }

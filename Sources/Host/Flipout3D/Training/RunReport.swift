@@ -70,7 +70,7 @@ public struct RunReport: Codable {
             trainSeconds: trainSeconds, samples: samples,
             hemisphere: try (trainer.dataset as? Colin27Dataset).map { try HemisphereEvaluation.run(model: m, colin: $0.colin, samples: samples, seed: t.seed) })
         let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try FileIO.writeAtomically(Array(try e.encode(report)), to: (trainer.runDirectory as NSString).appendingPathComponent("results.json"))
+        try FileIO.writeAtomically(Array(try e.encode(report)), to: Paths.join(trainer.runDirectory, "results.json"))
         return report
     }
 }

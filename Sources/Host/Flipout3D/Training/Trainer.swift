@@ -32,7 +32,7 @@ public final class Trainer {
     public let parallel: DataParallel
     let log: (String) -> Void
 
-    public var checkpointPath: String { (runDirectory as NSString).appendingPathComponent("checkpoint.safetensors") }
+    public var checkpointPath: String { Paths.join(runDirectory, "checkpoint.safetensors") }
 
     public init(model: SegmentationNet, training: TrainingConfig, dataset: VolumeDataset, runDirectory: String,
                 communicator: Communicator = SingleProcess(), log: @escaping (String) -> Void = { _ in }) throws {
@@ -63,7 +63,7 @@ public final class Trainer {
                               epochs: Int? = nil, communicator: Communicator = SingleProcess(),
                               log: @escaping (String) -> Void = { _ in }) throws -> Trainer {
         let loaded = try ModelCheckpoint.load(checkpoint, registry: registry, allowPluginChange: allowPluginChange, log: log)
-        let dir = runDirectory ?? (checkpoint as NSString).deletingLastPathComponent
+        let dir = runDirectory ?? Paths.parent(checkpoint)
         var training = loaded.training
         if let epochs {
             guard epochs >= loaded.epoch else {
@@ -79,7 +79,7 @@ public final class Trainer {
             t.log("note: trained so far on \(trained) rank(s), continuing on \(communicator.worldSize): when both divide the training volumes the run matches an unchanged one up to float rounding (docs/distributed.md).")
         }
         t.epochsDone = loaded.epoch
-        let metricsPath = (dir as NSString).appendingPathComponent("metrics.json")
+        let metricsPath = Paths.join(dir, "metrics.json")
         if let bytes = try? FileIO.read(metricsPath), let r = try? JSONDecoder().decode([EpochRecord].self, from: Data(bytes)) {
             t.records = Array(r.prefix(loaded.epoch))
         }
@@ -164,8 +164,8 @@ public final class Trainer {
         for r in records {
             csv += "\(r.epoch),\(r.loss),\(r.nll),\(r.kl),\(r.scaledKL),\(r.beta),\(r.validationDice),\(r.validationNLL),\(r.seconds)\n"
         }
-        try FileIO.writeAtomically(Array(csv.utf8), to: (runDirectory as NSString).appendingPathComponent("metrics.csv"))
+        try FileIO.writeAtomically(Array(csv.utf8), to: Paths.join(runDirectory, "metrics.csv"))
         let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try FileIO.writeAtomically(Array(try e.encode(records)), to: (runDirectory as NSString).appendingPathComponent("metrics.json"))
+        try FileIO.writeAtomically(Array(try e.encode(records)), to: Paths.join(runDirectory, "metrics.json"))
     }
 }
