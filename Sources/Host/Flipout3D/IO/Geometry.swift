@@ -48,7 +48,7 @@ extension VoxelGrid {
                 }
             }
             throw fail("the voxel size along axis \(axes[a]) is \(String(format: "%.6g", sizes[a])) mm\(unit); voxel sizes must be from "
-                       + "\(GeometryLimits.voxelSize.lowerBound) to \(GeometryLimits.voxelSize.upperBound) mm; \(fix)")
+                       + "\(String(format: "%g", GeometryLimits.voxelSize.lowerBound)) to \(String(format: "%g", GeometryLimits.voxelSize.upperBound)) mm; \(fix)")
         }
         for r in 0..<3 where !(abs(affine.m[r][3]) <= GeometryLimits.coordinate) {
             throw fail("voxel (0, 0, 0) sits at \(["x", "y", "z"][r]) = \(String(format: "%.6g", affine.m[r][3])) mm; world coordinates beyond "

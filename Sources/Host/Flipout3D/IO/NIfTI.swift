@@ -383,23 +383,7 @@ public enum NIfTI {
         guard shape == header.shape, frames >= 1 && frames <= Int(Int16.max) else {
             throw NIfTIError.shapeMismatch(path: path, tensorShape: volume.shape, headerDims: header.shape)
         }
-        var h = header
-        // An unused qform (qform_code 0) is copied verbatim unless it is not a rotation (or not
-        // finite): then the identity, so that other tools (nibabel) can open the output.
-        if h.qformCode == 0 && !(h.quaternionNorm2 <= 1 + quaternionTolerance
-                                 && [h.qoffsetX, h.qoffsetY, h.qoffsetZ].allSatisfy(\.isFinite)) {
-            h.quaternB = 0; h.quaternC = 0; h.quaternD = 0; h.qoffsetX = 0; h.qoffsetY = 0; h.qoffsetZ = 0
-        }
-        if h.sformCode == 0 && !(h.srowX + h.srowY + h.srowZ).allSatisfy(\.isFinite) {
-            h.srowX = [1, 0, 0, 0]; h.srowY = [0, 1, 0, 0]; h.srowZ = [0, 0, 1, 0]
-        }
-        h.dim[0] = frames > 1 ? 4 : 3
-        for i in 4..<8 { h.dim[i] = 1 }
-        h.dim[4] = Int16(frames)
-        h.datatype = datatype.rawValue
-        h.bitpix = Int16(datatype.bytesPerVoxel * 8)
-        h.voxOffset = 352
-        h.sclSlope = 1; h.sclInter = 0
+        let h = outputHeader(header, frames: frames, datatype: datatype)
         let count = volume.count
         var lo = Float.infinity, hi = -Float.infinity
         for i in 0..<count where volume.data[i].isFinite { lo = min(lo, volume.data[i]); hi = max(hi, volume.data[i]) }
@@ -434,6 +418,29 @@ public enum NIfTI {
         }
         let output = path.hasSuffix(".gz") ? try gzip(bytes, path: path) : bytes
         do { try FileIO.writeAtomically(output, to: path) } catch let e as FileIOError { throw NIfTIError.file(e) }
+    }
+
+    /// The header `write` stores for `header`'s geometry: rank 3 (or 4 with `frames` > 1), the
+    /// datatype, vox_offset 352, no scaling. An unused qform (qform_code 0) or sform (sform_code 0)
+    /// is copied verbatim unless it is not a rotation or not finite: then the identity, so that
+    /// other tools (nibabel refuses b²+c²+d² > 1) can open the output.
+    static func outputHeader(_ header: NIfTIHeader, frames: Int, datatype: NIfTIDatatype) -> NIfTIHeader {
+        var h = header
+        if h.qformCode == 0 && !(h.quaternionNorm2 <= 1 + quaternionTolerance
+                                 && [h.qoffsetX, h.qoffsetY, h.qoffsetZ].allSatisfy(\.isFinite)) {
+            h.quaternB = 0; h.quaternC = 0; h.quaternD = 0; h.qoffsetX = 0; h.qoffsetY = 0; h.qoffsetZ = 0
+        }
+        if h.sformCode == 0 && !(h.srowX + h.srowY + h.srowZ).allSatisfy(\.isFinite) {
+            h.srowX = [1, 0, 0, 0]; h.srowY = [0, 1, 0, 0]; h.srowZ = [0, 0, 1, 0]
+        }
+        h.dim[0] = frames > 1 ? 4 : 3
+        for i in 4..<8 { h.dim[i] = 1 }
+        h.dim[4] = Int16(frames)
+        h.datatype = datatype.rawValue
+        h.bitpix = Int16(datatype.bytesPerVoxel * 8)
+        h.voxOffset = 352
+        h.sclSlope = 1; h.sclInter = 0
+        return h
     }
 
     // MARK: - Bytes

@@ -67,8 +67,12 @@ public enum PNGPreview {
         return best
     }
 
+    /// Longest run of voxels shown along one axis of a view (longer axes are subsampled).
+    public static let maxEdge = 512
+
     /// Renders the preview: all panels share one (D, H, W) and the slice point `at` (d, h, w),
-    /// default the center; `scale` repeats each voxel scale×scale times.
+    /// default the center; `scale` repeats each voxel scale×scale times. An axis longer than
+    /// `maxEdge` voxels shows every ⌈n / maxEdge⌉-th voxel.
     public static func render(_ panels: [Panel], at point: [Int]? = nil, scale: Int = 1, gap: Int = 2) -> Image {
         precondition(!panels.isEmpty, "PNGPreview: no panels")
         precondition(scale >= 1 && gap >= 0, "PNGPreview: scale must be >= 1 and gap >= 0")
@@ -77,13 +81,17 @@ public enum PNGPreview {
         let c = point ?? center(of: [d, h, w])
         precondition(c.count == 3 && (0..<d).contains(c[0]) && (0..<h).contains(c[1]) && (0..<w).contains(c[2]),
                      "PNGPreview: slice point \(c) outside (\(d), \(h), \(w))")
-        // Views as (rows, cols, voxel index of (row, col)), top row first.
+        // A volume longer than `maxEdge` voxels along an axis is shown every `step`-th voxel, so
+        // the image stays within a few thousand pixels whatever the header claims.
+        let step = (max(d, h, w) + maxEdge - 1) / maxEdge
+        let (sd, sh, sw) = ((d + step - 1) / step, (h + step - 1) / step, (w + step - 1) / step)
+        // Views as (rows, cols, voxel index of (row, col)), top row first; row and col in shown voxels.
         let views: [(rows: Int, cols: Int, index: (Int, Int) -> Int)] = [
-            (h, w, { r, q in (c[0] * h + (h - 1 - r)) * w + q }),
-            (d, w, { r, q in ((d - 1 - r) * h + c[1]) * w + q }),
-            (d, h, { r, q in ((d - 1 - r) * h + q) * w + c[2] }),
+            (sh, sw, { r, q in (c[0] * h + (h - 1 - r * step)) * w + q * step }),
+            (sd, sw, { r, q in ((d - 1 - r * step) * h + c[1]) * w + q * step }),
+            (sd, sh, { r, q in ((d - 1 - r * step) * h + q * step) * w + c[2] }),
         ]
-        let cellW = max(w, h) * scale
+        let cellW = max(sw, sh) * scale
         let width = panels.count * cellW + (panels.count + 1) * gap
         let height = views.reduce(0) { $0 + $1.rows * scale } + (views.count + 1) * gap
         var pixels = [UInt8](repeating: 0, count: width * height * 3)
