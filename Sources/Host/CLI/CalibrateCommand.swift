@@ -57,7 +57,7 @@ struct CalibrateCommand: ParsableCommand {
                 throw InputError("\(checkpoint) holds the built-in binary network; flipout calibrate fits a U-Net of flipout train --data DIR --fold k on that fold's validation cases.")
             }
             let folder = try DatasetFolder(data)
-            let splitsPath = ((checkpoint as NSString).deletingLastPathComponent as NSString).appendingPathComponent(Splits.fileName)
+            let splitsPath = Paths.join(Paths.parent(checkpoint), Splits.fileName)
             guard FileIO.exists(splitsPath) else {
                 throw InputError("no \(Splits.fileName) beside \(checkpoint): calibrate needs the validation cases of a run trained with flipout train --data DIR --fold k.")
             }

@@ -29,13 +29,13 @@ struct DatasetsCommand: ParsableCommand {
     )
 }
 
-/// Parses "1.5,1,1" as a (D, H, W) spacing in mm.
+/// Parses "1.5,1,1" as a (D, H, W) spacing in mm (three numbers; `OptionRanges.spacing` bounds them in `validate()`).
 struct SpacingArgument: ExpressibleByArgument {
     let values: [Double]
     init?(argument: String) {
-        let v = argument.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
-        guard v.count == 3, v.allSatisfy({ $0 > 0 && $0.isFinite }) else { return nil }
-        values = v
+        let v = argument.split(separator: ",", omittingEmptySubsequences: false).map { Double($0.trimmingCharacters(in: .whitespaces)) }
+        guard v.count == 3, v.allSatisfy({ $0 != nil }) else { return nil }
+        values = v.map { $0! }
     }
 }
 
@@ -67,18 +67,20 @@ struct DatasetsCheck: ParsableCommand {
     @Argument(help: ArgumentHelp("The dataset folder (holds dataset.json).", valueName: "dir"))
     var directory: String
 
-    @Option(help: ArgumentHelp("Target spacing in mm along (D, H, W) = (S, A, R), e.g. 3,1,1 (default: the dataset's median).", valueName: "d,h,w"))
+    @Option(help: ArgumentHelp("Target spacing in mm along (D, H, W) = (S, A, R), e.g. 3,1,1, each from 0.001 to 100 (default: the dataset's median).", valueName: "d,h,w"))
     var spacing: SpacingArgument?
 
     @Flag(help: "Print the plan as JSON (the form a checkpoint stores) after the fingerprint.")
     var json = false
+
+    func validate() throws { try OptionRanges.check(self) }
 
     func run() throws {
         try reportingInputErrors {
             let folder = try DatasetFolder(directory)
             let progress = ProgressLine(total: folder.training.count + folder.test.count, label: "checking")
             let fingerprint = try DatasetFingerprint(folder: folder) { done, _, id in progress.update(done: done, id) }
-            let plan = PreprocessingPlan(fingerprint: fingerprint, spacing: spacing?.values)
+            let plan = try fingerprint.checkedPlan(spacing: spacing?.values)
             print(fingerprint.report(plan: plan))
             if json { print(plan.jsonString()) }
             print("OK: \(folder.root) is a valid dataset folder")
@@ -131,6 +133,7 @@ struct DatasetsExportSynthetic: ParsableCommand {
         guard cases >= 1 else { throw ValidationError("--cases must be at least 1, got \(cases)") }
         guard testCases >= 0 else { throw ValidationError("--test-cases must be 0 or more, got \(testCases)") }
         guard oodCases >= 0 else { throw ValidationError("--ood-cases must be 0 or more, got \(oodCases)") }
+        try OptionRanges.check(self)
     }
 
     func run() throws {

@@ -52,6 +52,8 @@ enum ExitCodes {
             case .nonFinite: return internalError
             }
         case let e as FileIOError: return code(for: e)
+        // The file's own geometry is a bad input file; a resampled grid too large for the chosen spacing is usage.
+        case let e as VolumeGeometryError: return e.kind == .file ? badInputFile : usage
         case let e as CheckpointError: return e.file.map { code(for: $0) } ?? badInputFile
         case let e as NIfTIError:
             if case .file(let f) = e { return code(for: f) }
@@ -63,6 +65,30 @@ enum ExitCodes {
             return [.fileWriteOutOfSpace, .fileWriteNoPermission, .fileWriteUnknown, .fileWriteVolumeReadOnly, .fileWriteFileExists].contains(e.code)
                 ? cannotWrite : missingInput
         default: return internalError
+        }
+    }
+}
+
+extension ExitCodes {
+    /// The one line an error prints after "Error: ". Foundation's file errors (NSCocoaErrorDomain)
+    /// become "PATH: what failed (the system's reason)" instead of their debug text.
+    static func message(for error: Error) -> String {
+        guard let e = error as? CocoaError, e.isFileError else { return "\(error)" }
+        let path = e.filePath ?? e.url?.path ?? (e.userInfo[NSFilePathErrorKey] as? String)
+        let shown = path.map { $0.isEmpty ? "\"\" (an empty path)" : $0 } ?? "a file"
+        let posix = (e.userInfo[NSUnderlyingErrorKey] as? NSError).flatMap { $0.domain == NSPOSIXErrorDomain ? Int32($0.code) : nil }
+        let reason = posix.map { String(cString: strerror($0)) } ?? "error \(e.code.rawValue)"
+        switch e.code {
+        case .fileWriteFileExists:
+            return "\(shown): cannot create a folder there: something that is not a folder is in the way (\(reason)); choose another path"
+        case .fileWriteOutOfSpace, .fileWriteNoPermission, .fileWriteVolumeReadOnly, .fileWriteUnknown, .fileWriteInvalidFileName:
+            return "\(shown): cannot write: \(reason) (is the folder writable and the disk not full?)"
+        case .fileNoSuchFile, .fileReadNoSuchFile:
+            return "\(shown): no such file or folder (\(reason)); check the path"
+        case .fileReadNoPermission:
+            return "\(shown): permission denied (\(reason))"
+        default:
+            return "\(shown): \(reason)"
         }
     }
 }

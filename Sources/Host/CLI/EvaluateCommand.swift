@@ -78,6 +78,7 @@ struct EvaluateCommand: ParsableCommand {
         if let classes { guard classes >= 2 else { throw ValidationError("--classes must be at least 2 (background and one class).") } }
         guard roiMargin >= 0 && roiMargin.isFinite else { throw ValidationError("--roi-margin must be a distance in mm >= 0.") }
         guard failureDice > 0 && failureDice <= 1 else { throw ValidationError("--failure-dice must be in (0, 1], e.g. 0.5.") }
+        try OptionRanges.check(self)
     }
 
     func run() throws {
@@ -193,18 +194,18 @@ struct EvaluateCommand: ParsableCommand {
         guard data.test.contains(where: { $0.labelPath != nil }) else {
             throw InputError("\(patch.data), the dataset folder \(path) was trained on, has no labelled test cases (imagesTs/ with labelsTs/); predict other cases with flipout predict and score them with flipout evaluate --predictions DIR --labels DIR.")
         }
-        let out = output ?? (((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent("evaluation"))
-        let test = (out as NSString).appendingPathComponent("test")
+        let out = output ?? (Paths.join(Paths.parent(path), "evaluation"))
+        let test = Paths.join(out, "test")
         try predict(data.test.filter { $0.labelPath != nil }.map { CaseInput(id: $0.id, channels: $0.imagePaths) }, trained: trained, into: test)
-        let oodImages = (data.root as NSString).appendingPathComponent("imagesOod")
+        let oodImages = Paths.join(data.root, "imagesOod")
         var ood: String?
         if FileManager.default.fileExists(atPath: oodImages) {
             let found: [CaseInput]
             do { found = try CaseInputs.discover(oodImages).cases } catch let e as CaseInputError { throw InputError(e.description) }
-            ood = (out as NSString).appendingPathComponent("ood")
+            ood = Paths.join(out, "ood")
             try predict(found, trained: trained, into: ood!)
         }
-        try evaluateFolder(predictions: test, labels: (data.root as NSString).appendingPathComponent("labelsTs"), ood: ood, output: out)
+        try evaluateFolder(predictions: test, labels: Paths.join(data.root, "labelsTs"), ood: ood, output: out)
     }
 
     /// `flipout predict`'s defaults: windows of the training patch size overlapping by half, the plan's preprocessing.
@@ -216,7 +217,7 @@ struct EvaluateCommand: ParsableCommand {
         settings.members = [checkpoint!]
         settings.note = { note($0) }
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        let line = ProgressLine(total: cases.count, label: "predict \((folder as NSString).lastPathComponent)")
+        let line = ProgressLine(total: cases.count, label: "predict \(Paths.lastComponent(folder))")
         for (i, c) in cases.enumerated() {
             do {
                 _ = try CasePredictor.run(c, channels: predictor.channels, classes: predictor.classes, draws: predictor.draws, settings: settings,

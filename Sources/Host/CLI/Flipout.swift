@@ -45,7 +45,7 @@ struct Flipout: ParsableCommand {
             // ArgumentParser's own: help, usage errors, ExitCode, ValidationError.
             exit(withError: e)
         } catch {
-            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+            FileHandle.standardError.write(Data("Error: \(ExitCodes.message(for: error))\n".utf8))
             Foundation.exit(ExitCodes.code(for: error).rawValue)
         }
     }

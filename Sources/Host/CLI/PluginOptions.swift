@@ -49,8 +49,8 @@ struct PluginOptions: ParsableArguments {
     func library(at path: String) throws -> PluginLibrary {
         let settings = try isolation()
         let resolved = DynamicLibrary.resolve(path)
-        let bundled = (resolved as NSString).deletingLastPathComponent == PluginSearch.executableDirectory
-            && (resolved as NSString).lastPathComponent.hasPrefix("libFlipout")
+        let bundled = Paths.parent(resolved) == PluginSearch.executableDirectory
+            && Paths.lastComponent(resolved).hasPrefix("libFlipout")
         return settings.policy.isolates(bundled: bundled)
             ? try PluginLibrary.loadIsolated(path, timeout: settings.callTimeout) : try PluginLibrary.load(path)
     }

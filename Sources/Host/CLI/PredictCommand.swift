@@ -45,9 +45,9 @@ struct PredictCommand: ParsableCommand {
     @Option(help: "Dataset folder, folder of NIfTI files, or one file.") var input: String
     @Option(help: "Output folder.") var output = "predictions"
     @Option(help: "Monte Carlo samples per checkpoint (a deterministic checkpoint uses 1).") var samples = 16
-    @Option(help: "Fraction by which neighbouring windows overlap, in [0, 1).") var overlap = 0.5
-    @Option(name: .customLong("window-batch"), help: "Windows per network call for a deterministic network (memory grows with it); a Bayesian network runs its windows one at a time, so that each sample is one weight sample.") var windowBatch = 2
-    @Option(help: "Window size D,H,W (default: the training patch size).") var window: String?
+    @Option(help: "Fraction by which neighbouring windows overlap, from 0 to 0.9.") var overlap = 0.5
+    @Option(name: .customLong("window-batch"), help: "Windows per network call for a deterministic network, 1 to 64 (memory grows with it); a Bayesian network runs its windows one at a time, so that each sample is one weight sample.") var windowBatch = 2
+    @Option(help: "Window size D,H,W, each 4 to 512, at most 256³ voxels (default: the training patch size).") var window: String?
     @Flag(help: "Test-time mirroring: every sample is the mean over the 8 flips along D, H, W.") var tta = false
     @Option(help: "Seed of the prediction draws.") var seed: UInt64 = 1
     @Flag(name: .customLong("no-normalise"), help: "Use the input intensities as they are.") var noNormalise = false
@@ -62,6 +62,7 @@ struct PredictCommand: ParsableCommand {
         guard overlap >= 0 && overlap < 1 else { throw ValidationError("--overlap must be in [0, 1), e.g. 0.5.") }
         guard windowBatch >= 1 else { throw ValidationError("--window-batch must be at least 1.") }
         if let window { _ = try parsedWindow(window) }
+        try OptionRanges.check(self)
     }
 
     func parsedWindow(_ s: String) throws -> [Int] {
@@ -108,7 +109,7 @@ struct PredictCommand: ParsableCommand {
                 let temps = try checkpoint.map { try TemperatureScaling.stored(in: $0) }
                 if temps.contains(where: { $0 != nil }) {
                     settings.window.temperatures = zip(temps, predictors).flatMap { t, p in [Double](repeating: t ?? 1, count: p.draws) }
-                    note("predict: temperature scaling \(zip(checkpoint, temps).map { "\(($0 as NSString).lastPathComponent) T=\($1.map { String(format: "%.3f", $0) } ?? "1")" }.joined(separator: ", ")) applied to every sample (--no-temperature to skip); the untempered mean goes to CASE_probabilities_untempered.nii.gz")
+                    note("predict: temperature scaling \(zip(checkpoint, temps).map { "\(Paths.lastComponent($0)) T=\($1.map { String(format: "%.3f", $0) } ?? "1")" }.joined(separator: ", ")) applied to every sample (--no-temperature to skip); the untempered mean goes to CASE_probabilities_untempered.nii.gz")
                 }
             }
             settings.members = checkpoint

@@ -71,6 +71,7 @@ struct TrainCommand: ParsableCommand {
     @OptionGroup(title: "Dataset folder (--data)") var folder: FolderTrainingOptions
 
     func validate() throws {
+        try OptionRanges.check(self)
         try validating { try trainingConfig().validate() }
         if resume != nil {
             // Options that set what the checkpoint already fixes cannot be honoured on resume.

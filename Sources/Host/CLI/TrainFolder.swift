@@ -17,10 +17,10 @@ struct FolderTrainingOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Train on this dataset folder (dataset.json, imagesTr/, labelsTr/, optional imagesTs/ + labelsTs/).", valueName: "dir"))
     var data: String?
 
-    @Option(help: ArgumentHelp("Training patch size in voxels along (D, H, W) = (S, A, R), each a multiple of 2^(levels-1) (default: the median case shape within --memory-budget).", valueName: "d,h,w"))
+    @Option(help: ArgumentHelp("Training patch size in voxels along (D, H, W) = (S, A, R), each a multiple of 2^(levels-1), 1 to 512, at most 256³ voxels (default: the median case shape within --memory-budget).", valueName: "d,h,w"))
     var patch: PatchArgument?
 
-    @Option(help: ArgumentHelp("Target spacing in mm along (D, H, W) = (S, A, R) (default: the dataset's median).", valueName: "d,h,w"))
+    @Option(help: ArgumentHelp("Target spacing in mm along (D, H, W) = (S, A, R), each 0.001 to 100 (default: the dataset's median).", valueName: "d,h,w"))
     var spacing: SpacingArgument?
 
     @Option(help: ArgumentHelp("Cross-validation fold to train: 0..<--folds (validating on its held-out cases), or all (every case, no validation).", valueName: "k|all"))
@@ -96,10 +96,10 @@ struct FolderTraining {
     /// Continues the run of --resume C: in C's folder, or in --run DIR after copying the run there.
     func resume() throws -> PatchTrainer {
         let checkpoint = command.resume!
-        let source = (checkpoint as NSString).deletingLastPathComponent.isEmpty ? "." : (checkpoint as NSString).deletingLastPathComponent
+        let source = Paths.parent(checkpoint).isEmpty ? "." : Paths.parent(checkpoint)
         let same = { (a: String, b: String) in URL(fileURLWithPath: a).standardizedFileURL.path == URL(fileURLWithPath: b).standardizedFileURL.path }
         let target = GivenOptions.contains("--run") ? command.runFolder : source
-        let own = (target as NSString).appendingPathComponent("checkpoint.safetensors")
+        let own = Paths.join(target, "checkpoint.safetensors")
         if same(target, source) {
             // The run continues where its checkpoint lies, writing checkpoint.safetensors there: refuse to
             // replace another checkpoint (a backup copy resumed beside its run's own checkpoint).
@@ -115,8 +115,8 @@ struct FolderTraining {
                 try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
                 try FileIO.writeAtomically(try FileIO.read(checkpoint), to: own)
                 for name in ["metrics.csv", "metrics.json", Splits.fileName] {
-                    let from = (source as NSString).appendingPathComponent(name)
-                    if FileIO.exists(from) { try FileIO.writeAtomically(try FileIO.read(from), to: (target as NSString).appendingPathComponent(name)) }
+                    let from = Paths.join(source, name)
+                    if FileIO.exists(from) { try FileIO.writeAtomically(try FileIO.read(from), to: Paths.join(target, name)) }
                 }
                 say("copied the run of \(checkpoint) into \(target); it continues there")
             }
@@ -138,9 +138,9 @@ struct FolderTraining {
     /// (rank 0 writes it; an existing export of the same data is reused).
     func datasetFolder() throws -> String {
         if let data = options.data { return URL(fileURLWithPath: data).standardizedFileURL.path }
-        let dir = URL(fileURLWithPath: (command.runFolder as NSString).appendingPathComponent("dataset")).standardizedFileURL.path
+        let dir = URL(fileURLWithPath: Paths.join(command.runFolder, "dataset")).standardizedFileURL.path
         try onRoot {
-            guard !FileIO.exists((dir as NSString).appendingPathComponent("dataset.json")) else {
+            guard !FileIO.exists(Paths.join(dir, "dataset.json")) else {
                 say("dataset: the embedded synthetic data already exported in \(dir)")
                 return
             }
@@ -174,7 +174,7 @@ struct FolderTraining {
             { done, total, id in if !quiet && (done == total || done % max(1, total / 4) == 0) { note("\(what) \(done)/\(total) (\(id))") } }
         }
         let fingerprint = try DatasetFingerprint(folder: folder, progress: progress("fingerprint"))
-        let plan = PreprocessingPlan(fingerprint: fingerprint, spacing: options.spacing?.values)
+        let plan = try fingerprint.checkedPlan(spacing: options.spacing?.values)
         let ids = folder.training.map(\.id)
         let splits: [FoldSplit]
         let split: FoldSplit
@@ -238,7 +238,7 @@ struct FolderTraining {
         if !splits.isEmpty {
             try onRoot {
                 let encoder = JSONEncoder(); encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                try FileIO.writeAtomically(Array(try encoder.encode(splits)) + [0x0a], to: (command.runFolder as NSString).appendingPathComponent(Splits.fileName))
+                try FileIO.writeAtomically(Array(try encoder.encode(splits)) + [0x0a], to: Paths.join(command.runFolder, Splits.fileName))
             }
         }
         return trainer
@@ -261,7 +261,7 @@ struct FolderTraining {
             o["learned_priors"] = priors.map { l in ["layer": l.layer, "family": l.family, "values": Dictionary(uniqueKeysWithValues: l.values.map { ($0.name, Double($0.value)) })] as [String: Any] }
         }
         let data = try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys])
-        try FileIO.writeAtomically(Array(data), to: (trainer.runDirectory as NSString).appendingPathComponent("results.json"))
+        try FileIO.writeAtomically(Array(data), to: Paths.join(trainer.runDirectory, "results.json"))
         if !dice.isEmpty {
             print("test dice (\(test.count) cases, \(samples) samples): " + TiledPrediction.describe(dice, names: names))
         } else {

@@ -18,8 +18,8 @@ struct DatasetFolderWriter {
                 throw DatasetError.badField(path: dest, key: "destination", reason: "exists and is not an empty folder; give a new folder (nothing was written)")
             }
         }
-        let parent = (dest as NSString).deletingLastPathComponent
-        var template = Array(((parent.isEmpty ? "." : parent) + "/." + (dest as NSString).lastPathComponent + ".partial-XXXXXX").utf8CString)
+        let parent = Paths.parent(dest)
+        var template = Array(((parent.isEmpty ? "." : parent) + "/." + Paths.lastComponent(dest) + ".partial-XXXXXX").utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw DatasetError.unreadable(path: dest, reason: "cannot create a folder beside it: \(String(cString: strerror(errno)))")
         }

@@ -19,6 +19,8 @@ public struct DatasetFingerprint: Sendable {
     public let channelStatistics: [ChannelStatistics]
     /// Voxels of each class over the training cases (source grids).
     public let classVoxels: [Int]
+    /// Every case's source grid (training and test), with its first channel file, for `checkedPlan`.
+    public let grids: [(path: String, grid: VoxelGrid)]
 
     /// The per-axis median spacing (nnU-Net's default target spacing), (D, H, W) mm, rounded to
     /// 0.1 µm (headers store Float, so 1.175 mm reads as 1.17500001).
@@ -32,16 +34,14 @@ public struct DatasetFingerprint: Sendable {
 
     /// (D, H, W) spacing and shape of a grid once reoriented to RAS (before resampling).
     static func rasSpacingAndShape(_ grid: VoxelGrid) -> ([Double], [Int]) {
-        let o = AxisOrientation(grid.affine), sp = grid.affine.spacing, n = grid.sizeIJK
-        var s = [0.0, 0, 0], m = [0, 0, 0]
-        for a in 0..<3 { s[o.worldAxis[a]] = sp[a]; m[o.worldAxis[a]] = n[a] }
-        return ([s[2], s[1], s[0]], [m[2], m[1], m[0]])
+        let g = grid.rasSourceGeometry
+        return (g.spacing, g.shape)
     }
 
     /// Reads every case of `folder` (training and test), checks each against dataset.json and
     /// its own files, and gathers the statistics. `progress(done, total, id)` after each case.
     public init(folder: DatasetFolder, progress: ((Int, Int, String) -> Void)? = nil) throws {
-        var spacings: [[Double]] = [], shapes: [[Int]] = [], orientations: [String: Int] = [:]
+        var spacings: [[Double]] = [], shapes: [[Int]] = [], orientations: [String: Int] = [:], grids: [(path: String, grid: VoxelGrid)] = []
         var stats = [ChannelStatistics](repeating: ChannelStatistics(), count: folder.channelNames.count)
         var classVoxels = [Int](repeating: 0, count: folder.classCount)
         let all = folder.training + folder.test
@@ -49,6 +49,11 @@ public struct DatasetFingerprint: Sendable {
             let (images, label) = try folder.read(c)
             let grid = VoxelGrid(shape: images[0].header.shape, affine: images[0].header.affine)
             guard grid.affine.isInvertible else { throw DatasetError.singularAffine(path: c.imagePaths[0], affine: grid.affine) }
+            // The geometry checks preparation makes, here too, so `datasets check` passes only what training takes.
+            do { try grid.checkGeometry(path: c.imagePaths[0], header: images[0].header) } catch let e as VolumeGeometryError {
+                throw DatasetError.unreadable(path: e.path, reason: e.description)
+            }
+            grids.append((c.imagePaths[0], grid))
             var files = zip(c.imagePaths, images).map { ($0, $1.header) }
             if let label, let labelPath = c.labelPath { files.append((labelPath, label.header)) }
             for (path, header) in files.dropFirst() where !PreprocessingPlan.sameGrid(header, grid) {
@@ -71,7 +76,19 @@ public struct DatasetFingerprint: Sendable {
         name = folder.name; channelNames = folder.channelNames; labels = folder.labels; classCount = folder.classCount
         caseIDs = folder.training.map(\.id); testCaseIDs = folder.test.map(\.id)
         self.spacings = spacings; self.shapes = shapes; self.orientations = orientations
-        channelStatistics = stats; self.classVoxels = classVoxels
+        channelStatistics = stats; self.classVoxels = classVoxels; self.grids = grids
+    }
+
+    /// The plan for `spacing` ((D, H, W) mm; nil: the median spacing), after checking that every
+    /// case (training and test) resampled to it stays within `GeometryLimits.gridVoxels`, so a
+    /// dataset `datasets check` passes is one training can prepare. Throws `VolumeGeometryError` (.grid).
+    public func checkedPlan(spacing: [Double]? = nil) throws -> PreprocessingPlan {
+        let plan = PreprocessingPlan(fingerprint: self, spacing: spacing)
+        for (path, grid) in grids {
+            _ = try grid.checkedRASGrid(spacing: plan.spacing, path: path,
+                                        option: spacing == nil ? "--spacing (the default is the dataset's median spacing)" : "--spacing")
+        }
+        return plan
     }
 
     /// The fingerprint and the plan it gives, as `flipout datasets check` prints them.

@@ -46,7 +46,7 @@ public struct DatasetFolder: Sendable {
         } catch let e as FileIOError { throw DatasetError.unreadable(path: jsonPath, reason: e.description)
         } catch { throw DatasetError.badJSON(path: jsonPath, reason: (error as NSError).userInfo["NSDebugDescription"] as? String ?? "\(error)") }
 
-        name = json["name"] as? String ?? (root as NSString).lastPathComponent
+        name = json["name"] as? String ?? Paths.lastComponent(root)
         channelNames = try Self.channels(json, jsonPath)
         labels = try Self.labels(json, jsonPath)
         if let ending = json["file_ending"] {
@@ -187,7 +187,7 @@ public struct DatasetFolder: Sendable {
                 throw DatasetError.badField(path: jsonPath, key: "training", reason: "entry \(n) is not {\"image\": path, \"label\": path}")
             }
             let labelPath = resolve(label, root)
-            let file = (labelPath as NSString).lastPathComponent
+            let file = Paths.lastComponent(labelPath)
             let id = file.hasSuffix(ending) ? String(file.dropLast(ending.count)) : file
             guard seen.insert(id).inserted else { throw DatasetError.duplicateCase(path: jsonPath, caseID: id) }
             guard FileIO.exists(labelPath) else { throw DatasetError.missingLabel(path: labelPath, imagePath: "the training entry \(n)") }
@@ -196,7 +196,7 @@ public struct DatasetFolder: Sendable {
                 images = list.map { resolve($0, root) }
             } else if let single = image as? String {
                 let p = resolve(single, root)
-                let dir = (p as NSString).deletingLastPathComponent, stem = String((p as NSString).lastPathComponent.dropLast(ending.count))
+                let dir = Paths.parent(p), stem = String(Paths.lastComponent(p).dropLast(ending.count))
                 if FileIO.exists(p) && channels.count > 1 {
                     throw DatasetError.strayImage(path: p, reason: "one image file for \(channels.count) channels (an MSD 4D image?); split it into \(stem)_0000\(ending), \(stem)_0001\(ending), ... one 3D file per channel, as nnUNetv2_convert_MSD_dataset does")
                 }
@@ -229,7 +229,7 @@ public struct DatasetFolder: Sendable {
         var seen = Set<String>()
         return try entries.map { entry in
             let p = resolve(entry, root)
-            let file = (p as NSString).lastPathComponent, dir = (p as NSString).deletingLastPathComponent
+            let file = Paths.lastComponent(p), dir = Paths.parent(p)
             let id = file.hasSuffix(ending) ? String(file.dropLast(ending.count)) : file
             guard seen.insert(id).inserted else { throw DatasetError.duplicateCase(path: jsonPath, caseID: id) }
             let paths = FileIO.exists(p) && channels.count == 1 ? [p]

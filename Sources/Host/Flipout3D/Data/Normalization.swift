@@ -93,16 +93,22 @@ public struct ChannelStatistics: Sendable {
 }
 
 extension ChannelNormalization {
-    /// Normalises `values` in place: optional clip, then (x - mean) / max(std, 1e-8).
+    /// Largest |normalised value| kept: a voxel farther than this many standard deviations from
+    /// the mean (an extreme but finite intensity) is clamped to it, so the network never sees a
+    /// value that overflows Float on the way (x - mean can exceed Float's range).
+    public static let zLimit = 1e6
+
+    /// Normalises `values` in place: optional clip, then (x - mean) / max(std, 1e-8), in Double,
+    /// clamped to ±`zLimit`.
     public func apply(to values: Tensor) {
         let (lo, hi, mean, std): (Float, Float, Double, Double)
         switch self {
         case let .zScore(m, s): (lo, hi, mean, std) = (-.infinity, .infinity, m, s)
         case let .ct(l, h, m, s): (lo, hi, mean, std) = (Float(l), Float(h), m, s)
         }
-        let scale = Float(1 / max(std, 1e-8)), shift = Float(mean)
+        let scale = 1 / max(std, 1e-8), limit = Self.zLimit
         let p = values.data
-        for i in 0..<values.count { p[i] = (min(max(p[i], lo), hi) - shift) * scale }
+        for i in 0..<values.count { p[i] = Float(min(max((Double(min(max(p[i], lo), hi)) - mean) * scale, -limit), limit)) }
     }
 
     /// One line for a fingerprint or a log: "z-score (mean 112.3, std 40.1)".

@@ -38,6 +38,16 @@ public enum ChannelNormalization: Codable, Sendable, Equatable {
     case ct(clipLow: Double, clipHigh: Double, mean: Double, std: Double)
 }
 
+extension ChannelNormalization {
+    /// Every statistic finite and every std positive (what a decoded plan must hold).
+    var isFinite: Bool {
+        switch self {
+        case let .zScore(mean, std): return mean.isFinite && std.isFinite && std >= 0
+        case let .ct(lo, hi, mean, std): return lo.isFinite && hi.isFinite && lo <= hi && mean.isFinite && std.isFinite && std >= 0
+        }
+    }
+}
+
 /// One case after preprocessing: reoriented to RAS, resampled to the plan's spacing, normalised.
 public struct PreparedCase: Sendable {
     public let id: String
@@ -118,9 +128,14 @@ public struct PreprocessingPlan: Codable, Sendable, Equatable {
         return String(decoding: data, as: UTF8.self)
     }
 
-    /// The plan from `jsonString()`'s output; nil when it is not such a plan.
+    /// The plan from `jsonString()`'s output; nil when it is not such a plan, or breaks the rules
+    /// `init` traps on (decoding bypasses them): 3 spacings within `GeometryLimits.voxelSize`, one
+    /// normalisation per channel, finite statistics, at least one class.
     public init?(jsonString: String) {
-        guard let plan = try? JSONDecoder().decode(PreprocessingPlan.self, from: Data(jsonString.utf8)) else { return nil }
+        guard let plan = try? JSONDecoder().decode(PreprocessingPlan.self, from: Data(jsonString.utf8)),
+              plan.spacing.count == 3, plan.spacing.allSatisfy({ GeometryLimits.voxelSize.contains($0) }),
+              plan.channelNames.count == plan.channels.count, !plan.channels.isEmpty,
+              plan.channels.allSatisfy(\.isFinite), plan.classCount >= 1 else { return nil }
         self = plan
     }
 }

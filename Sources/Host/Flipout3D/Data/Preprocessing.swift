@@ -13,8 +13,16 @@ extension PreprocessingPlan {
     }
 
     /// The prepared grid of a source grid: RAS axes, the plan's spacing, the same field of view.
+    /// Traps if the grid exceeds `GeometryLimits.gridVoxels`: check user data with `checkedPreparedGrid`.
     public func preparedGrid(for source: VoxelGrid) -> VoxelGrid {
         source.reorientedToRAS(spacing: spacing)
+    }
+
+    /// `preparedGrid(for:)` after the checks every case gets before anything is allocated: the
+    /// source geometry is plausible and the prepared grid within `GeometryLimits.gridVoxels`.
+    public func checkedPreparedGrid(for source: VoxelGrid, path: String, header: NIfTIHeader? = nil) throws -> VoxelGrid {
+        try source.checkGeometry(path: path, header: header)
+        return try source.checkedRASGrid(spacing: spacing, path: path)
     }
 
     /// One case, prepared: every channel normalised (on the source grid, as nnU-Net) and
@@ -36,7 +44,7 @@ extension PreprocessingPlan {
             throw DatasetError.gridMismatch(path: path(images.count), reference: path(0), shape: label.header.shape,
                                             expectedShape: source.shape, affine: label.header.affine, expectedAffine: source.affine)
         }
-        let target = preparedGrid(for: source)
+        let target = try checkedPreparedGrid(for: source, path: path(0), header: images[0].header)
         let stacked = Tensor(uninitializedShape: [images.count] + source.shape) // (C, D, H, W) source grid
         let plane = source.shape.reduce(1, *)
         for (c, v) in images.enumerated() {

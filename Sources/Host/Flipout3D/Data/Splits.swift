@@ -51,7 +51,7 @@ public enum Splits {
     /// The folds of the dataset folder `root`: its splits_final.json when there is one (it must have
     /// `folds` folds over exactly `caseIDs`), else `make(caseIDs:folds:)`.
     public static func forDataset(root: String, caseIDs: [String], folds: Int) throws -> [FoldSplit] {
-        let path = (root as NSString).appendingPathComponent(datasetFileName)
+        let path = Paths.join(root, datasetFileName)
         if FileIO.exists(path) {
             let splits: [FoldSplit]
             do {

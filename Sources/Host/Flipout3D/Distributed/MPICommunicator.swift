@@ -32,7 +32,7 @@ public struct CommLoadError: Error, CustomStringConvertible {
 /// it finalises MPI when released.
 public final class MPICommunicator: Communicator {
     /// Where the backend is looked for when FLIPOUT_MPI_BACKEND is not set: beside the executable.
-    public static var defaultBackendPath: String { (PluginSearch.executableDirectory as NSString).appendingPathComponent("libflipout-mpi.so") }
+    public static var defaultBackendPath: String { Paths.join(PluginSearch.executableDirectory, "libflipout-mpi.so") }
 
     let backend: UnsafePointer<flipout_comm_backend>
     public let rank: Int

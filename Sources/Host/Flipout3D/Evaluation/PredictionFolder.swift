@@ -32,8 +32,8 @@ public struct PredictionFolder {
 
     public init(predictions: String, labels: String) throws {
         var labelDir = labels
-        let tr = (labels as NSString).appendingPathComponent("labelsTr")
-        if FileManager.default.fileExists(atPath: (labels as NSString).appendingPathComponent("dataset.json")) && FileManager.default.fileExists(atPath: tr) {
+        let tr = Paths.join(labels, "labelsTr")
+        if FileManager.default.fileExists(atPath: Paths.join(labels, "dataset.json")) && FileManager.default.fileExists(atPath: tr) {
             labelDir = tr
         }
         let preds = try Self.niftiStems(predictions), labs = try Self.niftiStems(labelDir)
@@ -58,7 +58,7 @@ public struct PredictionFolder {
         var out: [String: String] = [:]
         for name in try FileManager.default.contentsOfDirectory(atPath: dir).sorted() {
             let stem = name.hasSuffix(".nii.gz") ? String(name.dropLast(7)) : name.hasSuffix(".nii") ? String(name.dropLast(4)) : nil
-            if let stem, !stem.hasPrefix("."), out[stem] == nil { out[stem] = (dir as NSString).appendingPathComponent(name) }
+            if let stem, !stem.hasPrefix("."), out[stem] == nil { out[stem] = Paths.join(dir, name) }
         }
         return out
     }
@@ -71,8 +71,8 @@ public struct PredictionFolder {
 
     /// Class names from a dataset.json in `folder` or its parent: nnU-Net v2 {"name": index} or MSD {"index": "name"}.
     static func classNames(near folder: String) -> [String]? {
-        for dir in [folder, (folder as NSString).deletingLastPathComponent] {
-            let path = (dir as NSString).appendingPathComponent("dataset.json")
+        for dir in [folder, Paths.parent(folder)] {
+            let path = Paths.join(dir, "dataset.json")
             guard let data = FileManager.default.contents(atPath: path),
                   let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
                   let labels = json["labels"] as? [String: Any] else { continue }
@@ -156,7 +156,7 @@ public struct PredictionFolder {
 public enum EvaluationFiles {
     public static func write(scores: [CaseScore], summary: EvaluationSummary, to folder: String) throws -> [String] {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        func path(_ name: String) -> String { (folder as NSString).appendingPathComponent(name) }
+        func path(_ name: String) -> String { Paths.join(folder, name) }
         struct Document: Encodable { var summary: EvaluationSummary; var cases: [CaseScore] }
         let e = JSONEncoder()
         e.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -188,7 +188,7 @@ public enum EvaluationFiles {
     }
 
     static func plots(scores: [CaseScore], summary: EvaluationSummary, folder: String) throws {
-        func path(_ name: String) -> String { (folder as NSString).appendingPathComponent(name) }
+        func path(_ name: String) -> String { Paths.join(folder, name) }
         // Reliability diagram of the pooled ROI voxels.
         var r = PNGPlot(title: "Reliability (ROI)", xLabel: "confidence", yLabel: "accuracy", x: 0...1, y: 0...1)
         if let bins = summary.pooledCalibration {

@@ -124,14 +124,7 @@ public enum FileIO {
         if dfd >= 0 { _ = fsync(dfd); close(dfd) }
     }
 
-    static func directory(of path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return "." }
-        let d = String(path[..<slash])
-        return d.isEmpty ? "/" : d
-    }
+    static func directory(of path: String) -> String { Paths.parent(path) }
 
-    static func basename(of path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return path }
-        return String(path[path.index(after: slash)...])
-    }
+    static func basename(of path: String) -> String { Paths.lastComponent(path) }
 }

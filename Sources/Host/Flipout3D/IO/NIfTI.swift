@@ -125,6 +125,12 @@ public struct NIfTIHeader: Sendable, Equatable {
     /// The sform affine as a 3×4 matrix (rows x, y, z): world = A · (i, j, k, 1).
     public var sformMatrix: [[Float]] { [srowX, srowY, srowZ] }
 
+    /// b² + c² + d² of the qform quaternion, in Double (at most 1 for a rotation).
+    public var quaternionNorm2: Double {
+        let b = Double(quaternB), c = Double(quaternC), d = Double(quaternD)
+        return b * b + c * c + d * d
+    }
+
     /// The qform affine as a 3×4 matrix, from the quaternion, pixdim and qfac (NIfTI-1 method 2).
     public var qformMatrix: [[Float]] {
         let b = Double(quaternB), c = Double(quaternC), d = Double(quaternD)
@@ -250,6 +256,13 @@ public enum NIfTI {
     public static let maxVoxOffset = 1 << 28
     /// Largest file read (compressed or not), in bytes: zlib takes at most UInt32.max input bytes per call.
     public static let maxFileBytes = Int(UInt32.max)
+    /// Decompressed bytes a .nii.gz may hold beyond what its header needs (they are inflated, to
+    /// reach and check the gzip trailer, and discarded): 64 MiB inflates in well under a second.
+    /// A stream longer than that is refused (a gzip bomb, or a header that understates the data).
+    public static let maxGzipSlack = 1 << 26
+    /// How far b² + c² + d² of a qform quaternion may exceed 1: nibabel's threshold (3 float32 ulps),
+    /// beyond which it refuses the file; within it, a = 0 (as nibabel and nifti1_io).
+    public static let quaternionTolerance = 3 * Double(Float.ulpOfOne)
 
     /// Reads a 3D `.nii` or `.nii.gz` (gzip detected from the content, not the name).
     /// Dimensions beyond the third must be 1. Values come back as Float with scl_slope and
@@ -283,7 +296,9 @@ public enum NIfTI {
         let count = header.nx * header.ny * header.nz * frames // bounded by parseHeader
         let offset = Int(header.voxOffset)                     // bounded by parseHeader
         let needed = offset + count * type.bytesPerVoxel
-        let bytes = isGzip ? try gunzip(raw, path: path, maxOutput: needed) : raw
+        // The whole gzip stream is inflated, so its CRC-32 and length trailer are checked; bytes past
+        // `needed` are discarded as they come, and at most `maxGzipSlack` of them are inflated.
+        let bytes = isGzip ? try gunzip(raw, path: path, maxOutput: needed, verify: true) : raw
         guard bytes.count >= offset else {
             throw NIfTIError.badField(path: path, field: "vox_offset", value: "\(offset)",
                                       allowed: "the file holds only \(bytes.count) bytes\(isGzip ? " decompressed" : "")")
@@ -368,14 +383,7 @@ public enum NIfTI {
         guard shape == header.shape, frames >= 1 && frames <= Int(Int16.max) else {
             throw NIfTIError.shapeMismatch(path: path, tensorShape: volume.shape, headerDims: header.shape)
         }
-        var h = header
-        h.dim[0] = frames > 1 ? 4 : 3
-        for i in 4..<8 { h.dim[i] = 1 }
-        h.dim[4] = Int16(frames)
-        h.datatype = datatype.rawValue
-        h.bitpix = Int16(datatype.bytesPerVoxel * 8)
-        h.voxOffset = 352
-        h.sclSlope = 1; h.sclInter = 0
+        let h = outputHeader(header, frames: frames, datatype: datatype)
         let count = volume.count
         var lo = Float.infinity, hi = -Float.infinity
         for i in 0..<count where volume.data[i].isFinite { lo = min(lo, volume.data[i]); hi = max(hi, volume.data[i]) }
@@ -410,6 +418,29 @@ public enum NIfTI {
         }
         let output = path.hasSuffix(".gz") ? try gzip(bytes, path: path) : bytes
         do { try FileIO.writeAtomically(output, to: path) } catch let e as FileIOError { throw NIfTIError.file(e) }
+    }
+
+    /// The header `write` stores for `header`'s geometry: rank 3 (or 4 with `frames` > 1), the
+    /// datatype, vox_offset 352, no scaling. An unused qform (qform_code 0) or sform (sform_code 0)
+    /// is copied verbatim unless it is not a rotation or not finite: then the identity, so that
+    /// other tools (nibabel refuses b²+c²+d² > 1) can open the output.
+    static func outputHeader(_ header: NIfTIHeader, frames: Int, datatype: NIfTIDatatype) -> NIfTIHeader {
+        var h = header
+        if h.qformCode == 0 && !(h.quaternionNorm2 <= 1 + quaternionTolerance
+                                 && [h.qoffsetX, h.qoffsetY, h.qoffsetZ].allSatisfy(\.isFinite)) {
+            h.quaternB = 0; h.quaternC = 0; h.quaternD = 0; h.qoffsetX = 0; h.qoffsetY = 0; h.qoffsetZ = 0
+        }
+        if h.sformCode == 0 && !(h.srowX + h.srowY + h.srowZ).allSatisfy(\.isFinite) {
+            h.srowX = [1, 0, 0, 0]; h.srowY = [0, 1, 0, 0]; h.srowZ = [0, 0, 1, 0]
+        }
+        h.dim[0] = frames > 1 ? 4 : 3
+        for i in 4..<8 { h.dim[i] = 1 }
+        h.dim[4] = Int16(frames)
+        h.datatype = datatype.rawValue
+        h.bitpix = Int16(datatype.bytesPerVoxel * 8)
+        h.voxOffset = 352
+        h.sclSlope = 1; h.sclInter = 0
+        return h
     }
 
     // MARK: - Bytes
@@ -497,6 +528,11 @@ public enum NIfTI {
         if h.qformCode > 0 {
             let q = [h.quaternB, h.quaternC, h.quaternD, h.qoffsetX, h.qoffsetY, h.qoffsetZ]
             guard q.allSatisfy(\.isFinite) else { throw bad("quatern_b/c/d, qoffset_x/y/z", q, "the qform must be finite") }
+            let norm2 = h.quaternionNorm2
+            guard norm2 <= 1 + quaternionTolerance else {
+                throw bad("quatern_b/c/d", "(\(h.quaternB), \(h.quaternC), \(h.quaternD)) with b²+c²+d² = \(norm2)",
+                          "a unit quaternion needs b²+c²+d² <= 1 (nibabel refuses this file too); rewrite the qform, e.g. nibabel's img.set_qform(img.affine)")
+            }
         }
     }
 
@@ -545,9 +581,13 @@ public enum NIfTI {
 
     // MARK: - zlib
 
-    /// Inflates gzip (or zlib) data, including concatenated gzip members, stopping after
-    /// `maxOutput` bytes (the rest is not inflated), so no more memory than that is ever used.
-    static func gunzip(_ input: [UInt8], path: String, maxOutput: Int = Int.max) throws -> [UInt8] {
+    /// Inflates gzip (or zlib) data, including concatenated gzip members, keeping at most
+    /// `maxOutput` bytes, so no more memory than that is ever used. Without `verify` it stops
+    /// there (the rest is not inflated). With `verify` it inflates on to the end of the last member,
+    /// discarding, so zlib checks every member's CRC-32 and length; a stream that ends early, or
+    /// that holds more than `maxGzipSlack` bytes beyond `maxOutput`, is refused.
+    static func gunzip(_ input: [UInt8], path: String, maxOutput: Int = Int.max, verify: Bool = false) throws -> [UInt8] {
+        var total = 0 // bytes inflated, kept or not
         var out = [UInt8]()
         // ISIZE (last 4 bytes) is the uncompressed size mod 2^32: a capacity hint only, and bounded.
         if input.count >= 18 {
@@ -557,7 +597,7 @@ public enum NIfTI {
         var stream = z_stream()
         guard czlib_inflate_init_auto(&stream) == Z_OK else { throw NIfTIError.compression(path: path, reason: "inflateInit failed") }
         defer { inflateEnd(&stream) }
-        var chunk = [UInt8](repeating: 0, count: min(1 << 18, max(maxOutput, 1 << 12)))
+        var chunk = [UInt8](repeating: 0, count: min(1 << 18, max(verify ? 1 << 18 : maxOutput, 1 << 12)))
         try input.withUnsafeBufferPointer { inBuf in
             stream.next_in = UnsafeMutablePointer(mutating: inBuf.baseAddress!)
             stream.avail_in = UInt32(inBuf.count)
@@ -567,10 +607,14 @@ public enum NIfTI {
                     stream.avail_out = UInt32(c.count)
                     let s = inflate(&stream, Z_NO_FLUSH)
                     let produced = c.count - Int(stream.avail_out)
+                    total += produced
                     out.append(contentsOf: c[0..<min(produced, maxOutput - out.count)])
                     return s
                 }
-                if out.count >= maxOutput { return }
+                if out.count >= maxOutput && !verify { return }
+                if verify && total - out.count > maxGzipSlack {
+                    throw NIfTIError.compression(path: path, reason: "it decompresses to more than \(maxGzipSlack) bytes beyond the \(maxOutput) its header describes (a gzip bomb, or a wrong header)")
+                }
                 if status == Z_STREAM_END {
                     // Another gzip member may follow.
                     if stream.avail_in >= 2 && stream.next_in[0] == 0x1f && stream.next_in[1] == 0x8b {

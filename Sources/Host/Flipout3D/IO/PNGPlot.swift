@@ -36,6 +36,7 @@ public struct PNGPlot {
 
     static func tick(_ v: Double) -> String {
         let a = abs(v)
+        guard a < 1e9 else { return a.isFinite ? String(format: "%.2g", v) : String(v) }
         if a >= 100 { return String(Int(v.rounded())) }
         var s = String(Double(Int((v * 100).rounded())) / 100)
         if s.hasSuffix(".0") { s.removeLast(2) }
@@ -44,12 +45,19 @@ public struct PNGPlot {
 
     func px(_ v: Double) -> Int {
         let (l, _, r, _) = area
-        return l + Int(((v - x.lowerBound) / (x.upperBound - x.lowerBound) * Double(r - l)).rounded())
+        return l + pixel((v - x.lowerBound) / (x.upperBound - x.lowerBound) * Double(r - l))
     }
 
     func py(_ v: Double) -> Int {
         let (_, t, _, b) = area
-        return b - Int(((v - y.lowerBound) / (y.upperBound - y.lowerBound) * Double(b - t)).rounded())
+        return b - pixel((v - y.lowerBound) / (y.upperBound - y.lowerBound) * Double(b - t))
+    }
+
+    /// A pixel offset, clamped to a few canvas sizes (a point far off the axes, or an axis range
+    /// wider than Double's, lands just off the canvas instead of trapping in the Int conversion).
+    func pixel(_ d: Double) -> Int {
+        let bound = Double(4 * (width + height))
+        return d.isNaN ? 0 : Int(min(max(d, -bound), bound).rounded())
     }
 
     /// A polyline through data points (non-finite points break it).

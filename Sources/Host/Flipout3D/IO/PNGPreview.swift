@@ -67,8 +67,12 @@ public enum PNGPreview {
         return best
     }
 
+    /// Longest run of voxels shown along one axis of a view (longer axes are subsampled).
+    public static let maxEdge = 512
+
     /// Renders the preview: all panels share one (D, H, W) and the slice point `at` (d, h, w),
-    /// default the center; `scale` repeats each voxel scale×scale times.
+    /// default the center; `scale` repeats each voxel scale×scale times. An axis longer than
+    /// `maxEdge` voxels shows every ⌈n / maxEdge⌉-th voxel.
     public static func render(_ panels: [Panel], at point: [Int]? = nil, scale: Int = 1, gap: Int = 2) -> Image {
         precondition(!panels.isEmpty, "PNGPreview: no panels")
         precondition(scale >= 1 && gap >= 0, "PNGPreview: scale must be >= 1 and gap >= 0")
@@ -77,27 +81,33 @@ public enum PNGPreview {
         let c = point ?? center(of: [d, h, w])
         precondition(c.count == 3 && (0..<d).contains(c[0]) && (0..<h).contains(c[1]) && (0..<w).contains(c[2]),
                      "PNGPreview: slice point \(c) outside (\(d), \(h), \(w))")
-        // Views as (rows, cols, voxel index of (row, col)), top row first.
+        // A volume longer than `maxEdge` voxels along an axis is shown every `step`-th voxel, so
+        // the image stays within a few thousand pixels whatever the header claims.
+        let step = (max(d, h, w) + maxEdge - 1) / maxEdge
+        let (sd, sh, sw) = ((d + step - 1) / step, (h + step - 1) / step, (w + step - 1) / step)
+        // Views as (rows, cols, voxel index of (row, col)), top row first; row and col in shown voxels.
         let views: [(rows: Int, cols: Int, index: (Int, Int) -> Int)] = [
-            (h, w, { r, q in (c[0] * h + (h - 1 - r)) * w + q }),
-            (d, w, { r, q in ((d - 1 - r) * h + c[1]) * w + q }),
-            (d, h, { r, q in ((d - 1 - r) * h + q) * w + c[2] }),
+            (sh, sw, { r, q in (c[0] * h + (h - 1 - r * step)) * w + q * step }),
+            (sd, sw, { r, q in ((d - 1 - r * step) * h + c[1]) * w + q * step }),
+            (sd, sh, { r, q in ((d - 1 - r * step) * h + q * step) * w + c[2] }),
         ]
-        let cellW = max(w, h) * scale
+        let cellW = max(sw, sh) * scale
         let width = panels.count * cellW + (panels.count + 1) * gap
         let height = views.reduce(0) { $0 + $1.rows * scale } + (views.count + 1) * gap
         var pixels = [UInt8](repeating: 0, count: width * height * 3)
         for (pi, panel) in panels.enumerated() {
             let range = panel.range ?? valueRange(panel.volume)
-            let lo = range.lowerBound, span = range.upperBound - range.lowerBound
-            let inv: Float = span > 0 ? 1 / span : 0
+            // In Double: any finite Float range (wider than Float.greatestFiniteMagnitude, or
+            // narrower than the smallest normal Float) has a finite, nonzero span and inverse there.
+            let lo = Double(range.lowerBound), span = Double(range.upperBound) - Double(range.lowerBound)
+            let inv = span > 0 && span.isFinite ? 1 / span : 0
             var top = gap
             for view in views {
                 let left = gap + pi * (cellW + gap) + (cellW - view.cols * scale) / 2
                 for r in 0..<(view.rows * scale) {
                     for q in 0..<(view.cols * scale) {
                         let v = panel.volume.data[view.index(r / scale, q / scale)]
-                        let t = v.isFinite ? min(max((v - lo) * inv, 0), 1) : 0
+                        let t = v.isFinite ? Float(min(max((Double(v) - lo) * inv, 0), 1)) : 0
                         let rgb = color(t, panel.colormap)
                         let o = ((top + r) * width + left + q) * 3
                         pixels[o] = rgb.0; pixels[o + 1] = rgb.1; pixels[o + 2] = rgb.2
@@ -172,7 +182,7 @@ public enum PNGPreview {
 
     /// Gray, or "hot" (black → red → yellow → white) for uncertainty maps; t in [0, 1].
     static func color(_ t: Float, _ map: Colormap) -> (UInt8, UInt8, UInt8) {
-        func byte(_ x: Float) -> UInt8 { UInt8(min(max(x, 0), 1) * 255 + 0.5) }
+        func byte(_ x: Float) -> UInt8 { x.isNaN ? 0 : UInt8(min(max(x, 0), 1) * 255 + 0.5) }
         switch map {
         case .gray: let g = byte(t); return (g, g, g)
         case .hot: return (byte(3 * t), byte(3 * t - 1), byte(3 * t - 2))

@@ -50,7 +50,9 @@ public struct VoxelGrid: Equatable, Sendable {
         s[3][3] = 1
         var m = [0, 0, 0]
         for w in 0..<3 {
-            m[w] = max(1, Int((Double(sizeW[w]) * oldW[w] / target[w]).rounded()))
+            let size = max(1, (Double(sizeW[w]) * oldW[w] / target[w]).rounded())
+            precondition(size <= Double(GeometryLimits.gridVoxels), "reorientedToRAS: \(size) voxels along an axis; callers check with checkedRASGrid first")
+            m[w] = Int(size)
             let ratio = target[w] / oldW[w]
             s[w][w] = ratio
             s[w][3] = Double(sizeW[w] - 1) / 2 - Double(m[w] - 1) / 2 * ratio
@@ -93,7 +95,8 @@ public enum Resample {
                 for i in 0..<tx {
                     let x = base[0] + step[0] * Double(i), y = base[1] + step[1] * Double(i), z = base[2] + step[2] * Double(i)
                     let o = (k * ty + j) * tx + i
-                    if x < -0.5 || y < -0.5 || z < -0.5 || x > limit[0] || y > limit[1] || z > limit[2] {
+                    // Written so that a NaN index (never expected: affines are checked finite) counts as outside.
+                    if !(x >= -0.5 && y >= -0.5 && z >= -0.5 && x <= limit[0] && y <= limit[1] && z <= limit[2]) {
                         for c in 0..<channels { dst[c * dstPlane + o] = outside }
                         continue
                     }

@@ -26,7 +26,7 @@ public enum CaseInputs {
             throw FileIOError(kind: .missing, path: path, reason: "give a dataset folder, a folder of .nii.gz files, or one file")
         }
         if !isDir.boolValue {
-            let folder = (path as NSString).deletingLastPathComponent, name = (path as NSString).lastPathComponent
+            let folder = Paths.parent(path), name = Paths.lastComponent(path)
             guard let (id, channel) = split(name) else {
                 throw CaseInputError("\(path): not a NIfTI file (.nii or .nii.gz)")
             }
@@ -34,9 +34,9 @@ public enum CaseInputs {
             let all = try cases(in: folder.isEmpty ? "." : folder).filter { $0.id == id }
             return (all, "one case")
         }
-        if FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("dataset.json")) {
+        if FileManager.default.fileExists(atPath: Paths.join(path, "dataset.json")) {
             for sub in ["imagesTs", "imagesTr"] {
-                let d = (path as NSString).appendingPathComponent(sub)
+                let d = Paths.join(path, sub)
                 if let found = try? cases(in: d), !found.isEmpty { return (found, "dataset folder, \(sub)") }
             }
             throw CaseInputError("\(path): a dataset folder (dataset.json) without images in imagesTs or imagesTr")
@@ -64,7 +64,7 @@ public enum CaseInputs {
         var order: [String] = []
         for name in names {
             guard let (id, ch) = split(name) else { continue }
-            let path = (folder as NSString).appendingPathComponent(name)
+            let path = Paths.join(folder, name)
             if channels[id] == nil { order.append(id); channels[id] = [:] }
             let c = ch ?? 0
             if let other = channels[id]![c] {

@@ -106,7 +106,7 @@ public enum CasePredictor {
         let n = shape.reduce(1, *)
         let labels = maps.labels
         let labelTensor = Tensor(shape: shape, values: labels.map(Float.init))
-        let stem = (folder as NSString).appendingPathComponent(input.id)
+        let stem = Paths.join(folder, input.id)
         let files = [stem + ".nii.gz", stem + "_probabilities.nii.gz", stem + "_entropy.nii.gz", stem + "_mi.nii.gz",
                      stem + "_expected_entropy.nii.gz", stem + "_preview.png", stem + ".json"]
         try NIfTI.write(labelTensor, header: header, datatype: classes <= 256 ? .uint8 : .int16, to: files[0])
@@ -151,7 +151,7 @@ public enum CasePredictor {
             meanMutualInformationForeground: fg > 0 ? mi / Double(fg) : nil, meanExpectedEntropyForeground: fg > 0 ? eh / Double(fg) : nil,
             sampleDice: maps.draws > 1 ? maps.sampleDice : nil, meanSampleDice: Self.meanSampleDice(maps),
             temperatures: settings.window.temperatures.contains { $0 != 1 } ? Array(Set(settings.window.temperatures)).sorted() : nil,
-            seconds: Date().timeIntervalSince(start), files: written.map { ($0 as NSString).lastPathComponent })
+            seconds: Date().timeIntervalSince(start), files: written.map { Paths.lastComponent($0) })
         let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]
         try FileIO.writeAtomically(Array(try e.encode(report)), to: files[6])
         return report
@@ -166,11 +166,11 @@ public enum CasePredictor {
         for path in input.channels {
             // The reader refuses a 4D header (NIfTIError.notThreeD, dims (nx, ny, nz, T, ...)); say what to do with it.
             guard case .notThreeD(_, let dims)? = (Result { try NIfTI.readHeader(path) }.failure as? NIfTIError), dims.count >= 4, dims[3] > 1 else { continue }
-            let stem = (path as NSString).lastPathComponent.replacingOccurrences(of: ".nii.gz", with: "").replacingOccurrences(of: ".nii", with: "")
+            let stem = Paths.lastComponent(path).replacingOccurrences(of: ".nii.gz", with: "").replacingOccurrences(of: ".nii", with: "")
             throw CaseInputError("\(path) is a 4D image with \(dims[3]) volumes (the Medical Segmentation Decathlon layout, one volume per channel); the model takes \(channels) channel(s) as separate 3D files. Split it into \(stem)_0000.nii.gz, \(stem)_0001.nii.gz\(dims[3] > 2 ? ", …" : "") (one 3D file per channel, in the order of dataset.json's channel_names; nnUNetv2_convert_MSD_dataset does this for a whole MSD task).")
         }
         guard input.channels.count == channels else {
-            throw CaseInputError("case \(input.id) has \(input.channels.count) channel file(s) (\(input.channels.map { ($0 as NSString).lastPathComponent }.joined(separator: ", "))); the model takes \(channels): give one file per channel, CASE_0000.nii.gz … CASE_\(String(format: "%04d", channels - 1)).nii.gz")
+            throw CaseInputError("case \(input.id) has \(input.channels.count) channel file(s) (\(input.channels.map { Paths.lastComponent($0) }.joined(separator: ", "))); the model takes \(channels): give one file per channel, CASE_0000.nii.gz … CASE_\(String(format: "%04d", channels - 1)).nii.gz")
         }
         let volumes = try input.channels.map { try NIfTI.read($0, nonFinite: settings.nonFinite) }
         for (v, path) in zip(volumes, input.channels) where v.nonFiniteReplaced > 0 {
@@ -209,9 +209,9 @@ public enum CasePredictor {
             return "[" + m.map { row in row.map { String(format: "%.4g", $0) }.joined(separator: " ") }.joined(separator: "; ") + "]"
         }
         if h.shape != r.shape {
-            return "\(path): its grid (shape \(h.shape)) differs from \((reference as NSString).lastPathComponent)'s (shape \(r.shape)); resample it onto that grid"
+            return "\(path): its grid (shape \(h.shape)) differs from \(Paths.lastComponent(reference))'s (shape \(r.shape)); resample it onto that grid"
         }
-        return "\(path): same shape \(h.shape) as \((reference as NSString).lastPathComponent), but its voxel-to-world affine \(affine(h)) differs from \(affine(r)) (more than 1e-3 mm): the volumes are not aligned; resample it onto that grid (or fix its header if only the header is wrong)"
+        return "\(path): same shape \(h.shape) as \(Paths.lastComponent(reference)), but its voxel-to-world affine \(affine(h)) differs from \(affine(r)) (more than 1e-3 mm): the volumes are not aligned; resample it onto that grid (or fix its header if only the header is wrong)"
     }
 
     /// The mean over foreground classes of the pooled pairwise sample Dice; nil for one sample.

@@ -115,7 +115,7 @@ public final class PluginLibrary: @unchecked Sendable {
             do { return try PluginString.read($0, limit: HostLimits.nameLength, identifier: true) } catch {
                 throw PluginLoadError(.invalidDescriptor, file: path, "flipout_library.name is not printable ASCII of at most \(HostLimits.nameLength) bytes (\(error)).")
             }
-        } ?? (path as NSString).lastPathComponent
+        } ?? Paths.lastComponent(path)
         abiMinor = Int(l.abi_minor)
         guard l.distribution_count >= 1, let table = l.distributions else {
             throw PluginLoadError(.invalidDescriptor, file: path, "provides no distributions (distribution_count is 0 or the table is NULL).")

@@ -40,7 +40,7 @@ public struct PluginSearch: Sendable {
         var out: [(String, String)] = []
         if let dir = bundledDirectory, let names = try? FileManager.default.contentsOfDirectory(atPath: dir) {
             for n in names.sorted() where n.hasPrefix("libFlipout") && n.hasSuffix(".so") {
-                out.append(((dir as NSString).appendingPathComponent(n), "bundled"))
+                out.append((Paths.join(dir, n), "bundled"))
             }
         }
         for entry in (environmentPath ?? "").split(separator: ":").map(String.init) where !entry.isEmpty {
@@ -48,7 +48,7 @@ public struct PluginSearch: Sendable {
             var isDir: ObjCBool = false
             if FileManager.default.fileExists(atPath: resolved, isDirectory: &isDir), isDir.boolValue {
                 let names = (try? FileManager.default.contentsOfDirectory(atPath: resolved)) ?? []
-                for n in names.sorted() where n.hasSuffix(".so") { out.append(((resolved as NSString).appendingPathComponent(n), "FLIPOUT_PLUGIN_PATH")) }
+                for n in names.sorted() where n.hasSuffix(".so") { out.append((Paths.join(resolved, n), "FLIPOUT_PLUGIN_PATH")) }
             } else {
                 out.append((resolved, "FLIPOUT_PLUGIN_PATH"))
             }

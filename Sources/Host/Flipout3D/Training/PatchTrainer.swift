@@ -53,7 +53,7 @@ public final class PatchTrainer {
     public let parallel: DataParallel
     let log: (String) -> Void
 
-    public var checkpointPath: String { (runDirectory as NSString).appendingPathComponent("checkpoint.safetensors") }
+    public var checkpointPath: String { Paths.join(runDirectory, "checkpoint.safetensors") }
 
     public init(model: UNet, training: TrainingConfig, patch: PatchTrainingConfig, plan: PreprocessingPlan,
                 train: [PreparedCase], validation: [PreparedCase], runDirectory: String, communicator: Communicator = SingleProcess(),
@@ -157,9 +157,16 @@ public final class PatchTrainer {
         epochsDone += 1
         epochsRun += 1
         records.append(record)
-        try parallel.onWriter {
-            try writeMetrics()
-            try UNetCheckpoint.save(trainer: self, to: checkpointPath)
+        // The checkpoint first: metrics never list an epoch whose checkpoint was not written (a
+        // failed save, e.g. a full disk, takes the epoch back and keeps the previous files).
+        do {
+            try parallel.onWriter {
+                try UNetCheckpoint.save(trainer: self, to: checkpointPath)
+                try writeMetrics()
+            }
+        } catch {
+            epochsDone -= 1; epochsRun -= 1; records.removeLast()
+            throw error
         }
         let valText = val.isEmpty ? "" : "  val dice " + TiledPrediction.describe(val, names: plan.classNames)
         log(String(format: "epoch %d: loss %.4f  ce %.4f  dice-loss %.4f  kl %.1f (scaled %.5f, beta %.2f)  %.1fs",
@@ -189,9 +196,9 @@ public final class PatchTrainer {
             let dice = (0..<k).map { r.validationDice.count == k ? String(r.validationDice[$0]) : "" }.joined(separator: ",")
             csv += "\(r.epoch),\(r.loss),\(r.crossEntropy),\(r.diceLoss),\(r.kl),\(r.scaledKL),\(r.beta),\(dice),\(r.seconds)\n"
         }
-        try FileIO.writeAtomically(Array(csv.utf8), to: (runDirectory as NSString).appendingPathComponent("metrics.csv"))
+        try FileIO.writeAtomically(Array(csv.utf8), to: Paths.join(runDirectory, "metrics.csv"))
         let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try FileIO.writeAtomically(Array(try e.encode(records)), to: (runDirectory as NSString).appendingPathComponent("metrics.json"))
+        try FileIO.writeAtomically(Array(try e.encode(records)), to: Paths.join(runDirectory, "metrics.json"))
     }
 }
 
@@ -231,7 +238,7 @@ extension PatchTrainer {
         let t = try PatchTrainer(model: l.model, training: training, patch: l.patch, plan: plan,
                                  train: try folder.prepare(try cases(l.patch.trainCases), plan: plan),
                                  validation: try folder.prepare(try cases(l.patch.validationCases), plan: plan),
-                                 runDirectory: runDirectory ?? (checkpoint as NSString).deletingLastPathComponent,
+                                 runDirectory: runDirectory ?? Paths.parent(checkpoint),
                                  communicator: communicator, log: log)
         guard t.patch == l.patch else {
             throw CheckpointError(path: checkpoint, reason: "the dataset folder \(l.patch.data) no longer gives the cases it was trained on (training voxels \(t.patch.trainingVoxels), the checkpoint recorded \(l.patch.trainingVoxels)); resume with the original dataset folder")
@@ -247,7 +254,7 @@ extension PatchTrainer {
     func restore(optimizerFrom c: Checkpoint, path: String, epoch: Int) throws {
         try UNetCheckpoint.restoreOptimizer(optimizer, from: c, path: path)
         epochsDone = epoch
-        let sourceMetrics = ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent("metrics.json")
+        let sourceMetrics = Paths.join(Paths.parent(path), "metrics.json")
         if let bytes = try? FileIO.read(sourceMetrics), let r = try? JSONDecoder().decode([PatchEpochRecord].self, from: Data(bytes)) {
             records = Array(r.prefix(epoch))
         }

@@ -32,7 +32,7 @@ public enum RunFolder {
     public static func removeStaleTemporaries(in path: String, log: (String) -> Void) -> [String] {
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter(isTemporary).sorted()
         for n in names {
-            let full = (path as NSString).appendingPathComponent(n)
+            let full = Paths.join(path, n)
             if unlink(full) == 0 {
                 log("note: removed \(full), a temporary file left by an interrupted save")
             }
@@ -50,13 +50,13 @@ public enum RunFolder {
         switch policy {
         case .fresh:
             let shown = entries.prefix(4).joined(separator: ", ") + (entries.count > 4 ? ", …" : "")
-            let checkpoint = (path as NSString).appendingPathComponent("checkpoint.safetensors")
+            let checkpoint = Paths.join(path, "checkpoint.safetensors")
             throw RunFolderError(path: path, reason: "it already holds \(entries.count) file\(entries.count == 1 ? "" : "s") (\(shown)). "
                 + (entries.contains("checkpoint.safetensors") ? "Continue that run with --resume \(checkpoint), " : "")
                 + "replace it with --overwrite, or choose another folder with --run.")
         case .overwrite:
             for name in outputs where entries.contains(name) {
-                let full = (path as NSString).appendingPathComponent(name)
+                let full = Paths.join(path, name)
                 // ENOENT: another rank of the same job removed it first.
                 guard unlink(full) == 0 || errno == ENOENT else {
                     throw RunFolderError(path: path, reason: "cannot remove \(name) for --overwrite: \(String(cString: strerror(errno)))")

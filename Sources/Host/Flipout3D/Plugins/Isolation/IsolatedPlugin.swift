@@ -79,7 +79,7 @@ public final class IsolatedPlugin: @unchecked Sendable {
     private var refusedSyscall: Int32?
 
     /// The child executable: beside the running flipout binary.
-    public static var hostExecutable: String { (PluginSearch.executableDirectory as NSString).appendingPathComponent("flipout-plugin-host") }
+    public static var hostExecutable: String { Paths.join(PluginSearch.executableDirectory, "flipout-plugin-host") }
 
     static func format(_ t: Double) -> String { t == t.rounded() ? String(Int(t)) : String(format: "%.1f", t) }
 
@@ -305,7 +305,7 @@ public final class IsolatedPlugin: @unchecked Sendable {
         outputTail.append(shown)
         if outputTail.count > 10 { outputTail.removeFirst() }
         // The child's own log lines already start with "flipout: plugin ..."; other output is labelled.
-        FileHandle.standardError.write(Data((shown.hasPrefix("flipout: ") ? shown : "flipout: plugin \((file as NSString).lastPathComponent) printed: \(shown)").utf8 + [0x0a]))
+        FileHandle.standardError.write(Data((shown.hasPrefix("flipout: ") ? shown : "flipout: plugin \(Paths.lastComponent(file)) printed: \(shown)").utf8 + [0x0a]))
     }
 }
 
