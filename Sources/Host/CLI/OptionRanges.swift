@@ -65,7 +65,7 @@ enum OptionRanges {
         try range(c.overlap, overlap, "--overlap")
         try range(c.windowBatch, windowBatch, "--window-batch")
         try folder(c.output, option: "--output")
-        if let i = c.input { try path(i, option: "--input") }
+        try path(c.input, option: "--input")
         for p in c.checkpoint { try path(p, option: "--checkpoint") }
     }
 
