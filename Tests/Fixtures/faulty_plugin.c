@@ -87,6 +87,16 @@ static int outside(const flipout_in_array *p, size_t n, flipout_error *err) {
 }
 #define CHECK(p) do { if (outside((p), n, err)) return FLIPOUT_STATUS_DOMAIN_ERROR; } while (0)
 
+/* The header's rule: a result that would not be finite is DOMAIN_ERROR, never OK (the fault-free
+ * build must pass `plugins check`'s extremes probe; the nan fault breaks the rule on purpose). */
+static int unfinite(const float *a, size_t n, size_t stride) {
+    if (!a) return 0;
+    for (size_t i = 0; i < n; i++) if (!isfinite(a[i * stride])) return 1;
+    return 0;
+}
+#define FINITE(poison, a, count, stride) do { if (!(poison) && unfinite((a), (count), (stride))) { \
+    snprintf(err->message, err->capacity, "a result is not finite"); return FLIPOUT_STATUS_DOMAIN_ERROR; } } while (0)
+
 typedef struct flipout_instance { int unused; } inst_t;
 static inst_t the_instance;
 
@@ -107,6 +117,7 @@ static flipout_status log_prob(const flipout_instance *inst, size_t n, const fli
         out[i] = (float)(-0.5 * z * z - log(s) - 0.5 * log(2 * M_PI));
     }
     if (poison && n > 0) out[n / 2] = NAN;
+    FINITE(poison, out, n, 1);
     return FLIPOUT_STATUS_OK;
 }
 
@@ -122,6 +133,7 @@ static flipout_status log_prob_vjp(const flipout_instance *inst, size_t n, const
         add(&gp[1], i, g[i] * (-1 / s + d * d / (s * s * s)));
     }
     if (poison && n > 0) { if (gx) gx[0] = NAN; else if (gp[0].data) gp[0].data[0] = NAN; else if (gp[1].data) gp[1].data[0] = NAN; }
+    FINITE(poison, gx, n, 1); FINITE(poison, gp[0].data, n, gp[0].stride); FINITE(poison, gp[1].data, n, gp[1].stride);
     return FLIPOUT_STATUS_OK;
 }
 
@@ -132,6 +144,7 @@ static flipout_status sample(const flipout_instance *inst, size_t n, const flipo
     int poison = strike("sample");
     for (size_t i = 0; i < n; i++) x[i] = (float)(AT(p[0], i) + AT(p[1], i) * (double)normals[i]);
     if (poison && n > 0) x[0] = INFINITY;
+    FINITE(poison, x, n, 1);
     return FLIPOUT_STATUS_OK;
 }
 
@@ -142,6 +155,7 @@ static flipout_status sample_vjp(const flipout_instance *inst, size_t n, const f
     int poison = strike("sample_vjp");
     for (size_t i = 0; i < n; i++) { add(&gp[0], i, g[i]); add(&gp[1], i, (double)g[i] * normals[i]); }
     if (poison && n > 0 && gp[1].data) gp[1].data[0] = NAN;
+    FINITE(poison, gp[0].data, n, gp[0].stride); FINITE(poison, gp[1].data, n, gp[1].stride);
     return FLIPOUT_STATUS_OK;
 }
 
@@ -151,6 +165,7 @@ static flipout_status center(const flipout_instance *inst, size_t n, const flipo
     int poison = strike("center");
     for (size_t i = 0; i < n; i++) out[i] = AT(p[0], i);
     if (poison && n > 0) out[0] = NAN;
+    FINITE(poison, out, n, 1);
     return FLIPOUT_STATUS_OK;
 }
 
@@ -159,6 +174,7 @@ static flipout_status center_vjp(const flipout_instance *inst, size_t n, const f
     (void)inst;
     CHECK(p);
     for (size_t i = 0; i < n; i++) add(&gp[0], i, g[i]);
+    FINITE(0, gp[0].data, n, gp[0].stride);
     return FLIPOUT_STATUS_OK;
 }
 
@@ -175,6 +191,7 @@ static flipout_status kl(const flipout_instance *inst, size_t n, const char *q_f
         out[i] = (float)(log(sp / sq) + (sq * sq + d * d) / (2 * sp * sp) - 0.5);
     }
     if (poison && n > 0) out[0] = NAN;
+    FINITE(poison, out, n, 1);
     return FLIPOUT_STATUS_OK;
 }
 
@@ -189,6 +206,8 @@ static flipout_status kl_vjp(const flipout_instance *inst, size_t n, const char 
         add(&gp[0], i, g[i] * (-d / (sp * sp)));
         add(&gp[1], i, g[i] * (1 / sp - (sq * sq + d * d) / (sp * sp * sp)));
     }
+    FINITE(0, gq[0].data, n, gq[0].stride); FINITE(0, gq[1].data, n, gq[1].stride);
+    FINITE(0, gp[0].data, n, gp[0].stride); FINITE(0, gp[1].data, n, gp[1].stride);
     return FLIPOUT_STATUS_OK;
 }
 

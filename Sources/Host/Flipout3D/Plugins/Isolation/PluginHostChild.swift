@@ -86,7 +86,9 @@ public enum PluginHostChild {
     /// Answers requests until the host closes the channel (or dies).
     static func serve(_ families: [DistributionFamily]) -> Int32 {
         let shm = SharedMemory(inherited: 4)
-        var instances: [UInt64: OpaquePointer] = [:]
+        // A plugin may hand out one instance pointer to several creates (a stateless family's static
+        // instance): each create is paired with one destroy, so the id stays known until the last.
+        var instances: [UInt64: (pointer: OpaquePointer, creates: Int)] = [:]
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: 1024)
         while true {
@@ -106,7 +108,7 @@ public enum PluginHostChild {
                 func input(_ a: WireArray) -> flipout_in_array { flipout_in_array(data: a.isAbsent ? nil : UnsafePointer(shm.floats(at: a.offset)), stride: Int(a.stride)) }
                 func output(_ a: WireArray) -> flipout_out_array { flipout_out_array(data: a.isAbsent ? nil : shm.floats(at: a.offset), stride: Int(a.stride)) }
                 func pointer(_ a: WireArray) -> UnsafeMutablePointer<Float>? { a.isAbsent ? nil : shm.floats(at: a.offset) }
-                let instance = instances[instanceID]
+                let instance = instances[instanceID]?.pointer
                 if op != .create && instance == nil { return 70 }
                 var status: Int32 = 0
                 switch op {
@@ -117,11 +119,12 @@ public enum PluginHostChild {
                     var made: OpaquePointer?
                     status = hypers.withUnsafeBufferPointer { t.create(families[familyIndex].descriptor, $0.baseAddress, &made, &err) }
                     let id = made.map { UInt64(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer($0)))) } ?? 0
-                    if let made { instances[id] = made }
+                    if let made { instances[id] = (made, (instances[id]?.creates ?? 0) + 1) }
                     extras.u64(id)
                 case .destroy:
                     t.destroy(instance)
-                    instances[instanceID] = nil
+                    let left = instances[instanceID]!.creates - 1
+                    instances[instanceID] = left > 0 ? (instance!, left) : nil
                 case .layout:
                     var a: UInt32 = 0, b: UInt32 = 0, c: UInt32 = 0
                     t.layout(instance, &a, &b, &c)
