@@ -35,6 +35,10 @@ public enum DiceCELoss {
 
     /// logits (N, K, D, H, W), labels (N, 1, D, H, W) with values in 0..<K -> the loss terms and what backward needs.
     public static func forward(logits: Tensor, labels: Tensor) -> DiceCESaved {
+        StepProfile.measure(.loss) { lossForward(logits: logits, labels: labels) }
+    }
+
+    static func lossForward(logits: Tensor, labels: Tensor) -> DiceCESaved {
         precondition(logits.rank == 5 && logits.shape[1] >= 2, "DiceCELoss: logits \(logits.shape), expected (N, K >= 2, D, H, W)")
         labels.checkShape([logits.shape[0], 1] + logits.shape[2...], "DiceCELoss labels")
         let (n, k) = (logits.shape[0], logits.shape[1])
@@ -70,6 +74,10 @@ public enum DiceCELoss {
 
     /// dL/dlogits (N, K, D, H, W), times `scale`.
     public static func backward(_ saved: DiceCESaved, scale: Float = 1) -> Tensor {
+        StepProfile.measure(.loss) { lossBackward(saved, scale: scale) }
+    }
+
+    static func lossBackward(_ saved: DiceCESaved, scale: Float) -> Tensor {
         let p = saved.probabilities
         let (n, k) = (p.shape[0], p.shape[1])
         let v = p.shape[2...].reduce(1, *)
