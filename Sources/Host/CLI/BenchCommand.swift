@@ -13,6 +13,11 @@ struct BenchCommand: ParsableCommand {
         W1: one Flipout layer, N=4, 16->16, 32^3, k=3, forward + backward + KL.
         W2: as W1 with N=8, 1->8.   W3: Flipout 1->8->8->1 network, N=8, one Adam step,
         beside the same network with deterministic convolutions.   W4: deterministic Conv3D, W1's shapes.
+        U1-U3: the training step of the U-Net `train --data` builds (2 channels, 3 classes, batch 2,
+        instance norm, Dice-CE, Adam), Flipout on every convolution and deterministic, each with a
+        breakdown of the step by phase: U1 width 8, 3 levels, 32^3; U2 width 16, 4 levels, 64^3;
+        U3 width 32, 5 levels, 128^3 (nnU-Net's scale). GFLOP/s of U1-U3 count one convolution per
+        layer and pass. Example: flipout bench --workloads U1,U2 --repeats 10 --warmup 2
         GFLOP/s count two-convolution Flipout as the peers do (../shared/notes/performance.md).
         Under each workload: every convolution's plan (which engine runs each direction, and why)
         and its per-direction time and GFLOP/s, timed alone.
@@ -28,7 +33,7 @@ struct BenchCommand: ParsableCommand {
         """)
 
     @OptionGroup var plugins: PluginOptions
-    @Option(help: "Comma-separated workloads.") var workloads = "W1,W2,W3,W4"
+    @Option(help: "Comma-separated workloads: W1-W4, U1-U3.") var workloads = "W1,W2,W3,W4"
     @Option(help: "Comma-separated estimators for W1, W2 and W3.") var estimators = "flipout,reparam,per-example"
     @Option(help: "Timed repetitions (median reported).") var repeats = 30
     @Option(help: "Untimed warm-up repetitions.") var warmup = 5
@@ -69,7 +74,10 @@ struct BenchCommand: ParsableCommand {
                     results.append(try Workloads.network(bayesian: false, estimator: .reparam, registry: registry, repeats: repeats, warmup: warmup,
                                                          size: size, batch: batch))
                 case "W4": results.append(try Workloads.w4(repeats: repeats, warmup: warmup))
-                default: throw InputError("unknown workload \(w); use W1, W2, W3, W4.")
+                case let u where UNetWorkload.all.contains { $0.name == u }:
+                    try runUNet(UNetWorkload.all.first { $0.name == u }!, registry: registry)
+                    continue
+                default: throw InputError("unknown workload \(w); use W1, W2, W3, W4, U1, U2, U3.")
                 }
                 for r in results {
                     if json {
@@ -90,6 +98,25 @@ struct BenchCommand: ParsableCommand {
                     if comparePlans { try printComparisons(r) }
                 }
             }
+        }
+    }
+
+    /// U1-U3: the `train --data` step, Flipout and deterministic, each with its breakdown.
+    private func runUNet(_ w: UNetWorkload, registry: PluginRegistry) throws {
+        for bayesian in [true, false] {
+            let r = try Workloads.unetStep(w, bayesian: bayesian, registry: registry, repeats: repeats, warmup: warmup)
+            if json {
+                let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
+                print(String(decoding: try e.encode(r), as: UTF8.self))
+            } else {
+                print(r.workload.padding(toLength: 17, withPad: " ", startingAt: 0)
+                      + String(format: "%9.2f ms  %7.1f GFLOP/s (one-convolution counting, %.1f GFLOP)  peak RSS %.0f MiB",
+                               r.medianMs, r.gflops, r.stepGFLOP, r.peakRSSMiB))
+                for p in r.breakdown where p.ms > 0 {
+                    print("    " + p.phase.padding(toLength: 52, withPad: " ", startingAt: 0) + String(format: "%9.2f ms  %5.1f %%", p.ms, 100 * p.share))
+                }
+            }
+            fflush(stdout)
         }
     }
 

@@ -94,6 +94,10 @@ public final class Conv3D {
         checkY(y, "Conv3D.forward y")
         lock.lock()
         defer { lock.unlock() }
+        return try StepProfile.measure(.convForward) { try forwardLocked(x: x, w: w, bias: bias, y: y) }
+    }
+
+    private func forwardLocked(x: Tensor, w: Tensor, bias: Tensor?, y: Tensor) throws -> Conv3DSaved {
         let copy: Tensor
         if let native, plan.forward.isNative {
             native.forward(x: x, w: w, bias: bias, y: y)
@@ -120,7 +124,7 @@ public final class Conv3D {
         lock.lock()
         defer { lock.unlock() }
         if let native, plan.backwardData.isNative {
-            native.backwardData(dy: dy, w: w, dx: dx)
+            StepProfile.measure(.convBackwardData) { native.backwardData(dy: dy, w: w, dx: dx) }
         } else {
             try dnnl!.backwardData(dy: dy, w: w, dx: dx)
         }
@@ -151,11 +155,11 @@ public final class Conv3D {
             try dnnl!.backward(saved.copy, dy: dy, w: w, dx: dx, dw: dw, dbias: dbias)
         case (.onednn, _):
             try dnnl!.backward(saved.copy, dy: dy, w: nil, dx: nil, dw: dw, dbias: dbias)
-            if let dx, let w { native!.backwardData(dy: dy, w: w, dx: dx) }
+            if let dx, let w { StepProfile.measure(.convBackwardData) { native!.backwardData(dy: dy, w: w, dx: dx) } }
         case (.native, _):
-            native!.backwardWeights(x: saved.copy.data, dy: dy, dw: dw, dbias: dbias)
+            StepProfile.measure(.convBackwardWeights) { native!.backwardWeights(x: saved.copy.data, dy: dy, dw: dw, dbias: dbias) }
             if let dx, let w {
-                if plan.backwardData.isNative { native!.backwardData(dy: dy, w: w, dx: dx) }
+                if plan.backwardData.isNative { StepProfile.measure(.convBackwardData) { native!.backwardData(dy: dy, w: w, dx: dx) } }
                 else { try dnnl!.backwardData(dy: dy, w: w, dx: dx) }
             }
         }

@@ -279,7 +279,7 @@ final class DNNLConv3D {
 
     /// dx (N, Cin, D, H, W), overwritten, from dy (N, Cout, oD, oH, oW) and w.
     func backwardData(dy: Tensor, w: Tensor, dx: Tensor) throws {
-        try backwardDataOp.run(pointers([dy, w, dx]), context: context)
+        try StepProfile.measure(.convBackwardData) { try backwardDataOp.run(pointers([dy, w, dx]), context: context) }
         withExtendedLifetime((dy, w, dx)) {}
     }
 
@@ -287,10 +287,13 @@ final class DNNLConv3D {
     /// reading dy from the buffer backward-weights reordered it into when the layouts agree.
     func backward(_ copy: Tensor, dy: Tensor, w: Tensor?, dx: Tensor?, dw: Tensor, dbias: Tensor?) throws {
         precondition(copy.count == savedFloats, "DNNLConv3D.backward: saved copy of \(copy.count) floats, expected \(savedFloats)")
-        try backwardWeightsOp.run([UnsafeMutableRawPointer(copy.data)] + pointers([dy, dw, dbias ?? scratchBias]),
-                                  context: context)
+        try StepProfile.measure(.convBackwardWeights) {
+            try backwardWeightsOp.run([UnsafeMutableRawPointer(copy.data)] + pointers([dy, dw, dbias ?? scratchBias]), context: context)
+        }
         if let dx, let w {
-            try backwardDataOp.run(pointers([dy, w, dx]), context: context, skipReorder: dyShared ? [0] : [])
+            try StepProfile.measure(.convBackwardData) {
+                try backwardDataOp.run(pointers([dy, w, dx]), context: context, skipReorder: dyShared ? [0] : [])
+            }
         }
         withExtendedLifetime((copy, dy, w, dx, dw, dbias)) {}
     }

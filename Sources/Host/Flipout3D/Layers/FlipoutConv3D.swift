@@ -76,6 +76,10 @@ public final class FlipoutConv3D {
 
     /// y = the layer applied to x (N, Cin, D, H, W) -> (N, Cout, oD, oH, oW), and what backward needs.
     public func forward(_ x: Tensor, _ ctx: StepContext) throws -> (y: Tensor, saved: ConvSaved) {
+        try StepProfile.measure(.flipoutSampling) { try sampledForward(x, ctx) }
+    }
+
+    private func sampledForward(_ x: Tensor, _ ctx: StepContext) throws -> (y: Tensor, saved: ConvSaved) {
         let g = geometry(inputShape: x.shape)
         try g.validate()
         let n = g.batch, e = weightCount
@@ -170,6 +174,10 @@ public final class FlipoutConv3D {
     /// Given dy = dL/dy (N, Cout, oD, oH, oW) and forward's saved value, ADD the parameter
     /// gradients and return dL/dx (N, Cin, D, H, W).
     public func backward(_ dy: Tensor, _ saved: ConvSaved) throws -> Tensor {
+        try StepProfile.measure(.flipoutGradients) { try foldedBackward(dy, saved) }
+    }
+
+    private func foldedBackward(_ dy: Tensor, _ saved: ConvSaved) throws -> Tensor {
         let g = checkSaved(saved, dy: dy)
         guard let draw = saved.draw else { preconditionFailure("\(name).backward: the saved value has no weight draw") }
         let n = g.batch, e = weightCount
@@ -214,11 +222,11 @@ public final class FlipoutConv3D {
     /// KL(q || p) of the kernel, summed over weights; adds scale * dKL into the gradients.
     public func kl(gradientScale: Float, _ ctx: StepContext) throws -> Double {
         var s = stream(ctx, .klNoise)
-        return try weights.kl(gradientScale: gradientScale, stream: &s)
+        return try StepProfile.measure(.kl) { try weights.kl(gradientScale: gradientScale, stream: &s) }
     }
 
     /// Move the accumulated constrained-value gradients into the unconstrained parameters' gradients.
-    public func finishBackward() { weights.finishBackward() }
+    public func finishBackward() { StepProfile.measure(.flipoutGradients) { weights.finishBackward() } }
 
     public func zeroGradients() {
         weights.zeroGradients()

@@ -119,8 +119,8 @@ public final class UNet {
         func block(_ h: Tensor) throws -> Tensor {
             let i = blocks.count
             let (c, cs) = try layers[i].forward(h, ctx)
-            let (n, ns) = norms[i].map { let r = $0.forward(c); return (r.y, Optional(r.saved)) } ?? (c, nil)
-            let (y, rs) = ReLU.forward(n)
+            let (n, ns) = StepProfile.measure(.normalization) { norms[i].map { let r = $0.forward(c); return (r.y, Optional(r.saved)) } ?? (c, nil) }
+            let (y, rs) = StepProfile.measure(.activation) { ReLU.forward(n) }
             blocks.append(.init(conv: cs, norm: ns, relu: rs))
             return y
         }
@@ -130,8 +130,9 @@ public final class UNet {
             if l < shape.levels - 1 { skips.append(h) }
         }
         for l in stride(from: shape.levels - 2, through: 0, by: -1) {
-            let (u, us) = Upsample2x.forward(h); ups.append(us)          // (N, c_{l+1}, D/2^l, ...)
-            let (cat, cs) = ChannelConcat.forward(skips[l], try block(u)) // (N, 2c_l, D/2^l, ...)
+            let (u, us) = StepProfile.measure(.upsampleConcat) { Upsample2x.forward(h) }; ups.append(us)   // (N, c_{l+1}, D/2^l, ...)
+            let b = try block(u)
+            let (cat, cs) = StepProfile.measure(.upsampleConcat) { ChannelConcat.forward(skips[l], b) }  // (N, 2c_l, D/2^l, ...)
             cats.append(cs)
             h = try block(cat)                                           // (N, c_l, D/2^l, ...)
         }
@@ -145,20 +146,22 @@ public final class UNet {
         func block(_ dy: Tensor) throws -> Tensor {
             let i = next, b = saved.blocks[i]
             next -= 1
-            let dn = ReLU.backward(dy, b.relu)
-            let dc = norms[i].map { $0.backward(dn, b.norm!) } ?? dn
+            let dn = StepProfile.measure(.activation) { ReLU.backward(dy, b.relu) }
+            let dc = StepProfile.measure(.normalization) { norms[i].map { $0.backward(dn, b.norm!) } ?? dn }
             return try layers[i].backward(dc, b.conv)
         }
         var g = try layers[layers.count - 1].backward(dLogits, saved.head)
         var skipGradients = [Tensor?](repeating: nil, count: shape.levels)
         // Decoder levels ran deepest first (j = 0 is level L−2); undo them shallowest first.
         for j in stride(from: saved.concats.count - 1, through: 0, by: -1) {
-            let (dSkip, dUp) = ChannelConcat.backward(try block(g), saved.concats[j])
+            let dCat = try block(g)
+            let (dSkip, dUp) = StepProfile.measure(.upsampleConcat) { ChannelConcat.backward(dCat, saved.concats[j]) }
             skipGradients[shape.levels - 2 - j] = dSkip
-            g = Upsample2x.backward(try block(dUp), saved.upsamples[j])
+            let dUpIn = try block(dUp)
+            g = StepProfile.measure(.upsampleConcat) { Upsample2x.backward(dUpIn, saved.upsamples[j]) }
         }
         for l in stride(from: shape.levels - 1, through: 0, by: -1) {
-            if let s = skipGradients[l] { for i in 0..<g.count { g.data[i] += s.data[i] } }
+            if let s = skipGradients[l] { StepProfile.measure(.upsampleConcat) { for i in 0..<g.count { g.data[i] += s.data[i] } } }
             g = try block(try block(g))
         }
         precondition(next == -1, "UNet.backward: \(next + 1) blocks left over")
@@ -180,12 +183,16 @@ public final class UNet {
     public var flipoutLayers: [FlipoutConv3D] { layers.compactMap { $0 as? FlipoutConv3D } }
 
     /// Refresh constrained values after the optimizer changed parameters.
-    public func parametersChanged() { flipoutLayers.forEach { $0.weights.refresh() } }
+    public func parametersChanged() { StepProfile.measure(.optimizer) { flipoutLayers.forEach { $0.weights.refresh() } } }
 }
 
 /// Softmax over the class axis: logits (N, K, D, H, W) -> probabilities (N, K, D, H, W).
 public enum Softmax {
     public static func probabilities(_ z: Tensor) -> Tensor {
+        StepProfile.measure(.activation) { computeProbabilities(z) }
+    }
+
+    static func computeProbabilities(_ z: Tensor) -> Tensor {
         precondition(z.rank == 5, "Softmax: logits \(z.shape), expected (N, K, D, H, W)")
         let (n, k) = (z.shape[0], z.shape[1]), v = z.shape[2...].reduce(1, *)
         let p = Tensor(uninitializedShape: z.shape)

@@ -36,6 +36,10 @@ public final class Adam {
 
     /// One update from the accumulated gradients. Throws (updating nothing) if a gradient is not finite.
     public func update() throws {
+        try StepProfile.measure(.optimizer) { try applyUpdate() }
+    }
+
+    private func applyUpdate() throws {
         let n = arena.count, g = arena.gradients
         for i in 0..<n where !g[i].isFinite {
             let at = arena.locate(i)

@@ -47,6 +47,10 @@ public enum DiceCELoss {
 
     /// As `forward(logits:labels:)`, with the sufficient statistics passed through `reduce` (a sum over ranks) first.
     public static func forward(logits: Tensor, labels: Tensor, reduce: ([Double]) throws -> [Double]) rethrows -> DiceCESaved {
+        try StepProfile.measure(.loss) { try lossForward(logits: logits, labels: labels, reduce: reduce) }
+    }
+
+    static func lossForward(logits: Tensor, labels: Tensor, reduce: ([Double]) throws -> [Double]) rethrows -> DiceCESaved {
         precondition(logits.rank == 5 && logits.shape[1] >= 2, "DiceCELoss: logits \(logits.shape), expected (N, K >= 2, D, H, W)")
         labels.checkShape([logits.shape[0], 1] + logits.shape[2...], "DiceCELoss labels")
         let (n, k) = (logits.shape[0], logits.shape[1])
@@ -88,6 +92,10 @@ public enum DiceCELoss {
 
     /// dL/dlogits (N, K, D, H, W), times `scale`.
     public static func backward(_ saved: DiceCESaved, scale: Float = 1) -> Tensor {
+        StepProfile.measure(.loss) { lossBackward(saved, scale: scale) }
+    }
+
+    static func lossBackward(_ saved: DiceCESaved, scale: Float) -> Tensor {
         let p = saved.probabilities
         let (n, k) = (p.shape[0], p.shape[1])
         let v = p.shape[2...].reduce(1, *)
