@@ -19,6 +19,8 @@ public struct DatasetFingerprint: Sendable {
     public let channelStatistics: [ChannelStatistics]
     /// Voxels of each class over the training cases (source grids).
     public let classVoxels: [Int]
+    /// Per training case, the fraction of its voxels inside its nonzero box (`NonzeroRegion`).
+    public let croppedFractions: [Double]
 
     /// The per-axis median spacing (nnU-Net's default target spacing), (D, H, W) mm, rounded to
     /// 0.1 µm (headers store Float, so 1.175 mm reads as 1.17500001).
@@ -44,6 +46,7 @@ public struct DatasetFingerprint: Sendable {
         var spacings: [[Double]] = [], shapes: [[Int]] = [], orientations: [String: Int] = [:]
         var stats = [ChannelStatistics](repeating: ChannelStatistics(), count: folder.channelNames.count)
         var classVoxels = [Int](repeating: 0, count: folder.classCount)
+        var croppedFractions: [Double] = []
         let all = folder.training + folder.test
         for (n, c) in all.enumerated() {
             let (images, label) = try folder.read(c)
@@ -64,6 +67,7 @@ public struct DatasetFingerprint: Sendable {
                 for ch in images.indices { stats[ch].add(image: images[ch].data, label: label.data) }
                 let (s, m) = Self.rasSpacingAndShape(grid)
                 spacings.append(s); shapes.append(m)
+                croppedFractions.append(NonzeroRegion(channels: images.map(\.data)).boxFraction)
                 orientations[AxisOrientation(grid.affine).description, default: 0] += 1
             }
             progress?(n + 1, all.count, c.id)
@@ -71,7 +75,7 @@ public struct DatasetFingerprint: Sendable {
         name = folder.name; channelNames = folder.channelNames; labels = folder.labels; classCount = folder.classCount
         caseIDs = folder.training.map(\.id); testCaseIDs = folder.test.map(\.id)
         self.spacings = spacings; self.shapes = shapes; self.orientations = orientations
-        channelStatistics = stats; self.classVoxels = classVoxels
+        channelStatistics = stats; self.classVoxels = classVoxels; self.croppedFractions = croppedFractions
     }
 
     /// The fingerprint and the plan it gives, as `flipout datasets check` prints them.
@@ -92,6 +96,10 @@ public struct DatasetFingerprint: Sendable {
         lines.append("orientation  " + orientations.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + " (reoriented to RAS)")
         lines.append("spacing mm   min/median/max per axis (D, H, W) = (S, A, R): " + axes(spacings) { $0 })
         lines.append("shape        min/median/max per axis (D, H, W), in RAS:        " + axes(shapes) { Double($0) })
+        if plan.cropping == .nonzero, !croppedFractions.isEmpty {
+            lines.append(String(format: "crop         to the nonzero region: median %.1f%% of the voxels kept (min %.1f%%, max %.1f%%)",
+                                100 * Self.median(croppedFractions), 100 * croppedFractions.min()!, 100 * croppedFractions.max()!))
+        }
         for (c, s) in channelStatistics.enumerated() {
             let r = ChannelStatistics.isCT(channelNames[c]) && s.labelled.count > 0 ? ("labelled voxels", s.labelled) : s.nonzero.count > 0 ? ("nonzero voxels", s.nonzero) : ("all voxels", s.all)
             lines.append("intensity    \(c) \(channelNames[c]) over \(r.0): mean \(f(r.1.mean)), std \(f(r.1.std)), p0.5 \(f(r.1.percentile(0.5))), p99.5 \(f(r.1.percentile(99.5))), min \(f(r.1.minimum)), max \(f(r.1.maximum))")

@@ -104,7 +104,7 @@ public enum CasePredictor {
             func back(_ t: Tensor) -> Tensor {
                 plan.restore(t.rank == 3 ? t.reshaped([1] + t.shape) : t, to: prepared.geometry, interpolation: .linear)
             }
-            maps.probabilities = back(maps.probabilities)
+            maps.probabilities = plan.restoreProbabilities(maps.probabilities, to: prepared.geometry)
             maps.predictiveEntropy = back(maps.predictiveEntropy).reshaped(shape)
             maps.expectedEntropy = back(maps.expectedEntropy).reshaped(shape)
             maps.mutualInformation = back(maps.mutualInformation).reshaped(shape)
