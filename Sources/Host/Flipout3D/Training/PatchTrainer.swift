@@ -51,7 +51,8 @@ public final class PatchTrainer {
         p.trainCases = train.map(\.id); p.validationCases = validation.map(\.id)
         p.trainingVoxels = train.reduce(0) { $0 + $1.image.count / $1.image.shape[0] }
         self.patch = p
-        sampler = PatchSampler(cases: train, patchSize: patch.patchSize, classCount: plan.classCount, seed: training.seed)
+        sampler = PatchSampler(cases: train, patchSize: patch.patchSize, classCount: plan.classCount, seed: training.seed,
+                               augmentation: patch.augmentation ?? .none)
         optimizer = Adam(parameters: model.trainable, learningRate: training.learningRate)
         let scales = PositiveWeightPolicy.learningRateScales(optimizer.parameters, layers: model.layers,
                                                              scale: training.positiveLearningRateScale ?? PositiveWeightPolicy.learningRateScale)
@@ -99,6 +100,7 @@ public final class PatchTrainer {
         let epoch = epochsDone, start = Date(), steps = stepsPerEpoch, batch = training.batchSize
         let order = caseOrder(epoch: epoch)
         let beta = training.beta(epoch: epoch)
+        optimizer.learningRate = (patch.learningRateSchedule ?? .constant).rate(base: training.learningRate, epoch: epoch, epochs: training.epochs)
         var ce = 0.0, dice = 0.0, kl = 0.0, scaled = 0.0
         let progress = ProgressLine(total: steps, label: "epoch \(epoch + 1)/\(training.epochs)")
         progress.enabled = showProgress
