@@ -1,5 +1,6 @@
 // Largest-connected-component post-processing: components by hand, and the validation decision keeps it only where Dice rises.
 import Testing
+import Foundation
 import Flipout3D
 
 @Suite struct PostprocessingTests {
@@ -35,4 +36,14 @@ import Flipout3D
         #expect(abs(scores[0].before - 8.0 / 9) < 1e-12 && scores[0].after == 1)
         #expect(abs(scores[1].before - 6.0 / 7) < 1e-12 && abs(scores[1].after - 4.0 / 6) < 1e-12)
     }
+}
+
+@Test func postprocessingRoundTripsThroughCheckpointMetadata() throws {
+    var c = Checkpoint()
+    #expect(Postprocessing(checkpoint: c) == .none)
+    let p = Postprocessing(largestComponentClasses: [2, 1])
+    let data = try JSONEncoder().encode(p)
+    c.metadata[Postprocessing.checkpointKey] = String(decoding: data, as: UTF8.self)
+    #expect(Postprocessing(checkpoint: c) == p && p.largestComponentClasses == [1, 2])
+    #expect(p.apply([Int32(1), 0, 1], shape: [1, 1, 3]) == [1, 0, 0])
 }

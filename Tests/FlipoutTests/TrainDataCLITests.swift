@@ -27,6 +27,13 @@ import TestSupport
                                        "--patch", "16,16,16", "--width", "2", "--levels", "2", "--samples", "1", "--fold", "1", "--folds", "3", "--quiet"])
         #expect(fold.status == 0, "\(fold.stderr)")
         #expect(FileManager.default.fileExists(atPath: run + "-fold/splits.json") && fold.stderr.contains("val dice structureA"))
+        // After the last epoch the largest-component post-processing is decided on the validation cases and saved.
+        #expect(fold.stderr.contains("post-processing on validation (largest component per class"), "\(fold.stderr)")
+        #expect(try Checkpoint.read(run + "-fold/checkpoint.safetensors").metadata[Postprocessing.checkpointKey] != nil)
+        let checkpointMeta = try Checkpoint.read(run + "/checkpoint.safetensors").metadata
+        #expect(checkpointMeta[Postprocessing.checkpointKey] == #"{"largestComponentClasses":[]}"#, "no validation, no post-processing")
+        #expect(checkpointMeta[UNetCheckpointKey.patchTraining]?.contains(#""augmentation":{"mirrorAxes":[0,1,2],"policy":"default"}"#) == true,
+                "\(checkpointMeta[UNetCheckpointKey.patchTraining] ?? "")")
         // --resume continues the U-Net run from its checkpoint.
         let resumed = try FlipoutCLI.run(["train", "--resume", run + "/checkpoint.safetensors", "--quiet"])
         #expect(resumed.status == 0 && resumed.stderr.contains("resuming"), "\(resumed.stderr)")

@@ -108,6 +108,7 @@ struct PredictCommand: ParsableCommand {
                 settings.preprocessing = input == nil || noNormalise ? .none : .zScoreNonzero
             }
             settings.members = checkpoint
+            if checkpoint.count == 1 { settings.postprocessing = Postprocessing(checkpoint: try Checkpoint.read(checkpoint[0])) }
             settings.nonFinite = nonfinite
             settings.note = { note($0) }
             for (i, c) in cases.enumerated() {

@@ -41,6 +41,8 @@ public struct PredictionSettings: Sendable {
     public var members: [String] = []
     /// What to do with NaN or infinite input voxels (refused by default; see `NonFinitePolicy`).
     public var nonFinite: NonFinitePolicy = .refuse
+    /// Applied to the label map (the checkpoint's `Postprocessing`, decided on validation).
+    public var postprocessing = Postprocessing.none
     /// Told once per channel file whose non-finite voxels were replaced.
     public var note: @Sendable (String) -> Void = { _ in }
 
@@ -118,7 +120,7 @@ public enum CasePredictor {
             maps = try SlidingWindow.predict(image, classes: classes, draws: draws, options: settings.window,
                                              progress: progress, predictor: predictor)
         }
-        let labels = maps.labels
+        let labels = settings.postprocessing.apply(maps.labels, shape: shape)
         let labelTensor = Tensor(shape: shape, values: labels.map(Float.init))
         let stem = (folder as NSString).appendingPathComponent(input.id)
         let files = [stem + ".nii.gz", stem + "_probabilities.nii.gz", stem + "_entropy.nii.gz", stem + "_mi.nii.gz",

@@ -72,4 +72,29 @@ public struct Postprocessing: Codable, Sendable, Equatable {
         }
         return (Postprocessing(largestComponentClasses: kept), scores)
     }
+
+    /// The checkpoint metadata key holding the decision as JSON (absent: none).
+    public static let checkpointKey = "flipout3d.postprocessing"
+
+    /// The decision a checkpoint records; `.none` when it records none (or cannot be decoded).
+    public init(checkpoint: Checkpoint) {
+        self = checkpoint.metadata[Self.checkpointKey].flatMap { try? JSONDecoder().decode(Postprocessing.self, from: Data($0.utf8)) } ?? .none
+    }
+
+    /// `apply` for a label map of Int32 class indices.
+    public func apply(_ labels: [Int32], shape: [Int]) -> [Int32] {
+        largestComponentClasses.isEmpty ? labels : apply(labels.map(Int.init), shape: shape).map(Int32.init)
+    }
+
+    /// The decision for `model` on prepared validation cases: their tiled predictions (the
+    /// posterior mean over `samples` draws) against their labels, on the prepared grid.
+    public static func decide(model: UNet, validation: [PreparedCase], patchSize: [Int], samples: Int, seed: UInt64) throws
+        -> (Postprocessing, [(before: Double, after: Double)]) {
+        let cases = try validation.compactMap { c -> (prediction: [Int], truth: [Int], shape: [Int])? in
+            guard let label = c.label else { return nil }
+            let p = try TiledPrediction.probabilities(model, image: c.image, patchSize: patchSize, samples: samples, seed: seed)
+            return (TiledPrediction.argmax(p), label.array.map { Int($0) }, Array(c.image.shape.dropFirst()))
+        }
+        return decide(cases: cases, classCount: model.shape.classCount)
+    }
 }

@@ -30,6 +30,8 @@ public final class PatchTrainer {
     public let runDirectory: String
     public private(set) var epochsDone = 0
     public private(set) var records: [PatchEpochRecord] = []
+    /// Decided on the validation cases after the last epoch (`Postprocessing.decide`); saved in the checkpoint.
+    public var postprocessing = Postprocessing.none
     public var showProgress = true
     let log: (String) -> Void
 
@@ -130,6 +132,19 @@ public final class PatchTrainer {
     /// Train until `training.epochs` epochs are done.
     public func run() throws {
         while epochsDone < training.epochs { _ = try trainEpoch() }
+        try decidePostprocessing()
+    }
+
+    /// nnU-Net's post-processing decision on the validation cases (none without validation).
+    func decidePostprocessing() throws {
+        guard !validation.isEmpty else { return }
+        let (decision, scores) = try Postprocessing.decide(model: model, validation: validation, patchSize: patch.patchSize,
+                                                           samples: min(training.evaluationSamples, 2), seed: training.seed)
+        postprocessing = decision
+        log("post-processing on validation (largest component per class, Dice before → after): "
+            + scores.enumerated().map { String(format: "%@ %.4f → %.4f", plan.classNames[$0 + 1], $1.before, $1.after) }.joined(separator: ", ")
+            + "; kept for " + (decision.largestComponentClasses.isEmpty ? "no class" : decision.largestComponentClasses.map { plan.classNames[$0] }.joined(separator: ", ")))
+        try UNetCheckpoint.save(trainer: self, to: checkpointPath)
     }
 
     /// Continue where a checkpoint left off (Adam state, epoch count, metrics so far).

@@ -26,6 +26,7 @@ enum UNetCheckpoint {
         c.metadata[UNetCheckpointKey.patchTraining] = try ModelCheckpoint.json(t.patch)
         c.metadata[UNetCheckpointKey.plan] = t.plan.jsonString()
         c.metadata[UNetCheckpointKey.patchSize] = t.patch.patchSize.map(String.init).joined(separator: ",")
+        c.metadata[Postprocessing.checkpointKey] = try ModelCheckpoint.json(t.postprocessing)
         try c.write(to: path)
     }
 
