@@ -2,6 +2,7 @@
 import Foundation
 import Testing
 import TestSupport
+import Flipout3D
 
 @Suite struct TrainDataCLITests {
     @Test func trainOnAnExportedFolderReportsDicePerClassAndRecordsThePlan() throws {
