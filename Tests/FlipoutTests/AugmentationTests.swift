@@ -183,6 +183,13 @@ private func transformed(_ values: [Float], _ body: (UnsafeMutablePointer<Float>
         #expect(once[index] == Float(1214))
         #expect(transformed(once) { Mirror.apply($0, shape: [2, 3, 4, 5], axes: [0, 2]) } == x.array)
     }
+
+    /// Test-time mirroring follows the trained axes: all 8 flips for three axes, 4 for D and W, none beyond the identity for none.
+    @Test func testTimeMirroringUsesTheTrainedAxes() {
+        #expect(Mirror.testTimeCombinations(axes: [0, 1, 2]) == Array(0..<8))
+        #expect(Mirror.testTimeCombinations(axes: [2, 0]) == [0, 1, 4, 5])
+        #expect(Mirror.testTimeCombinations(axes: []) == [0])
+    }
 }
 
 @Suite struct PatchAugmentationTests {

@@ -15,4 +15,14 @@ public enum Mirror {
             } }
         }
     }
+
+    /// Test-time mirroring over the axes training mirrored (nnU-Net mirrors at inference along
+    /// exactly those): every subset of `axes` as a bit mask (bit 0 = D, 1 = H, 2 = W, the
+    /// convention of `SlidingWindow.flip`), the identity (0) first. [0, 1, 2] gives all 8.
+    public static func testTimeCombinations(axes: [Int]) -> [Int] {
+        let bits = Set(axes).sorted().map { 1 << $0 }
+        return (0..<(1 << bits.count)).map { subset in
+            bits.enumerated().reduce(0) { subset & (1 << $1.offset) != 0 ? $0 | $1.element : $0 }
+        }
+    }
 }
