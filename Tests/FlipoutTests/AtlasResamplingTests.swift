@@ -90,7 +90,10 @@ func colin27WithAALIsARealMultiClassDataset() throws {
     // Prepared at 2 mm: a 4-class label map whose class volumes stay within 5% (mm³).
     let plan = PreprocessingPlan(fingerprint: f, spacing: [2, 2, 2])
     let c = try folder.prepare(folder.training, plan: plan)[0]
-    #expect(c.image.shape == [1, 91, 109, 91] && c.geometry.sourceShape == [181, 217, 181])
+    // Cropped to the head's nonzero box first, then 2 mm: at most the whole grid's 91 × 109 × 91.
+    let box = try #require(c.geometry.crop)
+    #expect(c.geometry.sourceShape == [181, 217, 181] && box.shape.reduce(1, *) < 181 * 217 * 181)
+    #expect(c.image.shape == [1] + box.shape.map { Int((Double($0) / 2).rounded()) })
     var counts = [0, 0, 0, 0]
     for v in c.label!.array { counts[Int(v)] += 1 }
     for k in 1..<4 { #expect(abs(Double(counts[k] * 8) - Double(expected[k])) <= 0.05 * Double(expected[k]), "class \(k): \(expected[k]) → \(counts[k] * 8) mm³") }

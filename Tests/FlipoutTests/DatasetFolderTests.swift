@@ -77,7 +77,7 @@ struct TinyDataset {
         #expect(r.status == 0, "\(r.stderr)")
         for s in ["cases        3 training, 1 test (imagesTs)", "channels     0 T1, 1 CT", "0 background", "1 a", "2 b",
                   "orientation  LPS 1, RAS 2", "spacing mm   min/median/max per axis (D, H, W) = (S, A, R): 2/2/2  1/1/1  1/1/1",
-                  "plan         RAS, spacing (D, H, W) 2, 1, 1 mm; median shape then 6 × 7 × 8", "channel 1 CT: CT: clip to", "channel 0 T1: z-score over nonzero voxels", "OK: "] {
+                  "plan         RAS, spacing (D, H, W) 2, 1, 1 mm; median shape then 6 × 7 × 8", "channel 1 CT: CT: clip to", "channel 0 T1: z-score per image", "OK: "] {
             #expect(r.stdout.contains(s), "missing \"\(s)\" in:\n\(r.stdout)")
         }
         #expect(d.listing() == before)
@@ -225,9 +225,13 @@ struct TinyDataset {
             let s = v.sorted(), pos = q / 100 * Double(s.count - 1), lo = Int(pos)
             return s[lo] + (s[min(lo + 1, s.count - 1)] - s[lo]) * (pos - Double(lo))
         }
-        guard case let .zScore(m0, s0) = plan.channels[0], case let .ct(lo, hi, m1, s1) = plan.channels[1] else {
+        // MRI: z-scored per image (no zero voxels here, so no mask); CT: the dataset's foreground statistics.
+        guard plan.channels[0] == .zScorePerImage(useNonzeroMask: false), case let .ct(lo, hi, m1, s1) = plan.channels[1] else {
             Issue.record("plan channels \(plan.channels)"); return
         }
+        #expect(plan.cropping == .nonzero)
+        // The fingerprint still records the dataset-wide statistics (datasets check prints them).
+        guard case let .zScore(m0, s0) = f.channelStatistics[0].normalization(channelName: "T1") else { Issue.record("T1 statistics"); return }
         let (em0, es0) = meanStd(t1), (em1, es1) = meanStd(ctFG)
         #expect(abs(m0 - em0) < 1e-9 && abs(s0 - es0) < 1e-9)
         #expect(abs(m1 - em1) < 1e-9 && abs(s1 - es1) < 1e-9)
@@ -239,8 +243,10 @@ struct TinyDataset {
         #expect(abs(Double(ct.max()!) - (hi - m1) / s1) < 1e-4 && abs(Double(ct.min()!) - (lo - m1) / s1) < 1e-4)
         // The LPS case c2: prepared voxel (0, 0, 0) is source voxel (i, j, k) = (7, 6, 0) (x, y flipped).
         // (`.array` copies: a Tensor may be freed right after its last use, `.data` is a raw pointer.)
+        // The T1 of c2 is normalised by its own mean and sd.
         let src = TinyDataset.image(seed: 1, channel: 0).array
-        #expect(abs(Double(cases[1].image.array[0]) - (Double(src[(0 * 7 + 6) * 8 + 7]) - m0) / s0) < 1e-4)
+        let (cm, cs) = meanStd(src.map(Double.init))
+        #expect(abs(Double(cases[1].image.array[0]) - (Double(src[(0 * 7 + 6) * 8 + 7]) - cm) / cs) < 1e-4)
         let test = try folder.prepare(folder.test, plan: plan)
         #expect(test.count == 1 && test[0].label == nil && test[0].id == "t1")
     }

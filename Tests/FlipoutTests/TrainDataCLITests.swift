@@ -51,6 +51,23 @@ let tinyUNet = ["--steps-per-epoch", "1", "--patch", "16,16,16", "--width", "2",
         #expect(try folderBytes(run)["checkpoint.safetensors"] != before["checkpoint.safetensors"])
     }
 
+    /// After the last epoch the largest-component post-processing is decided on the validation cases and saved in the
+    /// checkpoint; without validation it is none. The augmentation policy is recorded.
+    @Test func postprocessingIsDecidedOnValidationAndSaved() throws {
+        let dir = try Fixtures.temporaryDirectory("train-postprocessing")
+        let data = dir.appendingPathComponent("synth").path, run = dir.appendingPathComponent("run").path
+        _ = try FlipoutCLI.run(["datasets", "export-synthetic", data, "--cases", "3", "--test-cases", "0"])
+        let fold = try FlipoutCLI.run(["train", "--data", data, "--run", run + "-fold", "--epochs", "1", "--fold", "1", "--folds", "3"] + tinyUNet)
+        #expect(fold.status == 0, "\(fold.stderr)")
+        #expect(fold.stderr.contains("post-processing on validation (largest component per class"), "\(fold.stderr)")
+        #expect(try Checkpoint.read(run + "-fold/checkpoint.safetensors").metadata[Postprocessing.checkpointKey] != nil)
+        let all = try FlipoutCLI.run(["train", "--data", data, "--run", run, "--epochs", "1"] + tinyUNet)
+        #expect(all.status == 0, "\(all.stderr)")
+        let meta = try Checkpoint.read(run + "/checkpoint.safetensors").metadata
+        #expect(meta[Postprocessing.checkpointKey] == #"{"largestComponentClasses":[]}"#, "no validation, no post-processing")
+        #expect(meta[UNetCheckpointKey.patchTraining]?.contains(#""policy":"default""#) == true, "\(meta[UNetCheckpointKey.patchTraining] ?? "")")
+    }
+
     /// Must show: `train --data D --epochs 2`, then `--resume --epochs 4`, writes the same checkpoint, byte for byte,
     /// as an uninterrupted 4-epoch run. The first run names its dataset relative to its working folder; the resume
     /// runs from another working folder and must still find it (the checkpoint stores the resolved path).

@@ -113,6 +113,7 @@ struct PredictCommand: ParsableCommand {
                 }
             }
             settings.members = checkpoint
+            if checkpoint.count == 1 { settings.postprocessing = Postprocessing(checkpoint: try Checkpoint.read(checkpoint[0])) }
             settings.nonFinite = nonfinite
             settings.note = { note($0) }
             for (i, c) in cases.enumerated() {

@@ -10,9 +10,13 @@ struct TrainCommand: ParsableCommand {
         discussion: """
         With --data DIR (a dataset folder in the nnU-Net v2 / MSD layout, see
         `flipout datasets --help`) it trains a U-Net with C input channels and K
-        classes on patches: every case reoriented to RAS, resampled to the
-        median spacing (or --spacing) and normalised per channel; a third of
-        the patches centred on a random foreground voxel, the rest anywhere.
+        classes on patches: every case cropped to its nonzero region, reoriented
+        to RAS, resampled to the median spacing (or --spacing) and normalised
+        per channel (MRI per image, CT with the dataset's statistics); a third of
+        the patches centred on a random foreground voxel, the rest anywhere,
+        each augmented on the fly as nnU-Net does (--augmentation default|none).
+        Every epoch is --steps-per-epoch steps whatever the dataset size; Adam
+        (--lr) with nnU-Net's polynomial decay lr * (1 - epoch/epochs)^0.9.
         The loss is softmax cross-entropy + soft Dice (MONAI's DiceCELoss,
         nnU-Net's DC_and_CE_loss) + beta * KL / (training voxels); the
         checkpoint records the preprocessing plan and the patch size, so

@@ -3,6 +3,8 @@ import ArgumentParser
 import Foundation
 import Flipout3D
 
+extension Augmentation: ExpressibleByArgument {}
+
 /// Parses "64,64,32" as a (d, h, w) patch size in voxels.
 struct PatchArgument: ExpressibleByArgument {
     let values: [Int]
@@ -29,8 +31,11 @@ struct FolderTrainingOptions: ParsableArguments {
     @Option(help: "Number of folds (DIR/splits_final.json if present, else a fixed partition of the dataset's case ids; copied into the run folder as splits.json).")
     var folds = 5
 
-    @Option(name: .customLong("steps-per-epoch"), help: "Optimizer steps per epoch (0: one patch per training case).")
-    var stepsPerEpoch = 0
+    @Option(name: .customLong("steps-per-epoch"), help: "Optimizer steps per epoch, whatever the dataset size (nnU-Net: 250 on a GPU; 0: one patch per training case).")
+    var stepsPerEpoch = FolderTrainingDefaults.stepsPerEpoch
+
+    @Option(help: "On-the-fly augmentation: default (nnU-Net's: rotation, scaling, noise, blur, brightness, contrast, low resolution, gamma, mirroring) or none.")
+    var augmentation: Augmentation = .default
 
     @Option(name: .customLong("memory-budget"), help: ArgumentHelp("Activation memory of a training step that the default patch size fits, MiB.", valueName: "MiB"))
     var memoryBudget = PatchSizePlan.defaultBudgetMiB
@@ -204,6 +209,7 @@ struct FolderTraining {
         let t = command.trainingConfig()
         var p = PatchTrainingConfig()
         p.data = dir; p.fold = options.fold; p.folds = options.folds; p.stepsPerEpoch = options.stepsPerEpoch
+        p.augmentation = AugmentationSettings(policy: options.augmentation, spacing: plan.spacing); p.learningRateSchedule = .polynomial
         let shapes = train.map { Array($0.image.shape.dropFirst()) }
         let median = (0..<3).map { a in shapes.map { $0[a] }.sorted()[shapes.count / 2] }
         if let patch = options.patch {

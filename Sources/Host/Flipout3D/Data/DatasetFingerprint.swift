@@ -21,6 +21,8 @@ public struct DatasetFingerprint: Sendable {
     public let classVoxels: [Int]
     /// Every case's source grid (training and test), with its first channel file, for `checkedPlan`.
     public let grids: [(path: String, grid: VoxelGrid)]
+    /// Per training case, the fraction of its voxels inside its nonzero box (`NonzeroRegion`).
+    public let croppedFractions: [Double]
 
     /// The per-axis median spacing (nnU-Net's default target spacing), (D, H, W) mm, rounded to
     /// 0.1 µm (headers store Float, so 1.175 mm reads as 1.17500001).
@@ -44,6 +46,7 @@ public struct DatasetFingerprint: Sendable {
         var spacings: [[Double]] = [], shapes: [[Int]] = [], orientations: [String: Int] = [:], grids: [(path: String, grid: VoxelGrid)] = []
         var stats = [ChannelStatistics](repeating: ChannelStatistics(), count: folder.channelNames.count)
         var classVoxels = [Int](repeating: 0, count: folder.classCount)
+        var croppedFractions: [Double] = []
         let all = folder.training + folder.test
         for (n, c) in all.enumerated() {
             let (images, label) = try folder.read(c)
@@ -69,6 +72,7 @@ public struct DatasetFingerprint: Sendable {
                 for ch in images.indices { stats[ch].add(image: images[ch].data, label: label.data) }
                 let (s, m) = Self.rasSpacingAndShape(grid)
                 spacings.append(s); shapes.append(m)
+                croppedFractions.append(NonzeroRegion(channels: images.map(\.data)).boxFraction)
                 orientations[AxisOrientation(grid.affine).description, default: 0] += 1
             }
             progress?(n + 1, all.count, c.id)
@@ -76,7 +80,7 @@ public struct DatasetFingerprint: Sendable {
         name = folder.name; channelNames = folder.channelNames; labels = folder.labels; classCount = folder.classCount
         caseIDs = folder.training.map(\.id); testCaseIDs = folder.test.map(\.id)
         self.spacings = spacings; self.shapes = shapes; self.orientations = orientations
-        channelStatistics = stats; self.classVoxels = classVoxels; self.grids = grids
+        channelStatistics = stats; self.classVoxels = classVoxels; self.grids = grids; self.croppedFractions = croppedFractions
     }
 
     /// The plan for `spacing` ((D, H, W) mm; nil: the median spacing), after checking that every
@@ -109,6 +113,10 @@ public struct DatasetFingerprint: Sendable {
         lines.append("orientation  " + orientations.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + " (reoriented to RAS)")
         lines.append("spacing mm   min/median/max per axis (D, H, W) = (S, A, R): " + axes(spacings) { $0 })
         lines.append("shape        min/median/max per axis (D, H, W), in RAS:        " + axes(shapes) { Double($0) })
+        if plan.cropping == .nonzero, !croppedFractions.isEmpty {
+            lines.append(String(format: "crop         to the nonzero region: median %.1f%% of the voxels kept (min %.1f%%, max %.1f%%)",
+                                100 * Self.median(croppedFractions), 100 * croppedFractions.min()!, 100 * croppedFractions.max()!))
+        }
         for (c, s) in channelStatistics.enumerated() {
             let r = ChannelStatistics.isCT(channelNames[c]) && s.labelled.count > 0 ? ("labelled voxels", s.labelled) : s.nonzero.count > 0 ? ("nonzero voxels", s.nonzero) : ("all voxels", s.all)
             lines.append("intensity    \(c) \(channelNames[c]) over \(r.0): mean \(f(r.1.mean)), std \(f(r.1.std)), p0.5 \(f(r.1.percentile(0.5))), p99.5 \(f(r.1.percentile(99.5))), min \(f(r.1.minimum)), max \(f(r.1.maximum))")

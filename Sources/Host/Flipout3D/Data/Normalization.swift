@@ -1,13 +1,15 @@
-// Per-channel intensity statistics over a dataset, and the normalisation they define (nnU-Net's
+// Per-channel intensity statistics over a dataset, and the normalisations (nnU-Net's
 // ZScoreNormalization and CTNormalization).
 //
-// Foreground, stated once:
-// - z-score channels (every channel not named CT): the channel's nonzero voxels (skull-stripped
-//   MRI and zero-padded fields of view leave 0 outside the subject; nnU-Net's use_mask_for_norm
-//   region). A dataset whose channel has no zero voxels uses all of them.
-// - CT channels (name "CT", any case): the labelled voxels, label > 0, as nnU-Net's fingerprint.
-// Statistics are over the source voxels of every training case, computed once, stored in the
-// plan, and replayed unchanged by predict. Normalisation is applied to every voxel.
+// What each normalisation's statistics come from, stated once:
+// - per-image z-score (`.zScorePerImage`, every channel not named CT in a plan from a
+//   fingerprint): the image itself after cropping, inside its filled nonzero mask when the plan
+//   says so (then voxels outside keep 0), else every voxel. Computed again for every case, at
+//   training and at prediction: another scanner's head is normalised by its own statistics.
+// - CT channels (name "CT", any case): dataset-wide, over the labelled voxels (label > 0) of the
+//   training cases, as nnU-Net's fingerprint; stored in the plan and replayed unchanged.
+// - `.zScore(mean, std)`: dataset-wide statistics over the channel's nonzero voxels (plans made
+//   before per-image z-scores, and the built-in binary models' fixed (0, 1)).
 import Foundation
 
 /// Running statistics of one channel over one region: exact mean and variance (Chan et al.'s
@@ -99,12 +101,26 @@ extension ChannelNormalization {
     public static let zLimit = 1e6
 
     /// Normalises `values` in place: optional clip, then (x - mean) / max(std, 1e-8), in Double,
-    /// clamped to ±`zLimit`.
-    public func apply(to values: Tensor) {
+    /// clamped to ±`zLimit`. A per-image z-score takes mean and std from `values`, over
+    /// `nonzeroMask` (1 = inside, one entry per voxel; nil: the voxels ≠ 0) when it uses the mask,
+    /// and leaves voxels outside it.
+    public func apply(to values: Tensor, nonzeroMask: [UInt8]? = nil) {
         let (lo, hi, mean, std): (Float, Float, Double, Double)
         switch self {
         case let .zScore(m, s): (lo, hi, mean, std) = (-.infinity, .infinity, m, s)
         case let .ct(l, h, m, s): (lo, hi, mean, std) = (Float(l), Float(h), m, s)
+        case let .zScorePerImage(useMask):
+            let p = values.data
+            precondition(nonzeroMask == nil || nonzeroMask!.count == values.count, "ChannelNormalization: mask of \(nonzeroMask!.count) for \(values.count) voxels")
+            let inside: (Int) -> Bool = !useMask ? { _ in true } : nonzeroMask.map { m in { m[$0] != 0 } } ?? { p[$0] != 0 }
+            var n = 0.0, sum = 0.0
+            for i in 0..<values.count where inside(i) { n += 1; sum += Double(p[i]) }
+            let m = n > 0 ? sum / n : 0
+            var ss = 0.0
+            for i in 0..<values.count where inside(i) { let d = Double(p[i]) - m; ss += d * d }
+            let scale = 1 / max(n > 0 ? (ss / n).squareRoot() : 0, 1e-8), limit = Self.zLimit
+            for i in 0..<values.count where inside(i) { p[i] = Float(min(max((Double(p[i]) - m) * scale, -limit), limit)) }
+            return
         }
         let scale = 1 / max(std, 1e-8), limit = Self.zLimit
         let p = values.data
@@ -116,6 +132,8 @@ extension ChannelNormalization {
         switch self {
         case let .zScore(m, s): return String(format: "z-score over nonzero voxels (mean %.4g, std %.4g)", m, s)
         case let .ct(l, h, m, s): return String(format: "CT: clip to [%.4g, %.4g], then z-score (mean %.4g, std %.4g)", l, h, m, s)
+        case let .zScorePerImage(useMask):
+            return "z-score per image, by its own statistics " + (useMask ? "inside its nonzero mask (cropping shrank the cases below 3/4)" : "over the cropped image")
         }
     }
 }

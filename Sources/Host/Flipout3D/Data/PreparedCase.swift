@@ -36,6 +36,9 @@ public enum ChannelNormalization: Codable, Sendable, Equatable {
     /// nnU-Net's CTNormalization: clip to [clipLow, clipHigh] (the 0.5 and 99.5 percentiles of the
     /// intensities inside labelled voxels, label > 0), then (x - mean) / std over those voxels.
     case ct(clipLow: Double, clipHigh: Double, mean: Double, std: Double)
+    /// nnU-Net's ZScoreNormalization: each image by its own mean and std (after cropping), over
+    /// its nonzero mask when `useNonzeroMask` (voxels outside keep 0), else over every voxel.
+    case zScorePerImage(useNonzeroMask: Bool)
 }
 
 extension ChannelNormalization {
@@ -82,10 +85,12 @@ public struct CaseGeometry: Codable, Sendable, Equatable {
     /// The prepared grid's affine: RAS-ordered axes (i → R, j → A, k → S, up to the source's
     /// obliquity), the plan's spacing, and the same field of view as the source.
     public var preparedAffine: Affine
+    /// The nonzero box of the source grid the prepared grid covers (nil: the whole source grid).
+    public var crop: VoxelBox?
 
-    public init(sourceShape: [Int], sourceAffine: Affine, preparedShape: [Int], preparedAffine: Affine) {
+    public init(sourceShape: [Int], sourceAffine: Affine, preparedShape: [Int], preparedAffine: Affine, crop: VoxelBox? = nil) {
         self.sourceShape = sourceShape; self.sourceAffine = sourceAffine
-        self.preparedShape = preparedShape; self.preparedAffine = preparedAffine
+        self.preparedShape = preparedShape; self.preparedAffine = preparedAffine; self.crop = crop
     }
 }
 
@@ -104,6 +109,9 @@ public struct PreprocessingPlan: Codable, Sendable, Equatable {
     public var labels: [String: Int]
     /// K, the number of classes (background included): max label index + 1.
     public var classCount: Int
+    /// Whether cases are cropped to their nonzero region first (`Preprocessing.swift`); nil (plans
+    /// written before cropping existed) means `.none`.
+    public var cropping: Cropping?
 
     public init(spacing: [Double], channelNames: [String], channels: [ChannelNormalization],
                 labels: [String: Int], classCount: Int) {

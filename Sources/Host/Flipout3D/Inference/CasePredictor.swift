@@ -49,6 +49,8 @@ public struct PredictionSettings: Sendable {
     public var members: [String] = []
     /// What to do with NaN or infinite input voxels (refused by default; see `NonFinitePolicy`).
     public var nonFinite: NonFinitePolicy = .refuse
+    /// Applied to the label map (the checkpoint's `Postprocessing`, decided on validation).
+    public var postprocessing = Postprocessing.none
     /// Told once per channel file whose non-finite voxels were replaced.
     public var note: @Sendable (String) -> Void = { _ in }
 
@@ -104,7 +106,7 @@ public enum CasePredictor {
                                               progress: progress, predictor: predictor)
         let header = volumes[0].header, shape = header.shape
         let n = shape.reduce(1, *)
-        let labels = maps.labels
+        let labels = settings.postprocessing.apply(maps.labels, shape: shape)
         let labelTensor = Tensor(shape: shape, values: labels.map(Float.init))
         let stem = Paths.join(folder, input.id)
         let files = [stem + ".nii.gz", stem + "_probabilities.nii.gz", stem + "_entropy.nii.gz", stem + "_mi.nii.gz",
@@ -187,7 +189,7 @@ public enum CasePredictor {
             // Each sample's blended probabilities go back to the source grid before the entropies
             // are taken there (see `CasePreprocessing.plan`).
             maps = try SlidingWindow.predict(prepared.image, classes: classes, draws: draws, options: settings.window,
-                                             output: (shape: shape, map: { plan.restore($0, to: prepared.geometry, interpolation: .linear) }),
+                                             output: (shape: shape, map: { plan.restoreProbabilities($0, to: prepared.geometry) }),
                                              progress: progress, sampleHook: sampleHook, predictor: predictor)
         } else {
             let image = Tensor(shape: [channels] + shape) // (C, D, H, W)

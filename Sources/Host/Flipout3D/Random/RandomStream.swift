@@ -18,6 +18,11 @@ public enum RandomPurpose: UInt32, Sendable {
     case patchSampling = 21
     /// The case permutation of cross-validation folds (`Data/Splits.swift`).
     case folds = 22
+    /// Augmentation parameters of one training example (`Augmentation/PatchAugmentation.swift`),
+    /// keyed by (global step, example index in the global batch).
+    case augmentation = 23
+    /// The Gaussian noise fields of augmentation, keyed the same way.
+    case augmentationNoise = 24
     case test = 99
 }
 

@@ -3,14 +3,16 @@ import Foundation
 
 /// What `DiceCELoss.backward` needs, and what the step logs.
 public struct DiceCESaved {
-    /// (N, K, D, H, W) softmax probabilities.
+    /// (N, K, D, H, W) softmax probabilities (0 at ignored voxels).
     public let probabilities: Tensor
     /// (N, 1, D, H, W) class indices stored as Float (the caller's tensor, not copied).
     let labels: Tensor
+    /// The label value left out of the loss (nnU-Net's `ignore` label), if any.
+    let ignoreLabel: Int?
     /// Per class k: I_k = Σ p·g and S_k = Σ p + Σ g over the batch and every voxel (Double sums).
     let intersection: [Double]
     let total: [Double]
-    /// M, the voxels the cross-entropy averages over (every rank's batch together when reduced).
+    /// M, the voxels the cross-entropy averages over, ignored ones excluded (every rank's batch together when reduced).
     let voxels: Double
     /// Mean cross-entropy (nats per voxel) and the soft Dice term 1 − mean_k D_k.
     public let crossEntropy: Double
@@ -30,6 +32,10 @@ public struct DiceCESaved {
 /// foreground classes 1..<K only (nnU-Net's `do_bg=False`; MONAI's `include_background=False`).
 /// Binary segmentation is K = 2: the Dice of class 1 and a two-class softmax cross-entropy.
 ///
+/// With `ignoreLabel` (dataset.json's label named "ignore", a value ≥ K), voxels of that value are
+/// left out: they add nothing to CE or to the Dice sums, M counts only the others, and their
+/// gradient is 0 (nnU-Net's `ignore_label` in DC_and_CE_loss).
+///
 /// Data-parallel ranks each hold part of the batch. `reduce` sums the sufficient statistics
 /// (I_k, Σp, Σg, the cross-entropy sum and M) over the ranks before the loss is formed, so every
 /// rank computes the loss of the GLOBAL batch (nnU-Net's batch Dice over all GPUs) and, in
@@ -41,27 +47,33 @@ public enum DiceCELoss {
     public static let smooth = 1e-5
 
     /// logits (N, K, D, H, W), labels (N, 1, D, H, W) with values in 0..<K -> the loss terms and what backward needs.
-    public static func forward(logits: Tensor, labels: Tensor) -> DiceCESaved {
-        forward(logits: logits, labels: labels, reduce: { $0 })
+    public static func forward(logits: Tensor, labels: Tensor, ignoreLabel: Int? = nil) -> DiceCESaved {
+        forward(logits: logits, labels: labels, ignoreLabel: ignoreLabel, reduce: { $0 })
     }
 
     /// As `forward(logits:labels:)`, with the sufficient statistics passed through `reduce` (a sum over ranks) first.
-    public static func forward(logits: Tensor, labels: Tensor, reduce: ([Double]) throws -> [Double]) rethrows -> DiceCESaved {
-        try StepProfile.measure(.loss) { try lossForward(logits: logits, labels: labels, reduce: reduce) }
+    public static func forward(logits: Tensor, labels: Tensor, ignoreLabel: Int? = nil, reduce: ([Double]) throws -> [Double]) rethrows -> DiceCESaved {
+        try StepProfile.measure(.loss) { try lossForward(logits: logits, labels: labels, ignoreLabel: ignoreLabel, reduce: reduce) }
     }
 
-    static func lossForward(logits: Tensor, labels: Tensor, reduce: ([Double]) throws -> [Double]) rethrows -> DiceCESaved {
+    static func lossForward(logits: Tensor, labels: Tensor, ignoreLabel: Int?, reduce: ([Double]) throws -> [Double]) rethrows -> DiceCESaved {
         precondition(logits.rank == 5 && logits.shape[1] >= 2, "DiceCELoss: logits \(logits.shape), expected (N, K >= 2, D, H, W)")
         labels.checkShape([logits.shape[0], 1] + logits.shape[2...], "DiceCELoss labels")
         let (n, k) = (logits.shape[0], logits.shape[1])
         let v = logits.shape[2...].reduce(1, *)
         let p = Tensor(uninitializedShape: logits.shape)
         var inter = [Double](repeating: 0, count: k), sumP = [Double](repeating: 0, count: k), sumG = [Double](repeating: 0, count: k)
-        var ce = 0.0
+        var ce = 0.0, counted = 0
+        let ignored = ignoreLabel.map(Float.init) ?? -1
         for b in 0..<n {
             let z = logits.data + b * k * v, q = p.data + b * k * v, y = labels.data + b * v
             var pSums = [Double](repeating: 0, count: k), hits = [Double](repeating: 0, count: k)
             for i in 0..<v {
+                if y[i] == ignored {
+                    for c in 0..<k { q[c * v + i] = 0 }
+                    continue
+                }
+                counted += 1
                 let label = Int(y[i])
                 precondition(label >= 0 && label < k && Float(label) == y[i], "DiceCELoss: label \(y[i]) at voxel \(i) of example \(b) is not a class index in 0..<\(k)")
                 var m = -Float.infinity
@@ -77,7 +89,7 @@ public enum DiceCELoss {
             }
             for c in 0..<k { inter[c] += hits[c]; sumP[c] += pSums[c] }
         }
-        let local = inter + sumP + sumG + [ce, Double(n * v)]
+        let local = inter + sumP + sumG + [ce, Double(counted)]
         let sums = try reduce(local)
         precondition(sums.count == local.count, "DiceCELoss: the reduction returned \(sums.count) values for \(local.count)")
         inter = Array(sums[0..<k]); sumP = Array(sums[k..<(2 * k)]); sumG = Array(sums[(2 * k)..<(3 * k)])
@@ -86,8 +98,8 @@ public enum DiceCELoss {
         let total = (0..<k).map { sumP[$0] + sumG[$0] }
         let dice = (0..<k).map { (2 * inter[$0] + smooth) / (total[$0] + smooth) }
         let foreground = dice[1...].reduce(0, +) / Double(k - 1)
-        return DiceCESaved(probabilities: p, labels: labels, intersection: inter, total: total, voxels: voxels,
-                           crossEntropy: ce / voxels, diceLoss: 1 - foreground, softDice: dice)
+        return DiceCESaved(probabilities: p, labels: labels, ignoreLabel: ignoreLabel, intersection: inter, total: total, voxels: voxels,
+                           crossEntropy: ce / max(voxels, 1), diceLoss: 1 - foreground, softDice: dice)
     }
 
     /// dL/dlogits (N, K, D, H, W), times `scale`.
@@ -100,7 +112,8 @@ public enum DiceCELoss {
         let (n, k) = (p.shape[0], p.shape[1])
         let v = p.shape[2...].reduce(1, *)
         let dz = Tensor(uninitializedShape: p.shape)
-        let ceScale = Double(scale) / saved.voxels
+        let ceScale = Double(scale) / max(saved.voxels, 1)
+        let ignored = saved.ignoreLabel.map(Float.init) ?? -1
         // dL_dice/dp_vk = −(1/|F|) (2 g_vk / (S_k + s) − (2 I_k + s) / (S_k + s)²) for k in F = 1..<K.
         let f = Double(k - 1)
         var dPlain = [Float](repeating: 0, count: k), dHit = [Float](repeating: 0, count: k)
@@ -114,6 +127,10 @@ public enum DiceCELoss {
         for b in 0..<n {
             let q = p.data + b * k * v, y = saved.labels.data + b * v, g = dz.data + b * k * v
             for i in 0..<v {
+                if y[i] == ignored {
+                    for c in 0..<k { g[c * v + i] = 0 }
+                    continue
+                }
                 let label = Int(y[i])
                 // a = dL_dice/dp; through the softmax: dz_j = p_j (a_j − Σ_c p_c a_c) plus CE's (p_j − g_j)/M.
                 var dot: Float = 0

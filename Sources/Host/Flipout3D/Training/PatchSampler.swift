@@ -1,4 +1,4 @@
-// Patch sampling for training: a third of the patches centred on a random foreground voxel, the rest anywhere (nnU-Net's oversample_foreground_percent = 0.33), keyed by RNG streams.
+// Patch sampling for training: a third of the patches centred on a random foreground voxel, the rest anywhere (nnU-Net's oversample_foreground_percent = 0.33), augmented on the fly, keyed by RNG streams.
 import Foundation
 
 /// Cuts training patches out of prepared cases. Which case, whether a patch is foreground-centred,
@@ -10,6 +10,11 @@ import Foundation
 /// small structures are seen as often as large ones), then a voxel of that class uniformly, and
 /// centres the patch on it (clamped so the patch stays inside the volume where it fits). Where the
 /// volume is smaller than the patch, the patch is padded: image 0 (the normalised mean), label 0.
+///
+/// With `augmentation` (nnU-Net's default pipeline, `PatchAugmentation`), each patch is cut
+/// rotated and scaled about its centre straight from the whole case (so the case's own voxels
+/// fill it where nnU-Net samples a larger patch and crops), then its intensities are transformed
+/// and it is mirrored; the parameters are keyed by (seed, step, example index in the batch).
 public struct PatchSampler {
     /// Fraction of patches centred on foreground (nnU-Net's oversample_foreground_percent).
     public static let foregroundFraction = 0.33
@@ -18,13 +23,14 @@ public struct PatchSampler {
     /// (d, h, w) of every patch.
     public let patchSize: [Int]
     public let seed: UInt64
+    public let augmentation: AugmentationSettings
     /// Per case, per class 1..<K: the flat voxel indices of that class (empty if absent).
     let foreground: [[[Int32]]]
 
-    public init(cases: [PreparedCase], patchSize: [Int], classCount: Int, seed: UInt64) {
+    public init(cases: [PreparedCase], patchSize: [Int], classCount: Int, seed: UInt64, augmentation: AugmentationSettings = .none) {
         precondition(patchSize.count == 3 && patchSize.allSatisfy { $0 >= 1 }, "PatchSampler: patch size \(patchSize)")
         precondition(cases.allSatisfy { $0.label != nil }, "PatchSampler: every training case needs a label")
-        self.cases = cases; self.patchSize = patchSize; self.seed = seed
+        self.cases = cases; self.patchSize = patchSize; self.seed = seed; self.augmentation = augmentation
         foreground = cases.map { c in
             var lists = [[Int32]](repeating: [], count: classCount)
             let l = c.label!
@@ -39,12 +45,15 @@ public struct PatchSampler {
         public var foregroundCentred: Bool
         /// Voxel (z, y, x) of the case at the patch's voxel (0, 0, 0); may be negative (padding).
         public var start: [Int]
+        /// The global step and the index in the step's (global) batch: the augmentation's keys.
+        public var step = 0
+        public var example = 0
     }
 
     /// The draws of a step's patches, for the given cases (indices into `cases`).
     public func draws(step: Int, caseIndices: [Int]) -> [Draw] {
         var rng = RandomStream(seed: seed, layer: 0, step: step, purpose: .patchSampling)
-        return caseIndices.map { ci in
+        return caseIndices.enumerated().map { example, ci in
             let shape = Array(cases[ci].image.shape.dropFirst())
             let wantsForeground = Double(uniform(&rng)) < Self.foregroundFraction
             let present = foreground[ci].indices.filter { !foreground[ci][$0].isEmpty }
@@ -59,7 +68,7 @@ public struct PatchSampler {
             } else {
                 for a in 0..<3 { start[a] = lo[a] + randomInt(&rng, below: hi[a] - lo[a] + 1) }
             }
-            return Draw(caseIndex: ci, foregroundCentred: wantsForeground && !present.isEmpty, start: start)
+            return Draw(caseIndex: ci, foregroundCentred: wantsForeground && !present.isEmpty, start: start, step: step, example: example)
         }
     }
 
@@ -68,13 +77,26 @@ public struct PatchSampler {
         let c = cases[draws[0].caseIndex].image.shape[0]
         let x = Tensor(shape: [draws.count, c] + patchSize), y = Tensor(shape: [draws.count, 1] + patchSize)
         let pv = patchSize.reduce(1, *)
-        for (b, d) in draws.enumerated() {
+        for d in draws {
             let pc = cases[d.caseIndex]
             precondition(pc.image.shape[0] == c, "PatchSampler: case \(pc.id) has \(pc.image.shape[0]) channels, expected \(c)")
-            Self.crop(pc.image, start: d.start, size: patchSize, into: x.data + b * c * pv)
-            Self.crop(pc.label!, start: d.start, size: patchSize, into: y.data + b * pv)
         }
-        return (x, y)
+        guard augmentation.policy != .none else {
+            for (b, d) in draws.enumerated() {
+                Self.crop(cases[d.caseIndex].image, start: d.start, size: patchSize, into: x.data + b * c * pv)
+                Self.crop(cases[d.caseIndex].label!, start: d.start, size: patchSize, into: y.data + b * pv)
+            }
+            return (x, y)
+        }
+        // Examples are independent (each writes its own slice), so they run side by side.
+        let (xp, yp) = (x.data, y.data)
+        DispatchQueue.concurrentPerform(iterations: draws.count) { b in
+            let d = draws[b], pc = cases[d.caseIndex]
+            let a = PatchAugmentation(settings: augmentation, channels: c, seed: seed, step: d.step, example: d.example)
+            a.cut(image: pc.image, label: pc.label, start: d.start, size: patchSize, into: xp + b * c * pv,
+                  labelInto: yp + b * pv, seed: seed, step: d.step, example: d.example)
+        }
+        return withExtendedLifetime((x, y)) { (x, y) }
     }
 
     /// Copies the box [start, start + size) of every channel of `volume` (C, D, H, W) into `out`

@@ -48,6 +48,8 @@ public final class PatchTrainer {
     /// and the seconds spent in them (patch cutting included; validation and writing excluded).
     public private(set) var stepsTimed = 0
     public private(set) var stepSeconds = 0.0
+    /// Decided on the validation cases after the last epoch (`Postprocessing.decide`); saved in the checkpoint.
+    public var postprocessing = Postprocessing.none
     public var showProgress = true
     /// The ranks training together (one process by default); rank 0 validates, writes and logs.
     public let parallel: DataParallel
@@ -79,7 +81,8 @@ public final class PatchTrainer {
         self.patch = p
         // The rules a checkpoint is loaded by (UNetCheckpoint), checked before any work: every run saves a loadable checkpoint.
         try training.validate(); try p.validate(shape: model.shape); try plan.validate()
-        sampler = PatchSampler(cases: train, patchSize: patch.patchSize, classCount: plan.classCount, seed: training.seed)
+        sampler = PatchSampler(cases: train, patchSize: patch.patchSize, classCount: plan.classCount, seed: training.seed,
+                               augmentation: patch.augmentation ?? .none)
         optimizer = Adam(parameters: model.trainable, learningRate: training.learningRate)
         let scales = PositiveWeightPolicy.learningRateScales(optimizer.parameters, layers: model.layers,
                                                              scale: training.positiveLearningRateScale ?? PositiveWeightPolicy.learningRateScale)
@@ -131,6 +134,7 @@ public final class PatchTrainer {
         let epoch = epochsDone, start = Date(), steps = stepsPerEpoch, batch = training.batchSize
         let order = caseOrder(epoch: epoch)
         let beta = training.beta(epoch: epoch)
+        optimizer.learningRate = (patch.learningRateSchedule ?? .constant).rate(base: training.learningRate, epoch: epoch, epochs: training.epochs)
         var ce = 0.0, dice = 0.0, kl = 0.0, scaled = 0.0
         let progress = ProgressLine(total: steps, label: "epoch \(epoch + 1)/\(training.epochs)")
         progress.enabled = showProgress && parallel.isWriter
@@ -187,6 +191,19 @@ public final class PatchTrainer {
     /// Train until `training.epochs` epochs are done.
     public func run() throws {
         while epochsDone < training.epochs { _ = try trainEpoch() }
+        try decidePostprocessing()
+    }
+
+    /// nnU-Net's post-processing decision on the validation cases (none without validation).
+    func decidePostprocessing() throws {
+        guard !validation.isEmpty else { return }
+        let (decision, scores) = try Postprocessing.decide(model: model, validation: validation, patchSize: patch.patchSize,
+                                                           samples: min(training.evaluationSamples, 2), seed: training.seed)
+        postprocessing = decision
+        log("post-processing on validation (largest component per class, Dice before → after): "
+            + scores.enumerated().map { String(format: "%@ %.4f → %.4f", plan.classNames[$0 + 1], $1.before, $1.after) }.joined(separator: ", ")
+            + "; kept for " + (decision.largestComponentClasses.isEmpty ? "no class" : decision.largestComponentClasses.map { plan.classNames[$0] }.joined(separator: ", ")))
+        try UNetCheckpoint.save(trainer: self, to: checkpointPath)
     }
 
     func writeMetrics() throws {

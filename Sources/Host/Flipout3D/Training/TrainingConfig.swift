@@ -38,6 +38,11 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
 public enum FolderTrainingDefaults {
     public static let epochs = 60
     public static let learningRate: Float = 1e-2
+    /// Steps per epoch whatever the dataset size (nnU-Net: 250 iterations per epoch, 1000 epochs,
+    /// on a GPU). CPU-sized: the budget measured above on the synthetic folder (32 cases at batch 2
+    /// = 16 steps per epoch, 60 epochs, 960 steps), now fixed, so a one-case dataset gets 960 steps
+    /// instead of 60 (one patch per case per epoch starved it: Colin27 reached Dice 0.25).
+    public static let stepsPerEpoch = 16
 }
 
 /// How fast a positive-support posterior learns. Its parameters are stored as logarithms (Beta's
@@ -80,6 +85,10 @@ public struct PatchTrainingConfig: Codable, Equatable, Sendable {
     /// MOPED initialisation (`--init-from`): the deterministic checkpoint and delta, if used.
     public var initFrom: String?
     public var mopedDelta: Double?
+    /// On-the-fly augmentation (`--augmentation`); nil (runs recorded before it existed): none.
+    public var augmentation: AugmentationSettings?
+    /// The learning rate per epoch; nil (runs recorded before schedules existed): constant.
+    public var learningRateSchedule: LearningRateSchedule?
 
     public init() {}
 }

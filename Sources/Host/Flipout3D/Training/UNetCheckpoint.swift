@@ -43,8 +43,11 @@ public enum UNetCheckpoint {
     /// value is not finite or the state would not pass `load`'s checks. `extraMetadata` adds keys
     /// (e.g. `CheckpointKey.worldSize`); it cannot replace the keys written here.
     static func save(trainer t: PatchTrainer, to path: String, extraMetadata: [String: String] = [:]) throws {
+        var extra = extraMetadata
+        // The post-processing decided on the validation cases (nil before the last epoch), applied by predict.
+        extra[Postprocessing.checkpointKey] = try json(t.postprocessing)
         let c = try checkpoint(model: t.model, optimizer: t.optimizer, training: t.training, patch: t.patch, plan: t.plan,
-                               epoch: t.epochsDone, path: path, extraMetadata: extraMetadata)
+                               epoch: t.epochsDone, path: path, extraMetadata: extra)
         try c.write(to: path)
     }
 
