@@ -47,6 +47,7 @@ extension ChannelNormalization {
         switch self {
         case let .zScore(mean, std): return mean.isFinite && std.isFinite && std >= 0
         case let .ct(lo, hi, mean, std): return lo.isFinite && hi.isFinite && lo <= hi && mean.isFinite && std.isFinite && std >= 0
+        case .zScorePerImage: return true
         }
     }
 }

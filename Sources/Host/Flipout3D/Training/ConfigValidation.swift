@@ -209,6 +209,7 @@ extension PreprocessingPlan {
                 guard lo <= hi else {
                     throw ConfigError(field: "plan.channels", option: "(the plan)", value: "clip [\(lo), \(hi)] of channel \(StrictJSON.printable(name))", allowed: "a clip range with low <= high")
                 }
+            case .zScorePerImage: continue   // statistics come from each image
             }
             guard values.allSatisfy({ $0.isFinite && abs($0) <= 1e12 }), std > 0 else {
                 throw ConfigError(field: "plan.channels", option: "(the plan)", value: "\(values) for channel \(StrictJSON.printable(name))",
