@@ -6,18 +6,7 @@ import TestSupport
 
 /// SyntheticCases z-scored per channel, on their own grids (an identity source geometry).
 func preparedSyntheticCases(_ count: Int, seed: UInt64 = 1) -> [PreparedCase] {
-    SyntheticCases(seed: seed, count: count).all().map { c in
-        let image = c.image.copy(), shape = Array(c.image.shape.dropFirst()), v = shape.reduce(1, *)
-        for ch in 0..<image.shape[0] {
-            let p = image.data + ch * v
-            let mean = (0..<v).reduce(0.0) { $0 + Double(p[$1]) } / Double(v)
-            let sd = ((0..<v).reduce(0.0) { $0 + (Double(p[$1]) - mean) * (Double(p[$1]) - mean) } / Double(v)).squareRoot()
-            for i in 0..<v { p[i] = Float((Double(p[i]) - mean) / sd) }
-        }
-        let a = Affine(c.affine)
-        return PreparedCase(id: c.id, image: image, label: c.label,
-                            geometry: CaseGeometry(sourceShape: shape, sourceAffine: a, preparedShape: shape, preparedAffine: a))
-    }
+    SyntheticCases(seed: seed, count: count).prepared()
 }
 
 /// A small U-Net run on prepared synthetic cases: 2 levels, width 4, 16^3 patches, batch 2, 2 steps per epoch.

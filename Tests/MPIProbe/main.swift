@@ -65,18 +65,7 @@ do {
     let comm = try Launch.communicator(.auto)
     let registry = try PluginRegistry(PluginSearch(explicitPaths: []))
     // Four synthetic cases, z-scored per channel on their own grids.
-    let cases = SyntheticCases(seed: 1, count: 4).all().map { c -> PreparedCase in
-        let image = c.image.copy(), shape = Array(c.image.shape.dropFirst()), v = shape.reduce(1, *)
-        for ch in 0..<image.shape[0] {
-            let p = image.data + ch * v
-            let mean = (0..<v).reduce(0.0) { $0 + Double(p[$1]) } / Double(v)
-            let sd = ((0..<v).reduce(0.0) { $0 + (Double(p[$1]) - mean) * (Double(p[$1]) - mean) } / Double(v)).squareRoot()
-            for i in 0..<v { p[i] = Float((Double(p[i]) - mean) / sd) }
-        }
-        let a = Affine(c.affine)
-        return PreparedCase(id: c.id, image: image, label: c.label,
-                            geometry: CaseGeometry(sourceShape: shape, sourceAffine: a, preparedShape: shape, preparedAffine: a))
-    }
+    let cases = SyntheticCases(seed: 1, count: 4).prepared()
     let plan = PreprocessingPlan(spacing: [1, 1, 1], channelNames: SyntheticCases.channelNames,
                                  channels: [.zScore(mean: 0, std: 1), .zScore(mean: 0, std: 1)],
                                  labels: ["background": 0, "structureA": 1, "structureB": 2], classCount: 3)

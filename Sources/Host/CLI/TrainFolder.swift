@@ -4,6 +4,7 @@ import Foundation
 import Flipout3D
 
 extension Augmentation: ExpressibleByArgument {}
+extension LearningRateSchedule: ExpressibleByArgument {}
 
 /// Parses "64,64,32" as a (d, h, w) patch size in voxels.
 struct PatchArgument: ExpressibleByArgument {
@@ -36,6 +37,8 @@ struct FolderTrainingOptions: ParsableArguments {
 
     @Option(help: "On-the-fly augmentation: default (nnU-Net's: rotation, scaling, noise, blur, brightness, contrast, low resolution, gamma, mirroring) or none.")
     var augmentation: Augmentation = .default
+    @Option(name: .customLong("lr-schedule"), help: "Learning rate per epoch: polynomial (nnU-Net's lr·(1 − epoch/epochs)^0.9) or constant. With polynomial, `--resume --epochs N` re-plans the decay over N epochs, so an extended run differs from one trained for N epochs from the start; with constant it equals it bit for bit.")
+    var lrSchedule: LearningRateSchedule = .polynomial
 
     @Option(name: .customLong("memory-budget"), help: ArgumentHelp("Activation memory of a training step that the default patch size fits, MiB.", valueName: "MiB"))
     var memoryBudget = PatchSizePlan.defaultBudgetMiB
@@ -58,7 +61,7 @@ struct FolderTrainingOptions: ParsableArguments {
     }
 
     /// Every long option of this group (refused with --resume, which takes them from the checkpoint).
-    static let longNames = ["--patch", "--spacing", "--fold", "--folds", "--steps-per-epoch", "--memory-budget", "--init-from", "--moped-delta"]
+    static let longNames = ["--patch", "--spacing", "--fold", "--folds", "--steps-per-epoch", "--augmentation", "--lr-schedule", "--memory-budget", "--init-from", "--moped-delta"]
 }
 
 /// The one training path of `flipout train`: a new run on a dataset folder, or a resumed one.
@@ -209,7 +212,7 @@ struct FolderTraining {
         let t = command.trainingConfig()
         var p = PatchTrainingConfig()
         p.data = dir; p.fold = options.fold; p.folds = options.folds; p.stepsPerEpoch = options.stepsPerEpoch
-        p.augmentation = AugmentationSettings(policy: options.augmentation, spacing: plan.spacing); p.learningRateSchedule = .polynomial
+        p.augmentation = AugmentationSettings(policy: options.augmentation, spacing: plan.spacing); p.learningRateSchedule = options.lrSchedule
         let shapes = train.map { Array($0.image.shape.dropFirst()) }
         let median = (0..<3).map { a in shapes.map { $0[a] }.sorted()[shapes.count / 2] }
         if let patch = options.patch {

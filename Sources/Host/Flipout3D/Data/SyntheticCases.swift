@@ -215,3 +215,24 @@ public struct SyntheticCases: Sendable {
         }
     }
 }
+
+extension SyntheticCases {
+    /// Every case prepared in memory, without a dataset folder: each channel z-scored over its
+    /// voxels, on its own grid (an identity source geometry). For tests, the MPI probe and benches.
+    public func prepared() -> [PreparedCase] {
+        all().map { c in
+            let image = c.image.copy(), shape = Array(c.image.shape.dropFirst()), v = shape.reduce(1, *)
+            image.withUnsafeMutableValues { values in
+                for ch in 0..<image.shape[0] {
+                    let p = values.baseAddress! + ch * v
+                    let mean = (0..<v).reduce(0.0) { $0 + Double(p[$1]) } / Double(v)
+                    let sd = ((0..<v).reduce(0.0) { $0 + (Double(p[$1]) - mean) * (Double(p[$1]) - mean) } / Double(v)).squareRoot()
+                    for i in 0..<v { p[i] = Float((Double(p[i]) - mean) / sd) }
+                }
+            }
+            let a = Affine(c.affine)
+            return PreparedCase(id: c.id, image: image, label: c.label,
+                                geometry: CaseGeometry(sourceShape: shape, sourceAffine: a, preparedShape: shape, preparedAffine: a))
+        }
+    }
+}
