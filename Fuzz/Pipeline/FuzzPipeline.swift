@@ -61,7 +61,7 @@ public func fuzzPipeline(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let maps: PredictiveMaps
     do {
         maps = try SlidingWindow.predict(corner, classes: 2, draws: 1, options: SlidingWindowOptions(window: window, overlap: 0.5, batch: 1)) { x, _ in
-            var ctx = Evaluator.predictionContext(seed: 1, draw: 0)
+            var ctx = StepContext.prediction(seed: 1, draw: 0)
             ctx.mode = .center
             return try model.probabilities(x, ctx)
         }

@@ -3,8 +3,7 @@
 // score ranks the out-of-distribution cases (positives) above the in-distribution ones.
 //
 // The whole volume, not the predicted foreground (CASE.json's QC score): on an unfamiliar image a
-// model may predict no foreground at all, and that case must still get a score. The binary
-// trainer's OOD AUROC (Evaluator.oodAUROC) is the same statistic on per-volume mean MI.
+// model may predict no foreground at all, and that case must still get a score.
 import Foundation
 
 /// One case's uncertainty scores.
