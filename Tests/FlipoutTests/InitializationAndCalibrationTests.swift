@@ -91,7 +91,7 @@ private func std(_ v: [Double]) -> Double {
         var u = UNetConfig(); u.levels = 1; u.width = 2; u.inputChannels = 2; u.classCount = 3
         let registry = try SmallRun.registry()
         let net = try UNet(m, shape: u, registry: registry, seed: 5)
-        let sampler = PatchSampler(cases: preparedSyntheticCases(1), patchSize: [8, 8, 8], classCount: 3, seed: 5)
+        let sampler = PatchSampler(cases: SyntheticCases(seed: 1, count: 1).prepared(), patchSize: [8, 8, 8], classCount: 3, seed: 5)
         let rows = try GradientVariance.measure(trained: net, sampler: sampler, seed: 5, registry: registry,
                                                 estimators: [.reparam, .perExample], batches: [1, 4], draws: 48, kind: .copies)
         #expect(rows.count == 2 * 2 * 3 * 2) // estimators x batches x layers x (loc, scale)

@@ -19,7 +19,7 @@ private func patchTrainer(dir: String, seed: UInt64 = 9, epochs: Int = 1, valida
     for (p, q) in zip(a.model.trainable, b.model.trainable) { #expect(p.value.array == q.value.array, "\(p.name) differs between equal seeds") }
     #expect(zip(a.model.trainable, c.model.trainable).contains { $0.value.array != $1.value.array })
     // KL scale: beta / training voxels of the prepared cases.
-    #expect(a.patch.trainingVoxels == preparedSyntheticCases(3).reduce(0) { $0 + $1.image.count / 2 })
+    #expect(a.patch.trainingVoxels == SyntheticCases(seed: 1, count: 3).prepared().reduce(0) { $0 + $1.image.count / 2 })
 }
 
 @Test func unetCheckpointRoundTripsPlanPatchSizeAndProbabilities() throws {
@@ -37,7 +37,7 @@ private func patchTrainer(dir: String, seed: UInt64 = 9, epochs: Int = 1, valida
     for i in 0..<4096 { #expect(abs(p.data[i] + p.data[4096 + i] + p.data[8192 + i] - 1) < 1e-5) }
     // Tiled prediction of a whole case equals the network on the zero-padded case where one tile covers it:
     // the case centred in a 48³ zero volume, the mean of 2 draws' softmax, cut back to the case.
-    let small = preparedSyntheticCases(1)[0]
+    let small = SyntheticCases(seed: 1, count: 1).prepared()[0]
     let shape = Array(small.image.shape.dropFirst())
     let whole = try TiledPrediction.probabilities(t.model, image: small.image, patchSize: [48, 48, 48], samples: 2, seed: 2)
     #expect(whole.shape == [3] + shape)

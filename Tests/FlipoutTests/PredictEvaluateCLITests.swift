@@ -7,7 +7,7 @@ import TestSupport
 @Suite(.serialized) struct PredictEvaluateCLITests {
     /// Synthetic cases reduced to one channel (T1) and two classes (any structure is foreground).
     static func binaryCases(_ n: Int) -> [PreparedCase] {
-        preparedSyntheticCases(n).map { c in
+        SyntheticCases(seed: 1, count: n).prepared().map { c in
             let shape = Array(c.image.shape.dropFirst()), v = shape.reduce(1, *)
             let image = Tensor(shape: [1] + shape, values: Array(c.image.array[..<v]))
             let label = Tensor(shape: [1] + shape, values: c.label!.array.map { $0 > 0 ? 1 : 0 })

@@ -17,7 +17,7 @@ private func unetRun() throws -> PatchTrainer {
     let plan = PreprocessingPlan(spacing: [1, 1, 1], channelNames: ["T1", "T2"], channels: [.zScore(mean: 0, std: 1), .zScore(mean: 0, std: 1)],
                                  labels: ["background": 0, "a": 1, "b": 2], classCount: 3)
     let trainer = try PatchTrainer(model: try UNet(ModelConfig(), shape: u, registry: try SmallRun.registry(), seed: 3), training: t, patch: p,
-                                   plan: plan, train: preparedSyntheticCases(2), validation: [], runDirectory: try Fixtures.temporaryDirectory("py-ckpt").path)
+                                   plan: plan, train: SyntheticCases(seed: 1, count: 2).prepared(), validation: [], runDirectory: try Fixtures.temporaryDirectory("py-ckpt").path)
     trainer.showProgress = false
     try trainer.run()
     return trainer

@@ -4,11 +4,6 @@ import Foundation
 import Flipout3D
 import TestSupport
 
-/// SyntheticCases z-scored per channel, on their own grids (an identity source geometry).
-func preparedSyntheticCases(_ count: Int, seed: UInt64 = 1) -> [PreparedCase] {
-    SyntheticCases(seed: seed, count: count).prepared()
-}
-
 /// A small U-Net run on prepared synthetic cases: 2 levels, width 4, 16^3 patches, batch 2, 2 steps per epoch.
 enum SmallRun {
     static let plan = PreprocessingPlan(spacing: [1, 1, 1], channelNames: SyntheticCases.channelNames,
@@ -29,7 +24,7 @@ enum SmallRun {
 
     static func trainer(epochs: Int, dir: String, seed: UInt64 = 9, validation: Int = 0, model: ModelConfig? = nil) throws -> PatchTrainer {
         let (m, u, t, p) = configs(epochs: epochs, seed: seed)
-        let cases = preparedSyntheticCases(3 + validation)
+        let cases = SyntheticCases(seed: 1, count: 3 + validation).prepared()
         let trainer = try PatchTrainer(model: try UNet(model ?? m, shape: u, registry: try registry(), seed: seed), training: t, patch: p,
                                        plan: plan, train: Array(cases.prefix(3)), validation: Array(cases.dropFirst(3)), runDirectory: dir)
         trainer.showProgress = false

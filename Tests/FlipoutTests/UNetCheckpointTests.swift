@@ -203,7 +203,7 @@ private func trainedRun(_ label: String, _ extra: [String] = []) throws -> (data
         let plan = PreprocessingPlan(spacing: [1, 1, 1], channelNames: SyntheticCases.channelNames,
                                      channels: [.zScore(mean: 0, std: 1), .ct(clipLow: -1, clipHigh: 1, mean: 0, std: 1)],
                                      labels: ["background": 0, "structureA": 1, "structureB": 2], classCount: 3)
-        let cases = preparedSyntheticCases(2)
+        let cases = SyntheticCases(seed: 1, count: 2).prepared()
         for s in setups {
             var m = ModelConfig(); m.bayesian = s.bayesian; m.posterior = s.posterior; m.prior = s.prior; m.customLayers = s.custom
             var u = UNetConfig(); u.levels = 2; u.width = 2; u.inputChannels = 2; u.classCount = 3; u.bayesianLayers = s.layers; u.normalization = s.norm
@@ -236,7 +236,7 @@ private func trainedRun(_ label: String, _ extra: [String] = []) throws -> (data
         let plan = PreprocessingPlan(spacing: [1, 1, 1], channelNames: ["a", "b"], channels: [.zScore(mean: 0, std: 1), .zScore(mean: 0, std: 1)],
                                      labels: ["background": 0, "x": 1, "y": 2], classCount: 3)
         let trainer = try PatchTrainer(model: try UNet(m, shape: u, registry: registry, seed: 2), training: t, patch: p, plan: plan,
-                                       train: preparedSyntheticCases(1), validation: [], runDirectory: dir)
+                                       train: SyntheticCases(seed: 1, count: 1).prepared(), validation: [], runDirectory: dir)
         trainer.showProgress = false
         try trainer.run()
         let good = try Checkpoint.read(trainer.checkpointPath)
@@ -309,7 +309,7 @@ private func trainedRun(_ label: String, _ extra: [String] = []) throws -> (data
         let plan = PreprocessingPlan(spacing: [1, 1, 1], channelNames: ["a", "b"], channels: [.zScore(mean: 0, std: 1), .zScore(mean: 0, std: 1)],
                                      labels: ["background": 0, "x": 1, "y": 2], classCount: 3)
         let trainer = try PatchTrainer(model: try UNet(ModelConfig(), shape: u, registry: registry, seed: 2), training: t, patch: p, plan: plan,
-                                       train: preparedSyntheticCases(1), validation: [], runDirectory: dir)
+                                       train: SyntheticCases(seed: 1, count: 1).prepared(), validation: [], runDirectory: dir)
         trainer.showProgress = false
         _ = try trainer.trainEpoch()
         let before = try Data(contentsOf: URL(fileURLWithPath: trainer.checkpointPath))
