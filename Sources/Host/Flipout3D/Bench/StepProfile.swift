@@ -13,7 +13,7 @@ public final class StepProfile: @unchecked Sendable {
         case convBackwardWeights = "convolution backward-weights"
         case flipoutSampling = "Flipout sampling, signs and kernel assembly"
         case flipoutGradients = "Flipout kernel-gradient folding and posterior VJPs"
-        case normalization = "instance norm"
+        case normalization = "instance norm (with the ReLU fused into it)"
         case activation = "ReLU and softmax"
         case upsampleConcat = "upsampling, concatenation and skips"
         case loss = "loss (Dice-CE)"

@@ -15,4 +15,16 @@ enum Parallel {
         let parts = threads * 4
         DispatchQueue.concurrentPerform(iterations: parts) { p in body(count * p / parts, count * (p + 1) / parts) }
     }
+
+    /// Runs body(begin, end) over the items [0, count) (e.g. the (example, channel) planes of an
+    /// activation), each of about `elementsPerItem` elements of work, in contiguous ranges of
+    /// whole items: 4 per thread, or one call when the whole pass is short. An item is always
+    /// processed by one call, in its own fixed order, so a per-item reduction gives the same bits
+    /// for every thread count.
+    static func items(_ count: Int, elementsPerItem: Int, _ body: (Int, Int) -> Void) {
+        let threads = NativeConv3D.threads
+        guard threads > 1, count > 1, count * max(elementsPerItem, 1) >= minimumElements else { return body(0, count) }
+        let parts = min(count, threads * 4)
+        DispatchQueue.concurrentPerform(iterations: parts) { p in body(count * p / parts, count * (p + 1) / parts) }
+    }
 }

@@ -84,7 +84,7 @@ public final class FlipoutConv3D {
         try g.validate()
         let n = g.batch, e = weightCount
         let y = Tensor(uninitializedShape: g.yShape)   // (N, Cout, oD, oH, oW), overwritten by the convolution
-        let center = Tensor(shape: kernelShape)
+        let center = Tensor(uninitializedShape: kernelShape)   // written by the posterior's center
         try weights.center(into: center.data)
         var noiseStream = stream(ctx, .kernelNoise)
 
@@ -139,26 +139,47 @@ public final class FlipoutConv3D {
         return (w, noise)
     }
 
-    /// Calls body(b, base, sign) for every example b and kernel row (o, i) starting at offset `base`
-    /// (of `taps` weights), with sign = r_b[o] * s_b[i].  signsIn (N, Cin), signsOut (N, Cout)
-    private func forEachSignedRow(_ signsIn: Tensor, _ signsOut: Tensor, _ body: (Int, Int, Float) -> Void) {
-        let taps = kernel.reduce(1, *)
-        for b in 0..<signsIn.shape[0] {
-            for o in 0..<outChannels {
-                let r = signsOut[b * outChannels + o]
-                for i in 0..<inChannels { body(b, (o * inChannels + i) * taps, r * signsIn[b * inChannels + i]) }
-            }
-        }
+    /// W_n = Wc + (Ws - Wc) * r_n[o] * s_n[i].  center, sample (Cout, Cin, k^3); kernels (N, Cout, Cin, k^3)
+    /// One pass, split over output channels (elementwise: the same bits for every thread count).
+    func flipoutKernels(center: Tensor, sample: Tensor, signsIn: Tensor, signsOut: Tensor, into kernels: Tensor) {
+        let taps = kernel.reduce(1, *), e = weightCount, n = signsIn.shape[0], (cin, cout) = (inChannels, outChannels)
+        center.withUnsafeValues { cv in sample.withUnsafeValues { sv in kernels.withUnsafeMutableValues { kv in
+            signsIn.withUnsafeValues { siv in signsOut.withUnsafeValues { sov in
+                let (c, s, out, si, so) = (cv.baseAddress!, sv.baseAddress!, kv.baseAddress!, siv.baseAddress!, sov.baseAddress!)
+                Parallel.items(cout, elementsPerItem: n * cin * taps) { begin, end in
+                    for o in begin..<end { for i in 0..<cin {
+                        let base = (o * cin + i) * taps
+                        for b in 0..<n {
+                            let sign = so[b * cout + o] * si[b * cin + i], dst = out + b * e + base
+                            for t in 0..<taps { dst[t] = c[base + t] + (s[base + t] - c[base + t]) * sign }
+                        }
+                    } }
+                }
+            } }
+        } } }
     }
 
-    /// W_n = Wc + (Ws - Wc) * r_n[o] * s_n[i].  center, sample (Cout, Cin, k^3); kernels (N, Cout, Cin, k^3)
-    func flipoutKernels(center: Tensor, sample: Tensor, signsIn: Tensor, signsOut: Tensor, into kernels: Tensor) {
-        let taps = kernel.reduce(1, *), e = weightCount
-        let c = center.data, s = sample.data, out = kernels.data
-        forEachSignedRow(signsIn, signsOut) { b, base, sign in
-            let dst = out + b * e + base
-            for t in 0..<taps { dst[t] = c[base + t] + (s[base + t] - c[base + t]) * sign }
-        }
+    /// Flipout's fold of the per-example kernel gradients G (N, Cout, Cin, k^3):
+    /// dDelta = sum_n G_n * r_n s_n^T and dCenter = sum_n G_n - dDelta (Wc enters W_n as Wc (1 - r s)).
+    /// Sums over n in example order, one pass split over output channels.
+    func foldFlipoutGradients(_ perExample: Tensor, signsIn: Tensor, signsOut: Tensor, center dCenter: Tensor, delta dDelta: Tensor) {
+        let taps = kernel.reduce(1, *), e = weightCount, n = signsIn.shape[0], (cin, cout) = (inChannels, outChannels)
+        perExample.withUnsafeValues { gv in dCenter.withUnsafeMutableValues { cv in dDelta.withUnsafeMutableValues { dv in
+            signsIn.withUnsafeValues { siv in signsOut.withUnsafeValues { sov in
+                let (G, dc, dd, si, so) = (gv.baseAddress!, cv.baseAddress!, dv.baseAddress!, siv.baseAddress!, sov.baseAddress!)
+                Parallel.items(cout, elementsPerItem: n * cin * taps) { begin, end in
+                    for o in begin..<end { for i in 0..<cin {
+                        let base = (o * cin + i) * taps
+                        for t in 0..<taps { dc[base + t] = 0; dd[base + t] = 0 }
+                        for b in 0..<n {
+                            let sign = so[b * cout + o] * si[b * cin + i], src = G + b * e + base
+                            for t in 0..<taps { dc[base + t] += src[t]; dd[base + t] += src[t] * sign }
+                        }
+                        for t in 0..<taps { dc[base + t] -= dd[base + t] }
+                    } }
+                }
+            } }
+        } } }
     }
 
     /// One grouped convolution over the batch with per-example kernels (N, Cout, Cin, k^3), plus bias
@@ -206,14 +227,8 @@ public final class FlipoutConv3D {
             return dx
         }
         // Flipout: dWc = sum_n G_n, d(dW) = sum_n G_n * r_n s_n^T; Wc = center, dW = sample - center.
-        let taps = kernel.reduce(1, *)
-        let dCenter = Tensor(shape: kernelShape), dDelta = Tensor(shape: kernelShape)
-        let G = perExample.data, dc = dCenter.data, dd = dDelta.data
-        forEachSignedRow(draw.signsIn!, draw.signsOut!) { b, base, sign in
-            let src = G + b * e + base
-            for t in 0..<taps { dc[base + t] += src[t]; dd[base + t] += src[t] * sign }
-        }
-        for j in 0..<e { dc[j] -= dd[j] }
+        let dCenter = Tensor(uninitializedShape: kernelShape), dDelta = Tensor(uninitializedShape: kernelShape)
+        foldFlipoutGradients(perExample, signsIn: draw.signsIn!, signsOut: draw.signsOut!, center: dCenter, delta: dDelta)
         try weights.centerBackward(dCenter.data)
         try weights.sampleBackward(draw.noise[0], x: draw.sample!.data, g: dDelta.data)
         return dx

@@ -186,6 +186,11 @@ public final class VariationalWeights {
         catch { return true }  // a real failure is reported by the first kl()
     }()
 
+    /// The analytic KL's per-weight values and its VJP seed (every element the gradient scale),
+    /// kept across steps: the seed is refilled only when the scale changes.
+    private lazy var klValues = Tensor(uninitializedShape: [count])
+    private lazy var klSeed = Tensor(shape: [count])
+
     /// KL(q || p) summed over all weights; with `scale` != 0 also adds scale * dKL into the gradients.
     /// Monte Carlo draws its K samples from `stream`.
     @discardableResult
@@ -196,10 +201,11 @@ public final class VariationalWeights {
     private func klUnwrapped(gradientScale scale: Float, stream: inout RandomStream) throws -> Double {
         if klIsAnalytic {
             do {
-                let out = Tensor(shape: [count])
+                let out = klValues
                 try prior.kl(n: count, posterior: posterior, qParams: qIn, params: pIn, out: out.data)
                 if scale != 0 {
-                    let g = Tensor(shape: [count]); g.fill(scale)
+                    let g = klSeed
+                    if g[0] != scale { g.fill(scale) }
                     try prior.klVJP(n: count, posterior: posterior, qParams: qIn, params: pIn, g: g.data, gradQ: qGrad, gradParams: pGrad)
                 }
                 return out.buffer.reduce(0.0) { $0 + Double($1) }

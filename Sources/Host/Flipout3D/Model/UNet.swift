@@ -10,10 +10,11 @@ public struct UNetSaved {
     let upsamples: [Upsample2xSaved]
     let concats: [ChannelConcatSaved]
 
+    /// With instance norm, `norm` holds the fused norm · ReLU (no separate mask); without, `relu`.
     struct BlockSaved {
         let conv: ConvSaved
         let norm: InstanceNormSaved?
-        let relu: ReLUSaved
+        let relu: ReLUSaved?
     }
 }
 
@@ -119,9 +120,14 @@ public final class UNet {
         func block(_ h: Tensor) throws -> Tensor {
             let i = blocks.count
             let (c, cs) = try layers[i].forward(h, ctx)
-            let (n, ns) = StepProfile.measure(.normalization) { norms[i].map { let r = $0.forward(c); return (r.y, Optional(r.saved)) } ?? (c, nil) }
-            let (y, rs) = StepProfile.measure(.activation) { ReLU.forward(n) }
-            blocks.append(.init(conv: cs, norm: ns, relu: rs))
+            if let norm = norms[i] {
+                // Norm and ReLU in one pass; x̂ is kept in the convolution output's storage.
+                let (y, ns) = StepProfile.measure(.normalization) { norm.forward(c, relu: true, consuming: true) }
+                blocks.append(.init(conv: cs, norm: ns, relu: nil))
+                return y
+            }
+            let (y, rs) = StepProfile.measure(.activation) { ReLU.forward(c) }
+            blocks.append(.init(conv: cs, norm: nil, relu: rs))
             return y
         }
         var h = x, skips: [Tensor] = []
@@ -146,8 +152,9 @@ public final class UNet {
         func block(_ dy: Tensor) throws -> Tensor {
             let i = next, b = saved.blocks[i]
             next -= 1
-            let dn = StepProfile.measure(.activation) { ReLU.backward(dy, b.relu) }
-            let dc = StepProfile.measure(.normalization) { norms[i].map { $0.backward(dn, b.norm!) } ?? dn }
+            // dy is this block's alone (a layer's fresh dx, a concat half or a sum): the fused norm · ReLU backward overwrites it.
+            let dc = norms[i].map { n in StepProfile.measure(.normalization) { n.backward(dy, b.norm!, consuming: true) } }
+                ?? StepProfile.measure(.activation) { ReLU.backward(dy, b.relu!) }
             return try layers[i].backward(dc, b.conv)
         }
         var g = try layers[layers.count - 1].backward(dLogits, saved.head)
@@ -161,10 +168,19 @@ public final class UNet {
             g = StepProfile.measure(.upsampleConcat) { Upsample2x.backward(dUpIn, saved.upsamples[j]) }
         }
         for l in stride(from: shape.levels - 1, through: 0, by: -1) {
-            if let s = skipGradients[l] { StepProfile.measure(.upsampleConcat) { for i in 0..<g.count { g.data[i] += s.data[i] } } }
+            if let s = skipGradients[l] { StepProfile.measure(.upsampleConcat) { Self.add(s, into: g) } }
             g = try block(try block(g))
         }
         precondition(next == -1, "UNet.backward: \(next + 1) blocks left over")
+    }
+
+    /// into += s, elementwise over the kernels' threads (same shapes).
+    static func add(_ s: Tensor, into g: Tensor) {
+        g.checkShape(s.shape, "UNet skip gradient")
+        s.withUnsafeValues { sv in g.withUnsafeMutableValues { gv in
+            let (a, b) = (sv.baseAddress!, gv.baseAddress!)
+            Parallel.ranges(gv.count) { begin, end in for i in begin..<end { b[i] += a[i] } }
+        } }
     }
 
     /// x (N, C, D, H, W) -> softmax probabilities (N, K, D, H, W); one Monte Carlo draw per call (ctx keys it).

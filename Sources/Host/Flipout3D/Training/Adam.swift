@@ -41,7 +41,7 @@ public final class Adam {
 
     private func applyUpdate() throws {
         let n = arena.count, g = arena.gradients
-        for i in 0..<n where !g[i].isFinite {
+        if let i = Self.firstNonFinite(g, n) {
             let at = arena.locate(i)
             throw LayerError.nonFinite("gradient of \(at.name) is \(g[i]) at index \(at.index); nothing was updated. Lower the learning rate, or check the prior/posterior parameters (a scale near 0?).")
         }
@@ -54,14 +54,38 @@ public final class Adam {
         }
     }
 
-    /// The Adam step of the arena's floats `range` at (bias-corrected) rate `lr`.
-    @inline(__always)
+    /// The first index of g[0..<n] that is not finite, or nil (ranges checked over the threads).
+    static func firstNonFinite(_ g: UnsafeMutablePointer<Float>, _ n: Int) -> Int? {
+        let parts = 64
+        var bad = [Bool](repeating: false, count: parts)
+        bad.withUnsafeMutableBufferPointer { flags in
+            let f = flags.baseAddress!
+            Parallel.items(parts, elementsPerItem: (n + parts - 1) / parts) { begin, end in
+                for p in begin..<end {
+                    var ok = true
+                    for i in (n * p / parts)..<(n * (p + 1) / parts) { ok = ok && g[i].isFinite }
+                    f[p] = !ok
+                }
+            }
+        }
+        guard let p = bad.firstIndex(of: true) else { return nil }
+        return ((n * p / parts)..<(n * (p + 1) / parts)).first { !g[$0].isFinite }
+    }
+
+    /// The Adam step of the arena's floats `range` at (bias-corrected) rate `lr`: elementwise,
+    /// split over the kernels' threads (the same bits for every thread count).
     private func move(_ range: Range<Int>, lr: Float) {
-        let w = arena.values, g = arena.gradients, mk = mBlock, vk = vBlock
-        for i in range {
-            mk[i] = beta1 * mk[i] + (1 - beta1) * g[i]
-            vk[i] = beta2 * vk[i] + (1 - beta2) * g[i] * g[i]
-            w[i] -= lr * mk[i] / (vk[i].squareRoot() + epsilon)
+        let w = arena.values + range.lowerBound, g = arena.gradients + range.lowerBound
+        let mk = mBlock + range.lowerBound, vk = vBlock + range.lowerBound
+        let (b1, b2, eps) = (beta1, beta2, epsilon)
+        Parallel.ranges(range.count) { begin, end in
+            for i in begin..<end {
+                let gi = g[i]
+                let m = b1 * mk[i] + (1 - b1) * gi
+                let v = b2 * vk[i] + (1 - b2) * gi * gi
+                mk[i] = m; vk[i] = v
+                w[i] -= lr * m / (v.squareRoot() + eps)
+            }
         }
     }
 }
