@@ -6,10 +6,11 @@ import TestSupport
 
 @Suite(.serialized) struct LearnPriorTests {
     /// d KL / d(prior unconstrained) from the layer vs a central difference of the closed form
-    /// KL(N(mu, s^2) || N(m, t^2)) summed over weights, t = softplus(u).
-    @Test func priorGradientMatchesFiniteDifferences() throws {
+    /// KL(N(mu, s^2) || N(m, t^2)) summed over weights, t = softplus(u). 24 channels: 15552 weights,
+    /// so the plugin calls are split over sub-ranges with private stride-0 prior-gradient cells.
+    @Test(arguments: [2, 24]) func priorGradientMatchesFiniteDifferences(channels: Int) throws {
         let normal = try PluginLibrary.load(BuildProducts.plugin("FlipoutNormal")).families[0]
-        let layer = try FlipoutConv3D(name: "l", index: 0, inChannels: 2, outChannels: 2, kernel: 3,
+        let layer = try FlipoutConv3D(name: "l", index: 0, inChannels: channels, outChannels: channels, kernel: 3,
                                       posterior: try normal.instantiate(), prior: try normal.instantiate(),
                                       priorValues: ["loc": 0.05, "scale": 0.3], learnPrior: true, seed: 3)
         _ = try layer.kl(gradientScale: 1, StepContext(seed: 1, step: 1))

@@ -135,9 +135,65 @@ public final class VariationalWeights {
 
     // MARK: Posterior center and samples
 
+    // MARK: Plugin calls split over threads
+
+    /// Scalars per sub-range of a split plugin call: fixed, so a split call gives the same bits
+    /// for every thread count (the ABI lets the host split n: [reentrant] functions).
+    static let chunk = 4096
+
+    /// Runs body(offset, n) over [0, count) in sub-ranges of `chunk` scalars, over the kernels'
+    /// threads when every plugin involved runs in-process (an isolated plugin's child takes one
+    /// call at a time: then one call over everything). The first failing sub-range's error (lowest
+    /// offset) is thrown. Stride-0 gradient cells must be private per sub-range (`splitCells`).
+    func split(_ plugins: [Distribution], _ body: (_ offset: Int, _ n: Int) throws -> Void) throws {
+        let parts = (count + Self.chunk - 1) / Self.chunk
+        guard parts > 1, plugins.allSatisfy({ $0.family.remote == nil }) else { return try body(0, count) }
+        var errors = [Error?](repeating: nil, count: parts)
+        errors.withUnsafeMutableBufferPointer { es in
+            let e = es.baseAddress!
+            // A plugin scalar costs tens of flops (transcendentals, checks): thread from a few thousand.
+            Parallel.items(parts, elementsPerItem: 64 * Self.chunk) { begin, end in
+                for p in begin..<end {
+                    let offset = p * Self.chunk
+                    do { try body(offset, min(Self.chunk, count - offset)) } catch { e[p] = error }
+                }
+            }
+        }
+        if let first = errors.compactMap({ $0 }).first { throw first }
+    }
+
+    static func offsetIn(_ a: [InArray], _ offset: Int) -> [InArray] { a.map { InArray($0.data + offset * $0.stride, stride: $0.stride) } }
+
+    /// A VJP split like `split`: body(offset, n, outs) gets each gradient output group moved to its
+    /// sub-range (stride-1 arrays offset; stride-0 cells, sums over all scalars, replaced by cells
+    /// private to the sub-range, added into the real cells in sub-range order afterwards).
+    func splitVJP(_ plugins: [Distribution], _ outs: [[OutArray]],
+                  _ body: (_ offset: Int, _ n: Int, _ outs: [[OutArray]]) throws -> Void) throws {
+        let parts = (count + Self.chunk - 1) / Self.chunk
+        guard parts > 1, plugins.allSatisfy({ $0.family.remote == nil }) else { return try body(0, count, outs) }
+        let slots = outs.reduce(0) { $0 + $1.count }
+        var cells = [Float](repeating: 0, count: parts * slots)
+        try cells.withUnsafeMutableBufferPointer { cb in
+            let c = cb.baseAddress!
+            try split(plugins) { offset, n in
+                var k = 0
+                let moved = outs.map { group in group.map { a -> OutArray in
+                    defer { k += 1 }
+                    guard let d = a.data else { return a }
+                    return a.stride == 0 ? OutArray(c + (offset / Self.chunk) * slots + k, stride: 0) : OutArray(d + offset * a.stride, stride: a.stride)
+                } }
+                try body(offset, n, moved)
+            }
+        }
+        for (k, a) in outs.flatMap({ $0 }).enumerated() where a.stride == 0 {
+            guard let d = a.data else { continue }
+            for p in 0..<parts { d[0] += cells[p * slots + k] }
+        }
+    }
+
     /// out = center(theta). (count)
     public func center(into out: UnsafeMutablePointer<Float>) throws {
-        try inLayer { try posterior.center(n: count, params: qIn, out: out) }
+        try inLayer { try split([posterior]) { o, n in try posterior.center(n: n, params: Self.offsetIn(qIn, o), out: out + o) } }
     }
 
     /// Noise per sample of all weights: (normals, uniforms) counts.
@@ -153,17 +209,26 @@ public final class VariationalWeights {
 
     /// out = T(noise; theta). (count)
     public func sample(_ noise: Noise, into out: UnsafeMutablePointer<Float>) throws {
-        try inLayer { try posterior.sample(n: count, params: qIn, normals: noise.normalsPointer, uniforms: noise.uniformsPointer, out: out) }
+        let (nz, u) = (noise.normalsPointer, noise.uniformsPointer), (kn, ku) = (posterior.normalsPerScalar, posterior.uniformsPerScalar)
+        try inLayer { try split([posterior]) { o, n in
+            try posterior.sample(n: n, params: Self.offsetIn(qIn, o), normals: nz.map { $0 + o * kn }, uniforms: u.map { $0 + o * ku }, out: out + o)
+        } }
     }
 
     /// Backward of `center`: g = dL/d center.
     public func centerBackward(_ g: UnsafePointer<Float>) throws {
-        try inLayer { try posterior.centerVJP(n: count, params: qIn, g: g, gradParams: qGrad) }
+        try inLayer { try splitVJP([posterior], [qGrad]) { o, n, outs in
+            try posterior.centerVJP(n: n, params: Self.offsetIn(qIn, o), g: g + o, gradParams: outs[0])
+        } }
     }
 
     /// Backward of `sample`: x is the sample drawn with `noise`, g = dL/dx.
     public func sampleBackward(_ noise: Noise, x: UnsafePointer<Float>, g: UnsafePointer<Float>) throws {
-        try inLayer { try posterior.sampleVJP(n: count, params: qIn, normals: noise.normalsPointer, uniforms: noise.uniformsPointer, x: x, g: g, gradParams: qGrad) }
+        let (nz, u) = (noise.normalsPointer, noise.uniformsPointer), (kn, ku) = (posterior.normalsPerScalar, posterior.uniformsPerScalar)
+        try inLayer { try splitVJP([posterior], [qGrad]) { o, n, outs in
+            try posterior.sampleVJP(n: n, params: Self.offsetIn(qIn, o), normals: nz.map { $0 + o * kn }, uniforms: u.map { $0 + o * ku },
+                                    x: x + o, g: g + o, gradParams: outs[0])
+        } }
     }
 
     /// Runs plugin calls, naming this layer in any plugin failure (a NaN from a density, a domain error).
@@ -202,11 +267,16 @@ public final class VariationalWeights {
         if klIsAnalytic {
             do {
                 let out = klValues
-                try prior.kl(n: count, posterior: posterior, qParams: qIn, params: pIn, out: out.data)
+                try split([prior, posterior]) { o, n in
+                    try prior.kl(n: n, posterior: posterior, qParams: Self.offsetIn(qIn, o), params: Self.offsetIn(pIn, o), out: out.data + o)
+                }
                 if scale != 0 {
                     let g = klSeed
                     if g[0] != scale { g.fill(scale) }
-                    try prior.klVJP(n: count, posterior: posterior, qParams: qIn, params: pIn, g: g.data, gradQ: qGrad, gradParams: pGrad)
+                    try splitVJP([prior, posterior], [qGrad, pGrad]) { o, n, outs in
+                        try prior.klVJP(n: n, posterior: posterior, qParams: Self.offsetIn(qIn, o), params: Self.offsetIn(pIn, o), g: g.data + o,
+                                        gradQ: outs[0], gradParams: outs[1])
+                    }
                 }
                 return out.buffer.reduce(0.0) { $0 + Double($1) }
             } catch let e as PluginCallError where e.isUnsupported {
