@@ -155,7 +155,13 @@ public final class VariationalWeights {
             Parallel.items(parts, elementsPerItem: 64 * Self.chunk) { begin, end in
                 for p in begin..<end {
                     let offset = p * Self.chunk
-                    do { try body(offset, min(Self.chunk, count - offset)) } catch { e[p] = error }
+                    let n = min(Self.chunk, count - offset)
+                    do { try body(offset, n) } catch var call as PluginCallError {
+                        // The call saw a sub-range: say where it lies among the layer's weights.
+                        call.point += call.point.isEmpty ? "" : ","
+                        call.point += " in the sub-range of weights \(offset)..<\(offset + n) of \(count)"
+                        e[p] = call
+                    } catch { e[p] = error }
                 }
             }
         }
