@@ -196,6 +196,12 @@ public final class IsolatedPlugin: @unchecked Sendable {
                           arguments: (inout WireWriter) -> Void) throws -> Reply {
         do {
             let t0 = IsolationStats.enabled ? DispatchTime.now().uptimeNanoseconds : 0
+            // A sleeping child takes tens of microseconds to wake: ring now, so that it wakes
+            // while the arrays are copied in (it spins for the request once awake).
+            if shm.control.load(ChannelControl.childSleeping) != 0 {
+                if IsolationStats.enabled { IsolationStats.count(\.rings) }
+                try ring()
+            }
             try shm.ensure(frame.size)
             frame.copyIn(shm)
             let t1 = IsolationStats.enabled ? DispatchTime.now().uptimeNanoseconds : 0
@@ -207,7 +213,10 @@ public final class IsolatedPlugin: @unchecked Sendable {
             control.write(w.bytes, at: ChannelControl.requestOffset, capacity: ChannelControl.requestCapacity, length: ChannelControl.requestLength)
             sequence &+= 1
             control.store(ChannelControl.requestSequence, sequence)
-            if control.load(ChannelControl.childSleeping) != 0 { try ring() }
+            if control.load(ChannelControl.childSleeping) != 0 {
+                if IsolationStats.enabled { IsolationStats.count(\.lateRings) }
+                try ring()
+            }
             try awaitReply(control, deadline: Date().addingTimeInterval(timeout))
             guard let bytes = control.read(at: ChannelControl.replyOffset, capacity: ChannelControl.replyCapacity, length: ChannelControl.replyLength) else {
                 kill(pid, SIGKILL)
@@ -215,12 +224,13 @@ public final class IsolatedPlugin: @unchecked Sendable {
             }
             var r = WireReader(bytes)
             let status = try r.i32()
+            let computed = try r.u64()
             let message = try r.string(limit: 4096)
             let t2 = IsolationStats.enabled ? DispatchTime.now().uptimeNanoseconds : 0
             if status == 0 { frame.copyOut(shm) }
             if IsolationStats.enabled {
                 let t3 = DispatchTime.now().uptimeNanoseconds
-                IsolationStats.record(op: op, copyIn: t1 - t0, wait: t2 - t1, copyOut: t3 - t2, frame: frame)
+                IsolationStats.record(op: op, copyIn: t1 - t0, wait: t2 - t1, copyOut: t3 - t2, compute: computed, frame: frame)
             }
             return Reply(status: status, message: PluginString.escaped(message), reader: r)
         } catch is WireReader.Truncated {
@@ -246,6 +256,7 @@ public final class IsolatedPlugin: @unchecked Sendable {
         defer { drainOutput() }
         if flipout_spin_until(control.word(ChannelControl.replySequence), sequence, ChannelTiming.hostSpin, ChannelTiming.pause) != 0 { return }
         var bell = [UInt8](repeating: 0, count: 64)
+        if IsolationStats.enabled { IsolationStats.count(\.sleeps) }
         while true {
             control.store(ChannelControl.hostSleeping, 1)
             if control.load(ChannelControl.replySequence) == sequence { control.store(ChannelControl.hostSleeping, 0); return }

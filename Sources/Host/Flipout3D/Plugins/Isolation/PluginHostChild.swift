@@ -97,17 +97,19 @@ public enum PluginHostChild {
         var sequence: UInt32 = 0   // the host numbers its requests from 1
         var spin: UInt64 = 0
         while true {
-            // The next request: spin for the host's budget, then sleep until it rings (or closes).
-            if flipout_spin_until(control.word(ChannelControl.requestSequence), sequence &+ 1, spin, ChannelTiming.pause) == 0 {
-                while true {
-                    control.store(ChannelControl.childSleeping, 1)
-                    if control.load(ChannelControl.requestSequence) == sequence &+ 1 { break }
-                    let got = bell.withUnsafeMutableBytes { recv(channel, $0.baseAddress, $0.count, 0) }
-                    if got < 0 && errno == EINTR { continue }
-                    if got <= 0 { return 0 }
-                }
+            // The next request: spin for the host's budget, then sleep until it rings (or closes);
+            // woken, spin again (the host rings before it copies the arrays in, to overlap our wake-up).
+            while flipout_spin_until(control.word(ChannelControl.requestSequence), sequence &+ 1, spin, ChannelTiming.pause) == 0 {
+                control.store(ChannelControl.childSleeping, 1)
+                if control.load(ChannelControl.requestSequence) == sequence &+ 1 { break }
+                let got = bell.withUnsafeMutableBytes { recv(channel, $0.baseAddress, $0.count, 0) }
+                if got < 0 && errno == EINTR { continue }
+                if got <= 0 { return 0 }
+                // Drop further wake-ups already queued: one is enough.
+                while bell.withUnsafeMutableBytes({ recv(channel, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }) > 0 {}
                 control.store(ChannelControl.childSleeping, 0)
             }
+            control.store(ChannelControl.childSleeping, 0)
             sequence &+= 1
             guard let request = control.read(at: ChannelControl.requestOffset, capacity: ChannelControl.requestCapacity, length: ChannelControl.requestLength) else { return 70 }
             var r = WireReader(request)
@@ -119,6 +121,7 @@ public enum PluginHostChild {
                 guard familyIndex < families.count, case let t = families[familyIndex].table else { return 70 }
                 if size != shm.size { try shm.map(size) }
                 errorBuffer[0] = 0
+                let started = DispatchTime.now().uptimeNanoseconds
                 var err = flipout_error(struct_size: UInt32(MemoryLayout<flipout_error>.size), capacity: 1024, message: errorBuffer)
                 var extras = WireWriter()
                 func input(_ a: WireArray) -> flipout_in_array { flipout_in_array(data: a.isAbsent ? nil : UnsafePointer(shm.floats(at: a.offset)), stride: Int(a.stride)) }
@@ -173,6 +176,7 @@ public enum PluginHostChild {
                 }
                 errorBuffer[1023] = 0
                 reply.i32(status)
+                reply.u64(DispatchTime.now().uptimeNanoseconds &- started)
                 reply.string(status == 0 ? "" : String(cString: errorBuffer))
                 reply.bytes += extras.bytes
             } catch {
