@@ -282,11 +282,6 @@ public final class IsolatedPlugin: @unchecked Sendable {
     /// `context` of the failure, for the message of the call that saw it.
     func failureContext() -> String { lock.withLock { context } }
 
-    private func send(_ bytes: [UInt8]) throws {
-        let sent = bytes.withUnsafeBytes { Glibc.send(channel, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        if sent != bytes.count { throw ended() }
-    }
-
     /// One packet from the child within `deadline`, relaying what it prints meanwhile.
     private func receive(deadline: Date) throws -> [UInt8] {
         var buffer = [UInt8](repeating: 0, count: 1 << 16)

@@ -68,7 +68,8 @@ final class SharedMemory {
 struct ChannelControl {
     static let requestSequence = 0, replySequence = 64, hostSleeping = 128, childSleeping = 192
     static let requestLength = 256, replyLength = 320
-    static let requestOffset = 4096, requestCapacity = 64 * 1024
+    /// A request holds up to four lists of FLIPOUT_MAX_SLOTS arrays (kl_vjp), 16 bytes each.
+    static let requestOffset = 4096, requestCapacity = 128 * 1024
     static let replyOffset = requestOffset + requestCapacity, replyCapacity = 64 * 1024
     static let arraysOffset = replyOffset + replyCapacity
 
