@@ -172,7 +172,8 @@ private func train(_ data: String, run: String, epochs: Int, plugin: String, rol
         #expect(r.status == 0, "sleeping channel: \(r.stderr)")
         checkpoints.append(try Data(contentsOf: URL(fileURLWithPath: run).appendingPathComponent("checkpoint.safetensors")))
         let stats = r.stderr.components(separatedBy: "\n").first { $0.contains("isolation stats:") } ?? ""
-        let woken = stats.firstMatch(of: /(\d+) woke the host/).flatMap { Int($0.1) } ?? 0
+        let words = stats.split(separator: " ")
+        let woken = words.indices.first { words[$0] == "woke" && $0 + 2 < words.count && words[$0 + 2].hasPrefix("host") }.flatMap { Int(words[$0 - 1]) } ?? 0
         #expect(woken > 0, "no reply went through the sleeping path: \(stats)")
         #expect(Set(checkpoints).count == 1, "isolated and in-process checkpoints differ")
     }
