@@ -16,6 +16,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- async-signal-safe writing -------------------------------------------------------------- */
@@ -167,6 +168,41 @@ int flipout_spawn_isolated(const char *path, char *const argv[], char *const env
 int flipout_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 int flipout_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+
+/* ---- the shared-memory channel -------------------------------------------------------------- */
+
+uint32_t flipout_shared_load(const uint32_t *word) { return __atomic_load_n(word, __ATOMIC_SEQ_CST); }
+
+void flipout_shared_store(uint32_t *word, uint32_t value) { __atomic_store_n(word, value, __ATOMIC_SEQ_CST); }
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static uint64_t monotonic_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+int flipout_spin_until(const uint32_t *word, uint32_t expected, uint64_t nanoseconds, uint64_t pause_nanoseconds) {
+    if (__atomic_load_n(word, __ATOMIC_ACQUIRE) == expected) return 1;
+    if (nanoseconds == 0) return 0;
+    uint64_t start = monotonic_ns();
+    for (;;) {
+        uint64_t elapsed = monotonic_ns() - start;
+        int yielding = elapsed >= pause_nanoseconds;
+        for (int i = 0; i < (yielding ? 1 : 64); i++) {
+            if (__atomic_load_n(word, __ATOMIC_ACQUIRE) == expected) return 1;
+            if (yielding) sched_yield(); else cpu_relax();
+        }
+        if (elapsed >= nanoseconds) return __atomic_load_n(word, __ATOMIC_ACQUIRE) == expected;
+    }
+}
 
 /* ---- in-process crash guard ---------------------------------------------------------------- */
 

@@ -160,7 +160,22 @@ private func train(_ data: String, run: String, epochs: Int, plugin: String, rol
             #expect(r.status == 0, "\(isolation): \(r.stderr)")
             checkpoints.append(try Data(contentsOf: URL(fileURLWithPath: run).appendingPathComponent("checkpoint.safetensors")))
         }
-        #expect(checkpoints[0] == checkpoints[1] && checkpoints[1] == checkpoints[2], "isolated and in-process checkpoints differ")
+        // Isolated with no spinning: every reply and request goes through a kernel wake-up (the
+        // channel's slow path, which the spinning of the runs above mostly skips).
+        let run = dir.appendingPathComponent("run-sleeping").path
+        var env = FlipoutCLI.hermeticEnvironment
+        env["FLIPOUT_ISOLATION_SPIN_US"] = "0,0"
+        env["FLIPOUT_ISOLATION_STATS"] = "1"
+        let r = try Subprocess.run(BuildProducts.flipout, ["train", "--data", data, "--run", run, "--steps-per-epoch", "2", "--patch", "16,16,16", "--width", "2",
+                                                           "--levels", "2", "--samples", "1", "--quiet", "--epochs", "2", "--no-bundled", "--plugin", copy.path,
+                                                           "--plugin", fixture, "--prior", "org.fixture.faulty", "--isolate-plugins", "third-party"], environment: env)
+        #expect(r.status == 0, "sleeping channel: \(r.stderr)")
+        checkpoints.append(try Data(contentsOf: URL(fileURLWithPath: run).appendingPathComponent("checkpoint.safetensors")))
+        let stats = r.stderr.components(separatedBy: "\n").first { $0.contains("isolation stats:") } ?? ""
+        let words = stats.split(separator: " ")
+        let woken = words.indices.first { words[$0] == "woke" && $0 + 2 < words.count && words[$0 + 2].hasPrefix("host") }.flatMap { Int(words[$0 - 1]) } ?? 0
+        #expect(woken > 0, "no reply went through the sleeping path: \(stats)")
+        #expect(Set(checkpoints).count == 1, "isolated and in-process checkpoints differ")
     }
 
     @Test func foreignPriorsRunIsolatedWithTheSameResults() throws {

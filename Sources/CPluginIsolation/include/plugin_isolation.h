@@ -49,6 +49,18 @@ int flipout_pipe_cloexec(int fds[2]);
 /* memfd_create(name, MFD_CLOEXEC): a file that lives only in memory. -1 with errno on failure. */
 int flipout_memfd(const char *name);
 
+/* ---- The shared-memory channel of an isolated call -------------------------------------------
+   Sequence words and sleep flags live in the memfd both processes map. Loads and stores are
+   sequentially consistent, so "store my word, then load the peer's flag" on each side never lets
+   both miss each other (a sleeper always gets its wake-up packet). */
+uint32_t flipout_shared_load(const uint32_t *word);
+void flipout_shared_store(uint32_t *word, uint32_t value);
+
+/* Busy-waits (with the CPU's spin-wait hint) until *word == expected or `nanoseconds` pass;
+   after `pause_nanoseconds` it yields the CPU between checks (sched_yield), so a waiter on a
+   busy machine gives way to runnable work. Returns 1 if the word reached `expected`, else 0. */
+int flipout_spin_until(const uint32_t *word, uint32_t expected, uint64_t nanoseconds, uint64_t pause_nanoseconds);
+
 /* ---- In-process crash guard ------------------------------------------------------------------
    flipout_crash_guard_install() sets SA_ONSTACK handlers for SIGSEGV, SIGBUS, SIGILL, SIGFPE,
    SIGABRT, SIGTRAP and SIGSYS (and an alternate stack for the calling thread). While a thread is

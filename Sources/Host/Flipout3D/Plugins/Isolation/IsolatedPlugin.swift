@@ -77,6 +77,8 @@ public final class IsolatedPlugin: @unchecked Sendable {
     private var pendingOutput: [UInt8] = []
     private var outputTail: [String] = []
     private var refusedSyscall: Int32?
+    /// The sequence number of the last request (the child answers with the same number).
+    private var sequence: UInt32 = 0
 
     /// The child executable: beside the running flipout binary.
     public static var hostExecutable: String { Paths.join(PluginSearch.executableDirectory, "flipout-plugin-host") }
@@ -193,16 +195,43 @@ public final class IsolatedPlugin: @unchecked Sendable {
     private func exchange(_ op: WireOp, family: UInt32, instance: UInt64, n: Int, frame: CallFrame,
                           arguments: (inout WireWriter) -> Void) throws -> Reply {
         do {
+            let t0 = IsolationStats.enabled ? DispatchTime.now().uptimeNanoseconds : 0
+            // A sleeping child takes tens of microseconds to wake: ring now, so that it wakes
+            // while the arrays are copied in (it spins for the request once awake).
+            if shm.control.load(ChannelControl.childSleeping) != 0 {
+                if IsolationStats.enabled { IsolationStats.count(\.rings) }
+                try ring()
+            }
             try shm.ensure(frame.size)
             frame.copyIn(shm)
+            let t1 = IsolationStats.enabled ? DispatchTime.now().uptimeNanoseconds : 0
             var w = WireWriter()
             w.u32(op.rawValue); w.u32(family); w.u64(instance); w.u64(UInt64(n)); w.u64(UInt64(shm.size))
+            w.u64(ChannelTiming.childSpin)
             arguments(&w)
-            try send(w.bytes)
-            var r = WireReader(try receive(deadline: Date().addingTimeInterval(timeout)))
+            let control = shm.control
+            control.write(w.bytes, at: ChannelControl.requestOffset, capacity: ChannelControl.requestCapacity, length: ChannelControl.requestLength)
+            sequence &+= 1
+            control.store(ChannelControl.requestSequence, sequence)
+            if control.load(ChannelControl.childSleeping) != 0 {
+                if IsolationStats.enabled { IsolationStats.count(\.lateRings) }
+                try ring()
+            }
+            try awaitReply(control, deadline: Date().addingTimeInterval(timeout))
+            guard let bytes = control.read(at: ChannelControl.replyOffset, capacity: ChannelControl.replyCapacity, length: ChannelControl.replyLength) else {
+                kill(pid, SIGKILL)
+                throw PluginProcessFailure.channel("a reply longer than the channel")
+            }
+            var r = WireReader(bytes)
             let status = try r.i32()
+            let computed = try r.u64()
             let message = try r.string(limit: 4096)
+            let t2 = IsolationStats.enabled ? DispatchTime.now().uptimeNanoseconds : 0
             if status == 0 { frame.copyOut(shm) }
+            if IsolationStats.enabled {
+                let t3 = DispatchTime.now().uptimeNanoseconds
+                IsolationStats.record(op: op, copyIn: t1 - t0, wait: t2 - t1, copyOut: t3 - t2, compute: computed, frame: frame)
+            }
             return Reply(status: status, message: PluginString.escaped(message), reader: r)
         } catch is WireReader.Truncated {
             kill(pid, SIGKILL)
@@ -212,13 +241,46 @@ public final class IsolatedPlugin: @unchecked Sendable {
         }
     }
 
+    /// Wakes a child that sleeps on the channel (one byte; stale wake-ups are harmless).
+    private func ring() throws {
+        var bell: UInt8 = 1
+        let sent = Glibc.send(channel, &bell, 1, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+        if sent != 1 && !(sent < 0 && (errno == EAGAIN || errno == EINTR)) { throw ended() }
+    }
+
+    /// Waits for the reply to request `sequence`: first spinning on its sequence word (a call
+    /// takes tens of microseconds; a wake-up through the kernel costs as much), then asleep in
+    /// poll on the channel, which the child rings if it finds this side asleep, and which reports
+    /// the child's death; the watchdog kills it at `deadline`. Relays what the child prints.
+    private func awaitReply(_ control: ChannelControl, deadline: Date) throws {
+        defer { drainOutput() }
+        if flipout_spin_until(control.word(ChannelControl.replySequence), sequence, ChannelTiming.hostSpin, ChannelTiming.pause) != 0 { return }
+        var bell = [UInt8](repeating: 0, count: 64)
+        if IsolationStats.enabled { IsolationStats.count(\.sleeps) }
+        while true {
+            control.store(ChannelControl.hostSleeping, 1)
+            if control.load(ChannelControl.replySequence) == sequence { control.store(ChannelControl.hostSleeping, 0); return }
+            let left = deadline.timeIntervalSinceNow
+            if left <= 0 {
+                kill(pid, SIGKILL)
+                reap()
+                throw PluginProcessFailure.timeout(timeout)
+            }
+            var fds = [pollfd(fd: channel, events: Int16(POLLIN), revents: 0), pollfd(fd: output, events: Int16(POLLIN), revents: 0)]
+            let ready = poll(&fds, 2, Int32(min(left, 1) * 1000) + 1)
+            if ready < 0 { if errno == EINTR { continue }; throw PluginProcessFailure.channel("poll: \(String(cString: strerror(errno)))") }
+            if fds[1].revents != 0 { drainOutput() }
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                let got = bell.withUnsafeMutableBytes { recv(channel, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                if got == 0 || (got < 0 && errno != EINTR && errno != EAGAIN) { throw ended() }
+            } else if fds[0].revents & Int16(POLLHUP | POLLERR) != 0 {
+                throw ended()
+            }
+        }
+    }
+
     /// `context` of the failure, for the message of the call that saw it.
     func failureContext() -> String { lock.withLock { context } }
-
-    private func send(_ bytes: [UInt8]) throws {
-        let sent = bytes.withUnsafeBytes { Glibc.send(channel, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        if sent != bytes.count { throw ended() }
-    }
 
     /// One packet from the child within `deadline`, relaying what it prints meanwhile.
     private func receive(deadline: Date) throws -> [UInt8] {

@@ -83,26 +83,45 @@ public enum PluginHostChild {
         while at < bytes.count { send(Array(bytes[at..<min(at + chunk, bytes.count)])); at += chunk }
     }
 
-    /// Answers requests until the host closes the channel (or dies).
+    /// Answers requests until the host closes the channel (or dies). Requests and replies travel
+    /// through the control block of the shared memory (`ChannelControl`); the socket only carries
+    /// wake-ups and tells of the host's end.
     static func serve(_ families: [DistributionFamily]) -> Int32 {
-        let shm = SharedMemory(inherited: 4)
+        guard let shm = try? SharedMemory(inherited: 4) else { return 70 }
+        let control = shm.control
         // A plugin may hand out one instance pointer to several creates (a stateless family's static
         // instance): each create is paired with one destroy, so the id stays known until the last.
         var instances: [UInt64: (pointer: OpaquePointer, creates: Int)] = [:]
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var bell = [UInt8](repeating: 0, count: 64)
         let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: 1024)
+        var sequence: UInt32 = 0   // the host numbers its requests from 1
+        var spin: UInt64 = 0
         while true {
-            let got = buffer.withUnsafeMutableBytes { recv(channel, $0.baseAddress, $0.count, 0) }
-            if got < 0 && errno == EINTR { continue }
-            if got <= 0 { return 0 }
-            var r = WireReader(Array(buffer[0..<got]))
+            // The next request: spin for the host's budget, then sleep until it rings (or closes);
+            // woken, spin again (the host rings before it copies the arrays in, to overlap our wake-up).
+            while flipout_spin_until(control.word(ChannelControl.requestSequence), sequence &+ 1, spin, ChannelTiming.pause) == 0 {
+                control.store(ChannelControl.childSleeping, 1)
+                if control.load(ChannelControl.requestSequence) == sequence &+ 1 { break }
+                let got = bell.withUnsafeMutableBytes { recv(channel, $0.baseAddress, $0.count, 0) }
+                if got < 0 && errno == EINTR { continue }
+                if got <= 0 { return 0 }
+                // Drop further wake-ups already queued: one is enough.
+                while bell.withUnsafeMutableBytes({ recv(channel, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }) > 0 {}
+                control.store(ChannelControl.childSleeping, 0)
+            }
+            control.store(ChannelControl.childSleeping, 0)
+            sequence &+= 1
+            guard let request = control.read(at: ChannelControl.requestOffset, capacity: ChannelControl.requestCapacity, length: ChannelControl.requestLength) else { return 70 }
+            var r = WireReader(request)
             var reply = WireWriter()
             do {
                 guard let op = WireOp(rawValue: try r.u32()) else { return 70 }
                 let familyIndex = Int(try r.u32()), instanceID = try r.u64(), n = Int(try r.u64()), size = Int(try r.u64())
+                spin = min(try r.u64(), 1_000_000_000)
                 guard familyIndex < families.count, case let t = families[familyIndex].table else { return 70 }
                 if size != shm.size { try shm.map(size) }
                 errorBuffer[0] = 0
+                let started = DispatchTime.now().uptimeNanoseconds
                 var err = flipout_error(struct_size: UInt32(MemoryLayout<flipout_error>.size), capacity: 1024, message: errorBuffer)
                 var extras = WireWriter()
                 func input(_ a: WireArray) -> flipout_in_array { flipout_in_array(data: a.isAbsent ? nil : UnsafePointer(shm.floats(at: a.offset)), stride: Int(a.stride)) }
@@ -157,12 +176,15 @@ public enum PluginHostChild {
                 }
                 errorBuffer[1023] = 0
                 reply.i32(status)
+                reply.u64(DispatchTime.now().uptimeNanoseconds &- started)
                 reply.string(status == 0 ? "" : String(cString: errorBuffer))
                 reply.bytes += extras.bytes
             } catch {
                 return 70
             }
-            send(reply.bytes)
+            control.write(reply.bytes, at: ChannelControl.replyOffset, capacity: ChannelControl.replyCapacity, length: ChannelControl.replyLength)
+            control.store(ChannelControl.replySequence, sequence)
+            if control.load(ChannelControl.hostSleeping) != 0 { send([1]) }
         }
     }
 }

@@ -17,11 +17,24 @@ final class SharedMemory {
         guard fd >= 0 else { throw SharedMemoryError(what: "memfd_create", errno: errno) }
     }
 
-    /// The child's side: the memfd it inherited.
-    init(inherited fd: Int32) { self.fd = fd }
+    /// The child's side: the memfd it inherited, with its control block mapped for good (the
+    /// host sized the file before starting the child).
+    init(inherited fd: Int32) throws {
+        self.fd = fd
+        let p = mmap(nil, ChannelControl.arraysOffset, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard let p, p != MAP_FAILED else { throw SharedMemoryError(what: "mmap of the control block", errno: errno) }
+        fixedControl = p
+    }
+
+    private var fixedControl: UnsafeMutableRawPointer?
+
+    /// The control block: the child's fixed mapping, or the start of the host's (remapped only
+    /// by `ensure`, before a request is written).
+    var control: ChannelControl { ChannelControl(base: fixedControl ?? base!) }
 
     deinit {
         if let base { munmap(base, size) }
+        if let fixedControl { munmap(fixedControl, ChannelControl.arraysOffset) }
         close(fd)
     }
 
@@ -49,6 +62,38 @@ final class SharedMemory {
     }
 }
 
+/// The control block at the start of the shared memory: where requests and replies travel, and
+/// the words that say a new one is there. Arrays start at `arraysOffset`. Each sequence word and
+/// sleep flag sits on its own cache line (the two processes write different ones).
+struct ChannelControl {
+    static let requestSequence = 0, replySequence = 64, hostSleeping = 128, childSleeping = 192
+    static let requestLength = 256, replyLength = 320
+    /// A request holds up to four lists of FLIPOUT_MAX_SLOTS arrays (kl_vjp), 16 bytes each.
+    static let requestOffset = 4096, requestCapacity = 128 * 1024
+    static let replyOffset = requestOffset + requestCapacity, replyCapacity = 64 * 1024
+    static let arraysOffset = replyOffset + replyCapacity
+
+    let base: UnsafeMutableRawPointer
+
+    func word(_ offset: Int) -> UnsafeMutablePointer<UInt32> { (base + offset).assumingMemoryBound(to: UInt32.self) }
+    func load(_ offset: Int) -> UInt32 { flipout_shared_load(word(offset)) }
+    func store(_ offset: Int, _ value: UInt32) { flipout_shared_store(word(offset), value) }
+
+    /// Writes a message (request or reply) and its length; the caller then publishes its sequence word.
+    func write(_ bytes: [UInt8], at offset: Int, capacity: Int, length: Int) {
+        precondition(bytes.count <= capacity, "an isolated-plugin message of \(bytes.count) bytes exceeds the channel's \(capacity)")
+        bytes.withUnsafeBytes { (base + offset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        word(length).pointee = UInt32(bytes.count)
+    }
+
+    /// Reads a message the peer wrote; nil if its length is out of bounds (the peer is not trusted).
+    func read(at offset: Int, capacity: Int, length: Int) -> [UInt8]? {
+        let count = Int(load(length))
+        guard count <= capacity else { return nil }
+        return Array(UnsafeRawBufferPointer(start: base + offset, count: count))
+    }
+}
+
 struct SharedMemoryError: Error, CustomStringConvertible {
     let what: String
     let errno: Int32
@@ -67,7 +112,8 @@ struct CallFrame {
         let direction: Direction
     }
     private(set) var entries: [Entry] = []
-    private(set) var size = 0
+    /// The end of the arrays, which start after the channel's control block.
+    private(set) var size = ChannelControl.arraysOffset
 
     private mutating func add(_ p: UnsafeMutablePointer<Float>?, stride: Int, n: Int, _ direction: Direction) -> WireArray {
         guard let p else { return .absent }
@@ -86,6 +132,14 @@ struct CallFrame {
     mutating func output(_ p: UnsafeMutablePointer<Float>?, n: Int) -> WireArray { add(p, stride: 1, n: n, .output) }
     /// A gradient the plugin ADDS into: copied in and back.
     mutating func update(_ p: UnsafeMutablePointer<Float>?, stride: Int, n: Int) -> WireArray { add(p, stride: stride, n: n, .update) }
+
+    /// Bytes copied toward the child (`.input`) or back (`.output`).
+    func bytes(_ toward: Direction) -> Int {
+        entries.reduce(0) { sum, e in
+            let copied = toward == .input ? e.direction != .output : e.direction != .input
+            return sum + (copied ? e.count * MemoryLayout<Float>.size : 0)
+        }
+    }
 
     func copyIn(_ shm: SharedMemory) {
         for e in entries where e.direction != .output {
