@@ -67,7 +67,7 @@ struct DatasetsCheck: ParsableCommand {
     @Argument(help: ArgumentHelp("The dataset folder (holds dataset.json).", valueName: "dir"))
     var directory: String
 
-    @Option(help: ArgumentHelp("Target spacing in mm along (D, H, W) = (S, A, R), e.g. 3,1,1, each from 0.001 to 100 (default: the dataset's median).", valueName: "d,h,w"))
+    @Option(help: ArgumentHelp("Target spacing in mm along (D, H, W) = (S, A, R), e.g. 3,1,1, each from 0.001 to 100 (default: the dataset's median, coarsened until train's default patch covers a quarter of the median case).", valueName: "d,h,w"))
     var spacing: SpacingArgument?
 
     @Flag(help: "Print the plan as JSON (the form a checkpoint stores) after the fingerprint.")
@@ -80,7 +80,9 @@ struct DatasetsCheck: ParsableCommand {
             let folder = try DatasetFolder(directory)
             let progress = ProgressLine(total: folder.training.count + folder.test.count, label: "checking")
             let fingerprint = try DatasetFingerprint(folder: folder) { done, _, id in progress.update(done: done, id) }
-            let plan = try fingerprint.checkedPlan(spacing: spacing?.values)
+            let planned = spacing == nil ? SpacingPlan.defaultSpacing(fingerprint) : nil
+            let plan = try fingerprint.checkedPlan(spacing: spacing?.values ?? planned?.spacing)
+            if let planned, planned.spacing != fingerprint.medianSpacing { print(SpacingPlan.describe(planned, median: fingerprint.medianSpacing)) }
             print(fingerprint.report(plan: plan))
             if json { print(plan.jsonString()) }
             print("OK: \(folder.root) is a valid dataset folder")

@@ -11,8 +11,9 @@ struct TrainCommand: ParsableCommand {
         With --data DIR (a dataset folder in the nnU-Net v2 / MSD layout, see
         `flipout datasets --help`) it trains a U-Net with C input channels and K
         classes on patches: every case cropped to its nonzero region, reoriented
-        to RAS, resampled to the median spacing (or --spacing) and normalised
-        per channel (MRI per image, CT with the dataset's statistics); a third of
+        to RAS, resampled to the median spacing (coarser when the default patch
+        would see less than a quarter of the median case, nnU-Net's 3d_lowres
+        rule; or --spacing) and normalised per channel (MRI per image, CT with the dataset's statistics); a third of
         the patches centred on a random foreground voxel, the rest anywhere,
         each augmented on the fly as nnU-Net does (--augmentation default|none).
         Every epoch is --steps-per-epoch steps whatever the dataset size; Adam

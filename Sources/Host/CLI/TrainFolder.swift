@@ -23,7 +23,7 @@ struct FolderTrainingOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Training patch size in voxels along (D, H, W) = (S, A, R), each a multiple of 2^(levels-1), 1 to 512, at most 256³ voxels (default: the median case shape within --memory-budget).", valueName: "d,h,w"))
     var patch: PatchArgument?
 
-    @Option(help: ArgumentHelp("Target spacing in mm along (D, H, W) = (S, A, R), each 0.001 to 100 (default: the dataset's median).", valueName: "d,h,w"))
+    @Option(help: ArgumentHelp("Target spacing in mm along (D, H, W) = (S, A, R), each 0.001 to 100 (default: the dataset's median; without --patch, coarsened until the default patch covers a quarter of the median case, nnU-Net's 3d_lowres rule).", valueName: "d,h,w"))
     var spacing: SpacingArgument?
 
     @Option(help: ArgumentHelp("Cross-validation fold to train: 0..<--folds (validating on its held-out cases), or all (every case, no validation).", valueName: "k|all"))
@@ -182,7 +182,10 @@ struct FolderTraining {
             { done, total, id in if !quiet && (done == total || done % max(1, total / 4) == 0) { note("\(what) \(done)/\(total) (\(id))") } }
         }
         let fingerprint = try DatasetFingerprint(folder: folder, progress: progress("fingerprint"))
-        let plan = try fingerprint.checkedPlan(spacing: options.spacing?.values)
+        // Without --spacing and --patch: the median spacing, coarsened until the default patch sees a quarter of the case (SpacingPlan).
+        let planned = options.spacing == nil && options.patch == nil ? SpacingPlan.spacing(fingerprint, shape: command.model.unet(inputChannels: fingerprint.channelNames.count, classCount: fingerprint.classCount), batchSize: command.trainingConfig().batchSize, budgetMiB: options.memoryBudget) : nil
+        let plan = try fingerprint.checkedPlan(spacing: options.spacing?.values ?? planned?.spacing)
+        if let planned, planned.spacing != fingerprint.medianSpacing { say(SpacingPlan.describe(planned, median: fingerprint.medianSpacing)) }
         let ids = folder.training.map(\.id)
         let splits: [FoldSplit]
         let split: FoldSplit
