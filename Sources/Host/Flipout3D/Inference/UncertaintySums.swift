@@ -115,11 +115,12 @@ public final class WindowBlend {
                 let za = zLo + (zHi - zLo) * slab / slabs, zb = zLo + (zHi - zLo) * (slab + 1) / slabs
                 for (j, r) in rows.enumerated() {
                     let o = r.origin, s = buffers[r.sample], pr = p + j * k * wn
-                    let x0 = max(0, -o[2]), x1 = min(w, W - o[2])
-                    guard x0 < x1 else { continue }
-                    for gz in max(za, o[0])..<min(zb, o[0] + d) {
+                    let x0 = max(0, -o[2]), x1 = min(w, W - o[2]), z0 = max(za, o[0]), z1 = min(zb, o[0] + d)
+                    let y0 = max(0, -o[1]), y1 = min(h, H - o[1])
+                    guard x0 < x1 && z0 < z1 && y0 < y1 else { continue }
+                    for gz in z0..<z1 {
                         let z = gz - o[0], pz = flip & 1 != 0 ? d - 1 - z : z
-                        for y in max(0, -o[1])..<min(h, H - o[1]) {
+                        for y in y0..<y1 {
                             let gy = o[1] + y, py = flip & 2 != 0 ? h - 1 - y : y
                             let gw = g + (z * h + y) * w, dst = (gz * H + gy) * W + o[2], src = (pz * h + py) * w
                             for c in 0..<k {
