@@ -35,11 +35,14 @@ private func maxDiff(_ a: Tensor, _ b: Tensor) -> Float { zip(a.array, b.array).
     }
 
     /// Must show: the batched path (8 draws of a window per call, two weight groups for 10 samples)
-    /// gives the maps of one draw per call, within rounding of the batch size; MI is there.
+    /// gives the maps of one draw per call (through the closure, and with drawsPerCall 1), within
+    /// rounding of the batch size; MI is there.
     @Test(arguments: ["auto", "per-example", "reparam"])
     func batchedDrawsEqualOneDrawPerCall(estimator: String) throws {
-        let p = ModelPredictor(unet: try Self.model(estimator: estimator), samples: 10, seed: 7)
+        let p = ModelPredictor(unet: try Self.model(estimator: estimator), samples: 10, seed: 7, drawsPerCall: 8)
         let a = try Self.maps(p, batched: true), b = try Self.maps(p, batched: false, batch: 3)
+        let one = try Self.maps(ModelPredictor(unet: try Self.model(estimator: estimator), samples: 10, seed: 7, drawsPerCall: 1), batched: true)
+        #expect(maxDiff(one.probabilities, b.probabilities) < 2e-5 && maxDiff(one.mutualInformation, b.mutualInformation) < 2e-5)
         for (x, y) in [(a.probabilities, b.probabilities), (a.predictiveEntropy, b.predictiveEntropy),
                        (a.expectedEntropy, b.expectedEntropy), (a.mutualInformation, b.mutualInformation)] {
             #expect(maxDiff(x, y) < 2e-5, "\(estimator): batched and per-draw maps differ by \(maxDiff(x, y))")
@@ -52,14 +55,14 @@ private func maxDiff(_ a: Tensor, _ b: Tensor) -> Float { zip(a.array, b.array).
     /// draw whatever --samples is (the first 3 of 10 equal the 3 of 3), and differs from sample t + 1.
     @Test func seedsReproduceAndDrawsDoNotDependOnTheSampleCount() throws {
         let unet = try Self.model()
-        let a = try Self.maps(ModelPredictor(unet: unet, samples: 10, seed: 7), batched: true)
-        let b = try Self.maps(ModelPredictor(unet: unet, samples: 10, seed: 7), batched: true)
-        let c = try Self.maps(ModelPredictor(unet: unet, samples: 10, seed: 8), batched: true)
+        let a = try Self.maps(ModelPredictor(unet: unet, samples: 10, seed: 7, drawsPerCall: 8), batched: true)
+        let b = try Self.maps(ModelPredictor(unet: unet, samples: 10, seed: 7, drawsPerCall: 8), batched: true)
+        let c = try Self.maps(ModelPredictor(unet: unet, samples: 10, seed: 8, drawsPerCall: 8), batched: true)
         #expect(a.probabilities.array == b.probabilities.array && a.mutualInformation.array == b.mutualInformation.array)
         #expect(maxDiff(a.probabilities, c.probabilities) > 1e-4)
         var ten: [Int: Tensor] = [:], three: [Int: Tensor] = [:]
-        _ = try Self.maps(ModelPredictor(unet: unet, samples: 10, seed: 7), batched: true) { t, p in ten[t] = p.copy() }
-        _ = try Self.maps(ModelPredictor(unet: unet, samples: 3, seed: 7), batched: true) { t, p in three[t] = p.copy() }
+        _ = try Self.maps(ModelPredictor(unet: unet, samples: 10, seed: 7, drawsPerCall: 8), batched: true) { t, p in ten[t] = p.copy() }
+        _ = try Self.maps(ModelPredictor(unet: unet, samples: 3, seed: 7, drawsPerCall: 3), batched: true) { t, p in three[t] = p.copy() }
         #expect(ten.count == 10 && three.count == 3)
         for t in 0..<3 { #expect(maxDiff(ten[t]!, three[t]!) < 2e-5, "sample \(t) moved with --samples: \(maxDiff(ten[t]!, three[t]!))") }
         for t in 0..<9 { #expect(maxDiff(ten[t]!, ten[t + 1]!) > 1e-4, "samples \(t) and \(t + 1) should be different weight draws") }

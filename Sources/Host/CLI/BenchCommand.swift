@@ -20,7 +20,8 @@ struct BenchCommand: ParsableCommand {
         layer and pass. Example: flipout bench --workloads U1,U2 --repeats 10 --warmup 2
         P1: predict's sliding-window Monte Carlo inference of U1's network over one 2-channel
         160x192x160 case, 32^3 windows at overlap 0.5, 8 samples, no mirroring (flipout bench
-        --workloads P1 --repeats 3 --warmup 1).
+        --workloads P1 --repeats 3 --warmup 1); P1-grouped runs each window's 8 samples in one
+        call through the grouped per-sample convolution instead of one call per sample.
         GFLOP/s count two-convolution Flipout as the peers do (../shared/notes/performance.md).
         Under each workload: every convolution's plan (which engine runs each direction, and why)
         and its per-direction time and GFLOP/s, timed alone.

@@ -49,9 +49,9 @@ struct PredictCommand: ParsableCommand {
 
         Monte Carlo sample t of a Flipout network is row t mod 8 of weight draw t / 8: one
         shared perturbation per 8 samples, each decorrelated by Flipout's sign flips per
-        (sample, channel), as the rows of a training batch are. Each window runs its 8
-        samples as one batch through the per-sample kernels, and a sample is the same weight
-        draw in every window, for any --samples (the first 8 samples are the same with 8 or 16).
+        (sample, channel), as the rows of a training batch are. A sample is the same weight
+        draw in every window, for any --samples (the first 8 samples are the same with 8 or
+        16) and any --samples-per-call (how many of a window's samples share one network call).
 
         Examples:
           flipout predict --checkpoint runs/default/checkpoint.safetensors --input Dataset001/imagesTs --output preds
@@ -65,7 +65,8 @@ struct PredictCommand: ParsableCommand {
     @Option(help: "Output folder.") var output = "predictions"
     @Option(help: "Monte Carlo samples per checkpoint (a deterministic checkpoint uses 1).") var samples = 16
     @Option(help: "Fraction by which neighbouring windows overlap, from 0 to 0.9.") var overlap = 0.5
-    @Option(name: .customLong("window-batch"), help: "Windows per network call for a deterministic network, 1 to 64 (memory grows with it); a Flipout network runs up to 8 samples of one window per call instead (each sample is one weight draw in every window).") var windowBatch = 2
+    @Option(name: .customLong("window-batch"), help: "Windows per network call for a deterministic network, 1 to 64 (memory grows with it); a Flipout network runs --samples-per-call samples of one window per call instead.") var windowBatch = 2
+    @Option(name: .customLong("samples-per-call"), help: "Monte Carlo samples of one window per network call for a Flipout network, 1 to 8 (through the per-sample grouped convolution; 1 is the fastest measured). The maps do not depend on it.") var samplesPerCall = ModelPredictor.defaultDrawsPerCall
     @Option(help: "Window size D,H,W, each 4 to 512, at most 256³ voxels (default: the training patch size).") var window: String?
     @Option(name: .customLong("tta"), defaultAsFlag: TestTimeMirroring.trained, parsing: .next,
             help: ArgumentHelp("Test-time mirroring (on by default): trained (the axes the training mirrored), none, all, or axes such as D,W; each sample is the mean over the mirrorings.", valueName: "axes"))
@@ -83,6 +84,7 @@ struct PredictCommand: ParsableCommand {
         try Bounds.check(samples, Bounds.samples, option: "--samples")
         guard overlap >= 0 && overlap < 1 else { throw ValidationError("--overlap must be in [0, 1), e.g. 0.5.") }
         guard windowBatch >= 1 else { throw ValidationError("--window-batch must be at least 1.") }
+        guard (1...ModelPredictor.drawsPerGroup).contains(samplesPerCall) else { throw ValidationError("--samples-per-call must be from 1 to \(ModelPredictor.drawsPerGroup).") }
         if let window { _ = try parsedWindow(window) }
         if noTTA, let tta, tta != .axes([]) { throw ValidationError("--no-tta contradicts --tta \(tta); give one of them.") }
         try OptionRanges.check(self)
@@ -98,7 +100,7 @@ struct PredictCommand: ParsableCommand {
         try reportingInputErrors {
             let registry = try plugins.registry()
             let members = try checkpoint.map { try TrainedModel.load($0, registry: registry, allowPluginChange: allowPluginChange, log: note) }
-            let predictors = members.map { ModelPredictor($0, samples: samples, seed: seed) }
+            let predictors = members.map { ModelPredictor($0, samples: samples, seed: seed, drawsPerCall: samplesPerCall) }
             for (p, path) in zip(predictors, checkpoint) where p.classes != predictors[0].classes || p.channels != predictors[0].channels {
                 throw InputError("\(path) predicts \(p.classes) classes from \(p.channels) channel(s); \(checkpoint[0]) predicts \(predictors[0].classes) from \(predictors[0].channels): ensemble members must agree.")
             }

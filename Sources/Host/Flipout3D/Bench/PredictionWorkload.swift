@@ -16,9 +16,13 @@ public struct PredictionWorkload: Sendable, Equatable {
     public var overlap = 0.5
     /// Test-time mirroring axes (none in P1).
     public var mirrorAxes: [Int] = []
+    /// Samples of one window per network call (`ModelPredictor.drawsPerCall`).
+    public var drawsPerCall = ModelPredictor.defaultDrawsPerCall
 
     public static let p1 = PredictionWorkload()
-    public static let all = [p1]
+    /// P1 with the 8 samples of a window in one call through the grouped (per-sample kernel) convolution.
+    public static let p1Grouped = PredictionWorkload(name: "P1-grouped", drawsPerCall: 8)
+    public static let all = [p1, p1Grouped]
 
     public var window: [Int] { [network.patch, network.patch, network.patch] }
 }
@@ -52,7 +56,7 @@ extension Workloads {
                                   repeats: Int, warmup: Int, progress: (String) -> Void = { _ in }) throws -> PredictionBenchResult {
         var m = ModelConfig(); m.bayesian = bayesian
         let model = try UNet(m, shape: w.network.shape, registry: registry, seed: 1)
-        let predictor = ModelPredictor(unet: model, samples: w.samples, seed: 1)
+        let predictor = ModelPredictor(unet: model, samples: w.samples, seed: 1, drawsPerCall: w.drawsPerCall)
         let image = Tensor(shape: [w.network.channels] + w.volume)
         var s = RandomStream(seed: 1, layer: 0, step: 0, purpose: .test)
         s.fillNormal(image.data, count: image.count)

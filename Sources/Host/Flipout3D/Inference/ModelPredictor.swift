@@ -7,9 +7,10 @@
 // group ⌊t / G⌋, G = `drawsPerGroup` = 8: the group's context (`StepContext.prediction(seed, group)`)
 // fixes the shared perturbation ΔW and the per-row signs (or, per-example, each row's own kernel),
 // and a call holding any contiguous rows of a group (a `BatchShard` of the group's G rows) gives
-// each row exactly the kernel it has in every other call. So one call runs up to 8 draws of one
-// window as a batch of 8 through the grouped (per-example kernel) convolution, and draw t's
-// kernels are the same in every window, for any --samples (draw t never depends on T).
+// each row exactly the kernel it has in every other call. So one call can run up to 8 draws of one
+// window as a batch through the grouped (per-example kernel) convolution, or one draw per call
+// (`drawsPerCall`), with the same maps either way, and draw t's kernels are the same in every
+// window, for any --samples (draw t never depends on T).
 // Within a group, draws share |ΔW| and differ by Flipout's sign flips (the estimator's
 // pseudo-independent per-example perturbations, as in training); groups are independent.
 // For the shared-sample estimator (reparam), every row of a call has the same kernel, so draw t
@@ -33,6 +34,12 @@ public protocol MonteCarloWindowPredictor {
 public struct ModelPredictor: MonteCarloWindowPredictor {
     /// Draws per weight group of the per-example estimators: up to this many draws of a window run as one batch.
     public static let drawsPerGroup = 8
+    /// Draws of one window per call for the per-example estimators, by default: 1. Measured with
+    /// `flipout predict --samples 8 --no-tta` of U1's network (width 8, 3 levels, 32³ windows) on an
+    /// 80×96×80 two-channel case, 2 threads, Zen 4 (AVX-512), alternating: one draw per call 37-39 s,
+    /// 8 draws per call through the grouped convolution 62-65 s (oneDNN 2.6's grouped kernels with
+    /// 2-8 channels per group are slower than its ungrouped ones; Engine/Conv3DPlan.swift).
+    public static let defaultDrawsPerCall = 1
 
     public let draws: Int
     public let seed: UInt64
@@ -45,23 +52,29 @@ public struct ModelPredictor: MonteCarloWindowPredictor {
     let bayesian: Bool
     /// Whether every row of a call gets its own kernel (Flipout, per-example): draws batch; else windows batch.
     let perRowKernels: Bool
+    /// Draws of one window per network call (per-example estimators), 1...drawsPerGroup.
+    let rowsPerCall: Int
     let probabilities: (Tensor, StepContext) throws -> Tensor
 
     /// A checkpoint's network (contract C3: `TrainedModel.probabilities`, K = plan.classCount).
-    public init(_ trained: TrainedModel, samples: Int, seed: UInt64) {
+    /// `drawsPerCall`: draws of one window per network call for a Flipout (or per-example)
+    /// network, 1...8 (default `defaultDrawsPerCall`); the maps do not depend on it.
+    public init(_ trained: TrainedModel, samples: Int, seed: UInt64, drawsPerCall: Int = defaultDrawsPerCall) {
         let u = trained.model
         self.init(u, classes: trained.plan.classCount, channels: trained.plan.channels.count, samples: samples, seed: seed,
-                  probabilities: trained.probabilities)
+                  drawsPerCall: drawsPerCall, probabilities: trained.probabilities)
     }
 
     /// A U-Net in memory (e.g. the trainer's, for its test report): K = its class count.
-    public init(unet: UNet, samples: Int, seed: UInt64) {
+    public init(unet: UNet, samples: Int, seed: UInt64, drawsPerCall: Int = defaultDrawsPerCall) {
         self.init(unet, classes: unet.shape.classCount, channels: unet.shape.inputChannels, samples: samples, seed: seed,
-                  probabilities: { x, ctx in try unet.probabilities(x, ctx) })
+                  drawsPerCall: drawsPerCall, probabilities: { x, ctx in try unet.probabilities(x, ctx) })
     }
 
-    private init(_ u: UNet, classes: Int, channels: Int, samples: Int, seed: UInt64,
+    private init(_ u: UNet, classes: Int, channels: Int, samples: Int, seed: UInt64, drawsPerCall: Int,
                  probabilities: @escaping (Tensor, StepContext) throws -> Tensor) {
+        precondition((1...Self.drawsPerGroup).contains(drawsPerCall), "ModelPredictor: drawsPerCall \(drawsPerCall)")
+        rowsPerCall = drawsPerCall
         let layers = u.flipoutLayers
         bayesian = !layers.isEmpty; sizeMultiple = u.shape.sizeMultiple
         perRowKernels = bayesian && layers.allSatisfy { $0.estimator != .reparam }
@@ -72,7 +85,7 @@ public struct ModelPredictor: MonteCarloWindowPredictor {
         self.seed = seed
     }
 
-    public var drawsPerCall: Int { perRowKernels ? min(draws, Self.drawsPerGroup) : 1 }
+    public var drawsPerCall: Int { perRowKernels ? min(draws, rowsPerCall) : 1 }
 
     /// The U-Net's receptive field along an axis (UNet.swift's layout): r grows by (k − 1)·j for
     /// each k³ convolution applied where one voxel spans j input voxels; a stride-2 convolution
@@ -109,7 +122,7 @@ public struct ModelPredictor: MonteCarloWindowPredictor {
         let g = Self.drawsPerGroup, row = x.count / b
         var t = r.lowerBound
         while t < r.upperBound {
-            let group = t / g, end = min(r.upperBound, (group + 1) * g), n = end - t
+            let group = t / g, end = min(r.upperBound, (group + 1) * g, t + rowsPerCall), n = end - t
             var ctx = StepContext.prediction(seed: seed, draw: group)
             ctx.shard = BatchShard(globalCount: g, offset: t - group * g, stride: 1)
             for w in 0..<b {
