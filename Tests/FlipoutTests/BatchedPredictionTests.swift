@@ -51,6 +51,23 @@ private func maxDiff(_ a: Tensor, _ b: Tensor) -> Float { zip(a.array, b.array).
         #expect(a.draws == 10 && a.windows == b.windows)
     }
 
+    /// A deep ensemble pools its members' draws in order: batched (draw ranges across members)
+    /// equals one draw per call, and member 1's draws are its own.
+    @Test func ensembleDrawsSpanTheMembers() throws {
+        let e = EnsemblePredictor([ModelPredictor(unet: try Self.model(seed: 9), samples: 3, seed: 7, drawsPerCall: 3),
+                                   ModelPredictor(unet: try Self.model(seed: 10), samples: 2, seed: 7, drawsPerCall: 2)])
+        let o = SlidingWindowOptions(window: [8, 8, 8], overlap: 0.5)
+        var batched: [Int: Tensor] = [:], single: [Int: Tensor] = [:]
+        let a = try SlidingWindow.predict(Self.volume, classes: 3, draws: e.draws, options: o, sampleHook: { batched[$0] = $1.copy() }, predictor: e)
+        let b = try SlidingWindow.predict(Self.volume, classes: 3, draws: e.draws, options: o, sampleHook: { single[$0] = $1.copy() }, predictor: e.callAsFunction)
+        #expect(a.draws == 5 && batched.count == 5 && single.count == 5)
+        #expect(maxDiff(a.probabilities, b.probabilities) < 2e-5 && maxDiff(a.mutualInformation, b.mutualInformation) < 2e-5)
+        let member1 = try SlidingWindow.predict(Self.volume, classes: 3, draws: 2, options: o, sampleHook: { t, p in
+            #expect(maxDiff(p, batched[3 + t]!) < 2e-5, "ensemble draw \(3 + t) should be member 1's draw \(t)")
+        }, predictor: e.members[1])
+        #expect(member1.draws == 2)
+    }
+
     /// Same seed, identical maps (bit for bit); another seed, other maps; sample t is the same weight
     /// draw whatever --samples is (the first 3 of 10 equal the 3 of 3), and differs from sample t + 1.
     @Test func seedsReproduceAndDrawsDoNotDependOnTheSampleCount() throws {

@@ -167,10 +167,10 @@ public struct EnsemblePredictor: MonteCarloWindowPredictor {
     public func predict(_ x: Tensor, draws r: Range<Int>, _ body: (Tensor, [(draw: Int, window: Int)]) throws -> Void) throws {
         var first = 0
         for m in members {
-            let local = max(r.lowerBound - first, 0)..<min(r.upperBound - first, m.draws)
-            if !local.isEmpty {
+            let lo = max(r.lowerBound - first, 0), hi = min(r.upperBound - first, m.draws)
+            if lo < hi {
                 let offset = first
-                try m.predict(x, draws: local) { p, rows in try body(p, rows.map { ($0.draw + offset, $0.window) }) }
+                try m.predict(x, draws: lo..<hi) { p, rows in try body(p, rows.map { ($0.draw + offset, $0.window) }) }
             }
             first += m.draws
         }
