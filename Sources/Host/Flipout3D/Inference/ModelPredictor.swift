@@ -35,10 +35,12 @@ public struct ModelPredictor: MonteCarloWindowPredictor {
     /// Draws per weight group of the per-example estimators: up to this many draws of a window run as one batch.
     public static let drawsPerGroup = 8
     /// Draws of one window per call for the per-example estimators, by default: 1. Measured with
-    /// `flipout predict --samples 8 --no-tta` of U1's network (width 8, 3 levels, 32³ windows) on an
-    /// 80×96×80 two-channel case, 2 threads, Zen 4 (AVX-512), alternating: one draw per call 37-39 s,
-    /// 8 draws per call through the grouped convolution 62-65 s (oneDNN 2.6's grouped kernels with
-    /// 2-8 channels per group are slower than its ungrouped ones; Engine/Conv3DPlan.swift).
+    /// `flipout predict --samples 8 --no-tta --samples-per-call 1|8` of U1's network (width 8, 3
+    /// levels, 32³ windows) on an 80×96×80 two-channel case (54 windows), 2 threads, Zen 4, loaded
+    /// machine, alternating: one draw per call 25.7-28.6 s, 8 per call 35.0-37.0 s (identical maps);
+    /// on a 64³ case without the plan a tie (14.4 and 13.7 s). The grouped convolution (groups = the
+    /// 8 draws, 2-16 channels per group) stays on oneDNN 2.6, slower than the ungrouped kernels
+    /// one draw gets (Engine/Conv3DPlan.swift); revisit when grouped layers get native kernels.
     public static let defaultDrawsPerCall = 1
 
     public let draws: Int
