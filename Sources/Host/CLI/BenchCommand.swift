@@ -18,6 +18,10 @@ struct BenchCommand: ParsableCommand {
         breakdown of the step by phase: U1 width 8, 3 levels, 32^3; U2 width 16, 4 levels, 64^3;
         U3 width 32, 5 levels, 128^3 (nnU-Net's scale). GFLOP/s of U1-U3 count one convolution per
         layer and pass. Example: flipout bench --workloads U1,U2 --repeats 10 --warmup 2
+        P1: predict's sliding-window Monte Carlo inference of U1's network over one 2-channel
+        160x192x160 case, 32^3 windows at overlap 0.5, 8 samples, no mirroring (flipout bench
+        --workloads P1 --repeats 3 --warmup 1); P1-grouped runs each window's 8 samples in one
+        call through the grouped per-sample convolution instead of one call per sample.
         GFLOP/s count two-convolution Flipout as the peers do (../shared/notes/performance.md).
         Under each workload: every convolution's plan (which engine runs each direction, and why)
         and its per-direction time and GFLOP/s, timed alone.
@@ -33,7 +37,7 @@ struct BenchCommand: ParsableCommand {
         """)
 
     @OptionGroup var plugins: PluginOptions
-    @Option(help: "Comma-separated workloads: W1-W4, U1-U3.") var workloads = "W1,W2,W3,W4"
+    @Option(help: "Comma-separated workloads: W1-W4, U1-U3, P1.") var workloads = "W1,W2,W3,W4"
     @Option(help: "Comma-separated estimators for W1, W2 and W3.") var estimators = "flipout,reparam,per-example"
     @Option(help: "Timed repetitions (median reported).") var repeats = 30
     @Option(help: "Untimed warm-up repetitions.") var warmup = 5
@@ -74,10 +78,13 @@ struct BenchCommand: ParsableCommand {
                     results.append(try Workloads.network(bayesian: false, estimator: .reparam, registry: registry, repeats: repeats, warmup: warmup,
                                                          size: size, batch: batch))
                 case "W4": results.append(try Workloads.w4(repeats: repeats, warmup: warmup))
+                case let p where PredictionWorkload.all.contains { $0.name == p }:
+                    try runPrediction(PredictionWorkload.all.first { $0.name == p }!, registry: registry)
+                    continue
                 case let u where UNetWorkload.all.contains { $0.name == u }:
                     try runUNet(UNetWorkload.all.first { $0.name == u }!, registry: registry)
                     continue
-                default: throw InputError("unknown workload \(w); use W1, W2, W3, W4, U1, U2, U3.")
+                default: throw InputError("unknown workload \(w); use W1, W2, W3, W4, U1, U2, U3, P1.")
                 }
                 for r in results {
                     if json {

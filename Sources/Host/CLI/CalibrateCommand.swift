@@ -99,7 +99,7 @@ struct CalibrateCommand: ParsableCommand {
                     if grid.isEmpty { grid = Array(p.shape.dropFirst()) }
                     let n = p.count / k
                     for (j, v) in chosen.enumerated() { for c in 0..<k { fit.probabilities[base + (j * s + t) * k + c] = p.data[c * n + v] } }
-                }, predictor: predictor.callAsFunction)
+                }, predictor: predictor)
                 guard grid == shape else { throw InputError("\(c.labelPath!): its grid \(shape) differs from the images' \(grid)") }
                 line.update(done: i + 1, c.id)
             }

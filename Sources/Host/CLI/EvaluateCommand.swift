@@ -221,7 +221,7 @@ struct EvaluateCommand: ParsableCommand {
         for (i, c) in cases.enumerated() {
             do {
                 _ = try CasePredictor.run(c, channels: predictor.channels, classes: predictor.classes, draws: predictor.draws, settings: settings,
-                                          folder: folder, predictor: predictor.callAsFunction)
+                                          folder: folder, predictor: predictor)
             } catch let e as CaseInputError { throw InputError(e.description) }
             line.update(done: i + 1, c.id)
         }

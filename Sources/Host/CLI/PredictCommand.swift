@@ -35,9 +35,28 @@ struct PredictCommand: ParsableCommand {
         mean without it, so flipout evaluate reports NLL and ECE before and after). Inputs are z-scored per channel over their nonzero voxels
         unless --no-normalise.
 
+        Test-time mirroring is on by default, along the axes the training mirrored (as
+        the checkpoint records its augmentation; every axis under --augmentation default,
+        none for a run trained without augmentation; for an ensemble, the axes every member
+        mirrored), as nnU-Net does: each window of each Monte Carlo sample is predicted on
+        the 2^n mirrorings of its input (n axes: up to 8 network passes), each mirrored back,
+        and their probabilities averaged before the window blends into the sample. The
+        flips pool into each sample, not into the spread between samples, so MI still
+        measures weight uncertainty (a deterministic model keeps MI 0). It costs 2^n times
+        the network passes. --tta none (or --no-tta) turns it off; --tta all flips D, H
+        and W whatever the training did; --tta D,W chooses axes (of the network's grid,
+        RAS after the plan's reorientation). CASE.json records the axes.
+
+        Monte Carlo sample t of a Flipout network is row t mod 8 of weight draw t / 8: one
+        shared perturbation per 8 samples, each decorrelated by Flipout's sign flips per
+        (sample, channel), as the rows of a training batch are. A sample is the same weight
+        draw in every window, for any --samples (the first 8 samples are the same with 8 or
+        16) and any --samples-per-call (how many of a window's samples share one network call).
+
         Examples:
           flipout predict --checkpoint runs/default/checkpoint.safetensors --input Dataset001/imagesTs --output preds
           flipout predict --checkpoint a.safetensors --checkpoint b.safetensors --checkpoint c.safetensors --input t1.nii.gz --output ens
+          flipout predict --checkpoint runs/default/checkpoint.safetensors --input t1.nii.gz --output fast --no-tta --samples 8
         """)
 
     @OptionGroup var plugins: PluginOptions
@@ -46,9 +65,13 @@ struct PredictCommand: ParsableCommand {
     @Option(help: "Output folder.") var output = "predictions"
     @Option(help: "Monte Carlo samples per checkpoint (a deterministic checkpoint uses 1).") var samples = 16
     @Option(help: "Fraction by which neighbouring windows overlap, from 0 to 0.9.") var overlap = 0.5
-    @Option(name: .customLong("window-batch"), help: "Windows per network call for a deterministic network, 1 to 64 (memory grows with it); a Bayesian network runs its windows one at a time, so that each sample is one weight sample.") var windowBatch = 2
+    @Option(name: .customLong("window-batch"), help: "Windows per network call for a deterministic network, 1 to 64 (memory grows with it); a Flipout network runs --samples-per-call samples of one window per call instead.") var windowBatch = 2
+    @Option(name: .customLong("samples-per-call"), help: "Monte Carlo samples of one window per network call for a Flipout network, 1 to 8 (through the per-sample grouped convolution; 1 is the fastest measured). The maps do not depend on it.") var samplesPerCall = ModelPredictor.defaultDrawsPerCall
     @Option(help: "Window size D,H,W, each 4 to 512, at most 256³ voxels (default: the training patch size).") var window: String?
-    @Flag(help: "Test-time mirroring: every sample is the mean over the 8 flips along D, H, W.") var tta = false
+    @Option(name: .customLong("tta"), defaultAsFlag: TestTimeMirroring.trained, parsing: .next,
+            help: ArgumentHelp("Test-time mirroring (on by default): trained (the axes the training mirrored), none, all, or axes such as D,W; each sample is the mean over the mirrorings.", valueName: "axes"))
+    var tta: TestTimeMirroring? = nil
+    @Flag(name: .customLong("no-tta"), help: "No test-time mirroring (as --tta none).") var noTTA = false
     @Option(help: "Seed of the prediction draws.") var seed: UInt64 = 1
     @Flag(name: .customLong("no-normalise"), help: "Use the input intensities as they are.") var noNormalise = false
     @Option(help: "NaN or infinite input voxels: refuse (default, exit 65), zero (make them 0), or clip (NaN to 0, inf to the volume's finite extreme).")
@@ -61,7 +84,9 @@ struct PredictCommand: ParsableCommand {
         try Bounds.check(samples, Bounds.samples, option: "--samples")
         guard overlap >= 0 && overlap < 1 else { throw ValidationError("--overlap must be in [0, 1), e.g. 0.5.") }
         guard windowBatch >= 1 else { throw ValidationError("--window-batch must be at least 1.") }
+        guard (1...ModelPredictor.drawsPerGroup).contains(samplesPerCall) else { throw ValidationError("--samples-per-call must be from 1 to \(ModelPredictor.drawsPerGroup).") }
         if let window { _ = try parsedWindow(window) }
+        if noTTA, let tta, tta != .axes([]) { throw ValidationError("--no-tta contradicts --tta \(tta); give one of them.") }
         try OptionRanges.check(self)
     }
 
@@ -75,7 +100,7 @@ struct PredictCommand: ParsableCommand {
         try reportingInputErrors {
             let registry = try plugins.registry()
             let members = try checkpoint.map { try TrainedModel.load($0, registry: registry, allowPluginChange: allowPluginChange, log: note) }
-            let predictors = members.map { ModelPredictor($0, samples: samples, seed: seed) }
+            let predictors = members.map { ModelPredictor($0, samples: samples, seed: seed, drawsPerCall: samplesPerCall) }
             for (p, path) in zip(predictors, checkpoint) where p.classes != predictors[0].classes || p.channels != predictors[0].channels {
                 throw InputError("\(path) predicts \(p.classes) classes from \(p.channels) channel(s); \(checkpoint[0]) predicts \(predictors[0].classes) from \(predictors[0].channels): ensemble members must agree.")
             }
@@ -93,14 +118,20 @@ struct PredictCommand: ParsableCommand {
             }
             try checkWindow(size, members: members, predictors: predictors)
             let ensemble = EnsemblePredictor(predictors)
+            // Test-time mirroring: the axes every member's training mirrored, unless told otherwise.
+            let trainedAxes = try checkpoint.map { TestTimeMirroring.trainedAxes(try Checkpoint.read($0)) }
+                .reduce(Set([0, 1, 2])) { $0.intersection($1) }.sorted()
+            let mirrorAxes = noTTA ? [] : (tta ?? .trained).resolve(trainedAxes: trainedAxes)
+            let mirrorings = 1 << mirrorAxes.count
+            let ttaText = mirrorAxes.isEmpty ? "" : " x \(mirrorings) mirrorings (\(TestTimeMirroring.names(mirrorAxes)))"
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
 
             let found: (cases: [CaseInput], source: String)
             do { found = try CaseInputs.discover(input) } catch let e as CaseInputError { throw InputError(e.description) }
             let cases = found.cases
-            note("predict: \(cases.count) case(s) from \(input) (\(found.source)); \(members.count) checkpoint(s), \(ensemble.draws) draw(s) per window\(tta ? " x 8 mirrorings" : ""), window \(size.map(String.init).joined(separator: "x")), overlap \(overlap)")
+            note("predict: \(cases.count) case(s) from \(input) (\(found.source)); \(members.count) checkpoint(s), \(ensemble.draws) draw(s) per window\(ttaText), window \(size.map(String.init).joined(separator: "x")), overlap \(overlap)")
             let plan = members[0].plan
-            var settings = PredictionSettings(window: SlidingWindowOptions(window: size, overlap: overlap, batch: windowBatch, mirror: tta),
+            var settings = PredictionSettings(window: SlidingWindowOptions(window: size, overlap: overlap, batch: windowBatch, mirrorAxes: mirrorAxes),
                                               classNames: plan.classNames)
             settings.preprocessing = noNormalise ? .none : .plan(plan)
             if noNormalise { note("predict: --no-normalise: the dataset plan's normalisation and resampling are skipped") }
@@ -123,9 +154,9 @@ struct PredictCommand: ParsableCommand {
                     report = try CasePredictor.run(c, channels: predictors[0].channels, classes: predictors[0].classes, draws: ensemble.draws, settings: settings, folder: output,
                                                    progress: { p in
                                                        if line == nil { line = ProgressLine(total: p.total, label: "case \(i + 1)/\(cases.count) \(c.id): windows") }
-                                                       line!.update(done: p.windowsDone, "(\(p.windows) per sample x \(p.draws) samples\(tta ? " x 8 mirrorings" : ""))")
+                                                       line!.update(done: p.windowsDone, "(\(p.windows) per sample x \(p.draws) samples\(mirrorings > 1 ? " x \(mirrorings) mirrorings" : ""))")
                                                    },
-                                                   predictor: ensemble.callAsFunction)
+                                                   predictor: ensemble)
                 } catch let e as CaseInputError { throw InputError(e.description) }
                 let fgName = report.classes.dropFirst().map { String(format: "%@ %.1f ml", $0.name, $0.volumeML) }.joined(separator: ", ")
                 print(String(format: "%@: %@; mean entropy in foreground %@, MI %@ (%d windows x %d samples, %.1f s)", c.id, fgName,
@@ -157,3 +188,8 @@ struct PredictCommand: ParsableCommand {
 }
 
 extension NonFinitePolicy: ExpressibleByArgument {}
+
+extension TestTimeMirroring: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
+    public var defaultValueDescription: String { description }
+}

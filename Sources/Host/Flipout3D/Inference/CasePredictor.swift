@@ -78,6 +78,9 @@ public struct CaseReport: Codable, Sendable {
     public var windows: Int
     public var members: [String]
     public var testTimeMirroring: Bool
+    /// The axes test-time mirroring flipped ("D", "H", "W"; each sample is the mean of the 2^n
+    /// mirrorings); nil when off.
+    public var mirrorAxes: [String]?
     /// Means over the predicted foreground (label != 0), nats; nil when nothing is foreground.
     /// The quality-control / active-learning score: high = the model doubts its segmentation.
     public var foregroundVoxels: Int
@@ -101,6 +104,16 @@ public enum CasePredictor {
     public static func run(_ input: CaseInput, channels: Int, classes: Int, draws: Int, settings: PredictionSettings,
                            folder: String, progress: (SlidingWindowProgress) -> Void = { _ in },
                            predictor: WindowPredictor) throws -> CaseReport {
+        try withoutActuallyEscaping(predictor) { p in
+            try run(input, channels: channels, classes: classes, draws: draws, settings: settings, folder: folder, progress: progress,
+                    predictor: PerDrawPredictor(draws: draws, p))
+        }
+    }
+
+    /// Predicts `input` with draws 0..<`draws` of `predictor` and writes every output into `folder`.
+    public static func run<P: MonteCarloWindowPredictor>(_ input: CaseInput, channels: Int, classes: Int, draws: Int, settings: PredictionSettings,
+                                                         folder: String, progress: (SlidingWindowProgress) -> Void = { _ in },
+                                                         predictor: P) throws -> CaseReport {
         let start = Date()
         let (maps, volumes) = try predictMaps(input, channels: channels, classes: classes, draws: draws, settings: settings,
                                               progress: progress, predictor: predictor)
@@ -149,6 +162,7 @@ public enum CasePredictor {
                                        volumeMM3: Double(counts[k]) * voxelMM3, volumeML: Double(counts[k]) * voxelMM3 / 1000)
             },
             draws: draws, windows: maps.windows, members: settings.members, testTimeMirroring: settings.window.mirror,
+            mirrorAxes: settings.window.mirror ? settings.window.mirrorAxes.map { ["D", "H", "W"][$0] } : nil,
             foregroundVoxels: fg, meanEntropyForeground: fg > 0 ? pe / Double(fg) : nil,
             meanMutualInformationForeground: fg > 0 ? mi / Double(fg) : nil, meanExpectedEntropyForeground: fg > 0 ? eh / Double(fg) : nil,
             sampleDice: maps.draws > 1 ? maps.sampleDice : nil, meanSampleDice: Self.meanSampleDice(maps),
@@ -164,6 +178,17 @@ public enum CasePredictor {
                                    progress: (SlidingWindowProgress) -> Void = { _ in },
                                    sampleHook: ((Int, Tensor) -> Void)? = nil,
                                    predictor: WindowPredictor) throws -> (maps: PredictiveMaps, volumes: [NIfTIVolume]) {
+        try withoutActuallyEscaping(predictor) { p in
+            try predictMaps(input, channels: channels, classes: classes, draws: draws, settings: settings, progress: progress,
+                            sampleHook: sampleHook, predictor: PerDrawPredictor(draws: draws, p))
+        }
+    }
+
+    /// The maps of `input` from draws 0..<`draws` of `predictor` (see the closure form).
+    public static func predictMaps<P: MonteCarloWindowPredictor>(_ input: CaseInput, channels: Int, classes: Int, draws: Int, settings: PredictionSettings,
+                                                                 progress: (SlidingWindowProgress) -> Void = { _ in },
+                                                                 sampleHook: ((Int, Tensor) -> Void)? = nil,
+                                                                 predictor: P) throws -> (maps: PredictiveMaps, volumes: [NIfTIVolume]) {
         // A 4D file (the Medical Segmentation Decathlon keeps all channels in one) is refused with what to do.
         for path in input.channels {
             // The reader refuses a 4D header (NIfTIError.notThreeD, dims (nx, ny, nz, T, ...)); say what to do with it.

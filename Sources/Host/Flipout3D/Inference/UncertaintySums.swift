@@ -46,21 +46,23 @@ public struct PredictiveMaps {
     }
 }
 
-/// One Monte Carlo sample's windows blended into p_t (K, D, H, W): Σ_w g_w p_{t,w} / Σ_w g_w.
+/// Monte Carlo samples' windows blended into p_t (K, D, H, W): Σ_w g_w p_{t,w} / Σ_w g_w, for up to
+/// `samples` draws side by side (a network call gives one window's draws together).
 /// The weight sums depend only on the window layout, so they are computed once; the probability
-/// buffer is reused sample after sample (one blended volume in flight).
+/// buffers are reused group after group.
 public final class WindowBlend {
     /// (D, H, W)
     public let shape: [Int]
     public let classes: Int
-    let sum: Tensor     // (K, D, H, W)
+    let sums: [Tensor]  // per sample (K, D, H, W)
     let weight: Tensor  // (D, H, W)
 
-    /// The blend of windows of `grid` with importance `weights` (d, h, w).
-    public init(grid: WindowGrid, classes: Int, weights: [Float]) {
-        precondition(classes >= 2, "WindowBlend: classes \(classes)")
+    /// The blend of windows of `grid` with importance `weights` (d, h, w), `samples` draws at a time.
+    public init(grid: WindowGrid, classes: Int, weights: [Float], samples: Int = 1) {
+        precondition(classes >= 2 && samples >= 1, "WindowBlend: classes \(classes), samples \(samples)")
         shape = grid.volume; self.classes = classes
-        sum = Tensor(shape: [classes] + shape); weight = Tensor(shape: shape)
+        sums = (0..<samples).map { _ in Tensor(shape: [classes] + grid.volume) }
+        weight = Tensor(shape: shape)
         for s in grid.starts {
             let origin = (0..<3).map { s[$0] - grid.padBefore[$0] }
             Self.visit(window: grid.window, origin: origin, shape: shape) { src, dst in weight.data[dst] += weights[src] }
@@ -89,31 +91,70 @@ public final class WindowBlend {
         }
     }
 
-    /// Adds one window of the current sample: `p` points at (K, d, h, w) probabilities, `origin` is
-    /// the window's first voxel in this grid (parts outside the grid are skipped), `weights` (d, h, w).
+    /// Adds one window of sample 0 (see `add(_:rows:flip:weights:)`).
     public func add(_ p: UnsafePointer<Float>, window: [Int], origin: [Int], weights: [Float]) {
-        let wn = window.reduce(1, *), n = sum.count / classes, k = classes
-        let s = sum.data
-        Self.visit(window: window, origin: origin, shape: shape) { src, dst in
-            let wt = weights[src]
-            for c in 0..<k { s[c * n + dst] += wt * p[c * wn + src] }
+        add(p, window: window, rows: [(sample: 0, origin: origin)], flip: 0, weights: weights)
+    }
+
+    /// Adds windows of the current samples: row j of `p` (rows × (K, d, h, w)) is a prediction of
+    /// the window at rows[j].origin (its first voxel in this grid; parts outside are skipped) for
+    /// sample rows[j].sample, made on the window mirrored by `flip` (bit 0 = D, 1 = H, 2 = W),
+    /// which is undone by index. `weights` (d, h, w) are the importance weights (already divided
+    /// by the number of mirrorings). Threaded over slabs of the volume's D axis, so overlapping
+    /// rows never write the same voxel concurrently.
+    public func add(_ p: UnsafePointer<Float>, window: [Int], rows: [(sample: Int, origin: [Int])], flip: Int, weights: [Float]) {
+        let (d, h, w) = (window[0], window[1], window[2]), wn = d * h * w
+        let (D, H, W) = (shape[0], shape[1], shape[2]), n = D * H * W, k = classes
+        let zLo = max(0, rows.map { $0.origin[0] }.min()!), zHi = min(D, rows.map { $0.origin[0] + d }.max()!)
+        guard zLo < zHi else { return }
+        let slabs = min(zHi - zLo, 8)
+        let buffers = sums.map { $0.data }
+        weights.withUnsafeBufferPointer { wb in
+            let g = wb.baseAddress!
+            DispatchQueue.concurrentPerform(iterations: slabs) { slab in
+                let za = zLo + (zHi - zLo) * slab / slabs, zb = zLo + (zHi - zLo) * (slab + 1) / slabs
+                for (j, r) in rows.enumerated() {
+                    let o = r.origin, s = buffers[r.sample], pr = p + j * k * wn
+                    let x0 = max(0, -o[2]), x1 = min(w, W - o[2]), z0 = max(za, o[0]), z1 = min(zb, o[0] + d)
+                    let y0 = max(0, -o[1]), y1 = min(h, H - o[1])
+                    guard x0 < x1 && z0 < z1 && y0 < y1 else { continue }
+                    for gz in z0..<z1 {
+                        let z = gz - o[0], pz = flip & 1 != 0 ? d - 1 - z : z
+                        for y in y0..<y1 {
+                            let gy = o[1] + y, py = flip & 2 != 0 ? h - 1 - y : y
+                            let gw = g + (z * h + y) * w, dst = (gz * H + gy) * W + o[2], src = (pz * h + py) * w
+                            for c in 0..<k {
+                                let out = s + c * n + dst, q = pr + c * wn + src
+                                if flip & 4 != 0 {
+                                    for x in x0..<x1 { out[x] += gw[x] * q[w - 1 - x] }
+                                } else {
+                                    for x in x0..<x1 { out[x] += gw[x] * q[x] }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
-    /// The current sample's blended probabilities p_t (K, D, H, W). The tensor is this blend's
-    /// buffer: use it before the next `add`, which starts the next sample.
-    public func finishSample() -> Tensor {
-        let n = weight.count
-        for c in 0..<classes {
-            let s = sum.data + c * n
-            for v in 0..<n { s[v] /= weight.data[v] }
+    /// Sample i's blended probabilities p_t (K, D, H, W). The tensor is this blend's buffer: use
+    /// it before the next `reset`, which starts the next group of samples.
+    public func finishSample(_ i: Int = 0) -> Tensor {
+        let n = weight.count, s = sums[i].data, wt = weight.data, k = classes
+        DispatchQueue.concurrentPerform(iterations: UncertaintySums.chunks(n)) { chunk in
+            let r = UncertaintySums.range(chunk, n)
+            for c in 0..<k {
+                let sc = s + c * n
+                for v in r { sc[v] /= wt[v] }
+            }
         }
-        return sum
+        return sums[i]
     }
 
-    /// Clears the buffer for the next sample.
-    public func reset() {
-        sum.data.update(repeating: 0, count: sum.count)
+    /// Clears the first `count` buffers for the next group of samples.
+    public func reset(_ count: Int = 1) {
+        for s in sums.prefix(count) { s.data.update(repeating: 0, count: s.count) }
     }
 }
 
