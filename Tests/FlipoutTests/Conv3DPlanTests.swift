@@ -79,3 +79,35 @@ private let w1 = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size:
         }
     }
 }
+
+@Test func autoPlanFollowsTheUNetMeasurements() {
+    func allNative(_ p: Conv3DPlan, _ level: NativeLevel) -> Bool {
+        p.forward == .native(level) && p.backwardData == .native(level) && p.backwardWeights == .native(level)
+    }
+    // U1's up0 and dec0 (16->8 per group at 32^3): native, plain and per-example.
+    let up0 = Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 8, size: 32, k: 3)
+    for g in [up0, up0.foldedOverBatch()] {
+        #expect(allNative(Conv3DPlan.choose(g, engine: .auto, level: .avx512), .avx512), "\(g)")
+    }
+    // U2's first level (64-wide rows, <= 16 channels per group): native on AVX-512.
+    for g in [Conv3DGeometry(batch: 2, inChannels: 2, outChannels: 16, size: 64, k: 3),
+              Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 16, size: 64, k: 3)] {
+        for h in [g, g.foldedOverBatch()] {
+            #expect(allNative(Conv3DPlan.choose(h, engine: .auto, level: .avx512), .avx512), "\(h)")
+        }
+    }
+    // 16-wide rows (U1's enc1b): oneDNN in every direction, plain and per-example.
+    let enc1b = Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 16, size: 16, k: 3)
+    for g in [enc1b, enc1b.foldedOverBatch()] {
+        let p = Conv3DPlan.choose(g, engine: .auto, level: .avx512)
+        #expect(!p.forward.description.hasPrefix("native") && p.backwardWeights == .onednn, "\(g): \(p)")
+    }
+    // Fewer outputs than inputs: oneDNN's direct forward, not the transposed backward-data.
+    let up0U2 = Conv3DGeometry(batch: 2, inChannels: 32, outChannels: 16, size: 64, k: 3)
+    for g in [up0U2, up0U2.foldedOverBatch()] {
+        let p = Conv3DPlan.choose(g, engine: .auto, level: .avx512)
+        #expect(p.forward == .onednn && p.forwardStrategy == .direct, "\(g): \(p)")
+    }
+    // W1 and W4 keep their measured plans.
+    #expect(Conv3DPlan.choose(w1, engine: .auto, level: .avx512).forwardStrategy == .transposedBackwardData)
+}
