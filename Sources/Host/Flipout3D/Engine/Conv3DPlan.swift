@@ -159,6 +159,16 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// forward took 182 ms against 137-146 direct, and 31.8 against 29.9 at 128->64 (16^3).
     public static let transposedForwardChannelMultiple = 16
 
+    /// Below AVX-512 (Zen 3), layers the kernels take (at most 16 output and 64 input channels
+    /// per group, stride 1) run their forward and backward-weights natively, and backward-data
+    /// too where the kernels take its transpose: oneDNN 2.6 falls back to its gemm
+    /// backward-weights there. Measured with both capped to AVX2 (`FLIPOUT_NATIVE_ISA=avx2
+    /// ONEDNN_MAX_CPU_ISA=AVX2 FLIPOUT_BENCH_CLOCK=cpu OMP_NUM_THREADS=1 flipout bench --workloads U1
+    /// --compare-plans --repeats 5 --warmup 1`): U1's up1 (32->16 per group at 16^3) 10.0 ms against
+    /// 12.3 all-oneDNN (backward-weights 5.1 against 9.5), enc1b (16->16 at 16^3) 5.2 against 6.5,
+    /// up0 and dec0 (16->8 at 32^3) 21 against 43.
+    public static let nativeBackwardWeightsBelowAVX512 = true
+
     /// Whether the native kernels run `g` in every direction.
     public static func nativeSupports(_ g: Conv3DGeometry) -> Bool { NativeConv3D.supports(g) }
 
@@ -209,6 +219,11 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
                 && rowVectors >= mixedMinRowVectors {
                 return Conv3DPlan(forward: .native(level), backwardData: .native(level), backwardWeights: .onednn, layout: layout,
                                   forwardStrategy: .direct, reason: "auto: ungrouped, <= \(mixedMaxChannels) channels, AVX-512: native forward and backward-data, oneDNN backward-weights; \(why)")
+            }
+            if nativeBackwardWeightsBelowAVX512 && level == .avx2 && NativeConv3D.supportsForward(g) {
+                return Conv3DPlan(forward: .native(level), backwardData: supported ? .native(level) : .onednn, backwardWeights: .native(level),
+                                  layout: layout, forwardStrategy: strategy,
+                                  reason: "auto: AVX2, <= 16 output channels per group: native forward and backward-weights, backward-data \(supported ? "native" : "on oneDNN"); \(why)")
             }
             return onednn(supported ? "auto: more than \(nativeMaxChannels) channels per group" : "auto: native kernels do not apply")
         }
