@@ -38,6 +38,12 @@ let engineCases: [Conv3DGeometry] = [
     Conv3DGeometry(batch: 16, inChannels: 1, outChannels: 2, inputSize: [5, 5, 5], kernel: [3, 3, 3]).foldedOverBatch(),
     Conv3DGeometry(batch: 2, inChannels: 32, outChannels: 32, inputSize: [5, 5, 5], kernel: [3, 3, 3],
                    stride: [2, 2, 2]).foldedOverBatch(),
+    // more inputs than outputs (a U-Net decoder's 2c -> c): every direction native, per-example
+    // and plain, rows longer than the 64-float tiles
+    Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 8, inputSize: [4, 5, 70], kernel: [3, 3, 3]).foldedOverBatch(),
+    .init(batch: 2, inChannels: 12, outChannels: 4, inputSize: [5, 6, 7], kernel: [3, 3, 3]),
+    // 24 inputs per group: native backward-weights (and forward), backward-data on oneDNN
+    .init(batch: 2, inChannels: 24, outChannels: 8, inputSize: [5, 6, 9], kernel: [3, 3, 3]),
 ]
 
 /// Tolerance for sums of `terms` products of values in [-1, 1]: fp32 rounding grows like sqrt(terms).
@@ -55,6 +61,12 @@ private func strategies(_ g: Conv3DGeometry) -> [Conv3D.ForwardStrategy] {
 /// backward, and the reverse), which hand the saved copy of x between implementations.
 func enginePlans(_ g: Conv3DGeometry) -> [Conv3DPlan] {
     var plans = strategies(g).map { Conv3DPlan.onednn($0) } + [.onednn(.direct, layout: .channelsLast)]
+    if Conv3DPlan.nativeSupportsBackwardWeights(g) {
+        // Native forward and backward-weights with oneDNN backward-data (which the kernels may not run).
+        for level in NativeLevel.runnable {
+            plans.append(Conv3DPlan(forward: .native(level), backwardData: .onednn, backwardWeights: .native(level)))
+        }
+    }
     guard Conv3DPlan.nativeSupports(g) else { return plans }
     plans += NativeLevel.runnable.map { Conv3DPlan.native($0) }
     let best = NativeLevel.supported

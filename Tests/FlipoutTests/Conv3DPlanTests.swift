@@ -13,8 +13,8 @@ private let w1 = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size:
             let p = Conv3DPlan.choose(g, engine: .auto, level: level)
             #expect(p.forward == .native(level) && p.backwardData == .native(level) && p.backwardWeights == .native(level), "\(g): \(p)")
         }
-        // 16 channels per group: oneDNN's jit kernels.
-        #expect(Conv3DPlan.choose(w1, engine: .auto, level: level).forward == .onednn)
+        // 16 channels per group: oneDNN's jit kernels, except below AVX-512 (Conv3DPlan.nativeBackwardWeightsBelowAVX512).
+        #expect(Conv3DPlan.choose(w1, engine: .auto, level: level).forward == (level == .avx2 ? .native(.avx2) : .onednn))
     }
 }
 
@@ -58,7 +58,7 @@ private let w1 = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size:
     #expect(pick(strided, .avx512) == (.blocked, .direct))
     // Below AVX-512 (Zen 3): never measured, so oneDNN's defaults, whatever kernels it has there.
     for level in [NativeLevel.avx2, .portable] {
-        for g in [w4, w1, wide, strided] { #expect(pick(g, level) == (.blocked, .direct)) }
+        for g in level == .avx2 ? [wide, strided] : [w4, w1, wide, strided] { #expect(pick(g, level) == (.blocked, .direct)) }
     }
     // The description shows both, and why.
     let d = "\(Conv3DPlan.choose(w4, engine: .auto, level: .avx512))"
@@ -78,4 +78,46 @@ private let w1 = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size:
             #expect(conv.forwardStrategy == strategy && conv.plan.layout == layout)
         }
     }
+}
+
+@Test func autoPlanFollowsTheUNetMeasurements() {
+    func allNative(_ p: Conv3DPlan, _ level: NativeLevel) -> Bool {
+        p.forward == .native(level) && p.backwardData == .native(level) && p.backwardWeights == .native(level)
+    }
+    // U1's up0 and dec0 (16->8 per group at 32^3): native, plain and per-example.
+    let up0 = Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 8, size: 32, k: 3)
+    for g in [up0, up0.foldedOverBatch()] {
+        #expect(allNative(Conv3DPlan.choose(g, engine: .auto, level: .avx512), .avx512), "\(g)")
+    }
+    // U2's first level (64-wide rows, <= 16 channels per group): native on AVX-512.
+    for g in [Conv3DGeometry(batch: 2, inChannels: 2, outChannels: 16, size: 64, k: 3),
+              Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 16, size: 64, k: 3)] {
+        for h in [g, g.foldedOverBatch()] {
+            #expect(allNative(Conv3DPlan.choose(h, engine: .auto, level: .avx512), .avx512), "\(h)")
+        }
+    }
+    // 16-wide rows (U1's enc1b): oneDNN in every direction, plain and per-example.
+    let enc1b = Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 16, size: 16, k: 3)
+    for g in [enc1b, enc1b.foldedOverBatch()] {
+        let p = Conv3DPlan.choose(g, engine: .auto, level: .avx512)
+        #expect(!p.forward.description.hasPrefix("native") && p.backwardWeights == .onednn, "\(g): \(p)")
+    }
+    // Fewer outputs than inputs: oneDNN's direct forward, not the transposed backward-data.
+    let up0U2 = Conv3DGeometry(batch: 2, inChannels: 32, outChannels: 16, size: 64, k: 3)
+    for g in [up0U2, up0U2.foldedOverBatch()] {
+        let p = Conv3DPlan.choose(g, engine: .auto, level: .avx512)
+        #expect(p.forward == .onednn && p.forwardStrategy == .direct, "\(g): \(p)")
+    }
+    // Below AVX-512: native forward and backward-weights where the kernels take the layer,
+    // backward-data on oneDNN where they do not take its transpose; strided layers stay on oneDNN.
+    let up1 = Conv3DGeometry(batch: 2, inChannels: 32, outChannels: 16, size: 16, k: 3)
+    for g in [up1, up1.foldedOverBatch()] {
+        let p = Conv3DPlan.choose(g, engine: .auto, level: .avx2)
+        #expect(p.forward == .native(.avx2) && p.backwardWeights == .native(.avx2) && p.backwardData == .onednn, "\(g): \(p)")
+    }
+    #expect(allNative(Conv3DPlan.choose(enc1b, engine: .auto, level: .avx2), .avx2))
+    let down = Conv3DGeometry(batch: 2, inChannels: 8, outChannels: 16, size: 32, k: 3, stride: 2)
+    #expect(Conv3DPlan.choose(down, engine: .auto, level: .avx2).backwardWeights == .onednn)
+    // W1 and W4 keep their measured plans.
+    #expect(Conv3DPlan.choose(w1, engine: .auto, level: .avx512).forwardStrategy == .transposedBackwardData)
 }

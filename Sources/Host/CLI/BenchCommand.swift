@@ -110,6 +110,7 @@ struct BenchCommand: ParsableCommand {
 
     /// U1-U3: the `train --data` step, Flipout and deterministic, each with its breakdown.
     private func runUNet(_ w: UNetWorkload, registry: PluginRegistry) throws {
+        if comparePlans { return try printUNetLayers(w) }
         for bayesian in [true, false] {
             let r = try Workloads.unetStep(w, bayesian: bayesian, registry: registry, repeats: repeats, warmup: warmup)
             if json {
@@ -123,6 +124,17 @@ struct BenchCommand: ParsableCommand {
                     print("    " + p.phase.padding(toLength: 52, withPad: " ", startingAt: 0) + String(format: "%9.2f ms  %5.1f %%", p.ms, 100 * p.share))
                 }
             }
+            fflush(stdout)
+        }
+    }
+
+    /// --compare-plans with a U workload: every convolution of the U-Net timed alone under each candidate plan.
+    private func printUNetLayers(_ w: UNetWorkload) throws {
+        try Workloads.unetLayers(w, repeats: repeats, warmup: warmup) { c in
+            let t = c.timing
+            let head = c.layer.padding(toLength: 6, withPad: " ", startingAt: 0) + (c.bayesian ? " flipout " : " det     ") + (c.chosen ? "* " : "  ")
+            print(head + String(format: "step %7.2f ms | fwd %7.2f | bwd-data %7.2f | bwd-weights %7.2f  ", t.stepMs, t.forwardMs, t.backwardDataMs, t.backwardWeightsMs)
+                  + "\(t.geometry) | \(t.plan) | \(t.implementations.joined(separator: ", "))")
             fflush(stdout)
         }
     }

@@ -223,3 +223,65 @@ final class ConvStack: TrainableNetwork {
     func parametersChanged() { layers.compactMap { $0 as? FlipoutConv3D }.forEach { $0.weights.refresh() } }
     var trainable: [NamedParameter] { layers.flatMap(\.trainable) }
 }
+
+/// One convolution of a U-Net workload under one plan, timed alone (`flipout bench --workloads U1
+/// --compare-plans`): where the step's convolution time goes, layer by layer, and which engine wins.
+public struct UNetLayerComparison: Sendable {
+    public var layer: String
+    public var bayesian: Bool
+    public var timing: EngineStepTiming
+    public var chosen: Bool
+}
+
+extension Workloads {
+    /// The convolutions of `w`'s U-Net (forward order, as `UNet` builds them), each in the
+    /// geometry the layer runs: Flipout folded over the batch (groups = batch), deterministic
+    /// plain. Every candidate plan that applies is timed: the chosen one, all-oneDNN, all-native,
+    /// native forward and backward-data with oneDNN backward-weights.
+    public static func unetLayers(_ w: UNetWorkload, repeats: Int, warmup: Int,
+                                  report: (UNetLayerComparison) -> Void) throws {
+        let s = w.shape
+        var specs: [(String, Int, Int, Int, Int, Int)] = []   // name, in, out, k, stride, input edge
+        for l in 0..<w.levels {
+            let cin = l == 0 ? w.channels : s.channels(level: l - 1), c = s.channels(level: l)
+            specs.append(("enc\(l)a", cin, c, 3, l == 0 ? 1 : 2, w.patch >> max(l - 1, 0)))
+            specs.append(("enc\(l)b", c, c, 3, 1, w.patch >> l))
+        }
+        for l in stride(from: w.levels - 2, through: 0, by: -1) {
+            let c = s.channels(level: l)
+            specs.append(("up\(l)", s.channels(level: l + 1), c, 3, 1, w.patch >> l))
+            specs.append(("dec\(l)", 2 * c, c, 3, 1, w.patch >> l))
+        }
+        specs.append(("head", s.channels(level: 0), w.classes, 1, 1, w.patch))
+        for spec in specs {
+            let plain = Conv3DGeometry(batch: w.batch, inChannels: spec.1, outChannels: spec.2, size: spec.5, k: spec.3, stride: spec.4)
+            for bayesian in [true, false] {
+                let g = bayesian && !(spec.0 == "head") ? plain.foldedOverBatch() : plain
+                if !bayesian && spec.0 == "head" { continue }
+                let chosen = Conv3DPlan.choose(g)
+                var plans = [chosen]
+                let level = NativeLevel.best
+                var candidates = [Conv3DPlan.onednn(reason: "all oneDNN, blocked, direct")]
+                if Conv3DPlan.nativeSupports(g) {
+                    candidates.append(.native(level, reason: "all native"))
+                    candidates.append(Conv3DPlan(forward: .native(level), backwardData: .native(level), backwardWeights: .onednn,
+                                                 reason: "mixed"))
+                }
+                if Conv3DPlan.nativeSupportsBackwardWeights(g) {
+                    candidates.append(Conv3DPlan(forward: .onednn, backwardData: .onednn, backwardWeights: .native(level),
+                                                 reason: "oneDNN, native backward-weights"))
+                    candidates.append(Conv3DPlan(forward: .native(level), backwardData: .onednn, backwardWeights: .native(level),
+                                                 reason: "native forward and backward-weights, oneDNN backward-data"))
+                }
+                for c in candidates where !plans.contains(where: { $0.forward == c.forward && $0.backwardData == c.backwardData
+                        && $0.backwardWeights == c.backwardWeights && $0.layout == c.layout && $0.forwardStrategy == c.forwardStrategy }) {
+                    plans.append(c)
+                }
+                for (i, p) in plans.enumerated() {
+                    let t = try EngineBench.timeStep(geometry: g, plan: p, repeats: repeats, warmup: warmup)
+                    report(UNetLayerComparison(layer: spec.0, bayesian: bayesian, timing: t, chosen: i == 0))
+                }
+            }
+        }
+    }
+}

@@ -47,13 +47,14 @@ public final class Conv3D {
         let directions = [plan.forward, plan.backwardData, plan.backwardWeights]
         let levels = directions.compactMap { d -> NativeLevel? in if case .native(let l) = d { return l } else { return nil } }
         if let level = levels.first {
-            guard NativeConv3D.supports(geometry) else {
-                throw GeometryError("the native kernels need stride 1, k_w 1 or 3, at most 16 channels per group and padding below the kernel; \(geometry) has a plan \(plan)")
+            let forwardOK = !(plan.forward.isNative || plan.backwardWeights.isNative) || NativeConv3D.supportsForward(geometry)
+            guard forwardOK && (!plan.backwardData.isNative || NativeConv3D.supportsBackwardData(geometry)) else {
+                throw GeometryError("the native kernels need stride 1, k_w 1 or 3, at most 16 output and 64 input channels per group (backward-data: the reverse) and padding below the kernel; \(geometry) has a plan \(plan)")
             }
             guard levels.allSatisfy({ $0 == level }), level <= NativeLevel.supported else {
                 throw GeometryError("plan \(plan): one native level per engine, at most \(NativeLevel.supported) on this CPU")
             }
-            native = NativeConv3D(geometry, level: level)
+            native = NativeConv3D(geometry, level: level, backwardData: plan.backwardData.isNative)
         } else {
             native = nil
         }

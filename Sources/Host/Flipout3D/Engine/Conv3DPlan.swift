@@ -111,6 +111,31 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// so grouped layers stay on oneDNN; AVX2 (Zen 3) was not measured, so it stays on oneDNN.
     public static let mixedMaxChannels = 16
 
+    /// Layers with at most this many output channels per group (and any input count the kernels
+    /// take, up to 64) run natively in every direction, grouped or not, on every level. Measured
+    /// per layer on the U-Net (`FLIPOUT_BENCH_CLOCK=cpu OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
+    /// flipout bench --workloads U1 --compare-plans --repeats 7 --warmup 2`, AVX-512, process CPU
+    /// time per step of one layer): U1's up0 and dec0 (16->8 per group at 32^3) take 15.4 / 15.5 ms
+    /// native against 33.5 / 33.7 ms on oneDNN in the per-example (grouped) form, whose
+    /// backward-weights falls back to oneDNN 2.6's gemm (22 ms against 5.5); ungrouped (the
+    /// deterministic step) 18.0 / 15.1 ms native against 21.5 / 19.9 mixed.
+    public static let nativeMaxOutputChannels = 8
+
+    /// Layers whose channels per group are all at most `mixedMaxChannels` run natively in every
+    /// direction when their output rows are at least this many vectors long (64 floats with
+    /// AVX-512): the kernels' tiles are two vectors wide, so long rows fill them. Measured as
+    /// above on U2 (64^3, `--workloads U2 --compare-plans --repeats 3 --warmup 1`): enc0a 2->16
+    /// per group, per-example form, 38.5 ms native against 157 on oneDNN (gemm backward-weights);
+    /// enc0b 16->16 per group 221 against 266 (transposed forward) and 239 (direct); ungrouped
+    /// 38.1 against 41.7 mixed and 222 against 220 (a tie). With 16-wide rows (U1's enc1b, 16^3)
+    /// native loses: 6.4 against 3.1 ms grouped, 6.1 against 3.4 ungrouped.
+    public static let nativeWideRowVectors = 4
+
+    /// The mixed plan (`mixedMaxChannels`) needs output rows of at least this many vectors (32
+    /// floats with AVX-512, W4's width): at 16 wide (U1's enc1b, 16->16 at 16^3, ungrouped) it
+    /// took 5.4 ms against 3.4 all-oneDNN (the measurement above).
+    public static let mixedMinRowVectors = 2
+
     /// Channels-last is chosen for ungrouped layers with exactly this many input and output
     /// channels, on AVX-512. Measured (`flipout bench --workloads W4 --compare-plans`, and
     /// report-issue8.md): oneDNN 2.6 then runs the forward as brgconv (bias fused, as fast as the
@@ -128,11 +153,28 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// (`flipout bench --workloads W1 --compare-plans`): oneDNN 2.6's backward-data kernel runs
     /// about 25 % faster than its forward kernel at 16 channels per group (W1's per-example
     /// form), with 2 threads. On one core (the command above, twice) W1's step is a tie: 29.4 /
-    /// 29.1 ms transposed against 29.1 / 28.8 direct. Not measured on AVX2: direct there.
+    /// 29.1 ms transposed against 29.1 / 28.8 direct. Not measured on AVX2: direct there. Only
+    /// for as many input as output channels: with fewer outputs than inputs (U2's up0 and dec0,
+    /// 32->16 at 64^3, the per-layer measurement at `nativeMaxOutputChannels`) the transposed
+    /// forward took 182 ms against 137-146 direct, and 31.8 against 29.9 at 128->64 (16^3).
     public static let transposedForwardChannelMultiple = 16
+
+    /// Below AVX-512 (Zen 3), layers the kernels take (at most 16 output and 64 input channels
+    /// per group, stride 1) run their forward and backward-weights natively, and backward-data
+    /// too where the kernels take its transpose: oneDNN 2.6 falls back to its gemm
+    /// backward-weights there. Measured with both capped to AVX2 (`FLIPOUT_NATIVE_ISA=avx2
+    /// ONEDNN_MAX_CPU_ISA=AVX2 FLIPOUT_BENCH_CLOCK=cpu OMP_NUM_THREADS=1 flipout bench --workloads U1
+    /// --compare-plans --repeats 5 --warmup 1`): U1's up1 (32->16 per group at 16^3) 10.0 ms against
+    /// 12.3 all-oneDNN (backward-weights 5.1 against 9.5), enc1b (16->16 at 16^3) 5.2 against 6.5,
+    /// up0 and dec0 (16->8 at 32^3) 21 against 43.
+    public static let nativeBackwardWeightsBelowAVX512 = true
 
     /// Whether the native kernels run `g` in every direction.
     public static func nativeSupports(_ g: Conv3DGeometry) -> Bool { NativeConv3D.supports(g) }
+
+    /// Whether the native kernels run `g`'s backward-weights (and forward): the shape rules of
+    /// `nativeSupports` for the convolution itself, not for its transpose.
+    public static func nativeSupportsBackwardWeights(_ g: Conv3DGeometry) -> Bool { NativeConv3D.supportsForward(g) }
 
     /// oneDNN's layout and forward strategy for `g` on a CPU of `level`, and why.
     static func onednnChoice(_ g: Conv3DGeometry, level: NativeLevel) -> (Layout, ForwardStrategy, String) {
@@ -142,7 +184,7 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
             return (.channelsLast, .direct, "channels-last: ungrouped \(c)->\(c) on AVX-512")
         }
         let m = transposedForwardChannelMultiple
-        if g.isTransposable && (g.inChannels / g.groups) % m == 0 && (g.outChannels / g.groups) % m == 0 {
+        if g.isTransposable && g.inChannels == g.outChannels && (g.inChannels / g.groups) % m == 0 {
             return (.blocked, .transposedBackwardData, "forward as transposed backward-data: \(m)k channels per group, stride 1, on AVX-512")
         }
         return (.blocked, .direct, "blocked, direct")
@@ -165,9 +207,23 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
             if supported && narrow {
                 return .native(level, reason: "auto: <= \(nativeMaxChannels) channels per group, stride 1")
             }
-            if supported && level == .avx512 && g.groups == 1 && max(g.inChannels, g.outChannels) <= mixedMaxChannels {
+            if supported && g.outChannels / g.groups <= nativeMaxOutputChannels {
+                return .native(level, reason: "auto: <= \(nativeMaxOutputChannels) output channels per group, stride 1")
+            }
+            let rowVectors = g.outputSize[2] / level.floatsPerVector
+            let upTo16 = max(g.inChannels, g.outChannels) / g.groups <= mixedMaxChannels
+            if supported && level == .avx512 && upTo16 && rowVectors >= nativeWideRowVectors {
+                return .native(level, reason: "auto: <= \(mixedMaxChannels) channels per group, rows of >= \(nativeWideRowVectors) vectors, AVX-512")
+            }
+            if supported && level == .avx512 && g.groups == 1 && max(g.inChannels, g.outChannels) <= mixedMaxChannels
+                && rowVectors >= mixedMinRowVectors {
                 return Conv3DPlan(forward: .native(level), backwardData: .native(level), backwardWeights: .onednn, layout: layout,
                                   forwardStrategy: .direct, reason: "auto: ungrouped, <= \(mixedMaxChannels) channels, AVX-512: native forward and backward-data, oneDNN backward-weights; \(why)")
+            }
+            if nativeBackwardWeightsBelowAVX512 && level == .avx2 && NativeConv3D.supportsForward(g) {
+                return Conv3DPlan(forward: .native(level), backwardData: supported ? .native(level) : .onednn, backwardWeights: .native(level),
+                                  layout: layout, forwardStrategy: strategy,
+                                  reason: "auto: AVX2, <= 16 output channels per group: native forward and backward-weights, backward-data \(supported ? "native" : "on oneDNN"); \(why)")
             }
             return onednn(supported ? "auto: more than \(nativeMaxChannels) channels per group" : "auto: native kernels do not apply")
         }

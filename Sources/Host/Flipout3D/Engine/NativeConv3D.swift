@@ -18,6 +18,8 @@ public enum NativeLevel: Int, CaseIterable, Comparable, Sendable, CustomStringCo
         let cap = ProcessInfo.processInfo.environment["FLIPOUT_NATIVE_ISA"].flatMap { v in allCases.first { $0.description == v } }
         return min(supported, cap ?? supported)
     }()
+    /// Floats per vector register at this level.
+    public var floatsPerVector: Int { [4, 8, 16][rawValue] }
     /// Every level this machine can run, lowest first.
     public static var runnable: [NativeLevel] { allCases.filter { $0 <= supported } }
 }
@@ -35,14 +37,29 @@ final class NativeConv3D {
     /// Whether the native kernels run this geometry in every direction (stride 1, k_w 1 or 3,
     /// at most 16 output and 64 input channels per group both ways, padding below the kernel).
     static func supports(_ g: Conv3DGeometry) -> Bool {
-        // Backward-data runs as the forward of the transposed convolution, so that must exist.
-        guard g.isTransposable else { return false }
-        var s = shape(g), t = transposedShape(g)
-        return fo_supports(&s) != 0 && fo_supports(&t) != 0
+        supportsForward(g) && supportsBackwardData(g)
     }
 
-    init(_ g: Conv3DGeometry, level: NativeLevel) {
-        precondition(NativeConv3D.supports(g), "NativeConv3D: \(g) is not supported; ask NativeConv3D.supports first")
+    /// Whether forward and backward-weights (which read the same shape) run natively: stride 1,
+    /// k_w 1 or 3, at most 16 output and 64 input channels per group, padding below the kernel.
+    static func supportsForward(_ g: Conv3DGeometry) -> Bool {
+        guard g.isTransposable else { return false }
+        var s = shape(g)
+        return fo_supports(&s) != 0
+    }
+
+    /// Whether backward-data runs natively: it is the forward of the transposed convolution
+    /// (at most 16 input and 64 output channels per group).
+    static func supportsBackwardData(_ g: Conv3DGeometry) -> Bool {
+        guard g.isTransposable else { return false }
+        var t = transposedShape(g)
+        return fo_supports(&t) != 0
+    }
+
+    /// `backwardData`: whether backward-data will run here (then its transposed shape must be supported).
+    init(_ g: Conv3DGeometry, level: NativeLevel, backwardData: Bool = true) {
+        precondition(NativeConv3D.supportsForward(g) && (!backwardData || NativeConv3D.supportsBackwardData(g)),
+                     "NativeConv3D: \(g) is not supported; ask NativeConv3D.supports first")
         precondition(level <= NativeLevel.supported, "NativeConv3D: this CPU cannot run level \(level)")
         geometry = g
         self.level = level
@@ -50,7 +67,7 @@ final class NativeConv3D {
         transposed = NativeConv3D.transposedShape(g)
         let isa = Int32(level.rawValue)
         packed = Tensor(uninitializedShape: [fo_packed_weights_floats(isa, &shape)])
-        packedTransposed = Tensor(uninitializedShape: [fo_packed_weights_floats(isa, &transposed)])
+        packedTransposed = Tensor(uninitializedShape: [backwardData ? fo_packed_weights_floats(isa, &transposed) : 0])
     }
 
     private static func shape(_ g: Conv3DGeometry) -> fo_conv_shape {
@@ -105,6 +122,7 @@ final class NativeConv3D {
 
     /// dx (N, Cin, D, H, W) from dy (N, Cout, oD, oH, oW) and w (Cout, Cin/G, k...).
     func backwardData(dy: Tensor, w: Tensor, dx: Tensor) {
+        precondition(packedTransposed.count > 0, "NativeConv3D: built without backward-data for \(geometry)")
         run(&transposed, x: dy, w: w, transposedWeights: true, packed: packedTransposed, bias: nil, y: dx)
     }
 
