@@ -19,7 +19,7 @@ public struct ModelPredictor {
         let u = trained.model
         bayesian = !u.flipoutLayers.isEmpty; sizeMultiple = u.shape.sizeMultiple
         receptiveField = Self.receptiveField(u.shape)
-        classes = trained.plan.classCount; channels = trained.plan.channels.count
+        classes = trained.plan.outputCount; channels = trained.plan.channels.count
         probabilities = trained.probabilities
         draws = bayesian && samples > 0 ? samples : 1
         self.seed = seed

@@ -23,6 +23,9 @@ public struct SlidingWindowOptions: Sendable {
     /// Per draw, the temperature its blended sample is tempered with (TemperatureScaling.swift);
     /// empty: none. With any temperature ≠ 1 the untempered mean is kept too.
     public var temperatures: [Double] = []
+    /// The outputs are independent sigmoids (a region-based plan's regions), not a softmax: the
+    /// entropies are sums of per-output binary entropies (`UncertaintySums`).
+    public var sigmoidOutputs = false
 
     public init(window: [Int], overlap: Double = 0.5, batch: Int = 2, mirror: Bool = false) {
         self.window = window; self.overlap = overlap; self.batch = batch; self.mirror = mirror
@@ -58,7 +61,7 @@ public enum SlidingWindow {
         let blend = WindowBlend(grid: grid, classes: classes, weights: weights)
         let outShape = output?.shape ?? volume
         precondition(o.temperatures.isEmpty || o.temperatures.count == draws, "SlidingWindow: \(o.temperatures.count) temperatures for \(draws) draws")
-        let sums = UncertaintySums(shape: outShape, classes: classes)
+        let sums = UncertaintySums(shape: outShape, classes: classes, sigmoidOutputs: o.sigmoidOutputs)
         let untempered = o.temperatures.contains { $0 != 1 } ? Tensor(shape: [classes] + outShape) : nil
         let wn = o.window.reduce(1, *)
         var done = 0

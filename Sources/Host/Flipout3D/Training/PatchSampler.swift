@@ -34,7 +34,8 @@ public struct PatchSampler {
         foreground = cases.map { c in
             var lists = [[Int32]](repeating: [], count: classCount)
             let l = c.label!
-            for i in 0..<l.count where l.data[i] > 0 { lists[Int(l.data[i])].append(Int32(i)) }
+            // Label values 1..<K; the ignore label (a value >= K) is never a patch centre.
+            for i in 0..<l.count where l.data[i] > 0 && l.data[i] < Float(classCount) { lists[Int(l.data[i])].append(Int32(i)) }
             return Array(lists.dropFirst())
         }
     }
