@@ -49,6 +49,9 @@ public struct PredictionFolder {
         classNames = Self.classNames(near: labels)
     }
 
+    /// The label file of a labelled case without a prediction (one of `missing`).
+    public func labelPath(missing id: String) -> String? { missingLabels[id] }
+
     /// The NIfTI files of `dir` by stem (name without .nii.gz / .nii).
     static func niftiStems(_ dir: String) throws -> [String: String] {
         var isDir: ObjCBool = false
