@@ -61,6 +61,9 @@ public final class PatchTrainer {
     /// Decided on the validation cases after the last epoch (`Postprocessing.decide`); saved in the checkpoint.
     public var postprocessing = Postprocessing.none
     public var showProgress = true
+    /// Prepare each step's batch (patch cutting and augmentation) on a worker thread while the
+    /// previous step runs (`BatchPrefetch`); the same bytes either way.
+    public var prefetch = true
     /// The ranks training together (one process by default); rank 0 validates, writes and logs.
     public let parallel: DataParallel
     let log: (String) -> Void
@@ -160,12 +163,19 @@ public final class PatchTrainer {
         progress.enabled = showProgress && parallel.isWriter
         let shard = parallel.worldSize == 1 ? BatchShard.whole
             : BatchShard.interleaved(globalCount: batch, rank: parallel.rank, worldSize: parallel.worldSize)
+        // Patches are drawn for the whole global batch (keyed by step and row) and each rank cuts its rows.
+        let sampler = self.sampler
+        func batchOf(_ s: Int) -> (x: Tensor, y: Tensor) {
+            let draws = sampler.draws(step: epoch * steps + s + 1, caseIndices: Array(order[(s * batch)..<((s + 1) * batch)]))
+            return sampler.batch(shard.localElements(draws))
+        }
+        var next = prefetch ? BatchPrefetch { batchOf(0) } : nil
         for s in 0..<steps {
             let global = epoch * steps + s + 1
-            // Patches are drawn for the whole global batch (keyed by step and row) and each rank cuts its rows.
             let stepStart = Date()
-            let draws = sampler.draws(step: global, caseIndices: Array(order[(s * batch)..<((s + 1) * batch)]))
-            let (x, y) = sampler.batch(shard.localElements(draws))
+            let (x, y) = next?.wait() ?? batchOf(s)
+            // The next step's batch is cut and augmented beside this step.
+            next = prefetch && s + 1 < steps ? BatchPrefetch { batchOf(s + 1) } : nil
             let t = try step(x: x, y: y, step: global, beta: beta, shard: shard)
             if epochsRun > 0 || s > 0 { stepSeconds += Date().timeIntervalSince(stepStart); stepsTimed += 1 }
             ce += t.loss.crossEntropy; dice += t.loss.diceLoss; kl += t.kl; scaled += t.scaledKL
