@@ -129,7 +129,9 @@ public enum SyntheticExport {
                 progress?(index + 1, total, c.id)
             }
             try writer.finish(name: "SyntheticMultiClass",
-                              description: "Flipout3D's synthetic generator (seed \(seed)): 2 channels, 3 classes, varied spacing and orientation"
+                              description: "Flipout3D's synthetic generator (seed \(seed)): 2 channels, "
+                                + (regions ? "BraTS-like nested regions (whole tumour, tumour core, enhancing tumour)" : "3 classes") + ", varied spacing and orientation"
+                                + (ignore ? "; a quarter of every training label map is \"ignore\"" : ""
                                 + (oodCount > 0 ? "; imagesOod/ holds \(oodCount) out-of-distribution cases (inverted contrast, more noise, finer texture)" : ""),
                               channelNames: SyntheticCases.channelNames, classNames: SyntheticCases.classNames,
                               numTraining: trainingCount, numTest: testCount,

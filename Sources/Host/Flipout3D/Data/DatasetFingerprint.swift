@@ -192,9 +192,10 @@ public struct DatasetFingerprint: Sendable {
             if !outside.isEmpty {
                 lines.append("warning: test case \(t.id) has spacing \(t.spacing.map(f).joined(separator: "x")) mm, outside the training cases' range along \(outside.map { ["D", "H", "W"][$0] }.joined(separator: ", ")) by more than \(Int((r - 1) * 100 + 0.5))%; it is resampled to the plan's spacing, but its detail differs from what the network trained on")
             }
-            if !orientations.keys.contains(t.orientation) {
-                lines.append("note: test case \(t.id) is stored \(t.orientation), an orientation no training case has (\(orientations.keys.sorted().joined(separator: ", "))); it is reoriented to RAS like every case")
-            }
+        }
+        let unseen = testCases.filter { !orientations.keys.contains($0.orientation) }
+        if !unseen.isEmpty {
+            lines.append("note: \(unseen.count) test case(s) are stored in an orientation no training case has (\(unseen.prefix(5).map { "\($0.id) \($0.orientation)" }.joined(separator: ", "))\(unseen.count > 5 ? ", …" : "")); every case is reoriented to RAS")
         }
         return lines
     }
