@@ -128,11 +128,12 @@ public enum SyntheticExport {
                 try writer.write(id: c.id, image: image, label: label, grid: target, split: isOOD ? "Ood" : index < trainingCount ? "Tr" : "Ts")
                 progress?(index + 1, total, c.id)
             }
-            try writer.finish(name: "SyntheticMultiClass",
-                              description: "Flipout3D's synthetic generator (seed \(seed)): 2 channels, "
-                                + (regions ? "BraTS-like nested regions (whole tumour, tumour core, enhancing tumour)" : "3 classes") + ", varied spacing and orientation"
-                                + (ignore ? "; a quarter of every training label map is \"ignore\"" : ""
-                                + (oodCount > 0 ? "; imagesOod/ holds \(oodCount) out-of-distribution cases (inverted contrast, more noise, finer texture)" : ""),
+            var description = "Flipout3D's synthetic generator (seed \(seed)): 2 channels, "
+            description += regions ? "BraTS-like nested regions (whole tumour, tumour core, enhancing tumour)" : "3 classes"
+            description += ", varied spacing and orientation"
+            if ignore { description += "; a quarter of every training label map is \"ignore\"" }
+            if oodCount > 0 { description += "; imagesOod/ holds \(oodCount) out-of-distribution cases (inverted contrast, more noise, finer texture)" }
+            try writer.finish(name: "SyntheticMultiClass", description: description,
                               channelNames: SyntheticCases.channelNames, classNames: SyntheticCases.classNames,
                               numTraining: trainingCount, numTest: testCount,
                               labels: regions ? BraTSLike.labels(ignore: ignore)
