@@ -137,8 +137,9 @@ private func casesWithIgnoredSlab(_ ignore: Float) -> [PreparedCase] {
                      "test         2 case(s) in imagesTs/, 2 with a label in labelsTs/", "test spacing min/median/max", "test orient."] {
             #expect(check.stdout.contains(line), "datasets check lacks \(line):\n\(check.stdout)")
         }
-        let train = try FlipoutCLI.run(["train", "--data", data, "--run", run, "--epochs", "2", "--deterministic"] + tinyUNet)
+        let train = try FlipoutCLI.run(["train", "--data", data, "--run", run, "--epochs", "2", "--deterministic"] + tinyUNet.filter { $0 != "--quiet" })
         #expect(train.status == 0, "\(train.stderr)")
+        #expect(train.stderr.contains("test case 1/2 synth_003: windows") && train.stderr.contains("test case 2/2 synth_004: windows"), "no progress line of the test report:\n\(train.stderr)")
         #expect(train.stderr.contains("3 regions [\"whole tumour\", \"tumour core\", \"enhancing tumour\"] (one sigmoid each), ignore label 4"), "\(train.stderr)")
         #expect(train.stdout.contains("test dice (2 cases, 1 samples): whole tumour ") && train.stdout.contains("enhancing tumour "), "\(train.stdout)")
         let results = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: run + "/results.json"))) as? [String: Any]
