@@ -259,7 +259,8 @@ public enum BraTSLike {
     /// `c` relabelled: 1 = structure A, 2 = structure B's interior, 3 = its shell (brighter in channel 1).
     static func nested(_ c: SyntheticCases.Case) -> SyntheticCases.Case {
         let shape = Array(c.label.shape.dropFirst()), (d, h, w) = (shape[0], shape[1], shape[2]), n = d * h * w
-        var core = (0..<n).map { c.label.data[$0] == 2 }
+        let labels = c.label.array
+        var core = labels.map { $0 == 2 }
         for _ in 0..<shellVoxels {
             let previous = core
             for z in 0..<d { for y in 0..<h { for x in 0..<w {
@@ -270,20 +271,21 @@ public enum BraTSLike {
                 if !inside { core[i] = false }
             } } }
         }
-        let label = c.label.copy(), image = c.image.copy()
-        for i in 0..<n where c.label.data[i] == 2 && !core[i] {
-            label.data[i] = 3
-            image.data[n + i] += SyntheticCases.scale[1] * enhancement
+        var label = labels, image = c.image.array
+        for i in 0..<n where labels[i] == 2 && !core[i] {
+            label[i] = 3
+            image[n + i] += SyntheticCases.scale[1] * enhancement
         }
-        return SyntheticCases.Case(id: c.id, image: image, label: label, spacing: c.spacing, affine: c.affine)
+        return SyntheticCases.Case(id: c.id, image: Tensor(shape: c.image.shape, values: image), label: Tensor(shape: c.label.shape, values: label),
+                                   spacing: c.spacing, affine: c.affine)
     }
 
     /// `c` with the top `ignoredFraction` of its slices along D (superior) labelled `value`.
     static func ignoringTopSlab(_ c: SyntheticCases.Case, value: Int) -> SyntheticCases.Case {
         let shape = Array(c.label.shape.dropFirst()), plane = shape[1] * shape[2]
         let first = shape[0] - Int((Double(shape[0]) * ignoredFraction).rounded())
-        let label = c.label.copy()
-        for i in (first * plane)..<(shape[0] * plane) { label.data[i] = Float(value) }
-        return SyntheticCases.Case(id: c.id, image: c.image, label: label, spacing: c.spacing, affine: c.affine)
+        var label = c.label.array
+        for i in (first * plane)..<(shape[0] * plane) { label[i] = Float(value) }
+        return SyntheticCases.Case(id: c.id, image: c.image, label: Tensor(shape: c.label.shape, values: label), spacing: c.spacing, affine: c.affine)
     }
 }

@@ -149,9 +149,10 @@ extension PreprocessingPlan {
         precondition(p.rank == 4 && p.shape[0] == order.count, "regionLabelMap: \(p.shape) for \(order.count) regions")
         let n = p.count / order.count
         var out = [Int32](repeating: 0, count: n)
-        for (r, value) in order.enumerated() {
-            let src = p.data + r * n
-            for v in 0..<n where src[v] > 0.5 { out[v] = Int32(value) }
+        p.withUnsafeValues { q in
+            for (r, value) in order.enumerated() {
+                for v in 0..<n where q[r * n + v] > 0.5 { out[v] = Int32(value) }
+            }
         }
         return out
     }

@@ -36,7 +36,7 @@ public enum TiledPrediction {
                 var ctx = StepContext.prediction(seed: seed, draw: t)
                 if !bayesian { ctx.mode = .center }
                 let p = try activation.probabilities(model, x, ctx)
-                for i in 0..<mean.count { mean.data[i] += p.data[i] / Float(draws) }
+                mean.withUnsafeMutableValues { m in p.withUnsafeValues { q in for i in m.indices { m[i] += q[i] / Float(draws) } } }
             }
             // Copy the tile's voxels that lie inside the case.
             for ch in 0..<k { for z in 0..<patchSize[0] {
@@ -59,10 +59,12 @@ public enum TiledPrediction {
     /// The most probable class per voxel: probabilities (K, D, H, W) -> labels (D·H·W).
     public static func argmax(_ p: Tensor) -> [Int] {
         let k = p.shape[0], v = p.count / k
-        return (0..<v).map { i in
-            var best = 0
-            for c in 1..<k where p.data[c * v + i] > p.data[best * v + i] { best = c }
-            return best
+        return p.withUnsafeValues { q in
+            (0..<v).map { i in
+                var best = 0
+                for c in 1..<k where q[c * v + i] > q[best * v + i] { best = c }
+                return best
+            }
         }
     }
 
@@ -71,8 +73,9 @@ public enum TiledPrediction {
     public static func dice(prediction: [Int], truth: Tensor, classCount k: Int) -> [Double] {
         precondition(prediction.count == truth.count, "dice: \(prediction.count) predictions for \(truth.count) voxels")
         var inter = [Int](repeating: 0, count: k), sumP = inter, sumT = inter
+        let labels = truth.array
         for i in 0..<prediction.count {
-            let p = prediction[i], t = Int(truth.data[i])
+            let p = prediction[i], t = Int(labels[i])
             sumP[p] += 1; sumT[t] += 1
             if p == t { inter[p] += 1 }
         }
@@ -146,7 +149,7 @@ public enum OutputActivation: Sendable {
         case .softmax: return try model.probabilities(x, ctx)
         case .sigmoid:
             let z = try model.forward(x, ctx).logits
-            for i in 0..<z.count { z.data[i] = 1 / (1 + expf(-z.data[i])) }
+            z.withUnsafeMutableValues { v in for i in v.indices { v[i] = 1 / (1 + expf(-v[i])) } }
             return z
         }
     }
