@@ -72,6 +72,7 @@ struct CalibrateCommand: ParsableCommand {
 
             let predictor = ModelPredictor(trained, samples: samples, seed: seed)
             let plan = trained.plan
+            guard plan.regions == nil else { throw InputError("\(checkpoint) is region-based (one sigmoid per region): calibrate fits one softmax temperature over classes, which regions do not have.") }
             var settings = PredictionSettings(window: SlidingWindowOptions(window: trained.patchSize, overlap: overlap, batch: windowBatch),
                                               classNames: plan.classNames)
             settings.preprocessing = .plan(plan)

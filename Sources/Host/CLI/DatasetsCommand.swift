@@ -17,6 +17,13 @@ struct DatasetsCommand: ParsableCommand {
           DIR/imagesTr/CASE_0000.nii.gz, CASE_0001.nii.gz   one file per channel
           DIR/labelsTr/CASE.nii.gz                          class indices 0..K-1
           DIR/imagesTs/                                     optional test cases
+        Region-based datasets (BraTS) give regions as lists of label values,
+        one sigmoid each, with regions_class_order:
+          "labels": {"background": 0, "whole tumour": [1, 2, 3],
+                     "tumour core": [2, 3], "enhancing tumour": [3]},
+          "regions_class_order": [1, 2, 3]
+        A label named "ignore" (the highest value) marks voxels left out of the
+        loss and the evaluation.
         MSD's "training": [{"image": ..., "label": ...}] lists work too.
 
         Examples:
@@ -50,9 +57,12 @@ struct DatasetsCheck: ParsableCommand {
         each case once, numTraining right. The first problem is an error naming
         the file and what to do (exit code 64).
 
-        Then prints the fingerprint (cases, channels, classes with their voxel
-        share, source orientations, spacing and shape statistics per axis,
-        intensity statistics per channel) and the preprocessing plan training
+        Then prints the fingerprint (cases, channels, classes or regions with
+        their voxel share, the ignore label's share, source orientations,
+        spacing and shape statistics per axis, intensity statistics per
+        channel), the test cases (imagesTs: orientations, spacing and shape
+        statistics, how many have labelsTs, and a warning per test case whose
+        spacing lies outside the training range) and the preprocessing plan training
         would use: every case reoriented to RAS, resampled to the median
         spacing (or --spacing) and normalised per channel (z-score over the
         nonzero voxels; CT channels clipped to the labelled voxels' 0.5-99.5
@@ -103,7 +113,10 @@ struct DatasetsExportSynthetic: ParsableCommand {
         adds N out-of-distribution cases in imagesOod/ (labels in labelsOod/):
         the same kind of anatomy with inverted contrast, noise 0.9 instead of
         0.35, finer texture and a stronger bias field (the built-in binary
-        task's OOD look); training and `datasets check` ignore them. The folder
+        task's OOD look); training and `datasets check` ignore them.
+        --regions writes a BraTS-like region-based dataset (nested regions,
+        one sigmoid each); --ignore marks a quarter of every training label
+        map "ignore" (left out of the loss). The folder
         is built beside DIR and renamed into place, so it appears whole or not
         at all; DIR must not exist or be empty.
 
@@ -111,6 +124,7 @@ struct DatasetsExportSynthetic: ParsableCommand {
           flipout datasets export-synthetic runs/synthetic --cases 32 --test-cases 8
           flipout datasets check runs/synthetic
           flipout datasets export-synthetic runs/syn --ood-cases 8
+          flipout datasets export-synthetic runs/brats-like --regions --ignore
           flipout predict --input runs/syn/imagesOod --output preds-ood --checkpoint C
           flipout evaluate --predictions preds --labels runs/syn/labelsTs --ood-predictions preds-ood
         """
@@ -131,6 +145,12 @@ struct DatasetsExportSynthetic: ParsableCommand {
     @Option(help: "Seed of the generator (the same seed writes the same folder).")
     var seed: UInt64 = 1
 
+    @Flag(help: "A BraTS-like region-based dataset: labels 1 edema, 2 core, 3 enhancing shell; regions whole tumour [1,2,3], tumour core [2,3], enhancing tumour [3], regions_class_order [1,2,3] (one sigmoid per region).")
+    var regions = false
+
+    @Flag(help: "Label the top quarter of every training case's slices \"ignore\" (the highest label value): left out of the loss, as sparse annotations are.")
+    var ignore = false
+
     func validate() throws {
         guard cases >= 1 else { throw ValidationError("--cases must be at least 1, got \(cases)") }
         guard testCases >= 0 else { throw ValidationError("--test-cases must be 0 or more, got \(testCases)") }
@@ -141,7 +161,8 @@ struct DatasetsExportSynthetic: ParsableCommand {
     func run() throws {
         try reportingInputErrors {
             let progress = ProgressLine(total: cases + testCases + oodCases, label: "writing")
-            try SyntheticExport.write(to: directory, trainingCount: cases, testCount: testCases, oodCount: oodCases, seed: seed) { done, _, id in
+            try SyntheticExport.write(to: directory, trainingCount: cases, testCount: testCases, oodCount: oodCases, seed: seed,
+                                      regions: regions, ignore: ignore) { done, _, id in
                 progress.update(done: done, id)
             }
             print("wrote \(directory): \(cases) training and \(testCases) test cases"

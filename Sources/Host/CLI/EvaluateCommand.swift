@@ -92,6 +92,9 @@ struct EvaluateCommand: ParsableCommand {
     func evaluateFolder(predictions: String, labels: String, ood oodPredictions: String?, output: String) throws {
         let folder: PredictionFolder
         do { folder = try PredictionFolder(predictions: predictions, labels: labels) } catch let e as CaseInputError { throw InputError(e.description) }
+        if let scheme = try RegionEvaluation.scheme(near: labels) {
+            return try evaluateRegions(folder, scheme: scheme, predictions: predictions, labels: labels, output: output)
+        }
         // The OOD folder is read first, so a bad one fails before the long scoring.
         let ood = try oodPredictions.map { dir in
             let outside: [CaseUncertainty]
@@ -180,6 +183,49 @@ struct EvaluateCommand: ParsableCommand {
         for p in files { print("wrote \(p)") }
     }
 
+    /// A region-based dataset (dataset.json regions beside the labels): Dice and HD95 per region of
+    /// the label maps, as nnU-Net evaluates regions; summary.json holds every case and the means.
+    func evaluateRegions(_ folder: PredictionFolder, scheme: LabelScheme, predictions: String, labels: String, output: String) throws {
+        let regions = scheme.regions ?? []
+        if !folder.missing.isEmpty && missing == .error {
+            throw InputError("\(folder.missing.count) labelled case(s) in \(labels) have no prediction in \(predictions): \(folder.missing.prefix(10).joined(separator: ", ")). Predict them, or pass --missing empty or --missing skip.")
+        }
+        var pairs: [(id: String, prediction: String?, label: String)] = folder.pairs.map { ($0.id, $0.prediction, $0.label) }
+        if missing == .empty { pairs += folder.missing.map { ($0, nil, folder.labelPath(missing: $0)!) } }
+        pairs.sort { $0.id < $1.id }
+        let line = ProgressLine(total: pairs.count, label: "evaluate regions")
+        var scores: [RegionCaseScore] = []
+        for (i, p) in pairs.enumerated() {
+            do { scores.append(try RegionEvaluation.score(id: p.id, prediction: p.prediction, label: p.label, scheme: scheme)) } catch let e as CaseInputError {
+                throw InputError(e.description)
+            } catch let e as NIfTIError { throw InputError(e.description) }
+            line.update(done: i + 1, p.id)
+        }
+        let summary = RegionSummary(scheme: scheme, cases: scores, missing: folder.missing, missingPolicy: missing)
+        let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+        let path = Paths.join(output, "summary.json")
+        try FileIO.writeAtomically(Array(try e.encode(summary)) + [0x0a], to: path)
+        if json {
+            e.outputFormatting = [.sortedKeys]
+            print(String(decoding: try e.encode(summary), as: UTF8.self))
+            return
+        }
+        func f(_ v: Double?, _ fmt: String = "%.4f") -> String { v.map { String(format: fmt, $0) } ?? "-" }
+        print("region-based: " + zip(regions, scheme.regionsClassOrder ?? []).map { "\($0.name) \($0.values) (writes \($1))" }.joined(separator: ", ")
+              + (scheme.ignoreLabel.map { "; ignore label \($0) left out" } ?? ""))
+        print("case                      " + regions.map { $0.name.padding(toLength: 18, withPad: " ", startingAt: 0) }.joined(separator: " ") + "  (Dice / HD95 mm)")
+        for s in scores {
+            let id = s.id.count > 24 ? String(s.id.prefix(23)) + "…" : s.id.padding(toLength: 24, withPad: " ", startingAt: 0)
+            print("\(id)  " + regions.indices.map { "\(f(s.dice[$0])) / \(f(s.hd95[$0], "%6.2f"))".padding(toLength: 18, withPad: " ", startingAt: 0) }.joined(separator: " "))
+        }
+        for (r, region) in regions.enumerated() {
+            print("  \(region.name): dice \(f(summary.meanDice[r]))  HD95 \(f(summary.meanHD95[r], "%.2f")) mm (\(scores.filter { $0.dice[r] != nil }.count) of \(scores.count) cases hold it)")
+        }
+        if !folder.missing.isEmpty { print("\(folder.missing.count) labelled case(s) without a prediction \(missing == .empty ? "scored as empty" : "left out"): \(folder.missing.joined(separator: ", "))") }
+        print("wrote \(path)")
+    }
+
     /// Predicts and scores the test cases (and OOD cases, if any) of the dataset folder the checkpoint was trained on.
     func evaluateCheckpoint() throws {
         let registry = try plugins.registry()
@@ -212,7 +258,9 @@ struct EvaluateCommand: ParsableCommand {
     func predict(_ cases: [CaseInput], trained: TrainedModel, into folder: String) throws {
         let predictor = ModelPredictor(trained, samples: samples, seed: seed)
         var settings = PredictionSettings(window: SlidingWindowOptions(window: trained.patchSize, overlap: 0.5, batch: 2, mirror: false),
-                                          classNames: trained.plan.classNames)
+                                          classNames: trained.plan.labelValueNames)
+        settings.regionsClassOrder = trained.plan.regionsClassOrder
+        settings.window.sigmoidOutputs = trained.plan.regions != nil
         settings.preprocessing = .plan(trained.plan)
         settings.members = [checkpoint!]
         settings.note = { note($0) }

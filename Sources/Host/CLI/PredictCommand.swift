@@ -132,7 +132,9 @@ struct PredictCommand: ParsableCommand {
             note("predict: \(cases.count) case(s) from \(input) (\(found.source)); \(members.count) checkpoint(s), \(ensemble.draws) draw(s) per window\(ttaText), window \(size.map(String.init).joined(separator: "x")), overlap \(overlap)")
             let plan = members[0].plan
             var settings = PredictionSettings(window: SlidingWindowOptions(window: size, overlap: overlap, batch: windowBatch, mirrorAxes: mirrorAxes),
-                                              classNames: plan.classNames)
+                                              classNames: plan.labelValueNames)
+            settings.regionsClassOrder = plan.regionsClassOrder
+            settings.window.sigmoidOutputs = plan.regions != nil
             settings.preprocessing = noNormalise ? .none : .plan(plan)
             if noNormalise { note("predict: --no-normalise: the dataset plan's normalisation and resampling are skipped") }
             // Temperatures stored by flipout calibrate: each member's samples are tempered with its own.

@@ -200,7 +200,7 @@ struct FolderTraining {
         let byID = Dictionary(folder.training.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         let train = try folder.prepare(split.train.compactMap { byID[$0] }, plan: plan, progress: progress("preparing"))
         let validation = try folder.prepare(split.val.compactMap { byID[$0] }, plan: plan)
-        say("dataset \(folder.name): \(train.count) training cases, \(validation.count) validation (fold \(options.fold)), \(plan.channels.count) channels \(plan.channelNames), \(plan.classCount) classes \(plan.classNames), spacing \(plan.spacing.map { String(format: "%.3g", $0) }.joined(separator: "x")) mm")
+        say("dataset \(folder.name): \(train.count) training cases, \(validation.count) validation (fold \(options.fold)), \(plan.channels.count) channels \(plan.channelNames), \(plan.regions == nil ? "\(plan.classCount) classes \(plan.classNames)" : "\(plan.outputCount) regions \(plan.outputNames) (one sigmoid each)")\(plan.ignoreLabel.map { ", ignore label \($0)" } ?? ""), spacing \(plan.spacing.map { String(format: "%.3g", $0) }.joined(separator: "x")) mm")
 
         var config = try command.model.config()
         if command.model.customLayers == nil && config.bayesian,
@@ -211,7 +211,7 @@ struct FolderTraining {
             let after = command.model.norm == .instance ? "instance norm follows it" : "--norm none: nothing normalises it, the recipe needs --norm instance"
             say("note: \(config.posterior) has positive support, so it and --prior go on the first Bayesian convolution only (\(after)), Normal/Normal elsewhere: the positive-weight recipe; --custom-layers all puts it on every layer")
         }
-        let shape = command.model.unet(inputChannels: plan.channels.count, classCount: plan.classCount)
+        let shape = command.model.unet(inputChannels: plan.channels.count, classCount: plan.outputCount)
         let t = command.trainingConfig()
         var p = PatchTrainingConfig()
         p.data = dir; p.fold = options.fold; p.folds = options.folds; p.stepsPerEpoch = options.stepsPerEpoch
@@ -256,18 +256,37 @@ struct FolderTraining {
         return trainer
     }
 
-    /// Per-class Dice on the test cases that have labels (labelsTs), written to results.json.
+    /// Per-class (or per-region) Dice on the test cases that have labels (labelsTs), predicted as
+    /// `flipout predict` predicts (sliding windows on the plan's grid, each sample back on the
+    /// case's own grid, the checkpoint's post-processing) with a progress line per case, scored
+    /// against the label files; the means and every case's values go to results.json.
     func report(_ trainer: PatchTrainer, folder: DatasetFolder, trainSeconds: Double) throws {
         let labelled = folder.test.filter { $0.labelPath != nil }
-        let test = try folder.prepare(labelled, plan: trainer.plan)
         let samples = trainer.model.flipoutLayers.isEmpty ? 1 : trainer.training.evaluationSamples
-        let dice = test.isEmpty ? [] : try TiledPrediction.meanDice(trainer.model, test, patchSize: trainer.patch.patchSize, samples: samples, seed: trainer.training.seed)
-        let names = trainer.plan.classNames
+        var line: ProgressLine?, current = -1
+        let scored = try SourceGridScoring.report(trainer.trained, labelled, samples: samples, seed: trainer.training.seed,
+                                                  postprocessing: trainer.postprocessing) { i, id, p in
+            if i != current {
+                current = i
+                line = ProgressLine(total: p.total, label: "test case \(i + 1)/\(labelled.count) \(id): windows")
+                line!.enabled = !command.quiet
+            }
+            line!.update(done: p.windowsDone, "(\(p.windows) per sample x \(p.draws) samples)")
+        }
+        let plan = trainer.plan
+        let dice = scored.isEmpty ? [] : TiledPrediction.meanOverCases(scored.map { $0.dice.map { $0 ?? .nan } }, outputs: plan.outputCount)
+        let test = scored
+        let names = plan.outputNames
         let validation = trainer.records.last?.validationDice ?? []
+        // "classes" names the entries of every Dice list: the classes, or the regions of a region-based plan.
         var o: [String: Any] = ["classes": names, "epochs": trainer.epochsDone, "train_seconds": trainSeconds,
-                                "patch_size": trainer.patch.patchSize, "samples": samples, "test_cases": test.count]
+                                "patch_size": trainer.patch.patchSize, "samples": samples, "test_cases": test.count,
+                                "region_based": plan.regions != nil, "prediction": "sliding windows (overlap 0.5, Gaussian), on each case's own grid, as flipout predict"]
         func json(_ d: [Double]) -> [Any] { d.map { $0.isNaN ? NSNull() : $0 as Any } }
-        if !dice.isEmpty { o["test_dice"] = json(dice) }
+        if !dice.isEmpty {
+            o["test_dice"] = json(dice)
+            o["test_case_dice"] = test.map { ["id": $0.id, "dice": $0.dice.map { $0.map { $0 as Any } ?? NSNull() }] as [String: Any] }
+        }
         if !validation.isEmpty { o["validation_dice"] = json(validation) }
         if let priors = trainer.learnedPriors {
             o["learned_priors"] = priors.map { l in ["layer": l.layer, "family": l.family, "values": Dictionary(uniqueKeysWithValues: l.values.map { ($0.name, Double($0.value)) })] as [String: Any] }
@@ -275,11 +294,11 @@ struct FolderTraining {
         let data = try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys])
         try FileIO.writeAtomically(Array(data), to: Paths.join(trainer.runDirectory, "results.json"))
         if !dice.isEmpty {
-            print("test dice (\(test.count) cases, \(samples) samples): " + TiledPrediction.describe(dice, names: names))
+            print("test dice (\(test.count) cases, \(samples) samples): " + TiledPrediction.describe(dice, plan: plan))
         } else {
-            print("no labelled test cases (labelsTs/); " + (validation.isEmpty ? "train with --fold k to validate." : "validation dice: " + TiledPrediction.describe(validation, names: names)))
+            print("no labelled test cases (labelsTs/); " + (validation.isEmpty ? "train with --fold k to validate." : "validation dice: " + TiledPrediction.describe(validation, plan: plan)))
         }
-        if !validation.isEmpty && !dice.isEmpty { print("validation dice: " + TiledPrediction.describe(validation, names: names)) }
+        if !validation.isEmpty && !dice.isEmpty { print("validation dice: " + TiledPrediction.describe(validation, plan: plan)) }
         print(String(format: "train time %.1f s, %d epochs (%@)", trainSeconds, trainer.epochsDone,
                      trainer.model.flipoutLayers.isEmpty ? "deterministic" : "Bayesian, Flipout on \(trainer.model.flipoutLayers.count)/\(trainer.model.layers.count) convolutions"))
         if let learned = trainer.learnedPriorSummary { print(learned) }

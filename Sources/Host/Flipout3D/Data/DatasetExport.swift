@@ -49,14 +49,17 @@ struct DatasetFolderWriter {
     }
 
     /// Writes dataset.json and moves the folder into place.
+    /// `labels` replaces the class list (dataset.json's "labels": regions as lists, "ignore");
+    /// `extra` adds keys (e.g. "regions_class_order").
     func finish(name: String, description: String, channelNames: [String], classNames: [String],
-                numTraining: Int, numTest: Int) throws {
-        let json: [String: Any] = [
+                numTraining: Int, numTest: Int, labels: [String: Any]? = nil, extra: [String: Any] = [:]) throws {
+        var json: [String: Any] = [
             "name": name, "description": description,
             "channel_names": Dictionary(channelNames.enumerated().map { (String($0.offset), $0.element) }) { a, _ in a },
-            "labels": Dictionary(classNames.enumerated().map { ($0.element, $0.offset) }) { a, _ in a },
+            "labels": labels ?? Dictionary(classNames.enumerated().map { ($0.element, $0.offset) }) { a, _ in a },
             "numTraining": numTraining, "numTest": numTest, "file_ending": ".nii.gz",
         ]
+        json.merge(extra) { a, _ in a }
         let data = try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys])
         try FileIO.writeAtomically(Array(data) + [0x0a], to: staging + "/dataset.json")
         let fm = FileManager.default
@@ -96,8 +99,15 @@ func crop(_ t: Tensor, _ grid: VoxelGrid, columns: ClosedRange<Int>) -> (Tensor,
 /// cases (`SyntheticCases.Look.outOfDistribution`: the same anatomy, inverted contrast, more noise,
 /// finer texture) go to imagesOod/ and labelsOod/, outside what training and `datasets check` read,
 /// for `flipout predict --input DIR/imagesOod` and `flipout evaluate --ood-predictions`.
+///
+/// `regions`: a BraTS-like region-based dataset (`BraTSLike`): label values 1 edema, 2 core,
+/// 3 enhancing, and the nested regions whole tumour {1, 2, 3} ⊃ tumour core {2, 3} ⊃ enhancing
+/// {3} with regions_class_order [1, 2, 3]. `ignore`: the training labels' top slab along the
+/// generator's superior axis (`BraTSLike.ignoredFraction` of the slices) is labelled "ignore"
+/// (the highest value), as sparsely annotated training data is; test labels stay complete.
 public enum SyntheticExport {
     public static func write(to path: String, trainingCount: Int, testCount: Int, oodCount: Int = 0, seed: UInt64,
+                             regions: Bool = false, ignore: Bool = false,
                              progress: ((Int, Int, String) -> Void)? = nil) throws {
         precondition(trainingCount >= 1 && testCount >= 0 && oodCount >= 0,
                      "SyntheticExport: \(trainingCount) training, \(testCount) test, \(oodCount) OOD cases")
@@ -108,7 +118,9 @@ public enum SyntheticExport {
             let total = trainingCount + testCount + oodCount
             for index in 0..<total {
                 let isOOD = index >= trainingCount + testCount
-                let c = isOOD ? ood.case(index - trainingCount - testCount) : generator.case(index)
+                var c = isOOD ? ood.case(index - trainingCount - testCount) : generator.case(index)
+                if regions { c = BraTSLike.nested(c) }
+                if ignore && index < trainingCount { c = BraTSLike.ignoringTopSlab(c, value: regions ? BraTSLike.ignoreValue : SyntheticCases.classCount) }
                 let source = VoxelGrid(shape: Array(c.image.shape.dropFirst()), affine: Affine(c.affine))
                 let target = randomGrid(like: source, seed: seed, index: index)
                 let image = Resample.resample(c.image, from: source, to: target, interpolation: .linear)
@@ -116,11 +128,17 @@ public enum SyntheticExport {
                 try writer.write(id: c.id, image: image, label: label, grid: target, split: isOOD ? "Ood" : index < trainingCount ? "Tr" : "Ts")
                 progress?(index + 1, total, c.id)
             }
-            try writer.finish(name: "SyntheticMultiClass",
-                              description: "Flipout3D's synthetic generator (seed \(seed)): 2 channels, 3 classes, varied spacing and orientation"
-                                + (oodCount > 0 ? "; imagesOod/ holds \(oodCount) out-of-distribution cases (inverted contrast, more noise, finer texture)" : ""),
+            var description = "Flipout3D's synthetic generator (seed \(seed)): 2 channels, "
+            description += regions ? "BraTS-like nested regions (whole tumour, tumour core, enhancing tumour)" : "3 classes"
+            description += ", varied spacing and orientation"
+            if ignore { description += "; a quarter of every training label map is \"ignore\"" }
+            if oodCount > 0 { description += "; imagesOod/ holds \(oodCount) out-of-distribution cases (inverted contrast, more noise, finer texture)" }
+            try writer.finish(name: "SyntheticMultiClass", description: description,
                               channelNames: SyntheticCases.channelNames, classNames: SyntheticCases.classNames,
-                              numTraining: trainingCount, numTest: testCount)
+                              numTraining: trainingCount, numTest: testCount,
+                              labels: regions ? BraTSLike.labels(ignore: ignore)
+                                  : ignore ? Dictionary(uniqueKeysWithValues: SyntheticCases.classNames.enumerated().map { ($1, $0) } + [(LabelScheme.ignoreName, SyntheticCases.classCount)]) : nil,
+                              extra: regions ? ["regions_class_order": BraTSLike.regionsClassOrder] : [:])
         } catch {
             writer.abandon()
             throw error
@@ -213,5 +231,61 @@ public enum Colin27Export {
             writer.abandon()
             throw error
         }
+    }
+}
+
+/// The synthetic cases relabelled as a BraTS-like region-based task (nnU-Net's BraTS layout after
+/// conversion): structure A is edema (1); structure B is the tumour core, its inner part
+/// non-enhancing (2) and its outer shell, `shellVoxels` 6-neighbour erosions thick, enhancing (3),
+/// brightened in channel 1 (T2 here) by `enhancement` texture sd so the shell can be seen.
+public enum BraTSLike {
+    public static let regionNames = ["whole tumour", "tumour core", "enhancing tumour"]
+    public static let regionValues = [[1, 2, 3], [2, 3], [3]]
+    public static let regionsClassOrder = [1, 2, 3]
+    public static let ignoreValue = 4
+    static let shellVoxels = 2
+    static let enhancement: Float = 1.5
+    /// Fraction of the slices (top of the superior axis) an `--ignore` export leaves unannotated.
+    public static let ignoredFraction = 0.25
+
+    /// dataset.json's labels: background, the three regions, and "ignore" when asked.
+    static func labels(ignore: Bool) -> [String: Any] {
+        var l: [String: Any] = ["background": 0]
+        for (name, values) in zip(regionNames, regionValues) { l[name] = values }
+        if ignore { l[LabelScheme.ignoreName] = ignoreValue }
+        return l
+    }
+
+    /// `c` relabelled: 1 = structure A, 2 = structure B's interior, 3 = its shell (brighter in channel 1).
+    static func nested(_ c: SyntheticCases.Case) -> SyntheticCases.Case {
+        let shape = Array(c.label.shape.dropFirst()), (d, h, w) = (shape[0], shape[1], shape[2]), n = d * h * w
+        let labels = c.label.array
+        var core = labels.map { $0 == 2 }
+        for _ in 0..<shellVoxels {
+            let previous = core
+            for z in 0..<d { for y in 0..<h { for x in 0..<w {
+                let i = (z * h + y) * w + x
+                guard previous[i] else { continue }
+                let inside = z > 0 && z < d - 1 && y > 0 && y < h - 1 && x > 0 && x < w - 1
+                    && previous[i - 1] && previous[i + 1] && previous[i - w] && previous[i + w] && previous[i - h * w] && previous[i + h * w]
+                if !inside { core[i] = false }
+            } } }
+        }
+        var label = labels, image = c.image.array
+        for i in 0..<n where labels[i] == 2 && !core[i] {
+            label[i] = 3
+            image[n + i] += SyntheticCases.scale[1] * enhancement
+        }
+        return SyntheticCases.Case(id: c.id, image: Tensor(shape: c.image.shape, values: image), label: Tensor(shape: c.label.shape, values: label),
+                                   spacing: c.spacing, affine: c.affine)
+    }
+
+    /// `c` with the top `ignoredFraction` of its slices along D (superior) labelled `value`.
+    static func ignoringTopSlab(_ c: SyntheticCases.Case, value: Int) -> SyntheticCases.Case {
+        let shape = Array(c.label.shape.dropFirst()), plane = shape[1] * shape[2]
+        let first = shape[0] - Int((Double(shape[0]) * ignoredFraction).rounded())
+        var label = c.label.array
+        for i in (first * plane)..<(shape[0] * plane) { label[i] = Float(value) }
+        return SyntheticCases.Case(id: c.id, image: c.image, label: Tensor(shape: c.label.shape, values: label), spacing: c.spacing, affine: c.affine)
     }
 }

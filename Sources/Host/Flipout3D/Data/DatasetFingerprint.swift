@@ -7,6 +7,8 @@ public struct DatasetFingerprint: Sendable {
     public let channelNames: [String]
     public let labels: [String: Int]
     public let classCount: Int
+    /// Regions, regions_class_order and the ignore label of dataset.json (`LabelScheme`).
+    public let labelScheme: LabelScheme
     public let caseIDs: [String]
     public let testCaseIDs: [String]
     /// Per training case, voxel sizes in mm in RAS tensor order (D, H, W) = along (S, A, R).
@@ -17,8 +19,20 @@ public struct DatasetFingerprint: Sendable {
     public let orientations: [String: Int]
     /// Per channel, over the training cases' source voxels.
     public let channelStatistics: [ChannelStatistics]
-    /// Voxels of each class over the training cases (source grids).
+    /// Voxels of each label value 0..<classCount over the training cases (source grids).
     public let classVoxels: [Int]
+    /// Voxels labelled with the ignore label over the training cases.
+    public let ignoredVoxels: Int
+    /// The test cases (imagesTs) as the training cases are described: id, RAS spacing and shape,
+    /// source orientation, and whether a label (labelsTs) comes with it.
+    public struct TestCase: Sendable {
+        public let id: String
+        public let spacing: [Double]
+        public let shape: [Int]
+        public let orientation: String
+        public let labelled: Bool
+    }
+    public let testCases: [TestCase]
     /// Every case's source grid (training and test), with its first channel file, for `checkedPlan`.
     public let grids: [(path: String, grid: VoxelGrid)]
     /// Per training case, the fraction of its voxels inside its nonzero box (`NonzeroRegion`).
@@ -45,7 +59,9 @@ public struct DatasetFingerprint: Sendable {
     public init(folder: DatasetFolder, progress: ((Int, Int, String) -> Void)? = nil) throws {
         var spacings: [[Double]] = [], shapes: [[Int]] = [], orientations: [String: Int] = [:], grids: [(path: String, grid: VoxelGrid)] = []
         var stats = [ChannelStatistics](repeating: ChannelStatistics(), count: folder.channelNames.count)
-        var classVoxels = [Int](repeating: 0, count: folder.classCount)
+        var classVoxels = [Int](repeating: 0, count: folder.classCount), ignored = 0
+        var testCases: [TestCase] = []
+        let ignoreValue = folder.labelScheme.ignoreLabel.map(Float.init) ?? -1
         var croppedFractions: [Double] = []
         let all = folder.training + folder.test
         for (n, c) in all.enumerated() {
@@ -64,11 +80,16 @@ public struct DatasetFingerprint: Sendable {
                                                 affine: header.affine, expectedAffine: grid.affine)
             }
             if let label, let labelPath = c.labelPath {
-                try PreprocessingPlan.checkLabelValues(label.data, classCount: folder.classCount, labels: folder.labels, path: labelPath)
+                try PreprocessingPlan.checkLabelValues(label.data, classCount: folder.classCount, labels: folder.labels, path: labelPath,
+                                                       ignoreLabel: folder.labelScheme.ignoreLabel)
+            }
+            if n >= folder.training.count {
+                let (s, m) = Self.rasSpacingAndShape(grid)
+                testCases.append(TestCase(id: c.id, spacing: s, shape: m, orientation: AxisOrientation(grid.affine).description, labelled: label != nil))
             }
             if n < folder.training.count, let label {
                 let p = label.data
-                for i in 0..<label.data.count { classVoxels[Int(p[i])] += 1 }
+                for i in 0..<label.data.count { if p[i] == ignoreValue { ignored += 1 } else { classVoxels[Int(p[i])] += 1 } }
                 for ch in images.indices { stats[ch].add(image: images[ch].data, label: label.data) }
                 let (s, m) = Self.rasSpacingAndShape(grid)
                 spacings.append(s); shapes.append(m)
@@ -78,6 +99,7 @@ public struct DatasetFingerprint: Sendable {
             progress?(n + 1, all.count, c.id)
         }
         name = folder.name; channelNames = folder.channelNames; labels = folder.labels; classCount = folder.classCount
+        labelScheme = folder.labelScheme; ignoredVoxels = ignored; self.testCases = testCases
         caseIDs = folder.training.map(\.id); testCaseIDs = folder.test.map(\.id)
         self.spacings = spacings; self.shapes = shapes; self.orientations = orientations
         channelStatistics = stats; self.classVoxels = classVoxels; self.grids = grids; self.croppedFractions = croppedFractions
@@ -107,9 +129,19 @@ public struct DatasetFingerprint: Sendable {
         var lines = ["dataset      \(name)",
                      "cases        \(caseIDs.count) training, \(testCaseIDs.count) test (imagesTs)",
                      "channels     \(channelNames.enumerated().map { "\($0) \($1)" }.joined(separator: ", "))"]
-        let total = max(1, classVoxels.reduce(0, +))
-        lines.append("classes      " + plan.classNames.enumerated().map { k, n in
-            "\(k) \(n) (\(String(format: "%.2f", 100 * Double(classVoxels[k]) / Double(total)))%)" }.joined(separator: ", "))
+        let total = max(1, classVoxels.reduce(0, +) + ignoredVoxels)
+        func share(_ n: Int) -> String { String(format: "%.2f%%", 100 * Double(n) / Double(total)) }
+        if let regions = plan.regions, let order = plan.regionsClassOrder {
+            lines.append("labels       values " + (0..<classCount).map { "\($0) (\(share(classVoxels[$0])))" }.joined(separator: ", "))
+            lines.append("regions      " + zip(regions, order).enumerated().map { i, ro in
+                "\(i) \(ro.0.name) = \(ro.0.values) (\(share(ro.0.values.reduce(0) { $0 + ($1 < classVoxels.count ? classVoxels[$1] : 0) })), writes \(ro.1))" }.joined(separator: ", ")
+                + "; one sigmoid per region (region-based training)")
+        } else {
+            lines.append("classes      " + plan.classNames.enumerated().map { k, n in "\(k) \(n) (\(share(classVoxels[k])))" }.joined(separator: ", "))
+        }
+        if let ignore = plan.ignoreLabel {
+            lines.append("ignore       label \(ignore): \(share(ignoredVoxels)) of the training voxels, left out of the loss and the evaluation")
+        }
         lines.append("orientation  " + orientations.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + " (reoriented to RAS)")
         lines.append("spacing mm   min/median/max per axis (D, H, W) = (S, A, R): " + axes(spacings) { $0 })
         lines.append("shape        min/median/max per axis (D, H, W), in RAS:        " + axes(shapes) { Double($0) })
@@ -126,6 +158,45 @@ public struct DatasetFingerprint: Sendable {
         lines.append("plan         RAS, spacing (D, H, W) \(plan.spacing.map(f).joined(separator: ", ")) mm; median shape then "
                      + (0..<3).map { a in f(Self.median(prepared.map { $0[a] })) }.joined(separator: " × "))
         for (c, n) in plan.channels.enumerated() { lines.append("             channel \(c) \(channelNames[c]): \(n.summary)") }
+        lines += testReport()
         return lines.joined(separator: "\n")
+    }
+
+    /// How far a test case's spacing may lie outside the training cases' range, per axis, before
+    /// `datasets check` warns (a ratio: 1.25 = 25 % finer than the finest or coarser than the
+    /// coarsest training case). Resampling to the plan's spacing makes any spacing usable, but
+    /// a test case much coarser than every training case has lost detail the network never saw.
+    public static let testSpacingWarningRatio = 1.25
+
+    /// The test cases (imagesTs) as the training cases are reported: orientations, spacing and
+    /// shape statistics, labels present, then one warning per case that differs from training.
+    func testReport() -> [String] {
+        guard !testCases.isEmpty else { return ["test         no test cases (imagesTs/)"] }
+        func f(_ v: Double) -> String { String(format: "%.4g", v) }
+        func axes(_ rows: [[Double]]) -> String {
+            (0..<3).map { a in let v = rows.map { $0[a] }; return "\(f(v.min()!))/\(f(Self.median(v)))/\(f(v.max()!))" }.joined(separator: "  ")
+        }
+        var counts: [String: Int] = [:]
+        for t in testCases { counts[t.orientation, default: 0] += 1 }
+        let labelled = testCases.filter(\.labelled).count
+        var lines = ["test         \(testCases.count) case(s) in imagesTs/, \(labelled) with a label in labelsTs/" + (labelled < testCases.count ? " (the others can be predicted, not scored)" : ""),
+                     "test orient. " + counts.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + " (reoriented to RAS)",
+                     "test spacing min/median/max per axis (D, H, W) = (S, A, R): " + axes(testCases.map(\.spacing)),
+                     "test shape   min/median/max per axis (D, H, W), in RAS:        " + axes(testCases.map { $0.shape.map(Double.init) })]
+        let r = Self.testSpacingWarningRatio
+        for t in testCases {
+            let outside = (0..<3).filter { a in
+                let v = spacings.map { $0[a] }
+                return t.spacing[a] < v.min()! / r || t.spacing[a] > v.max()! * r
+            }
+            if !outside.isEmpty {
+                lines.append("warning: test case \(t.id) has spacing \(t.spacing.map(f).joined(separator: "x")) mm, outside the training cases' range along \(outside.map { ["D", "H", "W"][$0] }.joined(separator: ", ")) by more than \(Int((r - 1) * 100 + 0.5))%; it is resampled to the plan's spacing, but its detail differs from what the network trained on")
+            }
+        }
+        let unseen = testCases.filter { !orientations.keys.contains($0.orientation) }
+        if !unseen.isEmpty {
+            lines.append("note: \(unseen.count) test case(s) are stored in an orientation no training case has (\(unseen.prefix(5).map { "\($0.id) \($0.orientation)" }.joined(separator: ", "))\(unseen.count > 5 ? ", …" : "")); every case is reoriented to RAS")
+        }
+        return lines
     }
 }

@@ -15,13 +15,16 @@ public struct DatasetFolder: Sendable {
     public let name: String
     /// Channel names by index (channel_names, or MSD's modality).
     public let channelNames: [String]
-    /// Label name -> class index (0 = background), consecutive 0..<K.
+    /// Label name -> class index (0 = background), consecutive 0..<K (region-based: background only).
     public let labels: [String: Int]
+    /// Regions, regions_class_order and the ignore label (`LabelScheme`).
+    public let labelScheme: LabelScheme
     public let fileEnding: String
     public let training: [DatasetCase]
     public let test: [DatasetCase]
 
-    public var classCount: Int { (labels.values.max() ?? 0) + 1 }
+    /// Label values 0..<classCount a label map holds (besides the ignore value).
+    public var classCount: Int { labelScheme.classCount }
 
     /// Reads dataset.json and lists the cases; every file must exist. Throws `DatasetError`.
     public init(_ path: String) throws {
@@ -48,7 +51,8 @@ public struct DatasetFolder: Sendable {
 
         name = json["name"] as? String ?? Paths.lastComponent(root)
         channelNames = try Self.channels(json, jsonPath)
-        labels = try Self.labels(json, jsonPath)
+        labelScheme = try LabelScheme.parse(json, path: jsonPath)
+        labels = labelScheme.labels
         if let ending = json["file_ending"] {
             guard let e = ending as? String, e == ".nii.gz" || e == ".nii" else {
                 throw DatasetError.badField(path: jsonPath, key: "file_ending", reason: "is \(ending); only \".nii.gz\" and \".nii\" (NIfTI-1) are supported, convert the files (e.g. with SimpleITK)")
@@ -99,31 +103,6 @@ public struct DatasetFolder: Sendable {
             names[i] = s
         }
         return names.map { $0! }
-    }
-
-    /// labels: nnU-Net v2 {"background": 0, "tumour": 1} or MSD {"0": "background", "1": "tumour"};
-    /// indices must be 0..<K, consecutive, each once, 0 included.
-    static func labels(_ json: [String: Any], _ path: String) throws -> [String: Int] {
-        guard let raw = json["labels"] else { throw DatasetError.missingKey(path: path, key: "labels") }
-        guard let dict = raw as? [String: Any], !dict.isEmpty else {
-            throw DatasetError.badField(path: path, key: "labels", reason: "must be an object {\"background\": 0, \"tumour\": 1, ...}")
-        }
-        var result: [String: Int] = [:]
-        let msd = dict.allSatisfy { Int($0.key) != nil && $0.value is String }
-        for (k, v) in dict {
-            let (name, index): (String, Int?) = msd ? (v as! String, Int(k)) : (k, integer(v))
-            guard let index else {
-                let hint = v is [Any] ? "; region-based labels (lists) are not supported, give one integer per class" : ""
-                throw DatasetError.badField(path: path, key: "labels", reason: "has \"\(k)\": \(v); each label needs one integer class index\(hint)")
-            }
-            guard result[name] == nil else { throw DatasetError.badField(path: path, key: "labels", reason: "names \"\(name)\" twice") }
-            result[name] = index
-        }
-        let indices = result.values.sorted()
-        guard indices == Array(0..<indices.count) else {
-            throw DatasetError.badField(path: path, key: "labels", reason: "has class indices \(indices); they must be consecutive 0, 1, ..., K-1 (0 = background), each once")
-        }
-        return result
     }
 
     /// A JSON number that is an integer (JSONSerialization hands numbers over as NSNumber).

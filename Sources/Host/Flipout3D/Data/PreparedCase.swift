@@ -113,6 +113,13 @@ public struct PreprocessingPlan: Codable, Sendable, Equatable {
     /// Whether cases are cropped to their nonzero region first (`Preprocessing.swift`); nil (plans
     /// written before cropping existed) means `.none`.
     public var cropping: Cropping?
+    /// Region-based training (dataset.json labels whose values are lists): the regions, one
+    /// sigmoid output each, in `regionsClassOrder`'s order (`LabelScheme`); nil: K softmax classes.
+    public var regions: [LabelRegion]?
+    /// Per region, the label value its voxels get in a predicted label map.
+    public var regionsClassOrder: [Int]?
+    /// dataset.json's "ignore" label value: its voxels are left out of the loss and the evaluation.
+    public var ignoreLabel: Int?
 
     public init(spacing: [Double], channelNames: [String], channels: [ChannelNormalization],
                 labels: [String: Int], classCount: Int) {

@@ -39,6 +39,7 @@ extension PreprocessingPlan {
                   },
                   labels: f.labels, classCount: f.classCount)
         cropping = .nonzero
+        regions = f.labelScheme.regions; regionsClassOrder = f.labelScheme.regionsClassOrder; ignoreLabel = f.labelScheme.ignoreLabel
     }
 
     /// The prepared grid of a source grid: RAS axes, the plan's spacing, the same field of view.
@@ -93,7 +94,7 @@ extension PreprocessingPlan {
         let image = Resample.resample(stacked, from: source, to: target, interpolation: .linear)
         var preparedLabel: Tensor?
         if let label {
-            try Self.checkLabelValues(label.data, classCount: classCount, labels: labels, path: path(images.count))
+            try Self.checkLabelValues(label.data, classCount: classCount, labels: labels, path: path(images.count), ignoreLabel: ignoreLabel)
             let labelOnSource = box.map { NonzeroRegion.crop(label.data, to: $0) } ?? label.data
             preparedLabel = Resample.resample(labelOnSource, from: source, to: target, interpolation: .nearest).reshaped([1] + target.shape)
         }
@@ -130,13 +131,14 @@ extension PreprocessingPlan {
         h.shape == grid.shape && h.affine.isClose(to: grid.affine)
     }
 
-    /// Every label value must be an integer in 0..<K.
-    static func checkLabelValues(_ label: Tensor, classCount: Int, labels: [String: Int], path: String) throws {
+    /// Every label value must be an integer in 0..<K, or the ignore label.
+    static func checkLabelValues(_ label: Tensor, classCount: Int, labels: [String: Int], path: String, ignoreLabel: Int? = nil) throws {
         var bad = Set<Float>()
         let p = label.data
+        let ignored = ignoreLabel.map(Float.init) ?? -1
         for i in 0..<label.count {
             let v = p[i]
-            if !(v >= 0 && v < Float(classCount) && v == v.rounded()) { bad.insert(v); if bad.count >= 5 { break } }
+            if !(v >= 0 && v < Float(classCount) && v == v.rounded()) && v != ignored { bad.insert(v); if bad.count >= 5 { break } }
         }
         if !bad.isEmpty { throw DatasetError.labelValues(path: path, values: bad.sorted(), labels: labels) }
     }

@@ -26,6 +26,9 @@ import Foundation
 public struct SyntheticCases: Sendable {
     /// One generated case on its own RAS grid.
     public struct Case: Sendable {
+        public init(id: String, image: Tensor, label: Tensor, spacing: [Double], affine: [[Double]]) {
+            self.id = id; self.image = image; self.label = label; self.spacing = spacing; self.affine = affine
+        }
         /// "synth_000", "synth_001", … (the index, zero-padded to three digits).
         public let id: String
         /// (C, D, H, W) Float intensities, one channel per modality, not normalised.

@@ -27,6 +27,10 @@ public struct PredictionFolder {
     public let missing: [String]
     let missingLabels: [String: String]
     public let classNames: [String]?
+    /// dataset.json's "ignore" label beside the labels: voxels labelled with it are scored as
+    /// agreed background (truth and prediction 0), so they add nothing to any foreground class's
+    /// Dice (nnU-Net leaves them out); surface distances and calibration see them as background.
+    public let ignoreLabel: Int?
 
     static let suffixes = ["_probabilities", "_entropy", "_mi", "_expected_entropy", "_probabilities_untempered"]
 
@@ -47,7 +51,32 @@ public struct PredictionFolder {
             throw CaseInputError("no prediction in \(predictions) has a label map of the same name in \(labelDir) (predictions: \(candidates.prefix(5).joined(separator: ", "))\(candidates.count > 5 ? ", …" : ""); labels: \(labs.keys.sorted().prefix(5).joined(separator: ", ")))")
         }
         classNames = Self.classNames(near: labels)
+        ignoreLabel = Self.ignoreLabel(near: labels)
     }
+
+    /// The integer value of a label named "ignore" in a dataset.json in `folder` or its parent.
+    static func ignoreLabel(near folder: String) -> Int? {
+        for dir in [folder, Paths.parent(folder)] {
+            guard let data = FileManager.default.contents(atPath: Paths.join(dir, "dataset.json")),
+                  let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                  let labels = json["labels"] as? [String: Any] else { continue }
+            if let v = labels[LabelScheme.ignoreName] as? Int { return v }
+            if let k = labels.first(where: { $0.value as? String == LabelScheme.ignoreName })?.key { return Int(k) }
+            return nil
+        }
+        return nil
+    }
+
+    /// Truth and prediction with the ignore label's voxels set to background in both.
+    func withoutIgnored(_ truth: [Int32], _ prediction: [Int32]) -> ([Int32], [Int32]) {
+        guard let ignore = ignoreLabel.map(Int32.init) else { return (truth, prediction) }
+        var t = truth, p = prediction
+        for i in t.indices where t[i] == ignore { t[i] = 0; if i < p.count { p[i] = 0 } }
+        return (t, p)
+    }
+
+    /// The label file of a labelled case without a prediction (one of `missing`).
+    public func labelPath(missing id: String) -> String? { missingLabels[id] }
 
     /// The NIfTI files of `dir` by stem (name without .nii.gz / .nii).
     static func niftiStems(_ dir: String) throws -> [String: String] {
@@ -78,6 +107,7 @@ public struct PredictionFolder {
                   let labels = json["labels"] as? [String: Any] else { continue }
             var byIndex: [Int: String] = [:]
             for (k, v) in labels {
+                if k == LabelScheme.ignoreName || v as? String == LabelScheme.ignoreName { continue }
                 if let i = v as? Int { byIndex[i] = byIndex[i] ?? k } else if let i = Int(k), let name = v as? String { byIndex[i] = byIndex[i] ?? name }
             }
             guard let top = byIndex.keys.max(), top >= 1 else { continue }
@@ -91,10 +121,10 @@ public struct PredictionFolder {
     public func loadMissing(_ id: String, classes: Int?) throws -> (CasePrediction, Int) {
         guard let path = missingLabels[id] else { preconditionFailure("PredictionFolder.loadMissing: \(id) is not a missing case") }
         let truthVolume = try NIfTI.read(path)
-        let truth = try truthVolume.data.array.map { v -> Int32 in
+        let (truth, _) = withoutIgnored(try truthVolume.data.array.map { v -> Int32 in
             guard v.isFinite, v >= 0, v < 65536 else { throw CaseInputError("\(path): value \(v) is not a class index") }
             return Int32(v.rounded())
-        }
+        }, [])
         let top = Int(truth.max() ?? 0)
         let k = classes ?? classNames?.count ?? max(top + 1, 2)
         guard top < k else { throw CaseInputError("\(id): class index \(top) found, but there are \(k) classes; pass --classes \(top + 1)") }
@@ -114,7 +144,7 @@ public struct PredictionFolder {
                 return Int32(v.rounded())
             }
         }
-        let truth = try classIndices(truthVolume.data, p.label), pred = try classIndices(predVolume.data, p.prediction)
+        let (truth, pred) = withoutIgnored(try classIndices(truthVolume.data, p.label), try classIndices(predVolume.data, p.prediction))
         let shape = truthVolume.header.shape
         let base = (p.prediction.hasSuffix(".nii.gz") ? String(p.prediction.dropLast(7)) : String(p.prediction.dropLast(4)))
         func optional(_ suffix: String, fourD: Bool = false) throws -> Tensor? {

@@ -1,54 +1,70 @@
 // Dice of labelled dataset cases scored on their original grids (as nnU-Net and `flipout evaluate` score), for run reports.
 //
 // A case is predicted exactly as `flipout predict` does (dataset plan, sliding windows, each
-// sample resampled back to the source grid, argmax there) and compared with its label file as it
-// is on disk: no upsampled labels, no prepared grid.
+// sample resampled back to the source grid, the label map there: argmax, or nnU-Net's region
+// rule for a region-based plan, then the checkpoint's post-processing) and compared with its
+// label file as it is on disk: no upsampled labels, no prepared grid. Voxels of the plan's
+// ignore label are left out.
 import Foundation
 
+/// One scored case of a run report: Dice per output (class 0..<K, or region), nil where the
+/// output is in neither the label nor the prediction.
+public struct ScoredCase: Codable, Sendable, Equatable {
+    public var id: String
+    public var dice: [Double?]
+}
+
 public enum SourceGridScoring {
-    /// Per-class overlap counts of one labelled case on its source grid.
-    public static func counts(_ c: DatasetCase, plan: PreprocessingPlan, window: SlidingWindowOptions, draws: Int,
-                              predictor: WindowPredictor) throws -> OverlapCounts {
+    /// Per output (class, or region of a region-based plan), the hard Dice of one labelled case on
+    /// its source grid (NaN where absent from both maps). `progress(windows done, total)`.
+    public static func caseDice(_ c: DatasetCase, plan: PreprocessingPlan, window: SlidingWindowOptions, draws: Int,
+                                postprocessing: Postprocessing = .none, progress: (SlidingWindowProgress) -> Void = { _ in },
+                                predictor: WindowPredictor) throws -> [Double] {
         guard let labelPath = c.labelPath else { throw CaseInputError("case \(c.id) has no label file to score against") }
-        var settings = PredictionSettings(window: window, classNames: plan.classNames)
+        var settings = PredictionSettings(window: window, classNames: plan.labelValueNames)
         settings.preprocessing = .plan(plan)
+        settings.window.sigmoidOutputs = plan.regions != nil
         let (maps, volumes) = try CasePredictor.predictMaps(CaseInput(id: c.id, channels: c.imagePaths), channels: plan.channels.count,
-                                                           classes: plan.classCount, draws: draws, settings: settings, predictor: predictor)
+                                                           classes: plan.outputCount, draws: draws, settings: settings,
+                                                           progress: progress, predictor: predictor)
         let label = try NIfTI.read(labelPath)
         guard CasePredictor.sameGrid(label.header, volumes[0].header) else {
             throw CaseInputError(CasePredictor.gridMismatch(labelPath, label.header, c.imagePaths[0], volumes[0].header))
         }
-        let truth = try label.data.array.map { v -> Int32 in
-            guard v.isFinite, v >= 0, v < Float(plan.classCount), v == v.rounded() else {
-                throw CaseInputError("\(labelPath): value \(v) is not a class index 0..<\(plan.classCount)")
+        let truth = try label.data.array.map { v -> Int in
+            guard v.isFinite, v >= 0, v < Float(plan.classCount) || plan.isIgnored(Int(v)), v == v.rounded() else {
+                throw CaseInputError("\(labelPath): value \(v) is not a label value 0..<\(plan.classCount)\(plan.ignoreLabel.map { " or the ignore label \($0)" } ?? "")")
             }
-            return Int32(v)
+            return Int(v)
         }
-        return OverlapCounts(prediction: maps.labels, truth: truth, classes: plan.classCount)
+        let shape = volumes[0].header.shape
+        let raw = plan.regions != nil ? plan.labelMap(maps.probabilities) : maps.labels
+        let predicted = postprocessing.apply(raw, shape: shape)
+        return TiledPrediction.dice(prediction: predicted.map(Int.init), truth: truth, plan: plan)
     }
 
-    /// Per class (index 0 = background), the mean over `cases` of the hard Dice on the source grid,
-    /// leaving out cases where the class is in neither the label nor the prediction (as nnU-Net);
-    /// NaN for a class no case holds.
+    /// Per output (index 0 = background for classes), the mean over `cases` of the hard Dice on
+    /// the source grid, leaving out cases where the output is in neither the label nor the
+    /// prediction (as nnU-Net); NaN for an output no case holds.
     public static func meanDice(_ cases: [DatasetCase], plan: PreprocessingPlan, window: SlidingWindowOptions, draws: Int,
                                 predictor: WindowPredictor) throws -> [Double] {
-        let k = plan.classCount
-        var sums = [Double](repeating: 0, count: k), n = [Int](repeating: 0, count: k)
-        for c in cases where c.labelPath != nil {
-            let o = try counts(c, plan: plan, window: window, draws: draws, predictor: predictor)
-            for j in 0..<k where o.tp[j] + o.fp[j] + o.fn[j] > 0 {
-                sums[j] += 2 * Double(o.tp[j]) / Double(2 * o.tp[j] + o.fp[j] + o.fn[j]); n[j] += 1
-            }
-        }
-        return (0..<k).map { n[$0] > 0 ? sums[$0] / Double(n[$0]) : .nan }
+        let perCase = try cases.filter { $0.labelPath != nil }.map { try caseDice($0, plan: plan, window: window, draws: draws, predictor: predictor) }
+        return TiledPrediction.meanOverCases(perCase, outputs: plan.outputCount)
     }
 
-    /// The same for a U-Net in memory (a training run's test report): windows of the patch size,
-    /// overlap 0.5, Gaussian blending, `samples` Monte Carlo samples (1 for a deterministic network).
-    public static func meanDice(_ model: UNet, _ cases: [DatasetCase], plan: PreprocessingPlan, patchSize: [Int],
-                                samples: Int, seed: UInt64, overlap: Double = 0.5) throws -> [Double] {
-        let predictor = ModelPredictor(unet: model, samples: samples, seed: seed)
-        return try meanDice(cases, plan: plan, window: SlidingWindowOptions(window: patchSize, overlap: overlap),
-                            draws: predictor.draws, predictor: predictor.callAsFunction)
+    /// A trained model's report on labelled cases, predicted as `flipout predict` predicts by
+    /// default (windows of the patch size, overlap 0.5, Gaussian blending, `samples` Monte Carlo
+    /// samples, 1 for a deterministic network, the checkpoint's post-processing). `progress(case
+    /// index, case id, windows)` as windows finish.
+    public static func report(_ trained: TrainedModel, _ cases: [DatasetCase], samples: Int, seed: UInt64, overlap: Double = 0.5,
+                              postprocessing: Postprocessing = .none,
+                              progress: (Int, String, SlidingWindowProgress) -> Void = { _, _, _ in }) throws -> [ScoredCase] {
+        let predictor = ModelPredictor(trained, samples: samples, seed: seed)
+        let window = SlidingWindowOptions(window: trained.patchSize, overlap: overlap)
+        return try cases.filter { $0.labelPath != nil }.enumerated().map { i, c in
+            let d = try caseDice(c, plan: trained.plan, window: window, draws: predictor.draws, postprocessing: postprocessing,
+                                 progress: { progress(i, c.id, $0) }, predictor: predictor.callAsFunction)
+            return ScoredCase(id: c.id, dice: d.map { $0.isNaN ? nil : $0 })
+        }
     }
 }

@@ -51,6 +51,10 @@ public struct PredictionSettings: Sendable {
     public var nonFinite: NonFinitePolicy = .refuse
     /// Applied to the label map (the checkpoint's `Postprocessing`, decided on validation).
     public var postprocessing = Postprocessing.none
+    /// A region-based plan's regions_class_order: the label map is nnU-Net's region rule on the
+    /// per-region sigmoids (`PreprocessingPlan.regionLabelMap`), not the argmax; `classNames` then
+    /// names the label values.
+    public var regionsClassOrder: [Int]?
     /// Told once per channel file whose non-finite voxels were replaced.
     public var note: @Sendable (String) -> Void = { _ in }
 
@@ -119,12 +123,13 @@ public enum CasePredictor {
                                               progress: progress, predictor: predictor)
         let header = volumes[0].header, shape = header.shape
         let n = shape.reduce(1, *)
-        let labels = settings.postprocessing.apply(maps.labels, shape: shape)
+        let labels = settings.postprocessing.apply(settings.regionsClassOrder.map { PreprocessingPlan.regionLabelMap(maps.probabilities, order: $0) } ?? maps.labels, shape: shape)
+        let values = max(classes, settings.classNames.count)   // label values a map may hold
         let labelTensor = Tensor(shape: shape, values: labels.map(Float.init))
         let stem = Paths.join(folder, input.id)
         let files = [stem + ".nii.gz", stem + "_probabilities.nii.gz", stem + "_entropy.nii.gz", stem + "_mi.nii.gz",
                      stem + "_expected_entropy.nii.gz", stem + "_preview.png", stem + ".json"]
-        try NIfTI.write(labelTensor, header: header, datatype: classes <= 256 ? .uint8 : .int16, to: files[0])
+        try NIfTI.write(labelTensor, header: header, datatype: values <= 256 ? .uint8 : .int16, to: files[0])
         try NIfTI.write(maps.probabilities, header: header, datatype: .float32, to: files[1])
         try NIfTI.write(maps.predictiveEntropy, header: header, datatype: .float32, to: files[2])
         try NIfTI.write(maps.mutualInformation, header: header, datatype: .float32, to: files[3])
@@ -138,7 +143,7 @@ public enum CasePredictor {
         let point = PNGPreview.centroid(of: labelTensor, threshold: 1) ?? PNGPreview.center(of: shape)
         let maxEntropy = Float(Foundation.log(Double(classes)))
         try PNGPreview.write([PNGPreview.Panel(volumes[0].data),
-                              PNGPreview.Panel(labelTensor, range: 0...Float(classes - 1)),
+                              PNGPreview.Panel(labelTensor, range: 0...Float(values - 1)),
                               PNGPreview.Panel(maps.predictiveEntropy, colormap: .hot, range: 0...maxEntropy),
                               PNGPreview.Panel(maps.mutualInformation, colormap: .hot)],
                              to: files[5], at: point, scale: max(1, 160 / max(shape[1], shape[2])))
@@ -146,7 +151,7 @@ public enum CasePredictor {
         // Volumes and the uncertainty score.
         let spacing = voxelSpacing(header)
         let voxelMM3 = spacing.reduce(1, *)
-        var counts = [Int](repeating: 0, count: classes)
+        var counts = [Int](repeating: 0, count: values)
         var fg = 0, pe = 0.0, mi = 0.0, eh = 0.0
         for v in 0..<n {
             counts[Int(labels[v])] += 1
@@ -157,7 +162,7 @@ public enum CasePredictor {
         }
         let report = CaseReport(
             id: input.id, inputs: input.channels, shape: shape, spacing: spacing,
-            classes: (0..<classes).map { k in
+            classes: (0..<values).map { k in
                 CaseReport.ClassVolume(index: k, name: k < settings.classNames.count ? settings.classNames[k] : "class \(k)", voxels: counts[k],
                                        volumeMM3: Double(counts[k]) * voxelMM3, volumeML: Double(counts[k]) * voxelMM3 / 1000)
             },

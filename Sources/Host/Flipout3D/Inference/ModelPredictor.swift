@@ -63,7 +63,7 @@ public struct ModelPredictor: MonteCarloWindowPredictor {
     /// network, 1...8 (default `defaultDrawsPerCall`); the maps do not depend on it.
     public init(_ trained: TrainedModel, samples: Int, seed: UInt64, drawsPerCall: Int = defaultDrawsPerCall) {
         let u = trained.model
-        self.init(u, classes: trained.plan.classCount, channels: trained.plan.channels.count, samples: samples, seed: seed,
+        self.init(u, classes: trained.plan.outputCount, channels: trained.plan.channels.count, samples: samples, seed: seed,
                   drawsPerCall: drawsPerCall, probabilities: trained.probabilities)
     }
 

@@ -30,6 +30,9 @@ public struct SlidingWindowOptions: Sendable {
     /// Per draw, the temperature its blended sample is tempered with (TemperatureScaling.swift);
     /// empty: none. With any temperature ≠ 1 the untempered mean is kept too.
     public var temperatures: [Double] = []
+    /// The outputs are independent sigmoids (a region-based plan's regions), not a softmax: the
+    /// entropies are sums of per-output binary entropies (`UncertaintySums`).
+    public var sigmoidOutputs = false
 
     /// Whether test-time mirroring is on; setting true mirrors all three axes.
     public var mirror: Bool {
@@ -105,7 +108,7 @@ public enum SlidingWindow {
         let sampleBytes = classes * volume.reduce(1, *) * MemoryLayout<Float>.size
         let side = max(1, min(draws, predictor.drawsPerCall, blendBudgetBytes / max(sampleBytes, 1)))
         let blend = WindowBlend(grid: grid, classes: classes, weights: weights, samples: side)
-        let sums = UncertaintySums(shape: outShape, classes: classes)
+        let sums = UncertaintySums(shape: outShape, classes: classes, sigmoidOutputs: o.sigmoidOutputs)
         let untempered = o.temperatures.contains { $0 != 1 } ? Tensor(shape: [classes] + outShape) : nil
         var done = 0
         for first in stride(from: 0, to: draws, by: side) {

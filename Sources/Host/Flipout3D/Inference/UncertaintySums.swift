@@ -167,14 +167,18 @@ public final class UncertaintySums {
     public private(set) var samples = 0
     let sumP: Tensor   // (K, D, H, W)
     let sumH: Tensor   // (D, H, W)
-    /// Per foreground class and voxel, the samples whose argmax is that class: (K − 1, D, H, W).
+    /// Per foreground class and voxel, the samples whose argmax is that class: (K − 1, D, H, W);
+    /// with sigmoid outputs, per output the samples whose p exceeds 0.5: (K, D, H, W).
     var votes: [UInt16]
+    /// Independent sigmoid outputs (regions): H(p) = Σ_k h(p_k), h the binary entropy, so
+    /// H[E p], E H[p] and MI are sums over the outputs of their binary counterparts.
+    public let sigmoidOutputs: Bool
 
-    public init(shape: [Int], classes: Int) {
+    public init(shape: [Int], classes: Int, sigmoidOutputs: Bool = false) {
         precondition(shape.count == 3 && classes >= 2, "UncertaintySums: shape \(shape), classes \(classes)")
-        self.shape = shape; self.classes = classes
+        self.shape = shape; self.classes = classes; self.sigmoidOutputs = sigmoidOutputs
         sumP = Tensor(shape: [classes] + shape); sumH = Tensor(shape: shape)
-        votes = [UInt16](repeating: 0, count: (classes - 1) * shape.reduce(1, *))
+        votes = [UInt16](repeating: 0, count: (sigmoidOutputs ? classes : classes - 1) * shape.reduce(1, *))
     }
 
     /// Adds one sample p_t (K, D, H, W).
@@ -182,7 +186,7 @@ public final class UncertaintySums {
         p.checkShape([classes] + shape, "UncertaintySums.add")
         let n = sumH.count, k = classes
         precondition(samples < Int(UInt16.max), "UncertaintySums: more than \(UInt16.max) samples")
-        let src = p.data, sp = sumP.data, sh = sumH.data
+        let src = p.data, sp = sumP.data, sh = sumH.data, sigmoid = sigmoidOutputs
         votes.withUnsafeMutableBufferPointer { vb in
             let votes = vb.baseAddress!
             DispatchQueue.concurrentPerform(iterations: Self.chunks(n)) { chunk in
@@ -192,10 +196,14 @@ public final class UncertaintySums {
                         let q = src[c * n + v]
                         sp[c * n + v] += q
                         h -= Entropy.term(Double(q))
+                        if sigmoid {
+                            h -= Entropy.term(1 - Double(q))
+                            if q > 0.5 { votes[c * n + v] += 1 }
+                        }
                         if q > top { top = q; best = c }
                     }
                     sh[v] += Float(h)
-                    if best > 0 { votes[(best - 1) * n + v] += 1 }
+                    if !sigmoid && best > 0 { votes[(best - 1) * n + v] += 1 }
                 }
             }
         }
@@ -214,14 +222,14 @@ public final class UncertaintySums {
         precondition(samples > 0, "UncertaintySums.finish: no samples added")
         let n = sumH.count, k = classes, t = Double(samples)
         let pe = Tensor(uninitializedShape: shape), mi = Tensor(uninitializedShape: shape)
-        let sp = sumP.data, sh = sumH.data, ped = pe.data, mid = mi.data
+        let sp = sumP.data, sh = sumH.data, ped = pe.data, mid = mi.data, sigmoid = sigmoidOutputs
         DispatchQueue.concurrentPerform(iterations: Self.chunks(n)) { chunk in
             for v in Self.range(chunk, n) {
                 var hMean = 0.0
                 for c in 0..<k {
                     let m = Double(sp[c * n + v]) / t
                     sp[c * n + v] = Float(m)
-                    hMean -= Entropy.term(m)
+                    hMean -= Entropy.term(m) + (sigmoid ? Entropy.term(1 - m) : 0)
                 }
                 let h = Float(hMean), eh = Float(Double(sh[v]) / t)
                 sh[v] = eh
@@ -231,10 +239,11 @@ public final class UncertaintySums {
         }
         var maps = PredictiveMaps(probabilities: sumP, predictiveEntropy: pe, expectedEntropy: sumH, mutualInformation: mi,
                                   draws: samples, windows: windows)
-        maps.sampleDice = (1..<k).map { c -> Double? in
+        let rows = sigmoidOutputs ? 0..<k : 1..<k, shift = sigmoidOutputs ? 0 : 1
+        maps.sampleDice = rows.map { c -> Double? in
             guard samples > 1 else { return nil }
             var pairs = 0.0, total = 0.0
-            for v in 0..<n { let m = Double(votes[(c - 1) * n + v]); pairs += m * (m - 1); total += m }
+            for v in 0..<n { let m = Double(votes[(c - shift) * n + v]); pairs += m * (m - 1); total += m }
             return total > 0 ? pairs / (Double(samples - 1) * total) : nil
         }
         return maps

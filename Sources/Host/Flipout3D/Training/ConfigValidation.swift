@@ -220,5 +220,6 @@ extension PreprocessingPlan {
         for (name, index) in labels.sorted(by: { $0.key < $1.key }) where !(0..<classCount).contains(index) {
             throw ConfigError(field: "plan.labels", option: "(the dataset's labels)", value: "\(StrictJSON.printable(name))=\(index)", allowed: "class indices from 0 to \(classCount - 1)")
         }
+        try validateLabelScheme()
     }
 }

@@ -33,8 +33,9 @@ public struct PatchSampler {
         self.cases = cases; self.patchSize = patchSize; self.seed = seed; self.augmentation = augmentation
         foreground = cases.map { c in
             var lists = [[Int32]](repeating: [], count: classCount)
-            let l = c.label!
-            for i in 0..<l.count where l.data[i] > 0 { lists[Int(l.data[i])].append(Int32(i)) }
+            let values = c.label!.array
+            // Label values 1..<K; the ignore label (a value >= K) is never a patch centre.
+            for i in values.indices where values[i] > 0 && values[i] < Float(classCount) { lists[Int(values[i])].append(Int32(i)) }
             return Array(lists.dropFirst())
         }
     }

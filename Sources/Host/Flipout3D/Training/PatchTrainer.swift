@@ -16,6 +16,16 @@ public struct PatchEpochRecord: Codable, Sendable {
     public var seconds: Double
 }
 
+/// The data term of one step, as the trainer logs it: softmax Dice-CE over K classes, or (region-based
+/// plans) binary cross-entropy plus soft Dice over the regions' sigmoids.
+public struct StepLoss {
+    /// Cross-entropy, nats per voxel (the regions' mean binary cross-entropy for a region-based plan).
+    public let crossEntropy: Double
+    /// 1 − the mean soft Dice over the foreground classes (or every region).
+    public let diceLoss: Double
+    public var value: Double { crossEntropy + diceLoss }
+}
+
 /// One layer's prior after --learn-prior: constrained values in slot order.
 public struct LayerPrior: Codable, Sendable, Equatable {
     public struct Value: Codable, Sendable, Equatable { public var name: String; public var value: Float }
@@ -51,6 +61,9 @@ public final class PatchTrainer {
     /// Decided on the validation cases after the last epoch (`Postprocessing.decide`); saved in the checkpoint.
     public var postprocessing = Postprocessing.none
     public var showProgress = true
+    /// Prepare each step's batch (patch cutting and augmentation) on a worker thread while the
+    /// previous step runs (`BatchPrefetch`); the same bytes either way.
+    public var prefetch = true
     /// The ranks training together (one process by default); rank 0 validates, writes and logs.
     public let parallel: DataParallel
     let log: (String) -> Void
@@ -67,8 +80,8 @@ public final class PatchTrainer {
             throw LayerError.invalidConfiguration("the batch size \(training.batchSize) (patches per step over all ranks) is not a multiple of the \(communicator.worldSize) ranks; use a multiple of \(communicator.worldSize).")
         }
         guard !train.isEmpty else { throw LayerError.invalidConfiguration("there are no training cases.") }
-        guard plan.classCount == model.shape.classCount, plan.channels.count == model.shape.inputChannels else {
-            throw LayerError.invalidConfiguration("the plan has \(plan.channels.count) channels and \(plan.classCount) classes; the network takes \(model.shape.inputChannels) and \(model.shape.classCount).")
+        guard plan.outputCount == model.shape.classCount, plan.channels.count == model.shape.inputChannels else {
+            throw LayerError.invalidConfiguration("the plan has \(plan.channels.count) channels and \(plan.outputCount) \(plan.regions == nil ? "classes" : "regions"); the network takes \(model.shape.inputChannels) and \(model.shape.classCount).")
         }
         try model.checkInput([1, model.shape.inputChannels] + patch.patchSize)
         self.model = model; self.training = training; self.plan = plan; self.validation = validation
@@ -113,18 +126,28 @@ public final class PatchTrainer {
 
     /// One step on this rank's part (`shard`) of a global batch of patches; returns the Dice-CE
     /// terms of the GLOBAL batch (the per-class Dice sums and the cross-entropy are summed over
-    /// the ranks before the loss is formed) and the raw and scaled KL.
-    public func step(x: Tensor, y: Tensor, step: Int, beta: Double, shard: BatchShard = .whole) throws -> (loss: DiceCESaved, kl: Double, scaledKL: Double) {
+    /// the ranks before the loss is formed) and the raw and scaled KL. A region-based plan trains
+    /// its regions' sigmoids with `RegionLoss`; voxels of the plan's ignore label add nothing.
+    public func step(x: Tensor, y: Tensor, step: Int, beta: Double, shard: BatchShard = .whole) throws -> (loss: StepLoss, kl: Double, scaledKL: Double) {
         var ctx = StepContext(seed: training.seed, step: step)
         ctx.shard = shard
         let scale = ELBO.klScale(beta: beta, trainingVoxels: patch.trainingVoxels)
         let ranks = Float(parallel.worldSize)
+        let ignore = plan.ignoreLabel, regions = plan.regions?.map(\.values)
         let (terms, kl) = try TrainingStep.run(model, optimizer: optimizer, parallel: parallel, x: x, ctx: ctx, klScale: scale) { logits in
-            let terms = try DiceCELoss.forward(logits: logits, labels: y, reduce: parallel.sum)
-            guard terms.value.isFinite else { throw LayerError.nonFinite("step \(step): the loss is \(terms.value); the network output is not finite. Lower --lr.") }
             // Each rank's gradient of the global loss w.r.t. its own logits, times R: the ranks'
             // average (DataParallel) is then the global gradient, with the KL counted once.
-            return (terms, DiceCELoss.backward(terms, scale: ranks))
+            func finite(_ value: Double) throws {
+                guard value.isFinite else { throw LayerError.nonFinite("step \(step): the loss is \(value); the network output is not finite. Lower --lr.") }
+            }
+            if let regions {
+                let saved = try RegionLoss.forward(logits: logits, labels: y, regions: regions, ignoreLabel: ignore, reduce: parallel.sum)
+                try finite(saved.value)
+                return (StepLoss(crossEntropy: saved.binaryCrossEntropy, diceLoss: saved.diceLoss), RegionLoss.backward(saved, scale: ranks))
+            }
+            let saved = try DiceCELoss.forward(logits: logits, labels: y, ignoreLabel: ignore, reduce: parallel.sum)
+            try finite(saved.value)
+            return (StepLoss(crossEntropy: saved.crossEntropy, diceLoss: saved.diceLoss), DiceCELoss.backward(saved, scale: ranks))
         }
         return (terms, kl, scale * kl)
     }
@@ -140,12 +163,19 @@ public final class PatchTrainer {
         progress.enabled = showProgress && parallel.isWriter
         let shard = parallel.worldSize == 1 ? BatchShard.whole
             : BatchShard.interleaved(globalCount: batch, rank: parallel.rank, worldSize: parallel.worldSize)
+        // Patches are drawn for the whole global batch (keyed by step and row) and each rank cuts its rows.
+        let sampler = self.sampler
+        func batchOf(_ s: Int) -> (x: Tensor, y: Tensor) {
+            let draws = sampler.draws(step: epoch * steps + s + 1, caseIndices: Array(order[(s * batch)..<((s + 1) * batch)]))
+            return sampler.batch(shard.localElements(draws))
+        }
+        var next = prefetch ? BatchPrefetch { batchOf(0) } : nil
         for s in 0..<steps {
             let global = epoch * steps + s + 1
-            // Patches are drawn for the whole global batch (keyed by step and row) and each rank cuts its rows.
             let stepStart = Date()
-            let draws = sampler.draws(step: global, caseIndices: Array(order[(s * batch)..<((s + 1) * batch)]))
-            let (x, y) = sampler.batch(shard.localElements(draws))
+            let (x, y) = next?.wait() ?? batchOf(s)
+            // The next step's batch is cut and augmented beside this step.
+            next = prefetch && s + 1 < steps ? BatchPrefetch { batchOf(s + 1) } : nil
             let t = try step(x: x, y: y, step: global, beta: beta, shard: shard)
             if epochsRun > 0 || s > 0 { stepSeconds += Date().timeIntervalSince(stepStart); stepsTimed += 1 }
             ce += t.loss.crossEntropy; dice += t.loss.diceLoss; kl += t.kl; scaled += t.scaledKL
@@ -153,7 +183,7 @@ public final class PatchTrainer {
         }
         let n = Double(steps)
         // Rank 0 validates (whole cases, tile by tile) and writes; the others wait at the barrier.
-        let val = validation.isEmpty || !parallel.isWriter ? [] : try TiledPrediction.meanDice(model, validation, patchSize: patch.patchSize,
+        let val = validation.isEmpty || !parallel.isWriter ? [] : try TiledPrediction.meanDice(model, validation, plan: plan, patchSize: patch.patchSize,
                                                                          samples: min(training.evaluationSamples, 2), seed: training.seed)
         let record = PatchEpochRecord(epoch: epoch + 1, loss: (ce + dice + scaled) / n, crossEntropy: ce / n, diceLoss: dice / n,
                                       kl: kl / n, scaledKL: scaled / n, beta: beta, validationDice: val,
@@ -172,10 +202,15 @@ public final class PatchTrainer {
             epochsDone -= 1; epochsRun -= 1; records.removeLast()
             throw error
         }
-        let valText = val.isEmpty ? "" : "  val dice " + TiledPrediction.describe(val, names: plan.classNames)
+        let valText = val.isEmpty ? "" : "  val dice " + TiledPrediction.describe(val, plan: plan)
         log(String(format: "epoch %d: loss %.4f  ce %.4f  dice-loss %.4f  kl %.1f (scaled %.5f, beta %.2f)  %.1fs",
                    record.epoch, record.loss, record.crossEntropy, record.diceLoss, record.kl, record.scaledKL, beta, record.seconds) + valText)
         return record
+    }
+
+    /// The network as a trained model (what `flipout predict` loads from the checkpoint).
+    public var trained: TrainedModel {
+        TrainedModel(network: .unet(model), training: training, epochs: epochsDone, plan: plan, patchSize: patch.patchSize)
     }
 
     /// With --learn-prior: every Flipout layer's learned prior values; nil otherwise.
@@ -196,7 +231,8 @@ public final class PatchTrainer {
 
     /// nnU-Net's post-processing decision on the validation cases (none without validation).
     func decidePostprocessing() throws {
-        guard !validation.isEmpty else { return }
+        // Largest-component post-processing is decided per class; a region-based plan keeps none.
+        guard !validation.isEmpty, plan.regions == nil else { return }
         let (decision, scores) = try Postprocessing.decide(model: model, validation: validation, patchSize: patch.patchSize,
                                                            samples: min(training.evaluationSamples, 2), seed: training.seed)
         postprocessing = decision
@@ -207,8 +243,8 @@ public final class PatchTrainer {
     }
 
     func writeMetrics() throws {
-        let k = plan.classCount
-        var csv = "epoch,loss,ce,dice_loss,kl,scaled_kl,beta," + (0..<k).map { "val_dice_\(plan.classNames[$0])" }.joined(separator: ",") + ",seconds\n"
+        let k = plan.outputCount
+        var csv = "epoch,loss,ce,dice_loss,kl,scaled_kl,beta," + (0..<k).map { "val_dice_\(plan.outputNames[$0])" }.joined(separator: ",") + ",seconds\n"
         for r in records {
             let dice = (0..<k).map { r.validationDice.count == k ? String(r.validationDice[$0]) : "" }.joined(separator: ",")
             csv += "\(r.epoch),\(r.loss),\(r.crossEntropy),\(r.diceLoss),\(r.kl),\(r.scaledKL),\(r.beta),\(dice),\(r.seconds)\n"

@@ -7,8 +7,9 @@ public struct RegionLossSaved {
     public let probabilities: Tensor
     /// (N, R, D, H, W) region targets, 1 where the voxel's label belongs to the region.
     let targets: Tensor
-    /// Voxels that enter the loss (the ignored ones excluded), per example-voxel, not per region.
-    let counted: Int
+    /// Voxels that enter the loss (the ignored ones excluded), per example-voxel, not per region
+    /// (every rank's batch together when reduced).
+    let counted: Double
     let ignoredMask: [Bool]
     /// Per region: I_r = Σ p·t and S_r = Σ p + Σ t over the batch's counted voxels (Double sums).
     let intersection: [Double]
@@ -28,11 +29,25 @@ public struct RegionLossSaved {
 /// tumour core {2, 3}, enhancing tumour {3}). Regions overlap, so each has its own sigmoid and
 /// every region counts in the Dice (nnU-Net's do_bg=True for regions); sums run over the whole
 /// batch (batch Dice). Voxels labelled `ignoreLabel` add nothing and get gradient 0.
+///
+/// Data-parallel ranks: `reduce` sums the sufficient statistics (I_r, S_r, the BCE sum and M) over
+/// the ranks before the loss is formed, so every rank computes the GLOBAL batch's loss (as DiceCELoss).
 public enum RegionLoss {
     public static let smooth = 1e-5
 
     /// logits (N, R, D, H, W), labels (N, 1, D, H, W) label values; regions[r] the label values of region r.
     public static func forward(logits: Tensor, labels: Tensor, regions: [[Int]], ignoreLabel: Int? = nil) -> RegionLossSaved {
+        forward(logits: logits, labels: labels, regions: regions, ignoreLabel: ignoreLabel, reduce: { $0 })
+    }
+
+    /// As `forward(logits:labels:regions:ignoreLabel:)`, with the sufficient statistics passed through `reduce` (a sum over ranks) first.
+    public static func forward(logits: Tensor, labels: Tensor, regions: [[Int]], ignoreLabel: Int? = nil,
+                               reduce: ([Double]) throws -> [Double]) rethrows -> RegionLossSaved {
+        try StepProfile.measure(.loss) { try lossForward(logits: logits, labels: labels, regions: regions, ignoreLabel: ignoreLabel, reduce: reduce) }
+    }
+
+    static func lossForward(logits: Tensor, labels: Tensor, regions: [[Int]], ignoreLabel: Int?,
+                            reduce: ([Double]) throws -> [Double]) rethrows -> RegionLossSaved {
         precondition(logits.rank == 5 && logits.shape[1] == regions.count && !regions.isEmpty,
                      "RegionLoss: logits \(logits.shape) for \(regions.count) regions")
         labels.checkShape([logits.shape[0], 1] + logits.shape[2...], "RegionLoss labels")
@@ -62,19 +77,28 @@ public enum RegionLoss {
                 }
             }
         }
+        let local = inter + total + [bce, Double(counted)]
+        let sums = try reduce(local)
+        precondition(sums.count == local.count, "RegionLoss: the reduction returned \(sums.count) values for \(local.count)")
+        inter = Array(sums[0..<r]); total = Array(sums[r..<(2 * r)]); bce = sums[2 * r]
+        let voxels = sums[2 * r + 1]
         let dice = (0..<r).map { (2 * inter[$0] + smooth) / (total[$0] + smooth) }
-        return RegionLossSaved(probabilities: p, targets: t, counted: counted, ignoredMask: ignoredMask, intersection: inter, total: total,
-                               binaryCrossEntropy: bce / Double(max(counted, 1) * r),
+        return RegionLossSaved(probabilities: p, targets: t, counted: voxels, ignoredMask: ignoredMask, intersection: inter, total: total,
+                               binaryCrossEntropy: bce / (max(voxels, 1) * Double(r)),
                                diceLoss: 1 - dice.reduce(0, +) / Double(r), softDice: dice)
     }
 
     /// dL/dlogits (N, R, D, H, W), times `scale`:
     /// (p − t)/(M·R) − (1/R) · (2 t (S + s) − (2 I + s)) / (S + s)² · p (1 − p).
     public static func backward(_ saved: RegionLossSaved, scale: Float = 1) -> Tensor {
+        StepProfile.measure(.loss) { lossBackward(saved, scale: scale) }
+    }
+
+    static func lossBackward(_ saved: RegionLossSaved, scale: Float) -> Tensor {
         let p = saved.probabilities, t = saved.targets
         let (n, r) = (p.shape[0], p.shape[1]), v = p.shape[2...].reduce(1, *)
         let dz = Tensor(uninitializedShape: p.shape)
-        let bceScale = Double(scale) / Double(max(saved.counted, 1) * r)
+        let bceScale = Double(scale) / (max(saved.counted, 1) * Double(r))
         let denominators = saved.total.map { $0 + smooth }
         for b in 0..<n {
             for c in 0..<r {

@@ -19,9 +19,10 @@ public struct TrainedModel {
         switch network { case .unet(let u): return u }
     }
 
-    /// x (N, C, D, H, W) -> softmax probabilities (N, K, D, H, W); one Monte Carlo draw per call (ctx keys it).
+    /// x (N, C, D, H, W) -> softmax probabilities (N, K, D, H, W), or one sigmoid per region for a
+    /// region-based plan (N, R, D, H, W); one Monte Carlo draw per call (ctx keys it).
     public func probabilities(_ x: Tensor, _ ctx: StepContext) throws -> Tensor {
-        try model.probabilities(x, ctx)
+        try plan.activation.probabilities(model, x, ctx)
     }
 
     /// Refuses a checkpoint whose plugins' SHA-256 changed unless `allowPluginChange`.

@@ -199,8 +199,8 @@ public enum UNetCheckpoint {
             } catch let e as ConfigError {
                 throw bad("its stored configuration is invalid: \(e.storedDescription)")
             }
-            guard plan.classCount == shape.classCount, plan.channels.count == shape.inputChannels else {
-                throw bad("its plan (\(plan.channels.count) channels, \(plan.classCount) classes) does not fit its network (\(shape.inputChannels), \(shape.classCount))")
+            guard plan.outputCount == shape.classCount, plan.channels.count == shape.inputChannels else {
+                throw bad("its plan (\(plan.channels.count) channels, \(plan.outputCount) \(plan.regions == nil ? "classes" : "regions")) does not fit its network (\(shape.inputChannels), \(shape.classCount))")
             }
             let patchText = try text(UNetCheckpointKey.patchSize)
             guard patchText == patch.patchSize.map(String.init).joined(separator: ",") else {
