@@ -138,7 +138,10 @@ struct MPITwoRankTests {
         #expect(scale > 0)
         for rank in ranks {
             assertClose(rank.gradients, single.gradients, rtol: 1e-4, atol: 1e-4 * scale, "\(estimator): rank \(rank.rank)'s averaged gradients vs one process")
-            assertClose(rank.values, single.values, rtol: 1e-5, atol: 1e-6, "\(estimator): rank \(rank.rank)'s weights after Adam vs one process")
+            // Adam's first step is lr * g / (|g| + eps): where g is near eps, the gradients' allowed
+            // 1e-4 relative difference (summation order of the per-example kernel gradients) becomes a
+            // fraction of that weight's step, so weights are compared to within 1e-3 of a step.
+            assertClose(rank.values, single.values, rtol: 1e-5, atol: 1e-3 * TrainingConfig().learningRate, "\(estimator): rank \(rank.rank)'s weights after Adam vs one process")
             #expect(abs(rank.kl - single.kl) <= 1e-9 * abs(single.kl), "KL is the same on every rank")
             #expect(abs(rank.loss - single.loss) <= 1e-9 * single.loss, "every rank has the global batch's loss: \(rank.loss) vs \(single.loss)")
         }

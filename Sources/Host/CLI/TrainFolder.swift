@@ -264,8 +264,9 @@ struct FolderTraining {
         let labelled = folder.test.filter { $0.labelPath != nil }
         let samples = trainer.model.flipoutLayers.isEmpty ? 1 : trainer.training.evaluationSamples
         var line: ProgressLine?, current = -1
+        let mirrorAxes = trainer.patch.augmentation.map(TestTimeMirroring.trainedAxes) ?? [] // predict's default --tta
         let scored = try SourceGridScoring.report(trainer.trained, labelled, samples: samples, seed: trainer.training.seed,
-                                                  postprocessing: trainer.postprocessing) { i, id, p in
+                                                  mirrorAxes: mirrorAxes, postprocessing: trainer.postprocessing) { i, id, p in
             if i != current {
                 current = i
                 line = ProgressLine(total: p.total, label: "test case \(i + 1)/\(labelled.count) \(id): windows")

@@ -54,13 +54,13 @@ public enum SourceGridScoring {
 
     /// A trained model's report on labelled cases, predicted as `flipout predict` predicts by
     /// default (windows of the patch size, overlap 0.5, Gaussian blending, `samples` Monte Carlo
-    /// samples, 1 for a deterministic network, the checkpoint's post-processing). `progress(case
-    /// index, case id, windows)` as windows finish.
+    /// samples, 1 for a deterministic network, test-time mirroring along `mirrorAxes`, the
+    /// checkpoint's post-processing). `progress(case index, case id, windows)` as windows finish.
     public static func report(_ trained: TrainedModel, _ cases: [DatasetCase], samples: Int, seed: UInt64, overlap: Double = 0.5,
-                              postprocessing: Postprocessing = .none,
+                              mirrorAxes: [Int] = [], postprocessing: Postprocessing = .none,
                               progress: (Int, String, SlidingWindowProgress) -> Void = { _, _, _ in }) throws -> [ScoredCase] {
         let predictor = ModelPredictor(trained, samples: samples, seed: seed)
-        let window = SlidingWindowOptions(window: trained.patchSize, overlap: overlap)
+        let window = SlidingWindowOptions(window: trained.patchSize, overlap: overlap, mirrorAxes: mirrorAxes)
         return try cases.filter { $0.labelPath != nil }.enumerated().map { i, c in
             let d = try caseDice(c, plan: trained.plan, window: window, draws: predictor.draws, postprocessing: postprocessing,
                                  progress: { progress(i, c.id, $0) }, predictor: predictor.callAsFunction)

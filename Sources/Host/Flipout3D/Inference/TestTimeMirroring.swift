@@ -48,7 +48,12 @@ public enum TestTimeMirroring: Equatable, Sendable, CustomStringConvertible {
     public static func trainedAxes(_ c: Checkpoint) -> [Int] {
         guard let json = c.metadata[UNetCheckpointKey.patchTraining],
               let patch = try? JSONDecoder().decode(PatchTrainingConfig.self, from: Data(json.utf8)),
-              let a = patch.augmentation, a.policy != .none else { return [] }
-        return Set(a.mirrorAxes).sorted()
+              let a = patch.augmentation else { return [] }
+        return trainedAxes(a)
+    }
+
+    /// The axes a training with these augmentation settings mirrored (none without augmentation).
+    public static func trainedAxes(_ a: AugmentationSettings) -> [Int] {
+        a.policy == .none ? [] : Set(a.mirrorAxes).sorted()
     }
 }
