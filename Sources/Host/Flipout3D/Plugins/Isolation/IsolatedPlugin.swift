@@ -260,31 +260,19 @@ public final class IsolatedPlugin: @unchecked Sendable {
         while true {
             control.store(ChannelControl.hostSleeping, 1)
             if control.load(ChannelControl.replySequence) == sequence { control.store(ChannelControl.hostSleeping, 0); return }
-            let left = deadline.timeIntervalSinceNow
-            if left <= 0 {
-                kill(pid, SIGKILL)
-                reap()
-                throw PluginProcessFailure.timeout(timeout)
-            }
-            var fds = [pollfd(fd: channel, events: Int16(POLLIN), revents: 0), pollfd(fd: output, events: Int16(POLLIN), revents: 0)]
-            let ready = poll(&fds, 2, Int32(min(left, 1) * 1000) + 1)
-            if ready < 0 { if errno == EINTR { continue }; throw PluginProcessFailure.channel("poll: \(String(cString: strerror(errno)))") }
-            if fds[1].revents != 0 { drainOutput() }
-            if fds[0].revents & Int16(POLLIN) != 0 {
+            let events = try pollChannel(deadline: deadline)
+            if events & Int16(POLLIN) != 0 {
                 let got = bell.withUnsafeMutableBytes { recv(channel, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
                 if got == 0 || (got < 0 && errno != EINTR && errno != EAGAIN) { throw ended() }
-            } else if fds[0].revents & Int16(POLLHUP | POLLERR) != 0 {
+            } else if events & Int16(POLLHUP | POLLERR) != 0 {
                 throw ended()
             }
         }
     }
 
-    /// `context` of the failure, for the message of the call that saw it.
-    func failureContext() -> String { lock.withLock { context } }
-
-    /// One packet from the child within `deadline`, relaying what it prints meanwhile.
-    private func receive(deadline: Date) throws -> [UInt8] {
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+    /// The channel's poll events within a second (never past `deadline`), relaying what the child
+    /// prints meanwhile. Past the deadline the child is killed: the call timed out.
+    private func pollChannel(deadline: Date) throws -> Int16 {
         while true {
             let left = deadline.timeIntervalSinceNow
             if left <= 0 {
@@ -296,13 +284,25 @@ public final class IsolatedPlugin: @unchecked Sendable {
             let ready = poll(&fds, 2, Int32(min(left, 1) * 1000) + 1)
             if ready < 0 { if errno == EINTR { continue }; throw PluginProcessFailure.channel("poll: \(String(cString: strerror(errno)))") }
             if fds[1].revents != 0 { drainOutput() }
-            if fds[0].revents & Int16(POLLIN) != 0 {
+            return fds[0].revents
+        }
+    }
+
+    /// `context` of the failure, for the message of the call that saw it.
+    func failureContext() -> String { lock.withLock { context } }
+
+    /// One packet from the child within `deadline`, relaying what it prints meanwhile.
+    private func receive(deadline: Date) throws -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let events = try pollChannel(deadline: deadline)
+            if events & Int16(POLLIN) != 0 {
                 let got = buffer.withUnsafeMutableBytes { recv(channel, $0.baseAddress, $0.count, 0) }
                 if got > 0 { return Array(buffer[0..<got]) }
                 if got < 0 && errno == EINTR { continue }
                 throw ended()
             }
-            if fds[0].revents & Int16(POLLHUP | POLLERR) != 0 { throw ended() }
+            if events & Int16(POLLHUP | POLLERR) != 0 { throw ended() }
         }
     }
 
