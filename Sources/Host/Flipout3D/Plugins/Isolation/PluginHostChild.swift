@@ -128,6 +128,12 @@ public enum PluginHostChild {
                 func output(_ a: WireArray) -> flipout_out_array { flipout_out_array(data: a.isAbsent ? nil : shm.floats(at: a.offset), stride: Int(a.stride)) }
                 func pointer(_ a: WireArray) -> UnsafeMutablePointer<Float>? { a.isAbsent ? nil : shm.floats(at: a.offset) }
                 let instance = instances[instanceID]?.pointer
+                // Noise one scalar's sample consumes (the offsets of a split sample call).
+                func noise(_ i: OpaquePointer?) -> (Int, Int) {
+                    var a: UInt32 = 0, b: UInt32 = 0
+                    t.layout(i, nil, &a, &b)
+                    return (Int(a), Int(b))
+                }
                 if op != .create && instance == nil { return 70 }
                 var status: Int32 = 0
                 switch op {
@@ -150,29 +156,43 @@ public enum PluginHostChild {
                     extras.u32(a); extras.u32(b); extras.u32(c)
                 case .logProb:
                     let p = try r.arrays().map(input), x = try r.array(), out = try r.array()
-                    status = t.log_prob(instance, n, p, pointer(x), pointer(out), &err)
+                    status = ChildSplit.run(n: n, splittable: true, err: &err) { o, k, e in
+                        t.log_prob(instance, k, ChildSplit.offset(p, o), pointer(x).map { $0 + o }, pointer(out).map { $0 + o }, e) }
                 case .logProbVJP:
                     let p = try r.arrays().map(input), x = try r.array(), g = try r.array(), gx = try r.array(), gp = try r.arrays().map(output)
-                    status = t.log_prob_vjp(instance, n, p, pointer(x), pointer(g), pointer(gx), gp, &err)
+                    status = ChildSplit.run(n: n, splittable: ChildSplit.perScalar(gp), err: &err) { o, k, e in
+                        t.log_prob_vjp(instance, k, ChildSplit.offset(p, o), pointer(x).map { $0 + o }, pointer(g).map { $0 + o },
+                                       pointer(gx).map { $0 + o }, ChildSplit.offset(gp, o), e) }
                 case .sample:
                     let p = try r.arrays().map(input), nz = try r.array(), u = try r.array(), x = try r.array()
-                    status = t.sample!(instance, n, p, pointer(nz), pointer(u), pointer(x), &err)
+                    let (normals, uniforms) = noise(instance)
+                    status = ChildSplit.run(n: n, splittable: true, err: &err) { o, k, e in
+                        t.sample!(instance, k, ChildSplit.offset(p, o), pointer(nz).map { $0 + o * normals }, pointer(u).map { $0 + o * uniforms },
+                                  pointer(x).map { $0 + o }, e) }
                 case .sampleVJP:
                     let p = try r.arrays().map(input), nz = try r.array(), u = try r.array(), x = try r.array(), g = try r.array(), gp = try r.arrays().map(output)
-                    status = t.sample_vjp!(instance, n, p, pointer(nz), pointer(u), pointer(x), pointer(g), gp, &err)
+                    let (normals, uniforms) = noise(instance)
+                    status = ChildSplit.run(n: n, splittable: ChildSplit.perScalar(gp), err: &err) { o, k, e in
+                        t.sample_vjp!(instance, k, ChildSplit.offset(p, o), pointer(nz).map { $0 + o * normals }, pointer(u).map { $0 + o * uniforms },
+                                      pointer(x).map { $0 + o }, pointer(g).map { $0 + o }, ChildSplit.offset(gp, o), e) }
                 case .center:
                     let p = try r.arrays().map(input), out = try r.array()
-                    status = t.center!(instance, n, p, pointer(out), &err)
+                    status = ChildSplit.run(n: n, splittable: true, err: &err) { o, k, e in
+                        t.center!(instance, k, ChildSplit.offset(p, o), pointer(out).map { $0 + o }, e) }
                 case .centerVJP:
                     let p = try r.arrays().map(input), g = try r.array(), gp = try r.arrays().map(output)
-                    status = t.center_vjp!(instance, n, p, pointer(g), gp, &err)
+                    status = ChildSplit.run(n: n, splittable: ChildSplit.perScalar(gp), err: &err) { o, k, e in
+                        t.center_vjp!(instance, k, ChildSplit.offset(p, o), pointer(g).map { $0 + o }, ChildSplit.offset(gp, o), e) }
                 case .kl:
                     let q = try r.string(limit: Int(HostLimits.nameLength)), qp = try r.arrays().map(input), pp = try r.arrays().map(input), out = try r.array()
-                    status = q.withCString { t.kl!(instance, n, $0, qp, pp, pointer(out), &err) }
+                    status = q.withCString { name in ChildSplit.run(n: n, splittable: true, err: &err) { o, k, e in
+                        t.kl!(instance, k, name, ChildSplit.offset(qp, o), ChildSplit.offset(pp, o), pointer(out).map { $0 + o }, e) } }
                 case .klVJP:
                     let q = try r.string(limit: Int(HostLimits.nameLength)), qp = try r.arrays().map(input), pp = try r.arrays().map(input)
                     let g = try r.array(), gq = try r.arrays().map(output), gp = try r.arrays().map(output)
-                    status = q.withCString { t.kl_vjp!(instance, n, $0, qp, pp, pointer(g), gq, gp, &err) }
+                    status = q.withCString { name in ChildSplit.run(n: n, splittable: ChildSplit.perScalar(gq + gp), err: &err) { o, k, e in
+                        t.kl_vjp!(instance, k, name, ChildSplit.offset(qp, o), ChildSplit.offset(pp, o), pointer(g).map { $0 + o },
+                                  ChildSplit.offset(gq, o), ChildSplit.offset(gp, o), e) } }
                 }
                 errorBuffer[1023] = 0
                 reply.i32(status)
