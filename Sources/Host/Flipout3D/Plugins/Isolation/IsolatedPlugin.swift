@@ -108,8 +108,10 @@ public final class IsolatedPlugin: @unchecked Sendable {
             throw PluginLoadError(.isolationFailed, file: file, "cannot run it isolated: \(error).")
         }
         let argv = [exe] + (foreignSpec.map { ["--foreign-prior", $0] } ?? ["--plugin", file])
-        // A clean environment; FLIPOUT_DEBUG passes on so that plugins' debug log lines still show.
-        let env = PluginSandbox.childEnvironment + (getenv("FLIPOUT_DEBUG") != nil ? ["FLIPOUT_DEBUG=1"] : [])
+        // A clean environment; FLIPOUT_DEBUG passes on so that plugins' debug log lines still show,
+        // and the host's thread count, which the child splits its calls over.
+        let env = PluginSandbox.childEnvironment + ["OMP_NUM_THREADS=\(NativeConv3D.threads)"]
+            + (getenv("FLIPOUT_DEBUG") != nil ? ["FLIPOUT_DEBUG=1"] : [])
         let cargs = argv.map { strdup($0) } + [nil]
         let cenv = env.map { strdup($0) } + [nil]
         defer { for a in cargs { free(a) }; for e in cenv { free(e) } }
@@ -225,12 +227,13 @@ public final class IsolatedPlugin: @unchecked Sendable {
             var r = WireReader(bytes)
             let status = try r.i32()
             let computed = try r.u64()
+            let served = try r.u64()
             let message = try r.string(limit: 4096)
             let t2 = IsolationStats.enabled ? DispatchTime.now().uptimeNanoseconds : 0
             if status == 0 { frame.copyOut(shm) }
             if IsolationStats.enabled {
                 let t3 = DispatchTime.now().uptimeNanoseconds
-                IsolationStats.record(op: op, copyIn: t1 - t0, wait: t2 - t1, copyOut: t3 - t2, compute: computed, frame: frame)
+                IsolationStats.record(op: op, copyIn: t1 - t0, wait: t2 - t1, copyOut: t3 - t2, compute: computed, served: served, frame: frame)
             }
             return Reply(status: status, message: PluginString.escaped(message), reader: r)
         } catch is WireReader.Truncated {

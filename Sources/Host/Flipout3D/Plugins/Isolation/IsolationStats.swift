@@ -15,17 +15,17 @@ enum IsolationStats {
     private static let lock = NSLock()
     private static var calls: [WireOp: Int] = [:]
     private static var bytesIn = 0, bytesOut = 0
-    private static var copyInNs: UInt64 = 0, waitNs: UInt64 = 0, copyOutNs: UInt64 = 0, computeNs: UInt64 = 0
+    private static var copyInNs: UInt64 = 0, waitNs: UInt64 = 0, copyOutNs: UInt64 = 0, computeNs: UInt64 = 0, servedNs: UInt64 = 0
     /// Requests that found the child asleep (a wake-up through the socket), and replies the host
     /// slept for (the child woke it): the round trips that paid a kernel wake-up.
     struct Wakeups { var rings = 0, lateRings = 0, sleeps = 0 }
     private static var wakeups = Wakeups()
 
-    static func record(op: WireOp, copyIn: UInt64, wait: UInt64, copyOut: UInt64, compute: UInt64, frame: CallFrame) {
+    static func record(op: WireOp, copyIn: UInt64, wait: UInt64, copyOut: UInt64, compute: UInt64, served: UInt64, frame: CallFrame) {
         lock.withLock {
             calls[op, default: 0] += 1
             bytesIn += frame.bytes(.input); bytesOut += frame.bytes(.output)
-            copyInNs += copyIn; waitNs += wait; copyOutNs += copyOut; computeNs += compute
+            copyInNs += copyIn; waitNs += wait; copyOutNs += copyOut; computeNs += compute; servedNs += served
         }
     }
 
@@ -34,9 +34,9 @@ enum IsolationStats {
     static func report() {
         let total = calls.values.reduce(0, +)
         let ops = calls.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.function)=\($0.value)" }.joined(separator: " ")
-        let line = String(format: "flipout: isolation stats: %d round trips (%@), %d woke the child (%d rang again after the request), %d woke the host; copied in %.1f MB, out %.1f MB; ms: copy-in %.2f, wait %.2f (plugin %.2f), copy-out %.2f\n",
+        let line = String(format: "flipout: isolation stats: %d round trips (%@), %d woke the child (%d rang again after the request), %d woke the host; copied in %.1f MB, out %.1f MB; ms: copy-in %.2f, wait %.2f (served %.2f, plugin %.2f), copy-out %.2f\n",
                           total, ops, wakeups.rings, wakeups.lateRings, wakeups.sleeps, Double(bytesIn) / 1e6, Double(bytesOut) / 1e6,
-                          Double(copyInNs) / 1e6, Double(waitNs) / 1e6, Double(computeNs) / 1e6, Double(copyOutNs) / 1e6)
+                          Double(copyInNs) / 1e6, Double(waitNs) / 1e6, Double(servedNs) / 1e6, Double(computeNs) / 1e6, Double(copyOutNs) / 1e6)
         fputs(line, stderr)
     }
 }

@@ -110,6 +110,7 @@ public enum PluginHostChild {
                 control.store(ChannelControl.childSleeping, 0)
             }
             control.store(ChannelControl.childSleeping, 0)
+            let seen = DispatchTime.now().uptimeNanoseconds
             sequence &+= 1
             guard let request = control.read(at: ChannelControl.requestOffset, capacity: ChannelControl.requestCapacity, length: ChannelControl.requestLength) else { return 70 }
             var r = WireReader(request)
@@ -197,6 +198,7 @@ public enum PluginHostChild {
                 errorBuffer[1023] = 0
                 reply.i32(status)
                 reply.u64(DispatchTime.now().uptimeNanoseconds &- started)
+                reply.u64(DispatchTime.now().uptimeNanoseconds &- seen)
                 reply.string(status == 0 ? "" : String(cString: errorBuffer))
                 reply.bytes += extras.bytes
             } catch {
