@@ -110,7 +110,7 @@ public final class IsolatedPlugin: @unchecked Sendable {
         let argv = [exe] + (foreignSpec.map { ["--foreign-prior", $0] } ?? ["--plugin", file])
         // A clean environment; FLIPOUT_DEBUG passes on so that plugins' debug log lines still show,
         // and the host's thread count, which the child splits its calls over.
-        let env = PluginSandbox.childEnvironment + ["OMP_NUM_THREADS=\(NativeConv3D.threads)"]
+        let env = PluginSandbox.childEnvironment + [PluginSandbox.childThreads]
             + (getenv("FLIPOUT_DEBUG") != nil ? ["FLIPOUT_DEBUG=1"] : [])
         let cargs = argv.map { strdup($0) } + [nil]
         let cenv = env.map { strdup($0) } + [nil]

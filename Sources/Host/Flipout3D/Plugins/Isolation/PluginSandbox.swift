@@ -19,4 +19,8 @@ public enum PluginSandbox {
     /// The environment a sandboxed child starts with: nothing but what keeps the Swift runtime
     /// from starting its crash backtracer (a new process, which the sandbox refuses).
     public static let childEnvironment = ["SWIFT_BACKTRACE=enable=no"]
+
+    /// What an isolated plugin's child adds to that: flipout's thread count, over which the
+    /// child splits a plugin call as the host splits in-process calls.
+    public static var childThreads: String { "OMP_NUM_THREADS=\(NativeConv3D.threads)" }
 }
