@@ -207,7 +207,7 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
             if supported && narrow {
                 return .native(level, reason: "auto: <= \(nativeMaxChannels) channels per group, stride 1")
             }
-            if supported && g.outChannels / g.groups <= nativeMaxOutputChannels {
+            if supported && g.outChannels / g.groups <= nativeMaxOutputChannels && g.inChannels / g.groups <= mixedMaxChannels {
                 return .native(level, reason: "auto: <= \(nativeMaxOutputChannels) output channels per group, stride 1")
             }
             let rowVectors = g.outputSize[2] / level.floatsPerVector
@@ -220,10 +220,13 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
                 return Conv3DPlan(forward: .native(level), backwardData: .native(level), backwardWeights: .onednn, layout: layout,
                                   forwardStrategy: .direct, reason: "auto: ungrouped, <= \(mixedMaxChannels) channels, AVX-512: native forward and backward-data, oneDNN backward-weights; \(why)")
             }
-            if nativeBackwardWeightsBelowAVX512 && level == .avx2 && NativeConv3D.supportsForward(g) {
-                return Conv3DPlan(forward: .native(level), backwardData: supported ? .native(level) : .onednn, backwardWeights: .native(level),
+            let (cin, cout) = (g.inChannels / g.groups, g.outChannels / g.groups)
+            if nativeBackwardWeightsBelowAVX512 && level == .avx2 && g.isTransposable && cout <= mixedMaxChannels
+                && NativeConv3D.supportsForward(g) {
+                let data = supported && cin <= mixedMaxChannels
+                return Conv3DPlan(forward: .native(level), backwardData: data ? .native(level) : .onednn, backwardWeights: .native(level),
                                   layout: layout, forwardStrategy: strategy,
-                                  reason: "auto: AVX2, <= 16 output channels per group: native forward and backward-weights, backward-data \(supported ? "native" : "on oneDNN"); \(why)")
+                                  reason: "auto: AVX2, <= 16 output channels per group: native forward and backward-weights, backward-data \(data ? "native" : "on oneDNN"); \(why)")
             }
             return onednn(supported ? "auto: more than \(nativeMaxChannels) channels per group" : "auto: native kernels do not apply")
         }
