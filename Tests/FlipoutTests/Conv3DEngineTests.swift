@@ -80,6 +80,8 @@ func enginePlans(_ g: Conv3DGeometry) -> [Conv3DPlan] {
         for level in NativeLevel.runnable {
             plans.append(Conv3DPlan(forward: .native(level), backwardData: .onednn, backwardWeights: .native(level)))
         }
+        // oneDNN forward (saving x plain) with native backward-weights: the auto rule for strided layers.
+        plans.append(Conv3DPlan(forward: .onednn, backwardData: .onednn, backwardWeights: .native(NativeLevel.supported)))
     }
     guard Conv3DPlan.nativeSupports(g) else { return plans }
     plans += NativeLevel.runnable.map { Conv3DPlan.native($0) }
