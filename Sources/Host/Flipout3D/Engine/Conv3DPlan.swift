@@ -216,7 +216,7 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
             return onednn("--conv-engine onednn")
         case .native:
             return supported ? .native(level, reason: "--conv-engine native")
-                : onednn("--conv-engine native, but the native kernels need stride 1, k_w 1 or 3, <= 16 channels per group and padding below the kernel")
+                : onednn("--conv-engine native, but the native kernels need, in every direction, stride 1, k_w 1 or 3, <= 64 channels per group on each side and padding below the kernel")
         case .auto:
             let narrow = max(g.inChannels, g.outChannels) / g.groups <= nativeMaxChannels
             if supported && narrow {
