@@ -37,9 +37,12 @@ int fo_isa_best(void) {
 }
 
 int fo_supports(const fo_conv_shape *s) {
-    return (s->k_w == 1 || s->k_w == 3) && s->cout >= 1 && s->cout <= 16 && s->cin >= 1 && s->cin <= 64
+    return (s->k_w == 1 || s->k_w == 3) && s->cout >= 1 && s->cout <= 128 && s->cin >= 1 && s->cin <= 64
         && s->pad_d >= 0 && s->pad_h >= 0 && s->pad_w >= 0
-        && s->out_w + s->k_w - 1 >= s->pad_w + s->in_w;   // a padded row holds the whole input row
+        && s->pad_d < s->k_d && s->pad_h < s->k_h && s->pad_w < s->k_w
+        && s->stride_d >= 1 && s->stride_h >= 1 && (s->stride_w == 1 || s->stride_w == 2)
+        // with width stride 1 a padded row holds the whole input row (it is copied whole)
+        && (s->stride_w == 2 || s->out_w + s->k_w - 1 >= s->pad_w + s->in_w);
 }
 
 long fo_forward_items(const fo_conv_shape *s) { return (long)s->batch * s->groups * s->out_d; }

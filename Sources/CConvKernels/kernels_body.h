@@ -13,11 +13,16 @@ static inline void vstore(float *p, V v) { *(VU *)p = v; }
 
 // MARK: forward
 
+/// Where tap kw of output column 0 lies in a padded row: kw with width stride 1; with stride 2
+/// (rows of even then odd columns, kernels_common.h) kw / 2 among the even ones, or half + kw / 2
+/// among the odd ones.
+#define TAP(SW, k, half) ((SW) == 1 ? (long)(k) : ((k) & 1) ? (half) + ((k) >> 1) : (long)((k) >> 1))
+
 /// One tile: CB output channels x NV*VL outputs of one output row, from T zero-padded input rows
 /// (one per (ci, kd, kh)), packed weights pw[t][kw][CB]. out: CB rows of NV*VL floats, ldc apart
-/// (y itself for a whole tile, else the scratch tile).
-static inline __attribute__((always_inline)) void fwd_tile(const int CB, const int NV, const int KW,
-        const float *const *rows, int T, int ow0, const float *pw, const float *bias, int nvalid, float *out, long ldc) {
+/// (y itself for a whole tile, else the scratch tile). SW: the width stride (half: see TAP).
+static inline __attribute__((always_inline)) void fwd_tile(const int CB, const int NV, const int KW, const int SW,
+        const float *const *rows, int T, int ow0, long half, const float *pw, const float *bias, int nvalid, float *out, long ldc) {
     V acc[8][4];
     for (int c = 0; c < CB; c++) {
         float b0 = (bias && c < nvalid) ? bias[c] : 0.0f;
@@ -28,7 +33,7 @@ static inline __attribute__((always_inline)) void fwd_tile(const int CB, const i
         const float *wt = pw + (long)t * KW * CB;
         for (int k = 0; k < KW; k++) {
             V xv[4];
-            for (int j = 0; j < NV; j++) xv[j] = vload(r + k + j * VL);
+            for (int j = 0; j < NV; j++) xv[j] = vload(r + TAP(SW, k, half) + j * VL);
             for (int c = 0; c < CB; c++) {
                 float wv = wt[k * CB + c];
                 for (int j = 0; j < NV; j++) acc[c][j] += xv[j] * wv;
@@ -39,17 +44,23 @@ static inline __attribute__((always_inline)) void fwd_tile(const int CB, const i
         for (int j = 0; j < NV; j++) vstore(out + c * ldc + j * VL, acc[c][j]);
 }
 
-typedef void (*fwd_tile_fn)(const float *const *, int, int, const float *, const float *, int, float *, long);
-#define FWD_TILE(CB, NV, KW) \
-    static void fwd_##CB##_##KW(const float *const *rows, int T, int ow0, const float *pw, const float *bias, \
-                                int nvalid, float *out, long ldc) { fwd_tile(CB, NV, KW, rows, T, ow0, pw, bias, nvalid, out, ldc); }
-FWD_TILE(1, 4, 1) FWD_TILE(1, 4, 3) FWD_TILE(2, 4, 1) FWD_TILE(2, 4, 3)
-FWD_TILE(4, 2, 1) FWD_TILE(4, 2, 3) FWD_TILE(8, 2, 1) FWD_TILE(8, 2, 3)
+typedef void (*fwd_tile_fn)(const float *const *, int, int, long, const float *, const float *, int, float *, long);
+#define FWD_TILE(CB, NV, KW, SW) \
+    static void fwd_##CB##_##KW##_##SW(const float *const *rows, int T, int ow0, long half, const float *pw, const float *bias, \
+                                       int nvalid, float *out, long ldc) { \
+        fwd_tile(CB, NV, KW, SW, rows, T, ow0, half, pw, bias, nvalid, out, ldc); }
+FWD_TILE(1, 4, 1, 1) FWD_TILE(1, 4, 3, 1) FWD_TILE(2, 4, 1, 1) FWD_TILE(2, 4, 3, 1)
+FWD_TILE(4, 2, 1, 1) FWD_TILE(4, 2, 3, 1) FWD_TILE(8, 2, 1, 1) FWD_TILE(8, 2, 3, 1)
+FWD_TILE(1, 4, 3, 2) FWD_TILE(2, 4, 3, 2) FWD_TILE(4, 2, 3, 2) FWD_TILE(8, 2, 3, 2)
 
-static fwd_tile_fn fwd_pick(int cb, int kw) {
+/// The tile for cb channels, kernel width kw and width stride sw (with k_w 1 both strides read
+/// column ow: the stride-1 tile).
+static fwd_tile_fn fwd_pick(int cb, int kw, int sw) {
+    if (sw == 2 && kw == 3)
+        switch (cb) { case 1: return fwd_1_3_2; case 2: return fwd_2_3_2; case 4: return fwd_4_3_2; default: return fwd_8_3_2; }
     switch (cb * 10 + kw) {
-    case 11: return fwd_1_1; case 13: return fwd_1_3; case 21: return fwd_2_1; case 23: return fwd_2_3;
-    case 41: return fwd_4_1; case 43: return fwd_4_3; case 81: return fwd_8_1; default: return fwd_8_3;
+    case 11: return fwd_1_1_1; case 13: return fwd_1_3_1; case 21: return fwd_2_1_1; case 23: return fwd_2_3_1;
+    case 41: return fwd_4_1_1; case 43: return fwd_4_3_1; case 81: return fwd_8_1_1; default: return fwd_8_3_1;
     }
 }
 
@@ -118,7 +129,7 @@ void FN(fo_forward)(const fo_conv_shape *s, const float *x, const float *packed,
     const int G = s->groups, cin = s->cin, cout = s->cout, KW = s->k_w;
     const int CB = fo_cb(ISA, cout), NV = fo_nv(CB), OWT = NV * VL, nb = fo_blocks(ISA, cout);
     const int T = cin * s->k_d * s->k_h;
-    const long Wr = fo_padded_w(s);
+    const long Wr = fo_padded_w(s), half = fo_half_w(s), SH = s->stride_h;
     const long outPlane = (long)s->out_h * s->out_w, outVol = s->out_d * outPlane;
     float *tile = scratch;   // (CB, OWT), or (CB, R, 2 * VL) for the row-blocked tile
     float *ring = scratch + fo_tile_floats(ISA);
@@ -126,8 +137,10 @@ void FN(fo_forward)(const fo_conv_shape *s, const float *x, const float *packed,
     const float *planes[cin * s->k_d];
     fo_ring_init(s, ring, held);
     const float *rows[T];
-    fwd_tile_fn kernel = fwd_pick(CB, KW);
-    fwd_rows_fn rowsKernel = nb == 1 ? fwd_rows_pick(CB, s->k_h, KW) : 0;
+    fwd_tile_fn kernel = fwd_pick(CB, KW, s->stride_w);
+    // The row-blocked tile shares input rows between consecutive output rows: stride 1 only.
+    const int unitStride = s->stride_h == 1 && s->stride_w == 1;
+    fwd_rows_fn rowsKernel = nb == 1 && unitStride ? fwd_rows_pick(CB, s->k_h, KW) : 0;
     const int R = FWD_ROWS, RW = 2 * VL;
     for (long item = begin; item < end; item++) {
         const int od = (int)(item % s->out_d), g = (int)(item / s->out_d % G), n = (int)(item / s->out_d / G);
@@ -157,17 +170,17 @@ void FN(fo_forward)(const fo_conv_shape *s, const float *x, const float *packed,
             for (int ci = 0; ci < cin; ci++)
                 for (int kd = 0; kd < s->k_d; kd++)
                     for (int kh = 0; kh < s->k_h; kh++, t++)
-                        rows[t] = planes[ci * s->k_d + kd] + (oh + kh) * Wr;
+                        rows[t] = planes[ci * s->k_d + kd] + (oh * SH + kh) * Wr;
             for (int ow0 = 0; ow0 < s->out_w; ow0 += OWT) {
                 const int width = s->out_w - ow0 < OWT ? s->out_w - ow0 : OWT;
                 for (int b = 0; b < nb; b++) {
                     const int nvalid = cout - b * CB < CB ? cout - b * CB : CB;
                     float *yt = yg + (b * CB) * outVol + (long)oh * s->out_w + ow0;
                     if (width == OWT && nvalid == CB) {   // a whole tile: straight into y
-                        kernel(rows, T, ow0, pg + (long)b * T * KW * CB, bg ? bg + b * CB : 0, nvalid, yt, outVol);
+                        kernel(rows, T, ow0, half, pg + (long)b * T * KW * CB, bg ? bg + b * CB : 0, nvalid, yt, outVol);
                         continue;
                     }
-                    kernel(rows, T, ow0, pg + (long)b * T * KW * CB, bg ? bg + b * CB : 0, nvalid, tile, OWT);
+                    kernel(rows, T, ow0, half, pg + (long)b * T * KW * CB, bg ? bg + b * CB : 0, nvalid, tile, OWT);
                     for (int c = 0; c < nvalid; c++)
                         memcpy(yt + c * outVol, tile + c * OWT, sizeof(float) * width);
                 }
@@ -180,9 +193,10 @@ void FN(fo_forward)(const fo_conv_shape *s, const float *x, const float *packed,
 
 /// Adds, over one output plane, dy (CB channels ldc apart, rows of oWp floats, whole vectors)
 /// times x shifted by (kh, kw) for KH kernel rows starting at xbase, into CB x KH x KW vector
-/// accumulators accp[((c * KH + kh) * KW + kw) * VL].
-static inline __attribute__((always_inline)) void bw_tile(const int CB, const int KH, const int KW, float *accp,
-        const float *xbase, long Wr, const float *dyp, long oWp, long ldc, int outH) {
+/// accumulators accp[((c * KH + kh) * KW + kw) * VL]. Output row oh reads padded rows
+/// oh * SH + kh (SH: the height stride); SW, half: the width stride (TAP).
+static inline __attribute__((always_inline)) void bw_tile(const int CB, const int KH, const int KW, const int SW, float *accp,
+        const float *xbase, long Wr, long SH, long half, const float *dyp, long oWp, long ldc, int outH) {
     V acc[8][3][3];
     for (int c = 0; c < CB; c++)
         for (int h = 0; h < KH; h++)
@@ -193,9 +207,9 @@ static inline __attribute__((always_inline)) void bw_tile(const int CB, const in
             V d[8];
             for (int c = 0; c < CB; c++) d[c] = vload(dr + c * ldc + ow0);
             for (int h = 0; h < KH; h++) {
-                const float *xr = xbase + (oh + h) * Wr + ow0;
+                const float *xr = xbase + (oh * SH + h) * Wr + ow0;
                 for (int k = 0; k < KW; k++) {
-                    const V xv = vload(xr + k);
+                    const V xv = vload(xr + TAP(SW, k, half));
                     for (int c = 0; c < CB; c++) acc[c][h][k] += d[c] * xv;
                 }
             }
@@ -206,12 +220,16 @@ static inline __attribute__((always_inline)) void bw_tile(const int CB, const in
             for (int k = 0; k < KW; k++) vstore(accp + ((c * KH + h) * KW + k) * VL, acc[c][h][k]);
 }
 
-typedef void (*bw_tile_fn)(float *, const float *, long, const float *, long, long, int);
-#define BW_TILE(CB, KH, KW) \
-    static void bw_##CB##_##KH##_##KW(float *accp, const float *xbase, long Wr, const float *dyp, long oWp, long ldc, int outH) { \
-        bw_tile(CB, KH, KW, accp, xbase, Wr, dyp, oWp, ldc, outH); }
-BW_TILE(1, 1, 1) BW_TILE(1, 1, 3) BW_TILE(2, 1, 1) BW_TILE(2, 1, 3) BW_TILE(4, 1, 1) BW_TILE(4, 1, 3) BW_TILE(8, 1, 1) BW_TILE(8, 1, 3)
-BW_TILE(1, 3, 1) BW_TILE(1, 3, 3) BW_TILE(2, 3, 1) BW_TILE(2, 3, 3) BW_TILE(4, 3, 1) BW_TILE(4, 3, 3)
+typedef void (*bw_tile_fn)(float *, const float *, long, long, long, const float *, long, long, int);
+#define BW_TILE(CB, KH, KW, SW) \
+    static void bw_##CB##_##KH##_##KW##_##SW(float *accp, const float *xbase, long Wr, long SH, long half, const float *dyp, \
+                                             long oWp, long ldc, int outH) { \
+        bw_tile(CB, KH, KW, SW, accp, xbase, Wr, SH, half, dyp, oWp, ldc, outH); }
+BW_TILE(1, 1, 1, 1) BW_TILE(1, 1, 3, 1) BW_TILE(2, 1, 1, 1) BW_TILE(2, 1, 3, 1) BW_TILE(4, 1, 1, 1) BW_TILE(4, 1, 3, 1)
+BW_TILE(8, 1, 1, 1) BW_TILE(8, 1, 3, 1)
+BW_TILE(1, 3, 1, 1) BW_TILE(1, 3, 3, 1) BW_TILE(2, 3, 1, 1) BW_TILE(2, 3, 3, 1) BW_TILE(4, 3, 1, 1) BW_TILE(4, 3, 3, 1)
+BW_TILE(1, 1, 3, 2) BW_TILE(2, 1, 3, 2) BW_TILE(4, 1, 3, 2) BW_TILE(8, 1, 3, 2)
+BW_TILE(1, 3, 3, 2) BW_TILE(2, 3, 3, 2) BW_TILE(4, 3, 3, 2)
 
 /// Kernel rows per backward-weights tile: all 3 when the accumulators fit in the registers
 /// (32 with AVX-512, 16 otherwise, leaving room for dy and x), else one at a time.
@@ -220,12 +238,19 @@ static int bw_rows(int cb, int kh, int kw) {
     return kh == 3 && cb <= 4 && cb * 3 * kw <= budget ? 3 : 1;
 }
 
-static bw_tile_fn bw_pick(int cb, int kh, int kw) {
+/// The tile for cb channels, kh kernel rows at once, kernel width kw and width stride sw (with
+/// k_w 1 both strides read column ow: the stride-1 tile).
+static bw_tile_fn bw_pick(int cb, int kh, int kw, int sw) {
+    if (sw == 2 && kw == 3)
+        switch (cb * 10 + kh) {
+        case 11: return bw_1_1_3_2; case 21: return bw_2_1_3_2; case 41: return bw_4_1_3_2; case 81: return bw_8_1_3_2;
+        case 13: return bw_1_3_3_2; case 23: return bw_2_3_3_2; case 43: return bw_4_3_3_2; default: return bw_8_1_3_2;
+        }
     switch (cb * 100 + kh * 10 + kw) {
-    case 111: return bw_1_1_1; case 113: return bw_1_1_3; case 211: return bw_2_1_1; case 213: return bw_2_1_3;
-    case 411: return bw_4_1_1; case 413: return bw_4_1_3; case 811: return bw_8_1_1; case 813: return bw_8_1_3;
-    case 131: return bw_1_3_1; case 133: return bw_1_3_3; case 231: return bw_2_3_1; case 233: return bw_2_3_3;
-    case 431: return bw_4_3_1; case 433: return bw_4_3_3; default: return bw_8_1_3;
+    case 111: return bw_1_1_1_1; case 113: return bw_1_1_3_1; case 211: return bw_2_1_1_1; case 213: return bw_2_1_3_1;
+    case 411: return bw_4_1_1_1; case 413: return bw_4_1_3_1; case 811: return bw_8_1_1_1; case 813: return bw_8_1_3_1;
+    case 131: return bw_1_3_1_1; case 133: return bw_1_3_3_1; case 231: return bw_2_3_1_1; case 233: return bw_2_3_3_1;
+    case 431: return bw_4_3_1_1; case 433: return bw_4_3_3_1; default: return bw_8_1_3_1;
     }
 }
 
@@ -233,7 +258,7 @@ void FN(fo_backward_weights)(const fo_conv_shape *s, const float *x, const float
                              long begin, long end, float *scratch) {
     const int G = s->groups, cin = s->cin, cout = s->cout, KW = s->k_w, kD = s->k_d;
     const int CB = fo_cb(ISA, cout), nb = fo_blocks(ISA, cout), KH = bw_rows(CB, s->k_h, KW);
-    const long Wr = fo_padded_w(s);
+    const long Wr = fo_padded_w(s), half = fo_half_w(s);
     const long oWp = fo_bw_dy_row_floats(ISA, s);
     const long outPlane = (long)s->out_h * s->out_w, outVol = s->out_d * outPlane;
     const int K = s->k_d * s->k_h * s->k_w;
@@ -245,7 +270,7 @@ void FN(fo_backward_weights)(const fo_conv_shape *s, const float *x, const float
     const float *planes[cin * kD];
     fo_ring_init(s, ring, held);
     memset(dw, 0, sizeof(float) * (long)G * cout * cin * K);
-    bw_tile_fn kernel = bw_pick(CB, KH, KW);
+    bw_tile_fn kernel = bw_pick(CB, KH, KW, s->stride_w);
     // Adds the accumulators of block (g, b) into dw, lanes summed; acc holds tiles of KH kernel
     // rows: (ci)(kd, kh0, c, h, kw) with kh = kh0 + h.
     #define BW_FLUSH(g, b) do { \
@@ -296,7 +321,7 @@ void FN(fo_backward_weights)(const fo_conv_shape *s, const float *x, const float
             for (int kd = 0; kd < kD; kd++)
                 for (int kh = 0; kh < s->k_h; kh += KH)
                     kernel(acc + ci * accFloats + (long)(kd * s->k_h + kh) * CB * KW * VL, planes[ci * kD + kd] + kh * Wr, Wr,
-                           dplane, oWp, ldc, s->out_h);
+                           s->stride_h, half, dplane, oWp, ldc, s->out_h);
     }
     if (block >= 0) BW_FLUSH((int)(block / nb), (int)(block % nb));
     #undef BW_FLUSH

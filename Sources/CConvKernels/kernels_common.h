@@ -26,9 +26,15 @@ static inline int fo_blocks(int isa, int cout) { int cb = fo_cb(isa, cout); retu
 /// needs into a ring in its scratch (fo_ring_planes), so the input is read once, from where it
 /// lies, and the padded planes stay in cache (a whole padded copy of a 96^3 layer's input is
 /// written to and read back from DRAM).
-static inline long fo_padded_d(const fo_conv_shape *s) { return s->out_d + s->k_d - 1; }
-static inline long fo_padded_h(const fo_conv_shape *s) { return s->out_h + s->k_h - 1; }
-static inline long fo_padded_w(const fo_conv_shape *s) { return s->out_w + s->k_w - 1; }
+static inline long fo_padded_d(const fo_conv_shape *s) { return (long)(s->out_d - 1) * s->stride_d + s->k_d; }
+static inline long fo_padded_h(const fo_conv_shape *s) { return (long)(s->out_h - 1) * s->stride_h + s->k_h; }
+/// Width stride 2: a padded row is its even columns (padded column 2m at m), then its odd ones
+/// (2m + 1 at fo_half_w + m), fo_half_w = out_w + (k_w - 1) / 2 each: tap kw of output ow reads
+/// column ow + fo_tap_offset(kw), so every tap is a contiguous vector load.
+static inline long fo_half_w(const fo_conv_shape *s) { return s->out_w + (s->k_w - 1) / 2; }
+static inline long fo_padded_w(const fo_conv_shape *s) {
+    return s->stride_w == 2 ? 2 * fo_half_w(s) : s->out_w + s->k_w - 1;
+}
 /// One padded plane in the ring: padded_h rows, then a zero tail, so a tile reading past the end
 /// of the last row (at most 4 vectors of 16 floats, plus k_w - 1) stays inside the buffer and
 /// reads zeros (backward-weights multiplies them by dy's zero tail: they must be finite).
@@ -55,21 +61,31 @@ static inline void fo_pad_plane(const fo_conv_shape *s, const float *x, long cha
         float *r = dst + zh * Wr;
         const long ih = zh - s->pad_h;
         if (ih < 0 || ih >= s->in_h) { memset(r, 0, sizeof(float) * Wr); continue; }
+        if (s->stride_w == 2) {   // even padded columns, then odd ones
+            const float *in = src + ih * s->in_w;
+            const long half = fo_half_w(s);
+            for (long m = 0; m < Wr; m++) {
+                const long iw = (m < half ? 2 * m : 2 * (m - half) + 1) - s->pad_w;
+                r[m] = iw >= 0 && iw < s->in_w ? in[iw] : 0.0f;
+            }
+            continue;
+        }
         memset(r, 0, sizeof(float) * s->pad_w);
         memcpy(r + s->pad_w, src + ih * s->in_w, sizeof(float) * s->in_w);
         memset(r + s->pad_w + s->in_w, 0, sizeof(float) * (Wr - s->pad_w - s->in_w));
     }
 }
 
-/// planes[ci * k_d + kd] = padded plane od + kd of input channels (ng * cin + ci), ng = n * groups + g.
-/// Slot zd % k_d of each channel holds padded plane zd; planes still held from the previous output
-/// plane (od - 1 of the same ng) are reused, so a run of consecutive planes pads each input plane once.
+/// planes[ci * k_d + kd] = padded plane od * stride_d + kd of input channels (ng * cin + ci), ng = n * groups + g.
+/// Slot zd % k_d of each channel holds padded plane zd (the k_d planes one output plane reads are
+/// consecutive, so distinct slots); planes still held from the previous output plane (od - 1 of
+/// the same ng) are reused, so a run of consecutive planes pads each input plane once.
 static inline void fo_ring_planes(const fo_conv_shape *s, const float *x, float *ring, long *held, long ng, long od,
                                   const float **planes) {
     const int kD = s->k_d;
     const long pf = fo_plane_floats(s), Dp = fo_padded_d(s);
     for (int kd = 0; kd < kD; kd++) {
-        const long zd = od + kd, slot = zd % kD, key = ng * Dp + zd;
+        const long zd = (long)od * s->stride_d + kd, slot = zd % kD, key = ng * Dp + zd;
         if (held[slot] != key) {
             for (int ci = 0; ci < s->cin; ci++) fo_pad_plane(s, x, ng * s->cin + ci, zd, ring + (ci * kD + slot) * pf);
             held[slot] = key;

@@ -44,6 +44,20 @@ let engineCases: [Conv3DGeometry] = [
     .init(batch: 2, inChannels: 12, outChannels: 4, inputSize: [5, 6, 7], kernel: [3, 3, 3]),
     // 24 inputs per group: native backward-weights (and forward), backward-data on oneDNN
     .init(batch: 2, inChannels: 24, outChannels: 8, inputSize: [5, 6, 9], kernel: [3, 3, 3]),
+    // Strided: native forward and backward-weights (rows of even then odd columns), backward-data
+    // on oneDNN. A U-Net's down-sampling layer per example (8->16, even sizes: TF pads 0 before
+    // and 1 after), with output rows of 35: more than one 32-float tile, and odd;
+    Conv3DGeometry(batch: 2, inChannels: 8, outChannels: 16, inputSize: [6, 7, 70], kernel: [3, 3, 3],
+                   stride: [2, 2, 2]).foldedOverBatch(),
+    // more output channels than one register block, with a partial last block (24 = 8 + 8 + 8 on
+    // AVX-512, 6 x 4 below), odd sizes (pads 1 and 1);
+    .init(batch: 1, inChannels: 5, outChannels: 24, inputSize: [7, 5, 19], kernel: [3, 3, 3], stride: [2, 2, 2]),
+    // a 3x3x1 kernel with width stride 2, and stride 3 in depth with width stride 1;
+    .init(batch: 2, inChannels: 3, outChannels: 4, inputSize: [7, 9, 11], kernel: [3, 3, 1], stride: [2, 2, 2]),
+    .init(batch: 1, inChannels: 4, outChannels: 3, inputSize: [10, 6, 9], kernel: [3, 3, 3], stride: [3, 1, 1]),
+    // width stride 2 only, valid padding, odd input width (the last column is never read).
+    Conv3DGeometry(batch: 3, inChannels: 2, outChannels: 5, inputSize: [5, 4, 17], kernel: [3, 3, 3], stride: [1, 1, 2],
+                   padding: .valid).foldedOverBatch(),
 ]
 
 /// Tolerance for sums of `terms` products of values in [-1, 1]: fp32 rounding grows like sqrt(terms).
@@ -66,6 +80,8 @@ func enginePlans(_ g: Conv3DGeometry) -> [Conv3DPlan] {
         for level in NativeLevel.runnable {
             plans.append(Conv3DPlan(forward: .native(level), backwardData: .onednn, backwardWeights: .native(level)))
         }
+        // oneDNN forward (saving x plain) with native backward-weights: the auto rule for strided layers.
+        plans.append(Conv3DPlan(forward: .onednn, backwardData: .onednn, backwardWeights: .native(NativeLevel.supported)))
     }
     guard Conv3DPlan.nativeSupports(g) else { return plans }
     plans += NativeLevel.runnable.map { Conv3DPlan.native($0) }
@@ -86,6 +102,9 @@ func conv3DMatchesReference(_ g: Conv3DGeometry) throws {
 @Test func nativeKernelsCoverTheSweep() {
     // The sweep must exercise the native kernels (ungrouped, grouped, per-example), not skip them all.
     #expect(engineCases.filter(Conv3DPlan.nativeSupports).count >= 6)
+    // ... and their strided forward and backward-weights, at width stride 2 and 1.
+    let strided = engineCases.filter { $0.stride != [1, 1, 1] && Conv3DPlan.nativeSupportsBackwardWeights($0) }
+    #expect(strided.filter { $0.stride[2] == 2 }.count >= 6 && strided.contains { $0.stride[2] == 1 })
     #expect(NativeLevel.runnable.first == .portable)
 }
 

@@ -118,6 +118,19 @@ private let w1 = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size:
     #expect(allNative(Conv3DPlan.choose(enc1b, engine: .auto, level: .avx2), .avx2))
     let down = Conv3DGeometry(batch: 2, inChannels: 8, outChannels: 16, size: 32, k: 3, stride: 2)
     #expect(Conv3DPlan.choose(down, engine: .auto, level: .avx2).backwardWeights == .onednn)
+    // U1's down-sampling enc1a (8->16 per group, stride 2) on AVX-512: native backward-weights
+    // (oneDNN's is gemm), forward and backward-data on oneDNN, plain and per-example; with 16
+    // input channels per group (enc2a) oneDNN's jit backward-weights stays.
+    for g in [down, down.foldedOverBatch()] {
+        let p = Conv3DPlan.choose(g, engine: .auto, level: .avx512)
+        #expect(p.forward == .onednn && p.backwardData == .onednn && p.backwardWeights == .native(.avx512), "\(g): \(p)")
+        #expect(p.reason.contains("strided"), "\(p)")
+    }
+    let enc2a = Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 32, size: 16, k: 3, stride: 2)
+    for g in [enc2a, enc2a.foldedOverBatch()] {
+        let p = Conv3DPlan.choose(g, engine: .auto, level: .avx512)
+        #expect([p.forward, p.backwardData, p.backwardWeights].allSatisfy { $0 == .onednn }, "\(g): \(p)")
+    }
     // W1 and W4 keep their measured plans.
     #expect(Conv3DPlan.choose(w1, engine: .auto, level: .avx512).forwardStrategy == .transposedBackwardData)
 }

@@ -1,5 +1,5 @@
 // Native direct Conv3D kernels for narrow layers (few channels per group), plain NCDHW float32,
-// stride 1. One binary holds three instruction-set levels (AVX-512, AVX2+FMA, baseline x86-64);
+// any depth and height stride, width stride 1 or 2. One binary holds three instruction-set levels (AVX-512, AVX2+FMA, baseline x86-64);
 // the caller picks one per call (fo_isa_best() says what this CPU runs).
 //
 // Threading: every kernel computes a range [begin, end) of independent work items and writes
@@ -12,15 +12,17 @@
 extern "C" {
 #endif
 
-/// One stride-1 3D convolution with `groups` groups of `cin` -> `cout` channels (per group).
+/// One 3D convolution with `groups` groups of `cin` -> `cout` channels (per group).
 /// x (batch, groups * cin, in_d, in_h, in_w); y (batch, groups * cout, out_d, out_h, out_w);
-/// w (groups * cout, cin, k_d, k_h, k_w); pad_* are the zeros before each axis.
+/// w (groups * cout, cin, k_d, k_h, k_w); pad_* are the zeros before each axis; stride_* the
+/// step between output voxels, in input voxels (y[o] reads x[o * stride - pad + k]).
 typedef struct fo_conv_shape {
     int batch, groups, cin, cout;
     int in_d, in_h, in_w;
     int out_d, out_h, out_w;
     int k_d, k_h, k_w;
     int pad_d, pad_h, pad_w;
+    int stride_d, stride_h, stride_w;
 } fo_conv_shape;
 
 /// Instruction-set levels, lowest first.
@@ -28,12 +30,14 @@ enum { FO_ISA_PORTABLE = 0, FO_ISA_AVX2 = 1, FO_ISA_AVX512 = 2 };
 
 /// The highest level this CPU runs (cpuid via __builtin_cpu_supports).
 int fo_isa_best(void);
-/// Whether the kernels handle this shape (k_w 1 or 3, 1..16 output channels per group).
+/// Whether the kernels handle this shape (k_w 1 or 3, 1..128 output and 1..64 input channels per
+/// group, width stride 1 or 2, padding below the kernel).
 int fo_supports(const fo_conv_shape *s);
 
-/// Every kernel reads x zero-padded, (batch, groups, cin, out_d + k_d - 1, out_h + k_h - 1,
-/// out_w + k_w - 1), but pads only the planes it needs, into a ring in its scratch: x itself is
-/// read in place, once per call and range.
+/// Every kernel reads x zero-padded, (batch, groups, cin, (out_d - 1) * stride_d + k_d,
+/// (out_h - 1) * stride_h + k_h, padded row), but pads only the planes it needs, into a ring in
+/// its scratch: x itself is read in place, once per call and range. With width stride 2 a padded
+/// row holds its even columns, then its odd ones, so every tap reads whole vectors.
 
 /// Forward: y = conv(x, w) + bias. Items are (n, g, od), count fo_forward_items.
 long fo_forward_items(const fo_conv_shape *s);

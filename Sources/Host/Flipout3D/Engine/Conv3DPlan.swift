@@ -169,6 +169,21 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// up0 and dec0 (16->8 at 32^3) 21 against 43.
     public static let nativeBackwardWeightsBelowAVX512 = true
 
+    /// Strided layers (a U-Net's down-sampling convolutions) with at most this many input
+    /// channels per group run backward-weights natively on AVX-512, forward and backward-data on oneDNN:
+    /// oneDNN 2.6 has no jit backward-weights for them and falls back to gemm
+    /// ("x64:gemm:jit"). Measured on AVX-512, process CPU time, 2 threads, every candidate in one
+    /// run (`FLIPOUT_BENCH_CLOCK=cpu OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive flipout bench
+    /// --workloads U1 --compare-plans --repeats 5 --warmup 1`): U1's enc1a (8->16 per group,
+    /// stride 2, 32^3 in) per example: step 3.97 ms against 6.27 all-oneDNN (backward-weights
+    /// 2.09 against 3.80); ungrouped a tie (4.56 against 4.49). The native strided forward
+    /// loses there (1.93 against 0.83 ms: 16-wide output rows fill half a tile), and at 16 input
+    /// channels per group (enc2a, 16->32 to 8^3) oneDNN has a jit backward-weights that wins
+    /// (0.30 against 1.75 ms). Capped to AVX2 (`FLIPOUT_NATIVE_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2`,
+    /// same command) the native backward-weights of enc1a ties with oneDNN's gemm (4.71 against
+    /// 4.61 ms per example, 3.87 against 3.80 ungrouped): oneDNN there.
+    public static let stridedNativeBackwardWeightsMaxInputChannels = 8
+
     /// Whether the native kernels run `g` in every direction.
     public static func nativeSupports(_ g: Conv3DGeometry) -> Bool { NativeConv3D.supports(g) }
 
@@ -201,13 +216,13 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
             return onednn("--conv-engine onednn")
         case .native:
             return supported ? .native(level, reason: "--conv-engine native")
-                : onednn("--conv-engine native, but the native kernels need stride 1, k_w 1 or 3, <= 16 channels per group and padding below the kernel")
+                : onednn("--conv-engine native, but the native kernels need, in every direction, stride 1, k_w 1 or 3, <= 64 channels per group on each side and padding below the kernel")
         case .auto:
             let narrow = max(g.inChannels, g.outChannels) / g.groups <= nativeMaxChannels
             if supported && narrow {
                 return .native(level, reason: "auto: <= \(nativeMaxChannels) channels per group, stride 1")
             }
-            if supported && g.outChannels / g.groups <= nativeMaxOutputChannels {
+            if supported && g.outChannels / g.groups <= nativeMaxOutputChannels && g.inChannels / g.groups <= mixedMaxChannels {
                 return .native(level, reason: "auto: <= \(nativeMaxOutputChannels) output channels per group, stride 1")
             }
             let rowVectors = g.outputSize[2] / level.floatsPerVector
@@ -220,10 +235,17 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
                 return Conv3DPlan(forward: .native(level), backwardData: .native(level), backwardWeights: .onednn, layout: layout,
                                   forwardStrategy: .direct, reason: "auto: ungrouped, <= \(mixedMaxChannels) channels, AVX-512: native forward and backward-data, oneDNN backward-weights; \(why)")
             }
-            if nativeBackwardWeightsBelowAVX512 && level == .avx2 && NativeConv3D.supportsForward(g) {
-                return Conv3DPlan(forward: .native(level), backwardData: supported ? .native(level) : .onednn, backwardWeights: .native(level),
+            let (cin, cout) = (g.inChannels / g.groups, g.outChannels / g.groups)
+            if nativeBackwardWeightsBelowAVX512 && level == .avx2 && g.isTransposable && cout <= mixedMaxChannels
+                && NativeConv3D.supportsForward(g) {
+                let data = supported && cin <= mixedMaxChannels
+                return Conv3DPlan(forward: .native(level), backwardData: data ? .native(level) : .onednn, backwardWeights: .native(level),
                                   layout: layout, forwardStrategy: strategy,
-                                  reason: "auto: AVX2, <= 16 output channels per group: native forward and backward-weights, backward-data \(supported ? "native" : "on oneDNN"); \(why)")
+                                  reason: "auto: AVX2, <= 16 output channels per group: native forward and backward-weights, backward-data \(data ? "native" : "on oneDNN"); \(why)")
+            }
+            if !g.isTransposable && level == .avx512 && cin <= stridedNativeBackwardWeightsMaxInputChannels && NativeConv3D.supportsForward(g) {
+                return Conv3DPlan(forward: .onednn, backwardData: .onednn, backwardWeights: .native(level), layout: layout, forwardStrategy: strategy,
+                                  reason: "auto: strided, <= \(stridedNativeBackwardWeightsMaxInputChannels) input channels per group, AVX-512: native backward-weights (oneDNN's is gemm); \(why)")
             }
             return onednn(supported ? "auto: more than \(nativeMaxChannels) channels per group" : "auto: native kernels do not apply")
         }

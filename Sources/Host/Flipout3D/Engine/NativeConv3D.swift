@@ -1,4 +1,4 @@
-// NativeConv3D: the C direct kernels (CConvKernels) for narrow stride-1 layers, split over threads.
+// NativeConv3D: the C direct kernels (CConvKernels) for narrow layers, split over threads.
 import CConvKernels
 import Foundation
 
@@ -24,8 +24,9 @@ public enum NativeLevel: Int, CaseIterable, Comparable, Sendable, CustomStringCo
     public static var runnable: [NativeLevel] { allCases.filter { $0 <= supported } }
 }
 
-/// One stride-1 geometry on the native kernels, plain NCDHW tensors in and out (the layouts of
-/// `Conv3D`). Not thread-safe by itself (packed-weight buffers are reused): `Conv3D` serialises.
+/// One geometry on the native kernels, plain NCDHW tensors in and out (the layouts of
+/// `Conv3D`): forward and backward-weights with any depth and height stride and width stride 1
+/// or 2, backward-data (the transposed convolution's forward) with stride 1. Not thread-safe by itself (packed-weight buffers are reused): `Conv3D` serialises.
 final class NativeConv3D {
     let geometry: Conv3DGeometry
     let level: NativeLevel
@@ -35,21 +36,21 @@ final class NativeConv3D {
     private let packed: Tensor, packedTransposed: Tensor
 
     /// Whether the native kernels run this geometry in every direction (stride 1, k_w 1 or 3,
-    /// at most 16 output and 64 input channels per group both ways, padding below the kernel).
+    /// at most 64 channels per group on either side, padding below the kernel).
     static func supports(_ g: Conv3DGeometry) -> Bool {
         supportsForward(g) && supportsBackwardData(g)
     }
 
-    /// Whether forward and backward-weights (which read the same shape) run natively: stride 1,
-    /// k_w 1 or 3, at most 16 output and 64 input channels per group, padding below the kernel.
+    /// Whether forward and backward-weights (which read the same shape) run natively: k_w 1 or
+    /// 3, width stride 1 or 2, at most 128 output and 64 input channels per group, padding below
+    /// the kernel.
     static func supportsForward(_ g: Conv3DGeometry) -> Bool {
-        guard g.isTransposable else { return false }
         var s = shape(g)
         return fo_supports(&s) != 0
     }
 
     /// Whether backward-data runs natively: it is the forward of the transposed convolution
-    /// (at most 16 input and 64 output channels per group).
+    /// (stride 1, at most 128 input and 64 output channels per group).
     static func supportsBackwardData(_ g: Conv3DGeometry) -> Bool {
         guard g.isTransposable else { return false }
         var t = transposedShape(g)
@@ -72,15 +73,15 @@ final class NativeConv3D {
 
     private static func shape(_ g: Conv3DGeometry) -> fo_conv_shape {
         let i = g.inputSize.map(Int32.init), o = g.outputSize.map(Int32.init), k = g.kernel.map(Int32.init)
-        let p = g.paddingFront.map(Int32.init)
+        let p = g.paddingFront.map(Int32.init), st = g.stride.map(Int32.init)
         return fo_conv_shape(batch: Int32(g.batch), groups: Int32(g.groups), cin: Int32(g.inChannels / g.groups),
                              cout: Int32(g.outChannels / g.groups), in_d: i[0], in_h: i[1], in_w: i[2],
                              out_d: o[0], out_h: o[1], out_w: o[2], k_d: k[0], k_h: k[1], k_w: k[2],
-                             pad_d: p[0], pad_h: p[1], pad_w: p[2])
+                             pad_d: p[0], pad_h: p[1], pad_w: p[2], stride_d: st[0], stride_h: st[1], stride_w: st[2])
     }
 
     /// dx = the forward of this shape on dy with the flipped, transposed kernel: channels swapped,
-    /// input and output sizes swapped, front padding k - 1 - p.
+    /// input and output sizes swapped, front padding k - 1 - p (stride 1: `supportsBackwardData`).
     private static func transposedShape(_ g: Conv3DGeometry) -> fo_conv_shape {
         var s = shape(g)
         swap(&s.cin, &s.cout)
