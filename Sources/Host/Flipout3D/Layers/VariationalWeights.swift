@@ -1,4 +1,5 @@
 // A posterior over E weights and its prior, both plugins: parameters, sampling, KL and their gradients.
+import Dispatch
 
 /// How a layer's KL(q || p) is computed.
 public enum KLMode: Equatable, Sendable, CustomStringConvertible {
@@ -155,21 +156,28 @@ public final class VariationalWeights {
         var errors = [Error?](repeating: nil, count: parts)
         errors.withUnsafeMutableBufferPointer { es in
             let e = es.baseAddress!
-            // A plugin scalar costs tens of flops (transcendentals, checks): thread from a few thousand.
-            Parallel.items(parts, elementsPerItem: 64 * Self.chunk) { begin, end in
-                for p in begin..<end {
-                    let offset = p * Self.chunk
-                    let n = min(Self.chunk, count - offset)
-                    do { try body(offset, n) } catch var call as PluginCallError {
-                        // The call saw a sub-range: say where it lies among the layer's weights.
-                        call.point += call.point.isEmpty ? "" : ","
-                        call.point += " in the sub-range of weights \(offset)..<\(offset + n) of \(count)"
-                        e[p] = call
-                    } catch { e[p] = error }
-                }
+            Self.eachSubRange(parts) { p in
+                let offset = p * Self.chunk
+                let n = min(Self.chunk, count - offset)
+                do { try body(offset, n) } catch var call as PluginCallError {
+                    // The call saw a sub-range: say where it lies among the layer's weights.
+                    call.point += call.point.isEmpty ? "" : ","
+                    call.point += " in the sub-range of weights \(offset)..<\(offset + n) of \(count)"
+                    e[p] = call
+                } catch { e[p] = error }
             }
         }
         if let first = errors.compactMap({ $0 }).first { throw first }
+    }
+
+    /// Runs body(p) for the sub-ranges p in 0..<parts: on the calling thread with one kernel
+    /// thread, else each sub-range handed out by GCD as threads come free. A plugin scalar costs
+    /// tens of flops, so a sub-range is worth a fork; and one sub-range per hand-out keeps the
+    /// wait for a thread the OS deschedules (a oneDNN OpenMP worker still spinning on the other
+    /// core after a convolution, or another process) to one sub-range, not a quarter of the pass.
+    static func eachSubRange(_ parts: Int, _ body: (Int) -> Void) {
+        guard NativeConv3D.threads > 1, parts > 1 else { for p in 0..<parts { body(p) }; return }
+        DispatchQueue.concurrentPerform(iterations: parts, execute: body)
     }
 
     static func offsetIn(_ a: [InArray], _ offset: Int) -> [InArray] { a.map { InArray($0.data + offset * $0.stride, stride: $0.stride) } }
@@ -215,10 +223,8 @@ public final class VariationalWeights {
     public func drawNoise(_ stream: inout RandomStream) -> Noise {
         let noise = Noise(uninitializedNormals: noisePerSample.normals, uniforms: noisePerSample.uniforms)
         let start = stream, parts = (count + Self.chunk - 1) / Self.chunk
-        // Box-Muller costs tens of flops per normal: thread from a few thousand, as plugin calls.
-        Parallel.items(parts, elementsPerItem: 64 * Self.chunk) { begin, end in
-            for p in begin..<end { fillNoise(noise, from: start, offset: p * Self.chunk, n: min(Self.chunk, count - p * Self.chunk)) }
-        }
+        // Box-Muller costs tens of flops per normal: sub-ranges as plugin calls.
+        Self.eachSubRange(parts) { p in fillNoise(noise, from: start, offset: p * Self.chunk, n: min(Self.chunk, count - p * Self.chunk)) }
         stream.seek(toBlock: start.block &+ UInt64(noise.blocks))
         return noise
     }
