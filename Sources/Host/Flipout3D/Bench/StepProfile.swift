@@ -40,13 +40,24 @@ public final class StepProfile: @unchecked Sendable {
     private func time<T>(_ phase: Phase, _ body: () throws -> T) rethrows -> T {
         let outerNested = nestedNanoseconds
         nestedNanoseconds = 0
-        let start = DispatchTime.now().uptimeNanoseconds
+        let start = Self.now()
         defer {
-            let elapsed = DispatchTime.now().uptimeNanoseconds - start
+            let elapsed = Self.now() - start
             nanoseconds[phase, default: 0] += elapsed - min(elapsed, nestedNanoseconds)
             nestedNanoseconds = outerNested + elapsed
         }
         return try body()
+    }
+
+    /// With FLIPOUT_BENCH_CLOCK=cpu, the calling thread's CPU time (all of a step's work at
+    /// OMP_NUM_THREADS=1, where every pass runs on the calling thread; insensitive to other load);
+    /// else wall time.
+    static let useThreadCPUClock = ProcessInfo.processInfo.environment["FLIPOUT_BENCH_CLOCK"] == "cpu"
+    static func now() -> UInt64 {
+        guard useThreadCPUClock else { return DispatchTime.now().uptimeNanoseconds }
+        var t = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
+        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
     }
 
     public func milliseconds(_ phase: Phase) -> Double { Double(nanoseconds[phase] ?? 0) / 1e6 }

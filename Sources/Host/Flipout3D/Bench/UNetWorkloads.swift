@@ -102,9 +102,9 @@ extension Workloads {
         var wall = 0.0
         try StepProfile.$current.withValue(profile) {
             for _ in 0..<profiled {
-                let start = DispatchTime.now().uptimeNanoseconds
+                let start = StepProfile.now()
                 try oneStep()
-                wall += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
+                wall += Double(StepProfile.now() - start) / 1e6
             }
         }
         let n = Double(max(profiled, 1)), stepWall = wall / n

@@ -85,34 +85,43 @@ public final class FlipoutConv3D {
         let n = g.batch, e = weightCount
         let y = Tensor(uninitializedShape: g.yShape)   // (N, Cout, oD, oH, oW), overwritten by the convolution
         let center = Tensor(uninitializedShape: kernelShape)   // written by the posterior's center
-        try weights.center(into: center.data)
         var noiseStream = stream(ctx, .kernelNoise)
 
         let kernels: Tensor, input: Conv3DSaved, draw: WeightDraw
         switch (ctx.mode, estimator) {
         case (.center, _):
+            try center.withUnsafeMutableValues { try weights.center(into: $0.baseAddress!) }
             kernels = center
             input = try engines.engine(g).forward(x: x, w: kernels, bias: bias, y: y)
             draw = WeightDraw(mode: .center, center: center, sample: nil, signsIn: nil, signsOut: nil, noise: [])
         case (.sample, .reparam):
-            let (w, noise) = try drawSharedSample(&noiseStream)
+            let w = Tensor(uninitializedShape: kernelShape)
+            let noise = try center.withUnsafeMutableValues { c in try w.withUnsafeMutableValues { s in
+                try weights.drawCenterAndSample(&noiseStream, center: c.baseAddress!, sample: s.baseAddress!)
+            } }
             kernels = w
             input = try engines.engine(g).forward(x: x, w: kernels, bias: bias, y: y)
             draw = WeightDraw(mode: .sample, center: center, sample: w, signsIn: nil, signsOut: nil, noise: [noise])
         case (.sample, .flipout):
-            let (w, noise) = try drawSharedSample(&noiseStream)
             // Signs for every row of the step's global batch (ctx.shard), then this rank's rows.
             var signStream = stream(ctx, .flipoutSigns)
             let rows = ctx.shard.globalCount(local: n)
-            let gIn = Tensor(shape: [rows, inChannels]), gOut = Tensor(shape: [rows, outChannels])
-            signStream.fillSigns(gIn.data, count: gIn.count)
-            signStream.fillSigns(gOut.data, count: gOut.count)
+            let gIn = Tensor(uninitializedShape: [rows, inChannels]), gOut = Tensor(uninitializedShape: [rows, outChannels])
+            gIn.withUnsafeMutableValues { signStream.fillSigns($0.baseAddress!, count: $0.count) }
+            gOut.withUnsafeMutableValues { signStream.fillSigns($0.baseAddress!, count: $0.count) }
             let sIn = ctx.shard.localRows(gIn, local: n), sOut = ctx.shard.localRows(gOut, local: n)
+            // Noise, center, sample and the per-example kernels of each sub-range of weights in one pass.
+            let w = Tensor(uninitializedShape: kernelShape)
             kernels = Tensor(uninitializedShape: perExampleShape(n))
-            flipoutKernels(center: center, sample: w, signsIn: sIn, signsOut: sOut, into: kernels)
+            let noise = try center.withUnsafeMutableValues { c in try w.withUnsafeMutableValues { s in
+                try weights.drawCenterAndSample(&noiseStream, center: c.baseAddress!, sample: s.baseAddress!) { offset, count in
+                    flipoutKernels(center: center, sample: w, signsIn: sIn, signsOut: sOut, into: kernels, weights: offset..<(offset + count))
+                }
+            } }
             input = try groupedForward(x, kernels, g, y)
             draw = WeightDraw(mode: .sample, center: center, sample: w, signsIn: sIn, signsOut: sOut, noise: [noise])
         case (.sample, .perExample):
+            try center.withUnsafeMutableValues { try weights.center(into: $0.baseAddress!) }
             let w = Tensor(shape: perExampleShape(n))
             // One draw per row of the global batch, in order; this rank samples its own rows.
             var noise = [Noise](repeating: Noise(normals: 0, uniforms: 0), count: n)
@@ -131,54 +140,53 @@ public final class FlipoutConv3D {
         return (y, ConvSaved(layer: ObjectIdentifier(self), inputShape: x.shape, input: input, kernels: kernels, draw: draw))
     }
 
-    /// One kernel sample shared by the whole batch, with its noise.  (Cout, Cin, k^3)
-    private func drawSharedSample(_ stream: inout RandomStream) throws -> (Tensor, Noise) {
-        let noise = weights.drawNoise(&stream)
-        let w = Tensor(uninitializedShape: kernelShape)
-        try weights.sample(noise, into: w.data)
-        return (w, noise)
+    /// The (output channel, input channel) rows of `taps` weights that meet `weights`, each with
+    /// the part of it inside: body(o, i, first, end) for the weight indices first..<end.
+    @inline(__always)
+    private func rows(meeting weights: Range<Int>, _ body: (_ o: Int, _ i: Int, _ first: Int, _ end: Int) -> Void) {
+        let taps = kernel.reduce(1, *), cin = inChannels
+        guard !weights.isEmpty else { return }
+        for r in (weights.lowerBound / taps)...((weights.upperBound - 1) / taps) {
+            body(r / cin, r % cin, max(r * taps, weights.lowerBound), min((r + 1) * taps, weights.upperBound))
+        }
     }
 
-    /// W_n = Wc + (Ws - Wc) * r_n[o] * s_n[i].  center, sample (Cout, Cin, k^3); kernels (N, Cout, Cin, k^3)
-    /// One pass, split over output channels (elementwise: the same bits for every thread count).
-    func flipoutKernels(center: Tensor, sample: Tensor, signsIn: Tensor, signsOut: Tensor, into kernels: Tensor) {
-        let taps = kernel.reduce(1, *), e = weightCount, n = signsIn.shape[0], (cin, cout) = (inChannels, outChannels)
+    /// W_n = Wc + (Ws - Wc) * r_n[o] * s_n[i] for the weights `weights` (indices into the
+    /// (Cout, Cin, k^3) kernel); center, sample (Cout, Cin, k^3); kernels (N, Cout, Cin, k^3).
+    /// Elementwise: any split of the weights gives the same bits.
+    func flipoutKernels(center: Tensor, sample: Tensor, signsIn: Tensor, signsOut: Tensor, into kernels: Tensor, weights: Range<Int>) {
+        let e = weightCount, n = signsIn.shape[0], (cin, cout) = (inChannels, outChannels)
         center.withUnsafeValues { cv in sample.withUnsafeValues { sv in kernels.withUnsafeMutableValues { kv in
             signsIn.withUnsafeValues { siv in signsOut.withUnsafeValues { sov in
                 let (c, s, out, si, so) = (cv.baseAddress!, sv.baseAddress!, kv.baseAddress!, siv.baseAddress!, sov.baseAddress!)
-                Parallel.items(cout, elementsPerItem: n * cin * taps) { begin, end in
-                    for o in begin..<end { for i in 0..<cin {
-                        let base = (o * cin + i) * taps
-                        for b in 0..<n {
-                            let sign = so[b * cout + o] * si[b * cin + i], dst = out + b * e + base
-                            for t in 0..<taps { dst[t] = c[base + t] + (s[base + t] - c[base + t]) * sign }
-                        }
-                    } }
+                rows(meeting: weights) { o, i, first, end in
+                    for b in 0..<n {
+                        let sign = so[b * cout + o] * si[b * cin + i], dst = out + b * e
+                        for j in first..<end { dst[j] = c[j] + (s[j] - c[j]) * sign }
+                    }
                 }
             } }
         } } }
     }
 
-    /// Flipout's fold of the per-example kernel gradients G (N, Cout, Cin, k^3):
+    /// Flipout's fold of the per-example kernel gradients G (N, Cout, Cin, k^3) for the weights
+    /// `weights`, into dCenter and dDelta (indexed from weights.lowerBound):
     /// dDelta = sum_n G_n * r_n s_n^T and dCenter = sum_n G_n - dDelta (Wc enters W_n as Wc (1 - r s)).
-    /// Sums over n in example order, one pass split over output channels.
-    func foldFlipoutGradients(_ perExample: Tensor, signsIn: Tensor, signsOut: Tensor, center dCenter: Tensor, delta dDelta: Tensor) {
-        let taps = kernel.reduce(1, *), e = weightCount, n = signsIn.shape[0], (cin, cout) = (inChannels, outChannels)
-        perExample.withUnsafeValues { gv in dCenter.withUnsafeMutableValues { cv in dDelta.withUnsafeMutableValues { dv in
-            signsIn.withUnsafeValues { siv in signsOut.withUnsafeValues { sov in
-                let (G, dc, dd, si, so) = (gv.baseAddress!, cv.baseAddress!, dv.baseAddress!, siv.baseAddress!, sov.baseAddress!)
-                Parallel.items(cout, elementsPerItem: n * cin * taps) { begin, end in
-                    for o in begin..<end { for i in 0..<cin {
-                        let base = (o * cin + i) * taps
-                        for t in 0..<taps { dc[base + t] = 0; dd[base + t] = 0 }
-                        for b in 0..<n {
-                            let sign = so[b * cout + o] * si[b * cin + i], src = G + b * e + base
-                            for t in 0..<taps { dc[base + t] += src[t]; dd[base + t] += src[t] * sign }
-                        }
-                        for t in 0..<taps { dc[base + t] -= dd[base + t] }
-                    } }
+    /// Sums over n in example order; any split of the weights gives the same bits.
+    func foldFlipoutGradients(_ perExample: Tensor, signsIn: Tensor, signsOut: Tensor, weights: Range<Int>,
+                              center dCenter: UnsafeMutablePointer<Float>, delta dDelta: UnsafeMutablePointer<Float>) {
+        let e = weightCount, n = signsIn.shape[0], (cin, cout) = (inChannels, outChannels)
+        let (dc, dd) = (dCenter - weights.lowerBound, dDelta - weights.lowerBound)
+        perExample.withUnsafeValues { gv in signsIn.withUnsafeValues { siv in signsOut.withUnsafeValues { sov in
+            let (G, si, so) = (gv.baseAddress!, siv.baseAddress!, sov.baseAddress!)
+            rows(meeting: weights) { o, i, first, end in
+                for j in first..<end { dc[j] = 0; dd[j] = 0 }
+                for b in 0..<n {
+                    let sign = so[b * cout + o] * si[b * cin + i], src = G + b * e
+                    for j in first..<end { dc[j] += src[j]; dd[j] += src[j] * sign }
                 }
-            } }
+                for j in first..<end { dc[j] -= dd[j] }
+            }
         } } }
     }
 
@@ -227,10 +235,13 @@ public final class FlipoutConv3D {
             return dx
         }
         // Flipout: dWc = sum_n G_n, d(dW) = sum_n G_n * r_n s_n^T; Wc = center, dW = sample - center.
-        let dCenter = Tensor(uninitializedShape: kernelShape), dDelta = Tensor(uninitializedShape: kernelShape)
-        foldFlipoutGradients(perExample, signsIn: draw.signsIn!, signsOut: draw.signsOut!, center: dCenter, delta: dDelta)
-        try weights.centerBackward(dCenter.data)
-        try weights.sampleBackward(draw.noise[0], x: draw.sample!.data, g: dDelta.data)
+        // Folded per sub-range of weights right before that sub-range's posterior VJPs (one pass).
+        let (sIn, sOut) = (draw.signsIn!, draw.signsOut!)
+        try draw.sample!.withUnsafeValues { x in
+            try weights.centerAndSampleBackward(draw.noise[0], x: x.baseAddress!) { offset, count, gCenter, gSample in
+                foldFlipoutGradients(perExample, signsIn: sIn, signsOut: sOut, weights: offset..<(offset + count), center: gCenter, delta: gSample)
+            }
+        }
         return dx
     }
 

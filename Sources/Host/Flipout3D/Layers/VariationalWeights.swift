@@ -1,4 +1,5 @@
 // A posterior over E weights and its prior, both plugins: parameters, sampling, KL and their gradients.
+import Dispatch
 
 /// How a layer's KL(q || p) is computed.
 public enum KLMode: Equatable, Sendable, CustomStringConvertible {
@@ -107,10 +108,14 @@ public final class VariationalWeights {
     static func isLocation(_ p: ParameterInfo) -> Bool { p.role == .location }
 
     /// Recompute constrained values after the unconstrained parameters changed.
+    /// Elementwise, split over the kernels' threads (the same bits for every thread count).
     public func refresh() {
         for (k, slot) in posterior.slots.enumerated() {
-            let t = slot.parameter.transform, u = parameters[k].data, c = constrained[k].data
-            for i in 0..<count { c[i] = t.forward(u[i]) }
+            let t = slot.parameter.transform
+            parameters[k].withUnsafeValues { uv in constrained[k].withUnsafeMutableValues { cv in
+                let (u, c) = (uv.baseAddress!, cv.baseAddress!)
+                Parallel.ranges(count) { begin, end in for i in begin..<end { c[i] = t.forward(u[i]) } }
+            } }
         }
         for (k, slot) in prior.slots.enumerated() { priorConstrained[k] = slot.parameter.transform.forward(priorParameters[k]) }
     }
@@ -151,21 +156,28 @@ public final class VariationalWeights {
         var errors = [Error?](repeating: nil, count: parts)
         errors.withUnsafeMutableBufferPointer { es in
             let e = es.baseAddress!
-            // A plugin scalar costs tens of flops (transcendentals, checks): thread from a few thousand.
-            Parallel.items(parts, elementsPerItem: 64 * Self.chunk) { begin, end in
-                for p in begin..<end {
-                    let offset = p * Self.chunk
-                    let n = min(Self.chunk, count - offset)
-                    do { try body(offset, n) } catch var call as PluginCallError {
-                        // The call saw a sub-range: say where it lies among the layer's weights.
-                        call.point += call.point.isEmpty ? "" : ","
-                        call.point += " in the sub-range of weights \(offset)..<\(offset + n) of \(count)"
-                        e[p] = call
-                    } catch { e[p] = error }
-                }
+            Self.eachSubRange(parts) { p in
+                let offset = p * Self.chunk
+                let n = min(Self.chunk, count - offset)
+                do { try body(offset, n) } catch var call as PluginCallError {
+                    // The call saw a sub-range: say where it lies among the layer's weights.
+                    call.point += call.point.isEmpty ? "" : ","
+                    call.point += " in the sub-range of weights \(offset)..<\(offset + n) of \(count)"
+                    e[p] = call
+                } catch { e[p] = error }
             }
         }
         if let first = errors.compactMap({ $0 }).first { throw first }
+    }
+
+    /// Runs body(p) for the sub-ranges p in 0..<parts: on the calling thread with one kernel
+    /// thread, else each sub-range handed out by GCD as threads come free. A plugin scalar costs
+    /// tens of flops, so a sub-range is worth a fork; and one sub-range per hand-out keeps the
+    /// wait for a thread the OS deschedules (a oneDNN OpenMP worker still spinning on the other
+    /// core after a convolution, or another process) to one sub-range, not a quarter of the pass.
+    static func eachSubRange(_ parts: Int, _ body: (Int) -> Void) {
+        guard NativeConv3D.threads > 1, parts > 1 else { for p in 0..<parts { body(p) }; return }
+        DispatchQueue.concurrentPerform(iterations: parts, execute: body)
     }
 
     static func offsetIn(_ a: [InArray], _ offset: Int) -> [InArray] { a.map { InArray($0.data + offset * $0.stride, stride: $0.stride) } }
@@ -205,12 +217,75 @@ public final class VariationalWeights {
     /// Noise per sample of all weights: (normals, uniforms) counts.
     public var noisePerSample: (normals: Int, uniforms: Int) { (posterior.normalsPerScalar * count, posterior.uniformsPerScalar * count) }
 
-    /// Draws the noise for one sample of all weights.
+    /// Draws the noise for one sample of all weights: the stream's normals, then its uniforms
+    /// (each fill starting on a fresh block). Filled in `chunk`-scalar sub-ranges over the
+    /// kernels' threads, with the bits of one sequential fill (`fillNoise`).
     public func drawNoise(_ stream: inout RandomStream) -> Noise {
-        let n = Noise(normals: noisePerSample.normals, uniforms: noisePerSample.uniforms)
-        if n.normals.count > 0 { stream.fillNormal(n.normals.data, count: n.normals.count) }
-        if n.uniforms.count > 0 { stream.fillUniform(n.uniforms.data, count: n.uniforms.count) }
-        return n
+        let noise = Noise(uninitializedNormals: noisePerSample.normals, uniforms: noisePerSample.uniforms)
+        let start = stream, parts = (count + Self.chunk - 1) / Self.chunk
+        // Box-Muller costs tens of flops per normal: sub-ranges as plugin calls.
+        Self.eachSubRange(parts) { p in fillNoise(noise, from: start, offset: p * Self.chunk, n: min(Self.chunk, count - p * Self.chunk)) }
+        stream.seek(toBlock: start.block &+ UInt64(noise.blocks))
+        return noise
+    }
+
+    /// Writes the noise of scalars offset..<offset+n exactly as one sequential `drawNoise` from
+    /// `start` writes it: Philox blocks are addressed by position and give 4 normals or 4
+    /// uniforms each, so a sub-range starting on a multiple of 4 values starts on a block.
+    func fillNoise(_ noise: Noise, from start: RandomStream, offset: Int, n: Int) {
+        let (kn, ku) = (posterior.normalsPerScalar, posterior.uniformsPerScalar)
+        precondition((offset * kn) % 4 == 0 && (offset * ku) % 4 == 0, "\(name): noise sub-range at \(offset) does not start on a random block")
+        if kn > 0 {
+            var s = start
+            s.seek(toBlock: start.block &+ UInt64(offset * kn / 4))
+            noise.normals.withUnsafeMutableValues { s.fillNormal($0.baseAddress! + offset * kn, count: n * kn) }
+        }
+        if ku > 0 {
+            var s = start
+            s.seek(toBlock: start.block &+ UInt64(Noise.blocks(noise.normals.count) + offset * ku / 4))
+            noise.uniforms.withUnsafeMutableValues { s.fillUniform($0.baseAddress! + offset * ku, count: n * ku) }
+        }
+    }
+
+    /// One sample of all weights and the posterior center, in ONE pass split like `split`: per
+    /// sub-range its noise (as `drawNoise` from `stream`), the center, the sample, then
+    /// `each(offset, n)` (e.g. Flipout's kernel assembly of those weights, still in cache). The
+    /// same bits as drawNoise, center and sample called in turn, with one fork/join instead of
+    /// four passes. Returns the noise (for `sampleBackward`); advances `stream` as drawNoise does.
+    public func drawCenterAndSample(_ stream: inout RandomStream, center: UnsafeMutablePointer<Float>, sample: UnsafeMutablePointer<Float>,
+                                    each: (_ offset: Int, _ n: Int) -> Void = { _, _ in }) throws -> Noise {
+        let noise = Noise(uninitializedNormals: noisePerSample.normals, uniforms: noisePerSample.uniforms)
+        let start = stream, q = qIn
+        let (nz, u) = (noise.normalsPointer, noise.uniformsPointer), (kn, ku) = (posterior.normalsPerScalar, posterior.uniformsPerScalar)
+        try inLayer { try split([posterior]) { o, n in
+            fillNoise(noise, from: start, offset: o, n: n)
+            try posterior.center(n: n, params: Self.offsetIn(q, o), out: center + o)
+            try posterior.sample(n: n, params: Self.offsetIn(q, o), normals: nz.map { $0 + o * kn }, uniforms: u.map { $0 + o * ku }, out: sample + o)
+            each(o, n)
+        } }
+        stream.seek(toBlock: start.block &+ UInt64(noise.blocks))
+        return noise
+    }
+
+    /// The center's and the sample's VJPs in ONE pass split like `splitVJP`: per sub-range,
+    /// `fold(offset, n, gCenter, gSample)` writes dL/d center and dL/d sample of those weights
+    /// into sub-range scratch (e.g. Flipout's fold of the per-example kernel gradients), then
+    /// both VJPs add into the gradients, center first: the same bits as centerBackward(gCenter)
+    /// then sampleBackward(noise, x, gSample) over whole arrays, without the two whole-layer
+    /// gradient buffers. x is the sample drawn with `noise`.
+    public func centerAndSampleBackward(_ noise: Noise, x: UnsafePointer<Float>,
+                                        fold: (_ offset: Int, _ n: Int, _ gCenter: UnsafeMutablePointer<Float>, _ gSample: UnsafeMutablePointer<Float>) -> Void) throws {
+        let (nz, u) = (noise.normalsPointer, noise.uniformsPointer), (kn, ku) = (posterior.normalsPerScalar, posterior.uniformsPerScalar)
+        let q = qIn
+        try inLayer { try splitVJP([posterior], [qGrad]) { o, n, outs in
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 2 * max(n, 1))
+            defer { scratch.deallocate() }
+            let (gc, gs) = (scratch, scratch + n)
+            fold(o, n, gc, gs)
+            try posterior.centerVJP(n: n, params: Self.offsetIn(q, o), g: gc, gradParams: outs[0])
+            try posterior.sampleVJP(n: n, params: Self.offsetIn(q, o), normals: nz.map { $0 + o * kn }, uniforms: u.map { $0 + o * ku },
+                                    x: x + o, g: gs, gradParams: outs[0])
+        } }
     }
 
     /// out = T(noise; theta). (count)
@@ -320,8 +395,14 @@ public final class VariationalWeights {
     /// Chain the constrained-value gradients through the transforms into `gradients`.
     public func finishBackward() {
         for (k, slot) in posterior.slots.enumerated() {
-            let t = slot.parameter.transform, u = parameters[k].data, gc = constrainedGradients[k].data, gu = gradients[k].data
-            for i in 0..<count { gu[i] += gc[i] * t.derivative(u[i]); gc[i] = 0 }
+            let t = slot.parameter.transform
+            // Elementwise, split over the kernels' threads (the same bits for every thread count).
+            parameters[k].withUnsafeValues { uv in constrainedGradients[k].withUnsafeMutableValues { gcv in gradients[k].withUnsafeMutableValues { guv in
+                let (u, gc, gu) = (uv.baseAddress!, gcv.baseAddress!, guv.baseAddress!)
+                Parallel.ranges(count) { begin, end in
+                    for i in begin..<end { gu[i] += gc[i] * t.derivative(u[i]); gc[i] = 0 }
+                }
+            } } }
         }
         if learnPrior {
             for (k, slot) in prior.slots.enumerated() {
@@ -340,6 +421,15 @@ public struct Noise {
         self.normals = Tensor(shape: [normals])
         self.uniforms = Tensor(shape: [uniforms])
     }
+    /// Noise whose values are written next (by `VariationalWeights.fillNoise`).
+    init(uninitializedNormals normals: Int, uniforms: Int) {
+        self.normals = Tensor(uninitializedShape: [normals])
+        self.uniforms = Tensor(uninitializedShape: [uniforms])
+    }
+    /// Random blocks one sequential fill of `values` normals or uniforms takes (4 per block).
+    static func blocks(_ values: Int) -> Int { (values + 3) / 4 }
+    /// Random blocks a whole draw takes: its normals, then its uniforms.
+    var blocks: Int { Self.blocks(normals.count) + Self.blocks(uniforms.count) }
     var normalsPointer: UnsafePointer<Float>? { normals.count > 0 ? UnsafePointer(normals.data) : nil }
     var uniformsPointer: UnsafePointer<Float>? { uniforms.count > 0 ? UnsafePointer(uniforms.data) : nil }
 }

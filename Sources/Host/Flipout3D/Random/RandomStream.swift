@@ -49,6 +49,9 @@ public struct RandomStream: Sendable {
         return Philox.block(key: key, counter: c)
     }
 
+    /// Moves to the 128-bit block `b` (counter-based: a fill can start at any block, in any order).
+    public mutating func seek(toBlock b: UInt64) { block = b }
+
     /// Uniform in the open interval (0, 1) from 32 random bits.
     @inline(__always) static func unit(_ x: UInt32) -> Double { (Double(x) + 0.5) * (1.0 / 4_294_967_296.0) }
 
