@@ -37,6 +37,7 @@ struct Flipout: ParsableCommand {
 
     /// Parses, runs, and turns every error into one line on stderr and a code of `ExitCodes`.
     static func main() {
+        OpenMPWaitPolicy.reexecutePassiveUnlessChosen()
         var command: ParsableCommand
         do { command = try parseAsRoot() } catch { exit(withError: error) }
         do {
