@@ -123,7 +123,7 @@ private func bruteForceHD95(_ a: [Bool], _ b: [Bool], ignored: [Bool]) -> Double
         for d in [labels, preds] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
         try #"{"channel_names": {"0": "T1"}, "labels": {"background": 0, "brain": 1, "ignore": 2}, "numTraining": 1, "file_ending": ".nii.gz"}"#
             .write(toFile: dir.appendingPathComponent("dataset.json").path, atomically: true, encoding: .utf8)
-        let header = NIfTIHeader(shape: SlabCase.shape, spacing: SlabCase.spacing)
+        let header = NIfTIHeader(shape: SlabCase.shape, spacing: SlabCase.spacing.map(Float.init))
         let onDisk = SlabCase.truth.indices.map { SlabCase.ignored[$0] ? Float(2) : Float(SlabCase.truth[$0]) }
         try NIfTI.write(Tensor(shape: SlabCase.shape, values: onDisk), header: header, datatype: .uint8, to: labels + "/slab.nii.gz")
         let (prediction, p) = Self.calibrationCase()
