@@ -52,7 +52,7 @@ let tinyUNet = ["--steps-per-epoch", "1", "--patch", "16,16,16", "--width", "2",
     }
 
     /// After the last epoch the largest-component post-processing is decided on the validation cases and saved in the
-    /// checkpoint; without validation it is none. The augmentation policy is recorded.
+    /// checkpoint; without validation (--fold all) on the training cases. The augmentation policy is recorded.
     @Test func postprocessingIsDecidedOnValidationAndSaved() throws {
         let dir = try Fixtures.temporaryDirectory("train-postprocessing")
         let data = dir.appendingPathComponent("synth").path, run = dir.appendingPathComponent("run").path
@@ -64,7 +64,15 @@ let tinyUNet = ["--steps-per-epoch", "1", "--patch", "16,16,16", "--width", "2",
         let all = try FlipoutCLI.run(["train", "--data", data, "--run", run, "--epochs", "1"] + tinyUNet)
         #expect(all.status == 0, "\(all.stderr)")
         let meta = try Checkpoint.read(run + "/checkpoint.safetensors").metadata
-        #expect(meta[Postprocessing.checkpointKey] == #"{"largestComponentClasses":[]}"#, "no validation, no post-processing")
+        let line = try #require(all.stderr.split(separator: "\n").first { $0.contains("post-processing on 3 training case(s) (no validation cases)") },
+                                "\(all.stderr)")
+        // The saved decision is the classes whose printed Dice rose ("NAME before → after").
+        let rose = line.split(separator: ":", maxSplits: 1)[1].split(separator: ";")[0].split(separator: ",").enumerated().compactMap { i, part -> Int? in
+            let numbers = part.split(separator: " ").compactMap { Double($0) }
+            return numbers.count == 2 && numbers[1] > numbers[0] ? i + 1 : nil
+        }
+        let saved = try JSONDecoder().decode(Postprocessing.self, from: Data(try #require(meta[Postprocessing.checkpointKey]).utf8))
+        #expect(saved.largestComponentClasses == rose, "\(line) vs \(saved)")
         #expect(meta[UNetCheckpointKey.patchTraining]?.contains(#""policy":"default""#) == true, "\(meta[UNetCheckpointKey.patchTraining] ?? "")")
     }
 

@@ -17,7 +17,10 @@ struct CalibrateCommand: ParsableCommand {
         top label) on those voxels before and after, and writes T into the checkpoint's
         metadata (flipout3d.temperature; --output to write a copy instead). flipout predict
         then applies it (--no-temperature to skip) and flipout evaluate reports NLL and ECE
-        before and after on any labelled cases.
+        before and after on any labelled cases. A region-based checkpoint (dataset.json regions,
+        one sigmoid per region) is tempered per output, sigmoid(logit(p) / T), with one T for
+        every region, fitted on the regions' summed binary NLL. Voxels of the ignore label are
+        left out of the fit.
 
         Examples:
           flipout train --data Dataset001 --fold 0 --run-folder runs/f0
@@ -72,28 +75,37 @@ struct CalibrateCommand: ParsableCommand {
 
             let predictor = ModelPredictor(trained, samples: samples, seed: seed)
             let plan = trained.plan
-            guard plan.regions == nil else { throw InputError("\(checkpoint) is region-based (one sigmoid per region): calibrate fits one softmax temperature over classes, which regions do not have.") }
+            let regions = plan.regions
             var settings = PredictionSettings(window: SlidingWindowOptions(window: trained.patchSize, overlap: overlap, batch: windowBatch),
-                                              classNames: plan.classNames)
+                                              classNames: plan.labelValueNames)
             settings.preprocessing = .plan(plan)
-            var fit = TemperatureScaling.Samples(classes: plan.classCount, draws: predictor.draws)
+            settings.window.sigmoidOutputs = regions != nil
+            var fit = TemperatureScaling.Samples(classes: plan.outputCount, draws: predictor.draws, sigmoidOutputs: regions != nil)
             let line = ProgressLine(total: cases.count, label: "calibrate: fold \(fold) validation cases")
             for (i, c) in cases.enumerated() {
                 let label = try NIfTI.read(c.labelPath!)
-                let truth = label.data.array.map { Int32($0.rounded()) }
+                let values = label.data.array.map { Int32($0.rounded()) }
                 let shape = label.header.shape
-                guard truth.allSatisfy({ $0 >= 0 && Int($0) < plan.classCount }) else {
-                    throw InputError("\(c.labelPath!): label values outside 0..<\(plan.classCount)")
+                guard values.allSatisfy({ ($0 >= 0 && Int($0) < plan.classCount) || plan.isIgnored(Int($0)) }) else {
+                    throw InputError("\(c.labelPath!): label values outside 0..<\(plan.classCount)\(plan.ignoreLabel.map { " (and the ignore label \($0))" } ?? "")")
                 }
-                let roi = UncertaintyMetrics.regionOfInterest(prediction: truth, truth: truth, shape: shape,
+                // The ignore label's voxels have no known class: out of the ROI and the fit.
+                let ignored = values.map { plan.isIgnored(Int($0)) }
+                let known = values.indices.map { ignored[$0] ? 0 : values[$0] }
+                let roi = UncertaintyMetrics.regionOfInterest(prediction: known, truth: known, shape: shape,
                                                              spacing: CasePredictor.voxelSpacing(label.header), margin: roiMargin)
-                var chosen = roi.indices.filter { roi[$0] }
-                if chosen.isEmpty { chosen = Array(truth.indices) }
+                var chosen = roi.indices.filter { roi[$0] && !ignored[$0] }
+                if chosen.isEmpty { chosen = known.indices.filter { !ignored[$0] } }
+                guard !chosen.isEmpty else { throw InputError("\(c.labelPath!): every voxel is the ignore label; nothing to fit on.") }
                 let step = max(1, (chosen.count + Self.voxelsPerCase - 1) / Self.voxelsPerCase)
                 chosen = stride(from: 0, to: chosen.count, by: step).map { chosen[$0] }
-                let k = plan.classCount, s = predictor.draws, base = fit.probabilities.count
+                let k = plan.outputCount, s = predictor.draws, base = fit.probabilities.count
                 fit.probabilities += [Float](repeating: 0, count: chosen.count * s * k)
-                fit.truth += chosen.map { truth[$0] }
+                // Classes: the label value; regions: one bit per region holding the value.
+                fit.truth += chosen.map { v in
+                    guard let regions else { return known[v] }
+                    return regions.indices.reduce(Int32(0)) { bits, r in regions[r].contains(Int(known[v])) ? bits | Int32(1 << r) : bits }
+                }
                 var grid: [Int] = []
                 _ = try CasePredictor.predictMaps(CaseInput(id: c.id, channels: c.imagePaths), channels: plan.channels.count, classes: k,
                                                   draws: s, settings: settings, sampleHook: { t, p in
@@ -109,7 +121,8 @@ struct CalibrateCommand: ParsableCommand {
             let target = output ?? checkpoint
             try TemperatureScaling.store(t, checkpoint: checkpoint, output: target)
             print(String(format: "temperature %.4f fitted on %d voxels of %d validation case(s) (fold %d, %d sample(s) each)", t, fit.voxels, cases.count, fold, predictor.draws))
-            print(String(format: "  NLL %.4f -> %.4f   ECE %.4f -> %.4f   (voxels within %.1f mm of the labelled foreground)", before.0, after.0, before.1, after.1, roiMargin))
+            print(String(format: "  NLL %.4f -> %.4f   ECE %.4f -> %.4f   (voxels within %.1f mm of the labelled foreground%@)", before.0, after.0, before.1, after.1, roiMargin,
+                         regions == nil ? "" : "; \(regions!.count) regions, one sigmoid each: NLL summed over regions, ECE over (voxel, region) pairs"))
             print("wrote the temperature into \(target) (metadata \(TemperatureScaling.metadataKey))")
         }
     }

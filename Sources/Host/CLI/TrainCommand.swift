@@ -22,7 +22,10 @@ struct TrainCommand: ParsableCommand {
         nnU-Net's DC_and_CE_loss) + beta * KL / (training voxels); the
         checkpoint records the preprocessing plan and the patch size, so
         `flipout predict` replays them. Validation (--fold k) and test cases
-        (imagesTs with labelsTs) report Dice per class. Folds are a property of
+        (imagesTs with labelsTs) report Dice per class. After the last epoch,
+        keeping each class's largest component is decided on the validation
+        cases (or, with --fold all, on up to 16 training cases) and saved for
+        predict. Folds are a property of
         the dataset: DIR/splits_final.json (nnU-Net's file) if present, else
         the same partition of its case ids for every seed and run.
 

@@ -19,6 +19,9 @@ public struct CasePrediction {
     public var sampleDice: Double?
     /// (K, D, H, W) the predictive mean before temperature scaling (flipout predict with a calibrated checkpoint).
     public var untemperedProbabilities: Tensor?
+    /// (D, H, W) voxels left out of every metric: those of the dataset's ignore label, whose true
+    /// class is unknown (nnU-Net's `ignore`). nil: every voxel counts.
+    public var ignored: [Bool]?
 
     public init(id: String, shape: [Int], spacing: [Double], truth: [Int32], prediction: [Int32],
                 probabilities: Tensor? = nil, entropy: Tensor? = nil, mutualInformation: Tensor? = nil) {
@@ -87,22 +90,44 @@ public struct CaseScore: Codable, Sendable {
 }
 
 public enum CaseEvaluation {
-    public static func score(_ c: CasePrediction, classes k: Int, settings: EvaluationSettings = EvaluationSettings()) -> CaseScore {
-        let n = c.truth.count
-        precondition(c.prediction.count == n && c.shape.reduce(1, *) == n, "CaseEvaluation: \(c.id) sizes differ")
+    public static func score(_ full: CasePrediction, classes k: Int, settings: EvaluationSettings = EvaluationSettings()) -> CaseScore {
+        let n = full.truth.count
+        precondition(full.prediction.count == n && full.shape.reduce(1, *) == n, "CaseEvaluation: \(full.id) sizes differ")
+        precondition(full.ignored.map { $0.count == n } ?? true, "CaseEvaluation: \(full.id) ignore mask size differs")
+        if let p = full.probabilities { precondition(p.shape == [k] + full.shape, "CaseEvaluation: \(full.id) probabilities \(p.shape), expected \([k] + full.shape)") }
+        if let p = full.untemperedProbabilities { precondition(p.shape == [k] + full.shape, "CaseEvaluation: \(full.id) untempered probabilities \(p.shape)") }
+        full.entropy?.checkShape(full.shape, "CaseEvaluation entropy of \(full.id)")
+        full.mutualInformation?.checkShape(full.shape, "CaseEvaluation mutual information of \(full.id)")
+        let ignored = full.ignored.flatMap { $0.contains(true) ? $0 : nil }
+        // Surface distances and the ROI need the grid: ignored voxels take no part in either
+        // (SurfaceDistance's rule; the ROI grows from the scored foreground and leaves them out).
+        let hd = (1..<k).map { cls in
+            SurfaceDistance.hd95(full.prediction.map { $0 == cls }, full.truth.map { $0 == cls }, shape: full.shape, spacing: full.spacing, excluded: ignored)
+        }
+        var roi: [Bool]
+        if let ignored {
+            let pred = full.prediction.indices.map { ignored[$0] ? 0 : full.prediction[$0] }, truth = full.truth.indices.map { ignored[$0] ? 0 : full.truth[$0] }
+            roi = UncertaintyMetrics.regionOfInterest(prediction: pred, truth: truth, shape: full.shape, spacing: full.spacing, margin: settings.roiMargin)
+        } else {
+            roi = UncertaintyMetrics.regionOfInterest(prediction: full.prediction, truth: full.truth, shape: full.shape,
+                                                      spacing: full.spacing, margin: settings.roiMargin)
+        }
+        // Every other metric is a sum over voxels: score the kept voxels alone, as a (V, 1, 1) case.
+        let c: CasePrediction
+        if let ignored {
+            let kept = ignored.indices.filter { !ignored[$0] }
+            c = full.keeping(kept)
+            roi = kept.map { roi[$0] }
+        } else {
+            c = full
+        }
         let counts = OverlapCounts(prediction: c.prediction, truth: c.truth, classes: k)
         let dice = (1..<k).map { counts.dice($0) }
-        let hd = (1..<k).map { cls in
-            SurfaceDistance.hd95(c.prediction.map { $0 == cls }, c.truth.map { $0 == cls }, shape: c.shape, spacing: c.spacing)
-        }
-        let roi = UncertaintyMetrics.regionOfInterest(prediction: c.prediction, truth: c.truth, shape: c.shape,
-                                                      spacing: c.spacing, margin: settings.roiMargin)
-        let errors = (0..<n).map { c.prediction[$0] != c.truth[$0] }
+        let errors = c.prediction.indices.map { c.prediction[$0] != c.truth[$0] }
         var s = CaseScore(id: c.id, dice: dice, meanDice: counts.meanForegroundDice, hd95: hd,
                           roiVoxels: roi.reduce(0) { $0 + ($1 ? 1 : 0) }, errorVoxels: errors.reduce(0) { $0 + ($1 ? 1 : 0) })
         var entropy = c.entropy
         if let p = c.probabilities {
-            precondition(p.shape == [k] + c.shape, "CaseEvaluation: \(c.id) probabilities \(p.shape), expected \([k] + c.shape)")
             s.nll = ClassMetrics.nll(probabilities: p, truth: c.truth)
             s.brier = ClassMetrics.brier(probabilities: p, truth: c.truth)
             var bins = CalibrationBins(bins: settings.calibrationBins)
@@ -112,7 +137,6 @@ public enum CaseEvaluation {
             if entropy == nil { entropy = predictiveEntropy(p) }
         }
         if let p = c.untemperedProbabilities {
-            precondition(p.shape == [k] + c.shape, "CaseEvaluation: \(c.id) untempered probabilities \(p.shape)")
             s.nllUntempered = ClassMetrics.nll(probabilities: p, truth: c.truth)
             var bins = CalibrationBins(bins: settings.calibrationBins)
             bins.add(probabilities: p, truth: c.truth, include: roi)
@@ -122,7 +146,6 @@ public enum CaseEvaluation {
         let inROI = roi.indices.filter { roi[$0] }
         let roiErrors = inROI.map { errors[$0] }
         if let h = entropy {
-            h.checkShape(c.shape, "CaseEvaluation entropy of \(c.id)")
             s.aurocEntropy = UncertaintyMetrics.auroc(scores: inROI.map { h.data[$0] }, positives: roiErrors)
             let ueo = UncertaintyMetrics.uncertaintyErrorOverlap(uncertainty: h.array, errors: errors, maximum: Foundation.log(Double(k)))
             s.uncertaintyErrorOverlap = ueo.overlap; s.overlapThreshold = ueo.threshold
@@ -150,7 +173,6 @@ public enum CaseEvaluation {
         if !regions.isEmpty { s.quBraTS = regions; s.quBraTSScore = regions.reduce(0.0) { $0 + $1.score } / Double(regions.count) }
         s.sampleDice = c.sampleDice
         if let mi = c.mutualInformation {
-            mi.checkShape(c.shape, "CaseEvaluation mutual information of \(c.id)")
             s.aurocMI = UncertaintyMetrics.auroc(scores: inROI.map { mi.data[$0] }, positives: roiErrors)
             s.meanMIForeground = meanOverForeground(mi, c.prediction)
         }
@@ -173,6 +195,29 @@ public enum CaseEvaluation {
         var s = 0.0, m = 0
         for v in 0..<prediction.count where prediction[v] != 0 { s += Double(u.data[v]); m += 1 }
         return m == 0 ? nil : s / Double(m)
+    }
+}
+
+extension CasePrediction {
+    /// The voxels at flat indices `kept` alone, as a (V, 1, 1) case with no ignore mask (for the
+    /// metrics that are sums over voxels; not for surface distances or the ROI).
+    func keeping(_ kept: [Int]) -> CasePrediction {
+        let m = kept.count
+        precondition(m > 0, "CaseEvaluation: every voxel of \(id) is ignored")
+        func volume(_ t: Tensor?) -> Tensor? {
+            t.map { t in t.withUnsafeValues { b in Tensor(shape: [m, 1, 1], values: kept.map { b[$0] }) } }
+        }
+        func classes(_ t: Tensor?) -> Tensor? {
+            t.map { t in
+                let k = t.shape[0], n = t.count / k
+                return t.withUnsafeValues { b in Tensor(shape: [k, m, 1, 1], values: (0..<k).flatMap { j in kept.map { b[j * n + $0] } }) }
+            }
+        }
+        var c = CasePrediction(id: id, shape: [m, 1, 1], spacing: spacing, truth: kept.map { truth[$0] }, prediction: kept.map { prediction[$0] },
+                               probabilities: classes(probabilities), entropy: volume(entropy), mutualInformation: volume(mutualInformation))
+        c.sampleDice = sampleDice
+        c.untemperedProbabilities = classes(untemperedProbabilities)
+        return c
     }
 }
 

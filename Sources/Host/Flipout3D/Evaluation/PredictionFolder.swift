@@ -27,9 +27,9 @@ public struct PredictionFolder {
     public let missing: [String]
     let missingLabels: [String: String]
     public let classNames: [String]?
-    /// dataset.json's "ignore" label beside the labels: voxels labelled with it are scored as
-    /// agreed background (truth and prediction 0), so they add nothing to any foreground class's
-    /// Dice (nnU-Net leaves them out); surface distances and calibration see them as background.
+    /// dataset.json's "ignore" label beside the labels: voxels labelled with it are left out of
+    /// every metric (Dice as nnU-Net leaves them out; also HD95, the ROI, calibration and the
+    /// uncertainty figures: `CasePrediction.ignored`).
     public let ignoreLabel: Int?
 
     static let suffixes = ["_probabilities", "_entropy", "_mi", "_expected_entropy", "_probabilities_untempered"]
@@ -67,12 +67,16 @@ public struct PredictionFolder {
         return nil
     }
 
-    /// Truth and prediction with the ignore label's voxels set to background in both.
-    func withoutIgnored(_ truth: [Int32], _ prediction: [Int32]) -> ([Int32], [Int32]) {
-        guard let ignore = ignoreLabel.map(Int32.init) else { return (truth, prediction) }
-        var t = truth, p = prediction
-        for i in t.indices where t[i] == ignore { t[i] = 0; if i < p.count { p[i] = 0 } }
-        return (t, p)
+    /// The truth with the ignore label's voxels set to background, and those voxels (nil without an
+    /// ignore label): `CaseEvaluation` leaves them out of every metric. All ignored is an error.
+    func withoutIgnored(_ truth: [Int32], id: String) throws -> ([Int32], [Bool]?) {
+        guard let ignore = ignoreLabel.map(Int32.init) else { return (truth, nil) }
+        var t = truth, mask = [Bool](repeating: false, count: truth.count)
+        for i in t.indices where t[i] == ignore { t[i] = 0; mask[i] = true }
+        guard mask.contains(false) else {
+            throw CaseInputError("\(id): every voxel of its label map is the ignore label \(ignore); there is nothing to score")
+        }
+        return (t, mask)
     }
 
     /// The label file of a labelled case without a prediction (one of `missing`).
@@ -121,15 +125,17 @@ public struct PredictionFolder {
     public func loadMissing(_ id: String, classes: Int?) throws -> (CasePrediction, Int) {
         guard let path = missingLabels[id] else { preconditionFailure("PredictionFolder.loadMissing: \(id) is not a missing case") }
         let truthVolume = try NIfTI.read(path)
-        let (truth, _) = withoutIgnored(try truthVolume.data.array.map { v -> Int32 in
+        let (truth, ignored) = try withoutIgnored(try truthVolume.data.array.map { v -> Int32 in
             guard v.isFinite, v >= 0, v < 65536 else { throw CaseInputError("\(path): value \(v) is not a class index") }
             return Int32(v.rounded())
-        }, [])
+        }, id: id)
         let top = Int(truth.max() ?? 0)
         let k = classes ?? classNames?.count ?? max(top + 1, 2)
         guard top < k else { throw CaseInputError("\(id): class index \(top) found, but there are \(k) classes; pass --classes \(top + 1)") }
-        return (CasePrediction(id: id, shape: truthVolume.header.shape, spacing: CasePredictor.voxelSpacing(truthVolume.header), truth: truth,
-                               prediction: [Int32](repeating: 0, count: truth.count)), k)
+        var c = CasePrediction(id: id, shape: truthVolume.header.shape, spacing: CasePredictor.voxelSpacing(truthVolume.header), truth: truth,
+                               prediction: [Int32](repeating: 0, count: truth.count))
+        c.ignored = ignored
+        return (c, k)
     }
 
     /// Reads one pair into what scoring needs; `classes` nil takes K from the probabilities or the label values.
@@ -144,7 +150,8 @@ public struct PredictionFolder {
                 return Int32(v.rounded())
             }
         }
-        let (truth, pred) = withoutIgnored(try classIndices(truthVolume.data, p.label), try classIndices(predVolume.data, p.prediction))
+        let (truth, ignored) = try withoutIgnored(try classIndices(truthVolume.data, p.label), id: p.id)
+        let pred = try classIndices(predVolume.data, p.prediction)
         let shape = truthVolume.header.shape
         let base = (p.prediction.hasSuffix(".nii.gz") ? String(p.prediction.dropLast(7)) : String(p.prediction.dropLast(4)))
         func optional(_ suffix: String, fourD: Bool = false) throws -> Tensor? {
@@ -173,6 +180,7 @@ public struct PredictionFolder {
         var c = CasePrediction(id: p.id, shape: shape, spacing: CasePredictor.voxelSpacing(truthVolume.header), truth: truth, prediction: pred,
                                probabilities: probabilities, entropy: entropy, mutualInformation: mi)
         c.untemperedProbabilities = untempered
+        c.ignored = ignored
         // flipout predict's CASE.json: the pooled pairwise Dice between samples (a case score).
         if let data = FileManager.default.contents(atPath: base + ".json"),
            let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let d = json["meanSampleDice"] as? Double {

@@ -52,22 +52,23 @@ public enum RegionEvaluation {
     }
 
     /// Per region r: the voxels whose value `regions[r]` holds, in the prediction and the truth,
-    /// with truth voxels of `ignore` left out of both; Dice and HD95 (mm, `spacing` (D, H, W)).
+    /// with truth voxels of `ignore` left out of both; Dice and HD95 (mm, `spacing` (D, H, W);
+    /// ignored voxels take no part in the surfaces, SurfaceDistance's rule).
     public static func score(id: String, prediction: [Int32], truth: [Int32], shape: [Int], spacing: [Double],
                              regions: [LabelRegion], ignore: Int?) -> RegionCaseScore {
         precondition(prediction.count == truth.count && truth.count == shape.reduce(1, *),
                      "RegionEvaluation.score: \(prediction.count) predictions, \(truth.count) labels, shape \(shape)")
         var dice: [Double?] = [], hd: [Double?] = []
+        let excluded = ignore.map { v in truth.map { $0 == Int32(v) } }
         for r in regions {
             let members = Set(r.values.map(Int32.init))
-            var a = [Bool](repeating: false, count: truth.count), b = a
+            let a = prediction.map { members.contains($0) }, b = truth.map { members.contains($0) }
             var tp = 0, fp = 0, fn = 0
-            for i in 0..<truth.count where ignore.map({ Int32($0) != truth[i] }) ?? true {
-                a[i] = members.contains(prediction[i]); b[i] = members.contains(truth[i])
+            for i in 0..<truth.count where !(excluded?[i] ?? false) {
                 if a[i] && b[i] { tp += 1 } else if a[i] { fp += 1 } else if b[i] { fn += 1 }
             }
             dice.append(tp + fp + fn == 0 ? nil : 2 * Double(tp) / Double(2 * tp + fp + fn))
-            hd.append(SurfaceDistance.hd95(a, b, shape: shape, spacing: spacing))
+            hd.append(SurfaceDistance.hd95(a, b, shape: shape, spacing: spacing, excluded: excluded))
         }
         return RegionCaseScore(id: id, dice: dice, hd95: hd)
     }

@@ -142,7 +142,7 @@ public enum SlidingWindow {
                     let raw = moved()
                     sampleHook?(t, raw)
                     for i in 0..<raw.count { untempered.data[i] += raw.data[i] / Float(draws) }
-                    TemperatureScaling.apply(sample, temperature: o.temperatures[t])
+                    TemperatureScaling.apply(sample, temperature: o.temperatures[t], sigmoidOutputs: o.sigmoidOutputs)
                     sums.add(moved())
                 } else {
                     let m = moved()

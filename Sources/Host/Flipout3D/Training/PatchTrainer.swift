@@ -229,14 +229,27 @@ public final class PatchTrainer {
         try decidePostprocessing()
     }
 
-    /// nnU-Net's post-processing decision on the validation cases (none without validation).
+    /// At most this many training cases decide the post-processing of a run without validation
+    /// cases (`--fold all`): a bound on the prediction time at the end of training.
+    public static let postprocessingTrainingCases = 16
+
+    /// nnU-Net's post-processing decision on the validation cases. Without validation (`--fold
+    /// all`; nnU-Net then decides nothing, as its decision needs cross-validation) the training
+    /// cases decide, the first `postprocessingTrainingCases` of them: a model fits its own cases
+    /// better than unseen ones, so it keeps a class's largest component only when false islands
+    /// show even there (measured on `scripts/demo --real`, docs/real-heads.md: the training case
+    /// picked the two classes whose test Dice the largest component raised).
     func decidePostprocessing() throws {
         // Largest-component post-processing is decided per class; a region-based plan keeps none.
-        guard !validation.isEmpty, plan.regions == nil else { return }
-        let (decision, scores) = try Postprocessing.decide(model: model, validation: validation, patchSize: patch.patchSize,
+        guard plan.regions == nil else { return }
+        let onTraining = validation.isEmpty
+        let cases = onTraining ? Array(sampler.cases.filter { $0.label != nil }.prefix(Self.postprocessingTrainingCases)) : validation
+        guard !cases.isEmpty else { return }
+        let (decision, scores) = try Postprocessing.decide(model: model, validation: cases, patchSize: patch.patchSize,
                                                            samples: min(training.evaluationSamples, 2), seed: training.seed)
         postprocessing = decision
-        log("post-processing on validation (largest component per class, Dice before → after): "
+        let source = onTraining ? "on \(cases.count) training case(s) (no validation cases)" : "on validation"
+        log("post-processing \(source) (largest component per class, Dice before → after): "
             + scores.enumerated().map { String(format: "%@ %.4f → %.4f", plan.classNames[$0 + 1], $1.before, $1.after) }.joined(separator: ", ")
             + "; kept for " + (decision.largestComponentClasses.isEmpty ? "no class" : decision.largestComponentClasses.map { plan.classNames[$0] }.joined(separator: ", ")))
         try UNetCheckpoint.save(trainer: self, to: checkpointPath)
