@@ -20,6 +20,11 @@ public struct ConvSaved {
     let kernels: Tensor
     /// Bayesian layers: what the forward pass drew (nil for deterministic layers).
     public let draw: WeightDraw?
+
+    /// The same value with the engine's value replaced (one recomputed or re-saved from x).
+    func withInput(_ input: Conv3DSaved) -> ConvSaved {
+        ConvSaved(layer: layer, inputShape: inputShape, input: input, kernels: kernels, draw: draw)
+    }
 }
 
 /// A convolution in a network: forward and backward side by side; backward ADDS into gradients.
