@@ -36,6 +36,9 @@ final class DNNLConv3D {
     private let saveStep: SaveStep
     /// The inner buffers, bound to a scratch lease per call.
     private let pool: BufferPool
+    /// Where in a lease a forward without a copy puts x in the forward primitive's layout: the
+    /// pooled x buffer of that layout (backward-data's dx), idle during forward; nil: after the pool.
+    private let forwardXOffset: Int?
 
     typealias ForwardStrategy = Conv3DPlan.ForwardStrategy
 
@@ -196,6 +199,7 @@ final class DNNLConv3D {
         let bwDy = backwardWeightsOp.slots[1].inner, bdDy = backwardDataOp.slots[0].inner
         dyShared = bwDy != nil && bwDy === bdDy
         self.pool = pool
+        forwardXOffset = dedicatedX ? pool.offset(of: forwardOp.slots[0].inner!.desc, role: .x) : nil
     }
 
     /// Runs `body` with the inner buffers bound to a `ScratchArena` lease; `extra` more bytes
@@ -218,9 +222,10 @@ final class DNNLConv3D {
     /// (with `saving` false, keeps none and returns nil: the caller recomputes or re-saves it).
     func forward(x: Tensor, w: Tensor, bias: Tensor?, y: Tensor, saving: Bool = true) throws -> Tensor? {
         let copy = saving ? Tensor(uninitializedShape: [savedFloats]) : nil
-        let extra = !saving && saveStep == .forwardReorder ? savedFloats * 4 : 0
+        let dedicated = !saving && saveStep == .forwardReorder
+        let extra = dedicated && forwardXOffset == nil ? savedFloats * 4 : 0
         try withInnerBuffers(extra: extra) { scratch in
-            try forwardBound(x: x, w: w, bias: bias, y: y, copy: copy, dedicatedX: extra > 0 ? scratch! + pool.bytes : nil)
+            try forwardBound(x: x, w: w, bias: bias, y: y, copy: copy, dedicatedX: dedicated ? scratch! + (forwardXOffset ?? pool.bytes) : nil)
         }
         return copy
     }
@@ -373,6 +378,12 @@ private final class BufferPool {
         placed.append((m, bytes))
         bytes += (desc.byteSize + 4095) / 4096 * 4096
         return m
+    }
+
+    /// The offset of the buffer for `desc` in `role`, if there is one.
+    func offset(of desc: MemoryDesc, role: Role) -> Int? {
+        guard let m = buffers[role]?.first(where: { $0.desc == desc }) else { return nil }
+        return placed.first { $0.memory === m }?.offset
     }
 
     /// Points every buffer into `base` (a lease of at least `bytes`).

@@ -208,31 +208,51 @@ public final class UNet {
 
     /// Given dL/dlogits (N, K, D, H, W), ADD every layer's gradients (then `kl`, then `finishBackward`).
     public func backward(_ dLogits: Tensor, _ saved: UNetSaved) throws {
+        // Every activation-sized gradient is consumed by the step that reads it (`consume`), so
+        // it is freed there, not at the end of the loop: at nnU-Net's scale each is 0.5-1 GiB.
         var next = saved.blockCount - 1
-        func block(_ dy: Tensor) throws -> Tensor {
+        func block(_ dy: consuming Tensor) throws -> Tensor {
             let i = next
             next -= 1
-            let (conv, norm, relu) = try restored(saved.takeBlock(i), index: i)
-            // dy is this block's alone (a layer's fresh dx, a concat half or a sum): the fused norm · ReLU backward overwrites it.
-            let dc = norms[i].map { n in StepProfile.measure(.normalization) { n.backward(dy, norm!, consuming: true) } }
-                ?? StepProfile.measure(.activation) { ReLU.backward(dy, relu!) }
+            let (conv, dc) = try preactivationGradient(dy, saved.takeBlock(i), index: i)
             return try layers[i].backward(dc, conv)
         }
         var g = try headBackward(dLogits, saved.takeHead())
         var skipGradients = [Tensor?](repeating: nil, count: shape.levels)
         // Decoder levels ran deepest first (j = 0 is level L−2); undo them shallowest first.
         for j in stride(from: saved.concats.count - 1, through: 0, by: -1) {
-            let dCat = try block(g)
-            let (dSkip, dUp) = StepProfile.measure(.upsampleConcat) { ChannelConcat.backward(dCat, saved.concats[j]) }
+            let (dSkip, dUp) = Self.split(try block(consume g), saved.concats[j])
             skipGradients[shape.levels - 2 - j] = dSkip
-            let dUpIn = try block(dUp)
-            g = StepProfile.measure(.upsampleConcat) { Upsample2x.backward(dUpIn, saved.upsamples[j]) }
+            g = Self.upsampleBackward(try block(consume dUp), saved.upsamples[j])
         }
         for l in stride(from: shape.levels - 1, through: 0, by: -1) {
-            if let s = skipGradients[l] { StepProfile.measure(.upsampleConcat) { Self.add(s, into: g) } }
-            g = try block(try block(g))
+            if let s = skipGradients[l] {
+                StepProfile.measure(.upsampleConcat) { Self.add(s, into: g) }
+                skipGradients[l] = nil
+            }
+            g = try block(try block(consume g))
         }
         precondition(next == -1, "UNet.backward: \(next + 1) blocks left over")
+    }
+
+    /// dCat (N, Ca + Cb, ...) -> (dSkip, dUp); dCat is freed on return.
+    private static func split(_ dCat: consuming Tensor, _ s: ChannelConcatSaved) -> (Tensor, Tensor) {
+        StepProfile.measure(.upsampleConcat) { ChannelConcat.backward(dCat, s) }
+    }
+
+    /// dy of an upsampled tensor -> dx; dy is freed on return.
+    private static func upsampleBackward(_ dy: consuming Tensor, _ s: Upsample2xSaved) -> Tensor {
+        StepProfile.measure(.upsampleConcat) { Upsample2x.backward(dy, s) }
+    }
+
+    /// A block's convolution value (ready for backward) and dL/d(its convolution output), from dL/d(its
+    /// output) dy, which the fused norm · ReLU backward overwrites (dy is this block's alone: a
+    /// layer's fresh dx, a concat half or a sum). x̂ is freed on return, before the convolution's backward.
+    private func preactivationGradient(_ dy: Tensor, _ b: UNetSaved.BlockSaved, index i: Int) throws -> (ConvSaved, Tensor) {
+        let (conv, norm, relu) = try restored(b, index: i)
+        let dc = norms[i].map { n in StepProfile.measure(.normalization) { n.backward(dy, norm!, consuming: true) } }
+            ?? StepProfile.measure(.activation) { ReLU.backward(dy, relu!) }
+        return (conv, dc)
     }
 
     /// dL/dlogits -> dL/d(head input); the head's input is saved again here when it kept no copy.
