@@ -14,7 +14,8 @@ public struct ConvSaved {
     let layer: ObjectIdentifier
     /// (N, Cin, D, H, W)
     let inputShape: [Int]
-    /// The engine's own copy of x (later changes to the caller's x do not reach it).
+    /// The engine's own copy of x (later changes to the caller's x do not reach it); without it
+    /// (a network's `MemoryPlan` recomputes the layer) the network restores it before backward.
     let input: Conv3DSaved
     /// The kernels the convolution ran with: (Cout, Cin, k...), or per-example (N, Cout, Cin, k...).
     let kernels: Tensor
