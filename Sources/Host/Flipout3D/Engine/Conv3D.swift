@@ -85,35 +85,72 @@ public final class Conv3D {
 
     // MARK: - Passes
 
+    /// What a forward pass keeps of x for backward-weights.
+    public enum InputSaving: Sendable {
+        /// The engine's own copy of x, in backward-weights' layout (the default).
+        case copy
+        /// Nothing: the caller keeps x (or what x is computed from) and hands it back to
+        /// `recomputeForward` or `saving(x:)` before backward. A copy of the bias is kept instead.
+        case none
+    }
+
+    /// How forwards inside this scope keep x (`Conv3D.$inputSaving.withValue(.none) { ... }`):
+    /// a network's memory plan decides it around a layer's forward, which calls `forward` itself.
+    @TaskLocal public static var inputSaving: InputSaving = .copy
+
     /// y = conv(x, w) + bias. x (N, Cin, D, H, W), w (Cout, Cin/groups, kD, kH, kW), bias (Cout)
     /// or nil for none; y (N, Cout, oD, oH, oW) is overwritten. Returns the engine's copy of x
-    /// for `backward` / `backwardWeights` (x itself may change afterwards).
+    /// for `backward` / `backwardWeights` (x itself may change afterwards), or under
+    /// `inputSaving == .none` a value without it.
     public func forward(x: Tensor, w: Tensor, bias: Tensor?, y: Tensor) throws -> Conv3DSaved {
         checkX(x, "Conv3D.forward x")
         checkW(w, "Conv3D.forward w")
         if let bias { checkBias(bias, "Conv3D.forward bias") }
         checkY(y, "Conv3D.forward y")
+        let saving = Self.inputSaving == .copy
         lock.lock()
         defer { lock.unlock() }
-        return try StepProfile.measure(.convForward) { try forwardLocked(x: x, w: w, bias: bias, y: y) }
+        let copy = try StepProfile.measure(.convForward) { try forwardLocked(x: x, w: w, bias: bias, y: y, saving: saving) }
+        return Conv3DSaved(engine: self, copy: copy, bias: saving ? nil : bias?.copy())
     }
 
-    private func forwardLocked(x: Tensor, w: Tensor, bias: Tensor?, y: Tensor) throws -> Conv3DSaved {
-        let copy: Tensor
+    /// Runs the forward pass a value without a copy came from once more, on the same x (or a
+    /// bit-identical recomputation of it) and the same w, into y: the same bits as that forward,
+    /// and this time with the copy for backward.
+    public func recomputeForward(_ saved: Conv3DSaved, x: Tensor, w: Tensor, y: Tensor) throws -> Conv3DSaved {
+        precondition(saved.engine === self && saved.copy == nil, "Conv3D.recomputeForward: needs a value without a copy from this engine")
+        return try Conv3D.$inputSaving.withValue(.copy) { try forward(x: x, w: w, bias: saved.bias, y: y) }
+    }
+
+    /// The value `forward` would have returned with a copy, from x alone (no convolution): for a
+    /// layer whose output is not needed again, only its input.
+    public func saving(x: Tensor) throws -> Conv3DSaved {
+        checkX(x, "Conv3D.saving x")
+        lock.lock()
+        defer { lock.unlock() }
+        return Conv3DSaved(engine: self, copy: try copyOf(x), bias: nil)
+    }
+
+    private func forwardLocked(x: Tensor, w: Tensor, bias: Tensor?, y: Tensor, saving: Bool) throws -> Tensor? {
         if let native, plan.forward.isNative {
             native.forward(x: x, w: w, bias: bias, y: y)
-            if let dnnl {
-                copy = Tensor(uninitializedShape: [dnnl.savedFloats])
-                try dnnl.save(x, into: copy)
-            } else {
-                copy = Tensor(uninitializedShape: [x.count])
-                let (from, to) = (UnsafePointer(x.data), copy.data)
-                Parallel.ranges(x.count) { begin, end in (to + begin).update(from: from + begin, count: end - begin) }
-            }
-        } else {
-            copy = try dnnl!.forward(x: x, w: w, bias: bias, y: y)
+            return saving ? try copyOf(x) : nil
         }
-        return Conv3DSaved(engine: self, copy: copy)
+        return try dnnl!.forward(x: x, w: w, bias: bias, y: y, saving: saving)
+    }
+
+    /// x in backward-weights' layout (oneDNN's, or plain for the native kernels). Call under the lock.
+    private func copyOf(_ x: Tensor) throws -> Tensor {
+        if let dnnl, plan.backwardWeights == .onednn {
+            let copy = Tensor(uninitializedShape: [dnnl.savedFloats])
+            try dnnl.save(x, into: copy)
+            return copy
+        }
+        let copy = Tensor(uninitializedShape: [x.count])
+        let (from, to) = (UnsafePointer(x.data), copy.data)
+        Parallel.ranges(x.count) { begin, end in (to + begin).update(from: from + begin, count: end - begin) }
+        withExtendedLifetime(x) {}
+        return copy
     }
 
     /// dx = dL/dx given dy = dL/dy. dy (N, Cout, oD, oH, oW), w (Cout, Cin/groups, k...);
@@ -143,6 +180,7 @@ public final class Conv3D {
     /// Same shapes as the two methods; outputs are overwritten.
     public func backward(_ saved: Conv3DSaved, dy: Tensor, w: Tensor?, dx: Tensor?, dw: Tensor, dbias: Tensor?) throws {
         precondition(saved.engine === self, "Conv3D.backward: the saved value comes from another engine than \(geometry)'s")
+        guard let copy = saved.copy else { preconditionFailure("Conv3D.backward: the forward kept no copy of x (recomputeForward or saving(x:) first)") }
         checkY(dy, "Conv3D.backward dy")
         if let w { checkW(w, "Conv3D.backward w") }
         if let dx { checkX(dx, "Conv3D.backward dx") }
@@ -153,12 +191,12 @@ public final class Conv3D {
         defer { lock.unlock() }
         switch (plan.backwardWeights, plan.backwardData) {
         case (.onednn, .onednn):
-            try dnnl!.backward(saved.copy, dy: dy, w: w, dx: dx, dw: dw, dbias: dbias)
+            try dnnl!.backward(copy, dy: dy, w: w, dx: dx, dw: dw, dbias: dbias)
         case (.onednn, _):
-            try dnnl!.backward(saved.copy, dy: dy, w: nil, dx: nil, dw: dw, dbias: dbias)
+            try dnnl!.backward(copy, dy: dy, w: nil, dx: nil, dw: dw, dbias: dbias)
             if let dx, let w { StepProfile.measure(.convBackwardData) { native!.backwardData(dy: dy, w: w, dx: dx) } }
         case (.native, _):
-            StepProfile.measure(.convBackwardWeights) { native!.backwardWeights(x: saved.copy.data, dy: dy, dw: dw, dbias: dbias) }
+            StepProfile.measure(.convBackwardWeights) { native!.backwardWeights(x: copy.data, dy: dy, dw: dw, dbias: dbias) }
             if let dx, let w {
                 if plan.backwardData.isNative { StepProfile.measure(.convBackwardData) { native!.backwardData(dy: dy, w: w, dx: dx) } }
                 else { try dnnl!.backwardData(dy: dy, w: w, dx: dx) }
@@ -202,8 +240,14 @@ public final class Conv3D {
 /// What a `Conv3D` forward pass leaves for backward: the engine's own copy of x, in the layout its
 /// backward-weights reads (a fresh buffer per forward, so neither later forwards nor changes to
 /// the caller's x affect it). Opaque; hand it to the same engine's `backward`.
+/// Under `Conv3D.inputSaving == .none` it holds no copy, only the bias the forward ran with:
+/// `recomputeForward` or `saving(x:)` turns it into one that backward takes.
 public struct Conv3DSaved {
     let engine: Conv3D
     /// x (N, Cin, D, H, W) in backward-weights' layout (oneDNN's, or plain for the native kernels).
-    let copy: Tensor
+    let copy: Tensor?
+    /// Without a copy: the bias of that forward (nil: none, or a value with a copy).
+    let bias: Tensor?
+    /// Whether backward can run on this value.
+    public var hasInput: Bool { copy != nil }
 }

@@ -213,7 +213,8 @@ final class DNNLPrimitive {
     let handle: dnnl_primitive_t
     let desc: DNNLPrimitiveDesc
 
-    /// The primitive's own scratchpad (nil when it needs none).
+    /// The primitive's scratchpad (nil when it needs none), bound to a `ScratchArena` lease for
+    /// each execution (a backward-weights scratchpad can hold per-thread copies of the weights).
     let scratchpad: DNNLMemory?
 
     init(_ desc: DNNLPrimitiveDesc, _ what: @autoclosure () -> String) throws {
@@ -222,17 +223,25 @@ final class DNNLPrimitive {
         handle = p!
         self.desc = desc
         let scratch = desc.md(dnnl_query_scratchpad_md)
-        scratchpad = scratch.byteSize > 0 ? try DNNLMemory(scratch, context: try DNNLContext.shared(), allocate: true) : nil
+        scratchpad = scratch.byteSize > 0 ? try DNNLMemory(scratch, context: try DNNLContext.shared(), allocate: false) : nil
     }
 
     deinit { dnnl_primitive_destroy(handle) }
 
-    /// Runs on the context's stream with (DNNL_ARG_*, memory) arguments.
+    /// Runs on the context's stream with (DNNL_ARG_*, memory) arguments, and waits when it has a
+    /// scratchpad (whose lease ends with this call).
     @inline(__always)
     func execute(_ args: [dnnl_exec_arg_t], context: DNNLContext, _ what: @autoclosure () -> String) throws {
-        var all = args
-        if let scratchpad { all.append(dnnl_exec_arg_t(arg: DNNL_ARG_SCRATCHPAD, memory: scratchpad.handle)) }
-        let status = all.withUnsafeBufferPointer { dnnl_primitive_execute(handle, context.stream, Int32($0.count), $0.baseAddress) }
-        try dnnlCheck(status, "execute \(what())")
+        guard let scratchpad else {
+            let status = args.withUnsafeBufferPointer { dnnl_primitive_execute(handle, context.stream, Int32($0.count), $0.baseAddress) }
+            return try dnnlCheck(status, "execute \(what())")
+        }
+        try ScratchArena.shared.withLease(bytes: scratchpad.desc.byteSize) { pad in
+            try scratchpad.setHandle(pad)
+            let all = args + [dnnl_exec_arg_t(arg: DNNL_ARG_SCRATCHPAD, memory: scratchpad.handle)]
+            let status = all.withUnsafeBufferPointer { dnnl_primitive_execute(handle, context.stream, Int32($0.count), $0.baseAddress) }
+            try dnnlCheck(status, "execute \(what())")
+            try context.wait()
+        }
     }
 }

@@ -34,6 +34,11 @@ final class DNNLConv3D {
     private let savedReorder: SavedReorder?
     /// How forward fills the saved copy (see `SaveStep`).
     private let saveStep: SaveStep
+    /// The inner buffers, bound to a scratch lease per call.
+    private let pool: BufferPool
+    /// Where in a lease a forward without a copy puts x in the forward primitive's layout: the
+    /// pooled x buffer of that layout (backward-data's dx), idle during forward; nil: after the pool.
+    private let forwardXOffset: Int?
 
     typealias ForwardStrategy = Conv3DPlan.ForwardStrategy
 
@@ -193,6 +198,19 @@ final class DNNLConv3D {
         // dy goes into one inner buffer read by both backward primitives when their layouts agree.
         let bwDy = backwardWeightsOp.slots[1].inner, bdDy = backwardDataOp.slots[0].inner
         dyShared = bwDy != nil && bwDy === bdDy
+        self.pool = pool
+        forwardXOffset = dedicatedX ? pool.offset(of: forwardOp.slots[0].inner!.desc, role: .x) : nil
+    }
+
+    /// Runs `body` with the inner buffers bound to a `ScratchArena` lease; `extra` more bytes
+    /// follow them at `pool.bytes` (for a forward's dedicated x buffer when no copy is kept).
+    private func withInnerBuffers<R>(extra: Int = 0, _ body: (UnsafeMutableRawPointer?) throws -> R) throws -> R {
+        let total = pool.bytes + extra
+        guard total > 0 else { return try body(nil) }
+        return try ScratchArena.shared.withLease(bytes: total) { base in
+            try pool.bind(base)
+            return try body(base)
+        }
     }
 
     /// Whether backward-data reads dy from the buffer backward-weights reordered it into.
@@ -200,18 +218,31 @@ final class DNNLConv3D {
 
     // MARK: - Passes
 
-    /// y = conv(x, w) + bias (bias nil: none), overwriting y; fills and returns the saved copy of x.
-    func forward(x: Tensor, w: Tensor, bias: Tensor?, y: Tensor) throws -> Tensor {
-        let copy = Tensor(uninitializedShape: [savedFloats])
+    /// y = conv(x, w) + bias (bias nil: none), overwriting y; fills and returns the saved copy of x
+    /// (with `saving` false, keeps none and returns nil: the caller recomputes or re-saves it).
+    func forward(x: Tensor, w: Tensor, bias: Tensor?, y: Tensor, saving: Bool = true) throws -> Tensor? {
+        let copy = saving ? Tensor(uninitializedShape: [savedFloats]) : nil
+        let dedicated = !saving && saveStep == .forwardReorder
+        let extra = dedicated && forwardXOffset == nil ? savedFloats * 4 : 0
+        try withInnerBuffers(extra: extra) { scratch in
+            try forwardBound(x: x, w: w, bias: bias, y: y, copy: copy, dedicatedX: dedicated ? scratch! + (forwardXOffset ?? pool.bytes) : nil)
+        }
+        return copy
+    }
+
+    /// `forward` with the inner buffers bound; x's dedicated inner buffer is the copy, else `dedicatedX`.
+    private func forwardBound(x: Tensor, w: Tensor, bias: Tensor?, y: Tensor, copy: Tensor?, dedicatedX: UnsafeMutableRawPointer?) throws {
         // The forward primitive's x: the caller's tensor, or the saved copy when it is in its layout.
         var xPointer = UnsafeMutableRawPointer(x.data)
         var inner: [Int: UnsafeMutableRawPointer] = [:]
         switch saveStep {
-        case .forwardReorder: inner[0] = UnsafeMutableRawPointer(copy.data)
+        case .forwardReorder: inner[0] = copy.map { UnsafeMutableRawPointer($0.data) } ?? dedicatedX!
         case .copyPlain:
-            copy.data.update(from: x.data, count: x.count)
-            xPointer = UnsafeMutableRawPointer(copy.data)
-        case .separate: try save(x, into: copy)
+            if let copy {
+                copy.data.update(from: x.data, count: x.count)
+                xPointer = UnsafeMutableRawPointer(copy.data)
+            }
+        case .separate: if let copy { try save(x, into: copy) }
         }
         if let flipped = flippedWeights {
             flipTranspose(w, into: flipped)
@@ -227,8 +258,7 @@ final class DNNLConv3D {
         } else {
             try forwardOp.run([xPointer] + pointers([w, bias ?? zeroBias, y]), inner: inner, context: context)
         }
-        withExtendedLifetime((x, w, bias, y)) {}
-        return copy
+        withExtendedLifetime((x, w, bias, y, copy)) {}
     }
 
     /// Plain x (N, Cin, D, H, W) into `copy` in the saved layout (when another implementation ran forward).
@@ -279,7 +309,9 @@ final class DNNLConv3D {
 
     /// dx (N, Cin, D, H, W), overwritten, from dy (N, Cout, oD, oH, oW) and w.
     func backwardData(dy: Tensor, w: Tensor, dx: Tensor) throws {
-        try StepProfile.measure(.convBackwardData) { try backwardDataOp.run(pointers([dy, w, dx]), context: context) }
+        try withInnerBuffers { _ in
+            try StepProfile.measure(.convBackwardData) { try backwardDataOp.run(pointers([dy, w, dx]), context: context) }
+        }
         withExtendedLifetime((dy, w, dx)) {}
     }
 
@@ -287,6 +319,10 @@ final class DNNLConv3D {
     /// reading dy from the buffer backward-weights reordered it into when the layouts agree.
     func backward(_ copy: Tensor, dy: Tensor, w: Tensor?, dx: Tensor?, dw: Tensor, dbias: Tensor?) throws {
         precondition(copy.count == savedFloats, "DNNLConv3D.backward: saved copy of \(copy.count) floats, expected \(savedFloats)")
+        try withInnerBuffers { _ in try backwardBound(copy, dy: dy, w: w, dx: dx, dw: dw, dbias: dbias) }
+    }
+
+    private func backwardBound(_ copy: Tensor, dy: Tensor, w: Tensor?, dx: Tensor?, dw: Tensor, dbias: Tensor?) throws {
         try StepProfile.measure(.convBackwardWeights) {
             try backwardWeightsOp.run([UnsafeMutableRawPointer(copy.data)] + pointers([dy, dw, dbias ?? scratchBias]), context: context)
         }
@@ -323,17 +359,36 @@ final class DNNLConv3D {
 /// What a buffer holds, so inner buffers can be shared across primitives (one role per primitive).
 private enum Role: Hashable { case x, w, bias, y }
 
-/// Library-allocated buffers in oneDNN layouts, shared per role when the layouts match.
+/// The inner buffers in oneDNN layouts, shared per role when the layouts match, laid out one
+/// after another in a scratch lease (`ScratchArena`): each call binds them to its lease, so an
+/// engine holds no activation-sized memory between calls.
 private final class BufferPool {
     let context: DNNLContext
     var buffers: [Role: [DNNLMemory]] = [:]
+    /// Every buffer with its byte offset in a lease.
+    private(set) var placed: [(memory: DNNLMemory, offset: Int)] = []
+    /// Bytes of a lease that holds every buffer (each starting on a 4 KiB page).
+    private(set) var bytes = 0
     init(context: DNNLContext) { self.context = context }
 
     func memory(_ desc: MemoryDesc, role: Role) throws -> DNNLMemory {
         if let m = buffers[role, default: []].first(where: { $0.desc == desc }) { return m }
-        let m = try DNNLMemory(desc, context: context, allocate: true)
+        let m = try DNNLMemory(desc, context: context, allocate: false)
         buffers[role, default: []].append(m)
+        placed.append((m, bytes))
+        bytes += (desc.byteSize + 4095) / 4096 * 4096
         return m
+    }
+
+    /// The offset of the buffer for `desc` in `role`, if there is one.
+    func offset(of desc: MemoryDesc, role: Role) -> Int? {
+        guard let m = buffers[role]?.first(where: { $0.desc == desc }) else { return nil }
+        return placed.first { $0.memory === m }?.offset
+    }
+
+    /// Points every buffer into `base` (a lease of at least `bytes`).
+    func bind(_ base: UnsafeMutableRawPointer) throws {
+        for p in placed { try p.memory.setHandle(base + p.offset) }
     }
 }
 

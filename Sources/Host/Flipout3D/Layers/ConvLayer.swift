@@ -14,12 +14,18 @@ public struct ConvSaved {
     let layer: ObjectIdentifier
     /// (N, Cin, D, H, W)
     let inputShape: [Int]
-    /// The engine's own copy of x (later changes to the caller's x do not reach it).
+    /// The engine's own copy of x (later changes to the caller's x do not reach it); without it
+    /// (a network's `MemoryPlan` recomputes the layer) the network restores it before backward.
     let input: Conv3DSaved
     /// The kernels the convolution ran with: (Cout, Cin, k...), or per-example (N, Cout, Cin, k...).
     let kernels: Tensor
     /// Bayesian layers: what the forward pass drew (nil for deterministic layers).
     public let draw: WeightDraw?
+
+    /// The same value with the engine's value replaced (one recomputed or re-saved from x).
+    func withInput(_ input: Conv3DSaved) -> ConvSaved {
+        ConvSaved(layer: layer, inputShape: inputShape, input: input, kernels: kernels, draw: draw)
+    }
 }
 
 /// A convolution in a network: forward and backward side by side; backward ADDS into gradients.

@@ -47,15 +47,27 @@ public final class InstanceNorm {
     /// `consuming: true` lets the layer keep x̂ in x's storage (x must not be used afterwards):
     /// one activation-sized tensor less per block.
     public func forward(_ x: Tensor, relu: Bool = false, consuming: Bool = false) -> (y: Tensor, saved: InstanceNormSaved) {
+        let y = Tensor(uninitializedShape: x.shape)
+        return (y, run(x, xh: consuming ? x : Tensor(uninitializedShape: x.shape), y: y, relu: relu))
+    }
+
+    /// What `forward(x, relu:, consuming: true)` saves, without its output: x̂ written over x
+    /// (the same bits), for a block that recomputes its activations in backward (`MemoryPlan`).
+    public func standardize(_ x: Tensor, relu: Bool) -> InstanceNormSaved {
+        run(x, xh: x, y: nil, relu: relu)
+    }
+
+    /// Statistics of x, x̂ into xh (may be x), and y = γ x̂ + β (then ReLU) into y unless nil.
+    private func run(_ x: Tensor, xh: Tensor, y: Tensor?, relu: Bool) -> InstanceNormSaved {
         precondition(x.rank == 5 && x.shape[1] == channels, "\(name): input \(x.shape), expected (N, \(channels), D, H, W)")
         let v = x.shape[2...].reduce(1, *), planes = x.shape[0] * channels
-        let y = Tensor(uninitializedShape: x.shape), xh = consuming ? x : Tensor(uninitializedShape: x.shape)
         var rstd = [Float](repeating: 0, count: planes)
         let eps = Double(epsilon)
         rstd.withUnsafeMutableBufferPointer { rs in
-            x.withUnsafeValues { xs in y.withUnsafeMutableValues { ys in xh.withUnsafeMutableValues { hs in
+            x.withUnsafeValues { xs in (y ?? xh).withUnsafeMutableValues { ys in xh.withUnsafeMutableValues { hs in
                 scale.withUnsafeValues { gs in shift.withUnsafeValues { bs in
-                    let (src, dst, hat, r) = (xs.baseAddress!, ys.baseAddress!, hs.baseAddress!, rs.baseAddress!)
+                    let (src, hat, r) = (xs.baseAddress!, hs.baseAddress!, rs.baseAddress!)
+                    let dst: UnsafeMutablePointer<Float>? = y == nil ? nil : ys.baseAddress!
                     let (gp, bp) = (gs.baseAddress!, bs.baseAddress!)
                     Parallel.items(planes, elementsPerItem: v) { begin, end in
                         for nc in begin..<end {
@@ -65,13 +77,17 @@ public final class InstanceNorm {
                             let variance = PlaneMath.centredSquares(p, v, m) / Double(v)
                             let rr = Float(1 / (variance + eps).squareRoot())
                             r[nc] = rr
-                            PlaneMath.normalize(p, hat + nc * v, dst + nc * v, v, mean: m, rstd: rr, gamma: gp[c], beta: bp[c], relu: relu)
+                            if let dst {
+                                PlaneMath.normalize(p, hat + nc * v, dst + nc * v, v, mean: m, rstd: rr, gamma: gp[c], beta: bp[c], relu: relu)
+                            } else {
+                                PlaneMath.standardize(p, hat + nc * v, v, mean: m, rstd: rr)
+                            }
                         }
                     }
                 } }
             } } }
         }
-        return (y, InstanceNormSaved(normalized: xh, rstd: rstd, relu: relu))
+        return InstanceNormSaved(normalized: xh, rstd: rstd, relu: relu)
     }
 
     /// dy (N, C, D, H, W) -> dx (N, C, D, H, W); ADDS dγ = Σ dy'·x̂ and dβ = Σ dy', where dy' is dy
@@ -175,6 +191,14 @@ enum PlaneMath {
             y[i] = useReLU ? relu(z) : z
             i += 1
         }
+    }
+
+    /// hat = (x − m) · r alone, as `normalize` computes it.
+    static func standardize(_ x: UnsafePointer<Float>, _ hat: UnsafeMutablePointer<Float>, _ v: Int, mean m: Float, rstd r: Float) {
+        let (mv, rv) = (V(repeating: m), V(repeating: r))
+        var i = 0
+        while i + 16 <= v { store((load(x + i) - mv) * rv, hat + i); i += 16 }
+        while i < v { hat[i] = (x[i] - m) * r; i += 1 }
     }
 
     /// (Σ dy', Σ dy'·hat) with dy' = dy where γ hat + β > 0 (if `relu`), else dy.

@@ -1,20 +1,71 @@
 // The 3D U-Net: C input channels to K class logits; strided Flipout down-convolutions, nearest upsampling + convolution, concatenated skips, optional instance norm.
 import Foundation
 
-/// What `UNet.backward` needs from its forward pass, as a value (contract C1).
+/// What `UNet.backward` needs from its forward pass, as a value (contract C1). Backward takes
+/// each block's values as it reaches the block, so they are freed as early as possible (at
+/// nnU-Net's scale one full-resolution activation is 512 MiB): a saved value serves one backward.
 public struct UNetSaved {
-    /// Per block (forward order): its convolution, normalisation and ReLU values.
-    let blocks: [BlockSaved]
-    let head: ConvSaved
+    /// Per block (forward order): its convolution, normalisation and ReLU values; then the head's.
+    private let storage: Storage
     /// Per decoder level, from the deepest up: the upsampling and the skip concatenation.
     let upsamples: [Upsample2xSaved]
     let concats: [ChannelConcatSaved]
+    /// The plan forward ran under.
+    public let memoryPlan: MemoryPlan
 
+    init(blocks: [BlockSaved], head: ConvSaved, headInput: Tensor?, upsamples: [Upsample2xSaved], concats: [ChannelConcatSaved], memoryPlan: MemoryPlan) {
+        storage = Storage(blocks: blocks, head: (head, headInput))
+        self.upsamples = upsamples; self.concats = concats; self.memoryPlan = memoryPlan
+    }
+
+    var blockCount: Int { storage.blocks.count }
+
+    /// Block i's values, handed over once.
+    func takeBlock(_ i: Int) -> BlockSaved {
+        guard let b = storage.blocks[i] else { preconditionFailure("UNet.backward: block \(i)'s saved values were used by an earlier backward") }
+        storage.blocks[i] = nil
+        return b
+    }
+
+    /// The head's convolution value and, when it kept no copy (`MemoryPlan`), its input; handed over once.
+    func takeHead() -> (conv: ConvSaved, input: Tensor?) {
+        guard let h = storage.head else { preconditionFailure("UNet.backward: the head's saved values were used by an earlier backward") }
+        storage.head = nil
+        return h
+    }
+
+    private final class Storage {
+        var blocks: [BlockSaved?]
+        var head: (ConvSaved, Tensor?)?
+        init(blocks: [BlockSaved], head: (ConvSaved, Tensor?)) { self.blocks = blocks; self.head = head }
+    }
     /// With instance norm, `norm` holds the fused norm · ReLU (no separate mask); without, `relu`.
+    /// A recomputed block (`MemoryPlan`) holds neither, a convolution value without its input
+    /// copy, and `input`: what to recompute the convolution's input from.
     struct BlockSaved {
         let conv: ConvSaved
         let norm: InstanceNormSaved?
         let relu: ReLUSaved?
+        let input: BlockInput?
+    }
+
+    /// What a recomputed block's input is made from (each a tensor kept anyway, or smaller than the input).
+    enum BlockInput {
+        /// The input itself (the previous block's output, or a skip).
+        case tensor(Tensor)
+        /// Nearest 2× upsampling of this tensor.
+        case upsampled(Tensor)
+        /// The skip and the upsampled branch, concatenated along channels.
+        case concatenated(Tensor, Tensor)
+
+        /// The input, bit for bit as forward built it.  (N, C, D, H, W)
+        func materialize() -> Tensor {
+            switch self {
+            case .tensor(let t): return t
+            case .upsampled(let t): return StepProfile.measure(.upsampleConcat) { Upsample2x.forward(t).y }
+            case .concatenated(let a, let b): return StepProfile.measure(.upsampleConcat) { ChannelConcat.forward(a, b).y }
+            }
+        }
     }
 }
 
@@ -37,6 +88,9 @@ public final class UNet {
     public let layers: [ConvLayer]
     /// Per convolution but the head: its instance norm (nil without normalisation).
     public let norms: [InstanceNorm?]
+    /// Which activations a forward keeps for backward and which backward recomputes (per input
+    /// shape, `MemoryPlan.choose`). Gradients are the same bits under every policy.
+    public var memoryPolicy: MemoryPolicy = .default
 
     public init(_ config: ModelConfig, shape: UNetConfig, registry: PluginRegistry, seed: UInt64, log: (String) -> Void = { _ in }) throws {
         do { try shape.validate() } catch let e as ConfigError { throw LayerError.invalidConfiguration(e.description) }
@@ -116,62 +170,109 @@ public final class UNet {
     /// x (N, C, D, H, W) -> logits (N, K, D, H, W), and what backward needs.
     public func forward(_ x: Tensor, _ ctx: StepContext) throws -> (logits: Tensor, saved: UNetSaved) {
         try checkInput(x.shape)
+        let plan = MemoryPlan.choose(memoryPolicy, shape: shape, input: x.shape)
         var blocks: [UNetSaved.BlockSaved] = [], ups: [Upsample2xSaved] = [], cats: [ChannelConcatSaved] = []
-        func block(_ h: Tensor) throws -> Tensor {
+        /// One block on h; `source` is what h is made from, kept instead of activations when the plan recomputes the block.
+        func block(_ h: Tensor, _ source: @autoclosure () -> UNetSaved.BlockInput) throws -> Tensor {
             let i = blocks.count
-            let (c, cs) = try layers[i].forward(h, ctx)
+            let recompute = plan.recomputes(i)
+            let (c, cs) = try Conv3D.$inputSaving.withValue(recompute ? .none : .copy) { try layers[i].forward(h, ctx) }
             if let norm = norms[i] {
                 // Norm and ReLU in one pass; x̂ is kept in the convolution output's storage.
                 let (y, ns) = StepProfile.measure(.normalization) { norm.forward(c, relu: true, consuming: true) }
-                blocks.append(.init(conv: cs, norm: ns, relu: nil))
+                blocks.append(recompute ? .init(conv: cs, norm: nil, relu: nil, input: source()) : .init(conv: cs, norm: ns, relu: nil, input: nil))
                 return y
             }
             let (y, rs) = StepProfile.measure(.activation) { ReLU.forward(c) }
-            blocks.append(.init(conv: cs, norm: nil, relu: rs))
+            blocks.append(recompute ? .init(conv: cs, norm: nil, relu: nil, input: source()) : .init(conv: cs, norm: nil, relu: rs, input: nil))
             return y
         }
         var h = x, skips: [Tensor] = []
         for l in 0..<shape.levels {
-            h = try block(try block(h))                                   // (N, c_l, D/2^l, H/2^l, W/2^l)
+            let a = try block(h, .tensor(h))
+            h = try block(a, .tensor(a))                                 // (N, c_l, D/2^l, H/2^l, W/2^l)
             if l < shape.levels - 1 { skips.append(h) }
         }
         for l in stride(from: shape.levels - 2, through: 0, by: -1) {
-            let (u, us) = StepProfile.measure(.upsampleConcat) { Upsample2x.forward(h) }; ups.append(us)   // (N, c_{l+1}, D/2^l, ...)
-            let b = try block(u)
+            let below = h
+            let (u, us) = StepProfile.measure(.upsampleConcat) { Upsample2x.forward(below) }; ups.append(us)   // (N, c_{l+1}, D/2^l, ...)
+            let b = try block(u, .upsampled(below))
             let (cat, cs) = StepProfile.measure(.upsampleConcat) { ChannelConcat.forward(skips[l], b) }  // (N, 2c_l, D/2^l, ...)
             cats.append(cs)
-            h = try block(cat)                                           // (N, c_l, D/2^l, ...)
+            h = try block(cat, .concatenated(skips[l], b))               // (N, c_l, D/2^l, ...)
         }
-        let (logits, hs) = try layers[layers.count - 1].forward(h, ctx)   // (N, K, D, H, W)
-        return (logits, UNetSaved(blocks: blocks, head: hs, upsamples: ups, concats: cats))
+        let headIndex = layers.count - 1, headRecomputes = plan.recomputes(headIndex)
+        let (logits, hs) = try Conv3D.$inputSaving.withValue(headRecomputes ? .none : .copy) { try layers[headIndex].forward(h, ctx) }   // (N, K, D, H, W)
+        return (logits, UNetSaved(blocks: blocks, head: hs, headInput: headRecomputes ? h : nil, upsamples: ups, concats: cats, memoryPlan: plan))
     }
 
     /// Given dL/dlogits (N, K, D, H, W), ADD every layer's gradients (then `kl`, then `finishBackward`).
     public func backward(_ dLogits: Tensor, _ saved: UNetSaved) throws {
-        var next = saved.blocks.count - 1
-        func block(_ dy: Tensor) throws -> Tensor {
-            let i = next, b = saved.blocks[i]
+        // Every activation-sized gradient is consumed by the step that reads it (`consume`), so
+        // it is freed there, not at the end of the loop: at nnU-Net's scale each is 0.5-1 GiB.
+        var next = saved.blockCount - 1
+        func block(_ dy: consuming Tensor) throws -> Tensor {
+            let i = next
             next -= 1
-            // dy is this block's alone (a layer's fresh dx, a concat half or a sum): the fused norm · ReLU backward overwrites it.
-            let dc = norms[i].map { n in StepProfile.measure(.normalization) { n.backward(dy, b.norm!, consuming: true) } }
-                ?? StepProfile.measure(.activation) { ReLU.backward(dy, b.relu!) }
-            return try layers[i].backward(dc, b.conv)
+            let (conv, dc) = try preactivationGradient(dy, saved.takeBlock(i), index: i)
+            return try layers[i].backward(dc, conv)
         }
-        var g = try layers[layers.count - 1].backward(dLogits, saved.head)
+        var g = try headBackward(dLogits, saved.takeHead())
         var skipGradients = [Tensor?](repeating: nil, count: shape.levels)
         // Decoder levels ran deepest first (j = 0 is level L−2); undo them shallowest first.
         for j in stride(from: saved.concats.count - 1, through: 0, by: -1) {
-            let dCat = try block(g)
-            let (dSkip, dUp) = StepProfile.measure(.upsampleConcat) { ChannelConcat.backward(dCat, saved.concats[j]) }
+            let (dSkip, dUp) = Self.split(try block(consume g), saved.concats[j])
             skipGradients[shape.levels - 2 - j] = dSkip
-            let dUpIn = try block(dUp)
-            g = StepProfile.measure(.upsampleConcat) { Upsample2x.backward(dUpIn, saved.upsamples[j]) }
+            g = Self.upsampleBackward(try block(consume dUp), saved.upsamples[j])
         }
         for l in stride(from: shape.levels - 1, through: 0, by: -1) {
-            if let s = skipGradients[l] { StepProfile.measure(.upsampleConcat) { Self.add(s, into: g) } }
-            g = try block(try block(g))
+            if let s = skipGradients[l] {
+                StepProfile.measure(.upsampleConcat) { Self.add(s, into: g) }
+                skipGradients[l] = nil
+            }
+            g = try block(try block(consume g))
         }
         precondition(next == -1, "UNet.backward: \(next + 1) blocks left over")
+    }
+
+    /// dCat (N, Ca + Cb, ...) -> (dSkip, dUp); dCat is freed on return.
+    private static func split(_ dCat: consuming Tensor, _ s: ChannelConcatSaved) -> (Tensor, Tensor) {
+        StepProfile.measure(.upsampleConcat) { ChannelConcat.backward(dCat, s) }
+    }
+
+    /// dy of an upsampled tensor -> dx; dy is freed on return.
+    private static func upsampleBackward(_ dy: consuming Tensor, _ s: Upsample2xSaved) -> Tensor {
+        StepProfile.measure(.upsampleConcat) { Upsample2x.backward(dy, s) }
+    }
+
+    /// A block's convolution value (ready for backward) and dL/d(its convolution output), from dL/d(its
+    /// output) dy, which the fused norm · ReLU backward overwrites (dy is this block's alone: a
+    /// layer's fresh dx, a concat half or a sum). x̂ is freed on return, before the convolution's backward.
+    private func preactivationGradient(_ dy: Tensor, _ b: UNetSaved.BlockSaved, index i: Int) throws -> (ConvSaved, Tensor) {
+        let (conv, norm, relu) = try restored(b, index: i)
+        let dc = norms[i].map { n in StepProfile.measure(.normalization) { n.backward(dy, norm!, consuming: true) } }
+            ?? StepProfile.measure(.activation) { ReLU.backward(dy, relu!) }
+        return (conv, dc)
+    }
+
+    /// dL/dlogits -> dL/d(head input); the head's input is saved again here when it kept no copy.
+    private func headBackward(_ dLogits: Tensor, _ head: (conv: ConvSaved, input: Tensor?)) throws -> Tensor {
+        let conv = try head.input.map { head.conv.withInput(try head.conv.input.engine.saving(x: $0)) } ?? head.conv
+        return try layers[layers.count - 1].backward(dLogits, conv)
+    }
+
+    /// A block's saved values, recomputed from its input when the plan dropped them: the
+    /// convolution runs again with the kernels and bias it ran with, and the norm (or ReLU) again
+    /// on its output, bit for bit as in forward; the norm keeps only x̂ (in the output's storage).
+    private func restored(_ b: UNetSaved.BlockSaved, index i: Int) throws -> (ConvSaved, InstanceNormSaved?, ReLUSaved?) {
+        guard let input = b.input else { return (b.conv, b.norm, b.relu) }
+        let x = input.materialize()
+        let y = Tensor(uninitializedShape: layers[i].geometry(inputShape: b.conv.inputShape).yShape)   // (N, Cout, oD, oH, oW)
+        let conv = b.conv.withInput(try b.conv.input.engine.recomputeForward(b.conv.input, x: x, w: b.conv.kernels, y: y))
+        if let norm = norms[i] {
+            return (conv, StepProfile.measure(.normalization) { norm.standardize(y, relu: true) }, nil)
+        }
+        return (conv, nil, StepProfile.measure(.activation) { ReLU.forward(y).saved })
     }
 
     /// into += s, elementwise over the kernels' threads (same shapes).

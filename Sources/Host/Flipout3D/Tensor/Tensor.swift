@@ -117,11 +117,17 @@ public final class Tensor: @unchecked Sendable {
 /// page fault and a kernel zero-fill per 4 KiB page on first touch (about 1 ms per 8 MB), more
 /// than the arithmetic on it. Freed blocks wait here, per exact element count, for the next
 /// tensor of that size; at most `capacityBytes` in all (beyond that they go back to the system).
+/// A tensor of at least `evictionMinimumFloats` that finds no block of its size first gives back
+/// idle blocks of other sizes, largest first, as many bytes as it takes, so idle blocks do not
+/// add to the peak of a step (at nnU-Net's scale one activation is 512 MiB, the whole capacity).
 /// Small tensors go straight to the allocator. Thread-safe.
 enum TensorStorage {
     /// 256 Ki floats = 1 MiB: below this the allocator's own free lists are fast enough.
     static let minimumFloats = 1 << 18
     static let capacityBytes = 512 << 20
+    /// 32 Mi floats = 128 MiB: U2's largest activation (the 32-channel concatenation at 64³,
+    /// batch 2: 64 MiB) is below it, so U1 and U2 steps allocate exactly as without eviction.
+    static let evictionMinimumFloats = capacityBytes / 4 / 4
 
     private static let lock = NSLock()
     nonisolated(unsafe) private static var free: [Int: [UnsafeMutableRawPointer]] = [:]
@@ -132,8 +138,19 @@ enum TensorStorage {
         if count >= minimumFloats {
             lock.lock()
             let reused = free[count]?.popLast()
-            if reused != nil { freeBytes -= count * 4 }
+            var evicted: [UnsafeMutableRawPointer] = []
+            if reused != nil {
+                freeBytes -= count * 4
+            } else if count >= evictionMinimumFloats {
+                var bytes = 0
+                while bytes < count * 4, let size = free.filter({ !$0.value.isEmpty }).keys.max() {
+                    evicted.append(free[size]!.removeLast())
+                    bytes += size * 4
+                    freeBytes -= size * 4
+                }
+            }
             lock.unlock()
+            for b in evicted { b.deallocate() }
             if let reused { return reused.assumingMemoryBound(to: Float.self) }
         }
         let raw = UnsafeMutableRawPointer.allocate(byteCount: count * 4, alignment: 64)

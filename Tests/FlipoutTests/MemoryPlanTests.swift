@@ -1,0 +1,111 @@
+// Activation recomputation: the same gradient bits as keeping activations (U-Net and Conv3D), the memory plan's choices, the scratch arena's reuse.
+import Testing
+import TestSupport
+import Flipout3D
+
+private func unet(norm: UNetConfig.Normalization, bayesian: BayesianLayers, policy: MemoryPolicy) throws -> UNet {
+    var m = ModelConfig()
+    m.bayesian = bayesian != .none
+    var u = UNetConfig()
+    // Widths 8, 16, 32: layers on the native kernels, mixed plans and oneDNN.
+    u.levels = 3; u.width = 8; u.inputChannels = 2; u.classCount = 3; u.normalization = norm; u.bayesianLayers = bayesian
+    let net = try UNet(m, shape: u, registry: try SmallRun.registry(), seed: 7)
+    net.memoryPolicy = policy
+    return net
+}
+
+/// Logits and every parameter gradient (data term, KL, finished) of one step, as bit patterns.
+private func stepBits(_ net: UNet, _ x: Tensor, _ ctx: StepContext) throws -> (logits: [UInt32], gradients: [String: [UInt32]], plan: MemoryPlan) {
+    net.zeroGradients()
+    let (z, saved) = try net.forward(x, ctx)
+    try net.backward(Tensor(shape: z.shape, values: testValues(z.count, seed: 21)), saved)
+    _ = try net.kl(gradientScale: 1e-3, ctx)
+    net.finishBackward()
+    var g: [String: [UInt32]] = [:]
+    for p in net.trainable { g[p.name] = p.gradient.array.map(\.bitPattern) }
+    return (z.array.map(\.bitPattern), g, saved.memoryPlan)
+}
+
+@Test(arguments: [(UNetConfig.Normalization.instance, BayesianLayers.all), (.instance, .none), (.none, .last(3))])
+func recomputedBlocksGiveTheSameGradientBits(_ norm: UNetConfig.Normalization, _ bayesian: BayesianLayers) throws {
+    let x = Tensor(shape: [2, 2, 16, 16, 16], values: testValues(2 * 2 * 4096, seed: 5))
+    let ctx = StepContext(seed: 9, step: 3)
+    let kept = try stepBits(try unet(norm: norm, bayesian: bayesian, policy: .keepAll), x, ctx)
+    let recomputed = try stepBits(try unet(norm: norm, bayesian: bayesian, policy: .recomputeAll), x, ctx)
+    #expect(kept.plan.recomputed.isEmpty && recomputed.plan.recomputed.count == 11)
+    #expect(kept.logits == recomputed.logits, "\(norm) \(bayesian): logits differ")
+    #expect(kept.gradients.keys.sorted() == recomputed.gradients.keys.sorted())
+    for (name, bits) in kept.gradients {
+        let other = recomputed.gradients[name]!
+        let differing = zip(bits, other).filter { $0 != $1 }.count
+        #expect(differing == 0, "\(norm) \(bayesian): \(name): \(differing) of \(bits.count) gradient elements differ")
+        #expect(bits.contains { $0 != 0 }, "\(name): an all-zero gradient tests nothing")
+    }
+    // A budget between the two picks some blocks and still gives the same bits.
+    let partial = try stepBits(try unet(norm: norm, bayesian: bayesian, policy: .budget(bytes: kept.plan.keepAllBytes / 2)), x, ctx)
+    #expect(!partial.plan.recomputed.isEmpty && partial.plan.recomputed.count < 11)
+    #expect(partial.logits == kept.logits && partial.gradients == kept.gradients)
+}
+
+@Test(arguments: [
+    Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 32, inputSize: [6, 7, 8], kernel: [3, 3, 3]),
+    Conv3DGeometry(batch: 2, inChannels: 32, outChannels: 16, inputSize: [8, 6, 6], kernel: [3, 3, 3], stride: [2, 2, 2]),
+    Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 16, inputSize: [6, 6, 6], kernel: [3, 3, 3]).foldedOverBatch(),
+    Conv3DGeometry(batch: 2, inChannels: 4, outChannels: 8, inputSize: [5, 6, 16], kernel: [3, 3, 3]),
+    Conv3DGeometry(batch: 2, inChannels: 8, outChannels: 3, inputSize: [5, 6, 7], kernel: [1, 1, 1]),
+])
+func conv3DWithoutItsCopyRecomputesAndResavesTheSameBits(_ g: Conv3DGeometry) throws {
+    let conv = try Conv3D(g)
+    let x = Tensor(shape: g.xShape, values: testValues(g.xShape.reduce(1, *), seed: 1))
+    let w = Tensor(shape: g.weightShape, values: testValues(g.weightShape.reduce(1, *), seed: 2))
+    let bias = Tensor(shape: g.biasShape, values: testValues(g.outChannels, seed: 3))
+    let dy = Tensor(shape: g.yShape, values: testValues(g.yShape.reduce(1, *), seed: 4))
+    func gradients(_ saved: Conv3DSaved) throws -> [UInt32] {
+        let dx = Tensor(shape: g.xShape), dw = Tensor(shape: g.weightShape), db = Tensor(shape: g.biasShape)
+        try conv.backward(saved, dy: dy, w: w, dx: dx, dw: dw, dbias: db)
+        return (dx.array + dw.array + db.array).map(\.bitPattern)
+    }
+    let y = Tensor(shape: g.yShape)
+    let full = try conv.forward(x: x, w: w, bias: bias, y: y)
+    #expect(full.hasInput)
+    let expected = try gradients(full)
+
+    let y2 = Tensor(shape: g.yShape)
+    let bare = try Conv3D.$inputSaving.withValue(.none) { try conv.forward(x: x, w: w, bias: bias, y: y2) }
+    #expect(!bare.hasInput)
+    #expect(y2.array.map(\.bitPattern) == y.array.map(\.bitPattern), "\(g) \(conv.plan): forward without a copy")
+    bias.fill(100)   // the recomputation uses the bias the forward ran with, not the parameter's later value
+    let y3 = Tensor(shape: g.yShape)
+    let again = try conv.recomputeForward(bare, x: x, w: w, y: y3)
+    #expect(y3.array.map(\.bitPattern) == y.array.map(\.bitPattern), "\(g) \(conv.plan): recomputed forward")
+    #expect(try gradients(again) == expected, "\(g) \(conv.plan): gradients after recomputation")
+    #expect(try gradients(try conv.saving(x: x)) == expected, "\(g) \(conv.plan): gradients from a re-saved x")
+}
+
+@Test func memoryPlanKeepsU1AndU2AndRecomputesU3() {
+    func plan(_ w: UNetWorkload) -> MemoryPlan {
+        MemoryPlan.choose(.default, shape: w.shape, input: [w.batch, w.channels, w.patch, w.patch, w.patch])
+    }
+    // The figures MemoryPolicy.defaultBudgetBytes cites.
+    #expect(plan(.u1).keepAllBytes >> 20 == 27 && plan(.u2).keepAllBytes >> 20 == 457 && plan(.u3).keepAllBytes >> 20 == 7269)
+    #expect(plan(.u1).recomputed.isEmpty && plan(.u2).recomputed.isEmpty)
+    let u3 = plan(.u3)
+    // Every full-resolution block (enc0a, enc0b, up0, dec0) recomputes.
+    #expect(u3.recomputed.isSuperset(of: [0, 1, 16, 17]) && u3.keptBytes < u3.keepAllBytes / 3)
+    #expect(MemoryPlan.choose(.keepAll, shape: UNetWorkload.u3.shape, input: [2, 2, 128, 128, 128]).recomputed.isEmpty)
+}
+
+@Test func scratchArenaReusesOneBlockForCallsInSequence() {
+    let arena = ScratchArena()
+    var first: UnsafeMutableRawPointer?
+    arena.withLease(bytes: 1 << 20) { p in first = p; p.storeBytes(of: 1, as: Int.self) }
+    arena.withLease(bytes: 1 << 10) { p in #expect(p == first) }
+    #expect(arena.idleBytes == 1 << 20)
+    // Nested leases are different blocks; a larger request replaces the largest idle block.
+    arena.withLease(bytes: 1 << 20) { a in arena.withLease(bytes: 1 << 20) { b in #expect(a != b) } }
+    #expect(arena.idleBytes == 2 << 20)
+    arena.withLease(bytes: 3 << 20) { _ in }
+    #expect(arena.idleBytes == 4 << 20)
+    arena.trim()
+    #expect(arena.idleBytes == 0)
+}
