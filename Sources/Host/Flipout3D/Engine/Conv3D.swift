@@ -49,7 +49,7 @@ public final class Conv3D {
         if let level = levels.first {
             let forwardOK = !(plan.forward.isNative || plan.backwardWeights.isNative) || NativeConv3D.supportsForward(geometry)
             guard forwardOK && (!plan.backwardData.isNative || NativeConv3D.supportsBackwardData(geometry)) else {
-                throw GeometryError("the native kernels need stride 1, k_w 1 or 3, at most 16 output and 64 input channels per group (backward-data: the reverse) and padding below the kernel; \(geometry) has a plan \(plan)")
+                throw GeometryError("the native kernels need, in every direction, stride 1, k_w 1 or 3, at most 64 channels per group on each side and padding below the kernel; \(geometry) has a plan \(plan)")
             }
             guard levels.allSatisfy({ $0 == level }), level <= NativeLevel.supported else {
                 throw GeometryError("plan \(plan): one native level per engine, at most \(NativeLevel.supported) on this CPU")
