@@ -49,12 +49,15 @@ private func train(_ data: String, run: String, epochs: Int, plugin: String, rol
     static let watchdog = 2.0
 
     /// A run folder stopped inside epoch 2 (checkpoint of epoch 1, which records 2 epochs): the
-    /// fixture crashes at the first `probe` call after the calls one epoch makes (counted first).
+    /// fixture crashes at the first `probe` call after the calls up to the end of epoch 1, counted
+    /// first (the calls printed before the "epoch 1:" line: after it the run decides its
+    /// post-processing, which predicts the training cases).
     static func baseRun(_ role: Role, data: String, dir: URL) throws -> URL {
         let counted = try train(data, run: dir.appendingPathComponent("\(role.name)-count").path, epochs: 1,
                                 plugin: try FaultyFixture.copy("count", role.probe), role: role.options)
         #expect(counted.status == 0, "\(counted.stderr)")
-        let perEpoch = counted.stderr.components(separatedBy: "org.fixture.faulty: \(role.probe) call ").count - 1
+        let throughEpoch1 = counted.stderr.components(separatedBy: "epoch 1:").first ?? ""
+        let perEpoch = throughEpoch1.components(separatedBy: "org.fixture.faulty: \(role.probe) call ").count - 1
         #expect(perEpoch > 0, "\(role.name): no \(role.probe) calls in an epoch")
         let run = dir.appendingPathComponent("\(role.name)-base")
         let r = try train(data, run: run.path, epochs: 2, plugin: try FaultyFixture.copy("segv", role.probe, k: perEpoch + 1), role: role.options)
