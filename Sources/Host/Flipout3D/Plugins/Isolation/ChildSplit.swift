@@ -19,14 +19,13 @@ enum ChildSplit {
         defer { messages.deallocate() }
         statuses.withUnsafeMutableBufferPointer { s in
             let s = s.baseAddress!
-            Parallel.items(parts, elementsPerItem: 64 * chunk) { begin, end in
-                for p in begin..<end {
-                    let m = messages + p * capacity
-                    m[0] = 0
-                    var e = flipout_error(struct_size: err.pointee.struct_size, capacity: err.pointee.capacity, message: m)
-                    let offset = p * chunk
-                    s[p] = body(offset, min(chunk, n - offset), &e)
-                }
+            // The same hand-out of sub-ranges over threads as the host's in-process split.
+            VariationalWeights.eachSubRange(parts) { p in
+                let m = messages + p * capacity
+                m[0] = 0
+                var e = flipout_error(struct_size: err.pointee.struct_size, capacity: err.pointee.capacity, message: m)
+                let offset = p * chunk
+                s[p] = body(offset, min(chunk, n - offset), &e)
             }
         }
         guard let failed = statuses.firstIndex(where: { $0 != 0 }) else { return 0 }
