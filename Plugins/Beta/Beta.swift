@@ -5,7 +5,7 @@ import PluginSDK
 import Glibc
 #endif
 
-struct Beta: ScalarDistribution {
+struct Beta: ScalarDistribution, BlockDistribution {
     static let family = FamilyInfo(
         id: "org.flipout3d.beta", name: "Beta", version: "1.2.0",
         description: "Beta(alpha, beta) on (0, 1), density x^(alpha-1) (1-x)^(beta-1) / B(alpha, beta). A posterior for positive weights (defaults 20 and 200 start them small, mean 1/11, sd/mean 0.21; alpha and beta are learned in log space, and log alpha starts with N(0, 0.4^2) jitter so the weights start at different means). Sampled as G1/(G1 + G2) with G1 = P^-1(alpha, u1), G2 = P^-1(beta, u2) from two uniforms (inverse incomplete gamma), with implicit reparameterization gradients through both Gammas (dP/da analytic: P's series differentiated term by term, or the derivative of its continued fraction), in log space where the Gammas underflow (Beta(0.005, 0.005) samples). Not symmetric: Flipout does not apply. Pair it with the Gamma prior for an analytic KL.",

@@ -5,7 +5,7 @@ import PluginSDK
 import Glibc
 #endif
 
-struct Gamma: ScalarDistribution {
+struct Gamma: ScalarDistribution, BlockDistribution {
     static let betaID = "org.flipout3d.beta"
     static let gammaID = "org.flipout3d.gamma"
 

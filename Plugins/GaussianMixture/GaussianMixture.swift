@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// Slots, in order: logit[0..<K], loc[0..<K], scale[0..<K] (3K in all).
-struct GaussianMixture: ScalarDistribution {
+struct GaussianMixture: ScalarDistribution, BlockDistribution {
     static let family = FamilyInfo(
         id: "org.flipout3d.gaussian-mixture", name: "Gaussian mixture", version: "1.1.0",
         description: "A mixture of K Normal components per weight: weights softmax(logit), locations loc, scales softplus(rho). Sampled with one uniform (picks the component by the weights) and one normal (draws within it); gradients by implicit reparameterization, dx/dphi = -(dF/dphi)(x) / p(x) with F = sum_k w_k Phi((x - loc_k) / scale_k) (Figurnov et al. 2018). Initialisation: the host draws ONE location per weight (He-normal in its convolution layers) shared by all components, and each component adds its own N(0, init_jitter^2) offset (0.01), so the components start close but not identical and every sampled network is near the same network. Not symmetric (components have different means), so Flipout does not apply: use per-example or shared-sample reparameterization. No analytic KL: the host uses Monte Carlo.",

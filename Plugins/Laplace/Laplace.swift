@@ -5,7 +5,7 @@ import PluginSDK
 import Glibc
 #endif
 
-struct Laplace: ScalarDistribution {
+struct Laplace: ScalarDistribution, BlockDistribution {
     static let normalID = "org.flipout3d.normal"
     static let laplaceID = "org.flipout3d.laplace"
 

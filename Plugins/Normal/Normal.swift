@@ -5,7 +5,7 @@ import PluginSDK
 import Glibc
 #endif
 
-struct Normal: ScalarDistribution {
+struct Normal: ScalarDistribution, BlockDistribution {
     static let family = FamilyInfo(
         id: "org.flipout3d.normal", name: "Normal", version: "1.0.0",
         description: "Normal(loc, scale). As a posterior: per-weight loc and scale = softplus(rho), initialised like TFP (loc ~ N(0, 0.1), rho ~ N(-3, 0.1)). As a prior: broadcast loc and scale. Sampled as loc + scale * eps; symmetric, so Flipout is valid.",

@@ -5,7 +5,7 @@ import PluginSDK
 import Glibc
 #endif
 
-struct ScaleMixture: ScalarDistribution {
+struct ScaleMixture: ScalarDistribution, BlockDistribution {
     static let family = FamilyInfo(
         id: "org.flipout3d.scale-mixture", name: "Scale mixture", version: "1.1.0",
         description: "The scale-mixture prior of Blundell et al. (2015), p(w) = pi N(w; 0, sigma1^2) + (1 - pi) N(w; 0, sigma2^2) with sigma1 > sigma2 and sigma2 << 1 (paper grid: -log sigma1 in {0, 1, 2}, -log sigma2 in {6, 7, 8}, pi in {1/4, 1/2, 3/4}). Evaluated exactly with log-sum-exp, with no epsilon inside the log (which would cap the penalty). A prior only: it cannot be sampled as a posterior.",

@@ -9,7 +9,7 @@ import _Differentiation
 import Glibc
 #endif
 
-struct StudentT: DifferentiablePrior {
+struct StudentT: DifferentiablePrior, BlockDistribution {
     static let family = FamilyInfo(
         id: "org.flipout3d.student-t", name: "Student-t", version: "1.0.0",
         description: "Student-t(df, loc, scale), density Gamma((df+1)/2) / (Gamma(df/2) sqrt(df pi) scale) (1 + z^2/df)^(-(df+1)/2) with z = (x - loc)/scale. A heavy-tailed prior (df = 1 is Cauchy; df -> infinity is Normal). A prior only: it cannot be sampled as a posterior.",

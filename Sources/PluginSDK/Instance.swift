@@ -67,7 +67,12 @@ private struct Scratch {
 
 final class Instance<D: ScalarDistribution>: AnyInstance {
     let d: D
-    init(_ d: D) { self.d = d }
+    /// The family's block kernels, unless it has none or the per-scalar loop is forced (`PluginExport.scalarLoopOnly`).
+    let block: (any BlockDistribution)?
+    init(_ d: D) {
+        self.d = d
+        block = PluginExport.scalarLoopOnly ? nil : d as? any BlockDistribution
+    }
     override var slots: Int { d.parameterSlotCount }
     override var normals: Int { d.normalsPerScalar }
     override var uniforms: Int { d.uniformsPerScalar }
@@ -113,27 +118,21 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
         }
     }
 
-    /// Run `body` for each scalar with its parameters gathered and validated.
-    /// The scratch is returned (its broadcast gradient sums to flush); the caller frees it.
-    private func eachKeeping(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ slots: Int, _ body: (Int, Scratch) throws -> Void) throws -> Scratch {
-        let s = Scratch(slots)
-        do {
-            for i in 0..<n {
-                s.gather(p, i)
-                do { try d.validate(s.params) } catch PluginError.domain(let m) {
-                    throw PluginError.domain("\(m) (scalar \(i))")
-                }
-                try body(i, s)
+    /// The per-scalar loop: run `body` for the scalars start..<n with their parameters gathered
+    /// into `s` and validated. Stride-0 gradient sums stay in `s` for the caller to flush.
+    private func each(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ s: Scratch, from start: Int = 0, _ body: (Int, Scratch) throws -> Void) throws {
+        for i in start..<n {
+            s.gather(p, i)
+            do { try d.validate(s.params) } catch PluginError.domain(let m) {
+                throw PluginError.domain("\(m) (scalar \(i))")
             }
-        } catch {
-            s.free()
-            throw error
+            try body(i, s)
         }
-        return s
     }
 
-    private func each(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ slots: Int, _ body: (Int, Scratch) throws -> Void) throws {
-        try eachKeeping(n, p, slots, body).free()
+    private func each(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ slots: Int, from start: Int = 0, _ body: (Int, Scratch) throws -> Void) throws {
+        let s = Scratch(slots); defer { s.free() }
+        try each(n, p, s, from: start, body)
     }
 
     /// x must be a number: log_prob(NaN) has no value (the header's "result that would not be finite").
@@ -142,7 +141,11 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
     }
 
     override func logProb(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>) throws {
-        try each(n, p, slots) { i, s in
+        let start = blocks(n, slots) { b, i0, m, k in
+            let v = k.params(p, i0, m)
+            return b.validate(block: v, m) && b.logProb(block: x + i0, v, m, k.values) && k.store(m, out + i0, allowMinusInfinity: true)
+        }
+        try each(n, p, slots, from: start) { i, s in
             let xi = Double(x[i])
             try checkX(xi, i, s, "log_prob")
             out[i] = try checked(d.logProb(xi, s.params), "log_prob", i, s, x: xi, allowMinusInfinity: true)
@@ -151,7 +154,19 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
 
     override func logProbVJP(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ x: UnsafePointer<Float>, _ g: UnsafePointer<Float>,
                              _ gx: UnsafeMutablePointer<Float>?, _ gp: UnsafePointer<flipout_out_array>?) throws {
-        let s = try eachKeeping(n, p, slots) { i, s in
+        let s = Scratch(slots); defer { s.free() }
+        let start = blocks(n, slots) { b, i0, m, k in
+            let v = k.params(p, i0, m), dp = k.partials(m)
+            guard b.validate(block: v, m), b.logProbGradient(block: x + i0, v, m, k.values, dp) else { return false }
+            // d log_prob/dx first (as the per-scalar loop checks it first), then the parameters'.
+            let dx = k.values
+            if gx != nil { for j in 0..<m { dx[j] *= Double(g[i0 + j]) } }
+            guard gx == nil || Scratch.allFinite(dx, m), Scratch.allFinite(gp, dp, m, g + i0) else { return false }
+            Scratch.scatter(gp, dp, i0, m, g + i0, s.sums)
+            if let gx { for j in 0..<m { gx[i0 + j] += Float(dx[j]) } }
+            return true
+        }
+        try each(n, p, s, from: start) { i, s in
             s.clearPartials()
             let xi = Double(x[i])
             try checkX(xi, i, s, "log_prob_vjp")
@@ -161,7 +176,6 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
             try scatter(s, gp, i, gi, "g * d log_prob", x: xi, names: slotName)
             if let gx, let gxi { gx[i] += gxi }
         }
-        defer { s.free() }
         try flush(s, gp, n, "g * d log_prob", names: slotName)
     }
 
@@ -169,7 +183,13 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
         let nz = normals, nu = uniforms
         guard nz == 0 || z != nil, nu == 0 || u != nil else { throw PluginError.invalidArgument("sample needs \(nz) normals and \(nu) uniforms per scalar") }
         let dummy = UnsafeMutablePointer<Float>.allocate(capacity: 1); defer { dummy.deallocate() }
-        try each(n, p, slots) { i, s in
+        let start = blocks(n, slots) { b, i0, m, k in
+            let v = k.params(p, i0, m)
+            guard b.validate(block: v, m) else { return false }
+            b.sample(block: v, m, normals: z.map { $0 + i0 * nz } ?? UnsafePointer(dummy), uniforms: u.map { $0 + i0 * nu } ?? UnsafePointer(dummy), k.values)
+            return k.store(m, x + i0, allowMinusInfinity: false)
+        }
+        try each(n, p, slots, from: start) { i, s in
             x[i] = try checked(d.sample(s.params, normals: z.map { $0 + i * nz } ?? UnsafePointer(dummy),
                                         uniforms: u.map { $0 + i * nu } ?? UnsafePointer(dummy)), "sample", i, s)
             // A draw the noise made infinite (+inf normal) is caught above: samples are finite numbers.
@@ -181,27 +201,50 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
         let nz = normals, nu = uniforms
         guard nz == 0 || z != nil, nu == 0 || u != nil else { throw PluginError.invalidArgument("sample_vjp needs \(nz) normals and \(nu) uniforms per scalar") }
         let dummy = UnsafeMutablePointer<Float>.allocate(capacity: 1); defer { dummy.deallocate() }
-        let s = try eachKeeping(n, p, slots) { i, s in
+        let s = Scratch(slots); defer { s.free() }
+        let start = blocks(n, slots) { b, i0, m, k in
+            let v = k.params(p, i0, m), dp = k.partials(m)
+            guard b.validate(block: v, m) else { return false }
+            b.sampleGradient(block: x + i0, v, m, normals: z.map { $0 + i0 * nz } ?? UnsafePointer(dummy),
+                             uniforms: u.map { $0 + i0 * nu } ?? UnsafePointer(dummy), dp)
+            guard Scratch.allFinite(gp, dp, m, g + i0) else { return false }
+            Scratch.scatter(gp, dp, i0, m, g + i0, s.sums)
+            return true
+        }
+        try each(n, p, s, from: start) { i, s in
             s.clearPartials()
             d.sampleGradient(Double(x[i]), s.params, normals: z.map { $0 + i * nz } ?? UnsafePointer(dummy),
                              uniforms: u.map { $0 + i * nu } ?? UnsafePointer(dummy), s.gradient)
             try scatter(s, gp, i, Double(g[i]), "g * d sample", x: Double(x[i]), names: slotName)
         }
-        defer { s.free() }
         try flush(s, gp, n, "g * d sample", names: slotName)
     }
 
     override func center(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ out: UnsafeMutablePointer<Float>) throws {
-        try each(n, p, slots) { i, s in out[i] = try checked(d.center(s.params), "center", i, s) }
+        let start = blocks(n, slots) { b, i0, m, k in
+            let v = k.params(p, i0, m)
+            guard b.validate(block: v, m) else { return false }
+            b.center(block: v, m, k.values)
+            return k.store(m, out + i0, allowMinusInfinity: false)
+        }
+        try each(n, p, slots, from: start) { i, s in out[i] = try checked(d.center(s.params), "center", i, s) }
     }
 
     override func centerVJP(_ n: Int, _ p: UnsafePointer<flipout_in_array>, _ g: UnsafePointer<Float>, _ gp: UnsafePointer<flipout_out_array>?) throws {
-        let s = try eachKeeping(n, p, slots) { i, s in
+        let s = Scratch(slots); defer { s.free() }
+        let start = blocks(n, slots) { b, i0, m, k in
+            let v = k.params(p, i0, m), dp = k.partials(m)
+            guard b.validate(block: v, m) else { return false }
+            b.centerGradient(block: v, m, dp)
+            guard Scratch.allFinite(gp, dp, m, g + i0) else { return false }
+            Scratch.scatter(gp, dp, i0, m, g + i0, s.sums)
+            return true
+        }
+        try each(n, p, s, from: start) { i, s in
             s.clearPartials()
             d.centerGradient(s.params, s.gradient)
             try scatter(s, gp, i, Double(g[i]), "g * d center", names: slotName)
         }
-        defer { s.free() }
         try flush(s, gp, n, "g * d center", names: slotName)
     }
 
@@ -213,8 +256,13 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
     }
 
     override func kl(_ n: Int, _ family: String, _ q: UnsafePointer<flipout_in_array>, _ p: UnsafePointer<flipout_in_array>, _ out: UnsafeMutablePointer<Float>) throws {
-        let qs = Scratch(try qSlots(family)); defer { qs.free() }
-        try each(n, p, slots) { i, s in
+        let qn = try qSlots(family)
+        let start = blocks(n, slots, qSlots: qn) { b, i0, m, k in
+            let v = k.params(p, i0, m), qv = k.qParams(q, i0, m)
+            return b.validate(block: v, m) && b.kl(block: family, q: qv, p: v, m, k.values) && k.store(m, out + i0, allowMinusInfinity: false)
+        }
+        let qs = Scratch(qn); defer { qs.free() }
+        try each(n, p, slots, from: start) { i, s in
             qs.gather(q, i)
             let v = try d.kl(qFamily: family, q: qs.params, p: s.params)
             if !Float(v).isFinite { throw nonFinite(v, "KL(\(family) || \(D.family.id))", i, s, q: qs) }
@@ -225,9 +273,18 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
     override func klVJP(_ n: Int, _ family: String, _ q: UnsafePointer<flipout_in_array>, _ p: UnsafePointer<flipout_in_array>,
                         _ g: UnsafePointer<Float>, _ gq: UnsafePointer<flipout_out_array>?, _ gp: UnsafePointer<flipout_out_array>?) throws {
         let qs = Scratch(try qSlots(family)); defer { qs.free() }
+        let s = Scratch(slots); defer { s.free() }
+        let start = blocks(n, slots, qSlots: qs.count) { b, i0, m, k in
+            let v = k.params(p, i0, m), qv = k.qParams(q, i0, m), dp = k.partials(m), dq = k.qPartials(m)
+            guard b.validate(block: v, m), b.klGradient(block: family, q: qv, p: v, m, dq: dq, dp: dp),
+                  Scratch.allFinite(gq, dq, m, g + i0), Scratch.allFinite(gp, dp, m, g + i0) else { return false }
+            Scratch.scatter(gp, dp, i0, m, g + i0, s.sums)
+            Scratch.scatter(gq, dq, i0, m, g + i0, qs.sums)
+            return true
+        }
         let kl = "g * d KL(\(family) || \(D.family.id))"
         let qName: (Int) -> String = { "posterior slot \($0)" }
-        let s = try eachKeeping(n, p, slots) { i, s in
+        try each(n, p, s, from: start) { i, s in
             qs.gather(q, i)
             qs.clearPartials(); s.clearPartials()
             try d.klGradient(qFamily: family, q: qs.params, p: s.params, dq: qs.gradient, dp: s.gradient)
@@ -237,8 +294,105 @@ final class Instance<D: ScalarDistribution>: AnyInstance {
             try scatter(s, gp, i, gi, kl, q: qs, names: { "prior \(self.slotName($0))" })
             qs.scatter(gq, i, gi)
         }
-        defer { s.free() }
         try flush(qs, gq, n, kl, names: qName)
         try flush(s, gp, n, kl, names: { "prior \(self.slotName($0))" })
+    }
+
+    // MARK: Block kernels
+
+    /// Runs `body(block kernels, i0, m, buffers)` over blocks of `BlockBuffers.capacity` scalars
+    /// while it returns true; returns where the per-scalar loop must take over: n when every block
+    /// ran, else the start of the block that failed (which wrote nothing a rerun would add twice:
+    /// VJP blocks scatter only after every check passed; value blocks are overwritten).
+    private func blocks(_ n: Int, _ slots: Int, qSlots: Int = 0, _ body: (any BlockDistribution, Int, Int, BlockBuffers) -> Bool) -> Int {
+        guard let b = block, n > 0 else { return 0 }
+        let k = BlockBuffers(slots: slots, qSlots: qSlots); defer { k.free() }
+        var i0 = 0
+        while i0 < n {
+            let m = min(BlockBuffers.capacity, n - i0)
+            if !body(b, i0, m, k) { return i0 }
+            i0 += m
+        }
+        return n
+    }
+}
+
+/// Buffers for the block kernels of one call: parameters and partials scalar-major in Double
+/// (`ScalarBlock`), the posterior's too for KL, and one Double result per scalar.
+private struct BlockBuffers {
+    /// Scalars per block: its Double buffers (a few slots each) stay in L1.
+    static let capacity = 256
+    let slots: Int, qSlots: Int
+    let storage: UnsafeMutablePointer<Double>
+    init(slots: Int, qSlots: Int) {
+        self.slots = slots; self.qSlots = qSlots
+        storage = .allocate(capacity: Self.capacity * (2 * slots + 2 * qSlots + 1))
+    }
+    func free() { storage.deallocate() }
+    var values: UnsafeMutablePointer<Double> { storage }
+    private var p: UnsafeMutablePointer<Double> { storage + Self.capacity }
+    private var dp: UnsafeMutablePointer<Double> { p + Self.capacity * slots }
+    private var q: UnsafeMutablePointer<Double> { dp + Self.capacity * slots }
+    private var dq: UnsafeMutablePointer<Double> { q + Self.capacity * qSlots }
+
+    /// Scalars i0..<i0+m of the ABI's strided Float slots, in Double, scalar-major.
+    private static func gather(_ a: UnsafePointer<flipout_in_array>, _ slots: Int, _ i0: Int, _ m: Int, _ v: UnsafeMutablePointer<Double>) -> ScalarBlock {
+        for k in 0..<slots {
+            let data = a[k].data!, stride = a[k].stride
+            switch stride {
+            case 0: let x = Double(data[0]); for j in 0..<m { v[j * slots + k] = x }
+            case 1: let src = data + i0; for j in 0..<m { v[j * slots + k] = Double(src[j]) }
+            default: for j in 0..<m { v[j * slots + k] = Double(data[(i0 + j) * stride]) }
+            }
+        }
+        return ScalarBlock(base: v, slots: slots)
+    }
+    func params(_ a: UnsafePointer<flipout_in_array>, _ i0: Int, _ m: Int) -> ScalarBlock { Self.gather(a, slots, i0, m, p) }
+    func qParams(_ a: UnsafePointer<flipout_in_array>, _ i0: Int, _ m: Int) -> ScalarBlock { Self.gather(a, qSlots, i0, m, q) }
+    /// Zeroed partials for m scalars.
+    func partials(_ m: Int) -> ScalarBlock { dp.update(repeating: 0, count: m * slots); return ScalarBlock(base: dp, slots: slots) }
+    func qPartials(_ m: Int) -> ScalarBlock { dq.update(repeating: 0, count: m * qSlots); return ScalarBlock(base: dq, slots: qSlots) }
+
+    /// out[j] = Float(values[j]); false if one is not finite (log_prob may be -inf, never NaN).
+    func store(_ m: Int, _ out: UnsafeMutablePointer<Float>, allowMinusInfinity: Bool) -> Bool {
+        var ok = true
+        for j in 0..<m {
+            let f = Float(values[j])
+            out[j] = f
+            ok = ok && (f.isFinite || (allowMinusInfinity && f == -.infinity))
+        }
+        return ok
+    }
+}
+
+extension Scratch {
+    /// Whether Float(v[j]) is finite for every j < m.
+    static func allFinite(_ v: UnsafePointer<Double>, _ m: Int) -> Bool {
+        var ok = true
+        for j in 0..<m { ok = ok && Float(v[j]).isFinite }
+        return ok
+    }
+    /// Whether every wanted g[j] * partial_k of a block is finite in Float (the per-scalar loop's check).
+    static func allFinite(_ out: UnsafePointer<flipout_out_array>?, _ dp: ScalarBlock, _ m: Int, _ g: UnsafePointer<Float>) -> Bool {
+        guard let out else { return true }
+        let slots = dp.slots, v = dp.base
+        var ok = true
+        for k in 0..<slots where out[k].data != nil {
+            for j in 0..<m { ok = ok && Float(Double(g[j]) * v[j * slots + k]).isFinite }
+        }
+        return ok
+    }
+    /// Adds g[j] * partial_k of a block into `out` as the per-scalar loop does (stride 0: into the Double sums, in scalar order).
+    static func scatter(_ out: UnsafePointer<flipout_out_array>?, _ dp: ScalarBlock, _ i0: Int, _ m: Int, _ g: UnsafePointer<Float>, _ sums: UnsafeMutablePointer<Double>) {
+        guard let out else { return }
+        let slots = dp.slots, v = dp.base
+        for k in 0..<slots where out[k].data != nil {
+            let data = out[k].data!, stride = out[k].stride
+            switch stride {
+            case 0: var sum = sums[k]; for j in 0..<m { sum += Double(g[j]) * v[j * slots + k] }; sums[k] = sum
+            case 1: let dst = data + i0; for j in 0..<m { dst[j] += Float(Double(g[j]) * v[j * slots + k]) }
+            default: for j in 0..<m { data[(i0 + j) * stride] += Float(Double(g[j]) * v[j * slots + k]) }
+            }
+        }
     }
 }

@@ -16,6 +16,10 @@ public enum PluginExport {
     nonisolated(unsafe) private static var built: UnsafeMutablePointer<flipout_library>?
     nonisolated(unsafe) static var host: UnsafePointer<flipout_host>?
     nonisolated(unsafe) static var factories: [(descriptor: UnsafeRawPointer, make: ([Double]) throws -> AnyInstance)] = []
+    /// FLIPOUT_PLUGIN_SCALAR_LOOP set (to anything) when the plugin loads: every call runs the
+    /// SDK's per-scalar loop, never a family's block kernels (`BlockDistribution`). The results are
+    /// the same bits either way; this is for timing the two and for tracking down a block kernel.
+    nonisolated(unsafe) static var scalarLoopOnly = getenv("FLIPOUT_PLUGIN_SCALAR_LOOP") != nil
 
     public static func library(name: String, host: UnsafePointer<flipout_host>?,
                                families: [any ScalarDistribution.Type]) -> UnsafeRawPointer? {
