@@ -73,6 +73,36 @@ struct Normal: ScalarDistribution, BlockDistribution {
     }
 }
 
+// Block kernels for the passes every training step runs (validate, the KL's gradient): the
+// scalar methods' expressions over the block's columns, written so the loops vectorise. Same
+// operations in the same order, so the same bits (BlockKernelTests compares them).
+extension Normal {
+    func validate(block p: ScalarBlock, _ n: Int) -> Bool {
+        let v = p.base
+        var ok = true
+        for j in 0..<n {
+            let loc = v[2 * j], s = v[2 * j + 1]
+            ok = ok && s > 0 && s.isFinite && loc.isFinite
+        }
+        return ok
+    }
+
+    func klGradient(block qFamily: String, q: ScalarBlock, p: ScalarBlock, _ n: Int, dq: ScalarBlock, dp: ScalarBlock) -> Bool {
+        let (qv, pv, gq, gp) = (q.base, p.base, dq.base, dp.base)
+        var ok = true
+        for j in 0..<n {
+            let mu = qv[2 * j], s = qv[2 * j + 1], m = pv[2 * j], t = pv[2 * j + 1]
+            ok = ok && mu.isFinite && s > 0 && s.isFinite   // checkQ
+            let d = mu - m, t2 = t * t
+            gq[2 * j] = d / t2
+            gq[2 * j + 1] = -1 / s + s / t2
+            gp[2 * j] = -d / t2
+            gp[2 * j + 1] = 1 / t - (s * s + d * d) / (t2 * t)
+        }
+        return ok
+    }
+}
+
 @_cdecl("flipout_plugin_entry_v1")
 public func flipoutPluginEntry(_ host: UnsafePointer<flipout_host>?) -> UnsafeRawPointer? {
     PluginExport.library(name: "Flipout3D Normal", host: host, families: [Normal.self])

@@ -157,19 +157,27 @@ private enum Outcome: Equatable {
         let bad = Outcome { let r = try b.logProbVJP(x, good, g: g); return [r.dx] + r.dp }
         #expect(bad == Outcome { let r = try l.logProbVJP(x, good, g: g); return [r.dx] + r.dp }, "\(name) log_prob_vjp at x = NaN")
         if case .values = bad { Issue.record("\(name): log_prob_vjp accepted x = NaN") }
-        // A parameter outside its space (NaN is outside every space).
-        p[d.slots.count - 1][650] = .nan
         x[700] = 0.5
-        #expect(Outcome { [try b.logProb(x, p)] } == Outcome { [try l.logProb(x, p)] }, "\(name) log_prob, bad parameter")
-        if d.family.canSample {
+        // A parameter outside its space (NaN is outside every space), in each slot in turn.
+        for k in d.slots.indices {
+            p = good
+            p[k][300 + 50 * k] = .nan
+            #expect(Outcome { [try b.logProb(x, p)] } == Outcome { [try l.logProb(x, p)] }, "\(name) log_prob, bad parameter in slot \(k)")
+            #expect(Outcome { let r = try b.logProbVJP(x, p, g: g); return [r.dx] + r.dp }
+                    == Outcome { let r = try l.logProbVJP(x, p, g: g); return [r.dx] + r.dp }, "\(name) log_prob_vjp, bad parameter in slot \(k)")
+            guard d.family.canSample else { continue }
             let z = Self.noise(n * d.normalsPerScalar, seed: 5, uniform: false), u = Self.noise(n * d.uniformsPerScalar, seed: 6, uniform: true)
             let sb = Outcome { [try b.sample(p, n: n, normals: z, uniforms: u)] }
-            #expect(sb == Outcome { [try l.sample(p, n: n, normals: z, uniforms: u)] }, "\(name) sample, bad parameter")
-            if case .values = sb { Issue.record("\(name): sample accepted a NaN parameter") }
+            #expect(sb == Outcome { [try l.sample(p, n: n, normals: z, uniforms: u)] }, "\(name) sample, bad parameter in slot \(k)")
+            if case .values = sb { Issue.record("\(name): sample accepted a NaN parameter in slot \(k)") }
             #expect(Outcome { try b.sampleVJP(p, n: n, normals: z, uniforms: u, x: x, g: g) }
-                    == Outcome { try l.sampleVJP(p, n: n, normals: z, uniforms: u, x: x, g: g) }, "\(name) sample_vjp, bad parameter")
-            #expect(Outcome { [try b.center(p, n: n)] } == Outcome { [try l.center(p, n: n)] }, "\(name) center, bad parameter")
-            #expect(Outcome { try b.centerVJP(p, n: n, g: g) } == Outcome { try l.centerVJP(p, n: n, g: g) }, "\(name) center_vjp, bad parameter")
+                    == Outcome { try l.sampleVJP(p, n: n, normals: z, uniforms: u, x: x, g: g) }, "\(name) sample_vjp, bad parameter in slot \(k)")
+            #expect(Outcome { [try b.center(p, n: n)] } == Outcome { [try l.center(p, n: n)] }, "\(name) center, bad parameter in slot \(k)")
+            let cb = Outcome { try b.centerVJP(p, n: n, g: g) }
+            #expect(cb == Outcome { try l.centerVJP(p, n: n, g: g) }, "\(name) center_vjp, bad parameter in slot \(k)")
+            if case .values = cb { Issue.record("\(name): center_vjp accepted a NaN parameter in slot \(k)") }
+        }
+        if d.family.canSample {
             // An infinite gradient seed: the gradient is not finite at that scalar.
             var gi = g
             gi[900] = .infinity

@@ -347,16 +347,19 @@ public final class VariationalWeights {
     private func klUnwrapped(gradientScale scale: Float, stream: inout RandomStream) throws -> Double {
         if klIsAnalytic {
             do {
-                let out = klValues
-                try split([prior, posterior]) { o, n in
-                    try prior.kl(n: n, posterior: posterior, qParams: Self.offsetIn(qIn, o), params: Self.offsetIn(pIn, o), out: out.data + o)
-                }
-                if scale != 0 {
+                let out = klValues, (q, p) = (qIn, pIn)
+                if scale == 0 {
+                    try split([prior, posterior]) { o, n in
+                        try prior.kl(n: n, posterior: posterior, qParams: Self.offsetIn(q, o), params: Self.offsetIn(p, o), out: out.data + o)
+                    }
+                } else {
+                    // The values and the VJP of each sub-range in one pass (its parameters still in cache).
                     let g = klSeed
                     if g[0] != scale { g.fill(scale) }
                     try splitVJP([prior, posterior], [qGrad, pGrad]) { o, n, outs in
-                        try prior.klVJP(n: n, posterior: posterior, qParams: Self.offsetIn(qIn, o), params: Self.offsetIn(pIn, o), g: g.data + o,
-                                        gradQ: outs[0], gradParams: outs[1])
+                        let (qo, po) = (Self.offsetIn(q, o), Self.offsetIn(p, o))
+                        try prior.kl(n: n, posterior: posterior, qParams: qo, params: po, out: out.data + o)
+                        try prior.klVJP(n: n, posterior: posterior, qParams: qo, params: po, g: g.data + o, gradQ: outs[0], gradParams: outs[1])
                     }
                 }
                 return out.buffer.reduce(0.0) { $0 + Double($1) }
