@@ -74,8 +74,8 @@ struct Normal: ScalarDistribution, BlockDistribution {
 }
 
 // Block kernels for the passes every training step runs (validate, the KL's gradient): the
-// scalar methods' expressions over the block's columns, written so the loops vectorise. Same
-// operations in the same order, so the same bits (BlockKernelTests compares them).
+// scalar methods' expressions over the block, without a throw per scalar. Same operations in
+// the same order, so the same bits (BlockKernelTests compares them).
 extension Normal {
     func validate(block p: ScalarBlock, _ n: Int) -> Bool {
         let v = p.base
