@@ -327,6 +327,28 @@ public final class Distribution: @unchecked Sendable {
         try checkFinite("sample", out, n) { self.point(params, n: n, at: $0) }
     }
 
+    /// `center` then `sample` over the same parameters (the bits of the two calls in turn): for
+    /// an isolated plugin both travel in one round trip.
+    public func centerAndSample(n: Int, params: [InArray], normals: UnsafePointer<Float>?, uniforms: UnsafePointer<Float>?,
+                                center out: UnsafeMutablePointer<Float>, sample: UnsafeMutablePointer<Float>) throws {
+        guard let remote, fns.center != nil, fns.sample != nil else {
+            try center(n: n, params: params, out: out)
+            return try self.sample(n: n, params: params, normals: normals, uniforms: uniforms, out: sample)
+        }
+        checkSlots(params)
+        let where_ = { self.point(params, n: n) }
+        var fc = CallFrame()
+        let pc = Self.inputs(&fc, params, n: n), oc = fc.output(out, n: n)
+        try post(.center, n: n, frame: fc, groups: [(slotNames, pc)], point: where_) { w in w.arrays(pc); w.array(oc) }
+        var fs = CallFrame()
+        let ps = Self.inputs(&fs, params, n: n), nz = fs.input(normals, n: n * normalsPerScalar), u = fs.input(uniforms, n: n * uniformsPerScalar)
+        let os = fs.output(sample, n: n)
+        try post(.sample, n: n, frame: fs, groups: [(slotNames, ps)], point: where_) { w in w.arrays(ps); w.array(nz); w.array(u); w.array(os) }
+        do { try remote.plugin.flushPosted() } catch let f as PluginProcessFailure { throw Self.processFailure(family, .sample, f, point: where_) }
+        try checkFinite("center", out, n) { self.point(params, n: n, at: $0) }
+        try checkFinite("sample", sample, n) { self.point(params, n: n, at: $0) }
+    }
+
     public func sampleVJP(n: Int, params: [InArray], normals: UnsafePointer<Float>?, uniforms: UnsafePointer<Float>?,
                           x: UnsafePointer<Float>, g: UnsafePointer<Float>, gradParams: [OutArray]) throws {
         checkSlots(params); precondition(gradParams.count == slots.count)

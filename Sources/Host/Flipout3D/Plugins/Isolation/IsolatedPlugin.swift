@@ -83,6 +83,9 @@ public final class IsolatedPlugin: @unchecked Sendable {
     /// The child executable: beside the running flipout binary.
     public static var hostExecutable: String { Paths.join(PluginSearch.executableDirectory, "flipout-plugin-host") }
 
+    /// Whether this process started any plugin's child (the stats count only then).
+    static var anyStarted = false
+
     static func format(_ t: Double) -> String { t == t.rounded() ? String(Int(t)) : String(format: "%.1f", t) }
 
     /// Starts the child for `file` (a plugin, or with `foreignSpec` a --foreign-prior's library),
@@ -124,6 +127,7 @@ public final class IsolatedPlugin: @unchecked Sendable {
         }
         _ = fcntl(pipeFDs[0], F_SETFL, fcntl(pipeFDs[0], F_GETFL) | O_NONBLOCK)
         let plugin = IsolatedPlugin(file: file, timeout: timeout, pid: pid, channel: pair[0], output: pipeFDs[0], shm: shm)
+        anyStarted = true
         // The hello: 0 + JSON of the library, or 1 + kind + reason of a load error.
         let reply: [UInt8]
         do { reply = try plugin.lock.withLock { try plugin.receiveLarge(deadline: Date().addingTimeInterval(timeout)) } } catch let f as PluginProcessFailure {
@@ -226,9 +230,9 @@ public final class IsolatedPlugin: @unchecked Sendable {
     private var posted: [Posted] = []
     /// The end of the posted calls' arrays in the shared memory.
     private var postedEnd = ChannelControl.arraysOffset
-    /// The gradient arrays posted calls ADD into, each once in the shared memory (copied in when
-    /// first posted, back when collected): calls into the same gradient accumulate in the child
-    /// in posting order, as they would in-process.
+    /// The arrays posted calls write: gradients they ADD into, each once in the shared memory
+    /// (copied in when first posted, back when collected: calls into the same gradient accumulate
+    /// in the child in posting order, as they would in-process), and outputs (copied back).
     private var postedUpdates: [CallFrame.Entry] = []
     /// Posted calls in one batch at most (its request must fit the channel's request area).
     static let postedLimit = 512
@@ -240,15 +244,14 @@ public final class IsolatedPlugin: @unchecked Sendable {
         lock.withLock { postedUpdates.contains { u in ranges.contains { $0.overlaps(u.hostRange) } } }
     }
 
-    /// Queues `op` without waiting for it: its inputs are copied into the shared memory now, its
-    /// gradient outputs (every array it writes is an `update`) are copied back when the posted
-    /// calls are collected (`flushPosted`, or before a call that touches them). The plugin's
+    /// Queues `op` without waiting for it: its inputs are copied into the shared memory now, the
+    /// arrays it writes are copied back when the posted calls are collected (`flushPosted`, or before a call that touches them). The plugin's
     /// status, a non-finite gradient from finite inputs (checked in the child after each call, as
     /// `Distribution.checkGradients` does in-process) and a dying child surface there, naming
     /// this call through `context`.
     func post(_ op: WireOp, family: UInt32, instance: UInt64, n: Int, frame: CallFrame, context: (WireWriter.Relocation) -> PostedContext,
               arguments: (inout WireWriter) -> Void) throws {
-        precondition(op.canBePosted && frame.entries.allSatisfy { $0.direction != .output }, "\(op.function) cannot be posted")
+        precondition(op.canBeBatched, "\(op.function) cannot be posted")
         lock.lock(); defer { lock.unlock() }
         if let failed { throw failed }
         // An input that a posted call writes, or a gradient that overlaps one without being the
@@ -277,7 +280,7 @@ public final class IsolatedPlugin: @unchecked Sendable {
         }
         let t0 = IsolationStats.enabled ? DispatchTime.now().uptimeNanoseconds : 0
         for e in fresh { e.copyIn(shm) }
-        postedUpdates += fresh.filter { $0.direction == .update }
+        postedUpdates += fresh.filter { $0.direction != .input }
         postedEnd = cursor
         let relocate: WireWriter.Relocation = { a in WireArray(offset: UInt64(moved[Int(a.offset)]!), stride: a.stride) }
         var w = WireWriter()

@@ -41,6 +41,20 @@ enum IsolationStats {
         lock.withLock { copyOutNs += copyOut; bytesOut += bytes }
     }
 
+    /// Round trips so far at each collect of posted calls (`PostedPluginCalls.collect`, once per
+    /// training step): their differences are the round trips of one training step.
+    private static var stepMarks: [Int] = []
+
+    static func markStep() { lock.withLock { stepMarks.append(calls.values.reduce(0, +)) } }
+
+    /// The median of the round trips of the training steps after the first (which runs before
+    /// posting starts), or nil with fewer than two collects.
+    static var roundTripsPerStep: Double? {
+        let d = zip(stepMarks.dropFirst(), stepMarks).map { Double($0 - $1) }.sorted()
+        guard !d.isEmpty else { return nil }
+        return d.count % 2 == 1 ? d[d.count / 2] : (d[d.count / 2 - 1] + d[d.count / 2]) / 2
+    }
+
     static func count(_ which: WritableKeyPath<Wakeups, Int>) { lock.withLock { wakeups[keyPath: which] += 1 } }
 
     static func report() {
@@ -52,5 +66,9 @@ enum IsolationStats {
                           total, ops, postedText, wakeups.rings, wakeups.lateRings, wakeups.sleeps, Double(bytesIn) / 1e6, Double(bytesOut) / 1e6,
                           Double(copyInNs) / 1e6, Double(waitNs) / 1e6, Double(servedNs) / 1e6, Double(computeNs) / 1e6, Double(copyOutNs) / 1e6)
         fputs(line, stderr)
+        if let perStep = roundTripsPerStep {
+            fputs(String(format: "flipout: isolation stats: %d training steps collected; a training step after the first took a median %.1f round trips\n",
+                         stepMarks.count, perStep), stderr)
+        }
     }
 }

@@ -240,7 +240,7 @@ public enum PluginHostChild {
                         control.store(ChannelControl.batchIndex, UInt32(executed))
                         var sub = WireReader(Array(try r.take(Int(try r.u32()))))
                         var posted = try Request(&sub)
-                        guard posted.op.canBePosted else { return 70 }
+                        guard posted.op.canBeBatched else { return 70 }
                         let started = DispatchTime.now().uptimeNanoseconds
                         var ignored = WireWriter()
                         guard let s = try perform(&posted, &sub, &ignored) else { return 70 }

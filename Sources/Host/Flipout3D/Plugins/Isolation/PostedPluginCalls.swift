@@ -44,6 +44,7 @@ public enum PostedPluginCalls {
         let plugins = lock.withLock { armed = true; return pending }
         do {
             for p in plugins { try p.flushPosted() }
+            if IsolatedPlugin.anyStarted && IsolationStats.enabled { IsolationStats.markStep() }
         } catch let e as PluginCallError {
             throw LayerError.pluginFailed("\(e) (a gradient call posted during the backward pass, collected before the optimizer step). "
                 + (e.isProcessFailure ? "The run folder keeps the checkpoint of the last finished epoch (--resume continues from it)."
