@@ -192,6 +192,19 @@ private func train(_ data: String, run: String, epochs: Int, plugin: String, rol
             #expect(stats.contains("calls posted without waiting: ") && !stats.contains("calls posted without waiting: none"), "\(stats)")
         }
         #expect(Set(checkpoints).count == 1, "isolated and in-process checkpoints differ")
+        // An isolated posterior (the fixture) with the bundled Normal as an in-process prior and a
+        // Monte Carlo KL: the prior's in-process VJPs and the posterior's synchronous log_prob_vjp
+        // add into gradients the posterior's posted VJPs add into, so those are collected first.
+        var mixed: [Data] = []
+        for isolation in ["none", "third-party"] {
+            let run = dir.appendingPathComponent("run-mixed-\(isolation)").path
+            let r = try FlipoutCLI.run(["train", "--data", data, "--run", run, "--steps-per-epoch", "3", "--patch", "16,16,16", "--width", "8", "--levels", "2",
+                                        "--samples", "1", "--quiet", "--epochs", "1", "--plugin", fixture, "--posterior", "org.fixture.faulty",
+                                        "--prior", "org.flipout3d.normal", "--mc-kl", "--isolate-plugins", isolation])
+            #expect(r.status == 0, "mixed \(isolation): \(r.stderr)")
+            mixed.append(try Data(contentsOf: URL(fileURLWithPath: run).appendingPathComponent("checkpoint.safetensors")))
+        }
+        #expect(mixed[0] == mixed[1], "an isolated posterior with an in-process prior trains differently from in-process")
     }
 
     /// A fault in a posted call (sample_vjp of the second step, whose VJPs are posted and run in

@@ -279,7 +279,7 @@ public final class IsolatedPlugin: @unchecked Sendable {
             throw failed!
         }
         let t0 = IsolationStats.enabled ? DispatchTime.now().uptimeNanoseconds : 0
-        for e in fresh { e.copyIn(shm) }
+        for e in fresh where e.direction != .output { e.copyIn(shm) }
         postedUpdates += fresh.filter { $0.direction != .input }
         postedEnd = cursor
         let relocate: WireWriter.Relocation = { a in WireArray(offset: UInt64(moved[Int(a.offset)]!), stride: a.stride) }
@@ -291,14 +291,15 @@ public final class IsolatedPlugin: @unchecked Sendable {
         posted.append(Posted(op: op, request: w.bytes, context: context(relocate)))
         if IsolationStats.enabled {
             IsolationStats.recordPosted(op: op, copyIn: DispatchTime.now().uptimeNanoseconds - t0,
-                                        bytes: fresh.reduce(0) { $0 + $1.count * MemoryLayout<Float>.size })
+                                        bytes: fresh.reduce(0) { $0 + ($1.direction == .output ? 0 : $1.count * MemoryLayout<Float>.size) })
         }
         PostedPluginCalls.register(self)
     }
 
     /// Runs every posted call in one round trip (in posting order, stopping at the first
-    /// failure), copies their gradients back, and throws the first failure as the
-    /// `PluginCallError` its call would have thrown in-process (a dead child: status processFailed).
+    /// failure), copies what they wrote back, and throws the first failure: the `PluginCallError`
+    /// its call would have thrown in-process (a dead child: status processFailed), for a posted
+    /// gradient call inside `PostedPluginCalls.failure`.
     func flushPosted() throws {
         lock.lock(); defer { lock.unlock() }
         try flushLocked()
@@ -325,8 +326,8 @@ public final class IsolatedPlugin: @unchecked Sendable {
             let c = calls[k]
             let at = point(c.context, at: nil)
             noteFailureLocked(function: c.op.function, family: c.context.family, point: at)
-            throw PluginCallError(family: c.context.family, function: c.op.function, status: PluginCallError.processFailed,
-                                  message: "\(f)\(context)", file: c.context.file, point: at)
+            throw reported(c.op, PluginCallError(family: c.context.family, function: c.op.function, status: PluginCallError.processFailed,
+                                                 message: "\(f)\(context)", file: c.context.file, point: at))
         }
         var r = reply.reader
         do {
@@ -346,18 +347,24 @@ public final class IsolatedPlugin: @unchecked Sendable {
             guard executed < calls.count else { throw WireReader.Truncated() }
             let c = calls[executed]
             if nonFinite {
-                throw PluginCallError(family: c.context.family, function: c.op.function, status: PluginCallError.nonFinite,
-                                      message: "returned status OK with a gradient of \(value) from finite inputs. Check the plugin's derivative.",
-                                      file: c.context.file, point: point(c.context, at: index == .max ? nil : Int(index)))
+                throw reported(c.op, PluginCallError(family: c.context.family, function: c.op.function, status: PluginCallError.nonFinite,
+                                                     message: "returned status OK with a gradient of \(value) from finite inputs. Check the plugin's derivative.",
+                                                     file: c.context.file, point: point(c.context, at: index == .max ? nil : Int(index))))
             }
-            throw PluginCallError(family: c.context.family, function: c.op.function, status: reply.status,
-                                  message: reply.message.isEmpty ? "(no message)" : reply.message, file: c.context.file,
-                                  point: reply.status == Status.unsupported.rawValue ? "" : point(c.context, at: nil))
+            throw reported(c.op, PluginCallError(family: c.context.family, function: c.op.function, status: reply.status,
+                                                 message: reply.message.isEmpty ? "(no message)" : reply.message, file: c.context.file,
+                                                 point: reply.status == Status.unsupported.rawValue ? "" : point(c.context, at: nil)))
         } catch is WireReader.Truncated {
             kill(pid, SIGKILL)
             failed = .channel("a truncated reply to posted calls")
             throw failed!
         }
+    }
+
+    /// A batched call's failure: a posted gradient call's as `PostedPluginCalls.failure`; center
+    /// and sample, which their own layer sends and collects at once, as their PluginCallError.
+    private func reported(_ op: WireOp, _ e: PluginCallError) -> Error {
+        op.canBePosted ? PostedPluginCalls.failure(e) : e
     }
 
     /// The parameter point of a posted call, from its inputs in the shared memory.

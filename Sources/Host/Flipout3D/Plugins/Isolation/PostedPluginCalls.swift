@@ -42,14 +42,16 @@ public enum PostedPluginCalls {
     /// training step calls this after the KL and before `finishBackward`.
     public static func collect() throws {
         let plugins = lock.withLock { armed = true; return pending }
-        do {
-            for p in plugins { try p.flushPosted() }
-            if IsolatedPlugin.anyStarted && IsolationStats.enabled { IsolationStats.markStep() }
-        } catch let e as PluginCallError {
-            throw LayerError.pluginFailed("\(e) (a gradient call posted during the backward pass, collected before the optimizer step). "
-                + (e.isProcessFailure ? "The run folder keeps the checkpoint of the last finished epoch (--resume continues from it)."
-                                      : "Check the layers' prior and posterior parameters, or lower the learning rate."))
-        }
+        for p in plugins { try p.flushPosted() }
+        if IsolatedPlugin.anyStarted && IsolationStats.enabled { IsolationStats.markStep() }
+    }
+
+    /// The error of a posted call that failed. Not a PluginCallError: the layer whose call
+    /// collected the batch (whose `inLayer` would name it) need not be the layer that posted it.
+    static func failure(_ e: PluginCallError) -> LayerError {
+        LayerError.pluginFailed("\(e) (a gradient call posted during the backward pass, collected before the optimizer step). "
+            + (e.isProcessFailure ? "The run folder keeps the checkpoint of the last finished epoch (--resume continues from it)."
+                                  : "Check the layers' prior and posterior parameters, or lower the learning rate."))
     }
 
     /// Collects the posted calls of every plugin other than `except` that add into memory in
