@@ -234,8 +234,11 @@ public final class IsolatedPlugin: @unchecked Sendable {
     /// (copied in when first posted, back when collected: calls into the same gradient accumulate
     /// in the child in posting order, as they would in-process), and outputs (copied back).
     private var postedUpdates: [CallFrame.Entry] = []
-    /// Posted calls in one batch at most (its request must fit the channel's request area).
+    /// Posted calls in one batch at most.
     static let postedLimit = 512
+    /// Bytes of the posted calls' requests (each with its length), and of a request's header.
+    private var postedBytes = 0
+    static let requestHeader = 40 + 4
 
     var hasPosted: Bool { lock.withLock { !posted.isEmpty } }
 
@@ -259,7 +262,15 @@ public final class IsolatedPlugin: @unchecked Sendable {
         let conflict = frame.entries.contains { e in postedUpdates.contains { u in
             u.hostRange.overlaps(e.hostRange) && !(e.direction == .update && u.host == e.host && u.hostStride == e.hostStride && u.count == e.count)
         } }
-        if conflict || posted.count >= Self.postedLimit { try flushLocked() }
+        // The batch's request must fit the channel's request area (its size does not depend on
+        // where the arrays lie): a full batch is collected first.
+        var measure = WireWriter()
+        arguments(&measure)
+        let requestSize = Self.requestHeader + measure.bytes.count + 4
+        if conflict || posted.count >= Self.postedLimit || postedBytes + requestSize > ChannelControl.requestCapacity - Self.requestHeader {
+            try flushLocked()
+        }
+        precondition(requestSize <= ChannelControl.requestCapacity - Self.requestHeader, "a posted \(op.function) request of \(requestSize) bytes exceeds the channel")
         var moved: [Int: Int] = [:]
         var fresh: [CallFrame.Entry] = []
         var cursor = postedEnd
@@ -289,6 +300,7 @@ public final class IsolatedPlugin: @unchecked Sendable {
         w.u64(ChannelTiming.childSpin)
         arguments(&w)
         posted.append(Posted(op: op, request: w.bytes, context: context(relocate)))
+        postedBytes += 4 + w.bytes.count
         if IsolationStats.enabled {
             IsolationStats.recordPosted(op: op, copyIn: DispatchTime.now().uptimeNanoseconds - t0,
                                         bytes: fresh.reduce(0) { $0 + ($1.direction == .output ? 0 : $1.count * MemoryLayout<Float>.size) })
@@ -308,7 +320,7 @@ public final class IsolatedPlugin: @unchecked Sendable {
     private func flushLocked() throws {
         guard !posted.isEmpty else { return }
         let calls = posted, updates = postedUpdates
-        posted = []; postedUpdates = []; postedEnd = ChannelControl.arraysOffset
+        posted = []; postedUpdates = []; postedEnd = ChannelControl.arraysOffset; postedBytes = 0
         PostedPluginCalls.unregister(self)
         if let failed { throw failed }
         var w = WireWriter()
