@@ -182,8 +182,58 @@ private func train(_ data: String, run: String, epochs: Int, plugin: String, rol
             let woken = words.indices.first { words[$0] == "woke" && $0 + 2 < words.count && words[$0 + 2].hasPrefix("host") }.flatMap { Int(words[$0 - 1]) }
             #expect(woken != nil, "no stats line: \(r.stderr)")
             if spin == nil { #expect((woken ?? 0) > 0, "no reply went through the sleeping path: \(stats)") }
+            // Round trips of a training step (counts, not times): 7 Flipout layers, the posterior
+            // (the Normal copy) and the prior (the fixture) in two children. Per layer one for center
+            // and sample together and one for the prior's kl; the VJPs are posted, then collected in
+            // one batch per child. Synchronous calls were 6 per layer (42).
+            let perStep = r.stderr.components(separatedBy: "\n").first { $0.contains("training step after the first took a median") }
+                .flatMap { $0.components(separatedBy: "median ").last?.split(separator: " ").first }.flatMap { Double($0) }
+            #expect(perStep != nil && perStep! <= 2 * 7 + 2, "round trips per step: \(r.stderr)")
+            #expect(stats.contains("calls posted without waiting: ") && !stats.contains("calls posted without waiting: none"), "\(stats)")
         }
         #expect(Set(checkpoints).count == 1, "isolated and in-process checkpoints differ")
+        // An isolated posterior (the fixture) with the bundled Normal as an in-process prior and a
+        // Monte Carlo KL: the prior's in-process VJPs and the posterior's synchronous log_prob_vjp
+        // add into gradients the posterior's posted VJPs add into, so those are collected first.
+        var mixed: [Data] = []
+        for isolation in ["none", "third-party"] {
+            let run = dir.appendingPathComponent("run-mixed-\(isolation)").path
+            let r = try FlipoutCLI.run(["train", "--data", data, "--run", run, "--steps-per-epoch", "3", "--patch", "16,16,16", "--width", "8", "--levels", "2",
+                                        "--samples", "1", "--quiet", "--epochs", "1", "--plugin", fixture, "--posterior", "org.fixture.faulty",
+                                        "--prior", "org.flipout3d.normal", "--mc-kl", "--isolate-plugins", isolation])
+            #expect(r.status == 0, "mixed \(isolation): \(r.stderr)")
+            mixed.append(try Data(contentsOf: URL(fileURLWithPath: run).appendingPathComponent("checkpoint.safetensors")))
+        }
+        #expect(mixed[0] == mixed[1], "an isolated posterior with an in-process prior trains differently from in-process")
+    }
+
+    /// A fault in a posted call (sample_vjp of the second step, whose VJPs are posted and run in
+    /// one batch when the step collects them) is reported there, naming the plugin, family,
+    /// function and parameter point, before any optimizer step: a NaN gradient (checked in the
+    /// child), a crash (the batch's call index names the call), and a hang (the per-call watchdog).
+    @Test func aFaultInAPostedCallIsReportedWhenTheStepCollectsIt() throws {
+        let (dir, data) = try TinyFolderRun.folder("isolation-posted")
+        // 7 Flipout layers at width 2, levels 2: the 9th sample_vjp is the second step's third.
+        for fault in ["nan", "segv", "hang"] {
+            let plugin = try FaultyFixture.copy(fault, "sample_vjp", k: 9)
+            let run = dir.appendingPathComponent("run-\(fault)")
+            var env = FlipoutCLI.hermeticEnvironment
+            env["FLIPOUT_ISOLATION_STATS"] = "1"
+            let start = Date()
+            let r = try Subprocess.run(BuildProducts.flipout, ["train", "--data", data, "--run", run.path, "--steps-per-epoch", "3", "--patch", "16,16,16",
+                                                               "--width", "2", "--levels", "2", "--samples", "1", "--quiet", "--epochs", "1",
+                                                               "--plugin", plugin, "--posterior", "org.fixture.faulty", "--prior", "org.fixture.faulty",
+                                                               "--plugin-timeout", String(Self.watchdog)], environment: env)
+            let file = (plugin as NSString).lastPathComponent
+            #expect(r.status == 1, "\(fault): exit \(r.status): \(r.stderr)")
+            #expect(r.stderr.contains(file) && r.stderr.contains("family org.fixture.faulty, function sample_vjp") && r.stderr.contains(" at "),
+                    "\(fault): \(r.stderr)")
+            #expect(r.stderr.contains("collected before the optimizer step"), "\(fault): not reported at the collect: \(r.stderr)")
+            #expect(r.stderr.contains(fault == "nan" ? "non-finite result" : fault == "segv" ? "SIGSEGV" : "no answer within"), "\(fault): \(r.stderr)")
+            #expect(r.stderr.contains("calls posted without waiting: ") && !r.stderr.contains("calls posted without waiting: none"), "\(fault): \(r.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: run.appendingPathComponent("checkpoint.safetensors").path))
+            #expect(Date().timeIntervalSince(start) < Self.watchdog + 60)
+        }
     }
 
     @Test func foreignPriorsRunIsolatedWithTheSameResults() throws {

@@ -259,8 +259,7 @@ public final class VariationalWeights {
         let (nz, u) = (noise.normalsPointer, noise.uniformsPointer), (kn, ku) = (posterior.normalsPerScalar, posterior.uniformsPerScalar)
         try inLayer { try split([posterior]) { o, n in
             fillNoise(noise, from: start, offset: o, n: n)
-            try posterior.center(n: n, params: Self.offsetIn(q, o), out: center + o)
-            try posterior.sample(n: n, params: Self.offsetIn(q, o), normals: nz.map { $0 + o * kn }, uniforms: u.map { $0 + o * ku }, out: sample + o)
+            try posterior.centerAndSample(n: n, params: Self.offsetIn(q, o), normals: nz.map { $0 + o * kn }, uniforms: u.map { $0 + o * ku }, center: center + o, sample: sample + o)
             each(o, n)
         } }
         stream.seek(toBlock: start.block &+ UInt64(noise.blocks))

@@ -138,15 +138,10 @@ public final class Distribution: @unchecked Sendable {
         let remote = family.remote!
         let reply: IsolatedPlugin.Reply
         do {
+            if PostedPluginCalls.anyPending { try PostedPluginCalls.settle(frame.entries.map(\.hostRange), except: remote.plugin) }
             reply = try remote.plugin.call(op, family: remote.index, instance: instance, n: n, frame: frame, arguments: arguments)
         } catch let f as PluginProcessFailure {
-            if case .earlier = f {
-                throw PluginCallError(family: family.id, function: op.function, status: PluginCallError.processFailed, message: "\(f)", file: family.file)
-            }
-            let at = point()
-            remote.plugin.noteFailure(function: op.function, family: family.id, point: at)
-            throw PluginCallError(family: family.id, function: op.function, status: PluginCallError.processFailed,
-                                  message: "\(f)\(remote.plugin.failureContext())", file: family.file, point: at)
+            throw processFailure(family, op, f, point: point)
         }
         if reply.status != Status.ok.rawValue {
             throw PluginCallError(family: family.id, function: op.function, status: reply.status,
@@ -154,6 +149,42 @@ public final class Distribution: @unchecked Sendable {
                                   point: reply.status == Status.unsupported.rawValue ? "" : point())
         }
         return reply
+    }
+
+    /// A dead, hung or sandbox-stopped child as the PluginCallError of the call that saw it.
+    static func processFailure(_ family: DistributionFamily, _ op: WireOp, _ f: PluginProcessFailure, point: () -> String) -> PluginCallError {
+        let plugin = family.remote!.plugin
+        if case .earlier = f {
+            return PluginCallError(family: family.id, function: op.function, status: PluginCallError.processFailed, message: "\(f)", file: family.file)
+        }
+        let at = point()
+        plugin.noteFailure(function: op.function, family: family.id, point: at)
+        return PluginCallError(family: family.id, function: op.function, status: PluginCallError.processFailed,
+                               message: "\(f)\(plugin.failureContext())", file: family.file, point: at)
+    }
+
+    /// Posts a gradient call to the family's child (`PostedPluginCalls`): it runs, and its
+    /// gradients are checked there as `checkGradients` checks them here, when collected.
+    /// `groups` and `x` name the inputs of its parameter point.
+    private func post(_ op: WireOp, n: Int, frame: CallFrame, groups: [(names: [String], arrays: [WireArray])], x: WireArray? = nil,
+                      point: () -> String, arguments: (inout WireWriter) -> Void) throws {
+        let remote = remote!
+        do {
+            if PostedPluginCalls.anyPending { try PostedPluginCalls.settle(frame.entries.map(\.hostRange), except: remote.plugin) }
+            try remote.plugin.post(op, family: remote.index, instance: remoteInstance, n: n, frame: frame, context: { relocate in
+                IsolatedPlugin.PostedContext(family: family.id, file: family.file, n: n,
+                                             groups: groups.map { (names: $0.names, arrays: $0.arrays.map(relocate)) }, x: x.map(relocate))
+            }, arguments: arguments)
+        } catch let f as PluginProcessFailure {
+            throw Self.processFailure(family, op, f, point: point)
+        }
+    }
+
+    /// Before an in-process call: collects the posted calls of isolated plugins that add into
+    /// the call's arrays (a no-op unless some are posted).
+    private func settle(_ ins: [InArray], _ pointers: [UnsafePointer<Float>?], _ outs: [OutArray] = [], n: Int) throws {
+        guard PostedPluginCalls.anyPending else { return }
+        try PostedPluginCalls.settle(PostedPluginCalls.ranges(ins, pointers, outs, n: n))
     }
 
     private func call(_ function: String, point: () -> String, _ body: (UnsafeMutablePointer<flipout_error>) -> flipout_status) throws {
@@ -255,6 +286,7 @@ public final class Distribution: @unchecked Sendable {
             let p = Self.inputs(&f, params, n: n), xa = f.input(x, n: n), o = f.output(out, n: n)
             try remoteCall(.logProb, n: n, frame: f, point: where_) { w in w.arrays(p); w.array(xa); w.array(o) }
         } else {
+            try settle(params, [x, UnsafePointer(out)], n: n)
             try withIn(params) { p in try call("log_prob", point: where_) { fns.log_prob(instance, n, p, x, out, $0) } }
         }
         try checkFinite("log_prob", out, n, allowMinusInfinity: true) { self.point(params, x: x, n: n, at: $0) }
@@ -270,6 +302,7 @@ public final class Distribution: @unchecked Sendable {
             let gx = f.update(gradX, stride: 1, n: n), gp = Self.updates(&f, gradParams, n: n)
             try remoteCall(.logProbVJP, n: n, frame: f, point: where_) { w in w.arrays(p); w.array(xa); w.array(ga); w.array(gx); w.arrays(gp) }
         } else {
+            try settle(params, [x, g, gradX.map { UnsafePointer($0) }], gradParams, n: n)
             try withIn(params) { p in try withOut(gradParams) { gp in
                 try call("log_prob_vjp", point: where_) { fns.log_prob_vjp(instance, n, p, x, g, gradX, gp, $0) }
             } }
@@ -288,9 +321,32 @@ public final class Distribution: @unchecked Sendable {
             let p = Self.inputs(&fr, params, n: n), nz = fr.input(normals, n: n * normalsPerScalar), u = fr.input(uniforms, n: n * uniformsPerScalar), o = fr.output(out, n: n)
             try remoteCall(.sample, n: n, frame: fr, point: where_) { w in w.arrays(p); w.array(nz); w.array(u); w.array(o) }
         } else {
+            try settle(params, [UnsafePointer(out)], n: n)
             try withIn(params) { p in try call("sample", point: where_) { f(instance, n, p, normals, uniforms, out, $0) } }
         }
         try checkFinite("sample", out, n) { self.point(params, n: n, at: $0) }
+    }
+
+    /// `center` then `sample` over the same parameters (the bits of the two calls in turn): for
+    /// an isolated plugin both travel in one round trip.
+    public func centerAndSample(n: Int, params: [InArray], normals: UnsafePointer<Float>?, uniforms: UnsafePointer<Float>?,
+                                center out: UnsafeMutablePointer<Float>, sample: UnsafeMutablePointer<Float>) throws {
+        guard let remote, fns.center != nil, fns.sample != nil else {
+            try center(n: n, params: params, out: out)
+            return try self.sample(n: n, params: params, normals: normals, uniforms: uniforms, out: sample)
+        }
+        checkSlots(params)
+        let where_ = { self.point(params, n: n) }
+        var fc = CallFrame()
+        let pc = Self.inputs(&fc, params, n: n), oc = fc.output(out, n: n)
+        try post(.center, n: n, frame: fc, groups: [(slotNames, pc)], point: where_) { w in w.arrays(pc); w.array(oc) }
+        var fs = CallFrame()
+        let ps = Self.inputs(&fs, params, n: n), nz = fs.input(normals, n: n * normalsPerScalar), u = fs.input(uniforms, n: n * uniformsPerScalar)
+        let os = fs.output(sample, n: n)
+        try post(.sample, n: n, frame: fs, groups: [(slotNames, ps)], point: where_) { w in w.arrays(ps); w.array(nz); w.array(u); w.array(os) }
+        do { try remote.plugin.flushPosted() } catch let f as PluginProcessFailure { throw Self.processFailure(family, .sample, f, point: where_) }
+        try checkFinite("center", out, n) { self.point(params, n: n, at: $0) }
+        try checkFinite("sample", sample, n) { self.point(params, n: n, at: $0) }
     }
 
     public func sampleVJP(n: Int, params: [InArray], normals: UnsafePointer<Float>?, uniforms: UnsafePointer<Float>?,
@@ -302,8 +358,13 @@ public final class Distribution: @unchecked Sendable {
             var fr = CallFrame()
             let p = Self.inputs(&fr, params, n: n), nz = fr.input(normals, n: n * normalsPerScalar), u = fr.input(uniforms, n: n * uniformsPerScalar)
             let xa = fr.input(x, n: n), ga = fr.input(g, n: n), gp = Self.updates(&fr, gradParams, n: n)
-            try remoteCall(.sampleVJP, n: n, frame: fr, point: where_) { w in w.arrays(p); w.array(nz); w.array(u); w.array(xa); w.array(ga); w.arrays(gp) }
+            let arguments = { (w: inout WireWriter) in w.arrays(p); w.array(nz); w.array(u); w.array(xa); w.array(ga); w.arrays(gp) }
+            if PostedPluginCalls.enabled {
+                return try post(.sampleVJP, n: n, frame: fr, groups: [(slotNames, p)], x: xa, point: where_, arguments: arguments)
+            }
+            try remoteCall(.sampleVJP, n: n, frame: fr, point: where_, arguments: arguments)
         } else {
+            try settle(params, [x, g], gradParams, n: n)
             try withIn(params) { p in try withOut(gradParams) { gp in
                 try call("sample_vjp", point: where_) { f(instance, n, p, normals, uniforms, x, g, gp, $0) }
             } }
@@ -320,6 +381,7 @@ public final class Distribution: @unchecked Sendable {
             let p = Self.inputs(&fr, params, n: n), o = fr.output(out, n: n)
             try remoteCall(.center, n: n, frame: fr, point: where_) { w in w.arrays(p); w.array(o) }
         } else {
+            try settle(params, [UnsafePointer(out)], n: n)
             try withIn(params) { p in try call("center", point: where_) { f(instance, n, p, out, $0) } }
         }
         try checkFinite("center", out, n) { self.point(params, n: n, at: $0) }
@@ -332,8 +394,13 @@ public final class Distribution: @unchecked Sendable {
         if remote != nil {
             var fr = CallFrame()
             let p = Self.inputs(&fr, params, n: n), ga = fr.input(g, n: n), gp = Self.updates(&fr, gradParams, n: n)
-            try remoteCall(.centerVJP, n: n, frame: fr, point: where_) { w in w.arrays(p); w.array(ga); w.arrays(gp) }
+            let arguments = { (w: inout WireWriter) in w.arrays(p); w.array(ga); w.arrays(gp) }
+            if PostedPluginCalls.enabled {
+                return try post(.centerVJP, n: n, frame: fr, groups: [(slotNames, p)], point: where_, arguments: arguments)
+            }
+            try remoteCall(.centerVJP, n: n, frame: fr, point: where_, arguments: arguments)
         } else {
+            try settle(params, [g], gradParams, n: n)
             try withIn(params) { p in try withOut(gradParams) { gp in
                 try call("center_vjp", point: where_) { f(instance, n, p, g, gp, $0) }
             } }
@@ -360,6 +427,7 @@ public final class Distribution: @unchecked Sendable {
             let qp = Self.inputs(&fr, qParams, n: n), pp = Self.inputs(&fr, params, n: n), o = fr.output(out, n: n)
             try remoteCall(.kl, n: n, frame: fr, point: where_) { w in w.string(q.family.id); w.arrays(qp); w.arrays(pp); w.array(o) }
         } else {
+            try settle(qParams + params, [UnsafePointer(out)], n: n)
             try withIn(qParams) { qp in try withIn(params) { pp in
                 try q.family.id.withCString { fam in try call("kl", point: where_) { f(instance, n, fam, qp, pp, out, $0) } }
             } }
@@ -377,8 +445,14 @@ public final class Distribution: @unchecked Sendable {
             var fr = CallFrame()
             let qp = Self.inputs(&fr, qParams, n: n), pp = Self.inputs(&fr, params, n: n), ga = fr.input(g, n: n)
             let gq = Self.updates(&fr, gradQ, n: n), gp = Self.updates(&fr, gradParams, n: n)
-            try remoteCall(.klVJP, n: n, frame: fr, point: where_) { w in w.string(q.family.id); w.arrays(qp); w.arrays(pp); w.array(ga); w.arrays(gq); w.arrays(gp) }
+            let arguments = { (w: inout WireWriter) in w.string(q.family.id); w.arrays(qp); w.arrays(pp); w.array(ga); w.arrays(gq); w.arrays(gp) }
+            if PostedPluginCalls.enabled {
+                return try post(.klVJP, n: n, frame: fr, groups: [(q.slots.map { "q.\($0.name)" }, qp), (slots.map { "p.\($0.name)" }, pp)],
+                                point: where_, arguments: arguments)
+            }
+            try remoteCall(.klVJP, n: n, frame: fr, point: where_, arguments: arguments)
         } else {
+            try settle(qParams + params, [g], gradQ + gradParams, n: n)
             try withIn(qParams) { qp in try withIn(params) { pp in try withOut(gradQ) { gq in try withOut(gradParams) { gp in
                 try q.family.id.withCString { fam in try call("kl_vjp", point: where_) { f(instance, n, fam, qp, pp, g, gq, gp, $0) } }
             } } } }

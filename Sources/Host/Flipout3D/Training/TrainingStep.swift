@@ -37,6 +37,7 @@ public enum TrainingStep {
         let (terms, dLogits) = try loss(logits)
         try model.backward(dLogits, saved)
         let kl = try model.kl(gradientScale: Float(klScale), ctx)
+        try PostedPluginCalls.collect()  // isolated plugins' posted gradient calls land (and fail) here; no-op in-process
         model.finishBackward()
         return (terms, kl)
     }

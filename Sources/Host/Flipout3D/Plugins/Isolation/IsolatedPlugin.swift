@@ -83,6 +83,9 @@ public final class IsolatedPlugin: @unchecked Sendable {
     /// The child executable: beside the running flipout binary.
     public static var hostExecutable: String { Paths.join(PluginSearch.executableDirectory, "flipout-plugin-host") }
 
+    /// Whether this process started any plugin's child (the stats count only then).
+    static var anyStarted = false
+
     static func format(_ t: Double) -> String { t == t.rounded() ? String(Int(t)) : String(format: "%.1f", t) }
 
     /// Starts the child for `file` (a plugin, or with `foreignSpec` a --foreign-prior's library),
@@ -124,6 +127,7 @@ public final class IsolatedPlugin: @unchecked Sendable {
         }
         _ = fcntl(pipeFDs[0], F_SETFL, fcntl(pipeFDs[0], F_GETFL) | O_NONBLOCK)
         let plugin = IsolatedPlugin(file: file, timeout: timeout, pid: pid, channel: pair[0], output: pipeFDs[0], shm: shm)
+        anyStarted = true
         // The hello: 0 + JSON of the library, or 1 + kind + reason of a load error.
         let reply: [UInt8]
         do { reply = try plugin.lock.withLock { try plugin.receiveLarge(deadline: Date().addingTimeInterval(timeout)) } } catch let f as PluginProcessFailure {
@@ -172,13 +176,21 @@ public final class IsolatedPlugin: @unchecked Sendable {
 
     /// Sends `op` with the arrays `frame` lays out (copied in before, copied back after an OK
     /// status) and the op's scalar `arguments`, and waits for the reply within the watchdog.
-    /// Throws `PluginProcessFailure` if the child dies, hangs or breaks the protocol.
+    /// Throws `PluginProcessFailure` if the child dies, hangs or breaks the protocol. With posted
+    /// calls pending, the call's arrays go after theirs; if it touches a posted call's gradient
+    /// (or destroys an instance), the posted calls are collected first (`flushPosted`).
     func call(_ op: WireOp, family: UInt32, instance: UInt64, n: Int, frame: CallFrame = CallFrame(),
               arguments: (inout WireWriter) -> Void = { _ in }) throws -> Reply {
         lock.lock(); defer { lock.unlock() }
         if let failed { throw failed }
-        do { return try exchange(op, family: family, instance: instance, n: n, frame: frame, arguments: arguments) }
-        catch let f as PluginProcessFailure {
+        if !posted.isEmpty && (op == .destroy || frame.entries.contains(where: { e in postedUpdates.contains { $0.hostRange.overlaps(e.hostRange) } })) {
+            try flushLocked()
+        }
+        let delta = postedEnd - ChannelControl.arraysOffset
+        do {
+            return try exchange(op, family: family, instance: instance, n: n, frame: delta == 0 ? frame : frame.shifted(by: delta),
+                                relocate: delta == 0 ? nil : { WireArray(offset: $0.offset + UInt64(delta), stride: $0.stride) }, arguments: arguments)
+        } catch let f as PluginProcessFailure {
             failed = f
             throw f
         }
@@ -187,15 +199,212 @@ public final class IsolatedPlugin: @unchecked Sendable {
     /// Records where the process failed (family id and parameter point, which only the caller
     /// knows), so that later calls name that call instead of their own.
     func noteFailure(function: String, family: String, point: String) {
-        lock.withLock {
-            if let f = failed, case .earlier = f {} else if let f = failed {
-                failed = .earlier(function: function, family: family, point: point, f)
-            }
+        lock.withLock { noteFailureLocked(function: function, family: family, point: point) }
+    }
+
+    private func noteFailureLocked(function: String, family: String, point: String) {
+        if let f = failed, case .earlier = f {} else if let f = failed {
+            failed = .earlier(function: function, family: family, point: point, f)
         }
     }
 
-    private func exchange(_ op: WireOp, family: UInt32, instance: UInt64, n: Int, frame: CallFrame,
+    // MARK: Posted calls
+
+    /// What a failure message of a posted call needs: the family, and the call's inputs as they
+    /// lie in the shared memory (the host's buffers may be gone when the batch runs).
+    struct PostedContext {
+        let family: String
+        let file: String
+        let n: Int
+        /// Parameter slot names and arrays (relocated into the shared memory), for the point.
+        let groups: [(names: [String], arrays: [WireArray])]
+        let x: WireArray?
+    }
+
+    private struct Posted {
+        let op: WireOp
+        let request: [UInt8]
+        let context: PostedContext
+    }
+
+    private var posted: [Posted] = []
+    /// The end of the posted calls' arrays in the shared memory.
+    private var postedEnd = ChannelControl.arraysOffset
+    /// The arrays posted calls write: gradients they ADD into, each once in the shared memory
+    /// (copied in when first posted, back when collected: calls into the same gradient accumulate
+    /// in the child in posting order, as they would in-process), and outputs (copied back).
+    private var postedUpdates: [CallFrame.Entry] = []
+    /// Posted calls in one batch at most.
+    static let postedLimit = 512
+    /// Bytes of the posted calls' requests (each with its length), and of a request's header.
+    private var postedBytes = 0
+    static let requestHeader = 40 + 4
+
+    var hasPosted: Bool { lock.withLock { !posted.isEmpty } }
+
+    /// Whether a posted call, not yet collected, adds into memory in `range`.
+    func postedWrites(_ ranges: [Range<UInt>]) -> Bool {
+        lock.withLock { postedUpdates.contains { u in ranges.contains { $0.overlaps(u.hostRange) } } }
+    }
+
+    /// Queues `op` without waiting for it: its inputs are copied into the shared memory now, the
+    /// arrays it writes are copied back when the posted calls are collected (`flushPosted`, or before a call that touches them). The plugin's
+    /// status, a non-finite gradient from finite inputs (checked in the child after each call, as
+    /// `Distribution.checkGradients` does in-process) and a dying child surface there, naming
+    /// this call through `context`.
+    func post(_ op: WireOp, family: UInt32, instance: UInt64, n: Int, frame: CallFrame, context: (WireWriter.Relocation) -> PostedContext,
+              arguments: (inout WireWriter) -> Void) throws {
+        precondition(op.canBeBatched, "\(op.function) cannot be posted")
+        lock.lock(); defer { lock.unlock() }
+        if let failed { throw failed }
+        // An input that a posted call writes, or a gradient that overlaps one without being the
+        // same array, needs the posted calls' results first.
+        let conflict = frame.entries.contains { e in postedUpdates.contains { u in
+            u.hostRange.overlaps(e.hostRange) && !(e.direction == .update && u.host == e.host && u.hostStride == e.hostStride && u.count == e.count)
+        } }
+        // The batch's request must fit the channel's request area (its size does not depend on
+        // where the arrays lie): a full batch is collected first.
+        var measure = WireWriter()
+        arguments(&measure)
+        let requestSize = Self.requestHeader + measure.bytes.count + 4
+        if conflict || posted.count >= Self.postedLimit || postedBytes + requestSize > ChannelControl.requestCapacity - Self.requestHeader {
+            try flushLocked()
+        }
+        precondition(requestSize <= ChannelControl.requestCapacity - Self.requestHeader, "a posted \(op.function) request of \(requestSize) bytes exceeds the channel")
+        var moved: [Int: Int] = [:]
+        var fresh: [CallFrame.Entry] = []
+        var cursor = postedEnd
+        for e in frame.entries {
+            if e.direction == .update, let u = postedUpdates.first(where: { $0.host == e.host && $0.hostStride == e.hostStride && $0.count == e.count }) {
+                moved[e.offset] = u.offset
+                continue
+            }
+            var placed = e
+            placed.offset = cursor
+            cursor += e.footprint
+            moved[e.offset] = placed.offset
+            fresh.append(placed)
+        }
+        do { try shm.ensure(cursor) } catch let e as SharedMemoryError {
+            failed = .channel("shared memory: \(e)")
+            throw failed!
+        }
+        let t0 = IsolationStats.enabled ? DispatchTime.now().uptimeNanoseconds : 0
+        for e in fresh where e.direction != .output { e.copyIn(shm) }
+        postedUpdates += fresh.filter { $0.direction != .input }
+        postedEnd = cursor
+        let relocate: WireWriter.Relocation = { a in WireArray(offset: UInt64(moved[Int(a.offset)]!), stride: a.stride) }
+        var w = WireWriter()
+        w.relocate = relocate
+        w.u32(op.rawValue); w.u32(family); w.u64(instance); w.u64(UInt64(n)); w.u64(0)
+        w.u64(ChannelTiming.childSpin)
+        arguments(&w)
+        posted.append(Posted(op: op, request: w.bytes, context: context(relocate)))
+        postedBytes += 4 + w.bytes.count
+        if IsolationStats.enabled {
+            IsolationStats.recordPosted(op: op, copyIn: DispatchTime.now().uptimeNanoseconds - t0,
+                                        bytes: fresh.reduce(0) { $0 + ($1.direction == .output ? 0 : $1.count * MemoryLayout<Float>.size) })
+        }
+        PostedPluginCalls.register(self)
+    }
+
+    /// Runs every posted call in one round trip (in posting order, stopping at the first
+    /// failure), copies what they wrote back, and throws the first failure: the `PluginCallError`
+    /// its call would have thrown in-process (a dead child: status processFailed), for a posted
+    /// gradient call inside `PostedPluginCalls.failure`.
+    func flushPosted() throws {
+        lock.lock(); defer { lock.unlock() }
+        try flushLocked()
+    }
+
+    private func flushLocked() throws {
+        guard !posted.isEmpty else { return }
+        let calls = posted, updates = postedUpdates
+        posted = []; postedUpdates = []; postedEnd = ChannelControl.arraysOffset; postedBytes = 0
+        PostedPluginCalls.unregister(self)
+        if let failed { throw failed }
+        var w = WireWriter()
+        w.u32(WireOp.batch.rawValue); w.u32(0); w.u64(0); w.u64(0); w.u64(UInt64(shm.size))
+        w.u64(ChannelTiming.childSpin)
+        w.u32(UInt32(calls.count))
+        for c in calls { w.u32(UInt32(c.request.count)); w.bytes += c.request }
+        shm.control.store(ChannelControl.batchIndex, 0)
+        let reply: Reply
+        do {
+            reply = try exchange(.batch, request: w.bytes, frame: CallFrame(), batchCalls: calls.count)
+        } catch let f as PluginProcessFailure {
+            failed = f
+            let k = min(Int(shm.control.load(ChannelControl.batchIndex)), calls.count - 1)
+            let c = calls[k]
+            let at = point(c.context, at: nil)
+            noteFailureLocked(function: c.op.function, family: c.context.family, point: at)
+            throw reported(c.op, PluginCallError(family: c.context.family, function: c.op.function, status: PluginCallError.processFailed,
+                                                 message: "\(f)\(context)", file: c.context.file, point: at))
+        }
+        var r = reply.reader
+        do {
+            let executed = Int(try r.u32())
+            let nonFinite = try r.u32() != 0
+            let index = try r.u64()
+            let value = Float(bitPattern: try r.u32())
+            if reply.status == 0 && !nonFinite && executed == calls.count {
+                let t0 = IsolationStats.enabled ? DispatchTime.now().uptimeNanoseconds : 0
+                for u in updates { u.copyOut(shm) }
+                if IsolationStats.enabled {
+                    IsolationStats.recordCollected(copyOut: DispatchTime.now().uptimeNanoseconds - t0,
+                                                   bytes: updates.reduce(0) { $0 + $1.count * MemoryLayout<Float>.size })
+                }
+                return
+            }
+            guard executed < calls.count else { throw WireReader.Truncated() }
+            let c = calls[executed]
+            if nonFinite {
+                throw reported(c.op, PluginCallError(family: c.context.family, function: c.op.function, status: PluginCallError.nonFinite,
+                                                     message: "returned status OK with a gradient of \(value) from finite inputs. Check the plugin's derivative.",
+                                                     file: c.context.file, point: point(c.context, at: index == .max ? nil : Int(index))))
+            }
+            throw reported(c.op, PluginCallError(family: c.context.family, function: c.op.function, status: reply.status,
+                                                 message: reply.message.isEmpty ? "(no message)" : reply.message, file: c.context.file,
+                                                 point: reply.status == Status.unsupported.rawValue ? "" : point(c.context, at: nil)))
+        } catch is WireReader.Truncated {
+            kill(pid, SIGKILL)
+            failed = .channel("a truncated reply to posted calls")
+            throw failed!
+        }
+    }
+
+    /// A batched call's failure: a posted gradient call's as `PostedPluginCalls.failure`; center
+    /// and sample, which their own layer sends and collects at once, as their PluginCallError.
+    private func reported(_ op: WireOp, _ e: PluginCallError) -> Error {
+        op.canBePosted ? PostedPluginCalls.failure(e) : e
+    }
+
+    /// The parameter point of a posted call, from its inputs in the shared memory.
+    private func point(_ c: PostedContext, at index: Int?) -> String {
+        let groups = c.groups.map { g in (names: g.names, arrays: g.arrays.map { InArray(UnsafePointer(shm.floats(at: $0.offset)), stride: Int($0.stride)) }) }
+        return Distribution.point(groups, x: c.x.map { UnsafePointer(shm.floats(at: $0.offset)) }, n: c.n, at: index)
+    }
+
+    // MARK: The exchange
+
+    private func exchange(_ op: WireOp, family: UInt32, instance: UInt64, n: Int, frame: CallFrame, relocate: WireWriter.Relocation?,
                           arguments: (inout WireWriter) -> Void) throws -> Reply {
+        var w = WireWriter()
+        w.relocate = relocate
+        w.u32(op.rawValue); w.u32(family); w.u64(instance); w.u64(UInt64(n))
+        // The size the arrays need (the header's size field is filled in below, once mapped).
+        let sizeAt = w.bytes.count
+        w.u64(0)
+        w.u64(ChannelTiming.childSpin)
+        arguments(&w)
+        do { try shm.ensure(frame.size) } catch let e as SharedMemoryError { throw PluginProcessFailure.channel("shared memory: \(e)") }
+        withUnsafeBytes(of: UInt64(shm.size).littleEndian) { w.bytes.replaceSubrange(sizeAt..<(sizeAt + 8), with: $0) }
+        return try exchange(op, request: w.bytes, frame: frame, batchCalls: 0)
+    }
+
+    /// One round trip: copies `frame`'s arrays in, sends `request`, waits for the reply (the
+    /// watchdog restarts at each call of a batch), copies the arrays back after an OK status.
+    private func exchange(_ op: WireOp, request: [UInt8], frame: CallFrame, batchCalls: Int) throws -> Reply {
         do {
             let t0 = IsolationStats.enabled ? DispatchTime.now().uptimeNanoseconds : 0
             // A sleeping child takes tens of microseconds to wake: ring now, so that it wakes
@@ -207,19 +416,15 @@ public final class IsolatedPlugin: @unchecked Sendable {
             try shm.ensure(frame.size)
             frame.copyIn(shm)
             let t1 = IsolationStats.enabled ? DispatchTime.now().uptimeNanoseconds : 0
-            var w = WireWriter()
-            w.u32(op.rawValue); w.u32(family); w.u64(instance); w.u64(UInt64(n)); w.u64(UInt64(shm.size))
-            w.u64(ChannelTiming.childSpin)
-            arguments(&w)
             let control = shm.control
-            control.write(w.bytes, at: ChannelControl.requestOffset, capacity: ChannelControl.requestCapacity, length: ChannelControl.requestLength)
+            control.write(request, at: ChannelControl.requestOffset, capacity: ChannelControl.requestCapacity, length: ChannelControl.requestLength)
             sequence &+= 1
             control.store(ChannelControl.requestSequence, sequence)
             if control.load(ChannelControl.childSleeping) != 0 {
                 if IsolationStats.enabled { IsolationStats.count(\.lateRings) }
                 try ring()
             }
-            try awaitReply(control, deadline: Date().addingTimeInterval(timeout))
+            try awaitReply(control, batch: batchCalls > 0)
             guard let bytes = control.read(at: ChannelControl.replyOffset, capacity: ChannelControl.replyCapacity, length: ChannelControl.replyLength) else {
                 kill(pid, SIGKILL)
                 throw PluginProcessFailure.channel("a reply longer than the channel")
@@ -255,14 +460,21 @@ public final class IsolatedPlugin: @unchecked Sendable {
     /// takes tens of microseconds; a wake-up through the kernel costs as much), then asleep in
     /// poll on the channel, which the child rings if it finds this side asleep, and which reports
     /// the child's death; the watchdog kills it at `deadline`. Relays what the child prints.
-    private func awaitReply(_ control: ChannelControl, deadline: Date) throws {
+    private func awaitReply(_ control: ChannelControl, batch: Bool) throws {
         defer { drainOutput() }
+        var deadline = Date().addingTimeInterval(timeout)
+        var running = control.load(ChannelControl.batchIndex)
         if flipout_spin_until(control.word(ChannelControl.replySequence), sequence, ChannelTiming.hostSpin, ChannelTiming.pause) != 0 { return }
         var bell = [UInt8](repeating: 0, count: 64)
         if IsolationStats.enabled { IsolationStats.count(\.sleeps) }
         while true {
             control.store(ChannelControl.hostSleeping, 1)
             if control.load(ChannelControl.replySequence) == sequence { control.store(ChannelControl.hostSleeping, 0); return }
+            if batch, case let now = control.load(ChannelControl.batchIndex), now != running {
+                // The next call of the batch started: its own watchdog period begins.
+                running = now
+                deadline = Date().addingTimeInterval(timeout)
+            }
             let events = try pollChannel(deadline: deadline)
             if events & Int16(POLLIN) != 0 {
                 let got = bell.withUnsafeMutableBytes { recv(channel, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }

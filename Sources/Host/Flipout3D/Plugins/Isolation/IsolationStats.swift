@@ -13,7 +13,9 @@ enum IsolationStats {
         return true
     }()
     private static let lock = NSLock()
+    /// Round trips by operation (a batch of posted calls is one), and calls posted by operation.
     private static var calls: [WireOp: Int] = [:]
+    private static var posted: [WireOp: Int] = [:]
     private static var bytesIn = 0, bytesOut = 0
     private static var copyInNs: UInt64 = 0, waitNs: UInt64 = 0, copyOutNs: UInt64 = 0, computeNs: UInt64 = 0, servedNs: UInt64 = 0
     /// Requests that found the child asleep (a wake-up through the socket), and replies the host
@@ -29,14 +31,44 @@ enum IsolationStats {
         }
     }
 
+    /// A call posted without waiting (it runs in a later batch round trip).
+    static func recordPosted(op: WireOp, copyIn: UInt64, bytes: Int) {
+        lock.withLock { posted[op, default: 0] += 1; copyInNs += copyIn; bytesIn += bytes }
+    }
+
+    /// The gradients of a batch of posted calls, copied back.
+    static func recordCollected(copyOut: UInt64, bytes: Int) {
+        lock.withLock { copyOutNs += copyOut; bytesOut += bytes }
+    }
+
+    /// Round trips so far at each collect of posted calls (`PostedPluginCalls.collect`, once per
+    /// training step): their differences are the round trips of one training step.
+    private static var stepMarks: [Int] = []
+
+    static func markStep() { lock.withLock { stepMarks.append(calls.values.reduce(0, +)) } }
+
+    /// The median of the round trips of the training steps after the first (which runs before
+    /// posting starts), or nil with fewer than two collects.
+    static var roundTripsPerStep: Double? {
+        let d = zip(stepMarks.dropFirst(), stepMarks).map { Double($0 - $1) }.sorted()
+        guard !d.isEmpty else { return nil }
+        return d.count % 2 == 1 ? d[d.count / 2] : (d[d.count / 2 - 1] + d[d.count / 2]) / 2
+    }
+
     static func count(_ which: WritableKeyPath<Wakeups, Int>) { lock.withLock { wakeups[keyPath: which] += 1 } }
 
     static func report() {
         let total = calls.values.reduce(0, +)
         let ops = calls.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.function)=\($0.value)" }.joined(separator: " ")
-        let line = String(format: "flipout: isolation stats: %d round trips (%@), %d woke the child (%d rang again after the request), %d woke the host; copied in %.1f MB, out %.1f MB; ms: copy-in %.2f, wait %.2f (served %.2f, plugin %.2f), copy-out %.2f\n",
-                          total, ops, wakeups.rings, wakeups.lateRings, wakeups.sleeps, Double(bytesIn) / 1e6, Double(bytesOut) / 1e6,
+        let postedOps = posted.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.function)=\($0.value)" }.joined(separator: " ")
+        let postedText = posted.isEmpty ? "none" : "\(posted.values.reduce(0, +)) (\(postedOps))"
+        let line = String(format: "flipout: isolation stats: %d round trips (%@), calls posted without waiting: %@; %d woke the child (%d rang again after the request), %d woke the host; copied in %.1f MB, out %.1f MB; ms: copy-in %.2f, wait %.2f (served %.2f, plugin %.2f), copy-out %.2f\n",
+                          total, ops, postedText, wakeups.rings, wakeups.lateRings, wakeups.sleeps, Double(bytesIn) / 1e6, Double(bytesOut) / 1e6,
                           Double(copyInNs) / 1e6, Double(waitNs) / 1e6, Double(servedNs) / 1e6, Double(computeNs) / 1e6, Double(copyOutNs) / 1e6)
         fputs(line, stderr)
+        if let perStep = roundTripsPerStep {
+            fputs(String(format: "flipout: isolation stats: %d training steps collected; a training step after the first took a median %.1f round trips\n",
+                         stepMarks.count, perStep), stderr)
+        }
     }
 }

@@ -85,7 +85,7 @@ public enum PluginHostChild {
 
     /// Answers requests until the host closes the channel (or dies). Requests and replies travel
     /// through the control block of the shared memory (`ChannelControl`); the socket only carries
-    /// wake-ups and tells of the host's end.
+    /// wake-ups and tells of the host's end. A batch request carries posted calls (`IsolatedPlugin.post`).
     static func serve(_ families: [DistributionFamily]) -> Int32 {
         guard let shm = try? SharedMemory(inherited: 4) else { return 70 }
         let control = shm.control
@@ -96,6 +96,114 @@ public enum PluginHostChild {
         let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: 1024)
         var sequence: UInt32 = 0   // the host numbers its requests from 1
         var spin: UInt64 = 0
+
+        /// A non-finite gradient from finite inputs after a posted call (as `Distribution.checkGradients`
+        /// checks it in-process): the output index (max for a sum cell) and the value.
+        func gradientProblem(_ c: Request.Checked?) -> (index: UInt64, value: Float)? {
+            guard let c else { return nil }
+            let n = c.n
+            let others = c.inputs + c.params
+            func finite(_ a: WireArray, _ i: Int) -> Bool { a.isAbsent || shm.floats(at: a.offset)[a.stride == 0 ? 0 : i].isFinite }
+            for o in c.outputs where !o.isAbsent {
+                let out = shm.floats(at: o.offset)
+                let count = o.stride == 0 ? (n > 0 ? 1 : 0) : n
+                for j in 0..<count where !out[j].isFinite {
+                    let scalars = o.stride == 0 ? 0..<n : j..<(j + 1)
+                    guard scalars.allSatisfy({ i in others.allSatisfy { finite($0, i) } }) else { continue }
+                    return (o.stride == 0 ? .max : UInt64(j), out[j])
+                }
+            }
+            return nil
+        }
+
+        /// Runs one request's ABI call (its arguments follow its header in `r`); nil if the
+        /// request breaks the protocol.
+        func perform(_ call: inout Request, _ r: inout WireReader, _ extras: inout WireWriter) throws -> Int32? {
+            let (op, n, instanceID) = (call.op, call.n, call.instance)
+            guard call.family < families.count, case let t = families[call.family].table else { return nil }
+            errorBuffer[0] = 0
+            var err = flipout_error(struct_size: UInt32(MemoryLayout<flipout_error>.size), capacity: 1024, message: errorBuffer)
+            func input(_ a: WireArray) -> flipout_in_array { flipout_in_array(data: a.isAbsent ? nil : UnsafePointer(shm.floats(at: a.offset)), stride: Int(a.stride)) }
+            func output(_ a: WireArray) -> flipout_out_array { flipout_out_array(data: a.isAbsent ? nil : shm.floats(at: a.offset), stride: Int(a.stride)) }
+            func pointer(_ a: WireArray) -> UnsafeMutablePointer<Float>? { a.isAbsent ? nil : shm.floats(at: a.offset) }
+            let instance = instances[instanceID]?.pointer
+            // Noise one scalar's sample consumes (the offsets of a split sample call).
+            func noise(_ i: OpaquePointer?) -> (Int, Int) {
+                var a: UInt32 = 0, b: UInt32 = 0
+                t.layout(i, nil, &a, &b)
+                return (Int(a), Int(b))
+            }
+            if op != .create && instance == nil { return nil }
+            var status: Int32 = 0
+            switch op {
+            case .batch:
+                return nil
+            case .create:
+                let count = Int(try r.u32())
+                guard count <= Int(HostLimits.parameters) else { return nil }
+                let hypers = try (0..<count).map { _ in try r.f64() }
+                var made: OpaquePointer?
+                status = hypers.withUnsafeBufferPointer { t.create(families[call.family].descriptor, $0.baseAddress, &made, &err) }
+                let id = made.map { UInt64(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer($0)))) } ?? 0
+                if let made { instances[id] = (made, (instances[id]?.creates ?? 0) + 1) }
+                extras.u64(id)
+            case .destroy:
+                t.destroy(instance)
+                let left = instances[instanceID]!.creates - 1
+                instances[instanceID] = left > 0 ? (instance!, left) : nil
+            case .layout:
+                var a: UInt32 = 0, b: UInt32 = 0, c: UInt32 = 0
+                t.layout(instance, &a, &b, &c)
+                extras.u32(a); extras.u32(b); extras.u32(c)
+            case .logProb:
+                let p = try r.arrays().map(input), x = try r.array(), out = try r.array()
+                status = ChildSplit.run(n: n, splittable: true, err: &err) { o, k, e in
+                    t.log_prob(instance, k, ChildSplit.offset(p, o), pointer(x).map { $0 + o }, pointer(out).map { $0 + o }, e) }
+            case .logProbVJP:
+                let p = try r.arrays().map(input), x = try r.array(), g = try r.array(), gx = try r.array(), gp = try r.arrays().map(output)
+                status = ChildSplit.run(n: n, splittable: ChildSplit.perScalar(gp), err: &err) { o, k, e in
+                    t.log_prob_vjp(instance, k, ChildSplit.offset(p, o), pointer(x).map { $0 + o }, pointer(g).map { $0 + o },
+                                   pointer(gx).map { $0 + o }, ChildSplit.offset(gp, o), e) }
+            case .sample:
+                let p = try r.arrays().map(input), nz = try r.array(), u = try r.array(), x = try r.array()
+                let (normals, uniforms) = noise(instance)
+                status = ChildSplit.run(n: n, splittable: true, err: &err) { o, k, e in
+                    t.sample!(instance, k, ChildSplit.offset(p, o), pointer(nz).map { $0 + o * normals }, pointer(u).map { $0 + o * uniforms },
+                              pointer(x).map { $0 + o }, e) }
+            case .sampleVJP:
+                let pa = try r.arrays(), nz = try r.array(), u = try r.array(), x = try r.array(), g = try r.array(), gpa = try r.arrays()
+                let (p, gp) = (pa.map(input), gpa.map(output))
+                let (normals, uniforms) = noise(instance)
+                call.checked = .init(n: n, inputs: [x, g], params: pa, outputs: gpa)
+                status = ChildSplit.run(n: n, splittable: ChildSplit.perScalar(gp), err: &err) { o, k, e in
+                    t.sample_vjp!(instance, k, ChildSplit.offset(p, o), pointer(nz).map { $0 + o * normals }, pointer(u).map { $0 + o * uniforms },
+                                  pointer(x).map { $0 + o }, pointer(g).map { $0 + o }, ChildSplit.offset(gp, o), e) }
+            case .center:
+                let p = try r.arrays().map(input), out = try r.array()
+                status = ChildSplit.run(n: n, splittable: true, err: &err) { o, k, e in
+                    t.center!(instance, k, ChildSplit.offset(p, o), pointer(out).map { $0 + o }, e) }
+            case .centerVJP:
+                let pa = try r.arrays(), g = try r.array(), gpa = try r.arrays()
+                let (p, gp) = (pa.map(input), gpa.map(output))
+                call.checked = .init(n: n, inputs: [g], params: pa, outputs: gpa)
+                status = ChildSplit.run(n: n, splittable: ChildSplit.perScalar(gp), err: &err) { o, k, e in
+                    t.center_vjp!(instance, k, ChildSplit.offset(p, o), pointer(g).map { $0 + o }, ChildSplit.offset(gp, o), e) }
+            case .kl:
+                let q = try r.string(limit: Int(HostLimits.nameLength)), qp = try r.arrays().map(input), pp = try r.arrays().map(input), out = try r.array()
+                status = q.withCString { name in ChildSplit.run(n: n, splittable: true, err: &err) { o, k, e in
+                    t.kl!(instance, k, name, ChildSplit.offset(qp, o), ChildSplit.offset(pp, o), pointer(out).map { $0 + o }, e) } }
+            case .klVJP:
+                let q = try r.string(limit: Int(HostLimits.nameLength)), qpa = try r.arrays(), ppa = try r.arrays()
+                let g = try r.array(), gqa = try r.arrays(), gpa = try r.arrays()
+                let (qp, pp, gq, gp) = (qpa.map(input), ppa.map(input), gqa.map(output), gpa.map(output))
+                call.checked = .init(n: n, inputs: [g], params: qpa + ppa, outputs: gqa + gpa)
+                status = q.withCString { name in ChildSplit.run(n: n, splittable: ChildSplit.perScalar(gq + gp), err: &err) { o, k, e in
+                    t.kl_vjp!(instance, k, name, ChildSplit.offset(qp, o), ChildSplit.offset(pp, o), pointer(g).map { $0 + o },
+                              ChildSplit.offset(gq, o), ChildSplit.offset(gp, o), e) } }
+            }
+            return status
+        }
+
         while true {
             // The next request: spin for the host's budget, then sleep until it rings (or closes);
             // woken, spin again (the host rings before it copies the arrays in, to overlap our wake-up).
@@ -116,88 +224,43 @@ public enum PluginHostChild {
             var r = WireReader(request)
             var reply = WireWriter()
             do {
-                guard let op = WireOp(rawValue: try r.u32()) else { return 70 }
-                let familyIndex = Int(try r.u32()), instanceID = try r.u64(), n = Int(try r.u64()), size = Int(try r.u64())
-                spin = min(try r.u64(), 1_000_000_000)
-                guard familyIndex < families.count, case let t = families[familyIndex].table else { return 70 }
-                if size != shm.size { try shm.map(size) }
-                errorBuffer[0] = 0
-                let started = DispatchTime.now().uptimeNanoseconds
-                var err = flipout_error(struct_size: UInt32(MemoryLayout<flipout_error>.size), capacity: 1024, message: errorBuffer)
-                var extras = WireWriter()
-                func input(_ a: WireArray) -> flipout_in_array { flipout_in_array(data: a.isAbsent ? nil : UnsafePointer(shm.floats(at: a.offset)), stride: Int(a.stride)) }
-                func output(_ a: WireArray) -> flipout_out_array { flipout_out_array(data: a.isAbsent ? nil : shm.floats(at: a.offset), stride: Int(a.stride)) }
-                func pointer(_ a: WireArray) -> UnsafeMutablePointer<Float>? { a.isAbsent ? nil : shm.floats(at: a.offset) }
-                let instance = instances[instanceID]?.pointer
-                // Noise one scalar's sample consumes (the offsets of a split sample call).
-                func noise(_ i: OpaquePointer?) -> (Int, Int) {
-                    var a: UInt32 = 0, b: UInt32 = 0
-                    t.layout(i, nil, &a, &b)
-                    return (Int(a), Int(b))
-                }
-                if op != .create && instance == nil { return 70 }
+                var call = try Request(&r)
+                spin = call.spin
+                if call.size != shm.size { try shm.map(call.size) }
                 var status: Int32 = 0
-                switch op {
-                case .create:
+                var computed: UInt64 = 0
+                var extras = WireWriter()
+                if call.op == .batch {
+                    // Posted calls, in order, stopping at the first failing status or non-finite gradient.
                     let count = Int(try r.u32())
-                    guard count <= Int(HostLimits.parameters) else { return 70 }
-                    let hypers = try (0..<count).map { _ in try r.f64() }
-                    var made: OpaquePointer?
-                    status = hypers.withUnsafeBufferPointer { t.create(families[familyIndex].descriptor, $0.baseAddress, &made, &err) }
-                    let id = made.map { UInt64(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer($0)))) } ?? 0
-                    if let made { instances[id] = (made, (instances[id]?.creates ?? 0) + 1) }
-                    extras.u64(id)
-                case .destroy:
-                    t.destroy(instance)
-                    let left = instances[instanceID]!.creates - 1
-                    instances[instanceID] = left > 0 ? (instance!, left) : nil
-                case .layout:
-                    var a: UInt32 = 0, b: UInt32 = 0, c: UInt32 = 0
-                    t.layout(instance, &a, &b, &c)
-                    extras.u32(a); extras.u32(b); extras.u32(c)
-                case .logProb:
-                    let p = try r.arrays().map(input), x = try r.array(), out = try r.array()
-                    status = ChildSplit.run(n: n, splittable: true, err: &err) { o, k, e in
-                        t.log_prob(instance, k, ChildSplit.offset(p, o), pointer(x).map { $0 + o }, pointer(out).map { $0 + o }, e) }
-                case .logProbVJP:
-                    let p = try r.arrays().map(input), x = try r.array(), g = try r.array(), gx = try r.array(), gp = try r.arrays().map(output)
-                    status = ChildSplit.run(n: n, splittable: ChildSplit.perScalar(gp), err: &err) { o, k, e in
-                        t.log_prob_vjp(instance, k, ChildSplit.offset(p, o), pointer(x).map { $0 + o }, pointer(g).map { $0 + o },
-                                       pointer(gx).map { $0 + o }, ChildSplit.offset(gp, o), e) }
-                case .sample:
-                    let p = try r.arrays().map(input), nz = try r.array(), u = try r.array(), x = try r.array()
-                    let (normals, uniforms) = noise(instance)
-                    status = ChildSplit.run(n: n, splittable: true, err: &err) { o, k, e in
-                        t.sample!(instance, k, ChildSplit.offset(p, o), pointer(nz).map { $0 + o * normals }, pointer(u).map { $0 + o * uniforms },
-                                  pointer(x).map { $0 + o }, e) }
-                case .sampleVJP:
-                    let p = try r.arrays().map(input), nz = try r.array(), u = try r.array(), x = try r.array(), g = try r.array(), gp = try r.arrays().map(output)
-                    let (normals, uniforms) = noise(instance)
-                    status = ChildSplit.run(n: n, splittable: ChildSplit.perScalar(gp), err: &err) { o, k, e in
-                        t.sample_vjp!(instance, k, ChildSplit.offset(p, o), pointer(nz).map { $0 + o * normals }, pointer(u).map { $0 + o * uniforms },
-                                      pointer(x).map { $0 + o }, pointer(g).map { $0 + o }, ChildSplit.offset(gp, o), e) }
-                case .center:
-                    let p = try r.arrays().map(input), out = try r.array()
-                    status = ChildSplit.run(n: n, splittable: true, err: &err) { o, k, e in
-                        t.center!(instance, k, ChildSplit.offset(p, o), pointer(out).map { $0 + o }, e) }
-                case .centerVJP:
-                    let p = try r.arrays().map(input), g = try r.array(), gp = try r.arrays().map(output)
-                    status = ChildSplit.run(n: n, splittable: ChildSplit.perScalar(gp), err: &err) { o, k, e in
-                        t.center_vjp!(instance, k, ChildSplit.offset(p, o), pointer(g).map { $0 + o }, ChildSplit.offset(gp, o), e) }
-                case .kl:
-                    let q = try r.string(limit: Int(HostLimits.nameLength)), qp = try r.arrays().map(input), pp = try r.arrays().map(input), out = try r.array()
-                    status = q.withCString { name in ChildSplit.run(n: n, splittable: true, err: &err) { o, k, e in
-                        t.kl!(instance, k, name, ChildSplit.offset(qp, o), ChildSplit.offset(pp, o), pointer(out).map { $0 + o }, e) } }
-                case .klVJP:
-                    let q = try r.string(limit: Int(HostLimits.nameLength)), qp = try r.arrays().map(input), pp = try r.arrays().map(input)
-                    let g = try r.array(), gq = try r.arrays().map(output), gp = try r.arrays().map(output)
-                    status = q.withCString { name in ChildSplit.run(n: n, splittable: ChildSplit.perScalar(gq + gp), err: &err) { o, k, e in
-                        t.kl_vjp!(instance, k, name, ChildSplit.offset(qp, o), ChildSplit.offset(pp, o), pointer(g).map { $0 + o },
-                                  ChildSplit.offset(gq, o), ChildSplit.offset(gp, o), e) } }
+                    guard count <= IsolatedPlugin.postedLimit else { return 70 }
+                    var executed = 0
+                    var problem: (index: UInt64, value: Float)?
+                    while executed < count {
+                        control.store(ChannelControl.batchIndex, UInt32(executed))
+                        var sub = WireReader(Array(try r.take(Int(try r.u32()))))
+                        var posted = try Request(&sub)
+                        guard posted.op.canBeBatched else { return 70 }
+                        let started = DispatchTime.now().uptimeNanoseconds
+                        var ignored = WireWriter()
+                        guard let s = try perform(&posted, &sub, &ignored) else { return 70 }
+                        computed &+= DispatchTime.now().uptimeNanoseconds &- started
+                        status = s
+                        if status != 0 { break }
+                        if let p = gradientProblem(posted.checked) { problem = p; break }
+                        executed += 1
+                    }
+                    extras.u32(UInt32(executed)); extras.u32(problem == nil ? 0 : 1)
+                    extras.u64(problem?.index ?? 0); extras.u32((problem?.value ?? 0).bitPattern)
+                } else {
+                    let started = DispatchTime.now().uptimeNanoseconds
+                    guard let s = try perform(&call, &r, &extras) else { return 70 }
+                    computed = DispatchTime.now().uptimeNanoseconds &- started
+                    status = s
                 }
                 errorBuffer[1023] = 0
                 reply.i32(status)
-                reply.u64(DispatchTime.now().uptimeNanoseconds &- started)
+                reply.u64(computed)
                 reply.u64(DispatchTime.now().uptimeNanoseconds &- seen)
                 reply.string(status == 0 ? "" : String(cString: errorBuffer))
                 reply.bytes += extras.bytes
@@ -207,6 +270,25 @@ public enum PluginHostChild {
             control.write(reply.bytes, at: ChannelControl.replyOffset, capacity: ChannelControl.replyCapacity, length: ChannelControl.replyLength)
             control.store(ChannelControl.replySequence, sequence)
             if control.load(ChannelControl.hostSleeping) != 0 { send([1]) }
+        }
+    }
+
+    /// A request's header; for a posted gradient call, what the child checks after it.
+    struct Request {
+        struct Checked { let n: Int; let inputs: [WireArray]; let params: [WireArray]; let outputs: [WireArray] }
+        let op: WireOp
+        let family: Int
+        let instance: UInt64
+        let n: Int
+        let size: Int
+        let spin: UInt64
+        var checked: Checked?
+
+        init(_ r: inout WireReader) throws {
+            guard let op = WireOp(rawValue: try r.u32()) else { throw WireReader.Truncated() }
+            self.op = op
+            family = Int(try r.u32()); instance = try r.u64(); n = Int(try r.u64()); size = Int(try r.u64())
+            spin = min(try r.u64(), 1_000_000_000)
         }
     }
 }

@@ -8,6 +8,15 @@ import Foundation
 
 enum WireOp: UInt32 {
     case create = 1, destroy, layout, logProb, logProbVJP, sample, sampleVJP, center, centerVJP, kl, klVJP
+    /// Several posted requests in one message (`IsolatedPlugin.post`): run in order, stopping at the first failure.
+    case batch
+
+    /// The operations the host may post without waiting: VJPs whose outputs only ADD into
+    /// gradients, which the host reads after `PostedPluginCalls.collect()`.
+    var canBePosted: Bool { self == .centerVJP || self == .sampleVJP || self == .klVJP }
+    /// The operations a batch may hold: posted VJPs, and center and sample, which
+    /// `Distribution.centerAndSample` sends together and collects at once.
+    var canBeBatched: Bool { canBePosted || self == .center || self == .sample }
 
     /// The ABI function's name, for messages.
     var function: String {
@@ -23,6 +32,7 @@ enum WireOp: UInt32 {
         case .centerVJP: return "center_vjp"
         case .kl: return "kl"
         case .klVJP: return "kl_vjp"
+        case .batch: return "batch"
         }
     }
 }
@@ -38,12 +48,19 @@ struct WireArray: Equatable {
 /// Little-endian encoder of one message.
 struct WireWriter {
     var bytes: [UInt8] = []
+    /// Moves every array written (not `absent`) to where the call's frame really lies in the
+    /// shared memory (after posted calls' arrays, or onto a posted call's gradient array).
+    typealias Relocation = (WireArray) -> WireArray
+    var relocate: Relocation?
     mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
     mutating func i32(_ v: Int32) { u32(UInt32(bitPattern: v)) }
     mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
     mutating func f64(_ v: Double) { u64(v.bitPattern) }
     mutating func string(_ s: String) { let u = Array(s.utf8); u32(UInt32(u.count)); bytes += u }
-    mutating func array(_ a: WireArray) { u64(a.offset); u64(a.stride) }
+    mutating func array(_ a: WireArray) {
+        let moved = a.isAbsent ? a : relocate?(a) ?? a
+        u64(moved.offset); u64(moved.stride)
+    }
     mutating func arrays(_ a: [WireArray]) { u32(UInt32(a.count)); for x in a { array(x) } }
 }
 

@@ -68,6 +68,9 @@ final class SharedMemory {
 struct ChannelControl {
     static let requestSequence = 0, replySequence = 64, hostSleeping = 128, childSleeping = 192
     static let requestLength = 256, replyLength = 320
+    /// The index of the call of a batch the child is running (it writes it before each call):
+    /// names the call a dying child was in, and restarts the per-call watchdog.
+    static let batchIndex = 384
     /// A request holds up to four lists of FLIPOUT_MAX_SLOTS arrays (kl_vjp), 16 bytes each.
     static let requestOffset = 4096, requestCapacity = 128 * 1024
     static let replyOffset = requestOffset + requestCapacity, replyCapacity = 64 * 1024
@@ -108,8 +111,27 @@ struct CallFrame {
         let host: UnsafeMutablePointer<Float>
         let hostStride: Int
         let count: Int
-        let offset: Int
+        var offset: Int
         let direction: Direction
+        /// The host memory the array covers.
+        var hostRange: Range<UInt> {
+            let start = UInt(bitPattern: host)
+            return count == 0 ? start..<start : start..<(start + UInt(((count - 1) * hostStride + 1) * MemoryLayout<Float>.size))
+        }
+        /// Bytes the array takes in the shared memory (64-byte aligned).
+        var footprint: Int { (count * MemoryLayout<Float>.size + 63) & ~63 }
+
+        func copyIn(_ shm: SharedMemory) {
+            let dst = shm.floats(at: UInt64(offset))
+            if hostStride == 1 || count == 1 { dst.update(from: host, count: count) }
+            else { for i in 0..<count { dst[i] = host[i * hostStride] } }
+        }
+
+        func copyOut(_ shm: SharedMemory) {
+            let src = shm.floats(at: UInt64(offset))
+            if hostStride == 1 || count == 1 { host.update(from: src, count: count) }
+            else { for i in 0..<count { host[i * hostStride] = src[i] } }
+        }
     }
     private(set) var entries: [Entry] = []
     /// The end of the arrays, which start after the channel's control block.
@@ -118,10 +140,10 @@ struct CallFrame {
     private mutating func add(_ p: UnsafeMutablePointer<Float>?, stride: Int, n: Int, _ direction: Direction) -> WireArray {
         guard let p else { return .absent }
         let count = stride == 0 ? 1 : n
-        let offset = size
-        size += (count * MemoryLayout<Float>.size + 63) & ~63
-        entries.append(Entry(host: p, hostStride: stride, count: count, offset: offset, direction: direction))
-        return WireArray(offset: UInt64(offset), stride: stride == 0 ? 0 : 1)
+        let entry = Entry(host: p, hostStride: stride, count: count, offset: size, direction: direction)
+        size += entry.footprint
+        entries.append(entry)
+        return WireArray(offset: UInt64(entry.offset), stride: stride == 0 ? 0 : 1)
     }
 
     /// An array the plugin reads.
@@ -141,19 +163,19 @@ struct CallFrame {
         }
     }
 
+    /// The same arrays laid out `delta` bytes further into the shared memory (after posted calls' arrays).
+    func shifted(by delta: Int) -> CallFrame {
+        var moved = self
+        for k in moved.entries.indices { moved.entries[k].offset += delta }
+        moved.size += delta
+        return moved
+    }
+
     func copyIn(_ shm: SharedMemory) {
-        for e in entries where e.direction != .output {
-            let dst = shm.floats(at: UInt64(e.offset))
-            if e.hostStride == 1 || e.count == 1 { dst.update(from: e.host, count: e.count) }
-            else { for i in 0..<e.count { dst[i] = e.host[i * e.hostStride] } }
-        }
+        for e in entries where e.direction != .output { e.copyIn(shm) }
     }
 
     func copyOut(_ shm: SharedMemory) {
-        for e in entries where e.direction != .input {
-            let src = shm.floats(at: UInt64(e.offset))
-            if e.hostStride == 1 || e.count == 1 { e.host.update(from: src, count: e.count) }
-            else { for i in 0..<e.count { e.host[i * e.hostStride] = src[i] } }
-        }
+        for e in entries where e.direction != .input { e.copyOut(shm) }
     }
 }
