@@ -396,8 +396,7 @@ public final class UNet {
     /// batch's bits). x̂ is freed before the convolution's backward.
     private func blockBackward(_ dy: Tensor, _ b: UNetSaved.BlockSaved, index i: Int, _ saved: UNetSaved) throws -> Tensor {
         if b.convs.count == 1 {
-            let (conv, norm, relu) = try restored(b, example: nil, index: i, saved)
-            let dc = preactivationGradient(dy, norm, relu, index: i)
+            let (conv, dc) = try restoredGradient(dy, b, example: nil, index: i, saved)
             return try layers[i].backward(dc, conv)
         }
         let dx = Tensor(uninitializedShape: [b.convs.count] + b.convs[0].inputShape.dropFirst())   // (N, Cin, D, H, W)
@@ -416,10 +415,16 @@ public final class UNet {
             return
         }
         for e in b.convs.indices {
-            let (conv, norm, relu) = try restored(b, example: e, index: i, saved)
-            let dc = preactivationGradient(dy.example(e), norm, relu, index: i)
+            let (conv, dc) = try restoredGradient(dy.example(e), b, example: e, index: i, saved)
             try take(e, try layer.backward(dc, conv))
         }
+    }
+
+    /// The convolution value (ready for backward) and dL/d(its output) of block i (of example e,
+    /// or the batch); x̂ (or the ReLU mask) is freed on return, before the convolution's backward.
+    private func restoredGradient(_ dy: Tensor, _ b: UNetSaved.BlockSaved, example e: Int?, index i: Int, _ saved: UNetSaved) throws -> (ConvSaved, Tensor) {
+        let (conv, norm, relu) = try restored(b, example: e, index: i, saved)
+        return (conv, preactivationGradient(dy, norm, relu, index: i))
     }
 
     /// dL/d(block i's convolution output) from dL/d(its output) dy (overwritten by the norm's backward).
