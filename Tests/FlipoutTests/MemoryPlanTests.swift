@@ -64,14 +64,20 @@ func blocksSplitOverExamplesMatchTheBatch(_ norm: UNetConfig.Normalization, _ ba
     let batch = try stepBits(try makeNet(norm: norm, bayesian: bayesian, policy: .recomputeAll), x, ctx)
     let split = try stepBits(try makeNet(norm: norm, bayesian: bayesian, policy: .recomputeAll, splitBytes: 0), x, ctx)
     #expect(batch.plan.split.isEmpty && split.plan.split.count == 11)
-    func close(_ a: [UInt32], _ b: [UInt32], _ what: String) {
+    let largest = batch.gradients.values.map { $0.map { abs(Float(bitPattern: $0)) }.max() ?? 0 }.max() ?? 0
+    func close(_ a: [UInt32], _ b: [UInt32], _ what: String, roundingOnly: Bool = false) {
         let (u, v) = (a.map(Float.init(bitPattern:)), b.map(Float.init(bitPattern:)))
-        let scale = u.map(abs).max() ?? 0
+        let scale = roundingOnly ? largest : u.map(abs).max() ?? 0
         let worst = zip(u, v).map { abs($0 - $1) }.max() ?? 0
         #expect(scale > 0 && worst <= 1e-4 * scale, "\(norm) \(bayesian): \(what): largest difference \(worst) of scale \(scale)")
     }
     close(batch.logits, split.logits, "logits")
-    for (name, bits) in batch.gradients { close(bits, split.gradients[name]!, name) }
+    for (name, bits) in batch.gradients {
+        // Instance norm removes any per-channel constant: the bias of a convolution before it has
+        // a gradient of exactly 0, computed as rounding noise, compared to the gradients' scale.
+        let beforeNorm = norm == .instance && name.hasSuffix(".bias") && !name.hasPrefix("head")
+        close(bits, split.gradients[name]!, name, roundingOnly: beforeNorm)
+    }
 }
 
 @Test func exampleViewsShareTheirParentsStorage() {
