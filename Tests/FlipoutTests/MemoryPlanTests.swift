@@ -3,7 +3,7 @@ import Testing
 import TestSupport
 import Flipout3D
 
-private func unet(norm: UNetConfig.Normalization, bayesian: BayesianLayers, policy: MemoryPolicy) throws -> UNet {
+private func makeNet(norm: UNetConfig.Normalization, bayesian: BayesianLayers, policy: MemoryPolicy, splitBytes: Int = MemoryPlan.defaultSplitBytes) throws -> UNet {
     var m = ModelConfig()
     m.bayesian = bayesian != .none
     var u = UNetConfig()
@@ -11,6 +11,7 @@ private func unet(norm: UNetConfig.Normalization, bayesian: BayesianLayers, poli
     u.levels = 3; u.width = 8; u.inputChannels = 2; u.classCount = 3; u.normalization = norm; u.bayesianLayers = bayesian
     let net = try UNet(m, shape: u, registry: try SmallRun.registry(), seed: 7)
     net.memoryPolicy = policy
+    net.exampleSplitBytes = splitBytes
     return net
 }
 
@@ -26,13 +27,19 @@ private func stepBits(_ net: UNet, _ x: Tensor, _ ctx: StepContext) throws -> (l
     return (z.array.map(\.bitPattern), g, saved.memoryPlan)
 }
 
-@Test(arguments: [(UNetConfig.Normalization.instance, BayesianLayers.all), (.instance, .none), (.none, .last(3))])
-func recomputedBlocksGiveTheSameGradientBits(_ norm: UNetConfig.Normalization, _ bayesian: BayesianLayers) throws {
+@Test(arguments: [(UNetConfig.Normalization.instance, BayesianLayers.all, false), (.instance, .none, false), (.none, .last(3), false),
+                   (.instance, .all, true), (.none, .last(3), true)])
+func recomputedBlocksGiveTheSameGradientBits(_ norm: UNetConfig.Normalization, _ bayesian: BayesianLayers, _ split: Bool) throws {
     let x = Tensor(shape: [2, 2, 16, 16, 16], values: testValues(2 * 2 * 4096, seed: 5))
     let ctx = StepContext(seed: 9, step: 3)
+    // split: every block runs one example at a time (the same bits under every policy).
+    func unet(norm: UNetConfig.Normalization, bayesian: BayesianLayers, policy: MemoryPolicy) throws -> UNet {
+        try makeNet(norm: norm, bayesian: bayesian, policy: policy, splitBytes: split ? 0 : MemoryPlan.defaultSplitBytes)
+    }
     let kept = try stepBits(try unet(norm: norm, bayesian: bayesian, policy: .keepAll), x, ctx)
     let recomputed = try stepBits(try unet(norm: norm, bayesian: bayesian, policy: .recomputeAll), x, ctx)
     #expect(kept.plan.recomputed.isEmpty && recomputed.plan.recomputed.count == 11)
+    #expect(kept.plan.split.count == (split ? 11 : 0) && recomputed.plan.split == kept.plan.split)
     #expect(kept.logits == recomputed.logits, "\(norm) \(bayesian): logits differ")
     #expect(kept.gradients.keys.sorted() == recomputed.gradients.keys.sorted())
     for (name, bits) in kept.gradients {
@@ -45,6 +52,45 @@ func recomputedBlocksGiveTheSameGradientBits(_ norm: UNetConfig.Normalization, _
     let partial = try stepBits(try unet(norm: norm, bayesian: bayesian, policy: .budget(bytes: kept.plan.keepAllBytes / 2)), x, ctx)
     #expect(!partial.plan.recomputed.isEmpty && partial.plan.recomputed.count < 11)
     #expect(partial.logits == kept.logits && partial.gradients == kept.gradients)
+}
+
+/// Blocks run one example at a time give the batch's logits and gradients up to float rounding
+/// (oneDNN blocks a batch-1 convolution differently, and Flipout's per-example kernel gradients are
+/// folded per example), with the same Flipout signs (each example keeps its global row).
+@Test(arguments: [(UNetConfig.Normalization.instance, BayesianLayers.all), (.none, .last(3))])
+func blocksSplitOverExamplesMatchTheBatch(_ norm: UNetConfig.Normalization, _ bayesian: BayesianLayers) throws {
+    let x = Tensor(shape: [2, 2, 16, 16, 16], values: testValues(2 * 2 * 4096, seed: 5))
+    let ctx = StepContext(seed: 9, step: 3)
+    let batch = try stepBits(try makeNet(norm: norm, bayesian: bayesian, policy: .recomputeAll), x, ctx)
+    let split = try stepBits(try makeNet(norm: norm, bayesian: bayesian, policy: .recomputeAll, splitBytes: 0), x, ctx)
+    #expect(batch.plan.split.isEmpty && split.plan.split.count == 11)
+    let largest = batch.gradients.values.map { $0.map { abs(Float(bitPattern: $0)) }.max() ?? 0 }.max() ?? 0
+    func close(_ a: [UInt32], _ b: [UInt32], _ what: String, roundingOnly: Bool = false) {
+        let (u, v) = (a.map(Float.init(bitPattern:)), b.map(Float.init(bitPattern:)))
+        let scale = roundingOnly ? largest : u.map(abs).max() ?? 0
+        let worst = zip(u, v).map { abs($0 - $1) }.max() ?? 0
+        #expect(scale > 0 && worst <= 1e-4 * scale, "\(norm) \(bayesian): \(what): largest difference \(worst) of scale \(scale)")
+    }
+    close(batch.logits, split.logits, "logits")
+    for (name, bits) in batch.gradients {
+        // Instance norm removes any per-channel constant: the bias of a convolution before it has
+        // a gradient of exactly 0, computed as rounding noise, compared to the gradients' scale.
+        let beforeNorm = norm == .instance && name.hasSuffix(".bias") && !name.hasPrefix("head")
+        close(bits, split.gradients[name]!, name, roundingOnly: beforeNorm)
+    }
+}
+
+@Test func exampleViewsShareTheirParentsStorage() {
+    let t = Tensor(shape: [2, 3, 4], values: (0..<24).map(Float.init))
+    var view: Tensor? = t.example(1)
+    #expect(view!.shape == [1, 3, 4] && view!.array == (12..<24).map(Float.init))
+    view![0] = -1
+    #expect(t[12] == -1)
+    view = nil
+    #expect(t[12] == -1 && t[11] == 11)
+    // A view keeps its parent's storage alive.
+    let orphan = Tensor(shape: [2, 2], values: [1, 2, 3, 4]).example(1)
+    #expect(orphan.array == [3, 4])
 }
 
 @Test(arguments: [
@@ -92,6 +138,9 @@ func conv3DWithoutItsCopyRecomputesAndResavesTheSameBits(_ g: Conv3DGeometry) th
     let u3 = plan(.u3)
     // Every full-resolution block (enc0a, enc0b, up0, dec0) recomputes.
     #expect(u3.recomputed.isSuperset(of: [0, 1, 16, 17]) && u3.keptBytes < u3.keepAllBytes / 3)
+    // U3's full-resolution blocks (enc0a, enc0b, enc1a, up0, dec0, head) run one example at a time; U1's and U2's none.
+    #expect(u3.split == [0, 1, 2, 16, 17, 18] && plan(.u1).split.isEmpty && plan(.u2).split.isEmpty)
+    #expect(MemoryPlan.choose(.keepAll, shape: UNetWorkload.u3.shape, input: [2, 2, 128, 128, 128]).split == u3.split)
     #expect(MemoryPlan.choose(.keepAll, shape: UNetWorkload.u3.shape, input: [2, 2, 128, 128, 128]).recomputed.isEmpty)
 }
 

@@ -24,25 +24,48 @@ public enum MemoryPolicy: Sendable, Equatable {
     public static let `default` = MemoryPolicy.budget(bytes: defaultBudgetBytes)
 }
 
-/// The policy applied to one network and input shape: the set of recomputed convolutions.
+/// The policy applied to one network and input shape: the set of recomputed convolutions, and
+/// the convolutions run one example at a time.
 public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
     /// Convolution indices (forward order, head last) whose blocks recompute in backward.
     public let recomputed: Set<Int>
     /// Estimated bytes kept for backward under this plan, and with nothing recomputed.
     public let keptBytes: Int
     public let keepAllBytes: Int
+    /// Convolution indices whose blocks run example by example (input made, convolution with its
+    /// layout copies, norm in backward): those whose input and output (for the batch) reach
+    /// `splitBytes`. Decided by size alone, never by the policy, so every policy computes the
+    /// same bits.
+    public var split: Set<Int> = []
 
     public func recomputes(_ index: Int) -> Bool { recomputed.contains(index) }
+    public func splitsExamples(_ index: Int) -> Bool { split.contains(index) }
+
+    /// Blocks whose input and output reach this many bytes run one example at a time: U3's
+    /// full-resolution blocks (544-1536 MiB at batch 2), where oneDNN's layout copies of the
+    /// batch were ~1.5 GiB of the step's peak; U2's largest (96 MiB) and U1's run as a batch.
+    public static let defaultSplitBytes = 512 << 20
 
     public var description: String {
         "recompute \(recomputed.count) of the convolutions, keeping ~\(keptBytes >> 20) MiB of activations (\(keepAllBytes >> 20) MiB without recomputation)"
+            + (split.isEmpty ? "" : "; \(split.count) convolutions run one example at a time")
     }
 
     /// What each convolution keeps in bytes: (kept normally, kept when recomputed), per index.
     /// x shape (N, C, D, H, W). Normally a block keeps its input copy and x̂ (or the ReLU mask);
     /// the head its input copy. Recomputed, a block keeps its input's source: the previous
-    /// output (nothing extra when that is a skip kept anyway), the tensor before upsampling (1/8),
-    /// or the upsampled branch of a concatenation (half); the head keeps its input.
+    /// output (for enc0b, nothing: it recomputes enc0a's output from x, which enc0a keeps), the
+    /// tensor before upsampling (1/8), or the upsampled branch of a concatenation (half: the
+    /// skip is counted by the next level's first block, which keeps it as its input); the head
+    /// keeps its input.
+    ///
+    /// What this leaves out, measured on U3 (`FLIPOUT_MEMORY_TRACE=1 flipout bench --workloads U3`):
+    /// the step's peak is in backward at the full-resolution decoder blocks, where on top of the
+    /// kept activations live the gradient flowing back (one activation), the skip's gradient
+    /// waiting for its level, and one block's transients (its input made again, the
+    /// convolution's copy of it, oneDNN's layout copies of dy and dx, the output and dx), which
+    /// `splitsExamples` holds per example; plus idle memory the step recycles (`TensorStorage`'s
+    /// pool, up to 512 MiB; `ScratchArena`'s largest lease) and the process itself (~300 MiB).
     public static func estimate(_ shape: UNetConfig, input: [Int]) -> [(kept: Int, recomputed: Int)] {
         precondition(input.count == 5, "MemoryPlan.estimate: input \(input), expected (N, C, D, H, W)")
         let n = input[0], voxels = input[2...].reduce(1, *)
@@ -51,9 +74,11 @@ public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
         for l in 0..<shape.levels {
             let cin = l == 0 ? shape.inputChannels : shape.channels(level: l - 1), c = shape.channels(level: l)
             let inLevel = max(l - 1, 0)
-            // enc(l)a reads the level above (a skip for l > 0, kept anyway); enc(l)b reads enc(l)a's output.
-            out.append((bytes(cin, level: inLevel) + bytes(c, level: l), l == 0 ? bytes(cin, level: 0) : 0))
-            out.append((2 * bytes(c, level: l), bytes(c, level: l)))
+            // enc(l)a reads the level above (x, or the skip, which it then keeps until its backward,
+            // the last of all); enc(l)b reads enc(l)a's output, except enc0b, which recomputes it
+            // from x with enc0a (recomputed with it, see `choose`).
+            out.append((bytes(cin, level: inLevel) + bytes(c, level: l), bytes(cin, level: inLevel)))
+            out.append((2 * bytes(c, level: l), l == 0 ? 0 : bytes(c, level: l)))
         }
         for l in stride(from: shape.levels - 2, through: 0, by: -1) {
             let c = shape.channels(level: l), below = shape.channels(level: l + 1)
@@ -67,7 +92,14 @@ public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
 
     /// The plan for `policy`: under a budget, the blocks that save the most are recomputed first
     /// until the estimate fits (or nothing more can be saved).
-    public static func choose(_ policy: MemoryPolicy, shape: UNetConfig, input: [Int]) -> MemoryPlan {
+    public static func choose(_ policy: MemoryPolicy, shape: UNetConfig, input: [Int], splitBytes: Int = defaultSplitBytes) -> MemoryPlan {
+        var plan = chooseRecomputed(policy, shape: shape, input: input)
+        let e = estimate(shape, input: input)
+        if input[0] > 1 { plan.split = Set(e.indices.filter { e[$0].kept >= splitBytes }) }
+        return plan
+    }
+
+    private static func chooseRecomputed(_ policy: MemoryPolicy, shape: UNetConfig, input: [Int]) -> MemoryPlan {
         let e = estimate(shape, input: input)
         let all = e.reduce(0) { $0 + $1.kept }
         switch policy {
@@ -81,8 +113,11 @@ public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
             let order = e.indices.filter { e[$0].kept > e[$0].recomputed }
                 .sorted { (e[$0].kept - e[$0].recomputed, -$0) > (e[$1].kept - e[$1].recomputed, -$1) }
             for i in order where kept > budget {
-                chosen.insert(i)
-                kept -= e[i].kept - e[i].recomputed
+                // enc0b (1) recomputes its input through enc0a (0), which therefore recomputes too.
+                for j in i == 1 ? [0, 1] : [i] where !chosen.contains(j) {
+                    chosen.insert(j)
+                    kept -= e[j].kept - e[j].recomputed
+                }
             }
             return MemoryPlan(recomputed: chosen, keptBytes: kept, keepAllBytes: all)
         }

@@ -13,7 +13,7 @@ public struct UNetSaved {
     /// The plan forward ran under.
     public let memoryPlan: MemoryPlan
 
-    init(blocks: [BlockSaved], head: ConvSaved, headInput: Tensor?, upsamples: [Upsample2xSaved], concats: [ChannelConcatSaved], memoryPlan: MemoryPlan) {
+    init(blocks: [BlockSaved], head: [ConvSaved], headInput: Tensor?, upsamples: [Upsample2xSaved], concats: [ChannelConcatSaved], memoryPlan: MemoryPlan) {
         storage = Storage(blocks: blocks, head: (head, headInput))
         self.upsamples = upsamples; self.concats = concats; self.memoryPlan = memoryPlan
     }
@@ -27,8 +27,14 @@ public struct UNetSaved {
         return b
     }
 
-    /// The head's convolution value and, when it kept no copy (`MemoryPlan`), its input; handed over once.
-    func takeHead() -> (conv: ConvSaved, input: Tensor?) {
+    /// Block i's values without handing them over (a later block recomputes block i's output from them).
+    func peekBlock(_ i: Int) -> BlockSaved {
+        guard let b = storage.blocks[i] else { preconditionFailure("UNet.backward: block \(i)'s saved values were used by an earlier backward") }
+        return b
+    }
+
+    /// The head's convolution values and, when it kept no copy (`MemoryPlan`), its input; handed over once.
+    func takeHead() -> (convs: [ConvSaved], input: Tensor?) {
         guard let h = storage.head else { preconditionFailure("UNet.backward: the head's saved values were used by an earlier backward") }
         storage.head = nil
         return h
@@ -36,20 +42,23 @@ public struct UNetSaved {
 
     private final class Storage {
         var blocks: [BlockSaved?]
-        var head: (ConvSaved, Tensor?)?
-        init(blocks: [BlockSaved], head: (ConvSaved, Tensor?)) { self.blocks = blocks; self.head = head }
+        var head: ([ConvSaved], Tensor?)?
+        init(blocks: [BlockSaved], head: ([ConvSaved], Tensor?)) { self.blocks = blocks; self.head = head }
     }
     /// With instance norm, `norm` holds the fused norm · ReLU (no separate mask); without, `relu`.
-    /// A recomputed block (`MemoryPlan`) holds neither, a convolution value without its input
+    /// A recomputed block (`MemoryPlan`) holds neither, convolution values without their input
     /// copy, and `input`: what to recompute the convolution's input from.
     struct BlockSaved {
-        let conv: ConvSaved
+        /// One convolution value for the batch, or one per example when the block runs example by
+        /// example (`MemoryPlan.splitsExamples`).
+        let convs: [ConvSaved]
         let norm: InstanceNormSaved?
         let relu: ReLUSaved?
         let input: BlockInput?
     }
 
-    /// What a recomputed block's input is made from (each a tensor kept anyway, or smaller than the input).
+    /// What a block's input is made from (for a recomputed block, each a tensor kept anyway, or
+    /// smaller than the input).
     enum BlockInput {
         /// The input itself (the previous block's output, or a skip).
         case tensor(Tensor)
@@ -57,15 +66,9 @@ public struct UNetSaved {
         case upsampled(Tensor)
         /// The skip and the upsampled branch, concatenated along channels.
         case concatenated(Tensor, Tensor)
-
-        /// The input, bit for bit as forward built it.  (N, C, D, H, W)
-        func materialize() -> Tensor {
-            switch self {
-            case .tensor(let t): return t
-            case .upsampled(let t): return StepProfile.measure(.upsampleConcat) { Upsample2x.forward(t).y }
-            case .concatenated(let a, let b): return StepProfile.measure(.upsampleConcat) { ChannelConcat.forward(a, b).y }
-            }
-        }
+        /// The output of block `block` (itself recomputed, so it kept no copy of its input but the
+        /// bias it ran with) on this tensor: enc0b's input from x, 16× smaller at U3.
+        case blockOutput(block: Int, of: Tensor)
     }
 }
 
@@ -91,6 +94,10 @@ public final class UNet {
     /// Which activations a forward keeps for backward and which backward recomputes (per input
     /// shape, `MemoryPlan.choose`). Gradients are the same bits under every policy.
     public var memoryPolicy: MemoryPolicy = .default
+    /// Blocks whose input and output reach this many bytes run one example at a time
+    /// (`MemoryPlan.split`; gradients then differ from a batch run in the last bits, as any
+    /// change of oneDNN's blocking does, and are the same under every policy).
+    public var exampleSplitBytes = MemoryPlan.defaultSplitBytes
 
     public init(_ config: ModelConfig, shape: UNetConfig, registry: PluginRegistry, seed: UInt64, log: (String) -> Void = { _ in }) throws {
         do { try shape.validate() } catch let e as ConfigError { throw LayerError.invalidConfiguration(e.description) }
@@ -170,40 +177,131 @@ public final class UNet {
     /// x (N, C, D, H, W) -> logits (N, K, D, H, W), and what backward needs.
     public func forward(_ x: Tensor, _ ctx: StepContext) throws -> (logits: Tensor, saved: UNetSaved) {
         try checkInput(x.shape)
-        let plan = MemoryPlan.choose(memoryPolicy, shape: shape, input: x.shape)
+        let plan = MemoryPlan.choose(memoryPolicy, shape: shape, input: x.shape, splitBytes: exampleSplitBytes)
         var blocks: [UNetSaved.BlockSaved] = [], ups: [Upsample2xSaved] = [], cats: [ChannelConcatSaved] = []
-        /// One block on h; `source` is what h is made from, kept instead of activations when the plan recomputes the block.
-        func block(_ h: Tensor, _ source: @autoclosure () -> UNetSaved.BlockInput) throws -> Tensor {
+        /// One block on the input made from `source`; it keeps `kept` (default: `source`) instead
+        /// of activations when the plan recomputes it.
+        func block(_ source: UNetSaved.BlockInput, keeping kept: UNetSaved.BlockInput? = nil) throws -> Tensor {
             let i = blocks.count
             let recompute = plan.recomputes(i)
-            let (c, cs) = try Conv3D.$inputSaving.withValue(recompute ? .none : .copy) { try layers[i].forward(h, ctx) }
+            let (c, convs) = try Conv3D.$inputSaving.withValue(recompute ? .none : .copy) {
+                try convolve(i, source, ctx, plan.splitsExamples(i) ? .split : .batch, again: nil, nil)
+            }
             if let norm = norms[i] {
                 // Norm and ReLU in one pass; x̂ is kept in the convolution output's storage.
                 let (y, ns) = StepProfile.measure(.normalization) { norm.forward(c, relu: true, consuming: true) }
-                blocks.append(recompute ? .init(conv: cs, norm: nil, relu: nil, input: source()) : .init(conv: cs, norm: ns, relu: nil, input: nil))
+                blocks.append(recompute ? .init(convs: convs, norm: nil, relu: nil, input: kept ?? source) : .init(convs: convs, norm: ns, relu: nil, input: nil))
+                MemoryTrace.mark("forward \(layers[i].name)")
                 return y
             }
             let (y, rs) = StepProfile.measure(.activation) { ReLU.forward(c) }
-            blocks.append(recompute ? .init(conv: cs, norm: nil, relu: nil, input: source()) : .init(conv: cs, norm: nil, relu: rs, input: nil))
+            blocks.append(recompute ? .init(convs: convs, norm: nil, relu: nil, input: kept ?? source) : .init(convs: convs, norm: nil, relu: rs, input: nil))
+            MemoryTrace.mark("forward \(layers[i].name)")
             return y
         }
         var h = x, skips: [Tensor] = []
         for l in 0..<shape.levels {
-            let a = try block(h, .tensor(h))
-            h = try block(a, .tensor(a))                                 // (N, c_l, D/2^l, H/2^l, W/2^l)
+            let input = h
+            let a = try block(.tensor(input))
+            // enc0b recomputes its input from x through enc0a (itself recomputed): x is 16× smaller at U3.
+            let fromX = l == 0 && plan.recomputes(0) && plan.recomputes(1) && plan.splitsExamples(0) == plan.splitsExamples(1)
+            h = try block(.tensor(a), keeping: fromX ? .blockOutput(block: 0, of: input) : nil)   // (N, c_l, D/2^l, H/2^l, W/2^l)
             if l < shape.levels - 1 { skips.append(h) }
         }
         for l in stride(from: shape.levels - 2, through: 0, by: -1) {
-            let below = h
-            let (u, us) = StepProfile.measure(.upsampleConcat) { Upsample2x.forward(below) }; ups.append(us)   // (N, c_{l+1}, D/2^l, ...)
-            let b = try block(u, .upsampled(below))
-            let (cat, cs) = StepProfile.measure(.upsampleConcat) { ChannelConcat.forward(skips[l], b) }  // (N, 2c_l, D/2^l, ...)
-            cats.append(cs)
-            h = try block(cat, .concatenated(skips[l], b))               // (N, c_l, D/2^l, ...)
+            // The upsampled branch and the concatenation are made inside `convolve`, one example at
+            // a time when the block runs so, and never kept.
+            ups.append(Upsample2xSaved(inputShape: h.shape))              // (N, c_{l+1}, D/2^l, ...) once upsampled
+            let b = try block(.upsampled(h))
+            cats.append(ChannelConcatSaved(channels: (skips[l].shape[1], b.shape[1])))
+            h = try block(.concatenated(skips[l], b))                      // (N, c_l, D/2^l, ...)
         }
         let headIndex = layers.count - 1, headRecomputes = plan.recomputes(headIndex)
-        let (logits, hs) = try Conv3D.$inputSaving.withValue(headRecomputes ? .none : .copy) { try layers[headIndex].forward(h, ctx) }   // (N, K, D, H, W)
+        let (logits, hs) = try Conv3D.$inputSaving.withValue(headRecomputes ? .none : .copy) {
+            try convolve(headIndex, .tensor(h), ctx, plan.splitsExamples(headIndex) ? .split : .batch, again: nil, nil)
+        }   // (N, K, D, H, W)
+        MemoryTrace.mark("forward head")
         return (logits, UNetSaved(blocks: blocks, head: hs, headInput: headRecomputes ? h : nil, upsamples: ups, concats: cats, memoryPlan: plan))
+    }
+
+    /// Which examples a convolution runs on: the batch at once, each in turn, or one (shaped (1, ...)).
+    enum Examples { case batch, split, one(Int) }
+
+    /// Convolution i on the input made from `source` (`materialize`): for the batch, or one
+    /// example at a time (each with its own global row for Flipout's signs, so the draws are
+    /// those of the batch), the input made and the engine's layout copies held per example.
+    /// Without `again`: the layer's forward, its values returned. With `again` (a recomputed
+    /// block; one value per example run): the same forward again, with the kernels and bias it
+    /// ran with (the same bits), the values returned with the input copy (`copy`) or without it
+    /// (when only the output is wanted).  y (N, Cout, oD, oH, oW), or (1, ...) for `.one`
+    private func convolve(_ i: Int, _ source: UNetSaved.BlockInput, _ ctx: StepContext?, _ examples: Examples,
+                          again: (values: [ConvSaved], copy: Bool)?, _ step: UNetSaved?) throws -> (Tensor, [ConvSaved]) {
+        let inputShape = sourceShape(source)
+        let n = inputShape[0]
+        func run(_ e: Int?, value: Int, into y: Tensor?) throws -> (Tensor, ConvSaved) {
+            let x = try materialize(source, example: e, step)
+            if let (values, copy) = again {
+                let s = values[value]
+                let out = y ?? Tensor(uninitializedShape: layers[i].geometry(inputShape: x.shape).yShape)
+                let input = copy ? try s.input.engine.recomputeForward(s.input, x: x, w: s.kernels, y: out)
+                    : try Conv3D.$inputSaving.withValue(.none) { try s.input.engine.forward(x: x, w: s.kernels, bias: s.input.bias, y: out) }
+                return (out, s.withInput(input))
+            }
+            return try layers[i].forward(x, e.map { Self.exampleContext(ctx!, $0, of: n) } ?? ctx!)
+        }
+        switch examples {
+        case .batch:
+            let (y, s) = try run(nil, value: 0, into: nil)
+            return (y, [s])
+        case .one(let e):
+            let (y, s) = try run(e, value: 0, into: nil)
+            return (y, [s])
+        case .split:
+            let y = Tensor(uninitializedShape: layers[i].geometry(inputShape: inputShape).yShape)   // (N, Cout, oD, oH, oW)
+            var values: [ConvSaved] = []
+            for e in 0..<n {
+                if again != nil {
+                    values.append(try run(e, value: e, into: y.example(e)).1)
+                } else {
+                    let (ye, s) = try run(e, value: e, into: nil)
+                    Self.copy(ye, into: y.example(e))
+                    values.append(s)
+                }
+            }
+            return (y, values)
+        }
+    }
+
+    /// The shape of the input made from `source`.  (N, C, D, H, W)
+    private func sourceShape(_ source: UNetSaved.BlockInput) -> [Int] {
+        switch source {
+        case .tensor(let t): return t.shape
+        case .upsampled(let t): return [t.shape[0], t.shape[1]] + t.shape[2...].map { 2 * $0 }
+        case .concatenated(let a, let b): return [a.shape[0], a.shape[1] + b.shape[1]] + a.shape[2...]
+        case .blockOutput(let j, let t): return layers[j].geometry(inputShape: t.shape).yShape
+        }
+    }
+
+    /// Step context of example e of a batch of n: its global row, so per-example draws are the batch's.
+    static func exampleContext(_ ctx: StepContext, _ e: Int, of n: Int) -> StepContext {
+        var c = ctx
+        c.shard = BatchShard(globalCount: ctx.shard.globalCount(local: n), offset: ctx.shard.globalRow(e), stride: 1)
+        return c
+    }
+
+    /// to = from, over the kernels' threads (same element count).
+    static func copy(_ from: Tensor, into to: Tensor) {
+        precondition(from.count == to.count, "UNet.copy: \(from.shape) into \(to.shape)")
+        copy(from, from: 0, into: to)
+    }
+
+    /// to = from's elements from `offset` on (as many as to holds), over the kernels' threads.
+    static func copy(_ from: Tensor, from offset: Int, into to: Tensor) {
+        precondition(offset >= 0 && offset + to.count <= from.count, "UNet.copy: \(from.shape) from \(offset) into \(to.shape)")
+        from.withUnsafeValues { f in to.withUnsafeMutableValues { t in
+            let (a, b) = (f.baseAddress! + offset, t.baseAddress!)
+            Parallel.ranges(t.count) { begin, end in (b + begin).update(from: a + begin, count: end - begin) }
+        } }
     }
 
     /// Given dL/dlogits (N, K, D, H, W), ADD every layer's gradients (then `kl`, then `finishBackward`).
@@ -214,16 +312,61 @@ public final class UNet {
         func block(_ dy: consuming Tensor) throws -> Tensor {
             let i = next
             next -= 1
-            let (conv, dc) = try preactivationGradient(dy, saved.takeBlock(i), index: i)
-            return try layers[i].backward(dc, conv)
+            let dx = try blockBackward(dy, saved.takeBlock(i), index: i, saved)
+            MemoryTrace.mark("backward \(layers[i].name)")
+            return dx
+        }
+        /// A decoder block on a concatenation: (dSkip, dUp). Run example by example, each
+        /// example's input gradient goes straight into the two halves (no batch-sized dCat).
+        func concatBlock(_ dy: consuming Tensor, _ cat: ChannelConcatSaved) throws -> (Tensor, Tensor) {
+            let i = next
+            next -= 1
+            let b = saved.takeBlock(i)
+            guard b.convs.count > 1 else {
+                let dCat = try blockBackward(dy, b, index: i, saved)
+                MemoryTrace.mark("backward \(layers[i].name)")
+                return Self.split(dCat, cat)
+            }
+            let (ca, cb) = cat.channels, s = b.convs[0].inputShape
+            let dSkip = Tensor(uninitializedShape: [b.convs.count, ca] + s[2...]), dUp = Tensor(uninitializedShape: [b.convs.count, cb] + s[2...])
+            try blockBackward(dy, b, index: i, saved) { e, dx in
+                // dx (1, Ca + Cb, D, H, W): the skip's channels, then the upsampled branch's.
+                StepProfile.measure(.upsampleConcat) {
+                    let skip = dSkip.example(e)
+                    Self.copy(dx, from: 0, into: skip); Self.copy(dx, from: skip.count, into: dUp.example(e))
+                }
+            }
+            MemoryTrace.mark("backward \(layers[i].name)")
+            return (dSkip, dUp)
+        }
+        /// A decoder block on an upsampled tensor: dL/d(the tensor before upsampling). Run example
+        /// by example, each example's input gradient is summed down to that tensor's resolution
+        /// at once (no batch-sized gradient at the upsampled resolution).
+        func upsampledBlock(_ dy: consuming Tensor, _ up: Upsample2xSaved) throws -> Tensor {
+            let i = next
+            next -= 1
+            let b = saved.takeBlock(i)
+            guard b.convs.count > 1 else {
+                let dx = try blockBackward(dy, b, index: i, saved)
+                MemoryTrace.mark("backward \(layers[i].name)")
+                return Self.upsampleBackward(dx, up)
+            }
+            let below = Tensor(uninitializedShape: up.inputShape)   // (N, C, D/2, H/2, W/2)
+            let one = Upsample2xSaved(inputShape: [1] + up.inputShape.dropFirst())
+            try blockBackward(dy, b, index: i, saved) { e, dx in
+                Self.copy(Self.upsampleBackward(dx, one), into: below.example(e))
+            }
+            MemoryTrace.mark("backward \(layers[i].name)")
+            return below
         }
         var g = try headBackward(dLogits, saved.takeHead())
+        MemoryTrace.mark("backward head")
         var skipGradients = [Tensor?](repeating: nil, count: shape.levels)
         // Decoder levels ran deepest first (j = 0 is level L−2); undo them shallowest first.
         for j in stride(from: saved.concats.count - 1, through: 0, by: -1) {
-            let (dSkip, dUp) = Self.split(try block(consume g), saved.concats[j])
+            let (dSkip, dUp) = try concatBlock(consume g, saved.concats[j])
             skipGradients[shape.levels - 2 - j] = dSkip
-            g = Self.upsampleBackward(try block(consume dUp), saved.upsamples[j])
+            g = try upsampledBlock(consume dUp, saved.upsamples[j])
         }
         for l in stride(from: shape.levels - 1, through: 0, by: -1) {
             if let s = skipGradients[l] {
@@ -245,34 +388,97 @@ public final class UNet {
         StepProfile.measure(.upsampleConcat) { Upsample2x.backward(dy, s) }
     }
 
-    /// A block's convolution value (ready for backward) and dL/d(its convolution output), from dL/d(its
-    /// output) dy, which the fused norm · ReLU backward overwrites (dy is this block's alone: a
-    /// layer's fresh dx, a concat half or a sum). x̂ is freed on return, before the convolution's backward.
-    private func preactivationGradient(_ dy: Tensor, _ b: UNetSaved.BlockSaved, index i: Int) throws -> (ConvSaved, Tensor) {
-        let (conv, norm, relu) = try restored(b, index: i)
-        let dc = norms[i].map { n in StepProfile.measure(.normalization) { n.backward(dy, norm!, consuming: true) } }
+    /// Block i's backward: dL/d(its input) from dL/d(its output) dy, which the fused norm · ReLU
+    /// backward overwrites (dy is this block's alone: a layer's fresh dx, a concat half or a sum).
+    /// A recomputed block first runs its convolution and norm (or ReLU) again on its input,
+    /// bit for bit as in forward; a block split over examples does all of it one example at a
+    /// time (the norm's planes are per example, so its values and parameter gradients are the
+    /// batch's bits). x̂ is freed before the convolution's backward.
+    private func blockBackward(_ dy: Tensor, _ b: UNetSaved.BlockSaved, index i: Int, _ saved: UNetSaved) throws -> Tensor {
+        if b.convs.count == 1 {
+            let (conv, dc) = try restoredGradient(dy, b, example: nil, index: i, saved)
+            return try layers[i].backward(dc, conv)
+        }
+        let dx = Tensor(uninitializedShape: [b.convs.count] + b.convs[0].inputShape.dropFirst())   // (N, Cin, D, H, W)
+        try blockBackward(dy, b, index: i, saved) { e, dxe in Self.copy(dxe, into: dx.example(e)) }
+        return dx
+    }
+
+    /// `blockBackward` of a block run example by example, handing each example's input gradient
+    /// (1, Cin, D, H, W) to `take` (in example order).
+    private func blockBackward(_ dy: Tensor, _ b: UNetSaved.BlockSaved, index i: Int, _ saved: UNetSaved,
+                               _ take: (Int, Tensor) throws -> Void) throws {
+        let layer = layers[i]
+        if b.input == nil {
+            let dc = preactivationGradient(dy, b.norm, b.relu, index: i)
+            for e in b.convs.indices { try take(e, try layer.backward(dc.example(e), b.convs[e])) }
+            return
+        }
+        for e in b.convs.indices {
+            let (conv, dc) = try restoredGradient(dy.example(e), b, example: e, index: i, saved)
+            try take(e, try layer.backward(dc, conv))
+        }
+    }
+
+    /// The convolution value (ready for backward) and dL/d(its output) of block i (of example e,
+    /// or the batch); x̂ (or the ReLU mask) is freed on return, before the convolution's backward.
+    private func restoredGradient(_ dy: Tensor, _ b: UNetSaved.BlockSaved, example e: Int?, index i: Int, _ saved: UNetSaved) throws -> (ConvSaved, Tensor) {
+        let (conv, norm, relu) = try restored(b, example: e, index: i, saved)
+        return (conv, preactivationGradient(dy, norm, relu, index: i))
+    }
+
+    /// dL/d(block i's convolution output) from dL/d(its output) dy (overwritten by the norm's backward).
+    private func preactivationGradient(_ dy: Tensor, _ norm: InstanceNormSaved?, _ relu: ReLUSaved?, index i: Int) -> Tensor {
+        norms[i].map { n in StepProfile.measure(.normalization) { n.backward(dy, norm!, consuming: true) } }
             ?? StepProfile.measure(.activation) { ReLU.backward(dy, relu!) }
-        return (conv, dc)
     }
 
     /// dL/dlogits -> dL/d(head input); the head's input is saved again here when it kept no copy.
-    private func headBackward(_ dLogits: Tensor, _ head: (conv: ConvSaved, input: Tensor?)) throws -> Tensor {
-        let conv = try head.input.map { head.conv.withInput(try head.conv.input.engine.saving(x: $0)) } ?? head.conv
-        return try layers[layers.count - 1].backward(dLogits, conv)
+    private func headBackward(_ dLogits: Tensor, _ head: (convs: [ConvSaved], input: Tensor?)) throws -> Tensor {
+        let layer = layers[layers.count - 1]
+        func value(_ s: ConvSaved, _ x: Tensor?) throws -> ConvSaved {
+            try x.map { s.withInput(try s.input.engine.saving(x: $0)) } ?? s
+        }
+        if head.convs.count == 1 { return try layer.backward(dLogits, try value(head.convs[0], head.input)) }
+        let n = head.convs.count
+        let dx = Tensor(uninitializedShape: [n] + head.convs[0].inputShape.dropFirst())   // (N, C0, D, H, W)
+        for e in 0..<n {
+            Self.copy(try layer.backward(dLogits.example(e), try value(head.convs[e], head.input?.example(e))), into: dx.example(e))
+        }
+        return dx
     }
 
-    /// A block's saved values, recomputed from its input when the plan dropped them: the
-    /// convolution runs again with the kernels and bias it ran with, and the norm (or ReLU) again
-    /// on its output, bit for bit as in forward; the norm keeps only x̂ (in the output's storage).
-    private func restored(_ b: UNetSaved.BlockSaved, index i: Int) throws -> (ConvSaved, InstanceNormSaved?, ReLUSaved?) {
-        guard let input = b.input else { return (b.conv, b.norm, b.relu) }
-        let x = input.materialize()
-        let y = Tensor(uninitializedShape: layers[i].geometry(inputShape: b.conv.inputShape).yShape)   // (N, Cout, oD, oH, oW)
-        let conv = b.conv.withInput(try b.conv.input.engine.recomputeForward(b.conv.input, x: x, w: b.conv.kernels, y: y))
+    /// Block i's saved values (of example e, or of the batch), recomputed from its input when the
+    /// plan dropped them: the convolution runs again with the kernels and bias it ran with, and
+    /// the norm (or ReLU) again on its output, bit for bit as in forward; the norm keeps only x̂
+    /// (in the output's storage).
+    private func restored(_ b: UNetSaved.BlockSaved, example e: Int?, index i: Int, _ saved: UNetSaved) throws -> (ConvSaved, InstanceNormSaved?, ReLUSaved?) {
+        guard let input = b.input else { return (b.convs[0], b.norm, b.relu) }
+        let (y, convs) = try convolve(i, input, nil, e.map { .one($0) } ?? .batch, again: ([b.convs[e ?? 0]], true), saved)
         if let norm = norms[i] {
-            return (conv, StepProfile.measure(.normalization) { norm.standardize(y, relu: true) }, nil)
+            return (convs[0], StepProfile.measure(.normalization) { norm.standardize(y, relu: true) }, nil)
         }
-        return (conv, nil, StepProfile.measure(.activation) { ReLU.forward(y).saved })
+        return (convs[0], nil, StepProfile.measure(.activation) { ReLU.forward(y).saved })
+    }
+
+    /// The input made from `source` (of example e only, shaped (1, ...), when e is given), bit for
+    /// bit as forward made it.  (N, C, D, H, W)
+    private func materialize(_ source: UNetSaved.BlockInput, example e: Int?, _ step: UNetSaved?) throws -> Tensor {
+        switch source {
+        case .tensor(let t): return e.map { t.example($0) } ?? t
+        case .upsampled(let t): return StepProfile.measure(.upsampleConcat) { Upsample2x.forward(e.map { t.example($0) } ?? t).y }
+        case .concatenated(let a, let b):
+            return StepProfile.measure(.upsampleConcat) { ChannelConcat.forward(e.map { a.example($0) } ?? a, e.map { b.example($0) } ?? b).y }
+        case .blockOutput(let j, let t):
+            // Block j's convolution on t with the kernels and bias it ran with, then its norm · ReLU
+            // (or ReLU): the calls forward made, so the same bits. No copy of t is kept.
+            guard let b = step?.peekBlock(j) else { preconditionFailure("UNet: block \(j)'s output is recomputed only in backward") }
+            precondition(b.input != nil, "UNet.backward: block \(j) kept its input; block \(j + 1) cannot recompute from it")
+            precondition((b.convs.count == 1) == (e == nil), "UNet.backward: blocks \(j) and \(j + 1) differ in running example by example")
+            let (y, _) = try convolve(j, .tensor(t), nil, e.map { .one($0) } ?? .batch, again: ([b.convs[e ?? 0]], false), nil)
+            if let norm = norms[j] { return StepProfile.measure(.normalization) { norm.forward(y, relu: true, consuming: true).y } }
+            return StepProfile.measure(.activation) { ReLU.forward(y).y }
+        }
     }
 
     /// into += s, elementwise over the kernels' threads (same shapes).

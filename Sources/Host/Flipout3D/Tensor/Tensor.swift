@@ -22,6 +22,8 @@ public final class Tensor: @unchecked Sendable {
     public private(set) var data: UnsafeMutablePointer<Float>
     /// Set when the storage is a shared `ArenaBlock`: then not released here.
     private var arenaBlock: ArenaBlock?
+    /// Set for a view into another tensor's storage (`example(_:)`): then not released here.
+    private var parent: Tensor?
 
     /// A zero-filled tensor of the given shape.
     public convenience init(shape: [Int]) {
@@ -55,18 +57,34 @@ public final class Tensor: @unchecked Sendable {
         arenaBlock = block
     }
 
+    /// Example `i` (index on the outermost axis) of this tensor, shaped (1, ...) and sharing its
+    /// storage: writes through the view change this tensor. The view keeps this tensor alive.
+    /// A network runs its largest layers one example at a time on such views (`MemoryPlan`).
+    public func example(_ i: Int) -> Tensor {
+        precondition(rank >= 1 && i >= 0 && i < shape[0], "Tensor.example(\(i)) of shape \(shape)")
+        return Tensor(viewing: self, example: i)
+    }
+
+    private init(viewing parent: Tensor, example i: Int) {
+        shape = [1] + parent.shape.dropFirst()
+        count = shape.reduce(1, *)
+        data = parent.data + i * count
+        self.parent = parent
+    }
+
     /// Copies the values into `block` from float `offset` and uses that storage from now on (its
     /// own pooled storage goes back to the pool: nothing else points to it).
     func moveStorage(to block: ArenaBlock, offset: Int) {
         precondition(offset >= 0 && offset + count <= block.count, "Tensor.moveStorage: \(count) floats at \(offset) outside a block of \(block.count)")
         let storage = block.pointer + offset
+        precondition(parent == nil, "Tensor.moveStorage: a view's storage belongs to its parent")
         storage.update(from: data, count: count)
         if arenaBlock == nil { TensorStorage.release(data, max(count, 1)) }
         data = storage
         arenaBlock = block
     }
 
-    deinit { if arenaBlock == nil { TensorStorage.release(data, max(count, 1)) } }
+    deinit { if arenaBlock == nil && parent == nil { TensorStorage.release(data, max(count, 1)) } }
 
     /// Calls `body` with the values; the pointer is valid only inside `body` (the tensor is kept
     /// alive for the call). Prefer this to `data` wherever a pointer is held across statements.
