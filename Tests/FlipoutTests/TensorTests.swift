@@ -34,6 +34,19 @@ import TestSupport
     #expect(copy.array == [1, 2, 3])
 }
 
+/// Activation-sized storage starts on a 2 MiB boundary so that transparent huge pages can back
+/// it (LargeBlocks); smaller storage keeps the 64-byte alignment oneDNN needs.
+@Test func largeStorageIsAlignedForHugePages() {
+    guard ProcessInfo.processInfo.environment["FLIPOUT_HUGE_PAGES"] != "0" else { return }
+    let huge = 2 << 20
+    let big = Tensor(uninitializedShape: [3, huge / 4])     // 6 MiB
+    #expect(Int(bitPattern: big.data) % huge == 0)
+    big.fill(1)
+    #expect(big[big.count - 1] == 1)
+    let small = Tensor(uninitializedShape: [huge / 8])      // 1 MiB
+    #expect(Int(bitPattern: small.data) % 64 == 0)
+}
+
 /// An optimizer and its arena are freed when their user lets go (no tensor -> arena -> tensor
 /// cycle), and the parameters keep their values after it (they hold the storage block, not the arena).
 @Test func parameterArenaAndOptimizerAreFreedAndParametersOutliveThem() throws {

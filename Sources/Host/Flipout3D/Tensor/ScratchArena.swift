@@ -20,7 +20,7 @@ public final class ScratchArena: @unchecked Sendable {
 
     public init() {}
 
-    deinit { for b in idle { b.pointer.deallocate() } }
+    deinit { for b in idle { LargeBlocks.deallocate(b.pointer) } }
 
     /// Calls `body` with `bytes` (> 0) of 64-byte aligned storage, returned to the arena afterwards.
     public func withLease<R>(bytes: Int, _ body: (UnsafeMutableRawPointer) throws -> R) rethrows -> R {
@@ -46,8 +46,8 @@ public final class ScratchArena: @unchecked Sendable {
         }
         let dropped = largest.map { idle.remove(at: $0) }
         lock.unlock()
-        dropped?.pointer.deallocate()
-        return Block(pointer: UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64), bytes: bytes)
+        dropped.map { LargeBlocks.deallocate($0.pointer) }
+        return Block(pointer: LargeBlocks.allocate(bytes: bytes), bytes: bytes)
     }
 
     private func give(_ block: Block) {
@@ -69,6 +69,6 @@ public final class ScratchArena: @unchecked Sendable {
         let blocks = idle
         idle = []
         lock.unlock()
-        for b in blocks { b.pointer.deallocate() }
+        for b in blocks { LargeBlocks.deallocate(b.pointer) }
     }
 }
