@@ -85,3 +85,27 @@ func diceCEValueAndGradientMatchTheDefinition(_ n: Int, _ k: Int, _ edge: Int) {
     let ga = DiceCELoss.backward(a, scale: 2).array.map { $0 / 2 }, gb = DiceCELoss.backward(b, scale: 2).array.map { $0 / 2 }
     assertClose(ga + gb, g, rtol: 1e-5, atol: 1e-8, "the halves' gradients are the whole batch's rows")
 }
+
+/// Patches larger than one chunk of work (DiceCELoss.chunkVoxels = 16 Ki voxels): the per-chunk
+/// sums, added in chunk order, give the definition's value, and the gradient matches central
+/// differences at voxels in every chunk of both examples.
+@Test func diceCEOverSeveralChunksMatchesTheDefinition() {
+    let (n, k, v) = (2, 3, 2 * 128 * 160)   // 40 960 voxels: 3 chunks per example, the last partial
+    let z = testValues(n * k * v, seed: 77).map { $0 * 3 }
+    var labels = [Int]()
+    var state: UInt64 = 11
+    for _ in 0..<(n * v) { state = state &* 6364136223846793005 &+ 1; labels.append(Int(state >> 33) % k) }
+    let saved = DiceCELoss.forward(logits: Tensor(shape: [n, k, 2, 128, 160], values: z),
+                                   labels: Tensor(shape: [n, 1, 2, 128, 160], values: labels.map(Float.init)))
+    let zd = z.map(Double.init)
+    let reference = referenceDiceCE(zd, labels: labels, n: n, k: k, v: v)
+    #expect(abs(saved.value - reference) < 1e-5, "loss \(saved.value) vs reference \(reference)")
+    let grad = DiceCELoss.backward(saved).array
+    for b in 0..<n { for c in 0..<k { for i in [5, 16_384 + 7, 40_959] {
+        let j = (b * k + c) * v + i, h = 1e-4
+        var plus = zd, minus = zd
+        plus[j] += h; minus[j] -= h
+        let numeric = (referenceDiceCE(plus, labels: labels, n: n, k: k, v: v) - referenceDiceCE(minus, labels: labels, n: n, k: k, v: v)) / (2 * h)
+        #expect(abs(Double(grad[j]) - numeric) <= 1e-3 * abs(numeric) + 1e-8, "gradient at example \(b), class \(c), voxel \(i): \(grad[j]) vs \(numeric)")
+    } } }
+}

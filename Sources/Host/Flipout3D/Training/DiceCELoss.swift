@@ -45,6 +45,9 @@ public struct DiceCESaved {
 /// ELBO scales (`ELBO.swift`); the Dice term is an auxiliary objective outside the likelihood.
 public enum DiceCELoss {
     public static let smooth = 1e-5
+    /// Voxels per unit of work in both passes (threads take whole chunks; sums add up per chunk,
+    /// then in chunk order): 16 Ki voxels of a 64³ patch is 16 chunks per example.
+    static let chunkVoxels = 1 << 14
 
     /// logits (N, K, D, H, W), labels (N, 1, D, H, W) with values in 0..<K -> the loss terms and what backward needs.
     public static func forward(logits: Tensor, labels: Tensor, ignoreLabel: Int? = nil) -> DiceCESaved {
@@ -62,34 +65,48 @@ public enum DiceCELoss {
         let (n, k) = (logits.shape[0], logits.shape[1])
         let v = logits.shape[2...].reduce(1, *)
         let p = Tensor(uninitializedShape: logits.shape)
-        var inter = [Double](repeating: 0, count: k), sumP = [Double](repeating: 0, count: k), sumG = [Double](repeating: 0, count: k)
-        var ce = 0.0, counted = 0
         let ignored = ignoreLabel.map(Float.init) ?? -1
-        for b in 0..<n {
-            let z = logits.data + b * k * v, q = p.data + b * k * v, y = labels.data + b * v
-            var pSums = [Double](repeating: 0, count: k), hits = [Double](repeating: 0, count: k)
-            for i in 0..<v {
-                if y[i] == ignored {
-                    for c in 0..<k { q[c * v + i] = 0 }
-                    continue
+        // Per chunk of voxels: Σ p_y (hits), Σ p and Σ g per class, the CE sum and the voxel count,
+        // summed afterwards in chunk order, so the bits do not depend on the thread count.
+        let chunks = (v + chunkVoxels - 1) / chunkVoxels, items = n * chunks, width = 3 * k + 2
+        let partials = UnsafeMutableBufferPointer<Double>.allocate(capacity: items * width)
+        defer { partials.deallocate() }
+        partials.initialize(repeating: 0)
+        let (zs, qs, ys, out) = (UnsafePointer(logits.data), p.data, UnsafePointer(labels.data), partials.baseAddress!)
+        Parallel.items(items, elementsPerItem: chunkVoxels * k) { begin, end in
+            for item in begin..<end {
+                let b = item / chunks, lo = item % chunks * chunkVoxels, hi = min(v, lo + chunkVoxels)
+                let z = zs + b * k * v, q = qs + b * k * v, y = ys + b * v, part = out + item * width
+                for i in lo..<hi {
+                    if y[i] == ignored {
+                        for c in 0..<k { q[c * v + i] = 0 }
+                        continue
+                    }
+                    part[3 * k + 1] += 1
+                    let label = Int(y[i])
+                    precondition(label >= 0 && label < k && Float(label) == y[i], "DiceCELoss: label \(y[i]) at voxel \(i) of example \(b) is not a class index in 0..<\(k)")
+                    var m = -Float.infinity
+                    for c in 0..<k { m = max(m, z[c * v + i]) }
+                    var s: Float = 0
+                    for c in 0..<k { let e = expf(z[c * v + i] - m); q[c * v + i] = e; s += e }
+                    let inv = 1 / s
+                    for c in 0..<k { q[c * v + i] *= inv; part[k + c] += Double(q[c * v + i]) }
+                    // log p_y = z_y − m − log s, computed from logits (no log of a rounded probability).
+                    part[3 * k] -= Double(z[label * v + i] - m) - Double(logf(s))
+                    part[label] += Double(q[label * v + i])
+                    part[2 * k + label] += 1
                 }
-                counted += 1
-                let label = Int(y[i])
-                precondition(label >= 0 && label < k && Float(label) == y[i], "DiceCELoss: label \(y[i]) at voxel \(i) of example \(b) is not a class index in 0..<\(k)")
-                var m = -Float.infinity
-                for c in 0..<k { m = max(m, z[c * v + i]) }
-                var s: Float = 0
-                for c in 0..<k { let e = expf(z[c * v + i] - m); q[c * v + i] = e; s += e }
-                let inv = 1 / s
-                for c in 0..<k { q[c * v + i] *= inv; pSums[c] += Double(q[c * v + i]) }
-                // log p_y = z_y − m − log s, computed from logits (no log of a rounded probability).
-                ce -= Double(z[label * v + i] - m) - Double(logf(s))
-                hits[label] += Double(q[label * v + i])
-                sumG[label] += 1
             }
-            for c in 0..<k { inter[c] += hits[c]; sumP[c] += pSums[c] }
         }
-        let local = inter + sumP + sumG + [ce, Double(counted)]
+        var inter = [Double](repeating: 0, count: k), sumP = [Double](repeating: 0, count: k), sumG = [Double](repeating: 0, count: k)
+        var ce = 0.0, counted = 0.0
+        for item in 0..<items {
+            let part = out + item * width
+            for c in 0..<k { inter[c] += part[c]; sumP[c] += part[k + c]; sumG[c] += part[2 * k + c] }
+            ce += part[3 * k]
+            counted += part[3 * k + 1]
+        }
+        let local = inter + sumP + sumG + [ce, counted]
         let sums = try reduce(local)
         precondition(sums.count == local.count, "DiceCELoss: the reduction returned \(sums.count) values for \(local.count)")
         inter = Array(sums[0..<k]); sumP = Array(sums[k..<(2 * k)]); sumG = Array(sums[(2 * k)..<(3 * k)])
@@ -123,27 +140,33 @@ public enum DiceCELoss {
             dHit[c] = Float(-Double(scale) / f * 2 / denominator)
         }
         let ce = Float(ceScale)
-        var a = [Float](repeating: 0, count: k)
-        for b in 0..<n {
-            let q = p.data + b * k * v, y = saved.labels.data + b * v, g = dz.data + b * k * v
-            for i in 0..<v {
-                if y[i] == ignored {
-                    for c in 0..<k { g[c * v + i] = 0 }
-                    continue
-                }
-                let label = Int(y[i])
-                // a = dL_dice/dp; through the softmax: dz_j = p_j (a_j − Σ_c p_c a_c) plus CE's (p_j − g_j)/M.
-                var dot: Float = 0
-                for c in 0..<k {
-                    a[c] = dPlain[c] + (c == label ? dHit[c] : 0)
-                    dot += q[c * v + i] * a[c]
-                }
-                for c in 0..<k {
-                    let pc = q[c * v + i]
-                    g[c * v + i] = pc * (a[c] - dot) + ce * (pc - (c == label ? 1 : 0))
+        let chunks = (v + chunkVoxels - 1) / chunkVoxels
+        let (qs, ys, gs) = (UnsafePointer(p.data), UnsafePointer(saved.labels.data), dz.data)
+        Parallel.items(n * chunks, elementsPerItem: chunkVoxels * k) { begin, end in
+            var a = [Float](repeating: 0, count: k)
+            for item in begin..<end {
+                let b = item / chunks, lo = item % chunks * chunkVoxels, hi = min(v, lo + chunkVoxels)
+                let q = qs + b * k * v, y = ys + b * v, g = gs + b * k * v
+                for i in lo..<hi {
+                    if y[i] == ignored {
+                        for c in 0..<k { g[c * v + i] = 0 }
+                        continue
+                    }
+                    let label = Int(y[i])
+                    // a = dL_dice/dp; through the softmax: dz_j = p_j (a_j − Σ_c p_c a_c) plus CE's (p_j − g_j)/M.
+                    var dot: Float = 0
+                    for c in 0..<k {
+                        a[c] = dPlain[c] + (c == label ? dHit[c] : 0)
+                        dot += q[c * v + i] * a[c]
+                    }
+                    for c in 0..<k {
+                        let pc = q[c * v + i]
+                        g[c * v + i] = pc * (a[c] - dot) + ce * (pc - (c == label ? 1 : 0))
+                    }
                 }
             }
         }
+        withExtendedLifetime((p, saved.labels)) {}
         return dz
     }
 }
