@@ -98,19 +98,21 @@ public enum DiceCELoss {
                 }
             }
         }
-        var inter = [Double](repeating: 0, count: k), sumP = [Double](repeating: 0, count: k), sumG = [Double](repeating: 0, count: k)
-        var ce = 0.0, counted = 0.0
-        for item in 0..<items {
-            let part = out + item * width
-            for c in 0..<k { inter[c] += part[c]; sumP[c] += part[k + c]; sumG[c] += part[2 * k + c] }
-            ce += part[3 * k]
-            counted += part[3 * k + 1]
+        // Chunks add up per example, then examples in order: the same association as ranks that
+        // each hold whole examples and sum them through `reduce`.
+        var totals = [Double](repeating: 0, count: width)
+        for b in 0..<n {
+            var example = [Double](repeating: 0, count: width)
+            for item in b * chunks..<(b + 1) * chunks {
+                for j in 0..<width { example[j] += out[item * width + j] }
+            }
+            for j in 0..<width { totals[j] += example[j] }
         }
-        let local = inter + sumP + sumG + [ce, counted]
-        let sums = try reduce(local)
-        precondition(sums.count == local.count, "DiceCELoss: the reduction returned \(sums.count) values for \(local.count)")
-        inter = Array(sums[0..<k]); sumP = Array(sums[k..<(2 * k)]); sumG = Array(sums[(2 * k)..<(3 * k)])
-        ce = sums[3 * k]
+        // (I_k, Σp_k, Σg_k, the CE sum, M), summed over the ranks.
+        let sums = try reduce(totals)
+        precondition(sums.count == totals.count, "DiceCELoss: the reduction returned \(sums.count) values for \(totals.count)")
+        let inter = Array(sums[0..<k]), sumP = Array(sums[k..<(2 * k)]), sumG = Array(sums[(2 * k)..<(3 * k)])
+        let ce = sums[3 * k]
         let voxels = sums[3 * k + 1]
         let total = (0..<k).map { sumP[$0] + sumG[$0] }
         let dice = (0..<k).map { (2 * inter[$0] + smooth) / (total[$0] + smooth) }
