@@ -20,8 +20,9 @@ private func centre(of value: Float, in data: [Float], shape: [Int], affine: Aff
 @Suite struct LabelResamplingTests {
     /// 1 mm to 2 mm, every axis of even length: each 2 mm centre lies half-way between two 1 mm
     /// voxels. Two boxes of classes 1 and 2 (even extents, odd starts) must keep their world
-    /// centres (hand: the boxes are symmetric about their centres, and so is the one-hot rule);
-    /// a nearest-voxel label map moves 0.5 mm along every axis (the tie rounds up) and fails this.
+    /// centres (hand: the boxes are symmetric about their centres, and so is the one-hot rule).
+    /// Nearest-voxel resampling reads each 2 mm voxel 0.5 mm off its centre (the tie rounds up):
+    /// these boxes then move 1 mm along every axis, and this test fails.
     @Test func labelKeepsItsWorldCentreAtAnIntegerSpacingRatio() throws {
         let shape = [16, 18, 20] // (D, H, W), 1 mm
         var img = [Float](repeating: 0, count: shape.reduce(1, *)), lab = img
