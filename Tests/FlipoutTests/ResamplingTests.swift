@@ -81,8 +81,11 @@ private struct LPSCase {
     let srcCentre = (LPSCase.srow[0][0] * 9.5 + LPSCase.srow[0][3], LPSCase.srow[1][1] * 10.5 + LPSCase.srow[1][3], LPSCase.srow[2][2] * 6.5 + LPSCase.srow[2][3])
     #expect(abs(origin.0 + 19.5 - srcCentre.0) < 1e-9 && abs(origin.1 + 21.5 - srcCentre.1) < 1e-9 && abs(origin.2 + 20.5 - srcCentre.2) < 1e-9)
 
-    // Independent nearest-neighbour reference on the prepared grid: the world point of each
-    // prepared voxel, inverted through srow by hand (i = (x - 19) / -2, j = (y - 23) / -2, k = (z + 17) / 3).
+    // Independent reference on the prepared grid: the world point of each prepared voxel, inverted
+    // through srow by hand (i = (x - 19) / -2, j = (y - 23) / -2, k = (z + 17) / 3); there each
+    // class's share of the trilinear weights of the 8 surrounding source voxels (index clamped to
+    // the grid, as within half a voxel of its edge), the largest share wins, a tie to the larger
+    // class (nnU-Net's one-hot resampling of segmentations); beyond half a voxel, background.
     let (W, H, D) = (g.preparedShape[2], g.preparedShape[1], g.preparedShape[0])
     var reference = [Float](repeating: 0, count: D * H * W)
     var linearError = 0.0
@@ -91,11 +94,20 @@ private struct LPSCase {
         let wx = origin.0 + Double(i), wy = origin.1 + Double(j), wz = origin.2 + Double(k)
         let si = (wx - 19) / -2, sj = (wy - 23) / -2, sk = (wz + 17) / 3
         let n = (k * H + j) * W + i
-        let ri = Int(si.rounded()), rj = Int(sj.rounded()), rk = Int(sk.rounded())
         let inGrid = si >= -0.5 && sj >= -0.5 && sk >= -0.5 && si <= Double(LPSCase.nx) - 0.5 && sj <= Double(LPSCase.ny) - 0.5 && sk <= Double(LPSCase.nz) - 0.5
         if inGrid {
-            let c = (min(max(rk, 0), LPSCase.nz - 1), min(max(rj, 0), LPSCase.ny - 1), min(max(ri, 0), LPSCase.nx - 1))
-            reference[n] = labelValues[(c.0 * LPSCase.ny + c.1) * LPSCase.nx + c.2]
+            let ci = min(max(si, 0), Double(LPSCase.nx - 1)), cj = min(max(sj, 0), Double(LPSCase.ny - 1)), ck = min(max(sk, 0), Double(LPSCase.nz - 1))
+            let i0 = Int(ci.rounded(.down)), j0 = Int(cj.rounded(.down)), k0 = Int(ck.rounded(.down))
+            var share = [Double](repeating: 0, count: 4)
+            for dk in 0...1 { for dj in 0...1 { for di in 0...1 {
+                let w = (di == 0 ? 1 - (ci - Double(i0)) : ci - Double(i0)) * (dj == 0 ? 1 - (cj - Double(j0)) : cj - Double(j0))
+                    * (dk == 0 ? 1 - (ck - Double(k0)) : ck - Double(k0))
+                let (ii, jj, kk) = (min(i0 + di, LPSCase.nx - 1), min(j0 + dj, LPSCase.ny - 1), min(k0 + dk, LPSCase.nz - 1))
+                share[Int(labelValues[(kk * LPSCase.ny + jj) * LPSCase.nx + ii])] += w
+            } } }
+            var best = 0
+            for c in 1..<4 where share[c] >= share[best] - 1e-6 { best = c }
+            reference[n] = Float(best)
         }
         // Trilinear interpolation reproduces a linear field exactly inside the source grid.
         if si >= 0 && si <= Double(LPSCase.nx - 1) && sj >= 0 && sj <= Double(LPSCase.ny - 1) && sk >= 0 && sk <= Double(LPSCase.nz - 1) {

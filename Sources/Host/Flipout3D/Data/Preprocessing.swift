@@ -56,7 +56,8 @@ extension PreprocessingPlan {
     }
 
     /// One case, prepared: every channel normalised (on the source grid, as nnU-Net) and
-    /// resampled trilinearly; the label map (class indices 0..<K) resampled by nearest voxel.
+    /// resampled trilinearly; the label map (class indices 0..<K) resampled as nnU-Net resamples
+    /// segmentations, each class's one-hot trilinearly, then the largest share (`LabelResampling`).
     /// Channels come in plan order and must share one grid; the label must be on that grid.
     /// `paths` name the files in errors (channel files, then the label file).
     public func prepare(id: String, images: [NIfTIVolume], label: NIfTIVolume?, paths: [String] = []) throws -> PreparedCase {
@@ -96,7 +97,7 @@ extension PreprocessingPlan {
         if let label {
             try Self.checkLabelValues(label.data, classCount: classCount, labels: labels, path: path(images.count), ignoreLabel: ignoreLabel)
             let labelOnSource = box.map { NonzeroRegion.crop(label.data, to: $0) } ?? label.data
-            preparedLabel = Resample.resample(labelOnSource, from: source, to: target, interpolation: .nearest).reshaped([1] + target.shape)
+            preparedLabel = LabelResampling.resample(labelOnSource, from: source, to: target).reshaped([1] + target.shape)
         }
         return PreparedCase(id: id, image: image, label: preparedLabel,
                             geometry: CaseGeometry(sourceShape: full.shape, sourceAffine: full.affine,
