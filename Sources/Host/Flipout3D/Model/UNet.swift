@@ -429,6 +429,7 @@ public final class UNet {
         for e in b.convs.indices {
             let (conv, dc) = try restoredGradient(dy.example(e), b, example: e, index: i, saved)
             try take(e, try layer.backward(dc, conv))
+            MemoryTrace.mark("backward \(layer.name), example \(e)")
         }
     }
 
