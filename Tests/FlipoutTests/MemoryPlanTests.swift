@@ -54,6 +54,27 @@ func recomputedBlocksGiveTheSameGradientBits(_ norm: UNetConfig.Normalization, _
     #expect(partial.logits == kept.logits && partial.gradients == kept.gradients)
 }
 
+/// Expects every logit and gradient of `other` within 1e-4 of the largest magnitude of `reference`'s
+/// (per tensor; for the biases before an instance norm, whose true gradient is 0, of all gradients).
+private func expectClose(_ reference: (logits: [UInt32], gradients: [String: [UInt32]], plan: MemoryPlan),
+                         _ other: (logits: [UInt32], gradients: [String: [UInt32]], plan: MemoryPlan), norm: UNetConfig.Normalization, _ what: String) {
+    let largest = reference.gradients.values.map { $0.map { abs(Float(bitPattern: $0)) }.max() ?? 0 }.max() ?? 0
+    func close(_ a: [UInt32], _ b: [UInt32], _ name: String, roundingOnly: Bool = false) {
+        let (u, v) = (a.map(Float.init(bitPattern:)), b.map(Float.init(bitPattern:)))
+        let scale = roundingOnly ? largest : u.map(abs).max() ?? 0
+        let worst = zip(u, v).map { abs($0 - $1) }.max() ?? 0
+        #expect(u.count == v.count && scale > 0 && worst <= 1e-4 * scale, "\(what): \(name): largest difference \(worst) of scale \(scale)")
+    }
+    close(reference.logits, other.logits, "logits")
+    #expect(reference.gradients.keys.sorted() == other.gradients.keys.sorted())
+    for (name, bits) in reference.gradients {
+        // Instance norm removes any per-channel constant: the bias of a convolution before it has
+        // a gradient of exactly 0, computed as rounding noise, compared to the gradients' scale.
+        let beforeNorm = norm == .instance && name.hasSuffix(".bias") && !name.hasPrefix("head")
+        close(bits, other.gradients[name] ?? [], name, roundingOnly: beforeNorm)
+    }
+}
+
 /// Blocks run one example at a time give the batch's logits and gradients up to float rounding
 /// (oneDNN blocks a batch-1 convolution differently, and Flipout's per-example kernel gradients are
 /// folded per example), with the same Flipout signs (each example keeps its global row).
@@ -64,20 +85,27 @@ func blocksSplitOverExamplesMatchTheBatch(_ norm: UNetConfig.Normalization, _ ba
     let batch = try stepBits(try makeNet(norm: norm, bayesian: bayesian, policy: .recomputeAll), x, ctx)
     let split = try stepBits(try makeNet(norm: norm, bayesian: bayesian, policy: .recomputeAll, splitBytes: 0), x, ctx)
     #expect(batch.plan.split.isEmpty && split.plan.split.count == 11)
-    let largest = batch.gradients.values.map { $0.map { abs(Float(bitPattern: $0)) }.max() ?? 0 }.max() ?? 0
-    func close(_ a: [UInt32], _ b: [UInt32], _ what: String, roundingOnly: Bool = false) {
-        let (u, v) = (a.map(Float.init(bitPattern:)), b.map(Float.init(bitPattern:)))
-        let scale = roundingOnly ? largest : u.map(abs).max() ?? 0
-        let worst = zip(u, v).map { abs($0 - $1) }.max() ?? 0
-        #expect(scale > 0 && worst <= 1e-4 * scale, "\(norm) \(bayesian): \(what): largest difference \(worst) of scale \(scale)")
-    }
-    close(batch.logits, split.logits, "logits")
-    for (name, bits) in batch.gradients {
-        // Instance norm removes any per-channel constant: the bias of a convolution before it has
-        // a gradient of exactly 0, computed as rounding noise, compared to the gradients' scale.
-        let beforeNorm = norm == .instance && name.hasSuffix(".bias") && !name.hasPrefix("head")
-        close(bits, split.gradients[name]!, name, roundingOnly: beforeNorm)
-    }
+    expectClose(batch, split, norm: norm, "\(norm) \(bayesian)")
+}
+
+/// U3's plan on a network small enough to run in a test: the full-resolution blocks (enc0a, enc0b,
+/// enc1a, up0, dec0, head) split over examples, every block recomputed under a small budget, the
+/// decoder's split blocks writing their gradients into dead storage (dy's, the upsampled
+/// branch's). Its step gives the logits and gradients of the whole-batch step that keeps every
+/// activation (U1's and U2's path) up to float rounding.
+@Test(arguments: [(UNetConfig.Normalization.instance, BayesianLayers.all), (.none, .all), (.instance, .none)])
+func u3sPlanMatchesTheWholeBatchStep(_ norm: UNetConfig.Normalization, _ bayesian: BayesianLayers) throws {
+    let x = Tensor(shape: [2, 2, 16, 16, 16], values: testValues(2 * 2 * 4096, seed: 5))
+    let ctx = StepContext(seed: 9, step: 3)
+    let whole = try stepBits(try makeNet(norm: norm, bayesian: bayesian, policy: .keepAll), x, ctx)
+    let probe = try makeNet(norm: norm, bayesian: bayesian, policy: .keepAll)
+    // Split where U3 splits: blocks keeping at least the head's input (one full-resolution activation).
+    let e = MemoryPlan.estimate(probe.shape, input: x.shape)
+    let u3Like = try stepBits(try makeNet(norm: norm, bayesian: bayesian, policy: .budget(bytes: 1), splitBytes: e[e.count - 1].kept), x, ctx)
+    #expect(whole.plan.split.isEmpty && whole.plan.recomputed.isEmpty)
+    #expect(u3Like.plan.split == [0, 1, 2, 8, 9, 10], "split \(u3Like.plan.split.sorted())")
+    #expect(u3Like.plan.recomputed.isSuperset(of: [0, 1, 8, 9]))
+    expectClose(whole, u3Like, norm: norm, "\(norm) \(bayesian)")
 }
 
 @Test func exampleViewsShareTheirParentsStorage() {

@@ -59,13 +59,18 @@ public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
     /// skip is counted by the next level's first block, which keeps it as its input); the head
     /// keeps its input.
     ///
-    /// What this leaves out, measured on U3 (`FLIPOUT_MEMORY_TRACE=1 flipout bench --workloads U3`):
-    /// the step's peak is in backward at the full-resolution decoder blocks, where on top of the
-    /// kept activations live the gradient flowing back (one activation), the skip's gradient
-    /// waiting for its level, and one block's transients (its input made again, the
-    /// convolution's copy of it, oneDNN's layout copies of dy and dx, the output and dx), which
-    /// `splitsExamples` holds per example; plus idle memory the step recycles (`TensorStorage`'s
-    /// pool, up to 512 MiB; `ScratchArena`'s largest lease) and the process itself (~300 MiB).
+    /// What this leaves out, measured on U3 (`FLIPOUT_MEMORY_TRACE=1 flipout bench --workloads U3
+    /// --repeats 1 --warmup 0`, whose lines name the tensor pool's and the arena's idle bytes):
+    /// the step's peak (about 5.0 GiB) is in backward at the full-resolution decoder blocks (dec0
+    /// and up0, within 100 MiB of each other). There live, besides the kept activations (skip0 and the upsampled branch of
+    /// dec0, 512 MiB each, and about 450 MiB at levels 1-4), the gradient flowing back and the
+    /// skip's gradient waiting for enc0b (512 MiB each; the split decoder blocks write them into
+    /// dy's and the upsampled branch's storage, so nothing more), and one example's transients:
+    /// its input made again (512 MiB at dec0 and up0), the convolution's layout copy of it (512),
+    /// oneDNN's inner buffers leased from `ScratchArena` (x and y roles, 768), dx (512), the
+    /// recomputed output (256). Then the process itself (~580 MiB before the first block: the
+    /// libraries, the parameters and optimizer state, the bench's two prepared cases) and idle
+    /// pool blocks (up to `TensorStorage.capacityBytes`).
     public static func estimate(_ shape: UNetConfig, input: [Int]) -> [(kept: Int, recomputed: Int)] {
         precondition(input.count == 5, "MemoryPlan.estimate: input \(input), expected (N, C, D, H, W)")
         let n = input[0], voxels = input[2...].reduce(1, *)

@@ -64,7 +64,9 @@ public struct UNetSaved {
         case tensor(Tensor)
         /// Nearest 2× upsampling of this tensor.
         case upsampled(Tensor)
-        /// The skip and the upsampled branch, concatenated along channels.
+        /// The skip and the upsampled branch, concatenated along channels. The branch is held
+        /// here alone (its block keeps what it recomputes from, or its norm's x̂): a block run
+        /// example by example writes dL/d(branch) into its storage in backward.
         case concatenated(Tensor, Tensor)
         /// The output of block `block` (itself recomputed, so it kept no copy of its input but the
         /// bias it ran with) on this tensor: enc0b's input from x, 16× smaller at U3.
@@ -178,6 +180,7 @@ public final class UNet {
     public func forward(_ x: Tensor, _ ctx: StepContext) throws -> (logits: Tensor, saved: UNetSaved) {
         try checkInput(x.shape)
         let plan = MemoryPlan.choose(memoryPolicy, shape: shape, input: x.shape, splitBytes: exampleSplitBytes)
+        MemoryTrace.mark("forward input")
         var blocks: [UNetSaved.BlockSaved] = [], ups: [Upsample2xSaved] = [], cats: [ChannelConcatSaved] = []
         /// One block on the input made from `source`; it keeps `kept` (default: `source`) instead
         /// of activations when the plan recomputes it.
@@ -316,19 +319,34 @@ public final class UNet {
             MemoryTrace.mark("backward \(layers[i].name)")
             return dx
         }
-        /// A decoder block on a concatenation: (dSkip, dUp). Run example by example, each
-        /// example's input gradient goes straight into the two halves (no batch-sized dCat).
-        func concatBlock(_ dy: consuming Tensor, _ cat: ChannelConcatSaved) throws -> (Tensor, Tensor) {
+        /// The next decoder block's saved values when it ran example by example; else runs its
+        /// whole-batch backward, handing dL/d(its input) to `whole` (the shared prologue of the two
+        /// decoder blocks below).
+        func splitDecoderBlock<R>(_ dy: Tensor, whole: (Tensor) -> R) throws -> (index: Int, saved: UNetSaved.BlockSaved, done: R?) {
             let i = next
             next -= 1
             let b = saved.takeBlock(i)
             guard b.convs.count > 1 else {
-                let dCat = try blockBackward(dy, b, index: i, saved)
+                let dx = try blockBackward(dy, b, index: i, saved)
                 MemoryTrace.mark("backward \(layers[i].name)")
-                return Self.split(dCat, cat)
+                return (i, b, whole(dx))
             }
-            let (ca, cb) = cat.channels, s = b.convs[0].inputShape
-            let dSkip = Tensor(uninitializedShape: [b.convs.count, ca] + s[2...]), dUp = Tensor(uninitializedShape: [b.convs.count, cb] + s[2...])
+            return (i, b, nil)
+        }
+        /// A decoder block on a concatenation: (dSkip, dUp). Run example by example, each
+        /// example's input gradient goes straight into the two halves (no batch-sized dCat), and
+        /// the halves into storage that is dead by then: dSkip into dy's (an example's dy is
+        /// consumed by its backward; the skip has the block's output channels), dUp into the
+        /// upsampled branch's when the block kept it to recompute from (nothing else holds it:
+        /// `UNetSaved.BlockInput.concatenated`). At nnU-Net's scale each is 512 MiB.
+        func concatBlock(_ dy: consuming Tensor, _ cat: ChannelConcatSaved) throws -> (Tensor, Tensor) {
+            let (i, b, done) = try splitDecoderBlock(dy) { Self.split($0, cat) }
+            if let done { return done }
+            let (ca, cb) = cat.channels, s = b.convs[0].inputShape, n = b.convs.count
+            let skipShape = [n, ca] + s[2...], upShape = [n, cb] + s[2...]
+            let dSkip = dy.shape == skipShape ? dy : Tensor(uninitializedShape: skipShape)
+            var dUp = Tensor(uninitializedShape: [0])
+            if case .concatenated(_, let up) = b.input, up.shape == upShape { dUp = up } else { dUp = Tensor(uninitializedShape: upShape) }
             try blockBackward(dy, b, index: i, saved) { e, dx in
                 // dx (1, Ca + Cb, D, H, W): the skip's channels, then the upsampled branch's.
                 StepProfile.measure(.upsampleConcat) {
@@ -343,14 +361,8 @@ public final class UNet {
         /// by example, each example's input gradient is summed down to that tensor's resolution
         /// at once (no batch-sized gradient at the upsampled resolution).
         func upsampledBlock(_ dy: consuming Tensor, _ up: Upsample2xSaved) throws -> Tensor {
-            let i = next
-            next -= 1
-            let b = saved.takeBlock(i)
-            guard b.convs.count > 1 else {
-                let dx = try blockBackward(dy, b, index: i, saved)
-                MemoryTrace.mark("backward \(layers[i].name)")
-                return Self.upsampleBackward(dx, up)
-            }
+            let (i, b, done) = try splitDecoderBlock(dy) { Self.upsampleBackward($0, up) }
+            if let done { return done }
             let below = Tensor(uninitializedShape: up.inputShape)   // (N, C, D/2, H/2, W/2)
             let one = Upsample2xSaved(inputShape: [1] + up.inputShape.dropFirst())
             try blockBackward(dy, b, index: i, saved) { e, dx in
@@ -417,6 +429,7 @@ public final class UNet {
         for e in b.convs.indices {
             let (conv, dc) = try restoredGradient(dy.example(e), b, example: e, index: i, saved)
             try take(e, try layer.backward(dc, conv))
+            MemoryTrace.mark("backward \(layer.name), example \(e)")
         }
     }
 

@@ -194,6 +194,13 @@ enum TensorStorage {
         LargeBlocks.deallocate(UnsafeMutableRawPointer(p))
     }
 
+    /// Bytes of idle blocks waiting for reuse (for the memory trace and tests).
+    static var idleBytes: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return freeBytes
+    }
+
     /// Gives every recycled block back to the system (e.g. after training, before a long idle).
     static func trim() {
         lock.lock()
