@@ -46,6 +46,13 @@ public enum PostedPluginCalls {
         if IsolatedPlugin.anyStarted && IsolationStats.enabled { IsolationStats.markStep() }
     }
 
+    /// Runs every posted call of every isolated plugin (one round trip per plugin holding some)
+    /// without marking a training step: `WeightPrefetch` collects the step's weight draws so.
+    static func flushAll() throws {
+        let plugins = lock.withLock { pending }
+        for p in plugins { try p.flushPosted() }
+    }
+
     /// The error of a posted call that failed. Not a PluginCallError: the layer whose call
     /// collected the batch (whose `inLayer` would name it) need not be the layer that posted it.
     static func failure(_ e: PluginCallError) -> LayerError {
