@@ -93,8 +93,10 @@ public final class FlipoutConv3D {
     /// round trip each, with the same bits. Cleared when the parameters change.
     private var draws: [PrefetchedDraw] = []
     /// Draws kept: the contexts one call of a sliding-window prediction cycles through (up to
-    /// `ModelPredictor.drawsPerGroup` draws per chunk of windows).
+    /// `ModelPredictor.drawsPerGroup` draws per chunk of windows; Flipout's calls use one), within
+    /// `keptBytes` per layer beyond the newest.
     static let keptDraws = ModelPredictor.drawsPerGroup
+    static let keptBytes = 32 << 20
 
     private func cachedDraw(_ ctx: StepContext) -> PrefetchedDraw? {
         guard ctx.mode == .sample else { return nil }
@@ -105,6 +107,8 @@ public final class FlipoutConv3D {
         draws.removeAll { $0.generation != weights.generation || ($0.seed == d.seed && $0.step == d.step) }
         draws.append(d)
         if draws.count > Self.keptDraws { draws.removeFirst(draws.count - Self.keptDraws) }
+        func bytes(_ d: PrefetchedDraw) -> Int { (d.center.count + d.sample.count + d.noise.normals.count + d.noise.uniforms.count) * MemoryLayout<Float>.size }
+        while draws.count > 1 && draws.reduce(0, { $0 + bytes($1) }) > Self.keptBytes { draws.removeFirst() }
     }
 
     /// Whether the forward pass of `ctx` draws center and sample in one call that can be posted

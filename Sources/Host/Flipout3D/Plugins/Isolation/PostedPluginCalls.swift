@@ -43,7 +43,7 @@ public enum PostedPluginCalls {
     public static func collect() throws {
         let plugins = lock.withLock { armed = true; return pending }
         for p in plugins { try p.flushPosted() }
-        if IsolatedPlugin.anyStarted && IsolationStats.enabled { IsolationStats.markStep() }
+        if IsolationStats.enabled { IsolationStats.markStep() }
     }
 
     /// Runs every posted call of every isolated plugin (one round trip per plugin holding some)
