@@ -79,12 +79,64 @@ public final class FlipoutConv3D {
         try StepProfile.measure(.flipoutSampling) { try sampledForward(x, ctx) }
     }
 
+    /// A center and sample drawn for a context (seed, step) of an isolated posterior's
+    /// parameters (`VariationalWeights.generation`): by `WeightPrefetch` ahead of a training
+    /// step's forward pass (all layers in one round trip), or by an earlier forward pass.
+    struct PrefetchedDraw {
+        let seed: UInt64, step: Int, generation: Int
+        let center: Tensor, sample: Tensor, noise: Noise
+    }
+
+    /// Recent draws of an isolated posterior, newest last: a draw depends only on the parameters,
+    /// the seed and the step, so the forward passes of one context (every window of a Monte
+    /// Carlo sample in prediction, every example of a split batch) reuse one draw instead of a
+    /// round trip each, with the same bits. Cleared when the parameters change.
+    private var draws: [PrefetchedDraw] = []
+    /// Draws kept: the contexts one call of a sliding-window prediction cycles through (up to
+    /// `ModelPredictor.drawsPerGroup` draws per chunk of windows; Flipout's calls use one), within
+    /// `keptBytes` per layer beyond the newest.
+    static let keptDraws = ModelPredictor.drawsPerGroup
+    static let keptBytes = 32 << 20
+
+    private func cachedDraw(_ ctx: StepContext) -> PrefetchedDraw? {
+        guard ctx.mode == .sample else { return nil }
+        return draws.last { $0.seed == ctx.seed && $0.step == ctx.step && $0.generation == weights.generation }
+    }
+
+    func remember(_ d: PrefetchedDraw) {
+        draws.removeAll { $0.generation != weights.generation || ($0.seed == d.seed && $0.step == d.step) }
+        draws.append(d)
+        if draws.count > Self.keptDraws { draws.removeFirst(draws.count - Self.keptDraws) }
+        func bytes(_ d: PrefetchedDraw) -> Int { (d.center.count + d.sample.count + d.noise.normals.count + d.noise.uniforms.count) * MemoryLayout<Float>.size }
+        while draws.count > 1 && draws.reduce(0, { $0 + bytes($1) }) > Self.keptBytes { draws.removeFirst() }
+    }
+
+    /// Whether the forward pass of `ctx` draws center and sample in one call that can be posted
+    /// (an isolated posterior; the flipout or reparam estimator).
+    private func drawsAhead(_ ctx: StepContext) -> Bool {
+        ctx.mode == .sample && (estimator == .flipout || estimator == .reparam) && weights.canPostDraw
+    }
+
+    /// Posts this layer's center and sample for `ctx` as its forward pass would draw them, to the
+    /// posterior's child (`WeightPrefetch` collects them, then `remember`s them); nil if the forward
+    /// pass draws otherwise or already has this draw.
+    func postPrefetch(_ ctx: StepContext) throws -> PrefetchedDraw? {
+        guard drawsAhead(ctx), cachedDraw(ctx) == nil else { return nil }
+        var noiseStream = stream(ctx, .kernelNoise)
+        let center = Tensor(uninitializedShape: kernelShape), w = Tensor(uninitializedShape: kernelShape)
+        let noise = try weights.postDraw(&noiseStream, center: center.data, sample: w.data)
+        return PrefetchedDraw(seed: ctx.seed, step: ctx.step, generation: weights.generation, center: center, sample: w, noise: noise)
+    }
+
     private func sampledForward(_ x: Tensor, _ ctx: StepContext) throws -> (y: Tensor, saved: ConvSaved) {
         let g = geometry(inputShape: x.shape)
         try g.validate()
         let n = g.batch, e = weightCount
         let y = Tensor(uninitializedShape: g.yShape)   // (N, Cout, oD, oH, oW), overwritten by the convolution
-        let center = Tensor(uninitializedShape: kernelShape)   // written by the posterior's center
+        // A draw made ahead for this step (the same bits as drawing it here), kept for the step's
+        // other calls (one example at a time).
+        let pre = cachedDraw(ctx)
+        let center = pre?.center ?? Tensor(uninitializedShape: kernelShape)   // written by the posterior's center
         var noiseStream = stream(ctx, .kernelNoise)
 
         let kernels: Tensor, input: Conv3DSaved, draw: WeightDraw
@@ -95,10 +147,11 @@ public final class FlipoutConv3D {
             input = try engines.engine(g).forward(x: x, w: kernels, bias: bias, y: y)
             draw = WeightDraw(mode: .center, center: center, sample: nil, signsIn: nil, signsOut: nil, noise: [])
         case (.sample, .reparam):
-            let w = Tensor(uninitializedShape: kernelShape)
-            let noise = try center.withUnsafeMutableValues { c in try w.withUnsafeMutableValues { s in
+            let w = pre?.sample ?? Tensor(uninitializedShape: kernelShape)
+            let noise = try pre?.noise ?? center.withUnsafeMutableValues { c in try w.withUnsafeMutableValues { s in
                 try weights.drawCenterAndSample(&noiseStream, center: c.baseAddress!, sample: s.baseAddress!)
             } }
+            if pre == nil && drawsAhead(ctx) { remember(PrefetchedDraw(seed: ctx.seed, step: ctx.step, generation: weights.generation, center: center, sample: w, noise: noise)) }
             kernels = w
             input = try engines.engine(g).forward(x: x, w: kernels, bias: bias, y: y)
             draw = WeightDraw(mode: .sample, center: center, sample: w, signsIn: nil, signsOut: nil, noise: [noise])
@@ -111,13 +164,15 @@ public final class FlipoutConv3D {
             gOut.withUnsafeMutableValues { signStream.fillSigns($0.baseAddress!, count: $0.count) }
             let sIn = ctx.shard.localRows(gIn, local: n), sOut = ctx.shard.localRows(gOut, local: n)
             // Noise, center, sample and the per-example kernels of each sub-range of weights in one pass.
-            let w = Tensor(uninitializedShape: kernelShape)
+            let w = pre?.sample ?? Tensor(uninitializedShape: kernelShape)
             kernels = Tensor(uninitializedShape: perExampleShape(n))
-            let noise = try center.withUnsafeMutableValues { c in try w.withUnsafeMutableValues { s in
+            if let pre { flipoutKernels(center: center, sample: w, signsIn: sIn, signsOut: sOut, into: kernels, weights: 0..<e) }
+            let noise = try pre?.noise ?? center.withUnsafeMutableValues { c in try w.withUnsafeMutableValues { s in
                 try weights.drawCenterAndSample(&noiseStream, center: c.baseAddress!, sample: s.baseAddress!) { offset, count in
                     flipoutKernels(center: center, sample: w, signsIn: sIn, signsOut: sOut, into: kernels, weights: offset..<(offset + count))
                 }
             } }
+            if pre == nil && drawsAhead(ctx) { remember(PrefetchedDraw(seed: ctx.seed, step: ctx.step, generation: weights.generation, center: center, sample: w, noise: noise)) }
             input = try groupedForward(x, kernels, g, y)
             draw = WeightDraw(mode: .sample, center: center, sample: w, signsIn: sIn, signsOut: sOut, noise: [noise])
         case (.sample, .perExample):

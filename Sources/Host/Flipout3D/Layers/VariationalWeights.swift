@@ -32,6 +32,8 @@ public final class VariationalWeights {
     public let priorGradients: Tensor
     public var learnPrior: Bool
     public let klMode: KLMode
+    /// Counts `refresh()` calls: a draw or KL value computed at one generation is stale at the next.
+    public private(set) var generation = 0
     /// Constrained views, refreshed by `refresh()`.
     private let constrained: [Tensor]
     private let priorConstrained: Tensor
@@ -110,6 +112,8 @@ public final class VariationalWeights {
     /// Recompute constrained values after the unconstrained parameters changed.
     /// Elementwise, split over the kernels' threads (the same bits for every thread count).
     public func refresh() {
+        klPrefetched = false
+        generation &+= 1
         for (k, slot) in posterior.slots.enumerated() {
             let t = slot.parameter.transform
             parameters[k].withUnsafeValues { uv in constrained[k].withUnsafeMutableValues { cv in
@@ -266,6 +270,47 @@ public final class VariationalWeights {
         return noise
     }
 
+    /// Whether the posterior's center and sample can be drawn ahead by `postDraw` (an isolated
+    /// posterior, which takes one call over all weights).
+    var canPostDraw: Bool { posterior.canPostCenterAndSample }
+
+    /// `drawCenterAndSample` without waiting (`WeightPrefetch`): the noise is drawn now, center
+    /// and sample are posted to the posterior's child and written when its posted calls are
+    /// collected; then `checkDraw`. The same bits as `drawCenterAndSample` of an isolated
+    /// posterior (one call over all weights), whose `each` would then run over all weights.
+    func postDraw(_ stream: inout RandomStream, center: UnsafeMutablePointer<Float>, sample: UnsafeMutablePointer<Float>) throws -> Noise {
+        let noise = drawNoise(&stream)
+        try inLayer { try posterior.postCenterAndSample(n: count, params: qIn, normals: noise.normalsPointer, uniforms: noise.uniformsPointer, center: center, sample: sample) }
+        return noise
+    }
+
+    /// The checks of a collected `postDraw`.
+    func checkDraw(center: UnsafePointer<Float>, sample: UnsafePointer<Float>) throws {
+        try inLayer { try posterior.checkCenterAndSample(n: count, params: qIn, center: center, sample: sample) }
+    }
+
+    /// Whether `postKL` can post: an isolated prior with an analytic KL for this posterior
+    /// (which `klIsAnalytic` asks once, synchronously).
+    var canPostKL: Bool {
+        guard prior.isolatedPlugin != nil, count > 0 else { return false }
+        return klIsAnalytic
+    }
+
+    /// Posts the analytic KL's per-weight values to the prior's child (`WeightPrefetch`: with the
+    /// step's weight draws, one round trip): the next `kl` uses them instead of calling the
+    /// prior's `kl` itself, unless the parameters change first (`refresh`). Call
+    /// `markKLPrefetched` once the posted calls are collected.
+    func postKL() throws {
+        klPrefetched = false
+        try inLayer { try prior.postKL(n: count, posterior: posterior, qParams: qIn, params: pIn, out: klValues.data) }
+    }
+
+    func markKLPrefetched() { klPrefetched = true }
+
+    /// Whether `klValues` holds the KL of the current parameters, computed by a posted `kl`
+    /// (`postKL`) and not yet checked; cleared by `refresh`.
+    private var klPrefetched = false
+
     /// The center's and the sample's VJPs in ONE pass split like `splitVJP`: per sub-range,
     /// `fold(offset, n, gCenter, gSample)` writes dL/d center and dL/d sample of those weights
     /// into sub-range scratch (e.g. Flipout's fold of the per-example kernel gradients), then
@@ -347,9 +392,17 @@ public final class VariationalWeights {
         if klIsAnalytic {
             do {
                 let out = klValues, (q, p) = (qIn, pIn)
+                // Values already computed with the step's weight draws (`postKL`): checked as
+                // the prior's own kl call checks them.
+                let prefetched = klPrefetched
+                if prefetched {
+                    try prior.checkKL(n: count, posterior: posterior, qParams: q, params: p, out: out.data)
+                }
                 if scale == 0 {
-                    try split([prior, posterior]) { o, n in
-                        try prior.kl(n: n, posterior: posterior, qParams: Self.offsetIn(q, o), params: Self.offsetIn(p, o), out: out.data + o)
+                    if !prefetched {
+                        try split([prior, posterior]) { o, n in
+                            try prior.kl(n: n, posterior: posterior, qParams: Self.offsetIn(q, o), params: Self.offsetIn(p, o), out: out.data + o)
+                        }
                     }
                 } else {
                     // The values and the VJP of each sub-range in one pass (its parameters still in cache).
@@ -357,7 +410,7 @@ public final class VariationalWeights {
                     if g[0] != scale { g.fill(scale) }
                     try splitVJP([prior, posterior], [qGrad, pGrad]) { o, n, outs in
                         let (qo, po) = (Self.offsetIn(q, o), Self.offsetIn(p, o))
-                        try prior.kl(n: n, posterior: posterior, qParams: qo, params: po, out: out.data + o)
+                        if !prefetched { try prior.kl(n: n, posterior: posterior, qParams: qo, params: po, out: out.data + o) }
                         try prior.klVJP(n: n, posterior: posterior, qParams: qo, params: po, g: g.data + o, gradQ: outs[0], gradParams: outs[1])
                     }
                 }

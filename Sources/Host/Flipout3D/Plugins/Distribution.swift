@@ -335,6 +335,24 @@ public final class Distribution: @unchecked Sendable {
             try center(n: n, params: params, out: out)
             return try self.sample(n: n, params: params, normals: normals, uniforms: uniforms, out: sample)
         }
+        try postCenterAndSample(n: n, params: params, normals: normals, uniforms: uniforms, center: out, sample: sample)
+        do { try remote.plugin.flushPosted() } catch let f as PluginProcessFailure { throw Self.processFailure(family, .sample, f, point: { self.point(params, n: n) }) }
+        try checkCenterAndSample(n: n, params: params, center: out, sample: sample)
+    }
+
+    /// The family's child process when it is isolated (nil in-process).
+    var isolatedPlugin: IsolatedPlugin? { remote?.plugin }
+
+    /// Whether `postCenterAndSample` can post (an isolated family with center and sample).
+    var canPostCenterAndSample: Bool { remote != nil && fns.center != nil && fns.sample != nil }
+
+    /// Posts `center` then `sample` to the family's child without collecting them: they run, and
+    /// `out`/`sample` are written, when the child's posted calls are next collected
+    /// (`flushPosted`, e.g. all layers' draws of a training step in one round trip,
+    /// `WeightPrefetch`). Check the results with `checkCenterAndSample` after that.
+    func postCenterAndSample(n: Int, params: [InArray], normals: UnsafePointer<Float>?, uniforms: UnsafePointer<Float>?,
+                             center out: UnsafeMutablePointer<Float>, sample: UnsafeMutablePointer<Float>) throws {
+        precondition(canPostCenterAndSample, "\(family.id): center and sample can be posted only to an isolated family that has both")
         checkSlots(params)
         let where_ = { self.point(params, n: n) }
         var fc = CallFrame()
@@ -344,9 +362,28 @@ public final class Distribution: @unchecked Sendable {
         let ps = Self.inputs(&fs, params, n: n), nz = fs.input(normals, n: n * normalsPerScalar), u = fs.input(uniforms, n: n * uniformsPerScalar)
         let os = fs.output(sample, n: n)
         try post(.sample, n: n, frame: fs, groups: [(slotNames, ps)], point: where_) { w in w.arrays(ps); w.array(nz); w.array(u); w.array(os) }
-        do { try remote.plugin.flushPosted() } catch let f as PluginProcessFailure { throw Self.processFailure(family, .sample, f, point: where_) }
+    }
+
+    /// The checks `center` and `sample` make of their outputs, for posted ones once collected.
+    func checkCenterAndSample(n: Int, params: [InArray], center out: UnsafePointer<Float>, sample: UnsafePointer<Float>) throws {
         try checkFinite("center", out, n) { self.point(params, n: n, at: $0) }
         try checkFinite("sample", sample, n) { self.point(params, n: n, at: $0) }
+    }
+
+    /// Posts this prior's analytic `kl` (out[i] = KL(q_i || self_i)) to its child without
+    /// collecting it; check `out` with `checkKL` once collected.
+    func postKL(n: Int, posterior q: Distribution, qParams: [InArray], params: [InArray], out: UnsafeMutablePointer<Float>) throws {
+        precondition(remote != nil && fns.kl != nil, "\(family.id): kl can be posted only to an isolated family that has it")
+        checkSlots(params); q.checkSlots(qParams)
+        var fr = CallFrame()
+        let qp = Self.inputs(&fr, qParams, n: n), pp = Self.inputs(&fr, params, n: n), o = fr.output(out, n: n)
+        try post(.kl, n: n, frame: fr, groups: [(q.slots.map { "q.\($0.name)" }, qp), (slots.map { "p.\($0.name)" }, pp)],
+                 point: { self.klPoint(q, qParams, params, n: n) }) { w in w.string(q.family.id); w.arrays(qp); w.arrays(pp); w.array(o) }
+    }
+
+    /// The check `kl` makes of its output, for a posted one once collected.
+    func checkKL(n: Int, posterior q: Distribution, qParams: [InArray], params: [InArray], out: UnsafePointer<Float>) throws {
+        try checkFinite("kl", out, n) { self.klPoint(q, qParams, params, n: n, at: $0) }
     }
 
     public func sampleVJP(n: Int, params: [InArray], normals: UnsafePointer<Float>?, uniforms: UnsafePointer<Float>?,

@@ -33,6 +33,7 @@ public enum TrainingStep {
     public static func gradients<M: TrainableNetwork, Terms>(_ model: M, x: Tensor, ctx: StepContext, klScale: Double,
                                                             loss: DataLoss<Terms>) throws -> (terms: Terms, kl: Double) {
         model.zeroGradients()
+        try WeightPrefetch.draw(model, ctx)  // isolated plugins: every layer's weight draw and KL values in one round trip; no-op in-process
         let (logits, saved) = try model.forward(x, ctx)
         let (terms, dLogits) = try loss(logits)
         try model.backward(dLogits, saved)

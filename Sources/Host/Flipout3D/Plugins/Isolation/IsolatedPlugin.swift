@@ -128,6 +128,7 @@ public final class IsolatedPlugin: @unchecked Sendable {
         _ = fcntl(pipeFDs[0], F_SETFL, fcntl(pipeFDs[0], F_GETFL) | O_NONBLOCK)
         let plugin = IsolatedPlugin(file: file, timeout: timeout, pid: pid, channel: pair[0], output: pipeFDs[0], shm: shm)
         anyStarted = true
+        if IsolationStats.enabled { IsolationStats.childStarted(pid) }
         // The hello: 0 + JSON of the library, or 1 + kind + reason of a load error.
         let reply: [UInt8]
         do { reply = try plugin.lock.withLock { try plugin.receiveLarge(deadline: Date().addingTimeInterval(timeout)) } } catch let f as PluginProcessFailure {

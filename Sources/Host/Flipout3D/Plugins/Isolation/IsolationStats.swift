@@ -41,19 +41,41 @@ enum IsolationStats {
         lock.withLock { copyOutNs += copyOut; bytesOut += bytes }
     }
 
-    /// Round trips so far at each collect of posted calls (`PostedPluginCalls.collect`, once per
-    /// training step): their differences are the round trips of one training step.
-    private static var stepMarks: [Int] = []
+    /// At each collect of posted calls (`PostedPluginCalls.collect`, once per training step, also
+    /// in-process): round trips so far, and the CPU seconds so far of this process (every thread,
+    /// getrusage) and of the plugins' child processes (their CPU clocks). Their differences are
+    /// one training step's: CPU time, unlike wall time, hardly depends on the machine's load.
+    private struct Mark { let trips: Int; let hostCPU: Double; let childCPU: Double }
+    private static var stepMarks: [Mark] = []
+    /// The child processes whose CPU time is counted.
+    private static var children: [pid_t] = []
 
-    static func markStep() { lock.withLock { stepMarks.append(calls.values.reduce(0, +)) } }
+    static func childStarted(_ pid: pid_t) { lock.withLock { children.append(pid) } }
 
-    /// The median of the round trips of the training steps after the first (which runs before
-    /// posting starts), or nil with fewer than two collects.
-    static var roundTripsPerStep: Double? {
-        let d = zip(stepMarks.dropFirst(), stepMarks).map { Double($0 - $1) }.sorted()
+    static func markStep() {
+        var usage = rusage()
+        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+        let host = Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+        lock.withLock {
+            var child = 0.0
+            for pid in children {
+                var clock = clockid_t()
+                var t = timespec()
+                if clock_getcpuclockid(pid, &clock) == 0 && clock_gettime(clock, &t) == 0 { child += Double(t.tv_sec) + Double(t.tv_nsec) / 1e9 }
+            }
+            stepMarks.append(Mark(trips: calls.values.reduce(0, +), hostCPU: host, childCPU: child))
+        }
+    }
+
+    /// The median over the training steps after the first (which runs before posting starts) of
+    /// a per-step difference, or nil with fewer than two collects.
+    private static func perStep(_ value: (Mark) -> Double) -> Double? {
+        let d = zip(stepMarks.dropFirst(), stepMarks).map { value($0) - value($1) }.sorted()
         guard !d.isEmpty else { return nil }
         return d.count % 2 == 1 ? d[d.count / 2] : (d[d.count / 2 - 1] + d[d.count / 2]) / 2
     }
+
+    static var roundTripsPerStep: Double? { perStep { Double($0.trips) } }
 
     static func count(_ which: WritableKeyPath<Wakeups, Int>) { lock.withLock { wakeups[keyPath: which] += 1 } }
 
@@ -66,9 +88,11 @@ enum IsolationStats {
                           total, ops, postedText, wakeups.rings, wakeups.lateRings, wakeups.sleeps, Double(bytesIn) / 1e6, Double(bytesOut) / 1e6,
                           Double(copyInNs) / 1e6, Double(waitNs) / 1e6, Double(servedNs) / 1e6, Double(computeNs) / 1e6, Double(copyOutNs) / 1e6)
         fputs(line, stderr)
-        if let perStep = roundTripsPerStep {
+        if let trips = roundTripsPerStep, let host = perStep(\.hostCPU), let child = perStep(\.childCPU) {
             fputs(String(format: "flipout: isolation stats: %d training steps collected; a training step after the first took a median %.1f round trips\n",
-                         stepMarks.count, perStep), stderr)
+                         stepMarks.count, trips), stderr)
+            fputs(String(format: "flipout: isolation stats: CPU time per training step after the first (medians): this process %.2f ms, the plugins' processes %.2f ms\n",
+                         host * 1e3, child * 1e3), stderr)
         }
     }
 }

@@ -14,9 +14,10 @@ enum WireOp: UInt32 {
     /// The operations the host may post without waiting: VJPs whose outputs only ADD into
     /// gradients, which the host reads after `PostedPluginCalls.collect()`.
     var canBePosted: Bool { self == .centerVJP || self == .sampleVJP || self == .klVJP }
-    /// The operations a batch may hold: posted VJPs, and center and sample, which
-    /// `Distribution.centerAndSample` sends together and collects at once.
-    var canBeBatched: Bool { canBePosted || self == .center || self == .sample }
+    /// The operations a batch may hold: posted VJPs, and center, sample and kl, which a layer
+    /// (`Distribution.centerAndSample`) or a training step's draw of all layers' weights
+    /// (`WeightPrefetch`) posts and collects at once.
+    var canBeBatched: Bool { canBePosted || self == .center || self == .sample || self == .kl }
 
     /// The ABI function's name, for messages.
     var function: String {

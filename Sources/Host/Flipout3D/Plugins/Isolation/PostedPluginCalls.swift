@@ -43,7 +43,14 @@ public enum PostedPluginCalls {
     public static func collect() throws {
         let plugins = lock.withLock { armed = true; return pending }
         for p in plugins { try p.flushPosted() }
-        if IsolatedPlugin.anyStarted && IsolationStats.enabled { IsolationStats.markStep() }
+        if IsolationStats.enabled { IsolationStats.markStep() }
+    }
+
+    /// Runs every posted call of every isolated plugin (one round trip per plugin holding some)
+    /// without marking a training step: `WeightPrefetch` collects the step's weight draws so.
+    static func flushAll() throws {
+        let plugins = lock.withLock { pending }
+        for p in plugins { try p.flushPosted() }
     }
 
     /// The error of a posted call that failed. Not a PluginCallError: the layer whose call
