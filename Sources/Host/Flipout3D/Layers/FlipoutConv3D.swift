@@ -111,6 +111,13 @@ public final class FlipoutConv3D {
         while draws.count > 1 && draws.reduce(0, { $0 + bytes($1) }) > Self.keptBytes { draws.removeFirst() }
     }
 
+    /// Keeps a draw this forward pass made itself, for the context's other forward passes, when
+    /// it could have been drawn ahead (an isolated posterior).
+    private func keepForContext(_ ctx: StepContext, center: Tensor, sample: Tensor, noise: Noise) {
+        guard drawsAhead(ctx) else { return }
+        remember(PrefetchedDraw(seed: ctx.seed, step: ctx.step, generation: weights.generation, center: center, sample: sample, noise: noise))
+    }
+
     /// Whether the forward pass of `ctx` draws center and sample in one call that can be posted
     /// (an isolated posterior; the flipout or reparam estimator).
     private func drawsAhead(_ ctx: StepContext) -> Bool {
@@ -151,7 +158,7 @@ public final class FlipoutConv3D {
             let noise = try pre?.noise ?? center.withUnsafeMutableValues { c in try w.withUnsafeMutableValues { s in
                 try weights.drawCenterAndSample(&noiseStream, center: c.baseAddress!, sample: s.baseAddress!)
             } }
-            if pre == nil && drawsAhead(ctx) { remember(PrefetchedDraw(seed: ctx.seed, step: ctx.step, generation: weights.generation, center: center, sample: w, noise: noise)) }
+            if pre == nil { keepForContext(ctx, center: center, sample: w, noise: noise) }
             kernels = w
             input = try engines.engine(g).forward(x: x, w: kernels, bias: bias, y: y)
             draw = WeightDraw(mode: .sample, center: center, sample: w, signsIn: nil, signsOut: nil, noise: [noise])
@@ -172,7 +179,7 @@ public final class FlipoutConv3D {
                     flipoutKernels(center: center, sample: w, signsIn: sIn, signsOut: sOut, into: kernels, weights: offset..<(offset + count))
                 }
             } }
-            if pre == nil && drawsAhead(ctx) { remember(PrefetchedDraw(seed: ctx.seed, step: ctx.step, generation: weights.generation, center: center, sample: w, noise: noise)) }
+            if pre == nil { keepForContext(ctx, center: center, sample: w, noise: noise) }
             input = try groupedForward(x, kernels, g, y)
             draw = WeightDraw(mode: .sample, center: center, sample: w, signsIn: sIn, signsOut: sOut, noise: [noise])
         case (.sample, .perExample):
