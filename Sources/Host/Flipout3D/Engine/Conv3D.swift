@@ -92,6 +92,10 @@ public final class Conv3D {
         /// Nothing: the caller keeps x (or what x is computed from) and hands it back to
         /// `recomputeForward` or `saving(x:)` before backward. A copy of the bias is kept instead.
         case none
+        /// x itself where backward-weights reads plain x (the native kernels): the caller hands x
+        /// over and changes it no more until backward has run (a network's input made for this
+        /// call alone). Elsewhere the same as `copy`.
+        case adopt
     }
 
     /// How forwards inside this scope keep x (`Conv3D.$inputSaving.withValue(.none) { ... }`):
@@ -107,25 +111,27 @@ public final class Conv3D {
         checkW(w, "Conv3D.forward w")
         if let bias { checkBias(bias, "Conv3D.forward bias") }
         checkY(y, "Conv3D.forward y")
-        let saving = Self.inputSaving == .copy
+        let saving = Self.inputSaving != .none, adopt = Self.inputSaving == .adopt && plan.backwardWeights.isNative
         lock.lock()
         defer { lock.unlock() }
-        let copy = try StepProfile.measure(.convForward) { try forwardLocked(x: x, w: w, bias: bias, y: y, saving: saving) }
-        return Conv3DSaved(engine: self, copy: copy, bias: saving ? nil : bias?.copy())
+        let copy = try StepProfile.measure(.convForward) { try forwardLocked(x: x, w: w, bias: bias, y: y, saving: saving && !adopt) }
+        return Conv3DSaved(engine: self, copy: adopt ? x : copy, bias: saving ? nil : bias?.copy())
     }
 
     /// Runs the forward pass a value without a copy came from once more, on the same x (or a
     /// bit-identical recomputation of it) and the same w, into y: the same bits as that forward,
     /// and this time with the copy for backward.
-    public func recomputeForward(_ saved: Conv3DSaved, x: Tensor, w: Tensor, y: Tensor) throws -> Conv3DSaved {
+    /// `adopting`: x is kept as it is where backward-weights reads plain x (`InputSaving.adopt`).
+    public func recomputeForward(_ saved: Conv3DSaved, x: Tensor, w: Tensor, y: Tensor, adopting: Bool = false) throws -> Conv3DSaved {
         precondition(saved.engine === self && saved.copy == nil, "Conv3D.recomputeForward: needs a value without a copy from this engine")
-        return try Conv3D.$inputSaving.withValue(.copy) { try forward(x: x, w: w, bias: saved.bias, y: y) }
+        return try Conv3D.$inputSaving.withValue(adopting ? .adopt : .copy) { try forward(x: x, w: w, bias: saved.bias, y: y) }
     }
 
     /// The value `forward` would have returned with a copy, from x alone (no convolution): for a
-    /// layer whose output is not needed again, only its input.
-    public func saving(x: Tensor) throws -> Conv3DSaved {
+    /// layer whose output is not needed again, only its input. `adopting`: as in `recomputeForward`.
+    public func saving(x: Tensor, adopting: Bool = false) throws -> Conv3DSaved {
         checkX(x, "Conv3D.saving x")
+        if adopting && plan.backwardWeights.isNative { return Conv3DSaved(engine: self, copy: x, bias: nil) }
         lock.lock()
         defer { lock.unlock() }
         return Conv3DSaved(engine: self, copy: try copyOf(x), bias: nil)
@@ -244,7 +250,8 @@ public final class Conv3D {
 /// `recomputeForward` or `saving(x:)` turns it into one that backward takes.
 public struct Conv3DSaved {
     let engine: Conv3D
-    /// x (N, Cin, D, H, W) in backward-weights' layout (oneDNN's, or plain for the native kernels).
+    /// x (N, Cin, D, H, W) in backward-weights' layout (oneDNN's, or plain for the native kernels;
+    /// plain, it may be the caller's x itself: `InputSaving.adopt`).
     let copy: Tensor?
     /// Without a copy: the bias of that forward (nil: none, or a value with a copy).
     let bias: Tensor?

@@ -246,11 +246,16 @@ public final class UNet {
             if let (values, copy) = again {
                 let s = values[value]
                 let out = y ?? Tensor(uninitializedShape: layers[i].geometry(inputShape: x.shape).yShape)
-                let input = copy ? try s.input.engine.recomputeForward(s.input, x: x, w: s.kernels, y: out)
+                // An input made for this call alone (upsampled, concatenated, recomputed) is kept as
+                // it is where backward-weights reads plain x: no copy of it.
+                let input = copy ? try s.input.engine.recomputeForward(s.input, x: x, w: s.kernels, y: out, adopting: Self.isMade(source))
                     : try Conv3D.$inputSaving.withValue(.none) { try s.input.engine.forward(x: x, w: s.kernels, bias: s.input.bias, y: out) }
                 return (out, s.withInput(input))
             }
-            return try layers[i].forward(x, e.map { Self.exampleContext(ctx!, $0, of: n) } ?? ctx!)
+            // Blocks run one example at a time are the memory-bound ones: no layout copies there.
+            return try Conv3DEngines.$choice.withValue(e == nil ? .planned : .lowMemory) {
+                try layers[i].forward(x, e.map { Self.exampleContext(ctx!, $0, of: n) } ?? ctx!)
+            }
         }
         switch examples {
         case .batch:
@@ -273,6 +278,12 @@ public final class UNet {
             }
             return (y, values)
         }
+    }
+
+    /// Whether `materialize` makes a new tensor from `source` (nothing else holds or changes it).
+    private static func isMade(_ source: UNetSaved.BlockInput) -> Bool {
+        if case .tensor = source { return false }
+        return true
     }
 
     /// The shape of the input made from `source`.  (N, C, D, H, W)
@@ -450,7 +461,8 @@ public final class UNet {
     private func headBackward(_ dLogits: Tensor, _ head: (convs: [ConvSaved], input: Tensor?)) throws -> Tensor {
         let layer = layers[layers.count - 1]
         func value(_ s: ConvSaved, _ x: Tensor?) throws -> ConvSaved {
-            try x.map { s.withInput(try s.input.engine.saving(x: $0)) } ?? s
+            // The head's input serves this backward alone: kept as it is where the kernels read plain x.
+            try x.map { s.withInput(try s.input.engine.saving(x: $0, adopting: true)) } ?? s
         }
         if head.convs.count == 1 { return try layer.backward(dLogits, try value(head.convs[0], head.input)) }
         let n = head.convs.count
