@@ -154,6 +154,40 @@ func conv3DWithoutItsCopyRecomputesAndResavesTheSameBits(_ g: Conv3DGeometry) th
     #expect(y3.array.map(\.bitPattern) == y.array.map(\.bitPattern), "\(g) \(conv.plan): recomputed forward")
     #expect(try gradients(again) == expected, "\(g) \(conv.plan): gradients after recomputation")
     #expect(try gradients(try conv.saving(x: x)) == expected, "\(g) \(conv.plan): gradients from a re-saved x")
+
+    // Adopting x (a network's input made for the call): x itself where backward-weights reads
+    // plain x (the native kernels), else a copy; the same bits either way.
+    let native = conv.plan.backwardWeights != .onednn
+    let bare2 = try Conv3D.$inputSaving.withValue(.none) { try conv.forward(x: x, w: w, bias: bias, y: Tensor(shape: g.yShape)) }
+    let adopted = try conv.recomputeForward(bare2, x: x, w: w, y: Tensor(shape: g.yShape), adopting: true)
+    #expect(adopted.keeps(x) == native && !full.keeps(x), "\(g) \(conv.plan): adopted x")
+    #expect(try gradients(adopted) == expected, "\(g) \(conv.plan): gradients with x adopted")
+    let resaved = try conv.saving(x: x, adopting: true)
+    #expect(resaved.keeps(x) == native && !(try conv.saving(x: x)).keeps(x))
+    #expect(try gradients(resaved) == expected, "\(g) \(conv.plan): gradients from an adopted re-saved x")
+    let forwardAdopting = try Conv3D.$inputSaving.withValue(.adopt) { try conv.forward(x: x, w: w, bias: bias, y: Tensor(shape: g.yShape)) }
+    #expect(forwardAdopting.keeps(x) == native && (try gradients(forwardAdopting)) == expected)
+}
+
+/// The engines a memory-bound block asks for (`Conv3DEngines.Choice.lowMemory`): the native
+/// kernels in every direction where they apply (no oneDNN layout copies), the planned engine
+/// elsewhere; each choice its own engine.
+@Test func lowMemoryEnginesRunTheNativeKernelsWhereTheyApply() throws {
+    let engines = Conv3DEngines()
+    let wide = Conv3DGeometry(batch: 1, inChannels: 64, outChannels: 32, inputSize: [8, 8, 8], kernel: [3, 3, 3])
+    let strided = Conv3DGeometry(batch: 1, inChannels: 32, outChannels: 64, inputSize: [8, 8, 8], kernel: [3, 3, 3], stride: [2, 2, 2])
+    let planned = try engines.engine(wide)
+    #expect(planned.plan == Conv3DPlan.choose(wide))
+    let low = try Conv3DEngines.$choice.withValue(.lowMemory) { try engines.engine(wide) }
+    if ConvEngineChoice.current == .onednn {
+        #expect(low === planned)
+    } else {
+        #expect(low !== planned && [low.plan.forward, low.plan.backwardData, low.plan.backwardWeights].allSatisfy { $0 == .native(.best) }, "\(low.plan)")
+        #expect(try engines.engine(wide) === planned)
+    }
+    // The native kernels take no stride-2 backward-data: the planned engine.
+    let s = try Conv3DEngines.$choice.withValue(.lowMemory) { try engines.engine(strided) }
+    #expect(s === (try engines.engine(strided)) && s.plan == Conv3DPlan.choose(strided))
 }
 
 @Test func memoryPlanKeepsU1AndU2AndRecomputesU3() {

@@ -257,4 +257,6 @@ public struct Conv3DSaved {
     let bias: Tensor?
     /// Whether backward can run on this value.
     public var hasInput: Bool { copy != nil }
+    /// Whether the value keeps `x` itself as its saved input (`Conv3D.InputSaving.adopt`), not a copy.
+    public func keeps(_ x: Tensor) -> Bool { copy === x }
 }

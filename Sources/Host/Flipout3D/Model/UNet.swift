@@ -265,6 +265,7 @@ public final class UNet {
             let (y, s) = try run(e, value: 0, into: nil)
             return (y, [s])
         case .split:
+            Self.releaseIdleMemory()
             let y = Tensor(uninitializedShape: layers[i].geometry(inputShape: inputShape).yShape)   // (N, Cout, oD, oH, oW)
             var values: [ConvSaved] = []
             for e in 0..<n {
@@ -278,6 +279,17 @@ public final class UNet {
             }
             return (y, values)
         }
+    }
+
+    /// Before a block run one example at a time (a memory-bound one): the idle blocks the tensor
+    /// pool and the scratch arena hold for other sizes go back to the system, so they do not add
+    /// to the block's peak. Measured on U3 (`FLIPOUT_MEMORY_TRACE=1 flipout bench --workloads U3
+    /// --repeats 1 --warmup 1`): without this, 600-770 MiB of pool blocks and 390 MiB of arena
+    /// blocks sat idle in up0's and dec0's backward, the step's peak. The block's examples still
+    /// reuse each other's blocks; U1's and U2's steps split nothing and keep every idle block.
+    static func releaseIdleMemory() {
+        TensorStorage.trim()
+        ScratchArena.shared.trim()
     }
 
     /// Whether `materialize` makes a new tensor from `source` (nothing else holds or changes it).
@@ -432,6 +444,7 @@ public final class UNet {
     private func blockBackward(_ dy: Tensor, _ b: UNetSaved.BlockSaved, index i: Int, _ saved: UNetSaved,
                                _ take: (Int, Tensor) throws -> Void) throws {
         let layer = layers[i]
+        Self.releaseIdleMemory()
         if b.input == nil {
             let dc = preactivationGradient(dy, b.norm, b.relu, index: i)
             for e in b.convs.indices { try take(e, try layer.backward(dc.example(e), b.convs[e])) }
@@ -466,6 +479,7 @@ public final class UNet {
         }
         if head.convs.count == 1 { return try layer.backward(dLogits, try value(head.convs[0], head.input)) }
         let n = head.convs.count
+        Self.releaseIdleMemory()
         let dx = Tensor(uninitializedShape: [n] + head.convs[0].inputShape.dropFirst())   // (N, C0, D, H, W)
         for e in 0..<n {
             Self.copy(try layer.backward(dLogits.example(e), try value(head.convs[e], head.input?.example(e))), into: dx.example(e))
