@@ -32,10 +32,11 @@ public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
     /// Estimated bytes kept for backward under this plan, and with nothing recomputed.
     public let keptBytes: Int
     public let keepAllBytes: Int
-    /// Convolution indices whose blocks run example by example (input made, convolution with its
-    /// layout copies, norm in backward): those whose input and output (for the batch) reach
-    /// `splitBytes`. Decided by size alone, never by the policy, so every policy computes the
-    /// same bits.
+    /// Convolution indices whose blocks run example by example (input made, convolution, norm in
+    /// backward): those whose input and output (for the batch) reach `splitBytes`. Decided by
+    /// size alone, never by the policy, so every policy computes the same bits. These are the
+    /// memory-bound blocks: their convolutions run on the native kernels where they apply
+    /// (`Conv3DEngines.Choice.lowMemory`), and each starts by releasing idle pool and arena blocks.
     public var split: Set<Int> = []
 
     public func recomputes(_ index: Int) -> Bool { recomputed.contains(index) }
@@ -60,17 +61,18 @@ public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
     /// keeps its input.
     ///
     /// What this leaves out, measured on U3 (`FLIPOUT_MEMORY_TRACE=1 flipout bench --workloads U3
-    /// --repeats 1 --warmup 0`, whose lines name the tensor pool's and the arena's idle bytes):
-    /// the step's peak (about 5.0 GiB) is in backward at the full-resolution decoder blocks (dec0
-    /// and up0, within 100 MiB of each other). There live, besides the kept activations (skip0 and the upsampled branch of
-    /// dec0, 512 MiB each, and about 450 MiB at levels 1-4), the gradient flowing back and the
-    /// skip's gradient waiting for enc0b (512 MiB each; the split decoder blocks write them into
-    /// dy's and the upsampled branch's storage, so nothing more), and one example's transients:
-    /// its input made again (512 MiB at dec0 and up0), the convolution's layout copy of it (512),
-    /// oneDNN's inner buffers leased from `ScratchArena` (x and y roles, 768), dx (512), the
-    /// recomputed output (256). Then the process itself (~580 MiB before the first block: the
-    /// libraries, the parameters and optimizer state, the bench's two prepared cases) and idle
-    /// pool blocks (up to `TensorStorage.capacityBytes`).
+    /// --repeats 1 --warmup 1`, whose lines name the tensor pool's and the arena's idle bytes):
+    /// the step's peak (4.2-4.4 GiB) is in backward at up0, dec0 within 200 MiB of it. There
+    /// live, besides the kept activations (skip0 and the upsampled branch of dec0, 512 MiB each,
+    /// and about 450 MiB at levels 1-4), the gradient flowing back and the skip's gradient
+    /// waiting for enc0b (512 MiB each; the split decoder blocks write them into dy's and the
+    /// upsampled branch's storage, so nothing more), and one example's transients: its input
+    /// made again (512 MiB at dec0 and up0; the native kernels keep it as the saved x, no copy),
+    /// dx (512), the recomputed output (256, freed before the convolution's backward). Then the
+    /// process itself (~770 MiB at a step's start: the libraries, the parameters, gradients and
+    /// optimizer state, the bench's two prepared cases) and the step's weight draws. Before the
+    /// native kernels, oneDNN's layout copy of the input (512) and its inner buffers leased from
+    /// `ScratchArena` (768) were there too, and idle pool and arena blocks (~1 GiB).
     public static func estimate(_ shape: UNetConfig, input: [Int]) -> [(kept: Int, recomputed: Int)] {
         precondition(input.count == 5, "MemoryPlan.estimate: input \(input), expected (N, C, D, H, W)")
         let n = input[0], voxels = input[2...].reduce(1, *)

@@ -368,7 +368,7 @@ public final class UNet {
             let (ca, cb) = cat.channels, s = b.convs[0].inputShape, n = b.convs.count
             let skipShape = [n, ca] + s[2...], upShape = [n, cb] + s[2...]
             let dSkip = dy.shape == skipShape ? dy : Tensor(uninitializedShape: skipShape)
-            var dUp = Tensor(uninitializedShape: [0])
+            let dUp: Tensor
             if case .concatenated(_, let up) = b.input, up.shape == upShape { dUp = up } else { dUp = Tensor(uninitializedShape: upShape) }
             try blockBackward(dy, b, index: i, saved) { e, dx in
                 // dx (1, Ca + Cb, D, H, W): the skip's channels, then the upsampled branch's.
