@@ -111,7 +111,7 @@ public final class Conv3D {
         checkW(w, "Conv3D.forward w")
         if let bias { checkBias(bias, "Conv3D.forward bias") }
         checkY(y, "Conv3D.forward y")
-        let saving = Self.inputSaving != .none, adopt = Self.inputSaving == .adopt && plan.backwardWeights.isNative
+        let saving = Self.inputSaving != .none, adopt = Self.inputSaving == .adopt && adoptsInput
         lock.lock()
         defer { lock.unlock() }
         let copy = try StepProfile.measure(.convForward) { try forwardLocked(x: x, w: w, bias: bias, y: y, saving: saving && !adopt) }
@@ -131,11 +131,14 @@ public final class Conv3D {
     /// layer whose output is not needed again, only its input. `adopting`: as in `recomputeForward`.
     public func saving(x: Tensor, adopting: Bool = false) throws -> Conv3DSaved {
         checkX(x, "Conv3D.saving x")
-        if adopting && plan.backwardWeights.isNative { return Conv3DSaved(engine: self, copy: x, bias: nil) }
+        if adopting && adoptsInput { return Conv3DSaved(engine: self, copy: x, bias: nil) }
         lock.lock()
         defer { lock.unlock() }
         return Conv3DSaved(engine: self, copy: try copyOf(x), bias: nil)
     }
+
+    /// Whether an adopted x is kept itself (`InputSaving.adopt`): backward-weights reads plain x.
+    private var adoptsInput: Bool { plan.backwardWeights.isNative }
 
     private func forwardLocked(x: Tensor, w: Tensor, bias: Tensor?, y: Tensor, saving: Bool) throws -> Tensor? {
         if let native, plan.forward.isNative {

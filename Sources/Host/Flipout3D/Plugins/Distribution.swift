@@ -375,10 +375,9 @@ public final class Distribution: @unchecked Sendable {
     func postKL(n: Int, posterior q: Distribution, qParams: [InArray], params: [InArray], out: UnsafeMutablePointer<Float>) throws {
         precondition(remote != nil && fns.kl != nil, "\(family.id): kl can be posted only to an isolated family that has it")
         checkSlots(params); q.checkSlots(qParams)
-        var fr = CallFrame()
-        let qp = Self.inputs(&fr, qParams, n: n), pp = Self.inputs(&fr, params, n: n), o = fr.output(out, n: n)
-        try post(.kl, n: n, frame: fr, groups: [(q.slots.map { "q.\($0.name)" }, qp), (slots.map { "p.\($0.name)" }, pp)],
-                 point: { self.klPoint(q, qParams, params, n: n) }) { w in w.string(q.family.id); w.arrays(qp); w.arrays(pp); w.array(o) }
+        let k = klCall(q, qParams, params, n: n, out: out), (qNames, pNames) = klNames(q)
+        try post(.kl, n: n, frame: k.frame, groups: [(qNames, k.qp), (pNames, k.pp)],
+                 point: { self.klPoint(q, qParams, params, n: n) }, arguments: k.arguments)
     }
 
     /// The check `kl` makes of its output, for a posted one once collected.
@@ -451,7 +450,22 @@ public final class Distribution: @unchecked Sendable {
     }
 
     private func klPoint(_ q: Distribution, _ qParams: [InArray], _ params: [InArray], n: Int, at index: Int? = nil) -> String {
-        Distribution.point([(q.slots.map { "q.\($0.name)" }, qParams), (slots.map { "p.\($0.name)" }, params)], x: nil, n: n, at: index)
+        let (qNames, pNames) = klNames(q)
+        return Distribution.point([(qNames, qParams), (pNames, params)], x: nil, n: n, at: index)
+    }
+
+    /// The names of the KL functions' two parameter groups in messages: the posterior's as q.*, this prior's as p.*.
+    private func klNames(_ q: Distribution) -> ([String], [String]) {
+        (q.slots.map { "q.\($0.name)" }, slots.map { "p.\($0.name)" })
+    }
+
+    /// `kl`'s frame and arguments for the family's child, the same whether it is called or posted.
+    private func klCall(_ q: Distribution, _ qParams: [InArray], _ params: [InArray], n: Int, out: UnsafeMutablePointer<Float>)
+        -> (frame: CallFrame, qp: [WireArray], pp: [WireArray], arguments: (inout WireWriter) -> Void) {
+        var fr = CallFrame()
+        let qp = Self.inputs(&fr, qParams, n: n), pp = Self.inputs(&fr, params, n: n), o = fr.output(out, n: n)
+        let family = q.family.id
+        return (fr, qp, pp, { w in w.string(family); w.arrays(qp); w.arrays(pp); w.array(o) })
     }
 
     /// out[i] = KL(q_i || self_i) analytically. Throws `PluginCallError` with `isUnsupported` if there is none.
@@ -460,16 +474,15 @@ public final class Distribution: @unchecked Sendable {
         guard let f = fns.kl else { throw PluginCallError(family: family.id, function: "kl", status: Status.unsupported.rawValue, message: "no analytic KL", file: family.file) }
         let where_ = { self.klPoint(q, qParams, params, n: n) }
         if remote != nil {
-            var fr = CallFrame()
-            let qp = Self.inputs(&fr, qParams, n: n), pp = Self.inputs(&fr, params, n: n), o = fr.output(out, n: n)
-            try remoteCall(.kl, n: n, frame: fr, point: where_) { w in w.string(q.family.id); w.arrays(qp); w.arrays(pp); w.array(o) }
+            let k = klCall(q, qParams, params, n: n, out: out)
+            try remoteCall(.kl, n: n, frame: k.frame, point: where_, arguments: k.arguments)
         } else {
             try settle(qParams + params, [UnsafePointer(out)], n: n)
             try withIn(qParams) { qp in try withIn(params) { pp in
                 try q.family.id.withCString { fam in try call("kl", point: where_) { f(instance, n, fam, qp, pp, out, $0) } }
             } }
         }
-        try checkFinite("kl", out, n) { self.klPoint(q, qParams, params, n: n, at: $0) }
+        try checkKL(n: n, posterior: q, qParams: qParams, params: params, out: out)
     }
 
     public func klVJP(n: Int, posterior q: Distribution, qParams: [InArray], params: [InArray], g: UnsafePointer<Float>,
@@ -484,8 +497,8 @@ public final class Distribution: @unchecked Sendable {
             let gq = Self.updates(&fr, gradQ, n: n), gp = Self.updates(&fr, gradParams, n: n)
             let arguments = { (w: inout WireWriter) in w.string(q.family.id); w.arrays(qp); w.arrays(pp); w.array(ga); w.arrays(gq); w.arrays(gp) }
             if PostedPluginCalls.enabled {
-                return try post(.klVJP, n: n, frame: fr, groups: [(q.slots.map { "q.\($0.name)" }, qp), (slots.map { "p.\($0.name)" }, pp)],
-                                point: where_, arguments: arguments)
+                let (qNames, pNames) = klNames(q)
+                return try post(.klVJP, n: n, frame: fr, groups: [(qNames, qp), (pNames, pp)], point: where_, arguments: arguments)
             }
             try remoteCall(.klVJP, n: n, frame: fr, point: where_, arguments: arguments)
         } else {
