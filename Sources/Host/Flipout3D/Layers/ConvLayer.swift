@@ -28,6 +28,19 @@ public struct ConvSaved {
     }
 }
 
+/// The kernels and bias a layer's forward runs with (and, for a Bayesian layer, its draw),
+/// without the convolution: for a network that runs the convolution itself on an input it never
+/// makes (`UnmadeInputConvolutions`), then hands dL/d(kernels) back to `addGradients`.
+public struct ConvKernels {
+    /// (Cout, Cin, k...), or per example (N, Cout, Cin, k...) (Flipout's and the per-example
+    /// estimator's for N > 1).
+    let kernels: Tensor
+    /// (Cout), or per example (N, Cout): a copy, as the forward ran with it.
+    let bias: Tensor
+    /// Bayesian layers: what was drawn (nil for deterministic layers).
+    let draw: WeightDraw?
+}
+
 /// A convolution in a network: forward and backward side by side; backward ADDS into gradients.
 public protocol ConvLayer: AnyObject {
     var name: String { get }
@@ -43,6 +56,12 @@ public protocol ConvLayer: AnyObject {
     func forward(_ x: Tensor, _ ctx: StepContext) throws -> (y: Tensor, saved: ConvSaved)
     /// dy (N, Cout, oD, oH, oW) -> dx (N, Cin, D, H, W); ADDS parameter gradients. Takes forward's value.
     func backward(_ dy: Tensor, _ saved: ConvSaved) throws -> Tensor
+    /// The kernels and bias `forward` on `batch` examples runs with under ctx, drawn as it draws
+    /// them (the same bits), without running the convolution.
+    func kernels(batch: Int, _ ctx: StepContext) throws -> ConvKernels
+    /// ADDS the parameter gradients of a convolution run with k, given dL/d(its kernels) dw and
+    /// dL/d(its bias) db (the shapes of k's).
+    func addGradients(kernels dw: Tensor, bias db: Tensor, _ k: ConvKernels) throws
     /// KL(q || p) of the layer's weights (0 for deterministic layers), adding scale * dKL.
     func kl(gradientScale: Float, _ ctx: StepContext) throws -> Double
     func finishBackward()

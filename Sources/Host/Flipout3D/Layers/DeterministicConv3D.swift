@@ -55,9 +55,19 @@ public final class DeterministicConv3D: ConvLayer {
         let dx = needsInputGradient ? Tensor(uninitializedShape: saved.inputShape) : Tensor(shape: saved.inputShape)
         let dw = Tensor(uninitializedShape: weight.shape), db = Tensor(uninitializedShape: [outChannels])
         try saved.input.engine.backward(saved.input, dy: dy, w: saved.kernels, dx: needsInputGradient ? dx : nil, dw: dw, dbias: db)
+        try addGradients(kernels: dw, bias: db, ConvKernels(kernels: saved.kernels, bias: bias, draw: nil))
+        return dx
+    }
+
+    public func kernels(batch: Int, _ ctx: StepContext) throws -> ConvKernels {
+        ConvKernels(kernels: weight.copy(), bias: bias.copy(), draw: nil)
+    }
+
+    public func addGradients(kernels dw: Tensor, bias db: Tensor, _ k: ConvKernels) throws {
+        dw.checkShape(weight.shape, "\(name).addGradients dw")
+        db.checkShape([outChannels], "\(name).addGradients db")
         for i in 0..<dw.count { weightGradient[i] += dw[i] }
         for o in 0..<outChannels { biasGradient[o] += db[o] }
-        return dx
     }
 
     public func kl(gradientScale: Float, _ ctx: StepContext) throws -> Double { 0 }

@@ -138,30 +138,43 @@ public final class FlipoutConv3D {
     private func sampledForward(_ x: Tensor, _ ctx: StepContext) throws -> (y: Tensor, saved: ConvSaved) {
         let g = geometry(inputShape: x.shape)
         try g.validate()
-        let n = g.batch, e = weightCount
+        let k = try drawKernels(batch: g.batch, ctx)
         let y = Tensor(uninitializedShape: g.yShape)   // (N, Cout, oD, oH, oW), overwritten by the convolution
+        // Flipout and per-example: one grouped convolution over the batch, the bias once per group.
+        let input = try engines.engine(isGrouped(k.draw!) ? g.foldedOverBatch() : g).forward(x: x, w: k.kernels, bias: k.bias, y: y)
+        return (y, ConvSaved(layer: ObjectIdentifier(self), inputShape: x.shape, input: input, kernels: k.kernels, draw: k.draw))
+    }
+
+    /// Whether a forward that drew `draw` runs per-example kernels (N, Cout, Cin, k^3) as one grouped convolution.
+    private func isGrouped(_ draw: WeightDraw) -> Bool { draw.mode == .sample && estimator != .reparam }
+
+    public func kernels(batch: Int, _ ctx: StepContext) throws -> ConvKernels {
+        try StepProfile.measure(.flipoutSampling) { try drawKernels(batch: batch, ctx) }
+    }
+
+    /// The kernels of a forward on n examples under ctx, its bias ((Cout), or per group (N, Cout)
+    /// for a grouped convolution) and its draw.
+    private func drawKernels(batch n: Int, _ ctx: StepContext) throws -> ConvKernels {
+        let e = weightCount
         // A draw made ahead for this step (the same bits as drawing it here), kept for the step's
         // other calls (one example at a time).
         let pre = cachedDraw(ctx)
         let center = pre?.center ?? Tensor(uninitializedShape: kernelShape)   // written by the posterior's center
         var noiseStream = stream(ctx, .kernelNoise)
 
-        let kernels: Tensor, input: Conv3DSaved, draw: WeightDraw
         switch (ctx.mode, estimator) {
         case (.center, _):
             try center.withUnsafeMutableValues { try weights.center(into: $0.baseAddress!) }
-            kernels = center
-            input = try engines.engine(g).forward(x: x, w: kernels, bias: bias, y: y)
-            draw = WeightDraw(mode: .center, center: center, sample: nil, signsIn: nil, signsOut: nil, noise: [])
+            return ConvKernels(kernels: center, bias: bias.copy(),
+                               draw: WeightDraw(mode: .center, center: center, sample: nil, signsIn: nil, signsOut: nil, noise: []))
         case (.sample, .reparam):
             let w = pre?.sample ?? Tensor(uninitializedShape: kernelShape)
             let noise = try pre?.noise ?? center.withUnsafeMutableValues { c in try w.withUnsafeMutableValues { s in
                 try weights.drawCenterAndSample(&noiseStream, center: c.baseAddress!, sample: s.baseAddress!)
             } }
             if pre == nil { keepForContext(ctx, center: center, sample: w, noise: noise) }
-            kernels = w
-            input = try engines.engine(g).forward(x: x, w: kernels, bias: bias, y: y)
-            draw = WeightDraw(mode: .sample, center: center, sample: w, signsIn: nil, signsOut: nil, noise: [noise])
+            return ConvKernels(kernels: w, bias: bias.copy(),
+                               draw: WeightDraw(mode: .sample, center: center, sample: w, signsIn: nil, signsOut: nil, noise: [noise]))
         case (.sample, .flipout):
             // Signs for every row of the step's global batch (ctx.shard), then this rank's rows.
             var signStream = stream(ctx, .flipoutSigns)
@@ -172,7 +185,7 @@ public final class FlipoutConv3D {
             let sIn = ctx.shard.localRows(gIn, local: n), sOut = ctx.shard.localRows(gOut, local: n)
             // Noise, center, sample and the per-example kernels of each sub-range of weights in one pass.
             let w = pre?.sample ?? Tensor(uninitializedShape: kernelShape)
-            kernels = Tensor(uninitializedShape: perExampleShape(n))
+            let kernels = Tensor(uninitializedShape: perExampleShape(n))
             if let pre { flipoutKernels(center: center, sample: w, signsIn: sIn, signsOut: sOut, into: kernels, weights: 0..<e) }
             let noise = try pre?.noise ?? center.withUnsafeMutableValues { c in try w.withUnsafeMutableValues { s in
                 try weights.drawCenterAndSample(&noiseStream, center: c.baseAddress!, sample: s.baseAddress!) { offset, count in
@@ -180,8 +193,8 @@ public final class FlipoutConv3D {
                 }
             } }
             if pre == nil { keepForContext(ctx, center: center, sample: w, noise: noise) }
-            input = try groupedForward(x, kernels, g, y)
-            draw = WeightDraw(mode: .sample, center: center, sample: w, signsIn: sIn, signsOut: sOut, noise: [noise])
+            return ConvKernels(kernels: kernels, bias: groupBias(n),
+                               draw: WeightDraw(mode: .sample, center: center, sample: w, signsIn: sIn, signsOut: sOut, noise: [noise]))
         case (.sample, .perExample):
             try center.withUnsafeMutableValues { try weights.center(into: $0.baseAddress!) }
             let w = Tensor(shape: perExampleShape(n))
@@ -193,13 +206,11 @@ public final class FlipoutConv3D {
                 try weights.sample(z, into: w.data + i * e)
                 noise[i] = z
             }
-            kernels = w
-            input = try groupedForward(x, kernels, g, y)
-            draw = WeightDraw(mode: .sample, center: center, sample: w, signsIn: nil, signsOut: nil, noise: noise)
+            return ConvKernels(kernels: w, bias: groupBias(n),
+                               draw: WeightDraw(mode: .sample, center: center, sample: w, signsIn: nil, signsOut: nil, noise: noise))
         case (.sample, .auto):
             preconditionFailure("estimator is resolved at init")
         }
-        return (y, ConvSaved(layer: ObjectIdentifier(self), inputShape: x.shape, input: input, kernels: kernels, draw: draw))
     }
 
     /// The (output channel, input channel) rows of `taps` weights that meet `weights`, each with
@@ -252,14 +263,11 @@ public final class FlipoutConv3D {
         } } }
     }
 
-    /// One grouped convolution over the batch with per-example kernels (N, Cout, Cin, k^3), plus bias
-    /// (the engine adds it in its own layout, before the output leaves it).
-    private func groupedForward(_ x: Tensor, _ kernels: Tensor, _ g: Conv3DGeometry, _ y: Tensor) throws -> Conv3DSaved {
-        let n = g.batch
-        // (N, Cout): the bias once per group of the folded convolution.
-        let groupBias = Tensor(uninitializedShape: n == 1 ? [outChannels] : [n, outChannels])
-        for b in 0..<n { (groupBias.data + b * outChannels).update(from: bias.data, count: outChannels) }
-        return try engines.engine(g.foldedOverBatch()).forward(x: x, w: kernels, bias: groupBias, y: y)
+    /// The bias once per group of the convolution folded over n examples: (N, Cout), or (Cout) for one.
+    private func groupBias(_ n: Int) -> Tensor {
+        let b = Tensor(uninitializedShape: n == 1 ? [outChannels] : [n, outChannels])
+        for i in 0..<n { (b.data + i * outChannels).update(from: bias.data, count: outChannels) }
+        return b
     }
 
     /// Given dy = dL/dy (N, Cout, oD, oH, oW) and forward's saved value, ADD the parameter
@@ -271,40 +279,51 @@ public final class FlipoutConv3D {
     private func foldedBackward(_ dy: Tensor, _ saved: ConvSaved) throws -> Tensor {
         let g = checkSaved(saved, dy: dy)
         guard let draw = saved.draw else { preconditionFailure("\(name).backward: the saved value has no weight draw") }
-        let n = g.batch, e = weightCount
+        let n = g.batch
         // (N, Cin, D, H, W): written by the convolution, or zeros for a first layer.
         let dx = needsInputGradient ? Tensor(uninitializedShape: saved.inputShape) : Tensor(shape: saved.inputShape)
-        let grouped = draw.mode == .sample && estimator != .reparam
-        if !grouped {
-            let dw = Tensor(uninitializedShape: kernelShape), db = Tensor(uninitializedShape: [outChannels])
-            try saved.input.engine.backward(saved.input, dy: dy, w: saved.kernels, dx: needsInputGradient ? dx : nil, dw: dw, dbias: db)
-            for o in 0..<outChannels { biasGradient[o] += db[o] }
+        // dw: the kernels' shape, per example for a grouped convolution; db per group.
+        let dw = Tensor(uninitializedShape: saved.kernels.shape)
+        let db = Tensor(uninitializedShape: isGrouped(draw) && n > 1 ? [n, outChannels] : [outChannels])
+        try saved.input.engine.backward(saved.input, dy: dy, w: saved.kernels, dx: needsInputGradient ? dx : nil, dw: dw, dbias: db)
+        try foldGradients(kernels: dw, bias: db, draw)
+        return dx
+    }
+
+    public func addGradients(kernels dw: Tensor, bias db: Tensor, _ k: ConvKernels) throws {
+        guard let draw = k.draw else { preconditionFailure("\(name).addGradients: the kernels have no weight draw") }
+        dw.checkShape(k.kernels.shape, "\(name).addGradients dw")
+        db.checkShape(k.bias.shape, "\(name).addGradients db")
+        try StepProfile.measure(.flipoutGradients) { try foldGradients(kernels: dw, bias: db, draw) }
+    }
+
+    /// ADDS the parameter gradients from dL/d(kernels) dw and dL/d(bias) db of a convolution that
+    /// ran with `draw`'s kernels: (Cout, Cin, k^3) and (Cout), or per example (N, ...).
+    private func foldGradients(kernels dw: Tensor, bias db: Tensor, _ draw: WeightDraw) throws {
+        let e = weightCount, rows = db.count / outChannels
+        for b in 0..<rows { for o in 0..<outChannels { biasGradient[o] += db[b * outChannels + o] } }
+        guard isGrouped(draw) else {
             if draw.mode == .center {
                 try weights.centerBackward(dw.data)
             } else {
                 try weights.sampleBackward(draw.noise[0], x: draw.sample!.data, g: dw.data)
             }
-            return dx
+            return
         }
-        let perExample = Tensor(uninitializedShape: perExampleShape(n))
-        let db = Tensor(uninitializedShape: n == 1 ? [outChannels] : [n, outChannels])
-        try saved.input.engine.backward(saved.input, dy: dy, w: saved.kernels, dx: needsInputGradient ? dx : nil, dw: perExample, dbias: db)
-        for b in 0..<n { for o in 0..<outChannels { biasGradient[o] += db[b * outChannels + o] } }
         if estimator == .perExample {
-            for b in 0..<n {
-                try weights.sampleBackward(draw.noise[b], x: draw.sample!.data + b * e, g: perExample.data + b * e)
+            for b in 0..<draw.noise.count {
+                try weights.sampleBackward(draw.noise[b], x: draw.sample!.data + b * e, g: dw.data + b * e)
             }
-            return dx
+            return
         }
         // Flipout: dWc = sum_n G_n, d(dW) = sum_n G_n * r_n s_n^T; Wc = center, dW = sample - center.
         // Folded per sub-range of weights right before that sub-range's posterior VJPs (one pass).
         let (sIn, sOut) = (draw.signsIn!, draw.signsOut!)
         try draw.sample!.withUnsafeValues { x in
             try weights.centerAndSampleBackward(draw.noise[0], x: x.baseAddress!) { offset, count, gCenter, gSample in
-                foldFlipoutGradients(perExample, signsIn: sIn, signsOut: sOut, weights: offset..<(offset + count), center: gCenter, delta: gSample)
+                foldFlipoutGradients(dw, signsIn: sIn, signsOut: sOut, weights: offset..<(offset + count), center: gCenter, delta: gSample)
             }
         }
-        return dx
     }
 
     /// KL(q || p) of the kernel, summed over weights; adds scale * dKL into the gradients.

@@ -50,11 +50,20 @@ public struct UNetSaved {
     /// copy, and `input`: what to recompute the convolution's input from.
     struct BlockSaved {
         /// One convolution value for the batch, or one per example when the block runs example by
-        /// example (`MemoryPlan.splitsExamples`).
+        /// example (`MemoryPlan.splitsExamples`); none when its convolution ran on an unmade input.
         let convs: [ConvSaved]
         let norm: InstanceNormSaved?
         let relu: ReLUSaved?
         let input: BlockInput?
+        var unmade: Unmade? = nil
+    }
+
+    /// A decoder block run example by example whose convolution read its upsampled or
+    /// concatenated input without making it (`UnmadeInputConvolutions`): the kernels each
+    /// example ran with and what the input is made from (kept whether or not the block recomputes).
+    struct Unmade {
+        let kernels: [ConvKernels]
+        let source: BlockInput
     }
 
     /// What a block's input is made from (for a recomputed block, each a tensor kept anyway, or
@@ -187,18 +196,27 @@ public final class UNet {
         func block(_ source: UNetSaved.BlockInput, keeping kept: UNetSaved.BlockInput? = nil) throws -> Tensor {
             let i = blocks.count
             let recompute = plan.recomputes(i)
-            let (c, convs) = try Conv3D.$inputSaving.withValue(recompute ? .none : .copy) {
-                try convolve(i, source, ctx, plan.splitsExamples(i) ? .split : .batch, again: nil, nil)
+            let c: Tensor, convs: [ConvSaved], unmade: UNetSaved.Unmade?
+            if plan.splitsExamples(i), runsUnmade(i, source) {
+                let (y, kernels) = try unmadeConvolve(i, source, ctx)
+                (c, convs, unmade) = (y, [], UNetSaved.Unmade(kernels: kernels, source: source))
+            } else {
+                (c, convs) = try Conv3D.$inputSaving.withValue(recompute ? .none : .copy) {
+                    try convolve(i, source, ctx, plan.splitsExamples(i) ? .split : .batch, again: nil, nil)
+                }
+                unmade = nil
             }
             if let norm = norms[i] {
                 // Norm and ReLU in one pass; x̂ is kept in the convolution output's storage.
                 let (y, ns) = StepProfile.measure(.normalization) { norm.forward(c, relu: true, consuming: true) }
-                blocks.append(recompute ? .init(convs: convs, norm: nil, relu: nil, input: kept ?? source) : .init(convs: convs, norm: ns, relu: nil, input: nil))
+                blocks.append(recompute ? .init(convs: convs, norm: nil, relu: nil, input: kept ?? source, unmade: unmade)
+                              : .init(convs: convs, norm: ns, relu: nil, input: nil, unmade: unmade))
                 MemoryTrace.mark("forward \(layers[i].name)")
                 return y
             }
             let (y, rs) = StepProfile.measure(.activation) { ReLU.forward(c) }
-            blocks.append(recompute ? .init(convs: convs, norm: nil, relu: nil, input: kept ?? source) : .init(convs: convs, norm: nil, relu: rs, input: nil))
+            blocks.append(recompute ? .init(convs: convs, norm: nil, relu: nil, input: kept ?? source, unmade: unmade)
+                          : .init(convs: convs, norm: nil, relu: rs, input: nil, unmade: unmade))
             MemoryTrace.mark("forward \(layers[i].name)")
             return y
         }
@@ -281,6 +299,76 @@ public final class UNet {
         }
     }
 
+    /// The convolutions decoder blocks run on inputs they never make.
+    private let unmadeInputs = UnmadeInputConvolutions()
+
+    /// Whether block i's convolution runs on its input unmade when the block runs example by
+    /// example: an upsampled or concatenated input, a 3³ stride-1 'same' convolution.
+    private func runsUnmade(_ i: Int, _ source: UNetSaved.BlockInput) -> Bool {
+        switch source {
+        case .upsampled, .concatenated: return UnmadeInputConvolutions.runs(layers[i])
+        case .tensor, .blockOutput: return false
+        }
+    }
+
+    /// Example e's input as `UnmadeInputConvolutions` reads it.
+    private static func unmadeInput(_ source: UNetSaved.BlockInput, _ e: Int) -> UnmadeInput {
+        switch source {
+        case .upsampled(let t): return .upsampled(t.example(e))
+        case .concatenated(let a, let b): return .concatenated(a.example(e), b.example(e))
+        case .tensor, .blockOutput: preconditionFailure("UNet: block input \(source) is made, not unmade")
+        }
+    }
+
+    /// Block i's convolution on the input `source` describes, one example at a time, never made:
+    /// the output for the batch and the kernels each example ran with (its own Flipout signs:
+    /// its global row).  y (N, Cout, D, H, W)
+    private func unmadeConvolve(_ i: Int, _ source: UNetSaved.BlockInput, _ ctx: StepContext) throws -> (Tensor, [ConvKernels]) {
+        Self.releaseIdleMemory()
+        let inputShape = sourceShape(source), n = inputShape[0]
+        let y = Tensor(uninitializedShape: layers[i].geometry(inputShape: inputShape).yShape)   // (N, Cout, D, H, W)
+        var kernels: [ConvKernels] = []
+        for e in 0..<n {
+            let k = try layers[i].kernels(batch: 1, Self.exampleContext(ctx, e, of: n))
+            try unmadeInputs.forward(Self.unmadeInput(source, e), k, into: y.example(e))
+            kernels.append(k)
+        }
+        return (y, kernels)
+    }
+
+    /// Backward of a block whose convolution ran on an unmade input, one example at a time: its
+    /// convolution and norm (or ReLU) again when it recomputes (the same bits), dL/d(the
+    /// convolution's output), then the convolution's backward, with dL/d(input) written where
+    /// `into(e)` says, then `after(e)`; the parameter gradients are added per example.
+    private func unmadeBlockBackward(_ dy: Tensor, _ b: UNetSaved.BlockSaved, _ u: UNetSaved.Unmade, index i: Int,
+                                     into: (Int) -> UnmadeInputConvolutions.InputGradient, after: (Int) throws -> Void) throws {
+        let layer = layers[i]
+        Self.releaseIdleMemory()
+        // Kept activations: dL/d(convolution output) for the batch at once, as a batch block does.
+        let kept = b.input == nil ? preactivationGradient(dy, b.norm, b.relu, index: i) : nil
+        for e in u.kernels.indices {
+            let input = Self.unmadeInput(u.source, e)
+            let dc = try kept?.example(e) ?? unmadeRestoredGradient(dy.example(e), input, u.kernels[e], index: i)
+            let (dw, db) = try StepProfile.measure(.flipoutGradients) { try unmadeInputs.backward(input, dy: dc, u.kernels[e], into: into(e)) }
+            try layer.addGradients(kernels: dw, bias: db, u.kernels[e])
+            try after(e)
+            MemoryTrace.mark("backward \(layer.name), example \(e)")
+        }
+    }
+
+    /// dL/d(block i's convolution output) for one example whose convolution ran on an unmade
+    /// input: the convolution and norm (or ReLU) run again, bit for bit; x̂ is freed on return.
+    private func unmadeRestoredGradient(_ dy: Tensor, _ input: UnmadeInput, _ k: ConvKernels, index i: Int) throws -> Tensor {
+        let shape = UnmadeInputConvolutions.shape(input)
+        let y = Tensor(uninitializedShape: [1, layers[i].outChannels] + shape[2...])   // (1, Cout, D, H, W)
+        try unmadeInputs.forward(input, k, into: y)
+        if let norm = norms[i] {
+            let ns = StepProfile.measure(.normalization) { norm.standardize(y, relu: true) }
+            return preactivationGradient(dy, ns, nil, index: i)
+        }
+        return preactivationGradient(dy, nil, StepProfile.measure(.activation) { ReLU.forward(y).saved }, index: i)
+    }
+
     /// Before a block run one example at a time (a memory-bound one): the idle blocks the tensor
     /// pool and the scratch arena hold for other sizes go back to the system, so they do not add
     /// to the block's peak. Measured on U3 (`FLIPOUT_MEMORY_TRACE=1 flipout bench --workloads U3
@@ -349,7 +437,7 @@ public final class UNet {
             let i = next
             next -= 1
             let b = saved.takeBlock(i)
-            guard b.convs.count > 1 else {
+            guard b.convs.count > 1 || b.unmade != nil else {
                 let dx = try blockBackward(dy, b, index: i, saved)
                 MemoryTrace.mark("backward \(layers[i].name)")
                 return (i, b, whole(dx))
@@ -365,6 +453,19 @@ public final class UNet {
         func concatBlock(_ dy: consuming Tensor, _ cat: ChannelConcatSaved) throws -> (Tensor, Tensor) {
             let (i, b, done) = try splitDecoderBlock(dy) { Self.split($0, cat) }
             if let done { return done }
+            if let u = b.unmade, case .concatenated(let skip, let up) = u.source {
+                // dSkip in dy's storage is written after the example's backward has read dy there
+                // (through a one-example buffer); dUp straight into the branch's when the block
+                // recomputes (then nothing else holds the branch).
+                let dSkip = dy.shape == skip.shape ? dy : Tensor(uninitializedShape: skip.shape)
+                let dUp = b.input != nil ? up : Tensor(uninitializedShape: up.shape)
+                let buffer = dSkip === dy ? Tensor(uninitializedShape: [1] + skip.shape.dropFirst()) : nil   // (1, Ca, D, H, W)
+                try unmadeBlockBackward(dy, b, u, index: i) { e in .concatenated(buffer ?? dSkip.example(e), dUp.example(e)) } after: { e in
+                    if let buffer { StepProfile.measure(.upsampleConcat) { Self.copy(buffer, into: dSkip.example(e)) } }
+                }
+                MemoryTrace.mark("backward \(layers[i].name)")
+                return (dSkip, dUp)
+            }
             let (ca, cb) = cat.channels, s = b.convs[0].inputShape, n = b.convs.count
             let skipShape = [n, ca] + s[2...], upShape = [n, cb] + s[2...]
             let dSkip = dy.shape == skipShape ? dy : Tensor(uninitializedShape: skipShape)
@@ -387,6 +488,11 @@ public final class UNet {
             let (i, b, done) = try splitDecoderBlock(dy) { Self.upsampleBackward($0, up) }
             if let done { return done }
             let below = Tensor(uninitializedShape: up.inputShape)   // (N, C, D/2, H/2, W/2)
+            if let u = b.unmade {
+                try unmadeBlockBackward(dy, b, u, index: i) { e in .upsampled(below.example(e)) } after: { _ in }
+                MemoryTrace.mark("backward \(layers[i].name)")
+                return below
+            }
             let one = Upsample2xSaved(inputShape: [1] + up.inputShape.dropFirst())
             try blockBackward(dy, b, index: i, saved) { e, dx in
                 Self.copy(Self.upsampleBackward(dx, one), into: below.example(e))
