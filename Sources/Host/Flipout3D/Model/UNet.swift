@@ -586,6 +586,22 @@ public final class UNet {
         if head.convs.count == 1 { return try layer.backward(dLogits, try value(head.convs[0], head.input)) }
         let n = head.convs.count
         Self.releaseIdleMemory()
+        if let h = head.input {
+            // The head kept its input itself (it recomputes): the input serves this backward
+            // alone, so each example's dL/d(input) is written into the input's own storage once
+            // its backward-weights has read it (no batch-sized dx, no per-example one).
+            for e in 0..<n {
+                let s = head.convs[e], conv = s.input.engine, (he, dy) = (h.example(e), dLogits.example(e))
+                guard let bias = s.input.bias else { preconditionFailure("UNet: the head's forward kept no bias to recompute with") }
+                let dw = Tensor(uninitializedShape: s.kernels.shape), db = Tensor(uninitializedShape: bias.shape)
+                try StepProfile.measure(.flipoutGradients) {
+                    try conv.backwardWeights(try conv.saving(x: he, adopting: true), dy: dy, dw: dw, dbias: db)
+                    try conv.backwardData(dy: dy, w: s.kernels, dx: he)
+                }
+                try layer.addGradients(kernels: dw, bias: db, ConvKernels(kernels: s.kernels, bias: bias, draw: s.draw))
+            }
+            return h
+        }
         let dx = Tensor(uninitializedShape: [n] + head.convs[0].inputShape.dropFirst())   // (N, C0, D, H, W)
         for e in 0..<n {
             Self.copy(try layer.backward(dLogits.example(e), try value(head.convs[e], head.input?.example(e))), into: dx.example(e))
