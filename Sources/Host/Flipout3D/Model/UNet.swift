@@ -459,9 +459,14 @@ public final class UNet {
                 // recomputes (then nothing else holds the branch).
                 let dSkip = dy.shape == skip.shape ? dy : Tensor(uninitializedShape: skip.shape)
                 let dUp = b.input != nil ? up : Tensor(uninitializedShape: up.shape)
-                let buffer = dSkip === dy ? Tensor(uninitializedShape: [1] + skip.shape.dropFirst()) : nil   // (1, Ca, D, H, W)
-                try unmadeBlockBackward(dy, b, u, index: i) { e in .concatenated(buffer ?? dSkip.example(e), dUp.example(e)) } after: { e in
-                    if let buffer { StepProfile.measure(.upsampleConcat) { Self.copy(buffer, into: dSkip.example(e)) } }
+                // The buffer is made once the example's recomputed output is freed (it takes that block).
+                var buffer: Tensor? = nil   // (1, Ca, D, H, W)
+                try unmadeBlockBackward(dy, b, u, index: i) { e in
+                    if dSkip === dy { buffer = Tensor(uninitializedShape: [1] + skip.shape.dropFirst()) }
+                    return .concatenated(buffer ?? dSkip.example(e), dUp.example(e))
+                } after: { e in
+                    if let b = buffer { StepProfile.measure(.upsampleConcat) { Self.copy(b, into: dSkip.example(e)) } }
+                    buffer = nil
                 }
                 MemoryTrace.mark("backward \(layers[i].name)")
                 return (dSkip, dUp)
