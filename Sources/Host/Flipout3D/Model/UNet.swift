@@ -237,7 +237,9 @@ public final class UNet {
             cats.append(ChannelConcatSaved(channels: (skips[l].shape[1], b.shape[1])))
             h = try block(.concatenated(skips[l], b))                      // (N, c_l, D/2^l, ...)
         }
-        let headIndex = layers.count - 1, headRecomputes = plan.recomputes(headIndex)
+        // The head keeps its input itself, not a copy, when it recomputes, and when it runs example by
+        // example (a memory-bound head: its backward then writes dL/d(input) into that input).
+        let headIndex = layers.count - 1, headRecomputes = plan.recomputes(headIndex) || plan.splitsExamples(headIndex)
         let (logits, hs) = try Conv3D.$inputSaving.withValue(headRecomputes ? .none : .copy) {
             try convolve(headIndex, .tensor(h), ctx, plan.splitsExamples(headIndex) ? .split : .batch, again: nil, nil)
         }   // (N, K, D, H, W)
