@@ -346,6 +346,7 @@ public final class UNet {
                                      into: (Int) -> UnmadeInputConvolutions.InputGradient, after: (Int) throws -> Void) throws {
         let layer = layers[i]
         Self.releaseIdleMemory()
+        defer { Self.releaseIdleMemory() }
         // Kept activations: dL/d(convolution output) for the batch at once, as a batch block does.
         let kept = b.input == nil ? preactivationGradient(dy, b.norm, b.relu, index: i) : nil
         for e in u.kernels.indices {
@@ -375,8 +376,12 @@ public final class UNet {
     /// pool and the scratch arena hold for other sizes go back to the system, so they do not add
     /// to the block's peak. Measured on U3 (`FLIPOUT_MEMORY_TRACE=1 flipout bench --workloads U3
     /// --repeats 1 --warmup 1`): without this, 600-770 MiB of pool blocks and 390 MiB of arena
-    /// blocks sat idle in up0's and dec0's backward, the step's peak. The block's examples still
-    /// reuse each other's blocks; U1's and U2's steps split nothing and keep every idle block.
+    /// blocks sat idle in up0's and dec0's backward, the step's peak. Backward also gives them back
+    /// when such a block ends: else the full-resolution blocks' freed transients (~400 MiB) and
+    /// then the deeper levels' sat idle in the pool (983 MiB at up2's backward, which became the
+    /// step's peak once the decoder's full-resolution blocks stopped making their inputs). The
+    /// block's examples still reuse each other's blocks; U1's and U2's steps split nothing and
+    /// keep every idle block.
     static func releaseIdleMemory() {
         TensorStorage.trim()
         ScratchArena.shared.trim()
@@ -558,6 +563,7 @@ public final class UNet {
                                _ take: (Int, Tensor) throws -> Void) throws {
         let layer = layers[i]
         Self.releaseIdleMemory()
+        defer { Self.releaseIdleMemory() }
         if b.input == nil {
             let dc = preactivationGradient(dy, b.norm, b.relu, index: i)
             for e in b.convs.indices { try take(e, try layer.backward(dc.example(e), b.convs[e])) }
@@ -593,6 +599,7 @@ public final class UNet {
         if head.convs.count == 1 { return try layer.backward(dLogits, try value(head.convs[0], head.input)) }
         let n = head.convs.count
         Self.releaseIdleMemory()
+        defer { Self.releaseIdleMemory() }
         if let h = head.input {
             // The head kept its input itself (it recomputes): the input serves this backward
             // alone, so each example's dL/d(input) is written into the input's own storage once
