@@ -62,17 +62,23 @@ public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
     ///
     /// What this leaves out, measured on U3 (`FLIPOUT_MEMORY_TRACE=1 flipout bench --workloads U3
     /// --repeats 1 --warmup 1`, whose lines name the tensor pool's and the arena's idle bytes):
-    /// the step's peak (4.2-4.4 GiB) is in backward at up0, dec0 within 200 MiB of it. There
-    /// live, besides the kept activations (skip0 and the upsampled branch of dec0, 512 MiB each,
-    /// and about 450 MiB at levels 1-4), the gradient flowing back and the skip's gradient
-    /// waiting for enc0b (512 MiB each; the split decoder blocks write them into dy's and the
-    /// upsampled branch's storage, so nothing more), and one example's transients: its input
-    /// made again (512 MiB at dec0 and up0; the native kernels keep it as the saved x, no copy),
-    /// dx (512), the recomputed output (256, freed before the convolution's backward). Then the
-    /// process itself (~770 MiB at a step's start: the libraries, the parameters, gradients and
-    /// optimizer state, the bench's two prepared cases) and the step's weight draws. Before the
-    /// native kernels, oneDNN's layout copy of the input (512) and its inner buffers leased from
-    /// `ScratchArena` (768) were there too, and idle pool and arena blocks (~1 GiB).
+    /// the step's peak is 3.46 GiB in the first step (3539 MiB, in dec2's backward: the process
+    /// and the kept activations plus oneDNN's 387 MiB scratch arena at levels 1-3) and 3.54 GiB
+    /// in the next (3630 MiB, dec0's backward at example 0 and up0's at example 1). At dec0's
+    /// backward live (3110 MiB resident at its start in the second step, none of it idle),
+    /// besides the kept activations (skip0 and the upsampled branch, 512 MiB each, and about
+    /// 700 MiB at levels 1-4 with the layers' draws), the gradient flowing back (512 MiB, in the head's
+    /// input's storage, where dec0 then writes the skip's gradient; the branch's goes into the
+    /// branch's storage), and one example's transients: the recomputed output (256) beside the
+    /// second half's output of the split convolution (256), then a one-example buffer for the
+    /// skip's gradient (256). Then the process itself: ~510 MiB at the first step's start, ~760
+    /// MiB at later ones (the libraries, the parameters, gradients and optimizer state, the
+    /// bench's two prepared cases). The decoder's full-resolution convolutions never make their
+    /// input (`UnmadeInputConvolutions`): before, up0's upsampled input and its dx (512 MiB each)
+    /// and dec0's concatenation and its dx (512 each) were there, the head kept a copy of its
+    /// input and made a batch-sized dx (another 512 + 512 + 256 at the head's backward), and
+    /// the pool's idle blocks after those blocks reached 983 MiB; the peak was 4.28 GiB (4378
+    /// MiB, up0's backward).
     public static func estimate(_ shape: UNetConfig, input: [Int]) -> [(kept: Int, recomputed: Int)] {
         precondition(input.count == 5, "MemoryPlan.estimate: input \(input), expected (N, C, D, H, W)")
         let n = input[0], voxels = input[2...].reduce(1, *)

@@ -230,8 +230,9 @@ public final class UNet {
             if l < shape.levels - 1 { skips.append(h) }
         }
         for l in stride(from: shape.levels - 2, through: 0, by: -1) {
-            // The upsampled branch and the concatenation are made inside `convolve`, one example at
-            // a time when the block runs so, and never kept.
+            // The upsampled branch and the concatenation are never kept: a batch block makes them
+            // inside `convolve`; a block run one example at a time reads them unmade
+            // (`UnmadeInputConvolutions`: no full-resolution input or dL/d(input) per example).
             ups.append(Upsample2xSaved(inputShape: h.shape))              // (N, c_{l+1}, D/2^l, ...) once upsampled
             let b = try block(.upsampled(h))
             cats.append(ChannelConcatSaved(channels: (skips[l].shape[1], b.shape[1])))
