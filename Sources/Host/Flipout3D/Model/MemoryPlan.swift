@@ -63,8 +63,9 @@ public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
     /// What this leaves out, measured on U3 (`FLIPOUT_MEMORY_TRACE=1 flipout bench --workloads U3
     /// --repeats 1 --warmup 1`, whose lines name the tensor pool's and the arena's idle bytes):
     /// the step's peak is 3.46 GiB in the first step (3539 MiB, in dec2's backward: the process
-    /// and the kept activations plus oneDNN's 387 MiB scratch arena at levels 1-3) and 3.54 GiB
-    /// in the next (3630 MiB, dec0's backward at example 0 and up0's at example 1). At dec0's
+    /// and the kept activations plus oneDNN's 387 MiB scratch arena at levels 1-3), 3.54 GiB in
+    /// the next (3630 MiB, dec0's backward at example 0 and up0's at example 1), creeping to
+    /// 3.59 GiB over the bench's five Flipout steps (3673 MiB, up1's backward). At dec0's
     /// backward live (3110 MiB resident at its start in the second step, none of it idle),
     /// besides the kept activations (skip0 and the upsampled branch, 512 MiB each, and about
     /// 700 MiB at levels 1-4 with the layers' draws), the gradient flowing back (512 MiB, in the head's
