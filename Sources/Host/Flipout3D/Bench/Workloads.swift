@@ -86,8 +86,10 @@ public enum Workloads {
             guard let g = layer.convolution else { continue }
             let chosen = Conv3DPlan.choose(g)
             guard chosen.usesOneDNN else { continue }
-            for layout in Conv3DPlan.Layout.allCases {
-                for strategy in Conv3DPlan.ForwardStrategy.allCases where strategy == .direct || g.isTransposable {
+            // Per group is channels-last itself for an ungrouped layer.
+            for layout in Conv3DPlan.Layout.allCases where layout != .channelsLastPerGroup || g.groups > 1 {
+                for strategy in Conv3DPlan.ForwardStrategy.allCases
+                where (strategy == .direct || g.isTransposable) && layout.applies(to: g, strategy: strategy) {
                     let plan = Conv3DPlan.onednn(strategy, layout: layout, reason: "--compare-plans")
                     let t = try EngineBench.timeStep(geometry: g, plan: plan, repeats: repeats, warmup: warmup)
                     out.append(PlanComparison(workload: result.workload, timing: LayerTiming(t), stepMs: t.stepMs,
