@@ -160,7 +160,13 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// faster than the grouped blocked one. Measured with oneDNN's primitives alone (a C program
     /// timing each direction, 2 threads, passive OpenMP, idle, Zen 4): 16->16 at 32^3 in 4 groups,
     /// blocked grouped 7.69 / 7.84 / 9.40 ms (forward / backward-data / backward-weights), 4 x
-    /// ungrouped NDHWC 7.87 / 7.75 / 7.88 ms; PERGROUP_MEASUREMENT
+    /// ungrouped NDHWC 7.87 / 7.75 / 7.88 ms. Through the engine, reorders included (`flipout
+    /// bench --workloads W1 --estimators flipout --compare-plans --repeats 20`, same conditions):
+    /// W1's step 26.69 ms per group against 27.44 blocked with the transposed forward, 27.75
+    /// blocked direct and 33.9 channels-last grouped; W1's Flipout step, alternating with the
+    /// build before (three runs each), 26.3-26.5 ms against 27.2-28.2. At 32 channels per group
+    /// (U2's enc1b, 2 groups at 32^3) the primitives alone tie (47.9 ms against 48.2), so 16 only.
+    /// Rows: U1's enc1b per example (16^3, one vector) was not measured, so it keeps the blocked plan.
     public static let perGroupMinRowVectors = 2
 
     /// The transposed backward-data forward is chosen, on AVX-512 and with the blocked layout,
