@@ -233,6 +233,9 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// The plan for `g`: pure in (geometry, engine choice, CPU level).
     public static func choose(_ g: Conv3DGeometry, engine: ConvEngineChoice = .current,
                               level: NativeLevel = .best) -> Conv3DPlan {
+        if g.upsample != 1 {
+            return .onednn(reason: "upsampling: the transposed stride-2 convolution on oneDNN (UpsamplingConv3D)")
+        }
         let supported = NativeConv3D.supports(g)
         let (layout, strategy, why) = onednnChoice(g, level: level)
         func onednn(_ reason: String) -> Conv3DPlan { .onednn(strategy, layout: layout, reason: "\(reason); \(why)") }

@@ -45,6 +45,7 @@ final class NativeConv3D {
     /// 3, width stride 1 or 2, at most 128 output and 64 input channels per group, padding below
     /// the kernel.
     static func supportsForward(_ g: Conv3DGeometry) -> Bool {
+        guard g.upsample == 1 else { return false }
         var s = shape(g)
         return fo_supports(&s) != 0
     }
