@@ -51,7 +51,7 @@ public final class Conv3D {
             guard !directions.contains(where: \.isNative) else {
                 throw GeometryError("the native kernels do not run an upsampling convolution; \(geometry) has a plan \(plan)")
             }
-            upsampling = try UpsamplingConv3D(geometry)
+            upsampling = try UpsamplingConv3D(geometry, layout: plan.layout)
             native = nil
             dnnl = nil
             return

@@ -169,6 +169,17 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// Rows: U1's enc1b per example (16^3, one vector) was not measured, so it keeps the blocked plan.
     public static let perGroupMinRowVectors = 2
 
+    /// An upsampling convolution (`Conv3DGeometry.upsample`) runs channels-last on AVX-512 when it
+    /// has fewer than this many output channels per group, else blocked. Its backward-weights is
+    /// that of a stride-2 convolution whose input has those channels, and oneDNN 2.6 runs it with
+    /// gemm in the 16-channel blocked layout. Measured with oneDNN's primitives alone (a C
+    /// program, 2 threads, passive OpenMP, idle, Zen 4), the three directions of U1's up0
+    /// (16->8 per group, 16^3 -> 32^3): per example (2 groups) 7.4 / 7.9 ms blocked (backward-weights
+    /// 6.0-6.5, "x64:gemm:jit") against 2.6 / 2.3 channels-last (jit); ungrouped 4.0 / 4.0 against
+    /// 2.3 / 2.3. With 16 or 32 output channels per group (U2's up0 and up1, U1's up1) blocked ties
+    /// or wins: 58.8 / 58.9 against 62.8 / 66.5 ms, 26.3 / 26.1 against 27.4 / 26.5, 0.90 against 0.91.
+    public static let upsamplingBlockedMinOutputChannels = 16
+
     /// The transposed backward-data forward is chosen, on AVX-512 and with the blocked layout,
     /// when the channels per group on both sides are a multiple of this. Measured
     /// (`flipout bench --workloads W1 --compare-plans`): oneDNN 2.6's backward-data kernel runs
@@ -234,7 +245,10 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     public static func choose(_ g: Conv3DGeometry, engine: ConvEngineChoice = .current,
                               level: NativeLevel = .best) -> Conv3DPlan {
         if g.upsample != 1 {
-            return .onednn(reason: "upsampling: the transposed stride-2 convolution on oneDNN (UpsamplingConv3D)")
+            let narrow = level == .avx512 && g.outChannels / g.groups < upsamplingBlockedMinOutputChannels
+            return .onednn(layout: narrow ? .channelsLast : .blocked,
+                           reason: "upsampling: the transposed stride-2 convolution on oneDNN (UpsamplingConv3D)"
+                               + (narrow ? ", channels-last: < \(upsamplingBlockedMinOutputChannels) output channels per group on AVX-512" : ""))
         }
         let supported = NativeConv3D.supports(g)
         let (layout, strategy, why) = onednnChoice(g, level: level)

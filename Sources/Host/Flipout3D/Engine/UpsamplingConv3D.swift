@@ -26,39 +26,36 @@ final class UpsamplingConv3D {
     private let u: Tensor
     private let du: Tensor
 
-    init(_ geometry: Conv3DGeometry) throws {
+    /// `layout`: where G runs on oneDNN (`Conv3DPlan.choose` decides it for the upsampling geometry).
+    init(_ geometry: Conv3DGeometry, layout: Conv3DPlan.Layout) throws {
         precondition(geometry.upsample == 2, "UpsamplingConv3D: \(geometry) does not upsample")
         self.geometry = geometry
         let g = geometry
         let t = Conv3DGeometry(batch: g.batch, inChannels: g.outChannels, outChannels: g.inChannels,
                                inputSize: g.outputSize, kernel: [4, 4, 4], stride: [2, 2, 2], padding: .same, groups: g.groups)
         precondition(t.outputSize == g.inputSize, "UpsamplingConv3D: \(t) does not map back to \(g.inputSize)")
-        inner = try Conv3D(t, plan: .onednn(.direct, reason: "upsampling: the transposed stride-2 convolution"))
+        inner = try Conv3D(t, plan: .onednn(.direct, layout: layout, reason: "upsampling: the transposed stride-2 convolution"))
         u = Tensor(shape: t.weightShape)
         du = Tensor(shape: t.weightShape)
     }
 
-    /// Per axis, the taps of w each 4-tap position sums (`T` above).
-    private static let taps: [[Int]] = [[2], [1, 2], [0, 1], [0]]
-
-    /// U from w: U[grp, ci, co, a, b, c] = sum of w[grp, co, ci, ka, kb, kc] over ka in taps[a], kb in taps[b], kc in taps[c].
+    /// U from w, one axis at a time (`T` above): U[grp, ci, co, a, b, c] = sum over the taps
+    /// (ka, kb, kc) of w[grp, co, ci] that T sends to (a, b, c).
     private func deriveKernel(_ w: Tensor) {
         let g = geometry
         let (groups, co, ci) = (g.groups, g.outChannels / g.groups, g.inChannels / g.groups)
         w.withUnsafeValues { wv in
             u.withUnsafeMutableValues { uv in
+                var t1 = [Float](repeating: 0, count: 36), t2 = [Float](repeating: 0, count: 48)   // (3, 3, 4), (3, 4, 4)
                 for grp in 0..<groups {
                     for o in 0..<co {
                         for i in 0..<ci {
                             let from = ((grp * co + o) * ci + i) * 27, to = ((grp * ci + i) * co + o) * 64
-                            for a in 0..<4 {
-                                for b in 0..<4 {
-                                    for c in 0..<4 {
-                                        var sum: Float = 0
-                                        for ka in Self.taps[a] { for kb in Self.taps[b] { for kc in Self.taps[c] { sum += wv[from + (ka * 3 + kb) * 3 + kc] } } }
-                                        uv[to + (a * 4 + b) * 4 + c] = sum
-                                    }
-                                }
+                            for r in 0..<9 { Self.spread(wv, from + 3 * r, 1, into: &t1, 4 * r, 1) }              // along W
+                            for a in 0..<3 { for c in 0..<4 { Self.spread(t1, 12 * a + c, 4, into: &t2, 16 * a + c, 4) } }   // along H
+                            for r in 0..<16 {                                                              // along D
+                                let (x0, x1, x2) = (t2[r], t2[16 + r], t2[32 + r])
+                                uv[to + r] = x2; uv[to + 16 + r] = x1 + x2; uv[to + 32 + r] = x0 + x1; uv[to + 48 + r] = x0
                             }
                         }
                     }
@@ -67,26 +64,38 @@ final class UpsamplingConv3D {
         }
     }
 
-    /// dw = T^T dU: dw[grp, co, ci, ka, kb, kc] = sum of dU[grp, ci, co, a, b, c] over every (a, b, c) whose taps hold (ka, kb, kc).
+    /// T along one axis: (x0, x1, x2) at `from`, `from + step`, ... -> (x2, x1 + x2, x0 + x1, x0) at `to`, `to + toStep`, ...
+    @inline(__always)
+    private static func spread<S: Collection>(_ src: S, _ from: Int, _ step: Int, into dst: inout [Float], _ to: Int, _ toStep: Int)
+    where S.Element == Float, S.Index == Int {
+        let (x0, x1, x2) = (src[from], src[from + step], src[from + 2 * step])
+        dst[to] = x2; dst[to + toStep] = x1 + x2; dst[to + 2 * toStep] = x0 + x1; dst[to + 3 * toStep] = x0
+    }
+
+    /// T^T along one axis: (t0, t1, t2, t3) -> (t2 + t3, t1 + t2, t0 + t1).
+    @inline(__always)
+    private static func gather<S: Collection>(_ src: S, _ from: Int, _ step: Int, into dst: inout [Float], _ to: Int, _ toStep: Int)
+    where S.Element == Float, S.Index == Int {
+        let (t0, t1, t2, t3) = (src[from], src[from + step], src[from + 2 * step], src[from + 3 * step])
+        dst[to] = t2 + t3; dst[to + toStep] = t1 + t2; dst[to + 2 * toStep] = t0 + t1
+    }
+
+    /// dw = T^T dU, one axis at a time: dw[grp, co, ci, ka, kb, kc] = the sum of dU[grp, ci, co] over
+    /// the positions (a, b, c) T sends (ka, kb, kc) to.
     private func foldKernelGradient(into dw: Tensor) {
         let g = geometry
         let (groups, co, ci) = (g.groups, g.outChannels / g.groups, g.inChannels / g.groups)
-        let positions = (0..<3).map { k in (0..<4).filter { Self.taps[$0].contains(k) } }   // k -> the 4-tap positions reading it
         du.withUnsafeValues { dv in
             dw.withUnsafeMutableValues { wv in
+                var t1 = [Float](repeating: 0, count: 48), t2 = [Float](repeating: 0, count: 36), t3 = [Float](repeating: 0, count: 27)
                 for grp in 0..<groups {
                     for o in 0..<co {
                         for i in 0..<ci {
                             let from = ((grp * ci + i) * co + o) * 64, to = ((grp * co + o) * ci + i) * 27
-                            for ka in 0..<3 {
-                                for kb in 0..<3 {
-                                    for kc in 0..<3 {
-                                        var sum: Float = 0
-                                        for a in positions[ka] { for b in positions[kb] { for c in positions[kc] { sum += dv[from + (a * 4 + b) * 4 + c] } } }
-                                        wv[to + (ka * 3 + kb) * 3 + kc] = sum
-                                    }
-                                }
-                            }
+                            for r in 0..<16 { Self.gather(dv, from + 4 * r, 1, into: &t1, 3 * r, 1) }              // along W: (4, 4, 3)
+                            for a in 0..<4 { for c in 0..<3 { Self.gather(t1, 12 * a + c, 3, into: &t2, 9 * a + c, 3) } }   // along H: (4, 3, 3)
+                            for r in 0..<9 { Self.gather(t2, r, 9, into: &t3, r, 9) }                               // along D: (3, 3, 3)
+                            for k in 0..<27 { wv[to + k] = t3[k] }
                         }
                     }
                 }
@@ -118,7 +127,7 @@ final class UpsamplingConv3D {
         }
         try inner.backwardWeights(savedDy, dy: x, dw: du, dbias: nil)
         foldKernelGradient(into: dw)
-        if let dbias { Self.sumPerChannel(dy, into: dbias, channels: geometry.outChannels) }
+        if let dbias { NativeConv3D.biasGradient(dy: dy, batch: geometry.batch, channels: geometry.outChannels, into: dbias) }
     }
 
     /// y[n, c, ...] += bias[c] on plain (N, C, ...) (or its per-example view).
@@ -134,26 +143,5 @@ final class UpsamplingConv3D {
                 }
             }
         }
-    }
-
-    /// dbias[c] = sum of dy[n, c, ...] over examples and voxels (Double per plane, planes in order).
-    private static func sumPerChannel(_ dy: Tensor, into dbias: Tensor, channels: Int) {
-        let plane = dy.count / (dy.shape[0] * dy.shape[1]), planes = dy.count / plane
-        var sums = [Double](repeating: 0, count: planes)
-        dy.withUnsafeValues { v in
-            sums.withUnsafeMutableBufferPointer { s in
-                let out = s
-                Parallel.ranges(planes) { begin, end in
-                    for p in begin..<end {
-                        var acc: Double = 0
-                        for j in p * plane..<(p + 1) * plane { acc += Double(v[j]) }
-                        out[p] = acc
-                    }
-                }
-            }
-        }
-        var perChannel = [Double](repeating: 0, count: channels)
-        for p in 0..<planes { perChannel[p % channels] += sums[p] }
-        dbias.withUnsafeMutableValues { b in for c in 0..<channels { b[c] = Float(perChannel[c]) } }
     }
 }
