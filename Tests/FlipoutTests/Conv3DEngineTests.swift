@@ -83,15 +83,29 @@ func enginePlans(_ g: Conv3DGeometry) -> [Conv3DPlan] {
         // oneDNN forward (saving x plain) with native backward-weights: the auto rule for strided layers.
         plans.append(Conv3DPlan(forward: .onednn, backwardData: .onednn, backwardWeights: .native(NativeLevel.supported)))
     }
-    guard Conv3DPlan.nativeSupports(g) else { return plans }
+    guard Conv3DPlan.nativeSupports(g) else { return perGroup(plans, g) }
     plans += NativeLevel.runnable.map { Conv3DPlan.native($0) }
     let best = NativeLevel.supported
     plans.append(Conv3DPlan(forward: .native(best), backwardData: .onednn, backwardWeights: .onednn))
     plans.append(Conv3DPlan(forward: .onednn, backwardData: .native(best), backwardWeights: .native(best)))
     plans.append(Conv3DPlan(forward: .onednn, backwardData: .onednn, backwardWeights: .native(.portable)))
-    // The auto rule's mixed plan for ungrouped 9-16 channels (Conv3DPlan.mixedMaxChannels), on any CPU.
+    // Native forward and backward-data with oneDNN backward-weights reading a channels-last copy of x.
     plans.append(Conv3DPlan(forward: .native(best), backwardData: .native(best), backwardWeights: .onednn, layout: .channelsLast))
-    return plans
+    return perGroup(plans, g)
+}
+
+/// For a grouped batch-1 geometry (the per-example form), `plans` and each of its oneDNN plans
+/// again with every group run as its own convolution (`Layout.channelsLastPerGroup`, direct forward):
+/// per-part slices, the saved copy handed between implementations part by part.
+private func perGroup(_ plans: [Conv3DPlan], _ g: Conv3DGeometry) -> [Conv3DPlan] {
+    guard g.groups > 1 && g.batch == 1 else { return plans }
+    var seen = Set<Conv3DPlan>()
+    let split = plans.filter(\.usesOneDNN).map { p -> Conv3DPlan in
+        var q = p
+        q.layout = .channelsLastPerGroup; q.forwardStrategy = .direct; q.reason = "per group"
+        return q
+    }.filter { seen.insert($0).inserted }
+    return plans + split
 }
 
 @Test(arguments: engineCases)

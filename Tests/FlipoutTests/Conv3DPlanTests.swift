@@ -48,12 +48,11 @@ private let w1 = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size:
         #expect(p.forward == .onednn, "\(g): \(p)")
         return (p.layout, p.forwardStrategy)
     }
-    // AVX-512 (measured there): channels-last for ungrouped 16->16, the transposed forward for
-    // 16k channels per group with stride 1, else oneDNN's own choice.
-    let w4Plan = Conv3DPlan.choose(w4, engine: .auto, level: .avx512)
-    #expect(w4Plan.forward == .native(.avx512) && w4Plan.backwardData == .native(.avx512) && w4Plan.backwardWeights == .onednn, "\(w4Plan)")
-    #expect(w4Plan.layout == .channelsLast)
-    #expect(pick(w1, .avx512) == (.blocked, .transposedBackwardData))
+    // AVX-512 (measured there): channels-last for ungrouped 16->16, every group its own
+    // channels-last convolution for 16->16 per group at batch 1 (W1's per-example form), the
+    // transposed forward for other 16k channels per group with stride 1, else oneDNN's own choice.
+    #expect(pick(w4, .avx512) == (.channelsLast, .direct))
+    #expect(pick(w1, .avx512) == (.channelsLastPerGroup, .direct))
     #expect(pick(wide, .avx512) == (.blocked, .transposedBackwardData))
     #expect(pick(strided, .avx512) == (.blocked, .direct))
     // Below AVX-512 (Zen 3): never measured, so oneDNN's defaults, whatever kernels it has there.
@@ -63,7 +62,8 @@ private let w1 = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size:
     // The description shows both, and why.
     let d = "\(Conv3DPlan.choose(w4, engine: .auto, level: .avx512))"
     #expect(d.contains("layout channels-last") && d.contains("ungrouped 16->16"), "\(d)")
-    #expect("\(Conv3DPlan.choose(w1, engine: .auto, level: .avx512))".contains("(transposed-backward-data)"))
+    #expect("\(Conv3DPlan.choose(wide, engine: .auto, level: .avx512))".contains("(transposed-backward-data)"))
+    #expect("\(Conv3DPlan.choose(w1, engine: .auto, level: .avx512))".contains("layout channels-last per group"))
     // Native plans have no oneDNN layout to show.
     #expect(!"\(Conv3DPlan.native(.avx2))".contains("layout"))
 }
@@ -77,6 +77,13 @@ private let w1 = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size:
             let conv = try Conv3D(g, plan: .onednn(strategy, layout: layout))
             #expect(conv.forwardStrategy == strategy && conv.plan.layout == layout)
         }
+    }
+    // Per group needs the per-example form (batch 1) and the direct forward, and says so.
+    let folded = Conv3DGeometry(batch: 2, inChannels: 16, outChannels: 16, size: 4, k: 3).foldedOverBatch()
+    #expect(try Conv3D(folded, plan: .onednn(.direct, layout: .channelsLastPerGroup)).plan.layout == .channelsLastPerGroup)
+    for (g, strategy) in [(folded, Conv3DPlan.ForwardStrategy.transposedBackwardData),
+                          (Conv3DGeometry(batch: 2, inChannels: 32, outChannels: 32, size: 4, k: 3, groups: 2), .direct)] {
+        #expect(throws: GeometryError.self) { try Conv3D(g, plan: .onednn(strategy, layout: .channelsLastPerGroup)) }
     }
 }
 
@@ -131,6 +138,7 @@ private let w1 = Conv3DGeometry(batch: 4, inChannels: 16, outChannels: 16, size:
         let p = Conv3DPlan.choose(g, engine: .auto, level: .avx512)
         #expect([p.forward, p.backwardData, p.backwardWeights].allSatisfy { $0 == .onednn }, "\(g): \(p)")
     }
-    // W1 and W4 keep their measured plans.
-    #expect(Conv3DPlan.choose(w1, engine: .auto, level: .avx512).forwardStrategy == .transposedBackwardData)
+    // W1 and W4 keep their measured plans; U1's enc1b per example (16-wide rows) is not split per group.
+    #expect(Conv3DPlan.choose(w1, engine: .auto, level: .avx512).layout == .channelsLastPerGroup)
+    #expect(Conv3DPlan.choose(enc1b.foldedOverBatch(), engine: .auto, level: .avx512).layout == .blocked)
 }

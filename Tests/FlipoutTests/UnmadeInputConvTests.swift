@@ -3,12 +3,13 @@ import Testing
 import TestSupport
 import Flipout3D
 
-/// Makes the input `unmade` describes (1, C, D, H, W), and the gradients of what it is made from given the input's.
+/// The input the layer reads for what `unmade` describes (1, C, D, H, W), and the gradients of what
+/// it is made from given the input's. An upsampling layer reads x itself (`Conv3DGeometry.upsample`,
+/// run by `UpsamplingConv3D` on oneDNN: an implementation independent of the sub-pixel phases).
 private func made(_ unmade: UnmadeInput) -> (Tensor, (Tensor) -> [Tensor]) {
     switch unmade {
     case .upsampled(let x):
-        let (y, s) = Upsample2x.forward(x)
-        return (y, { [Upsample2x.backward($0, s)] })
+        return (x, { [$0] })
     case .concatenated(let a, let b):
         let (y, s) = ChannelConcat.forward(a, b)
         return (y, { let (da, db) = ChannelConcat.backward($0, s); return [da, db] })
@@ -67,19 +68,20 @@ private func check(_ layer: ConvLayer, _ unmade: UnmadeInput, _ what: String) th
     for (name, g) in expected { expectClose(g, got[name] ?? [], "\(what): \(name)") }
 }
 
-private func flipout(_ cin: Int, _ cout: Int) throws -> FlipoutConv3D {
+private func flipout(_ cin: Int, _ cout: Int, upsample: Int = 1) throws -> FlipoutConv3D {
     let registry = try SmallRun.registry()
     let normal = try registry.family("org.flipout3d.normal")
-    return try FlipoutConv3D(name: "up", index: 4, inChannels: cin, outChannels: cout, estimator: .flipout,
+    return try FlipoutConv3D(name: "up", index: 4, inChannels: cin, outChannels: cout, upsample: upsample, estimator: .flipout,
                              posterior: try normal.instantiate([:]), prior: try normal.instantiate([:]), seed: 2)
 }
 
 /// Sizes odd and unequal per axis (every phase's edge padding), and U3's up0 channels (64 -> 32).
 @Test(arguments: [(4, 3, [3, 4, 5]), (64, 32, [4, 4, 4]), (5, 8, [2, 3, 2])])
-func unmadeUpsampledConvolutionMatchesUpsamplingThenConvolving(_ cin: Int, _ cout: Int, _ size: [Int]) throws {
+func unmadeUpsampledConvolutionMatchesTheUpsamplingLayer(_ cin: Int, _ cout: Int, _ size: [Int]) throws {
     let x = Tensor(shape: [1, cin] + size, values: testValues(cin * size.reduce(1, *), seed: 7))
-    try check(DeterministicConv3D(name: "up", index: 4, inChannels: cin, outChannels: cout, seed: 2), .upsampled(x), "deterministic \(cin)->\(cout) \(size)")
-    try check(try flipout(cin, cout), .upsampled(x), "flipout \(cin)->\(cout) \(size)")
+    try check(DeterministicConv3D(name: "up", index: 4, inChannels: cin, outChannels: cout, upsample: 2, seed: 2), .upsampled(x),
+              "deterministic \(cin)->\(cout) \(size)")
+    try check(try flipout(cin, cout, upsample: 2), .upsampled(x), "flipout \(cin)->\(cout) \(size)")
 }
 
 /// U3's dec0 channels (32 + 32 -> 32) and unequal halves.

@@ -86,8 +86,10 @@ public enum Workloads {
             guard let g = layer.convolution else { continue }
             let chosen = Conv3DPlan.choose(g)
             guard chosen.usesOneDNN else { continue }
-            for layout in Conv3DPlan.Layout.allCases {
-                for strategy in Conv3DPlan.ForwardStrategy.allCases where strategy == .direct || g.isTransposable {
+            // Per group is channels-last itself for an ungrouped layer.
+            for layout in Conv3DPlan.Layout.allCases where layout != .channelsLastPerGroup || g.groups > 1 {
+                for strategy in Conv3DPlan.ForwardStrategy.allCases
+                where (strategy == .direct || g.isTransposable) && layout.applies(to: g, strategy: strategy) {
                     let plan = Conv3DPlan.onednn(strategy, layout: layout, reason: "--compare-plans")
                     let t = try EngineBench.timeStep(geometry: g, plan: plan, repeats: repeats, warmup: warmup)
                     out.append(PlanComparison(workload: result.workload, timing: LayerTiming(t), stepMs: t.stepMs,
@@ -241,20 +243,21 @@ extension Workloads {
     public static func unetLayers(_ w: UNetWorkload, repeats: Int, warmup: Int,
                                   report: (UNetLayerComparison) -> Void) throws {
         let s = w.shape
-        var specs: [(String, Int, Int, Int, Int, Int)] = []   // name, in, out, k, stride, input edge
+        var specs: [(String, Int, Int, Int, Int, Int, Int)] = []   // name, in, out, k, stride, input edge, upsample
         for l in 0..<w.levels {
             let cin = l == 0 ? w.channels : s.channels(level: l - 1), c = s.channels(level: l)
-            specs.append(("enc\(l)a", cin, c, 3, l == 0 ? 1 : 2, w.patch >> max(l - 1, 0)))
-            specs.append(("enc\(l)b", c, c, 3, 1, w.patch >> l))
+            specs.append(("enc\(l)a", cin, c, 3, l == 0 ? 1 : 2, w.patch >> max(l - 1, 0), 1))
+            specs.append(("enc\(l)b", c, c, 3, 1, w.patch >> l, 1))
         }
         for l in stride(from: w.levels - 2, through: 0, by: -1) {
             let c = s.channels(level: l)
-            specs.append(("up\(l)", s.channels(level: l + 1), c, 3, 1, w.patch >> l))
-            specs.append(("dec\(l)", 2 * c, c, 3, 1, w.patch >> l))
+            specs.append(("up\(l)", s.channels(level: l + 1), c, 3, 1, w.patch >> (l + 1), 2))
+            specs.append(("dec\(l)", 2 * c, c, 3, 1, w.patch >> l, 1))
         }
-        specs.append(("head", s.channels(level: 0), w.classes, 1, 1, w.patch))
+        specs.append(("head", s.channels(level: 0), w.classes, 1, 1, w.patch, 1))
         for spec in specs {
-            let plain = Conv3DGeometry(batch: w.batch, inChannels: spec.1, outChannels: spec.2, size: spec.5, k: spec.3, stride: spec.4)
+            var plain = Conv3DGeometry(batch: w.batch, inChannels: spec.1, outChannels: spec.2, size: spec.5, k: spec.3, stride: spec.4)
+            plain.upsample = spec.6
             for bayesian in [true, false] {
                 let g = bayesian && !(spec.0 == "head") ? plain.foldedOverBatch() : plain
                 if !bayesian && spec.0 == "head" { continue }

@@ -32,6 +32,8 @@ public final class Conv3D {
     private let dnnl: DNNLConv3D?
     /// Built when some direction runs natively.
     private let native: NativeConv3D?
+    /// Built for a geometry that upsamples its input (then it runs every direction).
+    private let upsampling: UpsamplingConv3D?
     private let lock = NSLock()
 
     public typealias ForwardStrategy = Conv3DPlan.ForwardStrategy
@@ -45,6 +47,16 @@ public final class Conv3D {
         self.geometry = geometry
         self.plan = plan
         let directions = [plan.forward, plan.backwardData, plan.backwardWeights]
+        if geometry.upsample != 1 {
+            guard !directions.contains(where: \.isNative) else {
+                throw GeometryError("the native kernels do not run an upsampling convolution; \(geometry) has a plan \(plan)")
+            }
+            upsampling = try UpsamplingConv3D(geometry, layout: plan.layout)
+            native = nil
+            dnnl = nil
+            return
+        }
+        upsampling = nil
         let levels = directions.compactMap { d -> NativeLevel? in if case .native(let l) = d { return l } else { return nil } }
         if let level = levels.first {
             let forwardOK = !(plan.forward.isNative || plan.backwardWeights.isNative) || NativeConv3D.supportsForward(geometry)
@@ -68,10 +80,15 @@ public final class Conv3D {
     }
 
     /// The forward strategy in use: the plan's for a oneDNN forward, `.direct` for the native kernels.
-    public var forwardStrategy: ForwardStrategy { plan.forward == .onednn ? dnnl!.forwardStrategy : .direct }
+    public var forwardStrategy: ForwardStrategy { plan.forward == .onednn ? dnnl?.forwardStrategy ?? .direct : .direct }
 
     /// Implementation names per direction, e.g. "jit:avx512_core" or "native avx2".
     public var implementations: (forward: String, backwardData: String, backwardWeights: String) {
+        if let upsampling {
+            // Forward is G's backward-data, backward-data G's forward (G: `UpsamplingConv3D.inner`).
+            let i = upsampling.inner.implementations
+            return ("\(i.backwardData) (upsampling, transposed)", "\(i.forward) (upsampling)", "\(i.backwardWeights) (upsampling)")
+        }
         func name(_ i: Conv3DPlan.Implementation, _ onednn: (String, String, String) -> String) -> String {
             i == .onednn ? onednn(dnnl!.implementations.forward, dnnl!.implementations.backwardData,
                                   dnnl!.implementations.backwardWeights) : "\(i)"
@@ -81,7 +98,7 @@ public final class Conv3D {
     }
 
     /// The layouts oneDNN chose (empty for an all-native plan).
-    public var layoutSummary: String { dnnl?.layoutSummary ?? "plain NCDHW (native)" }
+    public var layoutSummary: String { upsampling?.inner.layoutSummary ?? dnnl?.layoutSummary ?? "plain NCDHW (native)" }
 
     // MARK: - Passes
 
@@ -138,9 +155,13 @@ public final class Conv3D {
     }
 
     /// Whether an adopted x is kept itself (`InputSaving.adopt`): backward-weights reads plain x.
-    private var adoptsInput: Bool { plan.backwardWeights.isNative }
+    private var adoptsInput: Bool { plan.backwardWeights.isNative || upsampling != nil }
 
     private func forwardLocked(x: Tensor, w: Tensor, bias: Tensor?, y: Tensor, saving: Bool) throws -> Tensor? {
+        if let upsampling {
+            try upsampling.forward(x: x, w: w, bias: bias, y: y)
+            return saving ? try copyOf(x) : nil
+        }
         if let native, plan.forward.isNative {
             native.forward(x: x, w: w, bias: bias, y: y)
             return saving ? try copyOf(x) : nil
@@ -155,7 +176,7 @@ public final class Conv3D {
             try dnnl.save(x, into: copy)
             return copy
         }
-        let copy = Tensor(uninitializedShape: [x.count])
+        let copy = Tensor(uninitializedShape: x.shape)   // shaped as x: the upsampling engine hands it to a Conv3D
         let (from, to) = (UnsafePointer(x.data), copy.data)
         Parallel.ranges(x.count) { begin, end in (to + begin).update(from: from + begin, count: end - begin) }
         withExtendedLifetime(x) {}
@@ -170,7 +191,9 @@ public final class Conv3D {
         checkX(dx, "Conv3D.backwardData dx")
         lock.lock()
         defer { lock.unlock() }
-        if let native, plan.backwardData.isNative {
+        if let upsampling {
+            try upsampling.backwardData(dy: dy, w: w, dx: dx)
+        } else if let native, plan.backwardData.isNative {
             StepProfile.measure(.convBackwardData) { native.backwardData(dy: dy, w: w, dx: dx) }
         } else {
             try dnnl!.backwardData(dy: dy, w: w, dx: dx)
@@ -198,6 +221,10 @@ public final class Conv3D {
         if let dbias { checkBias(dbias, "Conv3D.backward dbias") }
         lock.lock()
         defer { lock.unlock() }
+        if let upsampling {
+            try upsampling.backward(x: copy, dy: dy, w: w, dx: dx, dw: dw, dbias: dbias)
+            return
+        }
         switch (plan.backwardWeights, plan.backwardData) {
         case (.onednn, .onednn):
             try dnnl!.backward(copy, dy: dy, w: w, dx: dx, dw: dw, dbias: dbias)

@@ -42,6 +42,15 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
         case blocked
         /// NDHWC (acdeb). With 16 channels, the same bytes as nCdhw16c.
         case channelsLast = "channels-last"
+        /// A grouped batch-1 geometry (the per-example form) run group by group, each group as its
+        /// own ungrouped NDHWC convolution on its slice of the tensors (contiguous at batch 1).
+        /// Ungrouped geometries: the same as `channelsLast`.
+        case channelsLastPerGroup = "channels-last per group"
+
+        /// Whether this layout applies to `g` (per group needs batch 1 and the direct forward).
+        public func applies(to g: Conv3DGeometry, strategy: ForwardStrategy) -> Bool {
+            self != .channelsLastPerGroup || g.groups == 1 || (g.batch == 1 && strategy == .direct)
+        }
     }
 
     /// How oneDNN computes the forward pass.
@@ -99,17 +108,18 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// 16-channel layers stay on oneDNN.
     public static let nativeMaxChannels = 8
 
-    /// Ungrouped layers with more than `nativeMaxChannels` and at most this many channels run their
-    /// forward and backward-data natively and backward-weights on oneDNN, on AVX-512. The
-    /// measurement above shows native winning those two directions at 16 channels and losing
-    /// backward-weights; a mixed plan also halves oneDNN's NCDHW reorders (only x and dy go into its
-    /// layout, y and dx never come back). Measured on W4 (16->16, ungrouped), one core, process CPU
-    /// time, alternating builds three times (`FLIPOUT_BENCH_CLOCK=cpu OMP_NUM_THREADS=1
-    /// OMP_WAIT_POLICY=passive flipout bench --workloads W1,W4 --estimators flipout --repeats 10
-    /// --warmup 2`): step 30.00 / 30.19 / 30.15 ms all-oneDNN against 28.39 / 28.29 / 28.46 mixed.
-    /// W1's grouped per-example form (groups = batch) was a tie (30.35-30.62 against 30.34-30.65),
-    /// so grouped layers stay on oneDNN; AVX2 (Zen 3) was not measured, so it stays on oneDNN.
-    public static let mixedMaxChannels = 16
+    /// The widest layers (channels per group, each side) the native rules below take.
+    ///
+    /// Ungrouped 9-16-channel layers with rows of 2-3 vectors (W4: 16->16 at 32^3) run on oneDNN
+    /// in every direction, channels-last (`channelsLastChannels`), not native forward and
+    /// backward-data with oneDNN backward-weights. That mixed plan won on one core in process CPU
+    /// time (`FLIPOUT_BENCH_CLOCK=cpu OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive flipout bench
+    /// --workloads W1,W4 --estimators flipout --repeats 10 --warmup 2`: W4 step 28.3-28.5 ms
+    /// against 30.0-30.2 all-oneDNN), and loses with the 2 threads a step runs on
+    /// (`flipout bench --workloads W4 --compare-plans --repeats 20`, 2 threads, passive OpenMP,
+    /// idle, Zen 4, four runs: 26.7-27.2 ms mixed against 25.1-26.0 all-oneDNN channels-last,
+    /// whose forward and backward-data read and write NDHWC at 230 GFLOP/s).
+    public static let nativeWideMaxChannels = 16
 
     /// Layers with at most this many output channels per group (and any input count the kernels
     /// take, up to 64) run natively in every direction, grouped or not, on every level. Measured
@@ -121,7 +131,7 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// deterministic step) 18.0 / 15.1 ms native against 21.5 / 19.9 mixed.
     public static let nativeMaxOutputChannels = 8
 
-    /// Layers whose channels per group are all at most `mixedMaxChannels` run natively in every
+    /// Layers whose channels per group are all at most `nativeWideMaxChannels` run natively in every
     /// direction when their output rows are at least this many vectors long (64 floats with
     /// AVX-512): the kernels' tiles are two vectors wide, so long rows fill them. Measured as
     /// above on U2 (64^3, `--workloads U2 --compare-plans --repeats 3 --warmup 1`): enc0a 2->16
@@ -130,11 +140,6 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// 38.1 against 41.7 mixed and 222 against 220 (a tie). With 16-wide rows (U1's enc1b, 16^3)
     /// native loses: 6.4 against 3.1 ms grouped, 6.1 against 3.4 ungrouped.
     public static let nativeWideRowVectors = 4
-
-    /// The mixed plan (`mixedMaxChannels`) needs output rows of at least this many vectors (32
-    /// floats with AVX-512, W4's width): at 16 wide (U1's enc1b, 16->16 at 16^3, ungrouped) it
-    /// took 5.4 ms against 3.4 all-oneDNN (the measurement above).
-    public static let mixedMinRowVectors = 2
 
     /// Channels-last is chosen for ungrouped layers with exactly this many input and output
     /// channels, on AVX-512. Measured (`flipout bench --workloads W4 --compare-plans`, and
@@ -147,6 +152,33 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// NDHWC is 3x slower; grouped layers get no brgconv and run slower channels-last; on AVX2
     /// (Zen 3) it was never measured, so oneDNN's own choice stays.
     public static let channelsLastChannels = 16
+
+    /// Grouped batch-1 layers (the per-example form) with `channelsLastChannels` channels per group
+    /// on both sides, stride 1, run each group as its own ungrouped channels-last convolution
+    /// (`Layout.channelsLastPerGroup`) when their output rows are at least this many vectors long.
+    /// oneDNN 2.6 runs the ungrouped NDHWC forward as brgconv and its backward-weights about 15 %
+    /// faster than the grouped blocked one. Measured with oneDNN's primitives alone (a C program
+    /// timing each direction, 2 threads, passive OpenMP, idle, Zen 4): 16->16 at 32^3 in 4 groups,
+    /// blocked grouped 7.69 / 7.84 / 9.40 ms (forward / backward-data / backward-weights), 4 x
+    /// ungrouped NDHWC 7.87 / 7.75 / 7.88 ms. Through the engine, reorders included (`flipout
+    /// bench --workloads W1 --estimators flipout --compare-plans --repeats 20`, same conditions):
+    /// W1's step 26.69 ms per group against 27.44 blocked with the transposed forward, 27.75
+    /// blocked direct and 33.9 channels-last grouped; W1's Flipout step, alternating with the
+    /// build before (three runs each), 26.3-26.5 ms against 27.2-28.2. At 32 channels per group
+    /// (U2's enc1b, 2 groups at 32^3) the primitives alone tie (47.9 ms against 48.2), so 16 only.
+    /// Rows: U1's enc1b per example (16^3, one vector) was not measured, so it keeps the blocked plan.
+    public static let perGroupMinRowVectors = 2
+
+    /// An upsampling convolution (`Conv3DGeometry.upsample`) runs channels-last on AVX-512 when it
+    /// has fewer than this many output channels per group, else blocked. Its backward-weights is
+    /// that of a stride-2 convolution whose input has those channels, and oneDNN 2.6 runs it with
+    /// gemm in the 16-channel blocked layout. Measured with oneDNN's primitives alone (a C
+    /// program, 2 threads, passive OpenMP, idle, Zen 4), the three directions of U1's up0
+    /// (16->8 per group, 16^3 -> 32^3): per example (2 groups) 7.4 / 7.9 ms blocked (backward-weights
+    /// 6.0-6.5, "x64:gemm:jit") against 2.6 / 2.3 channels-last (jit); ungrouped 4.0 / 4.0 against
+    /// 2.3 / 2.3. With 16 or 32 output channels per group (U2's up0 and up1, U1's up1) blocked ties
+    /// or wins: 58.8 / 58.9 against 62.8 / 66.5 ms, 26.3 / 26.1 against 27.4 / 26.5, 0.90 against 0.91.
+    public static let upsamplingBlockedMinOutputChannels = 16
 
     /// The transposed backward-data forward is chosen, on AVX-512 and with the blocked layout,
     /// when the channels per group on both sides are a multiple of this. Measured
@@ -198,6 +230,10 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
         if g.groups == 1 && g.inChannels == c && g.outChannels == c {
             return (.channelsLast, .direct, "channels-last: ungrouped \(c)->\(c) on AVX-512")
         }
+        if g.groups > 1 && g.batch == 1 && g.inChannels / g.groups == c && g.outChannels / g.groups == c && g.isTransposable
+            && g.outputSize[2] / level.floatsPerVector >= perGroupMinRowVectors {
+            return (.channelsLastPerGroup, .direct, "channels-last per group: \(c)->\(c) per group, batch 1, rows of >= \(perGroupMinRowVectors) vectors, on AVX-512")
+        }
         let m = transposedForwardChannelMultiple
         if g.isTransposable && g.inChannels == g.outChannels && (g.inChannels / g.groups) % m == 0 {
             return (.blocked, .transposedBackwardData, "forward as transposed backward-data: \(m)k channels per group, stride 1, on AVX-512")
@@ -208,6 +244,12 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
     /// The plan for `g`: pure in (geometry, engine choice, CPU level).
     public static func choose(_ g: Conv3DGeometry, engine: ConvEngineChoice = .current,
                               level: NativeLevel = .best) -> Conv3DPlan {
+        if g.upsample != 1 {
+            let narrow = level == .avx512 && g.outChannels / g.groups < upsamplingBlockedMinOutputChannels
+            return .onednn(layout: narrow ? .channelsLast : .blocked,
+                           reason: "upsampling: the transposed stride-2 convolution on oneDNN (UpsamplingConv3D)"
+                               + (narrow ? ", channels-last: < \(upsamplingBlockedMinOutputChannels) output channels per group on AVX-512" : ""))
+        }
         let supported = NativeConv3D.supports(g)
         let (layout, strategy, why) = onednnChoice(g, level: level)
         func onednn(_ reason: String) -> Conv3DPlan { .onednn(strategy, layout: layout, reason: "\(reason); \(why)") }
@@ -222,23 +264,18 @@ public struct Conv3DPlan: Hashable, Sendable, CustomStringConvertible {
             if supported && narrow {
                 return .native(level, reason: "auto: <= \(nativeMaxChannels) channels per group, stride 1")
             }
-            if supported && g.outChannels / g.groups <= nativeMaxOutputChannels && g.inChannels / g.groups <= mixedMaxChannels {
+            if supported && g.outChannels / g.groups <= nativeMaxOutputChannels && g.inChannels / g.groups <= nativeWideMaxChannels {
                 return .native(level, reason: "auto: <= \(nativeMaxOutputChannels) output channels per group, stride 1")
             }
             let rowVectors = g.outputSize[2] / level.floatsPerVector
-            let upTo16 = max(g.inChannels, g.outChannels) / g.groups <= mixedMaxChannels
+            let upTo16 = max(g.inChannels, g.outChannels) / g.groups <= nativeWideMaxChannels
             if supported && level == .avx512 && upTo16 && rowVectors >= nativeWideRowVectors {
-                return .native(level, reason: "auto: <= \(mixedMaxChannels) channels per group, rows of >= \(nativeWideRowVectors) vectors, AVX-512")
-            }
-            if supported && level == .avx512 && g.groups == 1 && max(g.inChannels, g.outChannels) <= mixedMaxChannels
-                && rowVectors >= mixedMinRowVectors {
-                return Conv3DPlan(forward: .native(level), backwardData: .native(level), backwardWeights: .onednn, layout: layout,
-                                  forwardStrategy: .direct, reason: "auto: ungrouped, <= \(mixedMaxChannels) channels, AVX-512: native forward and backward-data, oneDNN backward-weights; \(why)")
+                return .native(level, reason: "auto: <= \(nativeWideMaxChannels) channels per group, rows of >= \(nativeWideRowVectors) vectors, AVX-512")
             }
             let (cin, cout) = (g.inChannels / g.groups, g.outChannels / g.groups)
-            if nativeBackwardWeightsBelowAVX512 && level == .avx2 && g.isTransposable && cout <= mixedMaxChannels
+            if nativeBackwardWeightsBelowAVX512 && level == .avx2 && g.isTransposable && cout <= nativeWideMaxChannels
                 && NativeConv3D.supportsForward(g) {
-                let data = supported && cin <= mixedMaxChannels
+                let data = supported && cin <= nativeWideMaxChannels
                 return Conv3DPlan(forward: .native(level), backwardData: data ? .native(level) : .onednn, backwardWeights: .native(level),
                                   layout: layout, forwardStrategy: strategy,
                                   reason: "auto: AVX2, <= 16 output channels per group: native forward and backward-weights, backward-data \(data ? "native" : "on oneDNN"); \(why)")

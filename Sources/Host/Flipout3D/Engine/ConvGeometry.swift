@@ -41,10 +41,15 @@ public struct Conv3DGeometry: Hashable, Sendable, CustomStringConvertible {
     /// (sD, sH, sW)
     public var stride: [Int]
     public var padding: Padding
+    /// 2: the input is upsampled by 2 on every axis (nearest: each voxel repeated 2x2x2) before the
+    /// convolution, which then runs on the upsampled grid (a U-Net decoder's upsampling block:
+    /// x (N, Cin, D, H, W) -> y (N, Cout, 2D, 2H, 2W)); kernel 3, stride 1, same padding. 1: none.
+    public var upsample: Int
 
     public init(batch: Int, inChannels: Int, outChannels: Int, inputSize: [Int], kernel: [Int],
-                stride: [Int] = [1, 1, 1], padding: Padding = .same, groups: Int = 1) {
+                stride: [Int] = [1, 1, 1], padding: Padding = .same, groups: Int = 1, upsample: Int = 1) {
         self.batch = batch
+        self.upsample = upsample
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.groups = groups
@@ -70,13 +75,13 @@ public struct Conv3DGeometry: Hashable, Sendable, CustomStringConvertible {
         precondition(groups == 1, "Conv3DGeometry.foldedOverBatch: geometry already has \(groups) groups")
         return Conv3DGeometry(batch: 1, inChannels: batch * inChannels, outChannels: batch * outChannels,
                               inputSize: inputSize, kernel: kernel, stride: stride, padding: padding,
-                              groups: batch)
+                              groups: batch, upsample: upsample)
     }
 
     /// Whether this convolution is the backward-data of a stride-1 convolution with padding
     /// k - 1 - p (its transposed convolution): stride 1 and padding below the kernel on every side.
     public var isTransposable: Bool {
-        stride.allSatisfy { $0 == 1 } && zip(paddingFront + paddingBack, kernel + kernel).allSatisfy { $0 <= $1 - 1 }
+        upsample == 1 && stride.allSatisfy { $0 == 1 } && zip(paddingFront + paddingBack, kernel + kernel).allSatisfy { $0 <= $1 - 1 }
     }
 
     /// Padding before each spatial axis (D, H, W).
@@ -93,9 +98,9 @@ public struct Conv3DGeometry: Hashable, Sendable, CustomStringConvertible {
         case .same:
             var f = [Int](), b = [Int]()
             for a in 0..<min(3, inputSize.count, kernel.count, stride.count) {
-                let s = max(stride[a], 1)
-                let outSize = (inputSize[a] + s - 1) / s
-                let total = max((outSize - 1) * s + kernel[a] - inputSize[a], 0)
+                let s = max(stride[a], 1), size = inputSize[a] * upsample
+                let outSize = (size + s - 1) / s
+                let total = max((outSize - 1) * s + kernel[a] - size, 0)
                 f.append(total / 2)
                 b.append(total - total / 2)
             }
@@ -103,10 +108,10 @@ public struct Conv3DGeometry: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// (oD, oH, oW): floor((in + front + back - k) / s) + 1 per axis.
+    /// (oD, oH, oW): floor((in + front + back - k) / s) + 1 per axis, `in` upsampled.
     public var outputSize: [Int] {
         let (f, b) = pads
-        return (0..<3).map { a in (inputSize[a] + f[a] + b[a] - kernel[a]) / stride[a] + 1 }
+        return (0..<3).map { a in (inputSize[a] * upsample + f[a] + b[a] - kernel[a]) / stride[a] + 1 }
     }
 
     public var inputVoxels: Int { inputSize.reduce(1, *) }
@@ -114,7 +119,8 @@ public struct Conv3DGeometry: Hashable, Sendable, CustomStringConvertible {
     public var kernelVolume: Int { kernel.reduce(1, *) }
 
     /// Multiply-adds times two: 2 * N * Cout * (Cin / groups) * kD*kH*kW * output voxels.
-    /// Backward-data and backward-weights cost the same.
+    /// Backward-data and backward-weights cost the same. With `upsample` 2 this counts the
+    /// convolution of the upsampled input (what the peers run); the engine does 8/27 of it.
     public var flops: Double {
         2 * Double(batch) * Double(outChannels) * Double(inChannels / max(groups, 1))
             * Double(kernelVolume) * Double(outputVoxels)
@@ -148,6 +154,8 @@ public struct Conv3DGeometry: Hashable, Sendable, CustomStringConvertible {
         try need(inputSize.allSatisfy { $0 >= 1 }, "input size must be positive on every axis, got \(inputSize)")
         try need(kernel.allSatisfy { $0 >= 1 }, "kernel size must be positive on every axis, got \(kernel)")
         try need(stride.allSatisfy { $0 >= 1 }, "stride must be positive on every axis, got \(stride)")
+        try need(upsample == 1 || (upsample == 2 && kernel == [3, 3, 3] && stride == [1, 1, 1] && padding == .same),
+                 "upsample must be 1, or 2 with kernel 3, stride 1 and padding .same (a U-Net's upsampling block), got upsample \(upsample) with kernel \(kernel), stride \(stride), padding \(padding)")
         if case let .explicit(front, back) = padding {
             try need(front.count == 3 && back.count == 3,
                      "explicit padding needs 3 front and 3 back values (D, H, W), got front \(front), back \(back)")
@@ -156,7 +164,7 @@ public struct Conv3DGeometry: Hashable, Sendable, CustomStringConvertible {
                      "explicit padding must be smaller than the kernel on each axis (kernel \(kernel), front \(front), back \(back)); otherwise some outputs see only zeros")
         }
         let (f, b) = pads
-        for a in 0..<3 where inputSize[a] + f[a] + b[a] < kernel[a] {
+        for a in 0..<3 where inputSize[a] * upsample + f[a] + b[a] < kernel[a] {
             let axis = ["D", "H", "W"][a]
             throw GeometryError(
                 "kernel \(kernel[a]) is bigger than the padded input \(inputSize[a] + f[a] + b[a]) on axis \(axis) (input \(inputSize[a]), padding \(f[a])+\(b[a])); use a smaller kernel, a bigger input or padding .same")
@@ -173,6 +181,7 @@ public struct Conv3DGeometry: Hashable, Sendable, CustomStringConvertible {
         let shapesOK = inputSize.count == 3 && kernel.count == 3 && stride.count == 3 && stride.allSatisfy { $0 > 0 }
             && paddingFront.count == 3 && paddingBack.count == 3
         let out = shapesOK ? " -> out \(outputSize)" : ""
-        return "N\(batch) \(inChannels)->\(outChannels) groups \(groups) in \(inputSize) k \(kernel) s \(stride) pad \(pad)\(out)"
+        let up = upsample == 1 ? "" : " upsample \(upsample)"
+        return "N\(batch) \(inChannels)->\(outChannels) groups \(groups) in \(inputSize)\(up) k \(kernel) s \(stride) pad \(pad)\(out)"
     }
 }

@@ -13,8 +13,18 @@ import Foundation
 /// Forward also fills the saved copy of x (`Conv3DSaved`) in `savedLayout`: backward-weights'
 /// own layout, or plain when another implementation reads it. Tensors, shapes and the
 /// serialisation of calls are `Conv3D`'s (this object has its own stream and reuses its buffers).
+///
+/// With `Layout.channelsLastPerGroup` the primitives are built for one group (`part`: ungrouped,
+/// channels-last) and every pass runs them once per group on that group's slice of each tensor
+/// (contiguous at batch 1), one group after another on the same inner buffers.
 final class DNNLConv3D {
     let geometry: Conv3DGeometry
+    /// The geometry the primitives run: `geometry`, or one of its groups (per-group layout).
+    private let part: Conv3DGeometry
+    /// How many times each pass runs `part`: the groups (per-group layout), else 1.
+    private let parts: Int
+    /// Floats of one part of x, y, the weights, the bias and the saved copy.
+    private let partFloats: (x: Int, y: Int, w: Int, bias: Int, saved: Int)
     /// oneDNN's implementation names for (forward, backward-data, backward-weights).
     let implementations: (forward: String, backwardData: String, backwardWeights: String)
 
@@ -28,8 +38,8 @@ final class DNNLConv3D {
     private let scratchBias: Tensor
     /// The layout of the saved copy of x: the one backward-weights reads (its src descriptor), or plain.
     private let savedLayout: MemoryDesc
-    /// Floats of one saved copy.
-    var savedFloats: Int { savedLayout.byteSize / 4 }
+    /// Floats of one saved copy (every part's).
+    var savedFloats: Int { parts * partFloats.saved }
     /// Plain x into the saved layout (nil when that is plain).
     private let savedReorder: SavedReorder?
     /// How forward fills the saved copy (see `SaveStep`).
@@ -56,8 +66,15 @@ final class DNNLConv3D {
     /// implementation reads it).
     init(_ geometry: Conv3DGeometry, layout: Conv3DPlan.Layout, forward strategy: ForwardStrategy, savePlain: Bool = false) throws {
         try geometry.validate()
+        guard layout.applies(to: geometry, strategy: strategy) else {
+            throw GeometryError("layout \(layout.rawValue) needs batch 1 (the per-example form) and the direct forward; \(geometry) with \(strategy.rawValue)")
+        }
         self.geometry = geometry
-        let g = geometry
+        let perGroup = layout == .channelsLastPerGroup && geometry.groups > 1
+        parts = perGroup ? geometry.groups : 1
+        var g = geometry
+        if perGroup { g.groups = 1; g.inChannels /= parts; g.outChannels /= parts }
+        part = g
         let ctx = try DNNLContext.withOwnStream()
         context = ctx
         zeroBias = Tensor(shape: g.biasShape)
@@ -105,7 +122,7 @@ final class DNNLConv3D {
             return (anyX, anyY, fpd, bdpd, bwpd)
         }
 
-        let (anyX, anyY, fpd, bdpd, bwpd) = try describe(layout == .channelsLast ? dnnl_acdeb : dnnl_format_tag_any)
+        let (anyX, anyY, fpd, bdpd, bwpd) = try describe(layout == .blocked ? dnnl_format_tag_any : dnnl_acdeb)
 
         // The transposed convolution whose backward-data is this forward: src' y-shaped,
         // dst' x-shaped, weights' (Cin, Cout, k) (grouped (G, Cin/G, Cout/G, k)), pads k-1-p.
@@ -148,6 +165,7 @@ final class DNNLConv3D {
         // fresh buffer on each call); otherwise forward fills the copy separately.
         let saved = savePlain ? userX : bwpd.md(dnnl_query_src_md)
         savedLayout = saved
+        partFloats = (g.xShape.reduce(1, *), g.yShape.reduce(1, *), g.weightShape.reduce(1, *), g.outChannels, saved.byteSize / 4)
         let forwardX = transposedPD?.md(dnnl_query_diff_dst_md) ?? fpd.md(dnnl_query_src_md)
         if saved == userX {
             savedReorder = nil
@@ -223,65 +241,83 @@ final class DNNLConv3D {
     func forward(x: Tensor, w: Tensor, bias: Tensor?, y: Tensor, saving: Bool = true) throws -> Tensor? {
         let copy = saving ? Tensor(uninitializedShape: [savedFloats]) : nil
         let dedicated = !saving && saveStep == .forwardReorder
-        let extra = dedicated && forwardXOffset == nil ? savedFloats * 4 : 0
+        let extra = dedicated && forwardXOffset == nil ? partFloats.saved * 4 : 0
         try withInnerBuffers(extra: extra) { scratch in
-            try forwardBound(x: x, w: w, bias: bias, y: y, copy: copy, dedicatedX: dedicated ? scratch! + (forwardXOffset ?? pool.bytes) : nil)
+            for p in 0..<parts {
+                try forwardBound(part: p, x: x, w: w, bias: bias, y: y, copy: copy,
+                                 dedicatedX: dedicated ? scratch! + (forwardXOffset ?? pool.bytes) : nil)
+            }
         }
+        withExtendedLifetime((x, w, bias, y)) {}
         return copy
     }
 
-    /// `forward` with the inner buffers bound; x's dedicated inner buffer is the copy, else `dedicatedX`.
-    private func forwardBound(x: Tensor, w: Tensor, bias: Tensor?, y: Tensor, copy: Tensor?, dedicatedX: UnsafeMutableRawPointer?) throws {
+    /// Part `p` of `t`, whose parts hold `floats` each (the whole tensor when there is one part).
+    private func at(_ t: Tensor, _ p: Int, _ floats: Int) -> UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer(t.data + p * floats)
+    }
+
+    /// `forward` of part `p` with the inner buffers bound; x's dedicated inner buffer is the copy, else `dedicatedX`.
+    private func forwardBound(part p: Int, x: Tensor, w: Tensor, bias: Tensor?, y: Tensor, copy: Tensor?,
+                              dedicatedX: UnsafeMutableRawPointer?) throws {
         // The forward primitive's x: the caller's tensor, or the saved copy when it is in its layout.
-        var xPointer = UnsafeMutableRawPointer(x.data)
+        var xPointer = at(x, p, partFloats.x)
+        let copyPointer = copy.map { at($0, p, partFloats.saved) }
         var inner: [Int: UnsafeMutableRawPointer] = [:]
         switch saveStep {
-        case .forwardReorder: inner[0] = copy.map { UnsafeMutableRawPointer($0.data) } ?? dedicatedX!
+        case .forwardReorder: inner[0] = copyPointer ?? dedicatedX!
         case .copyPlain:
-            if let copy {
-                copy.data.update(from: x.data, count: x.count)
-                xPointer = UnsafeMutableRawPointer(copy.data)
+            if let copyPointer {
+                copyPointer.copyMemory(from: xPointer, byteCount: partFloats.x * 4)
+                xPointer = copyPointer
             }
-        case .separate: if let copy { try save(x, into: copy) }
+        case .separate: if let copy { try save(part: p, x, into: copy) }
         }
+        let wPointer = at(w, p, partFloats.w), yPointer = at(y, p, partFloats.y)
+        let biasPointer = bias.map { at($0, p, partFloats.bias) }
         if let flipped = flippedWeights {
-            flipTranspose(w, into: flipped)
-            let wT = UnsafeMutableRawPointer(flipped.data), yPointer = UnsafeMutableRawPointer(y.data)
-            if let bias, let biasAdd {
-                biasAdd.load(bias)
+            flipTranspose(wPointer, into: flipped)
+            let wT = at(flipped, 0, 0)
+            if let biasPointer, let biasAdd {
+                biasAdd.load(biasPointer)
                 try forwardOp.run([xPointer, wT, yPointer], inner: inner, context: context,
                                   after: [(biasAdd.primitive, biasAdd.args)])
             } else {
                 try forwardOp.run([xPointer, wT, yPointer], inner: inner, context: context)
-                if let bias { addBias(bias, to: y) }
+                if let biasPointer { addBias(biasPointer, to: yPointer) }
             }
         } else {
-            try forwardOp.run([xPointer] + pointers([w, bias ?? zeroBias, y]), inner: inner, context: context)
+            try forwardOp.run([xPointer, wPointer, biasPointer ?? at(zeroBias, 0, 0), yPointer], inner: inner, context: context)
         }
-        withExtendedLifetime((x, w, bias, y, copy)) {}
     }
 
     /// Plain x (N, Cin, D, H, W) into `copy` in the saved layout (when another implementation ran forward).
     func save(_ x: Tensor, into copy: Tensor) throws {
+        for p in 0..<parts { try save(part: p, x, into: copy) }
+        withExtendedLifetime((x, copy)) {}
+    }
+
+    /// Part `p` of plain x into its part of `copy` (the caller keeps both alive).
+    private func save(part p: Int, _ x: Tensor, into copy: Tensor) throws {
+        let from = at(x, p, partFloats.x), to = at(copy, p, partFloats.saved)
         guard let r = savedReorder else {
-            copy.data.update(from: x.data, count: x.count)
+            to.copyMemory(from: from, byteCount: partFloats.x * 4)
             return
         }
-        try r.from.setHandle(UnsafeMutableRawPointer(x.data))
-        try r.to.setHandle(UnsafeMutableRawPointer(copy.data))
+        try r.from.setHandle(from)
+        try r.to.setHandle(to)
         try r.primitive.execute([dnnl_exec_arg_t(arg: DNNL_ARG_FROM, memory: r.from.handle),
                                  dnnl_exec_arg_t(arg: DNNL_ARG_TO, memory: r.to.handle)],
                                 context: context, "reorder x into its saved copy")
         try context.wait()
-        withExtendedLifetime(x) {}
     }
 
     /// wT[g, ci, co, a, b, c] = w[g, co, ci, kD-1-a, kH-1-b, kW-1-c]:
-    /// w (G, Cout/G, Cin/G, k...) -> wT (G, Cin/G, Cout/G, k...).
-    private func flipTranspose(_ w: Tensor, into wT: Tensor) {
-        let g = geometry
+    /// w (G, Cout/G, Cin/G, k...) -> wT (G, Cin/G, Cout/G, k...), for the geometry the primitives run.
+    private func flipTranspose(_ w: UnsafeMutableRawPointer, into wT: Tensor) {
+        let g = part
         let (G, co, ci, kv) = (g.groups, g.outChannels / g.groups, g.inChannels / g.groups, g.kernelVolume)
-        let src = w.data, dst = wT.data
+        let src = w.assumingMemoryBound(to: Float.self), dst = wT.data
         for grp in 0..<G {
             for o in 0..<co {
                 for i in 0..<ci {
@@ -293,14 +329,15 @@ final class DNNLConv3D {
         }
     }
 
-    /// y[n, c, ...] += bias[c] on the plain (N, Cout, oD, oH, oW) output.
-    private func addBias(_ bias: Tensor, to y: Tensor) {
-        let g = geometry
+    /// y[n, c, ...] += bias[c] on the plain (N, Cout, oD, oH, oW) output of the geometry the primitives run.
+    private func addBias(_ biasPointer: UnsafeMutableRawPointer, to yPointer: UnsafeMutableRawPointer) {
+        let g = part
         let plane = g.outputVoxels
-        var p = y.data
+        let bias = biasPointer.assumingMemoryBound(to: Float.self)
+        var p = yPointer.assumingMemoryBound(to: Float.self)
         for _ in 0..<g.batch {
             for c in 0..<g.outChannels {
-                let b = bias.data[c]
+                let b = bias[c]
                 for i in 0..<plane { p[i] += b }
                 p += plane
             }
@@ -310,7 +347,11 @@ final class DNNLConv3D {
     /// dx (N, Cin, D, H, W), overwritten, from dy (N, Cout, oD, oH, oW) and w.
     func backwardData(dy: Tensor, w: Tensor, dx: Tensor) throws {
         try withInnerBuffers { _ in
-            try StepProfile.measure(.convBackwardData) { try backwardDataOp.run(pointers([dy, w, dx]), context: context) }
+            try StepProfile.measure(.convBackwardData) {
+                for p in 0..<parts {
+                    try backwardDataOp.run([at(dy, p, partFloats.y), at(w, p, partFloats.w), at(dx, p, partFloats.x)], context: context)
+                }
+            }
         }
         withExtendedLifetime((dy, w, dx)) {}
     }
@@ -319,23 +360,25 @@ final class DNNLConv3D {
     /// reading dy from the buffer backward-weights reordered it into when the layouts agree.
     func backward(_ copy: Tensor, dy: Tensor, w: Tensor?, dx: Tensor?, dw: Tensor, dbias: Tensor?) throws {
         precondition(copy.count == savedFloats, "DNNLConv3D.backward: saved copy of \(copy.count) floats, expected \(savedFloats)")
-        try withInnerBuffers { _ in try backwardBound(copy, dy: dy, w: w, dx: dx, dw: dw, dbias: dbias) }
-    }
-
-    private func backwardBound(_ copy: Tensor, dy: Tensor, w: Tensor?, dx: Tensor?, dw: Tensor, dbias: Tensor?) throws {
-        try StepProfile.measure(.convBackwardWeights) {
-            try backwardWeightsOp.run([UnsafeMutableRawPointer(copy.data)] + pointers([dy, dw, dbias ?? scratchBias]), context: context)
-        }
-        if let dx, let w {
-            try StepProfile.measure(.convBackwardData) {
-                try backwardDataOp.run(pointers([dy, w, dx]), context: context, skipReorder: dyShared ? [0] : [])
-            }
+        try withInnerBuffers { _ in
+            for p in 0..<parts { try backwardBound(part: p, copy, dy: dy, w: w, dx: dx, dw: dw, dbias: dbias) }
         }
         withExtendedLifetime((copy, dy, w, dx, dw, dbias)) {}
     }
 
-    private func pointers(_ tensors: [Tensor]) -> [UnsafeMutableRawPointer] {
-        tensors.map { UnsafeMutableRawPointer($0.data) }
+    /// Part `p` of `backward` (the caller keeps the tensors alive).
+    private func backwardBound(part p: Int, _ copy: Tensor, dy: Tensor, w: Tensor?, dx: Tensor?, dw: Tensor, dbias: Tensor?) throws {
+        let dyPointer = at(dy, p, partFloats.y)
+        try StepProfile.measure(.convBackwardWeights) {
+            try backwardWeightsOp.run([at(copy, p, partFloats.saved), dyPointer, at(dw, p, partFloats.w),
+                                       dbias.map { at($0, p, partFloats.bias) } ?? at(scratchBias, 0, 0)], context: context)
+        }
+        if let dx, let w {
+            try StepProfile.measure(.convBackwardData) {
+                try backwardDataOp.run([dyPointer, at(w, p, partFloats.w), at(dx, p, partFloats.x)], context: context,
+                                       skipReorder: dyShared ? [0] : [])
+            }
+        }
     }
 
     /// The layouts oneDNN chose, for logs and the benchmark: "src aBcde16b, weights ..., dst ...".
@@ -521,9 +564,8 @@ private final class BiasAdd {
     }
 
     /// Copies the caller's (C) bias in (call under the engine's lock, before running).
-    func load(_ values: Tensor) {
-        precondition(values.count == channels, "BiasAdd: \(values.count) values for \(channels) channels")
-        bias.data.update(from: values.data, count: channels)
+    func load(_ values: UnsafeMutableRawPointer) {
+        bias.data.update(from: values.assumingMemoryBound(to: Float.self), count: channels)
     }
 }
 

@@ -45,6 +45,7 @@ final class NativeConv3D {
     /// 3, width stride 1 or 2, at most 128 output and 64 input channels per group, padding below
     /// the kernel.
     static func supportsForward(_ g: Conv3DGeometry) -> Bool {
+        guard g.upsample == 1 else { return false }
         var s = shape(g)
         return fo_supports(&s) != 0
     }
@@ -172,18 +173,21 @@ final class NativeConv3D {
             for i in 0..<dwCount { dw.data[i] += p[i] }
         }
         withExtendedLifetime(partials) {}
-        if let dbias {
-            let g = geometry
-            let (dyp, dbp, channels) = (UnsafePointer(dy.data), dbias.data, g.outChannels)
-            // One channel per range (each sum in its own fixed order): the same bits for every thread count.
-            if NativeConv3D.threads > 1 && dy.count >= Parallel.minimumElements {
-                DispatchQueue.concurrentPerform(iterations: channels) { c in
-                    fo_bias_gradient(dyp, Int32(g.batch), Int32(channels), g.outputVoxels, dbp, Int32(c), Int32(c + 1))
-                }
-            } else {
-                fo_bias_gradient(dyp, Int32(g.batch), Int32(channels), g.outputVoxels, dbp, 0, Int32(channels))
-            }
-        }
+        if let dbias { Self.biasGradient(dy: dy, batch: geometry.batch, channels: geometry.outChannels, into: dbias) }
         withExtendedLifetime((dy, dw, dbias)) {}
+    }
+
+    /// dbias[c] = the sum of dy (batch, channels, voxels) over examples and voxels, overwritten.
+    static func biasGradient(dy: Tensor, batch: Int, channels: Int, into dbias: Tensor) {
+        let (dyp, dbp, voxels) = (UnsafePointer(dy.data), dbias.data, dy.count / (batch * channels))
+        // One channel per range (each sum in its own fixed order): the same bits for every thread count.
+        if NativeConv3D.threads > 1 && dy.count >= Parallel.minimumElements {
+            DispatchQueue.concurrentPerform(iterations: channels) { c in
+                fo_bias_gradient(dyp, Int32(batch), Int32(channels), voxels, dbp, Int32(c), Int32(c + 1))
+            }
+        } else {
+            fo_bias_gradient(dyp, Int32(batch), Int32(channels), voxels, dbp, 0, Int32(channels))
+        }
+        withExtendedLifetime((dy, dbias)) {}
     }
 }

@@ -1,4 +1,4 @@
-// Parameter-free layers: ReLU and nearest-neighbour 2x upsampling, each forward returning what its backward needs.
+// Parameter-free layers: ReLU, its forward returning what its backward needs.
 
 /// What ReLU's backward needs: where x was positive.
 public struct ReLUSaved {
@@ -33,56 +33,3 @@ public enum ReLU {
     }
 }
 
-/// What upsampling's backward needs: the input's shape.
-public struct Upsample2xSaved {
-    /// (N, C, D, H, W)
-    let inputShape: [Int]
-}
-
-/// Nearest-neighbour upsampling by 2 on every spatial axis: (N, C, D, H, W) -> (N, C, 2D, 2H, 2W).
-public enum Upsample2x {
-    public static func forward(_ x: Tensor) -> (y: Tensor, saved: Upsample2xSaved) {
-        precondition(x.rank == 5, "Upsample2x: input shape \(x.shape), expected (N, C, D, H, W)")
-        let (nc, d, h, w) = (x.shape[0] * x.shape[1], x.shape[2], x.shape[3], x.shape[4])
-        let y = Tensor(uninitializedShape: [x.shape[0], x.shape[1], 2 * d, 2 * h, 2 * w])
-        x.withUnsafeValues { xv in y.withUnsafeMutableValues { yv in
-            let (xs, ys) = (xv.baseAddress!, yv.baseAddress!)
-            // One (example, channel) plane per work item: each output row is written by one thread.
-            Parallel.items(nc, elementsPerItem: 8 * d * h * w) { begin, end in
-                for c in begin..<end { for z in 0..<2 * d { for yy in 0..<2 * h {
-                    let src = xs + ((c * d + z / 2) * h + yy / 2) * w
-                    let dst = ys + ((c * 2 * d + z) * 2 * h + yy) * 2 * w
-                    for xx in 0..<w { let v = src[xx]; dst[2 * xx] = v; dst[2 * xx + 1] = v }
-                } } }
-            }
-        } }
-        return (y, Upsample2xSaved(inputShape: x.shape))
-    }
-
-    /// dy (N, C, 2D, 2H, 2W) -> dx (N, C, D, H, W): dx sums the 8 upsampled copies' gradients.
-    public static func backward(_ dy: Tensor, _ saved: Upsample2xSaved) -> Tensor {
-        let s = saved.inputShape
-        dy.checkShape([s[0], s[1], 2 * s[2], 2 * s[3], 2 * s[4]], "Upsample2x.backward dy")
-        let (n, c, d, h, w) = (s[0], s[1], s[2], s[3], s[4])
-        let dx = Tensor(uninitializedShape: [n, c, d, h, w])
-        dy.withUnsafeValues { gv in dx.withUnsafeMutableValues { dv in
-            let (gs, ds) = (gv.baseAddress!, dv.baseAddress!)
-            // Each dx element sums its 8 copies in a fixed order (z, then y, then x), one plane per work item.
-            Parallel.items(n * c, elementsPerItem: 8 * d * h * w) { begin, end in
-                for k in begin..<end { for z in 0..<d { for yy in 0..<h {
-                    let r00 = gs + ((k * 2 * d + 2 * z) * 2 * h + 2 * yy) * 2 * w
-                    let r01 = r00 + 2 * w, r10 = r00 + 4 * h * w, r11 = r10 + 2 * w
-                    let dst = ds + ((k * d + z) * h + yy) * w
-                    for xx in 0..<w {
-                        let a = 2 * xx, b = 2 * xx + 1
-                        var s = 0 + r00[a]   // from 0, as an accumulation (a -0 sums to +0)
-                        s += r00[b]
-                        s += r01[a]; s += r01[b]; s += r10[a]; s += r10[b]; s += r11[a]; s += r11[b]
-                        dst[xx] = s
-                    }
-                } } }
-            }
-        } }
-        return dx
-    }
-}

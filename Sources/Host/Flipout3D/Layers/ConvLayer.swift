@@ -50,6 +50,9 @@ public protocol ConvLayer: AnyObject {
     var kernel: [Int] { get }
     var stride: [Int] { get }
     var padding: Padding { get }
+    /// 2: the layer convolves its input nearest-upsampled by 2 (a U-Net decoder's upsampling block,
+    /// `Conv3DGeometry.upsample`); 1: its input itself.
+    var upsample: Int { get }
     /// false for a network's first layer: backward then skips dL/dx.
     var needsInputGradient: Bool { get set }
     /// x (N, Cin, D, H, W) -> y (N, Cout, oD, oH, oW), plus what backward needs, as a value.
@@ -75,7 +78,7 @@ extension ConvLayer {
     public func geometry(inputShape shape: [Int]) -> Conv3DGeometry {
         precondition(shape.count == 5 && shape[1] == inChannels, "\(name): input shape \(shape), expected (N, \(inChannels), D, H, W)")
         return Conv3DGeometry(batch: shape[0], inChannels: inChannels, outChannels: outChannels,
-                              inputSize: Array(shape[2...]), kernel: kernel, stride: stride, padding: padding)
+                              inputSize: Array(shape[2...]), kernel: kernel, stride: stride, padding: padding, upsample: upsample)
     }
 
     /// Traps unless `saved` came from this layer's forward and dy has the output shape for it.

@@ -8,6 +8,7 @@ public final class DeterministicConv3D: ConvLayer {
     public let kernel: [Int]
     public let stride: [Int]
     public let padding: Padding
+    public let upsample: Int
     /// (Cout, Cin, kD, kH, kW)
     public let weight: Tensor
     public let weightGradient: Tensor
@@ -21,13 +22,14 @@ public final class DeterministicConv3D: ConvLayer {
 
     /// He-normal initialisation from the layer's own random sub-stream.
     public init(name: String, index: Int, inChannels: Int, outChannels: Int, kernel: Int = 3, stride: Int = 1,
-                padding: Padding = .same, seed: UInt64) {
+                padding: Padding = .same, upsample: Int = 1, seed: UInt64) {
         self.name = name
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.kernel = [kernel, kernel, kernel]
         self.stride = [stride, stride, stride]
         self.padding = padding
+        self.upsample = upsample
         weight = Tensor(shape: [outChannels, inChannels, kernel, kernel, kernel])
         weightGradient = Tensor(shape: weight.shape)
         bias = Tensor(shape: [outChannels])

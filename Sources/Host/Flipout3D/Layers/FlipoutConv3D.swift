@@ -31,6 +31,7 @@ public final class FlipoutConv3D {
     public let kernel: [Int]
     public let stride: [Int]
     public let padding: Padding
+    public let upsample: Int
     public let estimator: Estimator
     public let weights: VariationalWeights
     /// (Cout)
@@ -49,7 +50,7 @@ public final class FlipoutConv3D {
     public var weightCount: Int { kernelShape.reduce(1, *) }
 
     public init(name: String, index: Int, inChannels: Int, outChannels: Int, kernel: Int = 3,
-                stride: Int = 1, padding: Padding = .same, estimator: Estimator = .auto,
+                stride: Int = 1, padding: Padding = .same, upsample: Int = 1, estimator: Estimator = .auto,
                 posterior: Distribution, prior: Distribution, priorValues: [String: Float] = [:],
                 learnPrior: Bool = false, klMode: KLMode = .automatic(samples: 1), seed: UInt64) throws {
         self.name = name
@@ -59,6 +60,7 @@ public final class FlipoutConv3D {
         self.kernel = [kernel, kernel, kernel]
         self.stride = [stride, stride, stride]
         self.padding = padding
+        self.upsample = upsample
         self.estimator = try estimator.resolve(for: posterior.family, layer: name)
         var initStream = RandomStream(seed: seed, layer: index, step: 0, purpose: .initialization)
         weights = try VariationalWeights(name: name, count: outChannels * inChannels * kernel * kernel * kernel,

@@ -8,14 +8,13 @@ public struct UNetSaved {
     /// Per block (forward order): its convolution, normalisation and ReLU values; then the head's.
     private let storage: Storage
     /// Per decoder level, from the deepest up: the upsampling and the skip concatenation.
-    let upsamples: [Upsample2xSaved]
     let concats: [ChannelConcatSaved]
     /// The plan forward ran under.
     public let memoryPlan: MemoryPlan
 
-    init(blocks: [BlockSaved], head: [ConvSaved], headInput: Tensor?, upsamples: [Upsample2xSaved], concats: [ChannelConcatSaved], memoryPlan: MemoryPlan) {
+    init(blocks: [BlockSaved], head: [ConvSaved], headInput: Tensor?, concats: [ChannelConcatSaved], memoryPlan: MemoryPlan) {
         storage = Storage(blocks: blocks, head: (head, headInput))
-        self.upsamples = upsamples; self.concats = concats; self.memoryPlan = memoryPlan
+        self.concats = concats; self.memoryPlan = memoryPlan
     }
 
     var blockCount: Int { storage.blocks.count }
@@ -71,7 +70,8 @@ public struct UNetSaved {
     enum BlockInput {
         /// The input itself (the previous block's output, or a skip).
         case tensor(Tensor)
-        /// Nearest 2× upsampling of this tensor.
+        /// The up block's input: this tensor, which its layer upsamples by 2 inside the convolution
+        /// (`Conv3DGeometry.upsample`). Run one example at a time, the convolution reads it unmade.
         case upsampled(Tensor)
         /// The skip and the upsampled branch, concatenated along channels. The branch is held
         /// here alone (its block keeps what it recomputes from, or its norm's x̂): a block run
@@ -86,13 +86,15 @@ public struct UNetSaved {
 /// Levels l = 0..<L, channels c_l = min(width·2^l, maxChannels):
 ///
 ///     encoder, level l:  conv3³(c_{l−1} → c_l, stride 2 if l > 0) · norm · ReLU,  conv3³(c_l → c_l) · norm · ReLU
-///     decoder, level l:  up ×2 (nearest) · conv3³(c_{l+1} → c_l) · norm · ReLU,
+///     decoder, level l:  up ×2 (nearest) · conv3³(c_{l+1} → c_l) · norm · ReLU,   (one upsampling convolution)
 ///                        concat(skip_l, ·) · conv3³(2c_l → c_l) · norm · ReLU          for l = L−2 … 0
 ///     head:              conv1³(c_0 → K), logits
 ///
 /// as nnU-Net's PlainConvUNet (two convolutions per stage, strided convolutions down, skips by
 /// concatenation) with nearest-neighbour upsampling followed by a convolution instead of a
-/// transposed convolution (same receptive field, no checkerboard artefacts). Convolution i (forward
+/// transposed convolution (same receptive field, no checkerboard artefacts). The upsampling and its
+/// convolution are one layer (`Conv3DGeometry.upsample`): the upsampled tensor is never made, and
+/// the engine runs the same function as a transposed stride-2 convolution. Convolution i (forward
 /// order, head last) draws its randomness from sub-streams keyed by i. Which ones are Flipout
 /// layers is `UNetConfig.bayesianLayers`; the others are deterministic convolutions.
 public final class UNet {
@@ -113,19 +115,19 @@ public final class UNet {
     public init(_ config: ModelConfig, shape: UNetConfig, registry: PluginRegistry, seed: UInt64, log: (String) -> Void = { _ in }) throws {
         do { try shape.validate() } catch let e as ConfigError { throw LayerError.invalidConfiguration(e.description) }
         self.config = config; self.shape = shape
-        // name, in, out, kernel, stride, in encoder
-        var specs: [(String, Int, Int, Int, Int, Bool)] = []
+        // name, in, out, kernel, stride, in encoder, upsample
+        var specs: [(String, Int, Int, Int, Int, Bool, Int)] = []
         for l in 0..<shape.levels {
             let cin = l == 0 ? shape.inputChannels : shape.channels(level: l - 1), c = shape.channels(level: l)
-            specs.append(("enc\(l)a", cin, c, 3, l == 0 ? 1 : 2, true))
-            specs.append(("enc\(l)b", c, c, 3, 1, true))
+            specs.append(("enc\(l)a", cin, c, 3, l == 0 ? 1 : 2, true, 1))
+            specs.append(("enc\(l)b", c, c, 3, 1, true, 1))
         }
         for l in stride(from: shape.levels - 2, through: 0, by: -1) {
             let c = shape.channels(level: l)
-            specs.append(("up\(l)", shape.channels(level: l + 1), c, 3, 1, false))
-            specs.append(("dec\(l)", 2 * c, c, 3, 1, false))
+            specs.append(("up\(l)", shape.channels(level: l + 1), c, 3, 1, false, 2))
+            specs.append(("dec\(l)", 2 * c, c, 3, 1, false, 1))
         }
-        specs.append(("head", shape.channels(level: 0), shape.classCount, 1, 1, false))
+        specs.append(("head", shape.channels(level: 0), shape.classCount, 1, 1, false, 1))
 
         var built: [ConvLayer] = []
         let bayesian = config.bayesian ? shape.bayesianLayers : .none
@@ -134,11 +136,12 @@ public final class UNet {
         for (i, s) in specs.enumerated() {
             if bayesian.isBayesian(index: i, count: specs.count, inEncoder: s.5) {
                 built.append(try Self.flipoutLayer(config, registry: registry, name: s.0, index: i, inChannels: s.1, outChannels: s.2,
-                                                   kernel: s.3, stride: s.4, custom: firstBayesian || config.customLayers == .all, seed: seed,
+                                                   kernel: s.3, stride: s.4, upsample: s.6, custom: firstBayesian || config.customLayers == .all, seed: seed,
                                                    log: firstBayesian ? log : { _ in }))
                 firstBayesian = false
             } else {
-                built.append(DeterministicConv3D(name: s.0, index: i, inChannels: s.1, outChannels: s.2, kernel: s.3, stride: s.4, seed: seed))
+                built.append(DeterministicConv3D(name: s.0, index: i, inChannels: s.1, outChannels: s.2, kernel: s.3, stride: s.4,
+                                                 upsample: s.6, seed: seed))
             }
         }
         built[0].needsInputGradient = false
@@ -150,7 +153,7 @@ public final class UNet {
     }
 
     static func flipoutLayer(_ config: ModelConfig, registry: PluginRegistry, name: String, index: Int, inChannels: Int, outChannels: Int,
-                             kernel: Int, stride: Int, custom: Bool, seed: UInt64, log: (String) -> Void) throws -> FlipoutConv3D {
+                             kernel: Int, stride: Int, upsample: Int = 1, custom: Bool, seed: UInt64, log: (String) -> Void) throws -> FlipoutConv3D {
         guard let estimator = Estimator(rawValue: config.estimator) else {
             throw LayerError.invalidConfiguration("unknown estimator \"\(config.estimator)\"; use one of \(Estimator.allCases.map(\.rawValue).joined(separator: ", ")).")
         }
@@ -158,7 +161,8 @@ public final class UNet {
         let priorFamily = try registry.family(custom ? config.prior : "org.flipout3d.normal")
         let kl: KLMode = config.forceMonteCarloKL ? .monteCarlo(samples: config.klSamples) : .automatic(samples: config.klSamples)
         let layer = try FlipoutConv3D(
-            name: name, index: index, inChannels: inChannels, outChannels: outChannels, kernel: kernel, stride: stride, estimator: estimator,
+            name: name, index: index, inChannels: inChannels, outChannels: outChannels, kernel: kernel, stride: stride, upsample: upsample,
+            estimator: estimator,
             posterior: try postFamily.instantiate(custom ? config.posteriorHyperparameters : [:]),
             prior: try priorFamily.instantiate(custom ? config.priorHyperparameters : [:]),
             priorValues: custom ? config.priorParameters : [:], learnPrior: config.learnPrior, klMode: kl, seed: seed)
@@ -190,7 +194,7 @@ public final class UNet {
         try checkInput(x.shape)
         let plan = MemoryPlan.choose(memoryPolicy, shape: shape, input: x.shape, splitBytes: exampleSplitBytes)
         MemoryTrace.mark("forward input")
-        var blocks: [UNetSaved.BlockSaved] = [], ups: [Upsample2xSaved] = [], cats: [ChannelConcatSaved] = []
+        var blocks: [UNetSaved.BlockSaved] = [], cats: [ChannelConcatSaved] = []
         /// One block on the input made from `source`; it keeps `kept` (default: `source`) instead
         /// of activations when the plan recomputes it.
         func block(_ source: UNetSaved.BlockInput, keeping kept: UNetSaved.BlockInput? = nil) throws -> Tensor {
@@ -230,11 +234,11 @@ public final class UNet {
             if l < shape.levels - 1 { skips.append(h) }
         }
         for l in stride(from: shape.levels - 2, through: 0, by: -1) {
-            // The upsampled branch and the concatenation are never kept: a batch block makes them
-            // inside `convolve`; a block run one example at a time reads them unmade
-            // (`UnmadeInputConvolutions`: no full-resolution input or dL/d(input) per example).
-            ups.append(Upsample2xSaved(inputShape: h.shape))              // (N, c_{l+1}, D/2^l, ...) once upsampled
-            let b = try block(.upsampled(h))
+            // Neither the upsampled branch nor the concatenation is ever made whole: the up block's
+            // layer upsamples inside its convolution (it reads h itself), a batch concatenation
+            // block makes its input inside `convolve`, and a block run one example at a time reads
+            // its input unmade (`UnmadeInputConvolutions`: no full-resolution input or dL/d(input)).
+            let b = try block(.upsampled(h))                               // (N, c_l, D/2^l, ...) from (N, c_{l+1}, D/2^(l+1), ...)
             cats.append(ChannelConcatSaved(channels: (skips[l].shape[1], b.shape[1])))
             h = try block(.concatenated(skips[l], b))                      // (N, c_l, D/2^l, ...)
         }
@@ -245,7 +249,7 @@ public final class UNet {
             try convolve(headIndex, .tensor(h), ctx, plan.splitsExamples(headIndex) ? .split : .batch, again: nil, nil)
         }   // (N, K, D, H, W)
         MemoryTrace.mark("forward head")
-        return (logits, UNetSaved(blocks: blocks, head: hs, headInput: headRecomputes ? h : nil, upsamples: ups, concats: cats, memoryPlan: plan))
+        return (logits, UNetSaved(blocks: blocks, head: hs, headInput: headRecomputes ? h : nil, concats: cats, memoryPlan: plan))
     }
 
     /// Which examples a convolution runs on: the batch at once, each in turn, or one (shaped (1, ...)).
@@ -309,7 +313,8 @@ public final class UNet {
     /// example: an upsampled or concatenated input, a 3³ stride-1 'same' convolution.
     private func runsUnmade(_ i: Int, _ source: UNetSaved.BlockInput) -> Bool {
         switch source {
-        case .upsampled, .concatenated: return UnmadeInputConvolutions.runs(layers[i])
+        case .upsampled: return layers[i].upsample == 2 && UnmadeInputConvolutions.runs(layers[i])
+        case .concatenated: return layers[i].upsample == 1 && UnmadeInputConvolutions.runs(layers[i])
         case .tensor, .blockOutput: return false
         }
     }
@@ -390,15 +395,16 @@ public final class UNet {
 
     /// Whether `materialize` makes a new tensor from `source` (nothing else holds or changes it).
     private static func isMade(_ source: UNetSaved.BlockInput) -> Bool {
-        if case .tensor = source { return false }
-        return true
+        switch source {
+        case .tensor, .upsampled: return false
+        case .concatenated, .blockOutput: return true
+        }
     }
 
     /// The shape of the input made from `source`.  (N, C, D, H, W)
     private func sourceShape(_ source: UNetSaved.BlockInput) -> [Int] {
         switch source {
-        case .tensor(let t): return t.shape
-        case .upsampled(let t): return [t.shape[0], t.shape[1]] + t.shape[2...].map { 2 * $0 }
+        case .tensor(let t), .upsampled(let t): return t.shape
         case .concatenated(let a, let b): return [a.shape[0], a.shape[1] + b.shape[1]] + a.shape[2...]
         case .blockOutput(let j, let t): return layers[j].geometry(inputShape: t.shape).yShape
         }
@@ -506,24 +512,22 @@ public final class UNet {
             MemoryTrace.mark("backward \(layers[i].name)")
             return (dSkip, dUp)
         }
-        /// A decoder block on an upsampled tensor: dL/d(the tensor before upsampling). Run example
-        /// by example, each example's input gradient is summed down to that tensor's resolution
-        /// at once (no batch-sized gradient at the upsampled resolution).
-        func upsampledBlock(_ dy: consuming Tensor, _ up: Upsample2xSaved) throws -> Tensor {
-            let (i, b, done) = try splitDecoderBlock(dy) { Self.upsampleBackward($0, up) }
+        /// The up block (its layer upsamples inside the convolution): dL/d(the tensor before
+        /// upsampling), which a batch block's layer gives itself. Run example by example on its
+        /// unmade input, each example's gradient goes straight into that tensor's resolution.
+        func upsampledBlock(_ dy: consuming Tensor) throws -> Tensor {
+            let (i, b, done) = try splitDecoderBlock(dy) { $0 }
             if let done { return done }
-            let below = Tensor(uninitializedShape: up.inputShape)   // (N, C, D/2, H/2, W/2)
-            if let u = b.unmade {
+            let dx: Tensor
+            if let u = b.unmade, case .upsampled(let t) = u.source {
+                let below = Tensor(uninitializedShape: t.shape)   // (N, C, D/2, H/2, W/2)
                 try unmadeBlockBackward(dy, b, u, index: i) { e in .upsampled(below.example(e)) } after: { _ in }
-                MemoryTrace.mark("backward \(layers[i].name)")
-                return below
-            }
-            let one = Upsample2xSaved(inputShape: [1] + up.inputShape.dropFirst())
-            try blockBackward(dy, b, index: i, saved) { e, dx in
-                Self.copy(Self.upsampleBackward(dx, one), into: below.example(e))
+                dx = below
+            } else {
+                dx = try blockBackward(dy, b, index: i, saved)
             }
             MemoryTrace.mark("backward \(layers[i].name)")
-            return below
+            return dx
         }
         var g = try headBackward(dLogits, saved.takeHead())
         MemoryTrace.mark("backward head")
@@ -532,7 +536,7 @@ public final class UNet {
         for j in stride(from: saved.concats.count - 1, through: 0, by: -1) {
             let (dSkip, dUp) = try concatBlock(consume g, saved.concats[j])
             skipGradients[shape.levels - 2 - j] = dSkip
-            g = try upsampledBlock(consume dUp, saved.upsamples[j])
+            g = try upsampledBlock(consume dUp)
         }
         for l in stride(from: shape.levels - 1, through: 0, by: -1) {
             if let s = skipGradients[l] {
@@ -547,11 +551,6 @@ public final class UNet {
     /// dCat (N, Ca + Cb, ...) -> (dSkip, dUp); dCat is freed on return.
     private static func split(_ dCat: consuming Tensor, _ s: ChannelConcatSaved) -> (Tensor, Tensor) {
         StepProfile.measure(.upsampleConcat) { ChannelConcat.backward(dCat, s) }
-    }
-
-    /// dy of an upsampled tensor -> dx; dy is freed on return.
-    private static func upsampleBackward(_ dy: consuming Tensor, _ s: Upsample2xSaved) -> Tensor {
-        StepProfile.measure(.upsampleConcat) { Upsample2x.backward(dy, s) }
     }
 
     /// Block i's backward: dL/d(its input) from dL/d(its output) dy, which the fused norm · ReLU
@@ -653,8 +652,7 @@ public final class UNet {
     /// bit as forward made it.  (N, C, D, H, W)
     private func materialize(_ source: UNetSaved.BlockInput, example e: Int?, _ step: UNetSaved?) throws -> Tensor {
         switch source {
-        case .tensor(let t): return e.map { t.example($0) } ?? t
-        case .upsampled(let t): return StepProfile.measure(.upsampleConcat) { Upsample2x.forward(e.map { t.example($0) } ?? t).y }
+        case .tensor(let t), .upsampled(let t): return e.map { t.example($0) } ?? t
         case .concatenated(let a, let b):
             return StepProfile.measure(.upsampleConcat) { ChannelConcat.forward(e.map { a.example($0) } ?? a, e.map { b.example($0) } ?? b).y }
         case .blockOutput(let j, let t):

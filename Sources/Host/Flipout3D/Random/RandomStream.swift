@@ -71,14 +71,17 @@ public struct RandomStream: Sendable {
     /// Fill with standard normals (Box–Muller in Double on pairs of uniforms).
     public mutating func fillNormal(_ out: UnsafeMutablePointer<Float>, count: Int) {
         var i = 0
+        // Box-Muller on two pairs of 32-bit words per block: (b.0, b.1), then (b.2, b.3).
+        @inline(__always) func pair(_ a: UInt32, _ c: UInt32) {
+            let r = (-2 * Foundation.log(Self.unit(a))).squareRoot()
+            let t = 2 * Double.pi * Self.unit(c)
+            out[i] = Float(r * Foundation.cos(t)); i += 1
+            if i < count { out[i] = Float(r * Foundation.sin(t)); i += 1 }
+        }
         while i < count {
             let b = nextBlock()
-            for (a, c) in [(b.0, b.1), (b.2, b.3)] where i < count {
-                let r = (-2 * Foundation.log(Self.unit(a))).squareRoot()
-                let t = 2 * Double.pi * Self.unit(c)
-                out[i] = Float(r * Foundation.cos(t)); i += 1
-                if i < count { out[i] = Float(r * Foundation.sin(t)); i += 1 }
-            }
+            pair(b.0, b.1)
+            if i < count { pair(b.2, b.3) }
         }
     }
 
