@@ -271,7 +271,7 @@ public final class UNet {
             if let (values, copy) = again {
                 let s = values[value]
                 let out = y ?? Tensor(uninitializedShape: layers[i].geometry(inputShape: x.shape).yShape)
-                // An input made for this call alone (upsampled, concatenated, recomputed) is kept as
+                // An input made for this call alone (concatenated, recomputed) is kept as
                 // it is where backward-weights reads plain x: no copy of it.
                 let input = copy ? try s.input.engine.recomputeForward(s.input, x: x, w: s.kernels, y: out, adopting: Self.isMade(source))
                     : try Conv3D.$inputSaving.withValue(.none) { try s.input.engine.forward(x: x, w: s.kernels, bias: s.input.bias, y: out) }
