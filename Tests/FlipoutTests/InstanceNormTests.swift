@@ -80,6 +80,9 @@ private func referenceNormReLUObjective(_ x: [Double], gamma: [Double], beta: [D
     let input = Tensor(shape: [n, c] + shape, values: x)
     let (y, saved) = norm.forward(input, relu: true, consuming: true)
     #expect(y.array == plain, "fused forward differs from ReLU(norm(x))")
+    // Written over its input (a recomputed skip), the output has the same bits.
+    let over = Tensor(shape: [n, c] + shape, values: x)
+    #expect(norm.forwardInPlace(over, relu: true) === over && over.array.map(\.bitPattern) == y.array.map(\.bitPattern))
     norm.zeroGradients()
     let dx = norm.backward(Tensor(shape: [n, c] + shape, values: w), saved, consuming: true)
     let xd = x.map(Double.init), wd = w.map(Double.init), g = norm.scale.array.map(Double.init), b = norm.shift.array.map(Double.init)

@@ -40,6 +40,10 @@ func recomputedBlocksGiveTheSameGradientBits(_ norm: UNetConfig.Normalization, _
     let recomputed = try stepBits(try unet(norm: norm, bayesian: bayesian, policy: .recomputeAll), x, ctx)
     #expect(kept.plan.recomputed.isEmpty && recomputed.plan.recomputed.count == 11)
     #expect(kept.plan.split.count == (split ? 11 : 0) && recomputed.plan.split == kept.plan.split)
+    // Split and recomputed throughout, level 0's skip is remade from x where it is read.
+    #expect(!kept.plan.recomputesSkip && recomputed.plan.recomputesSkip == split)
+    // Recomputed as a batch, every upsampled branch is remade by its up block.
+    #expect(kept.plan.recomputedBranches.isEmpty && recomputed.plan.recomputedBranches == (split ? [] : [0, 1]))
     #expect(kept.logits == recomputed.logits, "\(norm) \(bayesian): logits differ")
     #expect(kept.gradients.keys.sorted() == recomputed.gradients.keys.sorted())
     for (name, bits) in kept.gradients {
@@ -104,7 +108,7 @@ func u3sPlanMatchesTheWholeBatchStep(_ norm: UNetConfig.Normalization, _ bayesia
     let u3Like = try stepBits(try makeNet(norm: norm, bayesian: bayesian, policy: .budget(bytes: 1), splitBytes: e[e.count - 1].kept), x, ctx)
     #expect(whole.plan.split.isEmpty && whole.plan.recomputed.isEmpty)
     #expect(u3Like.plan.split == [0, 1, 2, 8, 9, 10], "split \(u3Like.plan.split.sorted())")
-    #expect(u3Like.plan.recomputed.isSuperset(of: [0, 1, 8, 9]))
+    #expect(u3Like.plan.recomputed.isSuperset(of: [0, 1, 8, 9]) && u3Like.plan.recomputesSkip)
     expectClose(whole, u3Like, norm: norm, "\(norm) \(bayesian)")
 }
 
@@ -204,6 +208,10 @@ func conv3DWithoutItsCopyRecomputesAndResavesTheSameBits(_ g: Conv3DGeometry) th
     #expect(u3.recomputed.isSuperset(of: [0, 1, 16, 17]) && u3.keptBytes < u3.keepAllBytes * 2 / 5)
     // U3's full-resolution blocks (enc0a, enc0b, enc1a, up0, dec0, head) run one example at a time; U1's and U2's none.
     #expect(u3.split == [0, 1, 2, 16, 17, 18] && plan(.u1).split.isEmpty && plan(.u2).split.isEmpty)
+    // U3 remakes level 0's skip (512 MiB) from x instead of keeping it; U1 and U2 keep theirs.
+    #expect(u3.recomputesSkip && !plan(.u1).recomputesSkip && !plan(.u2).recomputesSkip)
+    // Its batch decoder levels (1-3) remake their upsampled branches; level 0's (split) is kept.
+    #expect(u3.recomputedBranches == [1, 2, 3] && plan(.u1).recomputedBranches.isEmpty)
     #expect(MemoryPlan.choose(.keepAll, shape: UNetWorkload.u3.shape, input: [2, 2, 128, 128, 128]).split == u3.split)
     #expect(MemoryPlan.choose(.keepAll, shape: UNetWorkload.u3.shape, input: [2, 2, 128, 128, 128]).recomputed.isEmpty)
 }

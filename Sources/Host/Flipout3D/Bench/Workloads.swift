@@ -209,7 +209,7 @@ final class ConvStack: TrainableNetwork {
         return (h, (convs, relus))
     }
 
-    func backward(_ dLogits: Tensor, _ saved: ([ConvSaved], [ReLUSaved])) throws {
+    func backward(_ dLogits: consuming Tensor, _ saved: ([ConvSaved], [ReLUSaved])) throws {
         var g = dLogits
         for i in stride(from: layers.count - 1, through: 0, by: -1) {
             if i < saved.1.count { g = ReLU.backward(g, saved.1[i]) }

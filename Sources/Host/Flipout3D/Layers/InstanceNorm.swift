@@ -51,13 +51,21 @@ public final class InstanceNorm {
         return (y, run(x, xh: consuming ? x : Tensor(uninitializedShape: x.shape), y: y, relu: relu))
     }
 
+    /// `forward`'s y (the same bits) written over x, nothing kept: for an output recomputed only to
+    /// be read (a skip remade from x, `MemoryPlan.recomputesSkip`). Returns x.
+    public func forwardInPlace(_ x: Tensor, relu: Bool) -> Tensor {
+        _ = run(x, xh: x, y: x, relu: relu)
+        return x
+    }
+
     /// What `forward(x, relu:, consuming: true)` saves, without its output: x̂ written over x
     /// (the same bits), for a block that recomputes its activations in backward (`MemoryPlan`).
     public func standardize(_ x: Tensor, relu: Bool) -> InstanceNormSaved {
         run(x, xh: x, y: nil, relu: relu)
     }
 
-    /// Statistics of x, x̂ into xh (may be x), and y = γ x̂ + β (then ReLU) into y unless nil.
+    /// Statistics of x, x̂ into xh (may be x), and y = γ x̂ + β (then ReLU) into y unless nil (may
+    /// be xh: each element's x̂ is written before its y, from registers).
     private func run(_ x: Tensor, xh: Tensor, y: Tensor?, relu: Bool) -> InstanceNormSaved {
         precondition(x.rank == 5 && x.shape[1] == channels, "\(name): input \(x.shape), expected (N, \(channels), D, H, W)")
         let v = x.shape[2...].reduce(1, *), planes = x.shape[0] * channels

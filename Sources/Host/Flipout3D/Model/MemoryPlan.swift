@@ -30,7 +30,7 @@ public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
     /// Convolution indices (forward order, head last) whose blocks recompute in backward.
     public let recomputed: Set<Int>
     /// Estimated bytes kept for backward under this plan, and with nothing recomputed.
-    public let keptBytes: Int
+    public var keptBytes: Int
     public let keepAllBytes: Int
     /// Convolution indices whose blocks run example by example (input made, convolution, norm in
     /// backward): those whose input and output (for the batch) reach `splitBytes`. Decided by
@@ -38,6 +38,22 @@ public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
     /// memory-bound blocks: their convolutions run on the native kernels where they apply
     /// (`Conv3DEngines.Choice.lowMemory`), and each starts by releasing idle pool and arena blocks.
     public var split: Set<Int> = []
+
+    /// Whether level 0's skip (enc0b's output) is recomputed from x, one example at a time,
+    /// wherever it is read after enc1a's forward (dec0's forward and backward, enc1a's backward),
+    /// instead of being kept: when enc0a, enc0b, enc1a and dec0 all recompute and run example by
+    /// example. At U3 that is 512 MiB kept from enc1a's forward to its backward, against three
+    /// more runs of enc0a and enc0b (about 2 s of a 37 s step): the skip was beside every peak of
+    /// the step (dec0's and up0's backward at 3.6 GiB, dec1's with oneDNN's arena).
+    public var recomputesSkip = false
+
+    /// Decoder levels whose upsampled branch is recomputed (by its up block, from the tensor
+    /// that block keeps) where its concatenation block recomputes, instead of being kept: levels
+    /// whose up and concatenation blocks both recompute and run as a batch, so dL/d(branch) gets
+    /// its own buffer only at that level's backward, after the full-resolution blocks' peak.
+    /// At U3, levels 1-3: 164 MiB less beside dec0's backward, for one more up convolution per
+    /// level at 1/8 of the resolution or less.
+    public var recomputedBranches: Set<Int> = []
 
     public func recomputes(_ index: Int) -> Bool { recomputed.contains(index) }
     public func splitsExamples(_ index: Int) -> Bool { split.contains(index) }
@@ -50,6 +66,8 @@ public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         "recompute \(recomputed.count) of the convolutions, keeping ~\(keptBytes >> 20) MiB of activations (\(keepAllBytes >> 20) MiB without recomputation)"
             + (split.isEmpty ? "" : "; \(split.count) convolutions run one example at a time")
+            + (recomputesSkip ? "; level 0's skip is recomputed from x" : "")
+            + (recomputedBranches.isEmpty ? "" : "; \(recomputedBranches.count) upsampled branches are recomputed")
     }
 
     /// What each convolution keeps in bytes: (kept normally, kept when recomputed), per index.
@@ -111,6 +129,19 @@ public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
         var plan = chooseRecomputed(policy, shape: shape, input: input)
         let e = estimate(shape, input: input)
         if input[0] > 1 { plan.split = Set(e.indices.filter { e[$0].kept >= splitBytes }) }
+        for l in 0..<(shape.levels - 1) {
+            // Decoder level l's up and concatenation blocks, in forward order after the encoder's 2L.
+            let up = 2 * shape.levels + 2 * (shape.levels - 2 - l)
+            guard [up, up + 1].allSatisfy({ plan.recomputes($0) && !plan.splitsExamples($0) }) else { continue }
+            plan.recomputedBranches.insert(l)
+            plan.keptBytes -= 4 * input[0] * shape.channels(level: l) * (input[2...].reduce(1, *) >> (3 * l))
+        }
+        // enc0a, enc0b, enc1a (0, 1, 2) and dec0 (the last block before the head).
+        let skipReaders = shape.levels > 1 ? [0, 1, 2, e.count - 2] : []
+        if !skipReaders.isEmpty, skipReaders.allSatisfy({ plan.recomputes($0) && plan.splitsExamples($0) }) {
+            plan.recomputesSkip = true
+            plan.keptBytes -= 4 * input[0] * shape.channels(level: 0) * input[2...].reduce(1, *)
+        }
         return plan
     }
 

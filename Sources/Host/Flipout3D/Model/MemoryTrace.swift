@@ -3,9 +3,9 @@ import Foundation
 
 /// Where a step's memory peak is, by measurement: with `FLIPOUT_MEMORY_TRACE=1` in the
 /// environment, the U-Net prints after each block of forward and backward a line
-/// `memory: <point>: rss R MiB, peak P MiB, pool T MiB, arena A MiB` to stderr: VmRSS and VmHWM
-/// of /proc/self/status, and the idle bytes `TensorStorage` and `ScratchArena` hold (resident,
-/// part of R) for reuse.
+/// `memory: <point>: rss R MiB, peak P MiB, pool T MiB, arena A MiB, tensors L MiB` to stderr:
+/// VmRSS and VmHWM of /proc/self/status, the idle bytes `TensorStorage` and `ScratchArena` hold
+/// (resident, part of R) for reuse, and the bytes of large tensors alive (of 1 MiB or more).
 /// The block after which the peak grows is the one that set it. Off by default (no cost but a
 /// flag test).
 public enum MemoryTrace {
@@ -14,7 +14,7 @@ public enum MemoryTrace {
     /// Prints the current and peak resident memory at `point` when tracing is on.
     public static func mark(_ point: @autoclosure () -> String) {
         guard enabled, let (rss, peak) = current() else { return }
-        let idle = "pool \(TensorStorage.idleBytes >> 20) MiB, arena \(ScratchArena.shared.idleBytes >> 20) MiB"
+        let idle = "pool \(TensorStorage.idleBytes >> 20) MiB, arena \(ScratchArena.shared.idleBytes >> 20) MiB, tensors \(TensorStorage.liveBytes >> 20) MiB"
         FileHandle.standardError.write(Data("memory: \(point()): rss \(rss >> 20) MiB, peak \(peak >> 20) MiB, \(idle)\n".utf8))
     }
 

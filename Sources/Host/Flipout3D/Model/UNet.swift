@@ -73,13 +73,15 @@ public struct UNetSaved {
         /// The up block's input: this tensor, which its layer upsamples by 2 inside the convolution
         /// (`Conv3DGeometry.upsample`). Run one example at a time, the convolution reads it unmade.
         case upsampled(Tensor)
-        /// The skip and the upsampled branch, concatenated along channels. The branch is held
-        /// here alone (its block keeps what it recomputes from, or its norm's x̂): a block run
-        /// example by example writes dL/d(branch) into its storage in backward.
-        case concatenated(Tensor, Tensor)
+        /// The skip (kept, or recomputed: `MemoryPlan.recomputesSkip`) and the upsampled branch
+        /// (kept, or recomputed: `MemoryPlan.recomputedBranches`), concatenated along channels.
+        /// A kept branch is held here alone (its block keeps what it recomputes from, or its
+        /// norm's x̂): a block run example by example writes dL/d(branch) into its storage in backward.
+        indirect case concatenated(BlockInput, BlockInput)
         /// The output of block `block` (itself recomputed, so it kept no copy of its input but the
-        /// bias it ran with) on this tensor: enc0b's input from x, 16× smaller at U3.
-        case blockOutput(block: Int, of: Tensor)
+        /// bias it ran with) on the input made from `of`: enc0b's input from x (16× smaller at
+        /// U3), and level 0's skip from enc0b on that.
+        indirect case blockOutput(block: Int, of: BlockInput)
     }
 }
 
@@ -193,6 +195,7 @@ public final class UNet {
     public func forward(_ x: Tensor, _ ctx: StepContext) throws -> (logits: Tensor, saved: UNetSaved) {
         try checkInput(x.shape)
         let plan = MemoryPlan.choose(memoryPolicy, shape: shape, input: x.shape, splitBytes: exampleSplitBytes)
+        if !plan.split.isEmpty { MallocPolicy.returnFreedBlocksToTheSystem() }
         MemoryTrace.mark("forward input")
         var blocks: [UNetSaved.BlockSaved] = [], cats: [ChannelConcatSaved] = []
         /// One block on the input made from `source`; it keeps `kept` (default: `source`) instead
@@ -202,11 +205,11 @@ public final class UNet {
             let recompute = plan.recomputes(i)
             let c: Tensor, convs: [ConvSaved], unmade: UNetSaved.Unmade?
             if plan.splitsExamples(i), runsUnmade(i, source) {
-                let (y, kernels) = try unmadeConvolve(i, source, ctx)
+                let (y, kernels) = try unmadeConvolve(i, source, ctx) { blocks[$0] }
                 (c, convs, unmade) = (y, [], UNetSaved.Unmade(kernels: kernels, source: source))
             } else {
                 (c, convs) = try Conv3D.$inputSaving.withValue(recompute ? .none : .copy) {
-                    try convolve(i, source, ctx, plan.splitsExamples(i) ? .split : .batch, again: nil, nil)
+                    try convolve(i, source, ctx, plan.splitsExamples(i) ? .split : .batch, again: nil, { blocks[$0] })
                 }
                 unmade = nil
             }
@@ -224,14 +227,17 @@ public final class UNet {
             MemoryTrace.mark("forward \(layers[i].name)")
             return y
         }
-        var h = x, skips: [Tensor] = []
+        var h = x, skips: [UNetSaved.BlockInput] = []
         for l in 0..<shape.levels {
             let input = h
-            let a = try block(.tensor(input))
+            // enc1a keeps what level 0's skip is recomputed from when the plan recomputes it.
+            let a = try block(.tensor(input), keeping: l == 1 && plan.recomputesSkip ? skips[0] : nil)
             // enc0b recomputes its input from x through enc0a (itself recomputed): x is 16× smaller at U3.
             let fromX = l == 0 && plan.recomputes(0) && plan.recomputes(1) && plan.splitsExamples(0) == plan.splitsExamples(1)
-            h = try block(.tensor(a), keeping: fromX ? .blockOutput(block: 0, of: input) : nil)   // (N, c_l, D/2^l, H/2^l, W/2^l)
-            if l < shape.levels - 1 { skips.append(h) }
+            let fromInput = UNetSaved.BlockInput.blockOutput(block: 0, of: .tensor(input))
+            h = try block(.tensor(a), keeping: fromX ? fromInput : nil)   // (N, c_l, D/2^l, H/2^l, W/2^l)
+            // Level 0's skip, recomputed from x (`MemoryPlan.recomputesSkip`), is not kept past enc1a's forward.
+            if l < shape.levels - 1 { skips.append(l == 0 && plan.recomputesSkip ? .blockOutput(block: 1, of: fromInput) : .tensor(h)) }
         }
         for l in stride(from: shape.levels - 2, through: 0, by: -1) {
             // Neither the upsampled branch nor the concatenation is ever made whole: the up block's
@@ -239,8 +245,11 @@ public final class UNet {
             // block makes its input inside `convolve`, and a block run one example at a time reads
             // its input unmade (`UnmadeInputConvolutions`: no full-resolution input or dL/d(input)).
             let b = try block(.upsampled(h))                               // (N, c_l, D/2^l, ...) from (N, c_{l+1}, D/2^(l+1), ...)
-            cats.append(ChannelConcatSaved(channels: (skips[l].shape[1], b.shape[1])))
-            h = try block(.concatenated(skips[l], b))                      // (N, c_l, D/2^l, ...)
+            cats.append(ChannelConcatSaved(channels: (sourceShape(skips[l])[1], b.shape[1])))
+            // A recomputed branch is remade in backward from what its up block keeps (h).
+            let branch = UNetSaved.BlockInput.blockOutput(block: blocks.count - 1, of: .upsampled(h))
+            h = try block(.concatenated(skips[l], .tensor(b)),
+                          keeping: plan.recomputedBranches.contains(l) ? .concatenated(skips[l], branch) : nil)   // (N, c_l, D/2^l, ...)
         }
         // The head keeps its input itself, not a copy, when it recomputes, and when it runs example by
         // example (a memory-bound head: its backward then writes dL/d(input) into that input).
@@ -263,11 +272,11 @@ public final class UNet {
     /// ran with (the same bits), the values returned with the input copy (`copy`) or without it
     /// (when only the output is wanted).  y (N, Cout, oD, oH, oW), or (1, ...) for `.one`
     private func convolve(_ i: Int, _ source: UNetSaved.BlockInput, _ ctx: StepContext?, _ examples: Examples,
-                          again: (values: [ConvSaved], copy: Bool)?, _ step: UNetSaved?) throws -> (Tensor, [ConvSaved]) {
+                          again: (values: [ConvSaved], copy: Bool)?, _ blocks: SavedBlocks?) throws -> (Tensor, [ConvSaved]) {
         let inputShape = sourceShape(source)
         let n = inputShape[0]
         func run(_ e: Int?, value: Int, into y: Tensor?) throws -> (Tensor, ConvSaved) {
-            let x = try materialize(source, example: e, step)
+            let x = try materialize(source, example: e, blocks)
             if let (values, copy) = again {
                 let s = values[value]
                 let out = y ?? Tensor(uninitializedShape: layers[i].geometry(inputShape: x.shape).yShape)
@@ -319,11 +328,11 @@ public final class UNet {
         }
     }
 
-    /// Example e's input as `UnmadeInputConvolutions` reads it.
-    private static func unmadeInput(_ source: UNetSaved.BlockInput, _ e: Int) -> UnmadeInput {
+    /// Example e's input as `UnmadeInputConvolutions` reads it (a recomputed skip made for it alone).
+    private func unmadeInput(_ source: UNetSaved.BlockInput, _ e: Int, _ blocks: @escaping SavedBlocks) throws -> UnmadeInput {
         switch source {
         case .upsampled(let t): return .upsampled(t.example(e))
-        case .concatenated(let a, let b): return .concatenated(a.example(e), b.example(e))
+        case .concatenated(let a, let b): return .concatenated(try materialize(a, example: e, blocks), try materialize(b, example: e, blocks))
         case .tensor, .blockOutput: preconditionFailure("UNet: block input \(source) is made, not unmade")
         }
     }
@@ -331,14 +340,14 @@ public final class UNet {
     /// Block i's convolution on the input `source` describes, one example at a time, never made:
     /// the output for the batch and the kernels each example ran with (its own Flipout signs:
     /// its global row).  y (N, Cout, D, H, W)
-    private func unmadeConvolve(_ i: Int, _ source: UNetSaved.BlockInput, _ ctx: StepContext) throws -> (Tensor, [ConvKernels]) {
+    private func unmadeConvolve(_ i: Int, _ source: UNetSaved.BlockInput, _ ctx: StepContext, _ blocks: @escaping SavedBlocks) throws -> (Tensor, [ConvKernels]) {
         Self.releaseIdleMemory()
         let inputShape = sourceShape(source), n = inputShape[0]
         let y = Tensor(uninitializedShape: layers[i].geometry(inputShape: inputShape).yShape)   // (N, Cout, D, H, W)
         var kernels: [ConvKernels] = []
         for e in 0..<n {
             let k = try layers[i].kernels(batch: 1, Self.exampleContext(ctx, e, of: n))
-            try unmadeInputs.forward(Self.unmadeInput(source, e), k, into: y.example(e))
+            try unmadeInputs.forward(try unmadeInput(source, e, blocks), k, into: y.example(e))
             kernels.append(k)
         }
         return (y, kernels)
@@ -347,18 +356,18 @@ public final class UNet {
     /// Backward of a block whose convolution ran on an unmade input, one example at a time: its
     /// convolution and norm (or ReLU) again when it recomputes (the same bits), dL/d(the
     /// convolution's output), then the convolution's backward, with dL/d(input) written where
-    /// `into(e)` says, then `after(e)`; the parameter gradients are added per example.
-    private func unmadeBlockBackward(_ dy: Tensor, _ b: UNetSaved.BlockSaved, _ u: UNetSaved.Unmade, index i: Int,
-                                     into: (Int) -> UnmadeInputConvolutions.InputGradient, after: (Int) throws -> Void) throws {
+    /// `into(e, the example's input)` says, then `after(e)`; the parameter gradients are added per example.
+    private func unmadeBlockBackward(_ dy: Tensor, _ b: UNetSaved.BlockSaved, _ u: UNetSaved.Unmade, index i: Int, _ saved: UNetSaved,
+                                     into: (Int, UnmadeInput) -> UnmadeInputConvolutions.InputGradient, after: (Int) throws -> Void) throws {
         let layer = layers[i]
         Self.releaseIdleMemory()
         defer { Self.releaseIdleMemory() }
         // Kept activations: dL/d(convolution output) for the batch at once, as a batch block does.
         let kept = b.input == nil ? preactivationGradient(dy, b.norm, b.relu, index: i) : nil
         for e in u.kernels.indices {
-            let input = Self.unmadeInput(u.source, e)
+            let input = try unmadeInput(u.source, e, saved.peekBlock)
             let dc = try kept?.example(e) ?? unmadeRestoredGradient(dy.example(e), input, u.kernels[e], index: i)
-            let (dw, db) = try StepProfile.measure(.flipoutGradients) { try unmadeInputs.backward(input, dy: dc, u.kernels[e], into: into(e)) }
+            let (dw, db) = try StepProfile.measure(.flipoutGradients) { try unmadeInputs.backward(input, dy: dc, u.kernels[e], into: into(e, input)) }
             try layer.addGradients(kernels: dw, bias: db, u.kernels[e])
             try after(e)
             MemoryTrace.mark("backward \(layer.name), example \(e)")
@@ -405,8 +414,10 @@ public final class UNet {
     private func sourceShape(_ source: UNetSaved.BlockInput) -> [Int] {
         switch source {
         case .tensor(let t), .upsampled(let t): return t.shape
-        case .concatenated(let a, let b): return [a.shape[0], a.shape[1] + b.shape[1]] + a.shape[2...]
-        case .blockOutput(let j, let t): return layers[j].geometry(inputShape: t.shape).yShape
+        case .concatenated(let a, let b):
+            let (s, t) = (sourceShape(a), sourceShape(b))
+            return [s[0], s[1] + t[1]] + s[2...]
+        case .blockOutput(let j, let t): return layers[j].geometry(inputShape: sourceShape(t)).yShape
         }
     }
 
@@ -433,7 +444,7 @@ public final class UNet {
     }
 
     /// Given dL/dlogits (N, K, D, H, W), ADD every layer's gradients (then `kl`, then `finishBackward`).
-    public func backward(_ dLogits: Tensor, _ saved: UNetSaved) throws {
+    public func backward(_ dLogits: consuming Tensor, _ saved: UNetSaved) throws {
         // Every activation-sized gradient is consumed by the step that reads it (`consume`), so
         // it is freed there, not at the end of the loop: at nnU-Net's scale each is 0.5-1 GiB.
         var next = saved.blockCount - 1
@@ -455,6 +466,21 @@ public final class UNet {
             let dx = try blockBackward(dy, b, index: i, saved)
             if b.convs.count == 1 { batchBlockDone(i) } else { MemoryTrace.mark("backward \(layers[i].name)") }
             return dx
+        }
+        /// The next block's backward with its dL/d(input) added into `sum` (the same bits as adding
+        /// `sum` into it).
+        func block(_ dy: consuming Tensor, addingInto sum: Tensor) throws {
+            let i = next
+            next -= 1
+            let b = saved.takeBlock(i)
+            if b.convs.count == 1 {
+                let dx = try blockBackward(dy, b, index: i, saved)
+                StepProfile.measure(.upsampleConcat) { Self.add(dx, into: sum) }
+                batchBlockDone(i)
+            } else {
+                try blockBackward(dy, b, index: i, saved) { e, dxe in StepProfile.measure(.upsampleConcat) { Self.add(dxe, into: sum.example(e)) } }
+                MemoryTrace.mark("backward \(layers[i].name)")
+            }
         }
         /// The next decoder block's saved values when it ran example by example; else runs its
         /// whole-batch backward, handing dL/d(its input) to `whole` (the shared prologue of the two
@@ -481,14 +507,20 @@ public final class UNet {
             if let done { return done }
             if let u = b.unmade, case .concatenated(let skip, let up) = u.source {
                 // dSkip in dy's storage is written after the example's backward has read dy there
-                // (through a one-example buffer); dUp straight into the branch's when the block
-                // recomputes (then nothing else holds the branch).
-                let dSkip = dy.shape == skip.shape ? dy : Tensor(uninitializedShape: skip.shape)
-                let dUp = b.input != nil ? up : Tensor(uninitializedShape: up.shape)
-                // The buffer is made once the example's recomputed output is freed (it takes that block).
+                // (through a one-example buffer: the skip's own storage when it was recomputed for
+                // this example alone, which the backward-weights has read by then); dUp straight
+                // into the branch's when the block recomputes (then nothing else holds the branch).
+                let skipShape = sourceShape(skip)
+                let dSkip = dy.shape == skipShape ? dy : Tensor(uninitializedShape: skipShape)
+                let dUp: Tensor
+                if b.input != nil, case .tensor(let t) = up { dUp = t } else { dUp = Tensor(uninitializedShape: sourceShape(up)) }
+                // A new buffer is made once the example's recomputed output is freed (it takes that block).
                 var buffer: Tensor? = nil   // (1, Ca, D, H, W)
-                try unmadeBlockBackward(dy, b, u, index: i) { e in
-                    if dSkip === dy { buffer = Tensor(uninitializedShape: [1] + skip.shape.dropFirst()) }
+                try unmadeBlockBackward(dy, b, u, index: i, saved) { e, input in
+                    if dSkip === dy {
+                        if Self.isMade(skip), case .concatenated(let made, _) = input { buffer = made }
+                        else { buffer = Tensor(uninitializedShape: [1] + skipShape.dropFirst()) }
+                    }
                     return .concatenated(buffer ?? dSkip.example(e), dUp.example(e))
                 } after: { e in
                     if let b = buffer { StepProfile.measure(.upsampleConcat) { Self.copy(b, into: dSkip.example(e)) } }
@@ -501,7 +533,7 @@ public final class UNet {
             let skipShape = [n, ca] + s[2...], upShape = [n, cb] + s[2...]
             let dSkip = dy.shape == skipShape ? dy : Tensor(uninitializedShape: skipShape)
             let dUp: Tensor
-            if case .concatenated(_, let up) = b.input, up.shape == upShape { dUp = up } else { dUp = Tensor(uninitializedShape: upShape) }
+            if case .concatenated(_, .tensor(let up)) = b.input, up.shape == upShape { dUp = up } else { dUp = Tensor(uninitializedShape: upShape) }
             try blockBackward(dy, b, index: i, saved) { e, dx in
                 // dx (1, Ca + Cb, D, H, W): the skip's channels, then the upsampled branch's.
                 StepProfile.measure(.upsampleConcat) {
@@ -521,7 +553,7 @@ public final class UNet {
             let dx: Tensor
             if let u = b.unmade, case .upsampled(let t) = u.source {
                 let below = Tensor(uninitializedShape: t.shape)   // (N, C, D/2, H/2, W/2)
-                try unmadeBlockBackward(dy, b, u, index: i) { e in .upsampled(below.example(e)) } after: { _ in }
+                try unmadeBlockBackward(dy, b, u, index: i, saved) { e, _ in .upsampled(below.example(e)) } after: { _ in }
                 dx = below
             } else {
                 dx = try blockBackward(dy, b, index: i, saved)
@@ -530,6 +562,7 @@ public final class UNet {
             return dx
         }
         var g = try headBackward(dLogits, saved.takeHead())
+        _ = consume dLogits
         MemoryTrace.mark("backward head")
         var skipGradients = [Tensor?](repeating: nil, count: shape.levels)
         // Decoder levels ran deepest first (j = 0 is level L−2); undo them shallowest first.
@@ -539,11 +572,13 @@ public final class UNet {
             g = try upsampledBlock(consume dUp)
         }
         for l in stride(from: shape.levels - 1, through: 0, by: -1) {
-            if let s = skipGradients[l] {
-                StepProfile.measure(.upsampleConcat) { Self.add(s, into: g) }
-                skipGradients[l] = nil
-            }
-            g = try block(try block(consume g))
+            g = try block(consume g)   // enc(l)b
+            guard l > 0, let s = skipGradients[l - 1] else { g = try block(consume g); continue }
+            // enc(l)a reads level l−1's skip: its dL/d(input) is added into the skip's gradient
+            // (example by example when it runs so: no second tensor of the skip's size).
+            skipGradients[l - 1] = nil
+            try block(consume g, addingInto: s)
+            g = s
         }
         precondition(next == -1, "UNet.backward: \(next + 1) blocks left over")
     }
@@ -641,28 +676,34 @@ public final class UNet {
     /// (in the output's storage).
     private func restored(_ b: UNetSaved.BlockSaved, example e: Int?, index i: Int, _ saved: UNetSaved) throws -> (ConvSaved, InstanceNormSaved?, ReLUSaved?) {
         guard let input = b.input else { return (b.convs[0], b.norm, b.relu) }
-        let (y, convs) = try convolve(i, input, nil, e.map { .one($0) } ?? .batch, again: ([b.convs[e ?? 0]], true), saved)
+        let (y, convs) = try convolve(i, input, nil, e.map { .one($0) } ?? .batch, again: ([b.convs[e ?? 0]], true), saved.peekBlock)
         if let norm = norms[i] {
             return (convs[0], StepProfile.measure(.normalization) { norm.standardize(y, relu: true) }, nil)
         }
         return (convs[0], nil, StepProfile.measure(.activation) { ReLU.forward(y).saved })
     }
 
+    /// Block j's saved values, to recompute an input from: forward's so far, or backward's
+    /// (`UNetSaved.peekBlock`).
+    typealias SavedBlocks = (Int) -> UNetSaved.BlockSaved
+
     /// The input made from `source` (of example e only, shaped (1, ...), when e is given), bit for
     /// bit as forward made it.  (N, C, D, H, W)
-    private func materialize(_ source: UNetSaved.BlockInput, example e: Int?, _ step: UNetSaved?) throws -> Tensor {
+    private func materialize(_ source: UNetSaved.BlockInput, example e: Int?, _ blocks: SavedBlocks?) throws -> Tensor {
         switch source {
         case .tensor(let t), .upsampled(let t): return e.map { t.example($0) } ?? t
         case .concatenated(let a, let b):
-            return StepProfile.measure(.upsampleConcat) { ChannelConcat.forward(e.map { a.example($0) } ?? a, e.map { b.example($0) } ?? b).y }
+            let (skip, branch) = (try materialize(a, example: e, blocks), try materialize(b, example: e, blocks))
+            return StepProfile.measure(.upsampleConcat) { ChannelConcat.forward(skip, branch).y }
         case .blockOutput(let j, let t):
             // Block j's convolution on t with the kernels and bias it ran with, then its norm · ReLU
-            // (or ReLU): the calls forward made, so the same bits. No copy of t is kept.
-            guard let b = step?.peekBlock(j) else { preconditionFailure("UNet: block \(j)'s output is recomputed only in backward") }
-            precondition(b.input != nil, "UNet.backward: block \(j) kept its input; block \(j + 1) cannot recompute from it")
-            precondition((b.convs.count == 1) == (e == nil), "UNet.backward: blocks \(j) and \(j + 1) differ in running example by example")
-            let (y, _) = try convolve(j, .tensor(t), nil, e.map { .one($0) } ?? .batch, again: ([b.convs[e ?? 0]], false), nil)
-            if let norm = norms[j] { return StepProfile.measure(.normalization) { norm.forward(y, relu: true, consuming: true).y } }
+            // (or ReLU): the calls forward made, so the same bits. No copy of t is kept; the norm
+            // writes its output over the convolution's (nothing differentiates through it here).
+            guard let b = blocks?(j) else { preconditionFailure("UNet: block \(j)'s output is recomputed from its saved values only") }
+            precondition(b.input != nil, "UNet: block \(j) kept its input; a later block cannot recompute from it")
+            precondition((b.convs.count == 1) == (e == nil), "UNet: block \(j) and its reader differ in running example by example")
+            let (y, _) = try convolve(j, t, nil, e.map { .one($0) } ?? .batch, again: ([b.convs[e ?? 0]], false), blocks)
+            if let norm = norms[j] { return StepProfile.measure(.normalization) { norm.forwardInPlace(y, relu: true) } }
             return StepProfile.measure(.activation) { ReLU.forward(y).y }
         }
     }
@@ -670,9 +711,15 @@ public final class UNet {
     /// into += s, elementwise over the kernels' threads (same shapes).
     static func add(_ s: Tensor, into g: Tensor) {
         g.checkShape(s.shape, "UNet skip gradient")
+        add(s, into: g, at: 0)
+    }
+
+    /// g's elements from `offset` on (as many as s holds) += s, over the kernels' threads.
+    static func add(_ s: Tensor, into g: Tensor, at offset: Int) {
+        precondition(offset >= 0 && offset + s.count <= g.count, "UNet.add: \(s.shape) into \(g.shape) at \(offset)")
         s.withUnsafeValues { sv in g.withUnsafeMutableValues { gv in
-            let (a, b) = (sv.baseAddress!, gv.baseAddress!)
-            Parallel.ranges(gv.count) { begin, end in for i in begin..<end { b[i] += a[i] } }
+            let (a, b) = (sv.baseAddress!, gv.baseAddress! + offset)
+            Parallel.ranges(sv.count) { begin, end in for i in begin..<end { b[i] += a[i] } }
         } }
     }
 

@@ -154,11 +154,13 @@ enum TensorStorage {
     private static let lock = NSLock()
     nonisolated(unsafe) private static var free: [Int: [UnsafeMutableRawPointer]] = [:]
     nonisolated(unsafe) private static var freeBytes = 0
+    nonisolated(unsafe) private static var liveBytesCount = 0
 
     /// 64-byte aligned, uninitialised storage for `count` floats (count >= 1).
     static func allocate(_ count: Int) -> UnsafeMutablePointer<Float> {
         if count >= minimumFloats {
             lock.lock()
+            liveBytesCount += count * 4
             let reused = free[count]?.popLast()
             var evicted: [UnsafeMutableRawPointer] = []
             if reused != nil {
@@ -183,6 +185,7 @@ enum TensorStorage {
     static func release(_ p: UnsafeMutablePointer<Float>, _ count: Int) {
         if count >= minimumFloats {
             lock.lock()
+            liveBytesCount -= count * 4
             let keep = freeBytes + count * 4 <= capacityBytes
             if keep {
                 free[count, default: []].append(UnsafeMutableRawPointer(p))
@@ -199,6 +202,13 @@ enum TensorStorage {
         lock.lock()
         defer { lock.unlock() }
         return freeBytes
+    }
+
+    /// Bytes of large tensors alive (at least `minimumFloats` each; for the memory trace).
+    static var liveBytes: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return liveBytesCount
     }
 
     /// Gives every recycled block back to the system (e.g. after training, before a long idle).

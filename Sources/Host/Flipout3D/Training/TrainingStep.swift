@@ -9,7 +9,7 @@ public protocol TrainableNetwork: AnyObject {
     /// x (N, C, D, H, W) -> logits (N, K, D, H, W), and what backward needs.
     func forward(_ x: Tensor, _ ctx: StepContext) throws -> (logits: Tensor, saved: Saved)
     /// ADDs every parameter's gradient of the data term given dL/dlogits.
-    func backward(_ dLogits: Tensor, _ saved: Saved) throws
+    func backward(_ dLogits: consuming Tensor, _ saved: Saved) throws
     /// Sum of KL(q || p) over the Bayesian layers; ADDs gradientScale * dKL into their gradients.
     func kl(gradientScale: Float, _ ctx: StepContext) throws -> Double
     /// Turns the accumulated gradients of the sampled weights into the posterior parameters' gradients.
@@ -34,9 +34,14 @@ public enum TrainingStep {
                                                             loss: DataLoss<Terms>) throws -> (terms: Terms, kl: Double) {
         model.zeroGradients()
         try WeightPrefetch.draw(model, ctx)  // isolated plugins: every layer's weight draw and KL values in one round trip; no-op in-process
-        let (logits, saved) = try model.forward(x, ctx)
-        let (terms, dLogits) = try loss(logits)
-        try model.backward(dLogits, saved)
+        // The logits live only until the loss has read them, dL/dlogits only until the network's
+        // last layer has (2 × 48 MiB at U3, beside the step's peak in the decoder's backward).
+        let (terms, dLogits, saved) = try { () throws -> (Terms, Tensor, M.Saved) in
+            let (logits, saved) = try model.forward(x, ctx)
+            let (terms, dLogits) = try loss(logits)
+            return (terms, dLogits, saved)
+        }()
+        try model.backward(consume dLogits, saved)
         let kl = try model.kl(gradientScale: Float(klScale), ctx)
         try PostedPluginCalls.collect()  // isolated plugins' posted gradient calls land (and fail) here; no-op in-process
         model.finishBackward()
