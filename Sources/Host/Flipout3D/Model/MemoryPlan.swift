@@ -79,25 +79,19 @@ public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
     /// keeps its input.
     ///
     /// What this leaves out, measured on U3 (`FLIPOUT_MEMORY_TRACE=1 flipout bench --workloads U3
-    /// --repeats 1 --warmup 1`, whose lines name the tensor pool's and the arena's idle bytes):
-    /// the step's peak is 3.46 GiB in the first step (3539 MiB, in dec2's backward: the process
-    /// and the kept activations plus oneDNN's 387 MiB scratch arena at levels 1-3), 3.54 GiB in
-    /// the next (3630 MiB, dec0's backward at example 0 and up0's at example 1), creeping to
-    /// 3.59 GiB over the bench's five Flipout steps (3673 MiB, up1's backward). At dec0's
-    /// backward live (3110 MiB resident at its start in the second step, none of it idle),
-    /// besides the kept activations (skip0 and the upsampled branch, 512 MiB each, and about
-    /// 700 MiB at levels 1-4 with the layers' draws), the gradient flowing back (512 MiB, in the head's
-    /// input's storage, where dec0 then writes the skip's gradient; the branch's goes into the
-    /// branch's storage), and one example's transients: the recomputed output (256) beside the
-    /// second half's output of the split convolution (256), then a one-example buffer for the
-    /// skip's gradient (256). Then the process itself: ~510 MiB at the first step's start, ~760
-    /// MiB at later ones (the libraries, the parameters, gradients and optimizer state, the
-    /// bench's two prepared cases). The decoder's full-resolution convolutions never make their
-    /// input (`UnmadeInputConvolutions`): before, up0's upsampled input and its dx (512 MiB each)
-    /// and dec0's concatenation and its dx (512 each) were there, the head kept a copy of its
-    /// input and made a batch-sized dx (another 512 + 512 + 256 at the head's backward), and
-    /// the pool's idle blocks after those blocks reached 983 MiB; the peak was 4.28 GiB (4378
-    /// MiB, up0's backward).
+    /// --repeats 1 --warmup 1`, whose lines name the tensor pool's and the arena's idle bytes and
+    /// the live tensors' bytes): the step's peak is 2.83 GiB (2899 MiB), in dec0's backward, with
+    /// dec0's forward next (2883 MiB). At dec0's backward live (2343 MiB resident at its start,
+    /// 1985 MiB of it tensors): the kept activations (the upsampled branch, 512 MiB, and about
+    /// 700 MiB at levels 1-4 with the layers' draws), the gradient flowing back (512 MiB, in the
+    /// head's input's storage, where dec0 then writes the skip's gradient; the branch's goes into
+    /// the branch's storage), the bench's two prepared cases (162 MiB), and about 360 MiB of
+    /// process (libraries, parameters, gradients and optimizer state). Each example adds the skip
+    /// recomputed from x (256 MiB), the recomputed output (256) and a slice of the concatenation's
+    /// second part (64). Before level 0's skip and levels 1-3's branches were recomputed, and
+    /// before the logits were freed ahead of backward and glibc's threshold was fixed
+    /// (`MallocPolicy`), the peak was 3.61 GiB (3695 MiB); before the decoder's full-resolution
+    /// convolutions stopped making their inputs (`UnmadeInputConvolutions`) it was 4.28 GiB.
     public static func estimate(_ shape: UNetConfig, input: [Int]) -> [(kept: Int, recomputed: Int)] {
         precondition(input.count == 5, "MemoryPlan.estimate: input \(input), expected (N, C, D, H, W)")
         let n = input[0], voxels = input[2...].reduce(1, *)

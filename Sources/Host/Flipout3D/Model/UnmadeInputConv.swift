@@ -82,9 +82,8 @@ public final class UnmadeInputConvolutions {
 
     /// Output channels of b's part computed at once: b's part is made in slices of this many
     /// channels (each added into its own channels of y, which are contiguous), so the transient is
-    /// 1/2 of y at U3's dec0 (32 output channels; 128 MiB instead of 256, beside the step's peak).
-    /// The native kernels block output channels by 8 (AVX-512) or 4 (AVX2): a slice of 16 runs
-    /// the same tiles as the whole.
+    /// 1/4 of y at U3's dec0 (32 output channels; 64 MiB instead of 256, beside the step's peak in
+    /// dec0's backward). The native kernels block output channels by at most 8 (AVX-512; 4 on AVX2).
     static let partChannels = 8
 
     private func concatenatedForward(_ a: Tensor, _ b: Tensor, _ k: ConvKernels, into y: Tensor) throws {
