@@ -43,8 +43,10 @@ public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
     /// wherever it is read after enc1a's forward (dec0's forward and backward, enc1a's backward),
     /// instead of being kept: when enc0a, enc0b, enc1a and dec0 all recompute and run example by
     /// example. At U3 that is 512 MiB kept from enc1a's forward to its backward, against three
-    /// more runs of enc0a and enc0b (about 2 s of a 37 s step): the skip was beside every peak of
-    /// the step (dec0's and up0's backward at 3.6 GiB, dec1's with oneDNN's arena).
+    /// more runs of enc0a and enc0b: the skip was beside every peak of the step (dec0's and up0's
+    /// backward at 3.6 GiB, dec1's with oneDNN's arena). Measured with `scripts/bench --unet U3
+    /// --rounds 1 --unet-peers tfp` (with the other memory changes of the same commit): forward
+    /// convolutions 16.9 -> 21.8 s of the step, the step 37.4 -> 43.3 s, the peak 3.61 -> 2.84 GiB.
     public var recomputesSkip = false
 
     /// Decoder levels whose upsampled branch is recomputed (by its up block, from the tensor
