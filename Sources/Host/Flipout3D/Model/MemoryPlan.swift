@@ -82,7 +82,7 @@ public struct MemoryPlan: Sendable, Equatable, CustomStringConvertible {
     ///
     /// What this leaves out, measured on U3 (`FLIPOUT_MEMORY_TRACE=1 flipout bench --workloads U3
     /// --repeats 1 --warmup 1`, whose lines name the tensor pool's and the arena's idle bytes and
-    /// the live tensors' bytes): the step's peak is 2.83 GiB (2899 MiB), in dec0's backward, with
+    /// the live tensors' bytes): the step's peak is 2.84 GiB (2899-2904 MiB), in dec0's backward, with
     /// dec0's forward next (2883 MiB). At dec0's backward live (2343 MiB resident at its start,
     /// 1985 MiB of it tensors): the kept activations (the upsampled branch, 512 MiB, and about
     /// 700 MiB at levels 1-4 with the layers' draws), the gradient flowing back (512 MiB, in the
