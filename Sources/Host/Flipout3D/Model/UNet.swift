@@ -459,10 +459,13 @@ public final class UNet {
             if memoryBound { TensorStorage.trim() }
             MemoryTrace.mark("backward \(layers[i].name)")
         }
+        /// The next block (backward order) and its saved values, handed over once.
+        func takeNext() -> (Int, UNetSaved.BlockSaved) {
+            defer { next -= 1 }
+            return (next, saved.takeBlock(next))
+        }
         func block(_ dy: consuming Tensor) throws -> Tensor {
-            let i = next
-            next -= 1
-            let b = saved.takeBlock(i)
+            let (i, b) = takeNext()
             let dx = try blockBackward(dy, b, index: i, saved)
             if b.convs.count == 1 { batchBlockDone(i) } else { MemoryTrace.mark("backward \(layers[i].name)") }
             return dx
@@ -470,9 +473,7 @@ public final class UNet {
         /// The next block's backward with its dL/d(input) added into `sum` (the same bits as adding
         /// `sum` into it).
         func block(_ dy: consuming Tensor, addingInto sum: Tensor) throws {
-            let i = next
-            next -= 1
-            let b = saved.takeBlock(i)
+            let (i, b) = takeNext()
             if b.convs.count == 1 {
                 let dx = try blockBackward(dy, b, index: i, saved)
                 StepProfile.measure(.upsampleConcat) { Self.add(dx, into: sum) }
@@ -486,9 +487,7 @@ public final class UNet {
         /// whole-batch backward, handing dL/d(its input) to `whole` (the shared prologue of the two
         /// decoder blocks below).
         func splitDecoderBlock<R>(_ dy: Tensor, whole: (Tensor) -> R) throws -> (index: Int, saved: UNetSaved.BlockSaved, done: R?) {
-            let i = next
-            next -= 1
-            let b = saved.takeBlock(i)
+            let (i, b) = takeNext()
             guard b.convs.count > 1 || b.unmade != nil else {
                 let done = whole(try blockBackward(dy, b, index: i, saved))
                 batchBlockDone(i)

@@ -94,7 +94,8 @@ public final class UnmadeInputConvolutions {
         for first in stride(from: 0, to: cout, by: width) {
             let n = min(width, cout - first)
             let t = Tensor(uninitializedShape: [1, n] + y.shape[2...])   // (1, n, D, H, W): b's part, channels first..<first + n
-            let w = Tensor(shape: [n, b.shape[1], 3, 3, 3], values: Array(UnsafeBufferPointer(start: wb.data + first * b.shape[1] * 27, count: n * b.shape[1] * 27)))
+            let w = Tensor(uninitializedShape: [n, b.shape[1], 3, 3, 3])   // wb's rows first..<first + n (contiguous)
+            w.data.update(from: wb.data + first * w.count / n, count: w.count)
             _ = try engine(Self.geometry(b, cout: n)).forward(x: b, w: w, bias: nil, y: t)
             StepProfile.measure(.upsampleConcat) { UNet.add(t, into: y, at: first * voxels) }
         }
